@@ -1,0 +1,1 @@
+"""Similarity kernels (installed as ``knowledge.kernels``)."""

@@ -1,0 +1,30 @@
+"""Store limits and knobs, each with its unit in its name, validated once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from knowledge.errors import InvalidArgument
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """Caps and settings of one open store."""
+
+    fsync: bool = True
+    segment_bytes_max: int = 64 << 20
+    value_bytes_max: int = 16 << 20
+    transaction_bytes_max: int = 512 << 20
+    transaction_rows_max: int = 20_000_000
+    labels_per_node_max: int = 256
+    traversal_nodes_max: int = 1_000_000
+    overlay_edges_max: int = 65_536
+
+    def __post_init__(self) -> None:
+        for name in ("segment_bytes_max", "value_bytes_max", "transaction_bytes_max",
+                     "transaction_rows_max", "labels_per_node_max", "traversal_nodes_max",
+                     "overlay_edges_max"):
+            if getattr(self, name) <= 0:
+                raise InvalidArgument(f"config {name} must be positive, got {getattr(self, name)}")
+        if self.value_bytes_max > self.transaction_bytes_max:
+            raise InvalidArgument("config value_bytes_max exceeds transaction_bytes_max")

@@ -1,0 +1,147 @@
+"""The node directory: key -> id per type, id -> (type, key), liveness and labels, as dense arrays.
+
+Two views live here. *Applied* state (`type_of`, label bitmaps) changes only when a durable
+record is applied, and is what reads see. *Staged* state (`ids` per type, `pending_deletes`) is
+ahead of it by the transactions between WAL append and apply, and is what validation of the
+next transaction sees.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+ABSENT = -1
+
+
+def _grow(array: np.ndarray, size: int, fill: Any) -> np.ndarray:
+    if size <= len(array):
+        return array
+    capacity = max(size, 2 * len(array), 1024)
+    out = np.full(capacity, fill, dtype=array.dtype)
+    out[:len(array)] = array
+    return out
+
+
+class NodeDirectory:
+    """Dense-id bookkeeping for every node in the store."""
+
+    def __init__(self) -> None:
+        self.type_names: list[str] = []
+        self.type_codes: dict[str, int] = {}
+        self.ids: dict[str, dict[Any, int]] = {}
+        self.pending_deletes: set[int] = set()
+        self.type_of = np.full(1024, ABSENT, dtype=np.int16)
+        self.key_of = np.empty(1024, dtype=object)
+        self.labels: dict[str, np.ndarray] = {}
+        self.next_id = 0
+        self.version = 0  # bumped by every change of liveness or labels
+
+    # -- types --------------------------------------------------------------------------------
+    def ensure_type(self, name: str) -> int:
+        code = self.type_codes.get(name)
+        if code is None:
+            code = len(self.type_names)
+            self.type_names.append(name)
+            self.type_codes[name] = code
+            self.ids[name] = {}
+        return code
+
+    @property
+    def capacity(self) -> int:
+        return len(self.type_of)
+
+    @property
+    def alive(self) -> np.ndarray:
+        return self.type_of >= 0
+
+    def count(self, type_name: str | None = None) -> int:
+        if type_name is None:
+            return int(np.count_nonzero(self.type_of >= 0))
+        code = self.type_codes.get(type_name)
+        return 0 if code is None else int(np.count_nonzero(self.type_of == code))
+
+    # -- staged view (validation) -------------------------------------------------------------
+    def staged_id(self, type_name: str, key: Any) -> int | None:
+        """The id `key` has once every appended transaction is applied, or None."""
+        node = self.ids.get(type_name, {}).get(key)
+        if node is None or node in self.pending_deletes:
+            return None
+        return node
+
+    def allocate(self, count: int) -> np.ndarray:
+        first = self.next_id
+        self.next_id += count
+        return np.arange(first, first + count, dtype=np.int64)
+
+    def stage_upsert(self, type_name: str, keys: list[Any], ids: np.ndarray) -> None:
+        mapping = self.ids[type_name]
+        mapping.update(zip(keys, ids.tolist(), strict=True))
+
+    def stage_delete(self, ids: list[int]) -> None:
+        self.pending_deletes.update(ids)
+
+    # -- applied view (reads) -----------------------------------------------------------------
+    def id_of(self, type_name: str, key: Any) -> int | None:
+        """The applied id of (type, key), or None when no such live node."""
+        node = self.ids.get(type_name, {}).get(key)
+        if node is None or node >= len(self.type_of) or self.type_of[node] != self.type_codes[type_name]:
+            return None
+        return node
+
+    def apply_upsert(self, type_name: str, ids: np.ndarray, keys: list[Any], labels: pa.Array) -> None:
+        code = self.ensure_type(type_name)
+        top = int(ids.max()) + 1 if len(ids) else 0
+        self.next_id = max(self.next_id, top)
+        self.type_of = _grow(self.type_of, top, ABSENT)
+        self.key_of = _grow(self.key_of, top, None)
+        self.type_of[ids] = code
+        self.key_of[ids] = np.array(keys, dtype=object) if keys else []
+        mapping = self.ids[type_name]
+        for key, node in zip(keys, ids.tolist(), strict=True):
+            mapping.setdefault(key, node)
+        self._set_labels(ids, labels)
+
+    def _set_labels(self, ids: np.ndarray, labels: pa.Array | None) -> None:
+        """Replace the labels of `ids` (a list<string> array aligned with ids; None clears them)."""
+        for bitmap in self.labels.values():
+            inside = ids[ids < len(bitmap)]
+            bitmap[inside] = False
+        if labels is not None and len(ids):
+            labels = labels.combine_chunks() if isinstance(labels, pa.ChunkedArray) else labels
+            flat = pc.list_flatten(labels)
+            if len(flat):
+                owners = ids[pc.list_parent_indices(labels).to_numpy()]
+                encoded = pc.dictionary_encode(flat)
+                codes = encoded.indices.to_numpy()
+                for code, label in enumerate(encoded.dictionary.to_pylist()):
+                    bitmap = _grow(self.labels.get(label, np.zeros(0, dtype=bool)), len(self.type_of), False)
+                    bitmap[owners[codes == code]] = True
+                    self.labels[label] = bitmap
+        self.version += 1
+
+    def apply_delete(self, type_name: str, ids: np.ndarray) -> None:
+        code = self.type_codes[type_name]
+        self.pending_deletes.difference_update(ids.tolist())
+        ids = ids[(ids < len(self.type_of))]
+        ids = ids[self.type_of[ids] == code]
+        mapping = self.ids[type_name]
+        for node in ids.tolist():
+            key = self.key_of[node]
+            if mapping.get(key) == node:
+                del mapping[key]
+        self.type_of[ids] = ABSENT
+        self.key_of[ids] = None
+        self._set_labels(ids, None)
+
+    def labels_of(self, node: int) -> list[str]:
+        return sorted(label for label, bitmap in self.labels.items() if node < len(bitmap) and bitmap[node])
+
+    def label_bitmap(self, label: str) -> np.ndarray | None:
+        bitmap = self.labels.get(label)
+        if bitmap is None:
+            return None
+        return _grow(bitmap, len(self.type_of), False)[:len(self.type_of)]

@@ -1,0 +1,126 @@
+"""Every failure the store reports: one exception class per failure, all under KnowledgeError.
+
+Each carries structured fields (operation, path, position, row, field) so callers and the
+server can map them without parsing messages. Programmer bugs go through invariant(), which
+raises InvariantViolation and, unlike `assert`, survives `python -O`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class KnowledgeError(Exception):
+    """Root of every error raised by knowledge."""
+
+
+class StoreClosed(KnowledgeError):
+    """The store (or session) was used after close()."""
+
+
+class StoreLocked(KnowledgeError):
+    """Another process holds the store directory."""
+
+    def __init__(self, path: str, holder_pid: int | None) -> None:
+        self.path = path
+        self.holder_pid = holder_pid
+        who = f"process {holder_pid}" if holder_pid else "another process"
+        super().__init__(f"store {path!r} is locked by {who}; one process owns a store directory "
+                         f"(use the server for shared access)")
+
+
+class StoreNotFound(KnowledgeError):
+    """open() was pointed at a directory that holds no store (and create=False)."""
+
+
+class StorePoisoned(KnowledgeError):
+    """A write failed after its WAL record was durable; the store must be reopened to recover."""
+
+
+class CorruptionError(KnowledgeError):
+    """A WAL record before the tail (or a data file) is damaged; the store refuses to open."""
+
+    def __init__(self, message: str, *, segment: str | None = None, offset: int | None = None) -> None:
+        self.segment = segment
+        self.offset = offset
+        where = f" (segment {segment}, offset {offset})" if segment is not None else ""
+        super().__init__(message + where)
+
+
+class SchemaError(KnowledgeError):
+    """A schema declaration or change is invalid or incompatible with the stored data."""
+
+
+class ValidationError(KnowledgeError):
+    """A transaction was rejected as a whole; names the offending type, row and field."""
+
+    def __init__(self, message: str, *, type_name: str | None = None, row: int | None = None,
+                 field: str | None = None, value: Any = None) -> None:
+        self.type_name = type_name
+        self.row = row
+        self.field = field
+        self.value = value
+        parts = []
+        if type_name is not None:
+            parts.append(f"type {type_name!r}")
+        if row is not None:
+            parts.append(f"row {row}")
+        if field is not None:
+            parts.append(f"field {field!r}")
+        where = f" [{', '.join(parts)}]" if parts else ""
+        super().__init__(message + where)
+
+
+class UnknownType(ValidationError):
+    """A node or edge type that the schema does not declare."""
+
+
+class TypeMismatch(ValidationError):
+    """A property value of the wrong type."""
+
+
+class MissingKey(ValidationError):
+    """A node row without its key property (or with a null key)."""
+
+
+class MissingEndpoint(ValidationError):
+    """An edge whose source or target node does not exist (or is not visible)."""
+
+
+class WrongEndpointType(ValidationError):
+    """An edge whose endpoint is of a node type the edge type does not allow."""
+
+
+class ValueTooLarge(ValidationError):
+    """A value or a transaction beyond the configured size caps."""
+
+
+class NotFound(KnowledgeError):
+    """No such node or edge for this session: absent and invisible read the same."""
+
+    def __init__(self, type_name: str, key: Any) -> None:
+        self.type_name = type_name
+        self.key = key
+        super().__init__(f"no {type_name} node with key {key!r}")
+
+
+class PermissionDenied(KnowledgeError):
+    """The session's principal lacks a grant the operation needs."""
+
+
+class InvalidArgument(KnowledgeError):
+    """An API argument is out of range or malformed (k <= 0, unknown direction, ...)."""
+
+
+class BackupError(KnowledgeError):
+    """A backup or restore could not be completed; the destination is left untouched."""
+
+
+class InvariantViolation(KnowledgeError):
+    """An internal invariant failed: a bug in knowledge, never the caller's fault."""
+
+
+def invariant(condition: bool, message: str) -> None:
+    """Raise InvariantViolation when condition is false (works under python -O)."""
+    if not condition:
+        raise InvariantViolation(message)

@@ -1,0 +1,173 @@
+"""Turn a transaction's validated batches into resolved ops: ids assigned, endpoints found, grants checked.
+
+Pure with respect to the store: reads the staged directory, the schema and the edge indexes,
+mutates nothing. Any failure raises a ValidationError (or PermissionDenied) and the transaction
+is dropped whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from knowledge.directory import NodeDirectory
+from knowledge.errors import MissingEndpoint, PermissionDenied, ValueTooLarge, WrongEndpointType
+from knowledge.graph import EdgeIndex
+from knowledge.ops import FLAG_MAY_REPLACE, Op, OpKind
+from knowledge.principal import Principal
+from knowledge.schema import Schema
+from knowledge.values import EdgeBatch
+
+SMALL_BATCH = 64
+
+
+@dataclass
+class Staged:
+    """What a resolved transaction will change, for the directory's staged view."""
+
+    upserts: list[tuple[str, list[Any], np.ndarray]] = field(default_factory=list)
+    deletes: list[int] = field(default_factory=list)
+    next_id: int = 0
+
+
+class Resolver:
+    """Resolves one transaction against the staged state (call under the store's stage lock)."""
+
+    def __init__(self, schema: Schema, directory: NodeDirectory, edges: dict[str, EdgeIndex],
+                 principal: Principal, visible: np.ndarray | None, inflight_edge_types: set[str]) -> None:
+        self.schema = schema
+        self.directory = directory
+        self.edges = edges
+        self.principal = principal
+        self.visible = visible
+        self.inflight_edge_types = inflight_edge_types
+        self.local: dict[str, dict[Any, int | None]] = {}
+        self.touched_edge_types: set[str] = set()
+        self.staged = Staged(next_id=directory.next_id)
+
+    def lookup(self, type_name: str, key: Any) -> int | None:
+        """The id (type, key) will have after the transaction so far, or None."""
+        local = self.local.get(type_name)
+        if local is not None and key in local:
+            return local[key]
+        node = self.directory.staged_id(type_name, key)
+        if node is not None and self.visible is not None and not (node < len(self.visible) and self.visible[node]):
+            return None  # invisible reads as absent, for writers too
+        return node
+
+    # -- nodes --------------------------------------------------------------------------------
+    def upsert_nodes(self, type_name: str, table: pa.Table) -> Op:
+        key = self.schema.nodes[type_name].key
+        keys = table.column(key).to_pylist()
+        last = {k: i for i, k in enumerate(keys)}
+        if len(last) != len(keys):
+            table = table.take(pa.array(sorted(last.values()), type=pa.int64()))
+            keys = table.column(key).to_pylist()
+        self._check_write_labels(type_name, table)
+        existing = [self.lookup(type_name, k) for k in keys]
+        ids = np.empty(len(keys), dtype=np.int64)
+        fresh = [i for i, node in enumerate(existing) if node is None]
+        may_replace = len(fresh) < len(keys)
+        if may_replace:
+            ids[:] = [-1 if node is None else node for node in existing]
+        ids[fresh] = np.arange(self.staged.next_id, self.staged.next_id + len(fresh), dtype=np.int64)
+        self.staged.next_id += len(fresh)
+        local = self.local.setdefault(type_name, {})
+        local.update(zip(keys, ids.tolist(), strict=True))
+        self.staged.upserts.append((type_name, keys, ids))
+        out = table.add_column(0, "_id", pa.array(ids, type=pa.int64()))
+        return Op(OpKind.UPSERT_NODES, type_name, table=out, flags=FLAG_MAY_REPLACE if may_replace else 0)
+
+    def _check_write_labels(self, type_name: str, table: pa.Table) -> None:
+        if self.principal.admin:
+            return
+        for row, labels in enumerate(table.column("_labels").to_pylist()):
+            if not labels or not self.principal.can_write_labels(set(labels)):
+                raise PermissionDenied(f"principal {self.principal.name!r} may not write {type_name} row {row} "
+                                       f"with labels {labels} (needs a write grant on every label)")
+
+    def delete_nodes(self, type_name: str, keys: list[Any]) -> Op | None:
+        ids = []
+        local = self.local.setdefault(type_name, {})
+        for key in keys:
+            node = self.lookup(type_name, key)
+            if node is None:
+                continue
+            if not self.principal.admin:
+                labels = set(self.directory.labels_of(node))
+                if not self.principal.can_write_labels(labels):
+                    raise PermissionDenied(f"principal {self.principal.name!r} may not delete {type_name} {key!r}")
+            ids.append(node)
+            local[key] = None
+        if not ids:
+            return None
+        self.staged.deletes.extend(ids)
+        return Op(OpKind.DELETE_NODES, type_name, table=pa.table({"_id": pa.array(ids, type=pa.int64())}))
+
+    # -- edges --------------------------------------------------------------------------------
+    def _endpoints(self, type_name: str, batch: EdgeBatch, skip_missing: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        src = np.empty(len(batch), dtype=np.int64)
+        dst = np.empty(len(batch), dtype=np.int64)
+        keep = np.ones(len(batch), dtype=bool)
+        for end, keys, types, out in (("src", batch.src_keys, batch.src_types, src),
+                                      ("dst", batch.dst_keys, batch.dst_types, dst)):
+            for row, (key, node_type) in enumerate(zip(keys, types, strict=True)):
+                node = self.lookup(node_type, key)
+                if node is None:
+                    if skip_missing:
+                        keep[row] = False
+                        out[row] = -1
+                        continue
+                    self._missing(type_name, end, row, key, node_type)
+                out[row] = node
+        return src, dst, keep
+
+    def _missing(self, type_name: str, end: str, row: int, key: Any, node_type: str) -> None:
+        for other in self.schema.nodes:
+            if other != node_type and self.lookup(other, key) is not None:
+                raise WrongEndpointType(f"{end} {key!r} is a {other} node; the edge needs {node_type}",
+                                        type_name=type_name, row=row, field=end, value=key)
+        raise MissingEndpoint(f"{end} node {node_type} {key!r} does not exist", type_name=type_name,
+                              row=row, field=end, value=key)
+
+    def upsert_edges(self, type_name: str, batch: EdgeBatch) -> Op:
+        src, dst, _ = self._endpoints(type_name, batch, skip_missing=False)
+        table = batch.properties
+        packed = src * np.int64(max(self.staged.next_id, 1)) + dst
+        _, last_rev = np.unique(packed[::-1], return_index=True)
+        if len(last_rev) != len(packed):
+            rows = np.sort(len(packed) - 1 - last_rev)
+            src, dst, table = src[rows], dst[rows], table.take(pa.array(rows))
+        may_replace = (type_name in self.touched_edge_types or type_name in self.inflight_edge_types
+                       or self._any_existing(type_name, src, dst))
+        self.touched_edge_types.add(type_name)
+        out = table.add_column(0, "_src", pa.array(src, type=pa.int64()))
+        out = out.add_column(1, "_dst", pa.array(dst, type=pa.int64()))
+        return Op(OpKind.UPSERT_EDGES, type_name, table=out, flags=FLAG_MAY_REPLACE if may_replace else 0)
+
+    def _any_existing(self, type_name: str, src: np.ndarray, dst: np.ndarray) -> bool:
+        index = self.edges[type_name]
+        if index.edge_count == 0:
+            return False
+        if len(src) <= SMALL_BATCH:
+            return any(index.has(s, d) for s, d in zip(src.tolist(), dst.tolist(), strict=True))
+        have_src, have_dst = index.all_pairs()
+        width = np.int64(max(self.staged.next_id, 1))
+        return bool(np.isin(src * width + dst, have_src * width + have_dst).any())
+
+    def delete_edges(self, type_name: str, batch: EdgeBatch) -> Op | None:
+        src, dst, keep = self._endpoints(type_name, batch, skip_missing=True)
+        src, dst = src[keep], dst[keep]
+        if not len(src):
+            return None
+        self.touched_edge_types.add(type_name)
+        return Op(OpKind.DELETE_EDGES, type_name, table=pa.table({"_src": src, "_dst": dst}))
+
+
+def check_payload_size(payload: bytes, transaction_bytes_max: int) -> None:
+    if len(payload) > transaction_bytes_max:
+        raise ValueTooLarge(f"transaction of {len(payload)} bytes exceeds transaction_bytes_max="
+                            f"{transaction_bytes_max}; split it into smaller batches")

@@ -1,0 +1,318 @@
+"""Session: every read and write of the store, bound to one principal and its visibility bitmap.
+
+All reads pass the same filter: the principal's visibility bitmap over node ids (alive nodes
+whose labels meet the principal's read grants; admins see every alive node). Edges are visible
+only when both endpoints are. Invisible and absent are indistinguishable: same NotFound error,
+same counts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from knowledge.errors import InvalidArgument, NotFound, UnknownType
+from knowledge.principal import Principal
+from knowledge.tables import edge_table, node_table, query_arrow, quote
+from knowledge.transaction import Transaction
+
+if TYPE_CHECKING:
+    from knowledge.store import Store
+
+Direction = Literal["out", "in", "both"]
+DIRECTIONS = ("out", "in", "both")
+LIMIT_MAX = 1_000_000
+DEPTH_MAX = 16
+_OPERATORS = {"=": "=", "==": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">=", "like": "LIKE"}
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRef:
+    """A node as a traversal sees it: dense id, type and key."""
+
+    id: int
+    type: str
+    key: Any
+
+
+class Session:
+    """A principal's view of the store. Cheap to create; not meant to be shared between threads."""
+
+    def __init__(self, store: Store, principal: Principal) -> None:
+        self.store = store
+        self.principal = principal
+
+    # -- visibility ---------------------------------------------------------------------------
+    def visible(self) -> np.ndarray:
+        """The visibility bitmap over node ids (read-only)."""
+        return self.store.visibility(self.principal)
+
+    def _node_type(self, type_name: str) -> Any:
+        node_type = self.store.schema.nodes.get(type_name)
+        if node_type is None:
+            raise UnknownType(f"unknown node type {type_name!r}", type_name=type_name)
+        return node_type
+
+    def _visible_id(self, type_name: str, key: Any) -> int:
+        self._node_type(type_name)
+        node = self.store.directory.id_of(type_name, key)
+        visible = self.visible()
+        if node is None or node >= len(visible) or not visible[node]:
+            raise NotFound(type_name, key)
+        return node
+
+    def _columns(self, type_name: str, columns: Iterable[str] | None) -> list[str]:
+        node_type = self._node_type(type_name)
+        allowed = [n for n, p in node_type.properties.items() if self.principal.admin or not p.hidden]
+        if columns is None:
+            return allowed
+        chosen = list(columns)
+        for name in chosen:
+            if name not in allowed:
+                raise InvalidArgument(f"node type {type_name!r} has no property {name!r}")
+        return chosen
+
+    # -- point reads --------------------------------------------------------------------------
+    def get(self, type_name: str, key: Any, columns: Iterable[str] | None = None) -> dict[str, Any]:
+        """The node's properties plus `_id` and `_labels`; raises NotFound when absent or invisible."""
+        node = self._visible_id(type_name, key)
+        table = self._fetch(type_name, [node], self._columns(type_name, columns))
+        if table.num_rows == 0:
+            raise NotFound(type_name, key)
+        return _decode_row(self._node_type(type_name), table.to_pylist()[0])
+
+    def get_many(self, type_name: str, keys: Iterable[Any], columns: Iterable[str] | None = None) -> pa.Table:
+        """Rows of the visible nodes among `keys` (absent or invisible keys are skipped)."""
+        self._node_type(type_name)
+        visible = self.visible()
+        ids = [n for n in (self.store.directory.id_of(type_name, k) for k in keys)
+               if n is not None and n < len(visible) and visible[n]]
+        return self._fetch(type_name, ids, self._columns(type_name, columns))
+
+    def _fetch(self, type_name: str, ids: list[int], columns: list[str]) -> pa.Table:
+        self.store.wait_applied()
+        cols = ", ".join(["_id", "_labels", *(quote(c) for c in columns)])
+        cursor = self.store.tables.cursor()
+        try:
+            if len(ids) == 1:
+                return query_arrow(cursor, f"SELECT {cols} FROM {node_table(type_name)} WHERE _id = ?", ids)
+            ids_table = pa.table({"id": pa.array(ids, type=pa.int64())})
+            cursor.register("_ids", ids_table)
+            return query_arrow(cursor, f"SELECT {cols} FROM {node_table(type_name)} WHERE _id IN (SELECT id FROM _ids) "
+                                  f"ORDER BY _id")
+        finally:
+            cursor.close()
+
+    def ref(self, node: int) -> NodeRef:
+        directory = self.store.directory
+        return NodeRef(node, directory.type_names[directory.type_of[node]], directory.key_of[node])
+
+    # -- graph --------------------------------------------------------------------------------
+    def _edge_types(self, edge_type: str | Iterable[str] | None) -> list[str]:
+        edges = self.store.schema.edges
+        if edge_type is None:
+            return list(edges)
+        names = [edge_type] if isinstance(edge_type, str) else list(edge_type)
+        for name in names:
+            if name not in edges:
+                raise UnknownType(f"unknown edge type {name!r}", type_name=name)
+        return names
+
+    def neighbors(self, type_name: str, key: Any, edge_type: str | Iterable[str] | None = None,
+                  direction: Direction = "out", limit: int = 1000) -> list[NodeRef]:
+        """Visible neighbours of a visible node, ordered by id; raises NotFound, InvalidArgument."""
+        _check_direction(direction)
+        _check_limit(limit)
+        node = self._visible_id(type_name, key)
+        visible = self.visible()
+        found: list[np.ndarray] = []
+        with self.store._state:
+            for name in self._edge_types(edge_type):
+                index = self.store.edges[name]
+                if direction in ("out", "both"):
+                    found.append(index.neighbours(node, True))
+                if direction in ("in", "both"):
+                    found.append(index.neighbours(node, False))
+        ids = np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
+        ids = ids[ids < len(visible)]
+        ids = ids[visible[ids]][:limit]
+        return [self.ref(n) for n in ids.tolist()]
+
+    def traverse(self, type_name: str, key: Any, edge_type: str | Iterable[str] | None = None,
+                 direction: Direction = "out", depth: int = 2, limit: int = 10_000) -> pa.Table:
+        """Breadth-first k-hop walk from a visible node through visible nodes only.
+
+        Returns an Arrow table (id, type, key, depth) of at most `limit` nodes, the start at depth 0.
+        Nodes reachable only through invisible nodes are not reached.
+        """
+        _check_direction(direction)
+        _check_limit(limit)
+        if not 1 <= depth <= DEPTH_MAX:
+            raise InvalidArgument(f"depth must be in 1..{DEPTH_MAX}, got {depth}")
+        start = self._visible_id(type_name, key)
+        visible = self.visible()
+        names = self._edge_types(edge_type)
+        seen = np.zeros(len(visible), dtype=bool)
+        seen[start] = True
+        order, depths = [np.array([start], dtype=np.int64)], [np.zeros(1, dtype=np.int64)]
+        frontier = order[0]
+        total = 1
+        with self.store._state:
+            for level in range(1, depth + 1):
+                if total >= limit or not len(frontier):
+                    break
+                nxt = self._expand(frontier, names, direction)
+                nxt = nxt[nxt < len(visible)]
+                nxt = np.unique(nxt[visible[nxt] & ~seen[nxt]])[:limit - total]
+                seen[nxt] = True
+                order.append(nxt)
+                depths.append(np.full(len(nxt), level, dtype=np.int64))
+                total += len(nxt)
+                frontier = nxt
+        ids = np.concatenate(order)
+        directory = self.store.directory
+        types = [directory.type_names[c] for c in directory.type_of[ids].tolist()]
+        return pa.table({"id": ids, "type": types, "key": pa.array(directory.key_of[ids].tolist()),
+                         "depth": np.concatenate(depths)})
+
+    def _expand(self, frontier: np.ndarray, names: list[str], direction: str) -> np.ndarray:
+        parts = []
+        for name in names:
+            index = self.store.edges[name]
+            if direction in ("out", "both"):
+                parts.append(index.expand(frontier, True)[1])
+            if direction in ("in", "both"):
+                parts.append(index.expand(frontier, False)[1])
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def edges(self, edge_type: str, limit: int | None = None) -> pa.Table:
+        """Visible edges of one type: src/dst ids, keys and properties (Arrow)."""
+        self._edge_types(edge_type)
+        self.store.wait_applied()
+        visible_ids = pa.table({"id": pa.array(np.flatnonzero(self.visible()), type=pa.int64())})
+        cursor = self.store.tables.cursor()
+        try:
+            cursor.register("_vis", visible_ids)
+            sql = (f"SELECT * EXCLUDE (_lsn) FROM {edge_table(edge_type)} WHERE _src IN (SELECT id FROM _vis) "
+                   f"AND _dst IN (SELECT id FROM _vis) ORDER BY _src, _dst")
+            if limit is not None:
+                _check_limit(limit)
+                sql += f" LIMIT {int(limit)}"
+            return query_arrow(cursor, sql)
+        finally:
+            cursor.close()
+
+    # -- scans and counts ---------------------------------------------------------------------
+    def scan(self, type_name: str, where: dict[str, Any] | None = None, columns: Iterable[str] | None = None,
+             limit: int | None = None) -> pa.Table:
+        """Visible rows of one node type matching `where`, as Arrow (with `_id` and `_labels`).
+
+        `where` maps a property to a value (equality) or to (operator, value) with operator one of
+        = != < <= > >= like in contains (contains: a list[str] property holds the value).
+        """
+        chosen = self._columns(type_name, columns)
+        clauses, params = _where_sql(self._node_type(type_name), where or {}, self.principal)
+        self.store.wait_applied()
+        cursor = self.store.tables.cursor()
+        try:
+            if not self.principal.admin:
+                visible = self.visible()
+                code = self.store.directory.type_codes[type_name]
+                ids = np.flatnonzero(visible & (self.store.directory.type_of[:len(visible)] == code))
+                cursor.register("_vis", pa.table({"id": pa.array(ids, type=pa.int64())}))
+                clauses.append("_id IN (SELECT id FROM _vis)")
+            cols = ", ".join(["_id", "_labels", *(quote(c) for c in chosen)])
+            sql = f"SELECT {cols} FROM {node_table(type_name)}"
+            if clauses:
+                sql += " WHERE " + " AND ".join(clauses)
+            sql += " ORDER BY _id"
+            if limit is not None:
+                _check_limit(limit)
+                sql += f" LIMIT {int(limit)}"
+            return query_arrow(cursor, sql, params)
+        finally:
+            cursor.close()
+
+    def count(self, type_name: str | None = None) -> int:
+        """How many nodes (of one type) this principal can see."""
+        visible = self.visible()
+        if type_name is None:
+            return int(np.count_nonzero(visible))
+        self._node_type(type_name)
+        code = self.store.directory.type_codes[type_name]
+        return int(np.count_nonzero(visible & (self.store.directory.type_of[:len(visible)] == code)))
+
+    def stats(self) -> dict[str, Any]:
+        """Visible node counts per type and visible edge counts per type, with the LSN they reflect."""
+        visible = self.visible()
+        with self.store._state:
+            edges = {}
+            for name, index in self.store.edges.items():
+                src, dst = index.all_pairs()
+                keep = (src < len(visible)) & (dst < len(visible))
+                src, dst = src[keep], dst[keep]
+                edges[name] = int(np.count_nonzero(visible[src] & visible[dst]))
+        return {"lsn": self.store.memory_lsn,
+                "nodes": {name: self.count(name) for name in self.store.schema.nodes},
+                "edges": edges}
+
+    # -- writes -------------------------------------------------------------------------------
+    def transaction(self) -> Transaction:
+        """A new transaction; commit() (or leaving a `with` block cleanly) makes it durable."""
+        return Transaction(self)
+
+
+def _check_direction(direction: str) -> None:
+    if direction not in DIRECTIONS:
+        raise InvalidArgument(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+
+
+def _check_limit(limit: int) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= LIMIT_MAX:
+        raise InvalidArgument(f"limit must be an int in 1..{LIMIT_MAX}, got {limit!r}")
+
+
+def _where_sql(node_type: Any, where: dict[str, Any], principal: Principal) -> tuple[list[str], list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    for name, condition in where.items():
+        prop = node_type.properties.get(name)
+        if prop is None or (prop.hidden and not principal.admin):
+            raise InvalidArgument(f"node type {node_type.name!r} has no property {name!r}")
+        if prop.is_vector:
+            raise InvalidArgument(f"cannot filter on vector property {name!r}")
+        operator, value = condition if isinstance(condition, tuple) else ("=", condition)
+        column = quote(name)
+        if operator == "in":
+            values = list(value)
+            clauses.append(f"{column} IN ({', '.join('?' for _ in values)})" if values else "FALSE")
+            params.extend(values)
+        elif operator == "contains":
+            if prop.type != "list[str]":
+                raise InvalidArgument(f"'contains' needs a list[str] property; {name!r} is {prop.type}")
+            clauses.append(f"list_contains({column}, ?)")
+            params.append(value)
+        elif operator in _OPERATORS:
+            if value is None:
+                clauses.append(f"{column} IS {'NOT ' if operator == '!=' else ''}NULL")
+                continue
+            clauses.append(f"{column} {_OPERATORS[operator]} ?")
+            params.append(json.dumps(value) if prop.type == "json" else value)
+        else:
+            raise InvalidArgument(f"unknown operator {operator!r} for {name!r}")
+    return clauses, params
+
+
+def _decode_row(node_type: Any, row: dict[str, Any]) -> dict[str, Any]:
+    for name, prop in node_type.properties.items():
+        if prop.type == "json" and row.get(name) is not None:
+            row[name] = json.loads(row[name])
+    return row
+
+
+__all__ = ["NodeRef", "Session"]

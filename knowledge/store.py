@@ -1,0 +1,398 @@
+"""Store: one directory owned by one process: WAL (truth), DuckDB tables, in-memory graph and directory.
+
+Write path: validate -> resolve (ids, endpoints, grants) -> WAL append -> group fsync -> apply to
+memory in LSN order -> return the LSN. DuckDB is brought up to date by a background applier
+that batches records into one DuckDB transaction; every read that touches DuckDB first waits
+until DuckDB has applied everything committed before the read started (read-your-writes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from knowledge.config import StoreConfig
+from knowledge.directory import NodeDirectory
+from knowledge.errors import KnowledgeError, SchemaError, StoreClosed, StoreNotFound, StorePoisoned, invariant
+from knowledge.graph import EdgeIndex
+from knowledge.lock import DirectoryLock
+from knowledge.ops import Op, OpKind, decode_ops, encode_ops
+from knowledge.principal import ADMIN, Principal
+from knowledge.resolve import Resolver, check_payload_size
+from knowledge.schema import Schema
+from knowledge.tables import Tables, node_table, query_arrow
+from knowledge.wal import WriteAheadLog
+
+if TYPE_CHECKING:
+    from knowledge.session import Session
+
+log = logging.getLogger("knowledge.store")
+FORMAT = {"format": "knowledge-store", "version": 1}
+APPLY_BATCH_RECORDS_MAX = 256
+VISIBILITY_CACHE_MAX = 64
+
+
+def _marker_path(path: str) -> str:
+    return os.path.join(path, "STORE")
+
+
+def is_store(path: str) -> bool:
+    return os.path.isfile(_marker_path(path))
+
+
+class Store:
+    """An open store. Thread-safe; use `session(principal)` for reads and transactions."""
+
+    def __init__(self, path: str, *, create: bool = True, config: StoreConfig | None = None) -> None:
+        self.path = os.path.abspath(path)
+        self.config = config or StoreConfig()
+        if not is_store(self.path):
+            if not create:
+                raise StoreNotFound(f"no store at {self.path!r} (create it with knowledge init)")
+            if os.path.isdir(self.path) and os.listdir(self.path):
+                raise StoreNotFound(f"{self.path!r} is a non-empty directory that holds no store")
+            os.makedirs(self.path, exist_ok=True)
+        self._lock = DirectoryLock(self.path)
+        try:
+            self._open()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open(self) -> None:
+        if not is_store(self.path):
+            with open(_marker_path(self.path), "w") as f:
+                json.dump(FORMAT, f)
+        self._closed = False
+        self._failure: BaseException | None = None
+        self._stage_lock = threading.Lock()
+        self._state = threading.RLock()
+        self._memory_turn = threading.Condition(threading.Lock())
+        self._applier_cv = threading.Condition(threading.Lock())
+        self._queue: list[tuple[int, int, list[Op]]] = []
+        self._inflight_edges: dict[str, int] = {}
+        self._visibility_cache: OrderedDict[tuple[Any, int], np.ndarray] = OrderedDict()
+        self.tables = Tables(os.path.join(self.path, "state.duckdb"))
+        self.wal = WriteAheadLog(os.path.join(self.path, "wal"), fsync=self.config.fsync,
+                                 segment_bytes_max=self.config.segment_bytes_max)
+        self.schema = self.tables.schema
+        self.directory = NodeDirectory()
+        self.edges: dict[str, EdgeIndex] = {}
+        self._load_memory()
+        self._replay()
+        self.epoch = max(self.wal.last_epoch, self.tables.applied_epoch, 1)
+        self._applier = threading.Thread(target=self._apply_loop, name="knowledge-applier", daemon=True)
+        self._applier.start()
+
+    # -- open ---------------------------------------------------------------------------------
+    def _load_memory(self) -> None:
+        """Rebuild the directory and adjacency from the DuckDB tables."""
+        con = self.tables.cursor()
+        for name, node_type in self.schema.nodes.items():
+            self.directory.ensure_type(name)
+            table = query_arrow(con, f'SELECT _id, "{node_type.key}" AS k, _labels FROM {node_table(name)}')
+            if table.num_rows:
+                ids = table.column("_id").to_numpy()
+                self.directory.apply_upsert(name, ids, table.column("k").to_pylist(), table.column("_labels"))
+        self.directory.next_id = max(self.directory.next_id, int(self.tables.meta("next_id", "0") or 0))
+        for name in self.schema.edges:
+            index = self.edges[name] = EdgeIndex(self.config.overlay_edges_max)
+            pairs = con.execute(f'SELECT _src, _dst FROM "e_{name}"').fetchnumpy()
+            if len(pairs["_src"]):
+                index.add(np.asarray(pairs["_src"], dtype=np.int64), np.asarray(pairs["_dst"], dtype=np.int64),
+                          self.directory.capacity)
+                index.compact(self.directory.capacity, self.directory.alive)
+        con.close()
+
+    def _replay(self) -> None:
+        applied = self.tables.applied_lsn
+        if self.wal.last_lsn < applied:
+            invariant(self.wal.last_lsn == 0, f"WAL ends at {self.wal.last_lsn} below applied LSN {applied}")
+            self.wal.start_at(applied, self.tables.applied_epoch)
+        if self.wal.first_lsn > applied + 1:
+            raise KnowledgeError(f"WAL starts at LSN {self.wal.first_lsn} but the tables stop at {applied}: "
+                                 f"records in between are missing")
+        batch: list[tuple[int, int, list[Op]]] = []
+        for record in self.wal.read_from(applied + 1):
+            ops = decode_ops(record.payload, record.lsn)
+            self._apply_memory(ops)
+            batch.append((record.lsn, record.epoch, ops))
+            if len(batch) >= APPLY_BATCH_RECORDS_MAX:
+                self.tables.apply(batch)
+                batch = []
+        self.tables.apply(batch)
+        self.memory_lsn = self.wal.last_lsn
+        if self.wal.last_lsn > applied:
+            log.info("replayed WAL records %d..%d", applied + 1, self.wal.last_lsn)
+
+    # -- sessions -----------------------------------------------------------------------------
+    def session(self, principal: Principal | None = None) -> Session:
+        """A session bound to `principal` (admin when None). Every read goes through it."""
+        from knowledge.session import Session
+        self._check_open()
+        return Session(self, principal or ADMIN)
+
+    # -- schema -------------------------------------------------------------------------------
+    def apply_schema(self, change: dict[str, Any]) -> int:
+        """Apply a schema change ({"nodes": {...}, "edges": {...}}); return its LSN or raise SchemaError."""
+        with self._stage_lock:
+            self._check_open()
+            populated = frozenset(n for n in self.schema.nodes if self.directory.count(n) > 0) | frozenset(
+                e for e, idx in self.edges.items() if idx.edge_count > 0)
+            target = self.schema.evolve(change, populated)
+            if target == self.schema:
+                return self.memory_lsn
+            ops = [Op(OpKind.SCHEMA, "schema", document=target.to_dict())]
+            staged = self._append(ops, None)
+        return self._finish(*staged)
+
+    def define_node_type(self, name: str, *, key: str, properties: dict[str, Any] | None = None) -> int:
+        """Declare (or compatibly extend) a node type; return the change's LSN."""
+        return self.apply_schema({"nodes": {name: {"key": key, "properties": properties or {}}}})
+
+    def define_edge_type(self, name: str, *, source: str | list[str], target: str | list[str],
+                         properties: dict[str, Any] | None = None) -> int:
+        """Declare (or compatibly extend) an edge type; return the change's LSN."""
+        return self.apply_schema({"edges": {name: {"source": source, "target": target,
+                                                    "properties": properties or {}}}})
+
+    def add_property(self, type_name: str, name: str, spec: str | dict[str, Any]) -> int:
+        """Add an optional property to an existing node or edge type."""
+        if type_name in self.schema.nodes:
+            node = self.schema.nodes[type_name]
+            return self.apply_schema({"nodes": {type_name: {"key": node.key, "properties": {name: spec}}}})
+        if type_name in self.schema.edges:
+            edge = self.schema.edges[type_name]
+            return self.apply_schema({"edges": {type_name: {"source": list(edge.sources), "target": list(edge.targets),
+                                                            "properties": {name: spec}}}})
+        raise SchemaError(f"no node or edge type {type_name!r}")
+
+    # -- commit pipeline ----------------------------------------------------------------------
+    def commit(self, principal: Principal, items: list[tuple[str, str, Any]]) -> int:
+        """Resolve, log, fsync and apply one transaction's items; return its LSN."""
+        with self._stage_lock:
+            self._check_open()
+            visible = None if principal.admin else self.visibility(principal, wait=False)
+            inflight = {name for name, count in self._inflight_edges.items() if count}
+            resolver = Resolver(self.schema, self.directory, self.edges, principal, visible, inflight)
+            ops: list[Op] = []
+            for action, type_name, data in items:
+                op = getattr(resolver, action)(type_name, data)
+                if op is not None:
+                    ops.append(op)
+            if not ops:
+                return self.memory_lsn
+            staged = self._append(ops, resolver)
+        return self._finish(*staged)
+
+    def _append(self, ops: list[Op], resolver: Resolver | None) -> tuple[int, list[Op], set[str]]:
+        """Under the stage lock: write the record (not yet durable) and stage what it changes."""
+        payload = encode_ops(ops)
+        check_payload_size(payload, self.config.transaction_bytes_max)
+        lsn = self.wal.append(payload, self.epoch)
+        if resolver is not None:
+            for type_name, keys, ids in resolver.staged.upserts:
+                self.directory.stage_upsert(type_name, keys, ids)
+            self.directory.stage_delete(resolver.staged.deletes)
+            self.directory.next_id = max(self.directory.next_id, resolver.staged.next_id)
+        edge_types = {op.name for op in ops if op.kind in (OpKind.UPSERT_EDGES, OpKind.DELETE_EDGES)}
+        for name in edge_types:
+            self._inflight_edges[name] = self._inflight_edges.get(name, 0) + 1
+        if any(op.kind == OpKind.SCHEMA for op in ops):
+            self.schema = Schema.from_dict(ops[-1].document)
+        return lsn, ops, edge_types
+
+    def _finish(self, lsn: int, ops: list[Op], edge_types: set[str]) -> int:
+        """Outside the stage lock: wait for durability (group commit), apply in LSN order, queue for DuckDB."""
+        try:
+            self.wal.sync_to(lsn)
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+        with self._memory_turn:
+            while self.memory_lsn != lsn - 1:
+                if self._failure is not None:
+                    raise StorePoisoned("an earlier commit failed; reopen the store") from self._failure
+                self._memory_turn.wait(0.5)
+            try:
+                with self._state:
+                    self._apply_memory(ops)
+                    for name in edge_types:
+                        self._inflight_edges[name] -= 1
+            except BaseException as exc:
+                self._fail(exc)
+                raise
+            self.memory_lsn = lsn
+            self._memory_turn.notify_all()
+        with self._applier_cv:
+            self._queue.append((lsn, self.epoch, ops))
+            self._applier_cv.notify_all()
+        return lsn
+
+    def _apply_memory(self, ops: list[Op]) -> None:
+        directory = self.directory
+        for op in ops:
+            if op.kind == OpKind.SCHEMA:
+                self.schema = Schema.from_dict(op.document)
+                for name in self.schema.nodes:
+                    directory.ensure_type(name)
+                for name in self.schema.edges:
+                    self.edges.setdefault(name, EdgeIndex(self.config.overlay_edges_max))
+            elif op.kind == OpKind.UPSERT_NODES:
+                assert op.table is not None
+                key = self.schema.nodes[op.name].key
+                directory.apply_upsert(op.name, op.table.column("_id").to_numpy(),
+                                       op.table.column(key).to_pylist(), op.table.column("_labels"))
+            elif op.kind == OpKind.DELETE_NODES:
+                assert op.table is not None
+                directory.apply_delete(op.name, op.table.column("_id").to_numpy())
+            elif op.kind in (OpKind.UPSERT_EDGES, OpKind.DELETE_EDGES):
+                assert op.table is not None
+                src = op.table.column("_src").to_numpy()
+                dst = op.table.column("_dst").to_numpy()
+                index = self.edges[op.name]
+                if op.kind == OpKind.UPSERT_EDGES:
+                    index.add(src, dst, directory.capacity)
+                else:
+                    index.remove(src, dst, directory.capacity)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._failure is None:
+            self._failure = exc
+            log.error("store %s poisoned: %s", self.path, exc)
+        with self._memory_turn:
+            self._memory_turn.notify_all()
+        with self._applier_cv:
+            self._applier_cv.notify_all()
+
+    # -- DuckDB applier -----------------------------------------------------------------------
+    def _apply_loop(self) -> None:
+        while True:
+            with self._applier_cv:
+                while not self._queue and not self._closed:
+                    self._applier_cv.wait()
+                if not self._queue and self._closed:
+                    return
+                batch = self._queue[:APPLY_BATCH_RECORDS_MAX]
+                del self._queue[:len(batch)]
+            try:
+                self.tables.apply(batch)
+            except BaseException as exc:  # the WAL holds the records; reopening replays them
+                self._fail(exc)
+                return
+            with self._applier_cv:
+                self._applier_cv.notify_all()
+
+    def wait_applied(self, lsn: int | None = None) -> None:
+        """Block until DuckDB reflects every record up to `lsn` (default: everything committed now)."""
+        target = self.memory_lsn if lsn is None else lsn
+        if self.tables.applied_lsn >= target:
+            return
+        with self._applier_cv:
+            while self.tables.applied_lsn < target:
+                if self._failure is not None:
+                    raise StorePoisoned("the table applier failed; reopen the store") from self._failure
+                self._applier_cv.wait(0.5)
+
+    # -- visibility ---------------------------------------------------------------------------
+    def visibility(self, principal: Principal, *, wait: bool = False) -> np.ndarray:
+        """The bool bitmap over node ids that `principal` may see (cached per directory version)."""
+        with self._state:
+            directory = self.directory
+            cache_key = (principal, directory.version, directory.capacity)
+            bitmap = self._visibility_cache.get(cache_key)
+            if bitmap is not None:
+                self._visibility_cache.move_to_end(cache_key)
+                return bitmap
+            alive = directory.alive
+            if principal.admin:
+                bitmap = alive
+            else:
+                bitmap = np.zeros(directory.capacity, dtype=bool)
+                for label in principal.read:
+                    label_bits = directory.label_bitmap(label)
+                    if label_bits is not None:
+                        bitmap |= label_bits
+                bitmap &= alive
+            bitmap.setflags(write=False)
+            self._visibility_cache[cache_key] = bitmap
+            while len(self._visibility_cache) > VISIBILITY_CACHE_MAX:
+                self._visibility_cache.popitem(last=False)
+            return bitmap
+
+    # -- maintenance ----------------------------------------------------------------------------
+    def checkpoint(self) -> int:
+        """Make DuckDB hold everything committed, fold the graph overlay and drop WAL segments below it.
+
+        Returns the LSN the checkpoint covers.
+        """
+        self._check_open()
+        lsn = self.memory_lsn
+        self.wait_applied(lsn)
+        with self.tables.lock:
+            self.tables.con.execute("INSERT OR REPLACE INTO _meta VALUES ('next_id', ?)", [str(self.directory.next_id)])
+        self.tables.checkpoint()
+        with self._state:
+            for index in self.edges.values():
+                index.compact(self.directory.capacity, self.directory.alive)
+        self.wal.remove_segments_before(self.tables.applied_lsn + 1)
+        return lsn
+
+    def backup(self, destination: str) -> int:
+        """Write a consistent copy of the store at one LSN to `destination`; return that LSN."""
+        from knowledge.backup import backup_store
+        self._check_open()
+        return backup_store(self, destination)
+
+    def stats(self) -> dict[str, Any]:
+        """Whole-store figures (admin view); sessions report visible counts."""
+        return {"path": self.path, "lsn": self.memory_lsn, "epoch": self.epoch,
+                "applied_lsn": self.tables.applied_lsn, "wal_first_lsn": self.wal.first_lsn,
+                "fsyncs": self.wal.fsync_count}
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosed(f"store {self.path!r} is closed")
+        if self._failure is not None:
+            raise StorePoisoned(f"store {self.path!r} failed ({self._failure}); reopen it to recover") from self._failure
+
+    def close(self) -> None:
+        """Flush the table applier, close the WAL and DuckDB and release the directory lock."""
+        if self._closed:
+            return
+        try:
+            if self._failure is None:
+                try:
+                    self.wait_applied()
+                except KnowledgeError:
+                    pass
+        finally:
+            with self._applier_cv:
+                self._closed = True
+                self._applier_cv.notify_all()
+            self._applier.join(timeout=30)
+            self.wal.close()
+            self.tables.close()
+            self._lock.release()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({self.path!r}, lsn={self.memory_lsn})"
+
+
+def open_store(path: str, *, create: bool = True, config: StoreConfig | None = None) -> Store:
+    """Open (or create) the store at `path`; replays the WAL tail. Raises StoreLocked, CorruptionError."""
+    return Store(path, create=create, config=config)
+
+

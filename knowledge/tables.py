@@ -1,0 +1,191 @@
+"""The DuckDB file: one typed table per node type and per edge type, plus `_meta` with applied_lsn.
+
+Each WAL record is applied in one DuckDB transaction that also writes `applied_lsn`, so replay
+after a crash is idempotent: records at or below applied_lsn are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from knowledge.ops import Op, OpKind
+from knowledge.schema import Property, Schema
+
+_SQL_TYPES = {"str": "VARCHAR", "text": "VARCHAR", "json": "VARCHAR", "int": "BIGINT", "float": "DOUBLE",
+              "bool": "BOOLEAN", "timestamp": "TIMESTAMPTZ", "list[str]": "VARCHAR[]"}
+INLINE_IDS_MAX = 512
+
+
+def node_table(type_name: str) -> str:
+    return f'"n_{type_name}"'
+
+
+def edge_table(type_name: str) -> str:
+    return f'"e_{type_name}"'
+
+
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def sql_type(prop: Property) -> str:
+    if prop.is_vector:
+        return f"FLOAT[{prop.dimension}]"
+    return _SQL_TYPES[prop.type]
+
+
+class Tables:
+    """Owner of the DuckDB connection; applies ops and answers column scans."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.con = duckdb.connect(path)
+        self.con.execute("SET preserve_insertion_order = true")
+        self.lock = threading.Lock()
+        self.con.execute("CREATE TABLE IF NOT EXISTS _meta (name VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)")
+        self.schema = self._load_schema()
+        self.applied_lsn = int(self.meta("applied_lsn", "0") or 0)
+        self.applied_epoch = int(self.meta("applied_epoch", "0") or 0)
+
+    # -- meta ---------------------------------------------------------------------------------
+    def meta(self, name: str, default: str | None = None) -> str | None:
+        row = self.con.execute("SELECT value FROM _meta WHERE name = ?", [name]).fetchone()
+        return row[0] if row else default
+
+    def _set_meta(self, con: duckdb.DuckDBPyConnection, name: str, value: Any) -> None:
+        con.execute("INSERT OR REPLACE INTO _meta VALUES (?, ?)", [name, str(value)])
+
+    def _load_schema(self) -> Schema:
+        text = self.meta("schema")
+        return Schema.from_dict(json.loads(text)) if text else Schema()
+
+    # -- apply ----------------------------------------------------------------------------------
+    def apply(self, records: list[tuple[int, int, list[Op]]]) -> None:
+        """Apply records (lsn, epoch, ops) in order in one DuckDB transaction with applied_lsn."""
+        if not records:
+            return
+        with self.lock:
+            con = self.con
+            con.execute("BEGIN TRANSACTION")
+            schema = self.schema
+            try:
+                for lsn, _, ops in records:
+                    for op in ops:
+                        if op.kind == OpKind.SCHEMA:
+                            target = Schema.from_dict(op.document)
+                            self._migrate(con, schema, target)
+                            self._set_meta(con, "schema", json.dumps(target.to_dict()))
+                            schema = target
+                        elif op.kind == OpKind.META:
+                            self._set_meta(con, op.name, json.dumps(op.document))
+                        else:
+                            self._apply_data(con, lsn, op, schema)
+                self._set_meta(con, "applied_lsn", records[-1][0])
+                self._set_meta(con, "applied_epoch", records[-1][1])
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            self.schema = schema
+            self.applied_lsn = records[-1][0]
+
+    def _migrate(self, con: duckdb.DuckDBPyConnection, old: Schema, new: Schema) -> None:
+        for name, node_type in new.nodes.items():
+            before = old.nodes.get(name)
+            if before is None:
+                cols = ", ".join(f"{quote(p.name)} {sql_type(p)}" for p in node_type.properties.values())
+                con.execute(f"CREATE TABLE {node_table(name)} (_id BIGINT NOT NULL, _labels VARCHAR[] NOT NULL, "
+                            f"_lsn BIGINT NOT NULL, {cols})")
+            else:
+                self._add_columns(con, node_table(name), before.properties, node_type.properties)
+        for name, edge_type in new.edges.items():
+            before_edge = old.edges.get(name)
+            if before_edge is None:
+                cols = "".join(f", {quote(p.name)} {sql_type(p)}" for p in edge_type.properties.values())
+                con.execute(f"CREATE TABLE {edge_table(name)} (_src BIGINT NOT NULL, _dst BIGINT NOT NULL, "
+                            f"_lsn BIGINT NOT NULL{cols})")
+            else:
+                self._add_columns(con, edge_table(name), before_edge.properties, edge_type.properties)
+
+    def _add_columns(self, con: duckdb.DuckDBPyConnection, table: str, old: dict[str, Property],
+                     new: dict[str, Property]) -> None:
+        for prop_name, prop in new.items():
+            if prop_name not in old:
+                con.execute(f"ALTER TABLE {table} ADD COLUMN {quote(prop_name)} {sql_type(prop)}")
+
+    def _apply_data(self, con: duckdb.DuckDBPyConnection, lsn: int, op: Op, schema: Schema) -> None:
+        assert op.table is not None
+        if op.kind == OpKind.UPSERT_NODES:
+            table = node_table(op.name)
+            if op.may_replace:
+                self._delete_ids(con, table, "_id", op.table.column("_id"))
+            self._insert(con, table, op.table, lsn)
+        elif op.kind == OpKind.DELETE_NODES:
+            ids = op.table.column("_id")
+            self._delete_ids(con, node_table(op.name), "_id", ids)
+            for edge_name, edge_type in schema.edges.items():
+                if op.name in edge_type.sources:
+                    self._delete_ids(con, edge_table(edge_name), "_src", ids)
+                if op.name in edge_type.targets:
+                    self._delete_ids(con, edge_table(edge_name), "_dst", ids)
+        elif op.kind == OpKind.UPSERT_EDGES:
+            table = edge_table(op.name)
+            if op.may_replace:
+                self._delete_pairs(con, table, op.table)
+            self._insert(con, table, op.table, lsn)
+        elif op.kind == OpKind.DELETE_EDGES:
+            self._delete_pairs(con, edge_table(op.name), op.table)
+
+    def _insert(self, con: duckdb.DuckDBPyConnection, table: str, batch: pa.Table, lsn: int) -> None:
+        cols = ", ".join(quote(c) for c in batch.column_names)
+        con.register("_batch", batch)
+        try:
+            con.execute(f"INSERT INTO {table} ({cols}, _lsn) SELECT {cols}, {int(lsn)} FROM _batch")
+        finally:
+            con.unregister("_batch")
+
+    def _delete_ids(self, con: duckdb.DuckDBPyConnection, table: str, column: str, ids: Any) -> None:
+        values = ids.to_pylist() if hasattr(ids, "to_pylist") else list(ids)
+        if not values:
+            return
+        if len(values) <= INLINE_IDS_MAX:
+            con.execute(f"DELETE FROM {table} WHERE {column} IN ({', '.join(str(int(v)) for v in values)})")
+            return
+        con.register("_ids", pa.table({"id": pa.array(values, type=pa.int64())}))
+        try:
+            con.execute(f"DELETE FROM {table} WHERE {column} IN (SELECT id FROM _ids)")
+        finally:
+            con.unregister("_ids")
+
+    def _delete_pairs(self, con: duckdb.DuckDBPyConnection, table: str, batch: pa.Table) -> None:
+        pairs = batch.select(["_src", "_dst"])
+        con.register("_pairs", pairs)
+        try:
+            con.execute(f"DELETE FROM {table} t USING _pairs p WHERE t._src = p._src AND t._dst = p._dst")
+        finally:
+            con.unregister("_pairs")
+
+    # -- reads ----------------------------------------------------------------------------------
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        return self.con.cursor()
+
+    def checkpoint(self) -> None:
+        with self.lock:
+            self.con.execute("CHECKPOINT")
+
+    def close(self) -> None:
+        with self.lock:
+            self.con.close()
+
+
+def query_arrow(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> pa.Table:
+    """Run `sql` and return the whole result as an Arrow table."""
+    relation = con.sql(sql, params=params) if params else con.sql(sql)
+    if hasattr(relation, "to_arrow_table"):
+        return relation.to_arrow_table()
+    return relation.arrow()

@@ -1,0 +1,295 @@
+"""Turn caller rows (dicts, Arrow tables, pandas frames) into typed Arrow tables, or say exactly why not.
+
+Every error names the type, the row (0-based within the batch given) and the field. Nothing here
+touches the store: a failure leaves no trace.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from knowledge.config import StoreConfig
+from knowledge.errors import MissingKey, TypeMismatch, ValidationError, ValueTooLarge, WrongEndpointType
+from knowledge.schema import EdgeType, NodeType, Property
+
+LABELS_TYPE = pa.list_(pa.string())
+Rows = Sequence[Mapping[str, Any]] | pa.Table | pa.RecordBatch | Any
+
+
+def to_table(rows: Rows, type_name: str) -> pa.Table | list[Mapping[str, Any]]:
+    """Normalise input: Arrow stays Arrow, pandas becomes Arrow, anything iterable of dicts a list."""
+    if isinstance(rows, pa.RecordBatch):
+        return pa.Table.from_batches([rows])
+    if isinstance(rows, pa.Table):
+        return rows
+    if type(rows).__name__ == "DataFrame" and hasattr(rows, "to_dict"):
+        return pa.Table.from_pandas(rows, preserve_index=False)
+    if isinstance(rows, Mapping):
+        return [rows]
+    if isinstance(rows, Iterable) and not isinstance(rows, str | bytes):
+        out = list(rows)
+        for index, row in enumerate(out):
+            if not isinstance(row, Mapping):
+                raise ValidationError(f"expected a dict per row, got {type(row).__name__}",
+                                      type_name=type_name, row=index)
+        return out
+    raise ValidationError(f"expected rows as a list of dicts, an Arrow table or a pandas DataFrame, "
+                          f"got {type(rows).__name__}", type_name=type_name)
+
+
+def _convert_value(prop: Property, value: Any) -> Any:
+    """One Python value as the Arrow builder wants it; raise TypeError/ValueError when it does not fit."""
+    if value is None:
+        return None
+    kind = prop.type
+    if kind in ("str", "text"):
+        if not isinstance(value, str):
+            raise TypeError(f"expected str, got {type(value).__name__}")
+        return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int | np.integer):
+            raise TypeError(f"expected int, got {type(value).__name__}")
+        return int(value)
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+            raise TypeError(f"expected float, got {type(value).__name__}")
+        return float(value)
+    if kind == "bool":
+        if not isinstance(value, bool | np.bool_):
+            raise TypeError(f"expected bool, got {type(value).__name__}")
+        return bool(value)
+    if kind == "timestamp":
+        return _timestamp(value)
+    if kind == "json":
+        return json.dumps(value, allow_nan=False, separators=(",", ":"))
+    if kind == "list[str]":
+        if isinstance(value, str) or not isinstance(value, Sequence | np.ndarray):
+            raise TypeError(f"expected a list of str, got {type(value).__name__}")
+        if not all(isinstance(item, str) for item in value):
+            raise TypeError("expected a list of str, found a non-str item")
+        return list(value)
+    return _vector(prop, value)
+
+
+def _timestamp(value: Any) -> dt.datetime:
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise ValueError(f"not an ISO-8601 timestamp: {value!r}") from exc
+    if not isinstance(value, dt.datetime):
+        raise TypeError(f"expected a datetime or ISO-8601 string, got {type(value).__name__}")
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _vector(prop: Property, value: Any) -> list[float]:
+    array = np.asarray(value, dtype=np.float32)
+    if array.ndim != 1 or array.shape[0] != prop.dimension:
+        raise ValueError(f"expected a vector of dimension {prop.dimension}, got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError("vector has NaN or infinite components")
+    return array.tolist()
+
+
+def _column_from_values(type_name: str, prop: Property, values: list[Any]) -> pa.Array:
+    converted = []
+    for index, value in enumerate(values):
+        try:
+            converted.append(_convert_value(prop, value))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise TypeMismatch(f"bad value for {prop.type} property: {exc}", type_name=type_name, row=index,
+                               field=prop.name, value=value) from None
+    try:
+        return pa.array(converted, type=prop.arrow_type())
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
+        raise TypeMismatch(f"bad value for {prop.type} property: {exc}", type_name=type_name,
+                           field=prop.name) from None
+
+
+def _column_from_arrow(type_name: str, prop: Property, column: pa.ChunkedArray) -> pa.ChunkedArray:
+    target = prop.arrow_type()
+    if prop.type == "json" and not pa.types.is_string(column.type):
+        return _column_from_values(type_name, prop, column.to_pylist())
+    if column.type == target:
+        out = column
+    else:
+        try:
+            out = column.cast(target, safe=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+            raise TypeMismatch(f"column of Arrow type {column.type} does not fit {prop.type}: {exc}",
+                               type_name=type_name, field=prop.name) from None
+    if prop.type == "json":
+        for index, text in enumerate(out.to_pylist()):
+            if text is not None:
+                try:
+                    json.loads(text)
+                except ValueError:
+                    raise TypeMismatch("not valid JSON text", type_name=type_name, row=index,
+                                       field=prop.name, value=text) from None
+    if prop.is_vector:
+        flat = pc.list_flatten(out).to_numpy(zero_copy_only=False)
+        if flat.size and not np.isfinite(flat).all():
+            bad = int(np.flatnonzero(~np.isfinite(flat))[0] // (prop.dimension or 1))
+            raise TypeMismatch("vector has NaN or infinite components", type_name=type_name, row=bad,
+                               field=prop.name)
+    return out
+
+
+def _check_sizes(type_name: str, prop: Property, column: pa.ChunkedArray | pa.Array, config: StoreConfig) -> None:
+    if prop.type not in ("str", "text", "json") or len(column) == 0:
+        return
+    lengths = pc.binary_length(column)
+    longest = pc.max(lengths).as_py()
+    if longest is not None and longest > config.value_bytes_max:
+        row = int(pc.index(lengths, longest).as_py())
+        raise ValueTooLarge(f"value of {longest} bytes exceeds value_bytes_max={config.value_bytes_max}",
+                            type_name=type_name, row=row, field=prop.name)
+
+
+def _check_required(type_name: str, prop: Property, column: pa.ChunkedArray | pa.Array, is_key: bool) -> None:
+    if not (prop.required or is_key) or column.null_count == 0:
+        return
+    row = int(pc.index(pc.is_null(column), True).as_py())
+    error = MissingKey if is_key else ValidationError
+    raise error("missing value for required property", type_name=type_name, row=row, field=prop.name)
+
+
+def _labels_column(type_name: str, source: pa.Table | list[Mapping[str, Any]], rows: int,
+                   config: StoreConfig) -> pa.ChunkedArray | pa.Array:
+    if isinstance(source, pa.Table):
+        if "_labels" not in source.column_names:
+            return pa.array([[]] * rows, type=LABELS_TYPE)
+        try:
+            column = source.column("_labels").cast(LABELS_TYPE)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            raise TypeMismatch("_labels must be a list of str", type_name=type_name, field="_labels") from None
+        column = pc.fill_null(column, pa.scalar([], type=LABELS_TYPE))
+    else:
+        values = []
+        for index, row in enumerate(source):
+            labels = row.get("_labels") or []
+            if isinstance(labels, str) or not all(isinstance(x, str) and x for x in labels):
+                raise TypeMismatch("_labels must be a list of non-empty str", type_name=type_name,
+                                   row=index, field="_labels", value=labels)
+            values.append(sorted(set(labels)))
+        column = pa.array(values, type=LABELS_TYPE)
+    if len(column) and pc.max(pc.list_value_length(column)).as_py() > config.labels_per_node_max:
+        raise ValueTooLarge(f"more than {config.labels_per_node_max} labels on a node", type_name=type_name,
+                            field="_labels")
+    return column
+
+
+def _check_unknown_fields(type_name: str, source: pa.Table | list[Mapping[str, Any]],
+                          allowed: set[str]) -> None:
+    if isinstance(source, pa.Table):
+        unknown = [name for name in source.column_names if name not in allowed]
+        if unknown:
+            raise ValidationError(f"unknown field {unknown[0]!r}", type_name=type_name, field=unknown[0])
+        return
+    for index, row in enumerate(source):
+        for name in row:
+            if name not in allowed:
+                raise ValidationError("unknown field", type_name=type_name, row=index, field=str(name))
+
+
+def _typed_columns(type_name: str, props: dict[str, Property], source: pa.Table | list[Mapping[str, Any]],
+                   rows: int, config: StoreConfig, key: str | None) -> dict[str, Any]:
+    columns: dict[str, Any] = {}
+    for name, prop in props.items():
+        if isinstance(source, pa.Table):
+            if name in source.column_names:
+                column = _column_from_arrow(type_name, prop, source.column(name))
+            else:
+                column = pa.nulls(rows, type=prop.arrow_type())
+        else:
+            column = _column_from_values(type_name, prop, [row.get(name) for row in source])
+        _check_required(type_name, prop, column, name == key)
+        _check_sizes(type_name, prop, column, config)
+        columns[name] = column
+    return columns
+
+
+def node_batch(node_type: NodeType, rows: Rows, config: StoreConfig) -> pa.Table:
+    """Typed table with one column per property (schema order) and `_labels`; raises ValidationError."""
+    source = to_table(rows, node_type.name)
+    count = source.num_rows if isinstance(source, pa.Table) else len(source)
+    if count > config.transaction_rows_max:
+        raise ValueTooLarge(f"{count} rows exceed transaction_rows_max={config.transaction_rows_max}",
+                            type_name=node_type.name)
+    _check_unknown_fields(node_type.name, source, set(node_type.properties) | {"_labels"})
+    columns = _typed_columns(node_type.name, node_type.properties, source, count, config, node_type.key)
+    columns["_labels"] = _labels_column(node_type.name, source, count, config)
+    return pa.table(columns)
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeBatch:
+    """Edges as given: endpoint keys and types per row, plus the typed property columns."""
+
+    src_keys: list[Any]
+    dst_keys: list[Any]
+    src_types: list[str]
+    dst_types: list[str]
+    properties: pa.Table
+
+    def __len__(self) -> int:
+        return len(self.src_keys)
+
+
+def edge_batch(edge_type: EdgeType, rows: Rows, config: StoreConfig, *, with_properties: bool = True) -> EdgeBatch:
+    """Validate edge rows (endpoints as keys, optional src_type/dst_type); raises ValidationError."""
+    source = to_table(rows, edge_type.name)
+    count = source.num_rows if isinstance(source, pa.Table) else len(source)
+    if count > config.transaction_rows_max:
+        raise ValueTooLarge(f"{count} rows exceed transaction_rows_max", type_name=edge_type.name)
+    allowed = set(edge_type.properties) if with_properties else set()
+    _check_unknown_fields(edge_type.name, source, allowed | {"src", "dst", "src_type", "dst_type"})
+    props = edge_type.properties if with_properties else {}
+    columns = _typed_columns(edge_type.name, props, source, count, config, None)
+    return EdgeBatch(
+        _endpoint_keys(edge_type.name, source, "src", count),
+        _endpoint_keys(edge_type.name, source, "dst", count),
+        _endpoint_types(edge_type.name, source, "src_type", count, edge_type.sources),
+        _endpoint_types(edge_type.name, source, "dst_type", count, edge_type.targets),
+        pa.table(columns) if columns else pa.table({"_": pa.nulls(count)}).drop(["_"]),
+    )
+
+
+def _field_values(source: pa.Table | list[Mapping[str, Any]], name: str, rows: int) -> list[Any]:
+    if isinstance(source, pa.Table):
+        return source.column(name).to_pylist() if name in source.column_names else [None] * rows
+    return [row.get(name) for row in source]
+
+
+def _endpoint_keys(type_name: str, source: pa.Table | list[Mapping[str, Any]], end: str, rows: int) -> list[Any]:
+    values = _field_values(source, end, rows)
+    for index, value in enumerate(values):
+        if value is None or isinstance(value, bool) or not isinstance(value, str | int):
+            raise MissingKey(f"edge {end} must be the key (str or int) of a node", type_name=type_name,
+                             row=index, field=end, value=value)
+    return values
+
+
+def _endpoint_types(type_name: str, source: pa.Table | list[Mapping[str, Any]], end: str, rows: int,
+                    allowed: tuple[str, ...]) -> list[str]:
+    values = _field_values(source, end, rows)
+    out = []
+    for index, value in enumerate(values):
+        if value is None:
+            if len(allowed) != 1:
+                raise ValidationError(f"{end} is needed: the edge type allows {list(allowed)}",
+                                      type_name=type_name, row=index, field=end)
+            value = allowed[0]
+        if value not in allowed:
+            raise WrongEndpointType(f"{end} {value!r} is not allowed (allowed: {list(allowed)})",
+                                    type_name=type_name, row=index, field=end, value=value)
+        out.append(value)
+    return out
