@@ -5,6 +5,7 @@
     session = store.session()          # admin; pass a Principal for scoped access
 """
 
+from knowledge.backup import restore_store as restore
 from knowledge.config import StoreConfig
 from knowledge.errors import KnowledgeError
 from knowledge.principal import ADMIN, Principal
@@ -15,5 +16,5 @@ from knowledge.transaction import Transaction
 open = open_store  # noqa: A001 - knowledge.open(path) is the entry point
 
 __all__ = ["ADMIN", "KnowledgeError", "NodeRef", "Principal", "Session", "Store", "StoreConfig",
-           "Transaction", "open", "open_store"]
+           "Transaction", "open", "open_store", "restore"]
 __version__ = "0.1.0"
