@@ -109,21 +109,26 @@ class Resolver:
 
     # -- edges --------------------------------------------------------------------------------
     def _endpoints(self, type_name: str, batch: EdgeBatch, skip_missing: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        src = np.empty(len(batch), dtype=np.int64)
-        dst = np.empty(len(batch), dtype=np.int64)
         keep = np.ones(len(batch), dtype=bool)
-        for end, keys, types, out in (("src", batch.src_keys, batch.src_types, src),
-                                      ("dst", batch.dst_keys, batch.dst_types, dst)):
-            for row, (key, node_type) in enumerate(zip(keys, types, strict=True)):
-                node = self.lookup(node_type, key)
-                if node is None:
-                    if skip_missing:
-                        keep[row] = False
-                        out[row] = -1
-                        continue
-                    self._missing(type_name, end, row, key, node_type)
-                out[row] = node
-        return src, dst, keep
+        out = []
+        for end, keys, types in (("src", batch.src_keys, batch.src_types), ("dst", batch.dst_keys, batch.dst_types)):
+            ids = self._lookup_many(keys, types)
+            missing = [row for row, node in enumerate(ids) if node is None]
+            if missing and not skip_missing:
+                row = missing[0]
+                self._missing(type_name, end, row, keys[row], types[row])
+            keep[missing] = False
+            out.append(np.array([-1 if node is None else node for node in ids] if missing else ids, dtype=np.int64))
+        return out[0], out[1], keep
+
+    def _lookup_many(self, keys: list[Any], types: list[str]) -> list[int | None]:
+        """lookup() for many keys; a vectorisable fast path when every key has one type."""
+        node_type = types[0] if types else None
+        if (node_type is None or self.local.get(node_type) or self.visible is not None
+                or self.directory.pending_deletes or types.count(node_type) != len(types)):
+            return [self.lookup(t, k) for k, t in zip(keys, types, strict=True)]
+        mapping = self.directory.ids.get(node_type, {})
+        return [mapping.get(k) for k in keys]
 
     def _missing(self, type_name: str, end: str, row: int, key: Any, node_type: str) -> None:
         for other in self.schema.nodes:
@@ -140,12 +145,14 @@ class Resolver:
         _, last_rev = np.unique(packed[::-1], return_index=True)
         if len(last_rev) != len(packed):
             rows = np.sort(len(packed) - 1 - last_rev)
-            src, dst, table = src[rows], dst[rows], table.take(pa.array(rows))
+            src, dst = src[rows], dst[rows]
+            table = table.take(pa.array(rows)) if table.num_columns else table
         may_replace = (type_name in self.touched_edge_types or type_name in self.inflight_edge_types
                        or self._any_existing(type_name, src, dst))
         self.touched_edge_types.add(type_name)
-        out = table.add_column(0, "_src", pa.array(src, type=pa.int64()))
-        out = out.add_column(1, "_dst", pa.array(dst, type=pa.int64()))
+        columns = {"_src": pa.array(src, type=pa.int64()), "_dst": pa.array(dst, type=pa.int64())}
+        columns.update((name, table.column(name)) for name in table.column_names)
+        out = pa.table(columns)
         return Op(OpKind.UPSERT_EDGES, type_name, table=out, flags=FLAG_MAY_REPLACE if may_replace else 0)
 
     def _any_existing(self, type_name: str, src: np.ndarray, dst: np.ndarray) -> bool:

@@ -143,9 +143,14 @@ def _column_from_arrow(type_name: str, prop: Property, column: pa.ChunkedArray) 
     return out
 
 
-def _check_sizes(type_name: str, prop: Property, column: pa.ChunkedArray | pa.Array, config: StoreConfig) -> None:
+def _check_sizes(type_name: str, prop: Property, column: pa.ChunkedArray | pa.Array, config: StoreConfig,
+                 values: list[Any] | None = None) -> None:
     if prop.type not in ("str", "text", "json") or len(column) == 0:
         return
+    if values is not None and len(values) <= 64:
+        # small batches (single-row commits): a Python bound is cheaper than an Arrow kernel call
+        if max((len(v) for v in values if isinstance(v, str)), default=0) * 4 <= config.value_bytes_max:
+            return
     lengths = pc.binary_length(column)
     longest = pc.max(lengths).as_py()
     if longest is not None and longest > config.value_bytes_max:
@@ -179,8 +184,11 @@ def _labels_column(type_name: str, source: pa.Table | list[Mapping[str, Any]], r
             if isinstance(labels, str) or not all(isinstance(x, str) and x for x in labels):
                 raise TypeMismatch("_labels must be a list of non-empty str", type_name=type_name,
                                    row=index, field="_labels", value=labels)
+            if len(labels) > config.labels_per_node_max:
+                raise ValueTooLarge(f"more than {config.labels_per_node_max} labels on a node",
+                                    type_name=type_name, row=index, field="_labels")
             values.append(sorted(set(labels)))
-        column = pa.array(values, type=LABELS_TYPE)
+        return pa.array(values, type=LABELS_TYPE)
     if len(column) and pc.max(pc.list_value_length(column)).as_py() > config.labels_per_node_max:
         raise ValueTooLarge(f"more than {config.labels_per_node_max} labels on a node", type_name=type_name,
                             field="_labels")
@@ -209,10 +217,12 @@ def _typed_columns(type_name: str, props: dict[str, Property], source: pa.Table 
                 column = _column_from_arrow(type_name, prop, source.column(name))
             else:
                 column = pa.nulls(rows, type=prop.arrow_type())
+            values = None
         else:
-            column = _column_from_values(type_name, prop, [row.get(name) for row in source])
+            values = [row.get(name) for row in source]
+            column = _column_from_values(type_name, prop, values)
         _check_required(type_name, prop, column, name == key)
-        _check_sizes(type_name, prop, column, config)
+        _check_sizes(type_name, prop, column, config, values if prop.type != "json" else None)
         columns[name] = column
     return columns
 
@@ -259,7 +269,7 @@ def edge_batch(edge_type: EdgeType, rows: Rows, config: StoreConfig, *, with_pro
         _endpoint_keys(edge_type.name, source, "dst", count),
         _endpoint_types(edge_type.name, source, "src_type", count, edge_type.sources),
         _endpoint_types(edge_type.name, source, "dst_type", count, edge_type.targets),
-        pa.table(columns) if columns else pa.table({"_": pa.nulls(count)}).drop(["_"]),
+        pa.table(columns),
     )
 
 
@@ -270,6 +280,11 @@ def _field_values(source: pa.Table | list[Mapping[str, Any]], name: str, rows: i
 
 
 def _endpoint_keys(type_name: str, source: pa.Table | list[Mapping[str, Any]], end: str, rows: int) -> list[Any]:
+    if isinstance(source, pa.Table) and end in source.column_names:
+        column = source.column(end)
+        if column.null_count == 0 and (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+                                       or pa.types.is_integer(column.type)):
+            return column.to_pylist()  # typed, non-null: every value is a valid key
     values = _field_values(source, end, rows)
     for index, value in enumerate(values):
         if value is None or isinstance(value, bool) or not isinstance(value, str | int):
@@ -280,6 +295,9 @@ def _endpoint_keys(type_name: str, source: pa.Table | list[Mapping[str, Any]], e
 
 def _endpoint_types(type_name: str, source: pa.Table | list[Mapping[str, Any]], end: str, rows: int,
                     allowed: tuple[str, ...]) -> list[str]:
+    absent = isinstance(source, pa.Table) and end not in source.column_names
+    if len(allowed) == 1 and (absent or all(not isinstance(row, Mapping) or row.get(end) is None for row in source)):
+        return [allowed[0]] * rows
     values = _field_values(source, end, rows)
     out = []
     for index, value in enumerate(values):
