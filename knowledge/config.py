@@ -19,6 +19,7 @@ class StoreConfig:
     labels_per_node_max: int = 256
     traversal_nodes_max: int = 1_000_000
     overlay_edges_max: int = 65_536
+    apply_delay_ms: int = 100
 
     def __post_init__(self) -> None:
         for name in ("segment_bytes_max", "value_bytes_max", "transaction_bytes_max",

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 ABSENT = -1
+SMALL_BATCH = 64  # below this, plain Python beats an Arrow kernel call
 
 
 def _grow(array: np.ndarray, size: int, fill: Any) -> np.ndarray:
@@ -110,7 +111,15 @@ class NodeDirectory:
         for bitmap in self.labels.values():
             inside = ids[ids < len(bitmap)]
             bitmap[inside] = False
-        if labels is not None and len(ids):
+        if labels is not None and 0 < len(ids) <= SMALL_BATCH:
+            for node, node_labels in zip(ids.tolist(), labels.to_pylist(), strict=True):
+                for label in node_labels or ():
+                    bitmap = self.labels.get(label)
+                    if bitmap is None or len(bitmap) < len(self.type_of):
+                        bitmap = self.labels[label] = _grow(bitmap if bitmap is not None else
+                                                            np.zeros(0, dtype=bool), len(self.type_of), False)
+                    bitmap[node] = True
+        elif labels is not None and len(ids):
             labels = labels.combine_chunks() if isinstance(labels, pa.ChunkedArray) else labels
             flat = pc.list_flatten(labels)
             if len(flat):

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +35,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("knowledge.store")
 FORMAT = {"format": "knowledge-store", "version": 1}
-APPLY_BATCH_RECORDS_MAX = 256
+APPLY_BATCH_RECORDS_MAX = 1024
+APPLY_BATCH_RECORDS_MIN = 256
 VISIBILITY_CACHE_MAX = 64
 
 
@@ -76,6 +78,8 @@ class Store:
         self._memory_turn = threading.Condition(threading.Lock())
         self._applier_cv = threading.Condition(threading.Lock())
         self._queue: list[tuple[int, int, list[Op]]] = []
+        self._queue_since = time.monotonic()
+        self._readers_waiting = 0
         self._inflight_edges: dict[str, int] = {}
         self._visibility_cache: OrderedDict[tuple[Any, int], np.ndarray] = OrderedDict()
         self.tables = Tables(os.path.join(self.path, "state.duckdb"))
@@ -231,8 +235,11 @@ class Store:
             self.memory_lsn = lsn
             self._memory_turn.notify_all()
         with self._applier_cv:
+            if not self._queue:
+                self._queue_since = time.monotonic()
             self._queue.append((lsn, self.epoch, ops))
-            self._applier_cv.notify_all()
+            if len(self._queue) >= APPLY_BATCH_RECORDS_MIN:
+                self._applier_cv.notify_all()
         return lsn
 
     def _apply_memory(self, ops: list[Op]) -> None:
@@ -273,14 +280,21 @@ class Store:
 
     # -- DuckDB applier -----------------------------------------------------------------------
     def _apply_loop(self) -> None:
+        """Apply queued records to DuckDB in batches: when enough have queued, when the oldest has waited
+        `apply_delay_ms`, or at once when a reader waits for them (or the store closes)."""
+        delay_s = self.config.apply_delay_ms / 1000
         while True:
             with self._applier_cv:
-                while not self._queue and not self._closed:
-                    self._applier_cv.wait()
+                while not self._closed and not (self._queue and (
+                        self._readers_waiting or len(self._queue) >= APPLY_BATCH_RECORDS_MIN
+                        or time.monotonic() - self._queue_since >= delay_s)):
+                    timeout = None if not self._queue else max(0.0, self._queue_since + delay_s - time.monotonic())
+                    self._applier_cv.wait(timeout)
                 if not self._queue and self._closed:
                     return
                 batch = self._queue[:APPLY_BATCH_RECORDS_MAX]
                 del self._queue[:len(batch)]
+                self._queue_since = time.monotonic()
             try:
                 self.tables.apply(batch)
             except BaseException as exc:  # the WAL holds the records; reopening replays them
@@ -295,10 +309,15 @@ class Store:
         if self.tables.applied_lsn >= target:
             return
         with self._applier_cv:
-            while self.tables.applied_lsn < target:
-                if self._failure is not None:
-                    raise StorePoisoned("the table applier failed; reopen the store") from self._failure
-                self._applier_cv.wait(0.5)
+            self._readers_waiting += 1
+            self._applier_cv.notify_all()
+            try:
+                while self.tables.applied_lsn < target:
+                    if self._failure is not None:
+                        raise StorePoisoned("the table applier failed; reopen the store") from self._failure
+                    self._applier_cv.wait(0.5)
+            finally:
+                self._readers_waiting -= 1
 
     # -- visibility ---------------------------------------------------------------------------
     def visibility(self, principal: Principal, *, wait: bool = False) -> np.ndarray:
