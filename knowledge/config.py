@@ -20,11 +20,13 @@ class StoreConfig:
     traversal_nodes_max: int = 1_000_000
     overlay_edges_max: int = 65_536
     apply_delay_ms: int = 100
+    audit: bool = False
+    audit_entries_max: int = 100_000
 
     def __post_init__(self) -> None:
         for name in ("segment_bytes_max", "value_bytes_max", "transaction_bytes_max",
                      "transaction_rows_max", "labels_per_node_max", "traversal_nodes_max",
-                     "overlay_edges_max"):
+                     "overlay_edges_max", "apply_delay_ms", "audit_entries_max"):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"config {name} must be positive, got {getattr(self, name)}")
         if self.value_bytes_max > self.transaction_bytes_max:

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.json as pjson
 import pyarrow.parquet as pq
@@ -99,7 +98,7 @@ class _Target:
     extra: dict[str, pa.DataType | None]  # src/dst/src_type/dst_type (None: leave as read)
 
     def columns(self) -> set[str]:
-        return {*self.properties, *self.extra, "_labels"}
+        return {*self.properties, *self.extra, *(() if self.edges else ("_labels",))}
 
 
 def _suffix(path: str) -> str:
@@ -252,11 +251,15 @@ def _json_read_schema(target: _Target) -> pa.Schema:
     fields = [pa.field(name, _JSON_READ_TYPES[prop.type]) for name, prop in target.properties.items()
               if prop.type in _JSON_READ_TYPES]
     fields += [pa.field(name, kind) for name, kind in target.extra.items() if kind is not None]
-    fields.append(pa.field("_labels", LABELS_TYPE))
+    if not target.edges:
+        fields.append(pa.field("_labels", LABELS_TYPE))
     return pa.schema(fields)
 
 
 def _json_batches(path: str, target: _Target) -> Iterator[pa.RecordBatch]:
+    if any(prop.type == "json" for prop in target.properties.values()):
+        yield from _python_json_batches(path, target)
+        return
     reader = pjson.open_json(
         path,
         read_options=pjson.ReadOptions(block_size=READ_BLOCK_BYTES),
@@ -265,32 +268,65 @@ def _json_batches(path: str, target: _Target) -> Iterator[pa.RecordBatch]:
     yield from reader
 
 
-def _diagnose_jsonl(path: str, target: _Target) -> None:
-    """After the Arrow JSON reader failed: find the first offending row in Python and raise for it.
+def _python_json_batches(path: str, target: _Target, rows_per_batch: int = 1 << 15) -> Iterator[pa.RecordBatch]:
+    """JSONL parsed by Python, for types with `json` properties: their values (any JSON, mixed kinds)
+    are kept as exact JSON text, which Arrow's reader cannot do (it infers one struct type per column)."""
+    json_properties = [name for name, prop in target.properties.items() if prop.type == "json"]
+    read_types = {field.name: field.type for field in _json_read_schema(target)}
+    pending: list[dict[str, Any]] = []
+    for _, value in _jsonl_objects(path, target):
+        for name in json_properties:
+            if value.get(name) is not None:
+                value[name] = json.dumps(value[name], ensure_ascii=False, separators=(",", ":"))
+        pending.append(value)
+        if len(pending) == rows_per_batch:
+            yield _dicts_to_batch(pending, read_types)
+            pending = []
+    if pending:
+        yield _dicts_to_batch(pending, read_types)
 
-    Returns (without raising) when no row explains the failure.
-    """
-    expected = {field.name: field.type for field in _json_read_schema(target)}
-    with pa.input_stream(path, compression="detect") as raw, io.TextIOWrapper(raw, encoding="utf-8") as lines:
+
+def _dicts_to_batch(rows: list[dict[str, Any]], read_types: dict[str, pa.DataType]) -> pa.RecordBatch:
+    names = dict.fromkeys(name for row in rows for name in row)
+    return pa.RecordBatch.from_pydict({name: pa.array([row.get(name) for row in rows], type=read_types.get(name))
+                                       for name in names})
+
+
+def _jsonl_objects(path: str, target: _Target) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(row, object) for each non-blank line; a line that is not a JSON object raises ValidationError."""
+    with pa.input_stream(path, compression="detect") as raw, io.BufferedReader(raw) as lines:
         row = 0
         for line in lines:
             if not line.strip():
                 continue
             try:
-                value = json.loads(line)
+                value = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise _with_path(ValidationError(f"not UTF-8 text: {exc.reason} at byte {exc.start}",
+                                                 type_name=target.type_name, row=row), path) from None
             except ValueError as exc:
-                raise _with_path(ValidationError(f"not valid JSON: {exc.msg}", type_name=target.type_name,
+                raise _with_path(ValidationError(f"not valid JSON: {exc}", type_name=target.type_name,
                                                  row=row), path) from None
             if not isinstance(value, dict):
                 raise _with_path(ValidationError(f"expected a JSON object per line, got {type(value).__name__}",
                                                  type_name=target.type_name, row=row), path)
-            for name, kind in expected.items():
-                item = value.get(name)
-                if item is not None and not _json_fits(item, kind):
-                    raise _with_path(TypeMismatch(f"expected {_describe(name, kind, target)}, got "
-                                                  f"{type(item).__name__} {item!r}", type_name=target.type_name,
-                                                  row=row, field=name, value=item), path)
+            yield row, value
             row += 1
+
+
+def _diagnose_jsonl(path: str, target: _Target) -> None:
+    """After reading JSONL into Arrow failed: find the first offending row in Python and raise for it.
+
+    Returns (without raising) when no row explains the failure.
+    """
+    expected = {field.name: field.type for field in _json_read_schema(target)}
+    for row, value in _jsonl_objects(path, target):
+        for name, kind in expected.items():
+            item = value.get(name)
+            if item is not None and not _json_fits(item, kind):
+                raise _with_path(TypeMismatch(f"expected {_describe(name, kind, target)}, got "
+                                              f"{type(item).__name__} {item!r}", type_name=target.type_name,
+                                              row=row, field=name, value=item), path)
 
 
 def _json_fits(value: Any, kind: pa.DataType) -> bool:
@@ -346,11 +382,12 @@ def _conform(table: pa.Table, target: _Target, fmt: str, default_labels: pa.Scal
     for name in table.column_names:
         column = table.column(name)
         prop = target.properties.get(name)
-        if name == "_labels" or (prop is not None and prop.type == "list[str]"):
-            column = _list_column(column, fmt)
-            if name == "_labels" and default_labels is not None:
-                column = pc.fill_null(column, default_labels)
+        if name == "_labels" and not target.edges:
+            column = _labels_column(column, fmt, default_labels)
             kind: pa.DataType | None = LABELS_TYPE
+        elif prop is not None and prop.type == "list[str]":
+            column = _list_column(column, fmt)
+            kind = LABELS_TYPE
         elif prop is not None:
             kind = None if prop.type == "json" and not pa.types.is_string(column.type) else prop.arrow_type()
         else:
@@ -358,7 +395,7 @@ def _conform(table: pa.Table, target: _Target, fmt: str, default_labels: pa.Scal
         if kind is not None and column.type != kind:
             column = _cast_or_raise(column, kind, target, name)
         columns[name] = column
-    if "_labels" not in columns and default_labels is not None:
+    if "_labels" not in columns and default_labels is not None and not target.edges:
         columns["_labels"] = pa.array([default_labels.as_py()] * table.num_rows, type=LABELS_TYPE)
     return pa.table(columns)
 
@@ -369,6 +406,19 @@ def _list_column(column: pa.ChunkedArray, fmt: str) -> pa.ChunkedArray:
         return column
     values = [None if text is None else [item.strip() for item in text.split(LIST_SEPARATOR) if item.strip()]
               for text in column.to_pylist()]
+    return pa.chunked_array([pa.array(values, type=LABELS_TYPE)])
+
+
+def _labels_column(column: pa.ChunkedArray, fmt: str, default: pa.Scalar | None) -> pa.ChunkedArray:
+    """Labels as the store's row-dict path keeps them: sorted, unique, empty strings dropped; null
+    (or an empty CSV field) becomes `default` when given. A column that is not a list of strings is
+    returned as is for the store to reject."""
+    column = _list_column(column, fmt)
+    if not (pa.types.is_list(column.type) and pa.types.is_string(column.type.value_type)):
+        return column
+    fallback = None if default is None else default.as_py()
+    values = [fallback if labels is None else sorted({label for label in labels if label})
+              for labels in column.to_pylist()]
     return pa.chunked_array([pa.array(values, type=LABELS_TYPE)])
 
 

@@ -68,6 +68,8 @@ class Resolver:
             keys = table.column(key).to_pylist()
         self._check_write_labels(type_name, table)
         existing = [self.lookup(type_name, k) for k in keys]
+        if not self.principal.admin:
+            self._check_overwrite(type_name, keys, existing)
         ids = np.empty(len(keys), dtype=np.int64)
         fresh = [i for i, node in enumerate(existing) if node is None]
         may_replace = len(fresh) < len(keys)
@@ -88,6 +90,22 @@ class Resolver:
             if not labels or not self.principal.can_write_labels(set(labels)):
                 raise PermissionDenied(f"principal {self.principal.name!r} may not write {type_name} row {row} "
                                        f"with labels {labels} (needs a write grant on every label)")
+
+    def _check_overwrite(self, type_name: str, keys: list[Any], existing: list[int | None]) -> None:
+        """A non-admin may replace only nodes it sees whose current labels it may write.
+
+        A key held by a node the writer cannot see is refused with the same message as one it may not
+        write: keys are unique per type, so a write can learn that such a key is taken, nothing more.
+        """
+        local = self.local.get(type_name, {})
+        for key, node in zip(keys, existing, strict=True):
+            if node is None:
+                hidden = key not in local and self.directory.staged_id(type_name, key) is not None
+                if hidden:
+                    raise PermissionDenied(f"principal {self.principal.name!r} may not write {type_name} {key!r}")
+                continue
+            if key not in local and not self.principal.can_write_labels(set(self.directory.labels_of(node))):
+                raise PermissionDenied(f"principal {self.principal.name!r} may not write {type_name} {key!r}")
 
     def delete_nodes(self, type_name: str, keys: list[Any]) -> Op | None:
         ids = []

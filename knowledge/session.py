@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from knowledge.errors import InvalidArgument, NotFound, UnknownType
+from knowledge.audit import AuditEntry
+from knowledge.errors import InvalidArgument, NotFound, PermissionDenied, UnknownType
 from knowledge.principal import Principal
 from knowledge.tables import edge_table, node_table, query_arrow, quote
 from knowledge.transaction import Transaction
@@ -43,9 +44,19 @@ class NodeRef:
 class Session:
     """A principal's view of the store. Cheap to create; not meant to be shared between threads."""
 
-    def __init__(self, store: Store, principal: Principal) -> None:
+    def __init__(self, store: Store, principal: Principal | str) -> None:
         self.store = store
-        self.principal = principal
+        self._principal = principal
+
+    @property
+    def principal(self) -> Principal:
+        """The principal as of now: a named principal's grants are looked up on every call."""
+        if isinstance(self._principal, str):
+            principal = self.store.catalog.principals.get(self._principal)
+            if principal is None:
+                raise PermissionDenied(f"principal {self._principal!r} no longer exists")
+            return principal
+        return self._principal
 
     # -- visibility ---------------------------------------------------------------------------
     def visible(self) -> np.ndarray:
@@ -77,6 +88,21 @@ class Session:
                 raise InvalidArgument(f"node type {type_name!r} has no property {name!r}")
         return chosen
 
+    def _audit(self, api: str, node_ids: Any) -> None:
+        audit = self.store.audit
+        if audit is not None:
+            ids = node_ids.tolist() if isinstance(node_ids, np.ndarray) else list(node_ids)
+            audit.record(self.principal.name, api, ids, self.store.memory_lsn)
+
+    def audit_log(self, principal: str | None = None, api: str | None = None, node_id: int | None = None,
+                  limit: int = 1000) -> list[AuditEntry]:
+        """Audit entries, newest first (admins only; empty when auditing is off)."""
+        if not self.principal.admin:
+            raise PermissionDenied("the audit log is readable by admins only")
+        if self.store.audit is None:
+            return []
+        return self.store.audit.query(principal, api, node_id, limit)
+
     # -- point reads --------------------------------------------------------------------------
     def get(self, type_name: str, key: Any, columns: Iterable[str] | None = None) -> dict[str, Any]:
         """The node's properties plus `_id` and `_labels`; raises NotFound when absent or invisible."""
@@ -84,6 +110,7 @@ class Session:
         table = self._fetch(type_name, [node], self._columns(type_name, columns))
         if table.num_rows == 0:
             raise NotFound(type_name, key)
+        self._audit("get", [node])
         return _decode_row(self._node_type(type_name), table.to_pylist()[0])
 
     def get_many(self, type_name: str, keys: Iterable[Any], columns: Iterable[str] | None = None) -> pa.Table:
@@ -92,6 +119,7 @@ class Session:
         visible = self.visible()
         ids = [n for n in (self.store.directory.id_of(type_name, k) for k in keys)
                if n is not None and n < len(visible) and visible[n]]
+        self._audit("get_many", ids)
         return self._fetch(type_name, ids, self._columns(type_name, columns))
 
     def _fetch(self, type_name: str, ids: list[int], columns: list[str]) -> pa.Table:
@@ -141,6 +169,7 @@ class Session:
         ids = np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
         ids = ids[ids < len(visible)]
         ids = ids[visible[ids]][:limit]
+        self._audit("neighbors", ids)
         return [self.ref(n) for n in ids.tolist()]
 
     def traverse(self, type_name: str, key: Any, edge_type: str | Iterable[str] | None = None,
@@ -175,6 +204,7 @@ class Session:
                 total += len(nxt)
                 frontier = nxt
         ids = np.concatenate(order)
+        self._audit("traverse", ids)
         directory = self.store.directory
         types = [directory.type_names[c] for c in directory.type_of[ids].tolist()]
         return pa.table({"id": ids, "type": types, "key": pa.array(directory.key_of[ids].tolist()),
@@ -203,7 +233,10 @@ class Session:
             if limit is not None:
                 _check_limit(limit)
                 sql += f" LIMIT {int(limit)}"
-            return query_arrow(cursor, sql)
+            table = query_arrow(cursor, sql)
+            self._audit("edges", np.unique(np.concatenate([table.column("_src").to_numpy(),
+                                                           table.column("_dst").to_numpy()])))
+            return table
         finally:
             cursor.close()
 
@@ -234,7 +267,9 @@ class Session:
             if limit is not None:
                 _check_limit(limit)
                 sql += f" LIMIT {int(limit)}"
-            return query_arrow(cursor, sql, params)
+            table = query_arrow(cursor, sql, params)
+            self._audit("scan", table.column("_id").to_numpy())
+            return table
         finally:
             cursor.close()
 

@@ -14,10 +14,14 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from knowledge.audit import AuditLog
+from knowledge.catalog import PREFIX as PRINCIPAL_PREFIX
+from knowledge.catalog import Catalog
 from knowledge.config import StoreConfig
 from knowledge.directory import NodeDirectory
 from knowledge.errors import KnowledgeError, SchemaError, StoreClosed, StoreNotFound, StorePoisoned, invariant
@@ -74,6 +78,7 @@ class Store:
         self._closed = False
         self._failure: BaseException | None = None
         self._stage_lock = threading.Lock()
+        self._catalog_lock = threading.Lock()
         self._state = threading.RLock()
         self._memory_turn = threading.Condition(threading.Lock())
         self._applier_cv = threading.Condition(threading.Lock())
@@ -88,6 +93,8 @@ class Store:
         self.schema = self.tables.schema
         self.directory = NodeDirectory()
         self.edges: dict[str, EdgeIndex] = {}
+        self.catalog = Catalog()
+        self.audit = AuditLog(self.config.audit_entries_max) if self.config.audit else None
         self._load_memory()
         self._replay()
         self.epoch = max(self.wal.last_epoch, self.tables.applied_epoch, 1)
@@ -98,6 +105,8 @@ class Store:
     def _load_memory(self) -> None:
         """Rebuild the directory and adjacency from the DuckDB tables."""
         con = self.tables.cursor()
+        for (text,) in con.execute("SELECT value FROM _meta WHERE name LIKE 'principal:%' ORDER BY name").fetchall():
+            self.catalog.apply(json.loads(text))
         for name, node_type in self.schema.nodes.items():
             self.directory.ensure_type(name)
             table = query_arrow(con, f'SELECT _id, "{node_type.key}" AS k, _labels FROM {node_table(name)}')
@@ -136,11 +145,68 @@ class Store:
             log.info("replayed WAL records %d..%d", applied + 1, self.wal.last_lsn)
 
     # -- sessions -----------------------------------------------------------------------------
-    def session(self, principal: Principal | None = None) -> Session:
-        """A session bound to `principal` (admin when None). Every read goes through it."""
+    def session(self, principal: Principal | str | None = None) -> Session:
+        """A session bound to `principal`: admin when None, a catalog principal by name (its grants are
+        looked up on every call, so grant changes apply at once), or an ad-hoc Principal."""
         from knowledge.session import Session
         self._check_open()
+        if isinstance(principal, str):
+            self.catalog.get(principal)
         return Session(self, principal or ADMIN)
+
+    # -- principals -----------------------------------------------------------------------------
+    def _catalog_change(self, name: str, build: Callable[[], dict[str, Any]]) -> int:
+        """Build the principal's new document from the current catalog and commit it (serialised)."""
+        with self._catalog_lock:
+            with self._stage_lock:
+                self._check_open()
+                staged = self._append([Op(OpKind.META, PRINCIPAL_PREFIX + name, document=build())], None)
+            return self._finish(*staged)
+
+    def create_principal(self, name: str, *, read: Iterable[str] = (), write: Iterable[str] = (),
+                         admin: bool = False) -> Principal:
+        """Create a principal with read/write label grants; raises InvalidArgument if it exists."""
+        self._catalog_change(name, lambda: self.catalog.document_create(name, read, write, admin))
+        return self.catalog.get(name)
+
+    def grant(self, name: str, *, read: Iterable[str] = (), write: Iterable[str] = (),
+              admin: bool | None = None) -> Principal:
+        """Add read/write grants (and optionally set admin); effective for every session at once."""
+        self._catalog_change(name, lambda: self.catalog.document_grants(name, add_read=read, add_write=write,
+                                                                           admin=admin))
+        return self.catalog.get(name)
+
+    def revoke(self, name: str, *, read: Iterable[str] = (), write: Iterable[str] = ()) -> Principal:
+        """Remove read/write grants; effective for every session at once."""
+        self._catalog_change(name, lambda: self.catalog.document_grants(name, remove_read=read,
+                                                                           remove_write=write))
+        return self.catalog.get(name)
+
+    def drop_principal(self, name: str) -> None:
+        """Delete a principal and its tokens; its sessions fail from then on."""
+        self._catalog_change(name, lambda: self.catalog.document_drop(name))
+
+    def principals(self) -> list[Principal]:
+        return sorted(self.catalog.principals.values(), key=lambda p: p.name)
+
+    def issue_token(self, name: str) -> str:
+        """A new bearer token for `name`; only its SHA-256 digest is stored, so show it once."""
+        issued: list[str] = []
+
+        def build() -> dict[str, Any]:
+            token, document = self.catalog.document_token(name)
+            issued.append(token)
+            return document
+
+        self._catalog_change(name, build)
+        return issued[0]
+
+    def revoke_tokens(self, name: str) -> None:
+        self._catalog_change(name, lambda: self.catalog.document_revoke_tokens(name))
+
+    def authenticate(self, token: str) -> Principal:
+        """The principal a bearer token belongs to; PermissionDenied otherwise."""
+        return self.catalog.authenticate(token)
 
     # -- schema -------------------------------------------------------------------------------
     def apply_schema(self, change: dict[str, Any]) -> int:
@@ -245,7 +311,10 @@ class Store:
     def _apply_memory(self, ops: list[Op]) -> None:
         directory = self.directory
         for op in ops:
-            if op.kind == OpKind.SCHEMA:
+            if op.kind == OpKind.META:
+                if op.name.startswith(PRINCIPAL_PREFIX):
+                    self.catalog.apply(op.document)
+            elif op.kind == OpKind.SCHEMA:
                 self.schema = Schema.from_dict(op.document)
                 for name in self.schema.nodes:
                     directory.ensure_type(name)

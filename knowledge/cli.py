@@ -1,0 +1,279 @@
+"""The `knowledge` command: a thin shell over the Python API, one subcommand per method.
+
+Data verbs (schema, get, neighbors, stats, init, checkpoint, backup, restore) print JSON on
+stdout; `ingest` prints one summary line; `demo` prints a report. Exit codes: 0 success, 1 a
+KnowledgeError or file error (one `error: ...` line on stderr), 2 a usage error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import knowledge
+from knowledge.errors import InvalidArgument, KnowledgeError
+from knowledge.ingest import BATCH_ROWS_DEFAULT, FORMATS, ingest_file
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+# -- output ----------------------------------------------------------------------------------------
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return value.item()
+    if hasattr(value, "tolist") and callable(value.tolist):  # numpy arrays
+        return value.tolist()
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    return str(value)
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False, default=_jsonable))
+
+
+def _open(path: str) -> knowledge.Store:
+    return knowledge.open(path, create=False)
+
+
+def _key(store: knowledge.Store, type_name: str, key: str) -> str | int:
+    """The command-line KEY as the node type's key type (int keys are parsed)."""
+    node_type = store.schema.nodes.get(type_name)
+    if node_type is None or node_type.properties[node_type.key].type != "int":
+        return key
+    try:
+        return int(key)
+    except ValueError:
+        raise InvalidArgument(f"{type_name} keys are int; {key!r} is not an int") from None
+
+
+# -- commands --------------------------------------------------------------------------------------
+def _cmd_init(args: argparse.Namespace) -> int:
+    with knowledge.open(args.path, create=True) as store:
+        _print_json({"path": store.path, "lsn": store.memory_lsn})
+    return EXIT_OK
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    with _open(args.path) as store:
+        if args.apply:
+            with open(args.apply, encoding="utf-8") as f:
+                try:
+                    change = json.load(f)
+                except ValueError as exc:
+                    raise InvalidArgument(f"schema file {args.apply!r} is not valid JSON: {exc}") from None
+            if not isinstance(change, dict):
+                raise InvalidArgument(f"schema file {args.apply!r} must hold a JSON object with 'nodes' "
+                                      f"and/or 'edges'")
+            store.apply_schema(change)
+        _print_json(store.schema.to_dict())
+    return EXIT_OK
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    with _open(args.path) as store:
+        try:
+            report = ingest_file(store.session(), args.type, args.file, edges=args.edges, fmt=args.format,
+                                 batch_rows=args.batch_rows, progress=not args.quiet, labels=args.label)
+        except KnowledgeError as exc:
+            committed = getattr(exc, "committed_rows", 0)
+            if committed:
+                print(f"note: the {committed:,} rows before the failing batch are committed "
+                      f"(last LSN {getattr(exc, 'committed_lsn', None)})", file=sys.stderr)
+            raise
+    print(report.summary())
+    return EXIT_OK
+
+
+def _cmd_get(args: argparse.Namespace) -> int:
+    with _open(args.path) as store:
+        _print_json(store.session().get(args.type, _key(store, args.type, args.key)))
+    return EXIT_OK
+
+
+def _cmd_neighbors(args: argparse.Namespace) -> int:
+    with _open(args.path) as store:
+        refs = store.session().neighbors(args.type, _key(store, args.type, args.key), edge_type=args.edge_type,
+                                         direction=args.direction, limit=args.limit)
+        _print_json([{"id": ref.id, "type": ref.type, "key": ref.key} for ref in refs])
+    return EXIT_OK
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    with _open(args.path) as store:
+        visible = store.session().stats()
+        _print_json({**store.stats(), "nodes": visible["nodes"], "edges": visible["edges"]})
+    return EXIT_OK
+
+
+def _cmd_checkpoint(args: argparse.Namespace) -> int:
+    with _open(args.path) as store:
+        _print_json({"path": store.path, "lsn": store.checkpoint()})
+    return EXIT_OK
+
+
+def _cmd_backup(args: argparse.Namespace) -> int:
+    with _open(args.src) as store:
+        _print_json({"source": store.path, "backup": args.dest, "lsn": store.backup(args.dest)})
+    return EXIT_OK
+
+
+def _cmd_restore(args: argparse.Namespace) -> int:
+    lsn = knowledge.restore(args.backup, args.dest)
+    _print_json({"backup": args.backup, "store": args.dest, "lsn": lsn})
+    return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from knowledge.demo import run_demo
+
+    run_demo(args.path, out=sys.stdout)
+    return EXIT_OK
+
+
+# -- parser ----------------------------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an int") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _command(subparsers: Any, name: str, handler: Callable[[argparse.Namespace], int], summary: str,
+             examples: Sequence[str]) -> argparse.ArgumentParser:
+    epilog = "Example:\n" + "\n".join(f"  {line}" for line in examples)
+    parser = subparsers.add_parser(name, help=summary, description=summary, epilog=epilog,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `knowledge` command (every subcommand's help shows an example)."""
+    parser = argparse.ArgumentParser(
+        prog="knowledge", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="An embedded typed property graph + document store. Each command is a thin shell "
+                    "over the Python method of the same name.",
+        epilog="Example:\n  knowledge init people.store && knowledge schema people.store --apply schema.json\n"
+               "\nRun `knowledge COMMAND --help` for each command's options and example.")
+    parser.add_argument("--version", action="version", version=f"knowledge {knowledge.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = _command(sub, "init", _cmd_init, "Create a store directory (or open an existing store) and print it.",
+                 ["knowledge init people.store"])
+    p.add_argument("path", metavar="PATH", help="store directory (created if missing; must be empty if it exists)")
+
+    p = _command(sub, "schema", _cmd_schema, "Print the schema as JSON; with --apply, apply a schema change first.",
+                 ["knowledge schema people.store --apply schema.json",
+                  '  where schema.json holds {"nodes": {"Person": {"key": "name", "properties": {"age": "int"}}},',
+                  '                           "edges": {"KNOWS": {"source": "Person", "target": "Person"}}}'])
+    p.add_argument("path", metavar="PATH", help="store directory")
+    p.add_argument("--apply", metavar="FILE.json", help="schema change file ({'nodes': {...}, 'edges': {...}})")
+
+    p = _command(sub, "ingest", _cmd_ingest,
+                 "Upsert the rows of a JSONL, Parquet or CSV file as nodes (or edges) of one type, one "
+                 "transaction per batch.",
+                 ["knowledge ingest people.store Person people.csv --label public",
+                  "knowledge ingest people.store KNOWS knows.jsonl --edges   # rows carry src and dst keys"])
+    p.add_argument("path", metavar="PATH", help="store directory")
+    p.add_argument("type", metavar="TYPE", help="node type (or edge type with --edges)")
+    p.add_argument("file", metavar="FILE", help="input file (.jsonl/.json, .parquet, .csv/.tsv; .gz etc. allowed)")
+    p.add_argument("--edges", action="store_true", help="FILE holds edges: src and dst key columns")
+    p.add_argument("--batch-rows", type=_positive_int, default=BATCH_ROWS_DEFAULT, metavar="N",
+                   help=f"rows per transaction (default {BATCH_ROWS_DEFAULT:,})")
+    p.add_argument("--format", choices=FORMATS, help="file format (default: from the file name)")
+    p.add_argument("--label", action="append", metavar="LABEL",
+                   help="access label for rows without _labels (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = _command(sub, "get", _cmd_get, "Print one node's properties as JSON.",
+                 ["knowledge get people.store Person ada"])
+    p.add_argument("path", metavar="PATH", help="store directory")
+    p.add_argument("type", metavar="TYPE", help="node type")
+    p.add_argument("key", metavar="KEY", help="node key (parsed as int when the type's key is int)")
+
+    p = _command(sub, "neighbors", _cmd_neighbors, "Print a node's neighbours as JSON [{id, type, key}].",
+                 ["knowledge neighbors people.store Person ada --edge-type KNOWS --direction both"])
+    p.add_argument("path", metavar="PATH", help="store directory")
+    p.add_argument("type", metavar="TYPE", help="node type")
+    p.add_argument("key", metavar="KEY", help="node key")
+    p.add_argument("--edge-type", action="append", metavar="E", help="follow only this edge type (repeatable)")
+    p.add_argument("--direction", choices=("out", "in", "both"), default="out", help="default: out")
+    p.add_argument("--limit", type=_positive_int, default=1000, metavar="N", help="at most N (default 1000)")
+
+    p = _command(sub, "stats", _cmd_stats, "Print store figures and node/edge counts per type as JSON.",
+                 ["knowledge stats people.store"])
+    p.add_argument("path", metavar="PATH", help="store directory")
+
+    p = _command(sub, "checkpoint", _cmd_checkpoint,
+                 "Fold the WAL into the tables and drop the WAL segments it covers; print the LSN.",
+                 ["knowledge checkpoint people.store"])
+    p.add_argument("path", metavar="PATH", help="store directory")
+
+    p = _command(sub, "backup", _cmd_backup, "Write a consistent copy of a store to DEST; print its LSN.",
+                 ["knowledge backup people.store backups/people-2024-06-01"])
+    p.add_argument("src", metavar="SRC", help="store directory")
+    p.add_argument("dest", metavar="DEST", help="backup directory (must not exist or be empty)")
+
+    p = _command(sub, "restore", _cmd_restore, "Restore a backup into a new store directory; print its LSN.",
+                 ["knowledge restore backups/people-2024-06-01 people-restored.store"])
+    p.add_argument("backup", metavar="BACKUP", help="backup directory")
+    p.add_argument("dest", metavar="DEST", help="new store directory (must not exist or be empty)")
+
+    p = _command(sub, "demo", _cmd_demo,
+                 "Build a graph from the bundled MuSiQue passages and OpenIE triples and print what it finds.",
+                 ["knowledge demo", "knowledge demo --path demo.store   # keep the store"])
+    p.add_argument("--path", metavar="DIR", help="store directory to keep (default: a temporary one, removed)")
+    return parser
+
+
+def _error_message(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        return f"{exc.strerror}: {exc.filename!r}"
+    return str(exc) or type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `knowledge` command with `argv` (default sys.argv[1:]); return the exit code.
+
+    Never raises for expected failures: usage errors return 2 (argparse prints the usage),
+    KnowledgeError and OSError return 1 after one `error: ...` line on stderr.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        return args.handler(args)
+    except BrokenPipeError:  # stdout closed early (`knowledge stats S | head -1`): not an error
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        except (OSError, ValueError):
+            pass
+        return EXIT_OK
+    except (KnowledgeError, OSError) as exc:
+        print(f"error: {_error_message(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,550 @@
+"""Keyword index: BM25 over documents keyed by dense node id, filtered by a visibility mask.
+
+Design note (why this implementation)
+-------------------------------------
+Requirements: (1) incremental add / replace / remove of one document as WAL records are applied,
+never O(corpus) per change; (2) rebuilt after a crash by re-feeding documents (the store rebuilds
+it at open from its DuckDB text columns, then feeds the WAL-replayed ops), so it needs no
+durability of its own beyond an optional snapshot; (3) every query filtered by the caller's
+boolean visibility mask over node ids, such that an invisible document never contributes a
+result, a score or a count.
+
+Candidates considered:
+
+- DuckDB's ``fts`` extension: has to be downloaded at run time; not installable offline here.
+  It also rebuilds its index with ``PRAGMA create_fts_index`` (no incremental update).
+- ``bm25s``: fast bulk scoring from a sparse matrix, but the index is immutable: any add, replace
+  or remove means re-indexing the whole corpus. Its ``weight_mask`` filters results, but corpus
+  statistics stay global (so scores leak invisible documents).
+- ``tantivy``: incremental through its writer, but it assigns its own doc addresses (we would
+  keep a mapping both ways), commits are segment-based with background merges, a numpy mask
+  cannot be applied inside its collector cheaply (it would be a term query on an id field or a
+  post-filter that breaks top-k), and its BM25 statistics are index-global.
+- Postings kept in memory with numpy scoring (chosen): per term, growable numpy arrays of
+  (doc id, term frequency, generation); per doc id, numpy arrays of length, liveness and
+  generation. Upsert appends postings and bumps the doc's generation, which tombstones its old
+  postings in O(1) each; a term's postings are compacted when more than half are dead
+  (amortised O(1)). A query touches only the postings of its terms plus one O(id space) pass
+  over the mask for the visible N and average length, which is what lets us compute the
+  statistics over visible documents only. No extra dependency, exact control over the formula.
+
+Scoring (Lucene-style BM25, the same as ``bm25s``' default ``method="lucene"``)::
+
+    idf(t)      = ln(1 + (N - df(t) + 0.5) / (df(t) + 0.5))
+    score(d, q) = sum over distinct terms t of q present in d:
+                  idf(t) * tf(t, d) / (tf(t, d) + k1 * (1 - b + b * len(d) / avgdl))
+
+The ``(k1 + 1)`` numerator factor of classic Okapi is left out, as Lucene does since 8.0: it is
+a constant factor and changes no ranking. A term repeated in the query counts once.
+
+Access control: when ``search`` is given a mask, N, df and avgdl are computed over the
+*visible* live documents only, so the scores equal, bit for bit in practice and within float
+rounding by contract, those of an index that only ever held the visible documents. Adding,
+changing or removing an invisible document changes no visible result, score or count. Without a
+mask the statistics are over every live document.
+
+Not thread-safe for writes: the caller serialises ``upsert``/``remove`` (the store applies WAL
+ops under its write lock). ``search`` does not mutate the index, so concurrent searches are fine
+while no write runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["KeywordIndex", "KeywordIndexError", "tokenize", "STOPWORDS", "K_MAX", "DOC_ID_MAX"]
+
+K_MAX = 1_000_000
+"""Largest `k` accepted by `KeywordIndex.search`."""
+
+DOC_ID_MAX = 2**31 - 1
+"""Largest document id accepted (ids are stored as int32 in postings)."""
+
+# Lucene's classic English stop set (EnglishAnalyzer.ENGLISH_STOP_WORDS_SET).
+STOPWORDS: frozenset[str] = frozenset(
+    "a an and are as at be but by for if in into is it no not of on or such that the their then "
+    "there these they this to was will with".split()
+)
+
+_WORD = re.compile(r"\w+")
+_PENDING_MAX = 3 * 32  # pending postings (3 ints each) kept in a list before moving to numpy
+_COMPACT_MIN = 8  # don't bother compacting a term with fewer postings than this
+_EMPTY_POSTINGS = np.zeros((3, 0), dtype=np.int32)
+_EMPTY_POSTINGS.setflags(write=False)
+_NO_TOKENS: Counter[str] = Counter()
+_SNAPSHOT_MAGIC = b"KWIDX\x00\x01\n"
+
+
+class KeywordIndexError(ValueError):
+    """Bad input to the keyword index (arguments, ids, texts, masks, snapshot bytes)."""
+
+
+def _stem(word: str) -> str:
+    """Harman's 'S' stemmer (plural stripping), applied to words longer than three characters."""
+    if len(word) <= 3 or word[-1] != "s":
+        return word
+    if word.endswith("ies") and not word.endswith(("eies", "aies")):
+        return word[:-3] + "y"
+    if word.endswith("es") and not word.endswith(("aes", "ees", "oes")):
+        return word[:-1]
+    if word.endswith(("us", "ss")):
+        return word
+    return word[:-1]
+
+
+def tokenize(text: str) -> list[str]:
+    """Default tokenizer: lowercase, runs of Unicode word characters (``\\w+``), Lucene's English
+    stopwords dropped, plurals stripped with Harman's S stemmer ("studies" -> "study",
+    "cats" -> "cat"; "glass", "virus" kept). Deterministic and locale-independent."""
+    out = []
+    for word in _WORD.findall(text.lower()):
+        if word in STOPWORDS:
+            continue
+        out.append(_stem(word))
+    return out
+
+
+def _as_ids(doc_ids: Sequence[int] | np.ndarray, what: str) -> np.ndarray:
+    """Validate doc ids: a 1-D sequence of non-negative integers <= DOC_ID_MAX -> int64 array."""
+    if isinstance(doc_ids, (str, bytes)):
+        raise KeywordIndexError(f"{what}: doc_ids must be a sequence of integers, got {type(doc_ids).__name__}")
+    try:
+        ids = np.asarray(doc_ids)
+    except (TypeError, ValueError) as exc:
+        raise KeywordIndexError(f"{what}: doc_ids must be a sequence of integers ({exc})") from None
+    if ids.ndim != 1:
+        raise KeywordIndexError(f"{what}: doc_ids must be one-dimensional, got shape {ids.shape}")
+    if ids.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if ids.dtype == np.bool_ or not np.issubdtype(ids.dtype, np.integer):
+        raise KeywordIndexError(f"{what}: doc_ids must be integers, got dtype {ids.dtype}")
+    if ids.dtype == np.uint64 and int(ids.max()) > DOC_ID_MAX:
+        raise KeywordIndexError(f"{what}: doc id {int(ids.max())} is above the maximum {DOC_ID_MAX}")
+    ids = ids.astype(np.int64, copy=False)
+    low = int(ids.min())
+    if low < 0:
+        raise KeywordIndexError(f"{what}: doc ids must be non-negative, got {low}")
+    high = int(ids.max())
+    if high > DOC_ID_MAX:
+        raise KeywordIndexError(f"{what}: doc id {high} is above the maximum {DOC_ID_MAX}")
+    return ids
+
+
+class KeywordIndex:
+    """BM25 keyword index over documents identified by non-negative int ids (dense node ids).
+
+    Guarantees: `search` returns only live documents, each at most once, best score first, ties
+    by lower id; with a mask, only ids with ``mask[id]`` True and with statistics computed over
+    those documents alone (see the module docstring). Writes validate all their input before
+    changing anything, so a write that raises leaves the index unchanged.
+    """
+
+    def __init__(self, k1: float = 1.2, b: float = 0.75,
+                 tokenizer: Callable[[str], list[str]] | None = None) -> None:
+        """Raises KeywordIndexError if k1 is negative or not finite, or b is outside [0, 1]."""
+        if isinstance(k1, bool) or not isinstance(k1, (int, float)) or not math.isfinite(k1) or k1 < 0:
+            raise KeywordIndexError(f"k1 must be a finite number >= 0, got {k1!r}")
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) or not 0 <= b <= 1:
+            raise KeywordIndexError(f"b must be a number in [0, 1], got {b!r}")
+        if tokenizer is not None and not callable(tokenizer):
+            raise KeywordIndexError("tokenizer must be callable (str -> list[str]) or None")
+        self.k1 = float(k1)
+        self.b = float(b)
+        self._custom_tokenizer = tokenizer is not None
+        self._tokenize: Callable[[str], list[str]] = tokenizer if tokenizer is not None else tokenize
+        # vocabulary and per-term postings: rows (doc id, tf, generation) of an int32 (3, cap) array
+        self._vocab: dict[str, int] = {}
+        self._terms: list[str] = []
+        # (3, capacity) int32 arrays, or None; recent postings wait in a flat Python list per term
+        # ([doc, tf, gen, doc, tf, gen, ...]) and move to the array in blocks (cheap single upserts)
+        self._post: list[np.ndarray | None] = []
+        self._pend: list[list[int] | None] = []
+        self._used: list[int] = []   # postings in the array (live + dead) per term
+        self._dead: list[int] = []   # tombstoned postings (array + pending) per term
+        # per doc id
+        self._len = np.zeros(0, dtype=np.int64)    # token count (0 when absent)
+        self._live = np.zeros(0, dtype=np.bool_)
+        self._gen = np.zeros(0, dtype=np.int32)    # bumped on every replace/remove
+        self._doc_terms: dict[int, list[int]] = {}  # live doc id -> its distinct term ids
+        self._count = 0
+        self._total_len = 0
+
+    # -- sizes ----------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        """Number of live documents."""
+        return self._count
+
+    def __repr__(self) -> str:
+        return f"KeywordIndex(docs={self._count}, terms={len(self._terms)}, k1={self.k1}, b={self.b})"
+
+    def _grow_docs(self, needed: int) -> None:
+        cap = len(self._len)
+        if needed <= cap:
+            return
+        new = max(needed, 2 * cap, 64)
+        for name in ("_len", "_live", "_gen"):
+            old = getattr(self, name)
+            arr = np.zeros(new, dtype=old.dtype)
+            arr[:cap] = old
+            setattr(self, name, arr)
+
+    def _new_term(self, term: str) -> int:
+        tid = len(self._terms)
+        self._vocab[term] = tid
+        self._terms.append(term)
+        self._post.append(None)
+        self._pend.append(None)
+        self._used.append(0)
+        self._dead.append(0)
+        return tid
+
+    # -- writes ---------------------------------------------------------------------------------
+    def upsert(self, doc_ids: Sequence[int] | np.ndarray, texts: Sequence[str | None]) -> None:
+        """Set each doc's text, replacing any previous text; a None or token-less text removes it.
+
+        Within one call a repeated id takes its last text. Cost: O(tokens of the given texts),
+        amortised, independent of the corpus size. Raises KeywordIndexError (before any change)
+        when ids and texts differ in length, an id is negative, above DOC_ID_MAX or not an
+        integer, a text is neither str nor None, or the tokenizer returns something else than a
+        list of str.
+        """
+        ids = _as_ids(doc_ids, "upsert")
+        if isinstance(texts, (str, bytes)):
+            raise KeywordIndexError("upsert: texts must be a sequence of str/None, not a single string")
+        try:
+            n_texts = len(texts)
+        except TypeError:
+            raise KeywordIndexError(f"upsert: texts must be a sequence, got {type(texts).__name__}") from None
+        if n_texts != len(ids):
+            raise KeywordIndexError(f"upsert: got {len(ids)} doc ids but {n_texts} texts")
+        # tokenize everything first: a failure leaves the index untouched
+        last: dict[int, Counter[str]] = {}
+        tokenizer = self._tokenize
+        for doc, text in zip(ids.tolist(), texts, strict=True):
+            if text is None:
+                last[doc] = _NO_TOKENS
+                continue
+            if not isinstance(text, str):
+                raise KeywordIndexError(f"upsert: text for doc {doc} must be str or None, "
+                                        f"got {type(text).__name__}")
+            tokens = tokenizer(text)
+            if self._custom_tokenizer and (not isinstance(tokens, list)
+                                           or not all(isinstance(t, str) for t in tokens)):
+                raise KeywordIndexError("upsert: tokenizer must return a list of str")
+            last[doc] = Counter(tokens)
+        if not last:
+            return
+        self._grow_docs(max(last) + 1)
+        self._drop(list(last))
+        vocab, pend, doc_terms = self._vocab, self._pend, self._doc_terms
+        gens, lens, live = self._gen, self._len, self._live
+        for doc, counts in last.items():
+            if not counts:
+                continue
+            gen = int(gens[doc])
+            tids = []
+            for term, tf in counts.items():
+                tid = vocab.get(term)
+                if tid is None:
+                    tid = self._new_term(term)
+                block = pend[tid]
+                if block is None:
+                    pend[tid] = [doc, tf, gen]
+                else:
+                    block += (doc, tf, gen)
+                    if len(block) >= _PENDING_MAX:
+                        self._flush(tid)
+                tids.append(tid)
+            length = sum(counts.values())
+            lens[doc] = length
+            live[doc] = True
+            doc_terms[doc] = tids
+            self._count += 1
+            self._total_len += length
+
+    def remove(self, doc_ids: Sequence[int] | np.ndarray) -> None:
+        """Remove documents; ids not in the index are ignored. Cost: O(terms of the removed docs),
+        amortised. Raises KeywordIndexError for negative, too large or non-integer ids."""
+        ids = _as_ids(doc_ids, "remove")
+        if ids.size:
+            self._drop(ids.tolist())
+
+    def _drop(self, ids: list[int]) -> None:
+        """Tombstone the postings of those of `ids` that are live (each counted once)."""
+        doc_terms, dead, used, pend = self._doc_terms, self._dead, self._used, self._pend
+        touched: set[int] = set()
+        for doc in ids:
+            tids = doc_terms.pop(doc, None)
+            if tids is None:
+                continue
+            self._gen[doc] += 1
+            self._live[doc] = False
+            self._count -= 1
+            self._total_len -= int(self._len[doc])
+            self._len[doc] = 0
+            for tid in tids:
+                dead[tid] += 1
+            touched.update(tids)
+        for tid in touched:
+            total = used[tid] + (len(pend[tid]) // 3 if pend[tid] else 0)
+            if dead[tid] == total or (2 * dead[tid] > total and total >= _COMPACT_MIN):
+                self._compact(tid)
+
+    def _flush(self, tid: int) -> None:
+        """Move a term's pending postings into its numpy array (doubling capacity as needed)."""
+        block = self._pend[tid]
+        if not block:
+            return
+        rows = np.array(block, dtype=np.int32).reshape(-1, 3).T
+        arr, n = self._post[tid], self._used[tid]
+        need = n + rows.shape[1]
+        if arr is None or need > arr.shape[1]:
+            grown = np.empty((3, max(need, 2 * n)), dtype=np.int32)
+            if arr is not None:
+                grown[:, :n] = arr[:, :n]
+            self._post[tid] = arr = grown
+        arr[:, n:need] = rows
+        self._used[tid] = need
+        self._pend[tid] = None
+
+    def _compact(self, tid: int) -> None:
+        """Drop a term's dead postings."""
+        self._flush(tid)
+        kept = self._live_postings(tid)
+        self._post[tid] = np.ascontiguousarray(kept) if kept.shape[1] else None
+        self._used[tid] = kept.shape[1]
+        self._dead[tid] = 0
+
+    # -- reads ----------------------------------------------------------------------------------
+    def _postings(self, tid: int) -> np.ndarray:
+        """All postings of a term, live and dead, as a (3, n) int32 array: doc, tf, generation."""
+        arr, block = self._post[tid], self._pend[tid]
+        base = arr[:, : self._used[tid]] if arr is not None else _EMPTY_POSTINGS
+        if block:
+            extra = np.array(block, dtype=np.int32).reshape(-1, 3).T
+            return extra if arr is None else np.concatenate([base, extra], axis=1)
+        return base
+
+    def _live_postings(self, tid: int) -> np.ndarray:
+        arr = self._postings(tid)
+        if self._dead[tid]:
+            arr = arr[:, arr[2] == self._gen[arr[0]]]
+        return arr
+
+    def search(self, query: str, k: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k documents for `query` as (doc_ids int64, scores float32), best first, ties by lower id.
+
+        With `mask` (a 1-D numpy bool array over doc ids), only docs with ``mask[id]`` True are
+        scored, returned or counted, and N, df and avgdl are computed over them alone; ids at or
+        beyond ``len(mask)`` count as invisible. Returns fewer than k rows when fewer documents
+        match (possibly none). Raises KeywordIndexError if query is not a str, k is not an int in
+        [1, K_MAX], or mask is not a 1-D bool numpy array.
+        """
+        if not isinstance(query, str):
+            raise KeywordIndexError(f"search: query must be str, got {type(query).__name__}")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise KeywordIndexError(f"search: k must be an int, got {type(k).__name__}")
+        if not 1 <= k <= K_MAX:
+            raise KeywordIndexError(f"search: k must be in [1, {K_MAX}], got {k}")
+        if mask is not None:
+            if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_ or mask.ndim != 1:
+                got = f"{mask.dtype}, shape {mask.shape}" if isinstance(mask, np.ndarray) else type(mask).__name__
+                raise KeywordIndexError(f"search: mask must be a 1-D numpy bool array over doc ids, got {got}")
+        empty = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
+        tokens = self._tokenize(query)
+        tids = list(dict.fromkeys(t for t in (self._vocab.get(tok) for tok in tokens) if t is not None))
+        if not tids or self._count == 0:
+            return empty
+        # corpus statistics and the postings of each query term, restricted to what is visible
+        if mask is None:
+            n_docs, total = self._count, self._total_len
+            lists = [self._live_postings(t) for t in tids]
+            dfs = [p.shape[1] for p in lists]
+        else:
+            cap = len(self._live)
+            if len(mask) >= cap:
+                visible = mask[:cap] & self._live
+            else:
+                visible = np.zeros(cap, dtype=np.bool_)
+                np.logical_and(mask, self._live[: len(mask)], out=visible[: len(mask)])
+            n_docs = int(np.count_nonzero(visible))
+            if n_docs == 0:
+                return empty
+            total = int(self._len[visible].sum())
+            lists = []
+            for t in tids:
+                arr = self._postings(t)
+                keep = visible[arr[0]]
+                if self._dead[t]:
+                    keep &= arr[2] == self._gen[arr[0]]
+                lists.append(arr[:, keep])
+            dfs = [p.shape[1] for p in lists]
+        avgdl = total / n_docs
+        k1, b = self.k1, self.b
+        ids_parts, score_parts = [], []
+        for arr, df in zip(lists, dfs, strict=True):
+            if df == 0:
+                continue
+            idf = math.log(1.0 + (n_docs - df + 0.5) / (df + 0.5))
+            docs = arr[0]
+            tf = arr[1].astype(np.float64)
+            norm = k1 * (1.0 - b + b * (self._len[docs] / avgdl))
+            score_parts.append(idf * tf / (tf + norm))
+            ids_parts.append(docs)
+        if not ids_parts:
+            return empty
+        if len(ids_parts) == 1:
+            ids = ids_parts[0].astype(np.int64)
+            scores = score_parts[0]
+        else:
+            all_ids = np.concatenate(ids_parts)
+            all_scores = np.concatenate(score_parts)
+            if 16 * len(all_ids) >= len(self._live):   # dense accumulator over the id space
+                acc = np.bincount(all_ids, weights=all_scores)
+                ids = np.flatnonzero(acc > 0)   # every matching doc scores > 0 (idf > 0, tf > 0)
+                scores = acc[ids]
+            else:                                       # sparse: sort-based accumulation
+                ids, inverse = np.unique(all_ids, return_inverse=True)
+                scores = np.bincount(inverse, weights=all_scores)
+                ids = ids.astype(np.int64)
+        scores32 = scores.astype(np.float32)
+        if len(ids) > k:
+            # keep everything that ties with the k-th best so that ties break by lower id
+            kth = np.partition(scores32, len(ids) - k)[len(ids) - k]
+            sel = scores32 >= kth
+            ids, scores32 = ids[sel], scores32[sel]
+        order = np.lexsort((ids, -scores32))[:k]
+        return ids[order].astype(np.int64, copy=False), scores32[order]
+
+    # -- snapshot -------------------------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        """Serialise the live content (vocabulary, postings, doc lengths, k1, b) to bytes.
+
+        Deterministic: equal contents give equal bytes. The tokenizer itself is not stored, only
+        whether it was the default one; `restore` needs the same custom tokenizer passed again.
+        """
+        terms_out: list[str] = []
+        ptr = [0]
+        doc_parts, tf_parts = [], []
+        for tid, term in enumerate(self._terms):
+            arr = self._live_postings(tid)
+            if arr.shape[1] == 0:
+                continue
+            arr = arr[:, np.argsort(arr[0], kind="stable")]
+            terms_out.append(term)
+            doc_parts.append(arr[0])
+            tf_parts.append(arr[1])
+            ptr.append(ptr[-1] + arr.shape[1])
+        docs = np.concatenate(doc_parts) if doc_parts else np.zeros(0, dtype=np.int32)
+        tfs = np.concatenate(tf_parts) if tf_parts else np.zeros(0, dtype=np.int32)
+        live_ids = np.flatnonzero(self._live).astype(np.int64)
+        arrays = {
+            "ptr": np.asarray(ptr, dtype=np.int64),
+            "docs": docs.astype("<i4"),
+            "tfs": tfs.astype("<i4"),
+            "live_ids": live_ids.astype("<i8"),
+            "lengths": self._len[live_ids].astype("<i8"),
+        }
+        header: dict[str, Any] = {
+            "k1": self.k1, "b": self.b, "custom_tokenizer": self._custom_tokenizer, "terms": terms_out,
+            "arrays": {name: [str(a.dtype.str), len(a)] for name, a in arrays.items()},
+        }
+        head = json.dumps(header, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode("utf-8")
+        body = b"".join(a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes() for a in arrays.values())
+        return _SNAPSHOT_MAGIC + struct.pack("<Q", len(head)) + head + body
+
+    @classmethod
+    def restore(cls, data: bytes, tokenizer: Callable[[str], list[str]] | None = None) -> KeywordIndex:
+        """Rebuild an index from `snapshot()` bytes; it searches exactly as the original did.
+
+        Pass the same `tokenizer` the original used when it was a custom one. Raises
+        KeywordIndexError when the bytes are not a valid snapshot, or a custom tokenizer is
+        missing.
+        """
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise KeywordIndexError(f"restore: data must be bytes, got {type(data).__name__}")
+        data = bytes(data)
+        m = len(_SNAPSHOT_MAGIC)
+        if data[:m] != _SNAPSHOT_MAGIC or len(data) < m + 8:
+            raise KeywordIndexError("restore: not a keyword index snapshot (bad magic)")
+        (head_len,) = struct.unpack_from("<Q", data, m)
+        try:
+            header = json.loads(data[m + 8: m + 8 + head_len].decode("utf-8"))
+            arrays: dict[str, np.ndarray] = {}
+            offset = m + 8 + head_len
+            for name in ("ptr", "docs", "tfs", "live_ids", "lengths"):
+                dtype, count = header["arrays"][name]
+                dt = np.dtype(dtype)
+                size = dt.itemsize * int(count)
+                if offset + size > len(data):
+                    raise ValueError("truncated")
+                arrays[name] = np.frombuffer(data, dtype=dt, count=int(count), offset=offset).astype(
+                    np.int64 if dt.itemsize == 8 else np.int32)
+                offset += size
+            if offset != len(data):
+                raise ValueError("trailing bytes")
+            terms = header["terms"]
+            if header["custom_tokenizer"] and tokenizer is None:
+                raise KeywordIndexError("restore: the snapshot was taken with a custom tokenizer; pass it again")
+            index = cls(header["k1"], header["b"], tokenizer)
+        except KeywordIndexError:
+            raise
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise KeywordIndexError(f"restore: corrupt snapshot ({exc})") from None
+        ptr, docs, tfs = arrays["ptr"], arrays["docs"], arrays["tfs"]
+        live_ids, lengths = arrays["live_ids"], arrays["lengths"]
+        ok = (len(ptr) == len(terms) + 1 and ptr[0] == 0 and ptr[-1] == len(docs) == len(tfs)
+              and bool(np.all(np.diff(ptr) > 0)) and len(live_ids) == len(lengths)
+              and len(set(terms)) == len(terms)
+              and (len(docs) == 0 or (docs.min() >= 0 and bool(np.all(tfs > 0))))
+              and (len(live_ids) == 0 or (live_ids.min() >= 0 and live_ids.max() <= DOC_ID_MAX
+                                          and bool(np.all(np.diff(live_ids) > 0)))))
+        if ok and len(docs):
+            same_term = np.repeat(np.arange(len(terms)), np.diff(ptr))
+            same_term = same_term[1:] == same_term[:-1]
+            ok = bool(np.all(np.isin(docs, live_ids))) and bool(np.all(np.diff(docs)[same_term] > 0))
+        if not ok:
+            raise KeywordIndexError("restore: corrupt snapshot (inconsistent arrays)")
+        index._grow_docs(int(live_ids.max()) + 1 if len(live_ids) else 0)
+        index._live[live_ids] = True
+        index._len[live_ids] = lengths
+        index._count = len(live_ids)
+        index._total_len = int(lengths.sum())
+        index._terms = list(terms)
+        index._vocab = {t: i for i, t in enumerate(terms)}
+        n_terms = len(terms)
+        index._used = np.diff(ptr).tolist()
+        index._dead = [0] * n_terms
+        index._pend = [None] * n_terms
+        index._post = []
+        for tid in range(n_terms):
+            lo, hi = int(ptr[tid]), int(ptr[tid + 1])
+            arr = np.zeros((3, hi - lo), dtype=np.int32)
+            arr[0] = docs[lo:hi]
+            arr[1] = tfs[lo:hi]
+            index._post.append(arr)
+        # forward index: each doc's distinct term ids
+        term_of = np.repeat(np.arange(n_terms, dtype=np.int64), np.diff(ptr))
+        order = np.argsort(docs, kind="stable")
+        sorted_docs, sorted_terms = docs[order].tolist(), term_of[order].tolist()
+        for doc, tid in zip(sorted_docs, sorted_terms, strict=True):
+            tids = index._doc_terms.get(doc)
+            if tids is None:
+                index._doc_terms[doc] = [tid]
+            else:
+                tids.append(tid)
+        if len(index._doc_terms) != index._count:
+            raise KeywordIndexError("restore: corrupt snapshot (live document without terms)")
+        lens = np.zeros(len(index._len), dtype=np.int64)
+        np.add.at(lens, docs, tfs)
+        if not np.array_equal(lens, index._len):
+            raise KeywordIndexError("restore: corrupt snapshot (document lengths disagree with postings)")
+        return index
