@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from knowledge.errors import InvalidArgument
+from knowledge.vectors import VectorConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +23,7 @@ class StoreConfig:
     apply_delay_ms: int = 100
     audit: bool = False
     audit_entries_max: int = 100_000
+    vectors: VectorConfig = field(default_factory=VectorConfig)
 
     def __post_init__(self) -> None:
         for name in ("segment_bytes_max", "value_bytes_max", "transaction_bytes_max",

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.json as pjson
 import pyarrow.parquet as pq
@@ -381,6 +382,7 @@ def _conform(table: pa.Table, target: _Target, fmt: str, default_labels: pa.Scal
     columns: dict[str, Any] = {}
     for name in table.column_names:
         column = table.column(name)
+        _check_utf8(column, target, name)
         prop = target.properties.get(name)
         if name == "_labels" and not target.edges:
             column = _labels_column(column, fmt, default_labels)
@@ -434,6 +436,43 @@ def _caster(kind: pa.DataType) -> Callable[[pa.ChunkedArray], pa.ChunkedArray]:
     return cast
 
 
+def _first_failing_row(column: pa.ChunkedArray, check: Callable[[pa.ChunkedArray], object],
+                       errors: tuple[type[BaseException], ...]) -> int:
+    """The row whose inclusion first makes `check` fail on a prefix (binary search; `check` fails on all)."""
+    low, high = 0, len(column)
+    while high - low > 1:
+        middle = (low + high) // 2
+        try:
+            check(column.slice(0, middle))
+            low = middle
+        except errors:
+            high = middle
+    return high - 1
+
+
+def _check_utf8(column: pa.ChunkedArray, target: _Target, name: str) -> None:
+    """Arrow's JSON reader (and Parquet files) may carry invalid UTF-8 in string columns: find it here."""
+    kind = column.type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)
+            or (pa.types.is_list(kind) and pa.types.is_string(kind.value_type))):
+        return
+
+    def validate(part: pa.ChunkedArray) -> None:
+        part.validate(full=True)
+
+    try:
+        validate(column)
+        return
+    except pa.ArrowInvalid:
+        pass
+    if pa.types.is_list(kind):  # a sliced list still validates all its items: search the items
+        items = pc.list_flatten(column)
+        row = pc.list_parent_indices(column)[_first_failing_row(items, validate, (pa.ArrowInvalid,))].as_py()
+    else:
+        row = _first_failing_row(column, validate, (pa.ArrowInvalid,))
+    raise TypeMismatch("not valid UTF-8 text", type_name=target.type_name, row=row, field=name)
+
+
 def _cast_or_raise(column: pa.ChunkedArray, kind: pa.DataType, target: _Target, name: str) -> pa.ChunkedArray:
     cast = _caster(kind)
     errors = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
@@ -443,21 +482,13 @@ def _cast_or_raise(column: pa.ChunkedArray, kind: pa.DataType, target: _Target, 
         reason = str(exc)
     prop = target.properties.get(name)
     wanted = prop.type if prop is not None else str(kind)
-    # binary search for the shortest failing prefix: its last row is the first bad value
-    low, high = 0, len(column)
-    while high - low > 1:
-        middle = (low + high) // 2
-        try:
-            cast(column.slice(0, middle))
-            low = middle
-        except errors:
-            high = middle
+    row = _first_failing_row(column, cast, errors)
     try:
-        cast(column.slice(high - 1, 1))
+        cast(column.slice(row, 1))
     except errors:
-        value = column[high - 1].as_py()
+        value = column[row].as_py()
         raise TypeMismatch(f"cannot convert {value!r} to {wanted}", type_name=target.type_name,
-                           row=high - 1, field=name, value=value) from None
+                           row=row, field=name, value=value) from None
     raise TypeMismatch(f"column of Arrow type {column.type} does not fit {wanted}: {reason}",
                        type_name=target.type_name, field=name)
 

@@ -75,6 +75,8 @@ STOPWORDS: frozenset[str] = frozenset(
 )
 
 _WORD = re.compile(r"\w+")
+_TOKEN_CACHE: dict[str, str] = {}  # word -> token ("" for a stopword); a pure function's memo
+_TOKEN_CACHE_MAX = 500_000
 _PENDING_MAX = 3 * 32  # pending postings (3 ints each) kept in a list before moving to numpy
 _COMPACT_MIN = 8  # don't bother compacting a term with fewer postings than this
 _EMPTY_POSTINGS = np.zeros((3, 0), dtype=np.int32)
@@ -100,15 +102,25 @@ def _stem(word: str) -> str:
     return word[:-1]
 
 
+def _normalize(word: str) -> str:
+    """A lowercased word -> its token, or "" for a stopword."""
+    return "" if word in STOPWORDS else _stem(word)
+
+
 def tokenize(text: str) -> list[str]:
     """Default tokenizer: lowercase, runs of Unicode word characters (``\\w+``), Lucene's English
     stopwords dropped, plurals stripped with Harman's S stemmer ("studies" -> "study",
     "cats" -> "cat"; "glass", "virus" kept). Deterministic and locale-independent."""
+    cache = _TOKEN_CACHE
+    if len(cache) > _TOKEN_CACHE_MAX:
+        cache.clear()
     out = []
     for word in _WORD.findall(text.lower()):
-        if word in STOPWORDS:
-            continue
-        out.append(_stem(word))
+        token = cache.get(word)
+        if token is None:
+            token = cache[word] = _normalize(word)
+        if token:
+            out.append(token)
     return out
 
 

@@ -29,6 +29,7 @@ Direction = Literal["out", "in", "both"]
 DIRECTIONS = ("out", "in", "both")
 LIMIT_MAX = 1_000_000
 DEPTH_MAX = 16
+SEARCH_K_MAX = 10_000
 _OPERATORS = {"=": "=", "==": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">=", "like": "LIKE"}
 
 
@@ -240,6 +241,71 @@ class Session:
         finally:
             cursor.close()
 
+    # -- vector search ------------------------------------------------------------------------
+    def search(self, vector: Any, k: int = 10, type: str | None = None, property: str | None = None,
+               where: dict[str, Any] | None = None, columns: Iterable[str] | None = None) -> pa.Table:
+        """The k visible nodes nearest to `vector` that match `where`, best first, as Arrow.
+
+        Columns: `_id`, `_key`, `_score` (cosine/ip similarity, higher is better; l2 squared distance,
+        lower is better), then the requested properties. The where-filter and the session's
+        visibility form one mask applied before ranking: fewer than k rows come back only when
+        fewer than k nodes qualify. The plan taken is in the schema metadata (b"plan").
+        Raises UnknownType, InvalidArgument (wrong dimension, NaN/inf, k out of 1..10000).
+        """
+        type_name, prop = self._vector_property(type, property)
+        query = _check_query_vector(vector, prop.dimension)
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= SEARCH_K_MAX:
+            raise InvalidArgument(f"k must be an int in 1..{SEARCH_K_MAX}, got {k!r}")
+        chosen = self._columns(type_name, columns) if columns is not None else []
+        allowed = self.visible()
+        if where:
+            allowed = allowed & self._where_mask(type_name, where, len(allowed))
+        index = self.store.vectors[(type_name, prop.name)]
+        with self.store._state:
+            ids, scores, plan = index.search(query, k, allowed)
+        directory = self.store.directory
+        table = pa.table({"_id": pa.array(ids, type=pa.int64()),
+                          "_key": pa.array(directory.key_of[ids].tolist()),
+                          "_score": pa.array(scores, type=pa.float32())})
+        if chosen and len(ids):
+            rows = self._fetch(type_name, ids.tolist(), chosen)
+            position = {node: i for i, node in enumerate(rows.column("_id").to_pylist())}
+            rows = rows.take(pa.array([position[n] for n in ids.tolist()]))
+            for name in chosen:
+                table = table.append_column(name, rows.column(name))
+        elif chosen:
+            node_type = self._node_type(type_name)
+            for name in chosen:
+                table = table.append_column(name, pa.array([], type=node_type.properties[name].arrow_type()))
+        self._audit("search", ids)
+        return table.replace_schema_metadata({"plan": plan})
+
+    def _vector_property(self, type_name: str | None, prop_name: str | None) -> tuple[str, Any]:
+        candidates = [(t, p) for t, nt in self.store.schema.nodes.items() for p in nt.vector_properties
+                      if (type_name is None or t == type_name) and (prop_name is None or p.name == prop_name)]
+        if type_name is not None:
+            self._node_type(type_name)
+        if not candidates:
+            raise InvalidArgument(f"no vector property {prop_name or ''!s} on {type_name or 'any node type'}")
+        if len(candidates) > 1:
+            raise InvalidArgument(f"several vector properties match ({[f'{t}.{p.name}' for t, p in candidates]}); "
+                                  f"name type= and property=")
+        return candidates[0]
+
+    def _where_mask(self, type_name: str, where: dict[str, Any], size: int) -> np.ndarray:
+        clauses, params = _where_sql(self._node_type(type_name), where, self.principal)
+        self.store.wait_applied()
+        cursor = self.store.tables.cursor()
+        try:
+            table = query_arrow(cursor, f"SELECT _id FROM {node_table(type_name)} WHERE {' AND '.join(clauses)}",
+                                params)
+        finally:
+            cursor.close()
+        mask = np.zeros(size, dtype=bool)
+        ids = table.column("_id").to_numpy()
+        mask[ids[ids < size]] = True
+        return mask
+
     # -- scans and counts ---------------------------------------------------------------------
     def scan(self, type_name: str, where: dict[str, Any] | None = None, columns: Iterable[str] | None = None,
              limit: int | None = None) -> pa.Table:
@@ -300,6 +366,18 @@ class Session:
     def transaction(self) -> Transaction:
         """A new transaction; commit() (or leaving a `with` block cleanly) makes it durable."""
         return Transaction(self)
+
+
+def _check_query_vector(vector: Any, dimension: int) -> np.ndarray:
+    try:
+        query = np.asarray(vector, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"query vector is not numeric: {exc}") from None
+    if query.ndim != 1 or query.shape[0] != dimension:
+        raise InvalidArgument(f"query vector must have dimension {dimension}, got shape {query.shape}")
+    if not np.isfinite(query).all():
+        raise InvalidArgument("query vector has NaN or infinite components")
+    return query
 
 
 def _check_direction(direction: str) -> None:

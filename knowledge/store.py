@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from knowledge.audit import AuditLog
 from knowledge.catalog import PREFIX as PRINCIPAL_PREFIX
@@ -32,6 +34,7 @@ from knowledge.principal import ADMIN, Principal
 from knowledge.resolve import Resolver, check_payload_size
 from knowledge.schema import Schema
 from knowledge.tables import Tables, node_table, query_arrow
+from knowledge.vectors import VectorIndex
 from knowledge.wal import WriteAheadLog
 
 if TYPE_CHECKING:
@@ -94,6 +97,7 @@ class Store:
         self.directory = NodeDirectory()
         self.edges: dict[str, EdgeIndex] = {}
         self.catalog = Catalog()
+        self.vectors: dict[tuple[str, str], VectorIndex] = {}
         self.audit = AuditLog(self.config.audit_entries_max) if self.config.audit else None
         self._load_memory()
         self._replay()
@@ -122,6 +126,45 @@ class Store:
                           self.directory.capacity)
                 index.compact(self.directory.capacity, self.directory.alive)
         con.close()
+        self._load_vectors()
+
+    def _snapshot_path(self, type_name: str, prop: str) -> str:
+        return os.path.join(self.path, "snapshots", f"vectors-{type_name}-{prop}.snap")
+
+    def _load_vectors(self) -> None:
+        """Each vector index from its snapshot plus the WAL up to the tables' LSN, else from the table."""
+        applied = self.tables.applied_lsn
+        for type_name, node_type in self.schema.nodes.items():
+            for prop in node_type.vector_properties:
+                assert prop.dimension is not None and prop.metric is not None
+                try:
+                    index, lsn = VectorIndex.load(self._snapshot_path(type_name, prop.name), prop.dimension,
+                                                  prop.metric, self.config.vectors)
+                    if lsn > applied or self.wal.first_lsn > lsn + 1:
+                        raise ValueError(f"snapshot at LSN {lsn} does not join the log (tables at {applied}, "
+                                         f"WAL from {self.wal.first_lsn})")
+                    self.vectors[(type_name, prop.name)] = index
+                    for record in self.wal.read_from(lsn + 1, until_lsn=applied):
+                        self._apply_vectors(decode_ops(record.payload, record.lsn), only=(type_name, prop.name))
+                except (OSError, ValueError, KeyError) as exc:
+                    if not isinstance(exc, FileNotFoundError) or self.directory.count(type_name):
+                        log.warning("vector index %s.%s rebuilt from the node table: %s", type_name, prop.name, exc)
+                    self.vectors[(type_name, prop.name)] = self._vectors_from_table(type_name, prop)
+
+    def _vectors_from_table(self, type_name: str, prop: Any) -> VectorIndex:
+        index = VectorIndex(prop.dimension, prop.metric, self.config.vectors)
+        cursor = self.tables.cursor()
+        try:
+            table = query_arrow(cursor, f'SELECT _id, "{prop.name}" AS v FROM {node_table(type_name)} '
+                                        f'WHERE "{prop.name}" IS NOT NULL ORDER BY _id')
+        finally:
+            cursor.close()
+        if table.num_rows:
+            flat = pc.list_flatten(table.column("v")).to_numpy(zero_copy_only=False)
+            index.upsert(table.column("_id").to_numpy(), flat.reshape(-1, prop.dimension))
+            if index.needs_compaction():
+                index.compact()
+        return index
 
     def _replay(self) -> None:
         applied = self.tables.applied_lsn
@@ -316,8 +359,12 @@ class Store:
                     self.catalog.apply(op.document)
             elif op.kind == OpKind.SCHEMA:
                 self.schema = Schema.from_dict(op.document)
-                for name in self.schema.nodes:
+                for name, node_type in self.schema.nodes.items():
                     directory.ensure_type(name)
+                    for prop in node_type.vector_properties:
+                        assert prop.dimension is not None and prop.metric is not None
+                        self.vectors.setdefault((name, prop.name), VectorIndex(prop.dimension, prop.metric,
+                                                                               self.config.vectors))
                 for name in self.schema.edges:
                     self.edges.setdefault(name, EdgeIndex(self.config.overlay_edges_max))
             elif op.kind == OpKind.UPSERT_NODES:
@@ -325,9 +372,11 @@ class Store:
                 key = self.schema.nodes[op.name].key
                 directory.apply_upsert(op.name, op.table.column("_id").to_numpy(),
                                        op.table.column(key).to_pylist(), op.table.column("_labels"))
+                self._apply_vectors([op])
             elif op.kind == OpKind.DELETE_NODES:
                 assert op.table is not None
                 directory.apply_delete(op.name, op.table.column("_id").to_numpy())
+                self._apply_vectors([op])
             elif op.kind in (OpKind.UPSERT_EDGES, OpKind.DELETE_EDGES):
                 assert op.table is not None
                 src = op.table.column("_src").to_numpy()
@@ -337,6 +386,29 @@ class Store:
                     index.add(src, dst, directory.capacity)
                 else:
                     index.remove(src, dst, directory.capacity)
+
+    def _apply_vectors(self, ops: list[Op], only: tuple[str, str] | None = None) -> None:
+        """Feed node upserts and deletes to the vector indexes (all, or the `only` one)."""
+        for op in ops:
+            if op.kind not in (OpKind.UPSERT_NODES, OpKind.DELETE_NODES) or op.table is None:
+                continue
+            node_type = self.schema.nodes.get(op.name)
+            if node_type is None:
+                continue
+            ids = op.table.column("_id").to_numpy()
+            for prop in node_type.vector_properties:
+                index = self.vectors.get((op.name, prop.name))
+                if index is None or (only is not None and only != (op.name, prop.name)):
+                    continue
+                if op.kind == OpKind.DELETE_NODES or prop.name not in op.table.column_names:
+                    index.remove(ids)
+                    continue
+                column = op.table.column(prop.name).combine_chunks()
+                present = ~column.is_null().to_numpy(zero_copy_only=False)
+                index.remove(ids[~present])
+                if present.any():
+                    values = pc.list_flatten(column.filter(pa.array(present))).to_numpy(zero_copy_only=False)
+                    index.upsert(ids[present], values.reshape(-1, index.dimension))
 
     def _fail(self, exc: BaseException) -> None:
         if self._failure is None:
@@ -416,21 +488,32 @@ class Store:
 
     # -- maintenance ----------------------------------------------------------------------------
     def checkpoint(self) -> int:
-        """Make DuckDB hold everything committed, fold the graph overlay and drop WAL segments below it.
+        """Make DuckDB hold everything committed, fold the graph overlay, compact the vector indexes and
+        write their snapshots, then drop WAL segments the checkpoint covers. Commits wait meanwhile.
 
         Returns the LSN the checkpoint covers.
         """
-        self._check_open()
-        lsn = self.memory_lsn
-        self.wait_applied(lsn)
-        with self.tables.lock:
-            self.tables.con.execute("INSERT OR REPLACE INTO _meta VALUES ('next_id', ?)", [str(self.directory.next_id)])
-        self.tables.checkpoint()
-        with self._state:
-            for index in self.edges.values():
-                index.compact(self.directory.capacity, self.directory.alive)
-        self.wal.remove_segments_before(self.tables.applied_lsn + 1)
-        return lsn
+        with self._stage_lock:
+            self._check_open()
+            lsn = self.wal.last_lsn
+            with self._memory_turn:
+                while self.memory_lsn < lsn:
+                    self._memory_turn.wait(0.5)
+            self.wait_applied(lsn)
+            with self.tables.lock:
+                self.tables.con.execute("INSERT OR REPLACE INTO _meta VALUES ('next_id', ?)",
+                                        [str(self.directory.next_id)])
+            self.tables.checkpoint()
+            os.makedirs(os.path.join(self.path, "snapshots"), exist_ok=True)
+            with self._state:
+                for index in self.edges.values():
+                    index.compact(self.directory.capacity, self.directory.alive)
+                for (type_name, prop), vectors in self.vectors.items():
+                    if vectors.needs_compaction():
+                        vectors.compact()
+                    vectors.save(self._snapshot_path(type_name, prop), lsn)
+            self.wal.remove_segments_before(lsn + 1)
+            return lsn
 
     def backup(self, destination: str) -> int:
         """Write a consistent copy of the store at one LSN to `destination`; return that LSN."""

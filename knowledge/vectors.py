@@ -1,0 +1,262 @@
+"""Vector index of one (node type, vector property): rows of vectors with tombstones, an exact (flat) or HNSW
+faiss index, and a selectivity-aware search planner.
+
+Rows are append-only: an upsert tombstones the node's old row and appends a new one; a delete
+tombstones. The HNSW graph (faiss cannot remove ids) covers rows [0, hnsw_rows) and is rebuilt
+without tombstones at checkpoint; rows appended since are searched exactly and merged.
+
+Planner, for an allowed-node mask (visibility & where-filter & has-vector):
+- nothing filtered and no tombstones: the index as is (faiss flat or HNSW at ef_search);
+- few allowed rows (<= gather_fraction of live rows, or <= gather_rows_min): gather those rows and
+  scan them exactly (knowledge.kernels.topk), which is both exact and fastest when selective;
+- otherwise: faiss with an IDSelectorBitmap, HNSW's ef widened by 1/selectivity so recall holds;
+  when HNSW returns fewer than k allowed rows the search falls back to the exact gather.
+Cosine vectors are stored normalised and searched by inner product; scores are similarities
+(higher is better) for cosine and ip, squared distances (lower is better) for l2.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import zlib
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+from knowledge.errors import InvalidArgument
+from knowledge.kernels import topk
+
+log = logging.getLogger("knowledge.vectors")
+SNAPSHOT_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class VectorConfig:
+    """Index and planner settings (per store)."""
+
+    hnsw_rows_min: int = 50_000        # live rows from which checkpoint builds HNSW ("auto" kind)
+    kind: str = "auto"                 # "auto", "flat" or "hnsw"
+    hnsw_m: int = 32
+    ef_construction: int = 80
+    ef_search: int = 128
+    ef_search_max: int = 2048
+    gather_fraction: float = 0.05
+    gather_rows_min: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("auto", "flat", "hnsw"):
+            raise InvalidArgument(f"vector index kind must be auto, flat or hnsw, not {self.kind!r}")
+
+
+def _grow_rows(array: np.ndarray, rows: int) -> np.ndarray:
+    if rows <= len(array):
+        return array
+    out = np.zeros((max(rows, 2 * len(array), 1024),) + array.shape[1:], dtype=array.dtype)
+    out[:len(array)] = array
+    return out
+
+
+class VectorIndex:
+    """All vectors of one vector property, searchable under an allowed-node mask."""
+
+    def __init__(self, dimension: int, metric: str, config: VectorConfig | None = None) -> None:
+        self.dimension = dimension
+        self.metric = metric
+        self.config = config or VectorConfig()
+        self.matrix = np.zeros((0, dimension), dtype=np.float32)
+        self.row_ids = np.zeros(0, dtype=np.int64)
+        self.live = np.zeros(0, dtype=bool)
+        self.rows = 0
+        self.live_count = 0
+        self.row_of: dict[int, int] = {}
+        self.hnsw: faiss.IndexHNSW | None = None
+        self.hnsw_rows = 0
+        self.version = 0
+
+    @property
+    def faiss_metric(self) -> int:
+        return faiss.METRIC_L2 if self.metric == "l2" else faiss.METRIC_INNER_PRODUCT
+
+    @property
+    def kernel_metric(self) -> str:
+        return "l2" if self.metric == "l2" else "ip"
+
+    # -- writes -------------------------------------------------------------------------------
+    def prepare(self, vectors: np.ndarray) -> np.ndarray:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dimension)
+        if self.metric == "cosine":
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            vectors = vectors / np.where(norms == 0, 1, norms)
+        return vectors
+
+    def upsert(self, node_ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Set the vectors of `node_ids` (rows of `vectors`, already validated finite and of the right width)."""
+        self.remove(node_ids)
+        count = len(node_ids)
+        if not count:
+            return
+        start, end = self.rows, self.rows + count
+        self.matrix = _grow_rows(self.matrix, end)
+        self.row_ids = _grow_rows(self.row_ids, end)
+        self.live = _grow_rows(self.live, end)
+        self.matrix[start:end] = self.prepare(vectors)
+        self.row_ids[start:end] = node_ids
+        self.live[start:end] = True
+        self.row_of.update(zip(node_ids.tolist(), range(start, end), strict=True))
+        self.rows = end
+        self.live_count += count
+        self.version += 1
+
+    def remove(self, node_ids: np.ndarray) -> None:
+        rows = [r for r in (self.row_of.pop(n, None) for n in node_ids.tolist()) if r is not None]
+        if rows:
+            self.live[rows] = False
+            self.live_count -= len(rows)
+            self.version += 1
+
+    # -- search -------------------------------------------------------------------------------
+    def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, str]:
+        """(node ids, scores, plan) of the best k rows whose node is allowed (allowed[node] True)."""
+        q = self.prepare(query)
+        if self.live_count == 0 or k <= 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32), "empty"
+        row_mask = self.live[:self.rows]
+        if allowed is not None:
+            nodes = self.row_ids[:self.rows]
+            inside = nodes < len(allowed)
+            row_mask = row_mask & inside & allowed[np.where(inside, nodes, 0)]
+        selected = int(np.count_nonzero(row_mask))
+        if selected == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32), "empty"
+        unfiltered = selected == self.rows
+        if not unfiltered and (selected <= self.config.gather_rows_min
+                               or selected <= self.config.gather_fraction * self.live_count):
+            return (*self._gather(q, k, row_mask), "gather")
+        if self.hnsw is not None:
+            result = self._hnsw(q, k, None if unfiltered else row_mask, selected)
+            if result is not None:
+                return (*result, "hnsw" if unfiltered else "hnsw-filtered")
+            return (*self._gather(q, k, row_mask), "gather")
+        return (*self._flat(q, k, row_mask, unfiltered), "flat" if unfiltered else "flat-filtered")
+
+    def _gather(self, q: np.ndarray, k: int, row_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.flatnonzero(row_mask)
+        scores, idx = topk(q, self.matrix[rows], k, self.kernel_metric)
+        keep = idx[0] >= 0
+        return self._finish(rows[idx[0][keep]], scores[0][keep])
+
+    def _flat(self, q: np.ndarray, k: int, row_mask: np.ndarray, unfiltered: bool) -> tuple[np.ndarray, np.ndarray]:
+        scores, idx = topk(q, self.matrix[:self.rows], k, self.kernel_metric, None if unfiltered else row_mask)
+        keep = idx[0] >= 0
+        return self._finish(idx[0][keep], scores[0][keep])
+
+    def _hnsw(self, q: np.ndarray, k: int, row_mask: np.ndarray | None,
+              selected: int) -> tuple[np.ndarray, np.ndarray] | None:
+        assert self.hnsw is not None
+        covered = self.hnsw_rows
+        params = faiss.SearchParametersHNSW()
+        if row_mask is None and not (self.live_count < self.rows):
+            params.efSearch = max(self.config.ef_search, k)
+        else:
+            mask = self.live[:self.rows] if row_mask is None else row_mask
+            fraction = max(selected / max(self.rows, 1), 1e-6)
+            params.efSearch = int(min(self.config.ef_search_max, max(k, self.config.ef_search / fraction)))
+            bits = np.packbits(mask[:covered], bitorder="little")
+            params.sel = faiss.IDSelectorBitmap(covered, faiss.swig_ptr(bits))
+        distances, labels = self.hnsw.search(q, k, params=params)
+        found = labels[0][labels[0] >= 0]
+        scores = distances[0][labels[0] >= 0]
+        tail_mask = (self.live[covered:self.rows] if row_mask is None else row_mask[covered:self.rows])
+        if tail_mask.any():
+            tail_rows = covered + np.flatnonzero(tail_mask)
+            t_scores, t_idx = topk(q, self.matrix[tail_rows], k, self.kernel_metric)
+            keep = t_idx[0] >= 0
+            found = np.concatenate([found, tail_rows[t_idx[0][keep]]])
+            scores = np.concatenate([scores, t_scores[0][keep]])
+        if len(found) < min(k, selected):
+            return None
+        return self._finish(found, scores, k)
+
+    def _finish(self, rows: np.ndarray, scores: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        nodes = self.row_ids[rows]
+        order = np.lexsort((nodes, scores if self.metric == "l2" else -scores))
+        if k is not None:
+            order = order[:k]
+        return nodes[order], scores[order].astype(np.float32)
+
+    # -- maintenance --------------------------------------------------------------------------
+    def compact(self) -> None:
+        """Drop tombstoned rows and (re)build HNSW when the index kind calls for it."""
+        keep = np.flatnonzero(self.live[:self.rows])
+        self.matrix = np.ascontiguousarray(self.matrix[keep])
+        self.row_ids = self.row_ids[keep].copy()
+        self.live = np.ones(len(keep), dtype=bool)
+        self.rows = self.live_count = len(keep)
+        self.row_of = dict(zip(self.row_ids.tolist(), range(self.rows), strict=True))
+        self.hnsw, self.hnsw_rows = None, 0
+        if self.config.kind == "hnsw" or (self.config.kind == "auto" and self.rows >= self.config.hnsw_rows_min):
+            self._build_hnsw()
+        self.version += 1
+
+    def _build_hnsw(self) -> None:
+        index = faiss.IndexHNSWFlat(self.dimension, self.config.hnsw_m, self.faiss_metric)
+        index.hnsw.efConstruction = self.config.ef_construction
+        if self.rows:
+            index.add(self.matrix[:self.rows])
+        self.hnsw, self.hnsw_rows = index, self.rows
+
+    def needs_compaction(self) -> bool:
+        wants_hnsw = self.config.kind == "hnsw" or (self.config.kind == "auto" and
+                                                    self.live_count >= self.config.hnsw_rows_min)
+        tail = self.rows - self.hnsw_rows
+        return (self.live_count < self.rows or (wants_hnsw and (self.hnsw is None or tail > 0))
+                or (not wants_hnsw and self.hnsw is not None))
+
+    # -- snapshots ----------------------------------------------------------------------------
+    def save(self, path: str, lsn: int) -> None:
+        """Write the index (compacted first) to `path` atomically, stamped with `lsn`."""
+        if self.live_count < self.rows:
+            self.compact()
+        buffer = io.BytesIO()
+        arrays = {"matrix": self.matrix[:self.rows], "row_ids": self.row_ids[:self.rows]}
+        if self.hnsw is not None:
+            arrays["hnsw"] = faiss.serialize_index(self.hnsw)
+        np.savez(buffer, **arrays)
+        body = buffer.getvalue()
+        header = json.dumps({"version": SNAPSHOT_VERSION, "lsn": lsn, "dimension": self.dimension,
+                             "metric": self.metric, "hnsw_rows": self.hnsw_rows, "crc": zlib.crc32(body),
+                             "bytes": len(body)}).encode()
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(len(header).to_bytes(4, "little") + header + body)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str, dimension: int, metric: str, config: VectorConfig) -> tuple[VectorIndex, int]:
+        """(index, lsn) from a snapshot; raises ValueError (or OSError) when missing, damaged or mismatched."""
+        with open(path, "rb") as f:
+            data = f.read()
+        size = int.from_bytes(data[:4], "little")
+        header = json.loads(data[4:4 + size])
+        body = data[4 + size:]
+        if header.get("version") != SNAPSHOT_VERSION or len(body) != header["bytes"] or zlib.crc32(body) != header["crc"]:
+            raise ValueError(f"vector snapshot {path} is damaged")
+        if header["dimension"] != dimension or header["metric"] != metric:
+            raise ValueError(f"vector snapshot {path} is for another property definition")
+        arrays = np.load(io.BytesIO(body))
+        index = cls(dimension, metric, config)
+        index.matrix = np.ascontiguousarray(arrays["matrix"])
+        index.row_ids = arrays["row_ids"].copy()
+        index.rows = index.live_count = len(index.row_ids)
+        index.live = np.ones(index.rows, dtype=bool)
+        index.row_of = dict(zip(index.row_ids.tolist(), range(index.rows), strict=True))
+        if "hnsw" in arrays:
+            index.hnsw = faiss.deserialize_index(arrays["hnsw"])
+            index.hnsw_rows = header["hnsw_rows"]
+        return index, int(header["lsn"])

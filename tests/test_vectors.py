@@ -1,0 +1,167 @@
+"""Vector properties and search: exact against brute force, filters + visibility as one mask, HNSW,
+snapshots with WAL tail replay, rebuild of a damaged snapshot, and bad input."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import pytest
+
+import knowledge
+from knowledge import Principal
+from knowledge.errors import InvalidArgument, TypeMismatch, UnknownType
+from knowledge.vectors import VectorConfig
+
+DIM = 16
+
+
+def brute(vectors: dict[str, np.ndarray], query: np.ndarray, k: int, metric: str) -> list[str]:
+    keys = sorted(vectors)
+    matrix = np.stack([vectors[key] for key in keys]).astype(np.float32)
+    q = query.astype(np.float32)
+    if metric == "cosine":
+        matrix = matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+        q = q / np.linalg.norm(q)
+    if metric == "l2":
+        scores = ((matrix - q) ** 2).sum(axis=1)
+        order = np.argsort(scores, kind="stable")
+    else:
+        order = np.argsort(-(matrix @ q), kind="stable")
+    return [keys[i] for i in order[:k]]
+
+
+def make(path: str, metric: str = "cosine", config: VectorConfig | None = None, rows: int = 600, seed: int = 0):
+    store = knowledge.open(path, config=knowledge.StoreConfig(vectors=config or VectorConfig()))
+    store.define_node_type("Doc", key="id", properties={"emb": {"type": f"vector[{DIM}]", "metric": metric},
+                                                        "group": "int"})
+    rng = np.random.default_rng(seed)
+    basis = rng.normal(size=(4, DIM))
+    vectors = {f"d{i:04d}": (rng.normal(size=4) @ basis + 0.3 * rng.normal(size=DIM)).astype(np.float32)
+               for i in range(rows)}
+    with store.session().transaction() as tx:
+        tx.upsert_nodes("Doc", [{"id": key, "emb": v, "group": i % 10, "_labels": ["even" if i % 2 == 0 else "odd"]}
+                                for i, (key, v) in enumerate(vectors.items())])
+    return store, vectors, rng
+
+
+@pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
+def test_flat_search_is_exact(tmp_path, metric):
+    store, vectors, rng = make(str(tmp_path / "s"), metric)
+    with store:
+        session = store.session()
+        for _ in range(10):
+            query = rng.normal(size=DIM)
+            got = session.search(query, k=10).column("_key").to_pylist()
+            assert got == brute(vectors, query, 10, metric)
+
+
+def test_where_and_visibility_form_one_mask(tmp_path):
+    store, vectors, rng = make(str(tmp_path / "s"))
+    with store:
+        even = store.session(Principal("e", read=frozenset({"even"})))
+        for _ in range(5):
+            query = rng.normal(size=DIM)
+            allowed = {k: v for i, (k, v) in enumerate(vectors.items()) if i % 2 == 0 and i % 10 == 4}
+            result = even.search(query, k=10, where={"group": 4}, columns=["group"])
+            assert result.column("_key").to_pylist() == brute(allowed, query, 10, "cosine")
+            assert set(result.column("group").to_pylist()) == {4}
+            assert result.schema.metadata[b"plan"] == b"gather"
+
+
+def test_nearest_neighbours_invisible_still_k_visible_results(tmp_path):
+    store, vectors, _ = make(str(tmp_path / "s"))
+    with store:
+        odd_keys = [k for i, k in enumerate(vectors) if i % 2 == 1]
+        query = vectors[odd_keys[0]]
+        even = store.session(Principal("e", read=frozenset({"even"})))
+        result = even.search(query, k=25)
+        assert result.num_rows == 25
+        assert not set(result.column("_key").to_pylist()) & set(odd_keys)
+        nobody = store.session(Principal("n", read=frozenset({"none"})))
+        assert nobody.search(query, k=5).num_rows == 0
+
+
+def test_upsert_replaces_and_delete_tombstones(tmp_path):
+    store, vectors, rng = make(str(tmp_path / "s"), rows=100)
+    with store:
+        session = store.session()
+        target = rng.normal(size=DIM).astype(np.float32)
+        with session.transaction() as tx:
+            tx.upsert_nodes("Doc", [{"id": "d0005", "emb": target, "_labels": ["odd"]}])
+            tx.delete_nodes("Doc", ["d0006"])
+        vectors["d0005"] = target
+        del vectors["d0006"]
+        assert session.search(target, k=1).column("_key").to_pylist() == ["d0005"]
+        with session.transaction() as tx:
+            tx.upsert_nodes("Doc", [{"id": "d0007", "group": 1, "_labels": ["odd"]}])  # vector now null
+        del vectors["d0007"]
+        for _ in range(5):
+            query = rng.normal(size=DIM)
+            assert session.search(query, k=100).column("_key").to_pylist() == brute(vectors, query, 100, "cosine")
+
+
+def test_hnsw_recall_and_snapshot_with_tail_replay(tmp_path, caplog):
+    config = VectorConfig(kind="hnsw", gather_rows_min=16, gather_fraction=0.02)
+    path = str(tmp_path / "s")
+    store, vectors, rng = make(path, config=config, rows=3000)
+    store.checkpoint()
+    session = store.session()
+    late = {f"late{i}": rng.normal(size=DIM).astype(np.float32) for i in range(50)}
+    with session.transaction() as tx:
+        tx.upsert_nodes("Doc", [{"id": k, "emb": v, "group": 0, "_labels": ["even"]} for k, v in late.items()])
+        tx.delete_nodes("Doc", ["d0000"])
+    vectors.update(late)
+    del vectors["d0000"]
+    store.close()
+    snapshot = os.path.join(path, "snapshots", "vectors-Doc-emb.snap")
+    assert os.path.exists(snapshot)
+    with caplog.at_level(logging.WARNING), knowledge.open(path, config=knowledge.StoreConfig(vectors=config)) as st:
+        assert "rebuilt" not in caplog.text
+        s = st.session()
+        hits = total = 0
+        plans = set()
+        for _ in range(20):
+            query = rng.normal(size=DIM)
+            result = s.search(query, k=10)
+            plans.add(result.schema.metadata[b"plan"])
+            hits += len(set(result.column("_key").to_pylist()) & set(brute(vectors, query, 10, "cosine")))
+            total += 10
+        assert plans == {b"hnsw-filtered"}  # tombstone present: HNSW with a selector
+        assert hits / total >= 0.95
+        assert "late7" in s.search(late["late7"], k=1).column("_key").to_pylist()
+    with open(snapshot, "r+b") as f:
+        f.seek(100)
+        f.write(b"\xff\xff\xff\xff")
+    with caplog.at_level(logging.WARNING), knowledge.open(path, config=knowledge.StoreConfig(vectors=config)) as st:
+        assert "rebuilt from the node table" in caplog.text
+        query = rng.normal(size=DIM)
+        got = set(st.session().search(query, k=10).column("_key").to_pylist())
+        assert len(got & set(brute(vectors, query, 10, "cosine"))) >= 8
+
+
+def test_bad_input(tmp_path):
+    store, vectors, _ = make(str(tmp_path / "s"), rows=20)
+    with store:
+        session = store.session()
+        good = np.ones(DIM)
+        for bad in (np.ones(DIM - 1), [float("nan")] * DIM, [float("inf")] * DIM, "text"):
+            with pytest.raises(InvalidArgument):
+                session.search(bad, k=3)
+        for k in (0, -1, 10_001, 2.5, True):
+            with pytest.raises(InvalidArgument):
+                session.search(good, k=k)
+        with pytest.raises(UnknownType):
+            session.search(good, type="Nope")
+        with pytest.raises(InvalidArgument):
+            session.search(good, property="nope")
+        lsn = store.memory_lsn
+        with pytest.raises(TypeMismatch) as info:
+            with session.transaction() as tx:
+                tx.upsert_nodes("Doc", [{"id": "ok", "emb": good}, {"id": "bad", "emb": [np.nan] * DIM}])
+        assert info.value.row == 1 and info.value.field == "emb"
+        with pytest.raises(TypeMismatch):
+            session.transaction().upsert_nodes("Doc", [{"id": "short", "emb": [1.0, 2.0]}])
+        assert store.memory_lsn == lsn
+        assert "ok" not in session.search(good, k=30).column("_key").to_pylist()
