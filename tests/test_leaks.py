@@ -25,7 +25,8 @@ CASES = {"count": 0}
 
 def declare(store: knowledge.Store) -> None:
     store.define_node_type("Node", key="key", properties={"weight": "int", "tags": "list[str]",
-                                                          "note": {"type": "str", "hidden": True}})
+                                                          "note": {"type": "str", "hidden": True},
+                                                          "emb": {"type": "vector[4]", "metric": "l2"}})
     store.define_edge_type("LINK", source="Node", target="Node", properties={"w": "int"})
 
 
@@ -50,10 +51,16 @@ def write_world(store: knowledge.Store, nodes: dict[str, dict], edges: list[tupl
     with store.session().transaction() as tx:
         if nodes:
             tx.upsert_nodes("Node", [{"key": k, "weight": v["weight"], "tags": v["labels"], "note": "n",
-                                      "_labels": v["labels"]} for k, v in nodes.items()])
+                                      "emb": embedding(k), "_labels": v["labels"]} for k, v in nodes.items()])
         kept = [(s, d) for s, d in edges if s in nodes and d in nodes]
         if kept:
             tx.upsert_edges("LINK", [{"src": s, "dst": d, "w": len(s)} for s, d in kept])
+
+
+def embedding(key: str) -> list[float]:
+    """A distinct vector per key, so search results have no ties (tie order follows ids)."""
+    i = int(key[1:])
+    return [float(i), float(i * i % 7), float((3 * i) % 5), 1.0]
 
 
 def by_key(rows: list[dict]) -> list[dict]:
@@ -79,6 +86,10 @@ def answer(session: knowledge.Session, call: tuple[str, Any]) -> Any:
             return by_key(session.scan("Node", where={"weight": (">=", arg)}).drop(["_id"]).to_pylist())
         if api == "scan_tags":
             return by_key(session.scan("Node", where={"tags": ("contains", arg)}).drop(["_id"]).to_pylist())
+        if api == "search":
+            t = session.search(arg, k=4, where={"weight": (">=", 1)})
+            return list(zip(t.column("_key").to_pylist(), [round(s, 3) for s in t.column("_score").to_pylist()],
+                            strict=True))
         if api == "count":
             return session.count("Node"), session.count()
         if api == "stats":
@@ -100,6 +111,7 @@ def calls() -> list[tuple[str, Any]]:
     for key in KEYS:
         out += [("get", key), ("out", key), ("in", key), ("both", key), ("traverse", key)]
     out += [("scan", w) for w in (0, 3)] + [("scan_tags", label) for label in LABELS]
+    out += [("search", embedding(key)) for key in KEYS[::3]]
     return out
 
 
@@ -132,7 +144,8 @@ def apply_change(store: knowledge.Store, nodes: dict, edges: list, read: set[str
                 tx.delete_nodes("Node", [target])
                 edges[:] = [(s, d) for s, d in edges if target not in (s, d)]
             weight = nodes.get(target, {"weight": 1})["weight"]
-            tx.upsert_nodes("Node", [{"key": target, "weight": weight, "tags": labels, "note": "n", "_labels": labels}])
+            tx.upsert_nodes("Node", [{"key": target, "weight": weight, "tags": labels, "note": "n",
+                                      "emb": embedding(target), "_labels": labels}])
         nodes[target] = {"labels": labels, "weight": weight}
     elif kind == "delete" and target in nodes:
         admin.transaction().delete_nodes("Node", [target]).commit()
