@@ -55,8 +55,8 @@ class Bundle:
 
 
 def _jsonl_gz(name: str) -> Iterator[dict[str, Any]]:
-    with resources.files("knowledge").joinpath("data", name).open("rb") as raw, gzip.open(raw, "rt",
-                                                                                           encoding="utf-8") as f:
+    source = resources.files("knowledge") / "data" / name
+    with source.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as f:
         for line in f:
             if line.strip():
                 yield json.loads(line)
@@ -244,7 +244,7 @@ def run_demo(path: str | None = None, out: TextIO = sys.stdout) -> dict[str, Any
                       "Entity": _ingest(admin, "nodes", "Entity", graph.entities),
                       "MENTIONS": _ingest(admin, "edges", "MENTIONS", graph.mentions),
                       "RELATED": _ingest(admin, "edges", "RELATED", graph.related)}
-            print("schema: Passage(title: text), Entity(name), MENTIONS Passage->Entity, "
+            print("schema: Passage {key title, text}, Entity {key name}, MENTIONS Passage->Entity, "
                   "RELATED Entity->Entity {relation}", file=out)
             print("ingest (one transaction each):", file=out)
             for name, figures in ingest.items():

@@ -56,6 +56,7 @@ class ValidationError(KnowledgeError):
 
     def __init__(self, message: str, *, type_name: str | None = None, row: int | None = None,
                  field: str | None = None, value: Any = None) -> None:
+        self.detail = message
         self.type_name = type_name
         self.row = row
         self.field = field
@@ -95,6 +96,14 @@ class ValueTooLarge(ValidationError):
     """A value or a transaction beyond the configured size caps."""
 
 
+class ApplyError(KnowledgeError):
+    """A durable WAL record could not be applied to the tables: a bug or damaged table file."""
+
+    def __init__(self, message: str, *, lsn: int | None = None) -> None:
+        self.lsn = lsn
+        super().__init__(message)
+
+
 class NotFound(KnowledgeError):
     """No such node or edge for this session: absent and invisible read the same."""
 
@@ -110,6 +119,15 @@ class PermissionDenied(KnowledgeError):
 
 class InvalidArgument(KnowledgeError):
     """An API argument is out of range or malformed (k <= 0, unknown direction, ...)."""
+
+
+class UnreadableFile(InvalidArgument):
+    """An input file that cannot be read in the format it claims (or its name implies)."""
+
+    def __init__(self, message: str, *, path: str | None = None, format: str | None = None) -> None:
+        self.path = path
+        self.format = format
+        super().__init__(message)
 
 
 class BackupError(KnowledgeError):

@@ -38,7 +38,14 @@ import pyarrow.csv as pcsv
 import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
-from knowledge.errors import InvalidArgument, KnowledgeError, TypeMismatch, UnknownType, ValidationError
+from knowledge.errors import (
+    InvalidArgument,
+    KnowledgeError,
+    TypeMismatch,
+    UnknownType,
+    UnreadableFile,
+    ValidationError,
+)
 from knowledge.schema import Property
 
 if TYPE_CHECKING:
@@ -55,15 +62,6 @@ _SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".pa
 # Arrow types the JSON reader is told to expect (other properties are inferred, then cast here)
 _JSON_READ_TYPES = {"str": pa.string(), "text": pa.string(), "int": pa.int64(), "float": pa.float64(),
                     "bool": pa.bool_(), "list[str]": LABELS_TYPE}
-
-
-class UnreadableFile(InvalidArgument):
-    """A file that does not exist as a readable file of the format asked for (or implied by its name)."""
-
-    def __init__(self, message: str, *, path: str, fmt: str | None = None) -> None:
-        self.path = path
-        self.format = fmt
-        super().__init__(message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +141,7 @@ def ingest_file(session: Session, type_name: str, path: str | os.PathLike[str], 
     elif fmt not in FORMATS:
         raise InvalidArgument(f"format must be one of {FORMATS}, got {fmt!r}")
     if not os.path.isfile(path):
-        raise UnreadableFile(f"no such file: {path!r}", path=path, fmt=fmt)
+        raise UnreadableFile(f"no such file: {path!r}", path=path, format=fmt)
     target = _target(session, type_name, edges)
     default_labels = pa.scalar(sorted(set(labels)), type=LABELS_TYPE) if labels is not None else None
 
@@ -220,7 +218,7 @@ def _read(path: str, fmt: str, target: _Target, batch_rows: int) -> Iterator[pa.
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OSError, ValueError) as exc:
         if fmt == "jsonl":
             _diagnose_jsonl(path, target)
-        raise UnreadableFile(f"cannot read {path!r} as {what}: {exc}", path=path, fmt=fmt) from exc
+        raise UnreadableFile(f"cannot read {path!r} as {what}: {exc}", path=path, format=fmt) from exc
 
 
 def _parquet_rows(path: str) -> int | None:
@@ -494,20 +492,6 @@ def _cast_or_raise(column: pa.ChunkedArray, kind: pa.DataType, target: _Target, 
 
 
 # -- errors ----------------------------------------------------------------------------------------
-def _detail(exc: ValidationError) -> str:
-    """The message of a ValidationError without the ` [type ..., row ..., field ...]` suffix it adds."""
-    text = str(exc)
-    parts = []
-    if exc.type_name is not None:
-        parts.append(f"type {exc.type_name!r}")
-    if exc.row is not None:
-        parts.append(f"row {exc.row}")
-    if exc.field is not None:
-        parts.append(f"field {exc.field!r}")
-    suffix = f" [{', '.join(parts)}]" if parts else ""
-    return text[: -len(suffix)] if suffix and text.endswith(suffix) else text
-
-
 def _rebuild(exc: ValidationError, message: str, row: int | None) -> ValidationError:
     try:
         new = type(exc)(message, type_name=exc.type_name, row=row, field=exc.field, value=exc.value)
@@ -517,7 +501,7 @@ def _rebuild(exc: ValidationError, message: str, row: int | None) -> ValidationE
 
 
 def _with_path(exc: ValidationError, path: str) -> ValidationError:
-    new = _rebuild(exc, f"{_detail(exc)} (in {path!r})", exc.row)
+    new = _rebuild(exc, f"{exc.detail} (in {path!r})", exc.row)
     new.path = path  # type: ignore[attr-defined]
     return new
 
@@ -525,7 +509,7 @@ def _with_path(exc: ValidationError, path: str) -> ValidationError:
 def _in_file(exc: ValidationError, start: int, path: str) -> ValidationError:
     """`exc` (its row counted within the batch that starts at file row `start`) with the row in the file."""
     row = None if exc.row is None else exc.row + start
-    new = _rebuild(exc, f"{_detail(exc)} (in {path!r})", row)
+    new = _rebuild(exc, f"{exc.detail} (in {path!r})", row)
     new.path = path  # type: ignore[attr-defined]
     return new
 

@@ -13,6 +13,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from knowledge.errors import ApplyError
 from knowledge.ops import Op, OpKind
 from knowledge.schema import Property, Schema
 
@@ -88,6 +89,10 @@ class Tables:
                 self._set_meta(con, "applied_lsn", records[-1][0])
                 self._set_meta(con, "applied_epoch", records[-1][1])
                 con.execute("COMMIT")
+            except duckdb.Error as exc:
+                con.execute("ROLLBACK")
+                raise ApplyError(f"applying WAL records {records[0][0]}..{records[-1][0]} to {self.path} failed: "
+                                 f"{exc}", lsn=records[0][0]) from exc
             except BaseException:
                 con.execute("ROLLBACK")
                 raise

@@ -126,6 +126,7 @@ def _column_from_arrow(type_name: str, prop: Property, column: pa.ChunkedArray) 
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
             raise TypeMismatch(f"column of Arrow type {column.type} does not fit {prop.type}: {exc}",
                                type_name=type_name, field=prop.name) from None
+    _check_utf8(type_name, prop.name, out)
     if prop.type == "json":
         for index, text in enumerate(out.to_pylist()):
             if text is not None:
@@ -141,6 +142,38 @@ def _column_from_arrow(type_name: str, prop: Property, column: pa.ChunkedArray) 
             raise TypeMismatch("vector has NaN or infinite components", type_name=type_name, row=bad,
                                field=prop.name)
     return out
+
+
+def _check_utf8(type_name: str, field: str, column: pa.ChunkedArray | pa.Array) -> None:
+    """Arrow string data built from raw bytes (e.g. by a JSON reader) may hold invalid UTF-8."""
+    value_type = column.type.value_type if pa.types.is_list(column.type) else column.type
+    if not (pa.types.is_string(value_type) or pa.types.is_large_string(value_type)):
+        return
+    try:
+        column.validate(full=True)
+    except pa.ArrowInvalid as exc:
+        raise TypeMismatch(f"invalid UTF-8 text: {exc}", type_name=type_name, field=field) from None
+
+
+def normalise_labels(labels: pa.Array) -> pa.Array:
+    """Each row's labels sorted and deduplicated (as a set), without a Python loop."""
+    flat = pc.list_flatten(labels)
+    if len(flat) == 0:
+        return labels
+    parents = pc.list_parent_indices(labels).to_numpy()
+    encoded = pc.dictionary_encode(flat)
+    names = np.array(encoded.dictionary.to_pylist(), dtype=object)
+    rank = np.argsort(np.argsort(names))  # sorted order of the distinct labels
+    codes = rank[encoded.indices.to_numpy()]
+    order = np.lexsort((codes, parents))
+    parents, codes = parents[order], codes[order]
+    keep = np.ones(len(codes), dtype=bool)
+    keep[1:] = (parents[1:] != parents[:-1]) | (codes[1:] != codes[:-1])
+    parents, codes = parents[keep], codes[keep]
+    offsets = np.zeros(len(labels) + 1, dtype=np.int32)
+    np.cumsum(np.bincount(parents, minlength=len(labels)), out=offsets[1:])
+    values = pa.array(np.sort(names)[codes].tolist(), type=pa.string())
+    return pa.ListArray.from_arrays(pa.array(offsets), values)
 
 
 def _check_sizes(type_name: str, prop: Property, column: pa.ChunkedArray | pa.Array, config: StoreConfig,
@@ -177,6 +210,11 @@ def _labels_column(type_name: str, source: pa.Table | list[Mapping[str, Any]], r
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
             raise TypeMismatch("_labels must be a list of str", type_name=type_name, field="_labels") from None
         column = pc.fill_null(column, pa.scalar([], type=LABELS_TYPE))
+        _check_utf8(type_name, "_labels", column)
+        flat = pc.list_flatten(column)
+        if len(flat) and (flat.null_count or pc.any(pc.equal(pc.utf8_length(flat), 0)).as_py()):
+            raise TypeMismatch("_labels must be a list of non-empty str", type_name=type_name, field="_labels")
+        column = normalise_labels(column.combine_chunks())
     else:
         values = []
         for index, row in enumerate(source):
@@ -282,6 +320,7 @@ def _field_values(source: pa.Table | list[Mapping[str, Any]], name: str, rows: i
 def _endpoint_keys(type_name: str, source: pa.Table | list[Mapping[str, Any]], end: str, rows: int) -> list[Any]:
     if isinstance(source, pa.Table) and end in source.column_names:
         column = source.column(end)
+        _check_utf8(type_name, end, column)
         if column.null_count == 0 and (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
                                        or pa.types.is_integer(column.type)):
             return column.to_pylist()  # typed, non-null: every value is a valid key

@@ -76,6 +76,7 @@ class VectorIndex:
         self.hnsw: faiss.IndexHNSW | None = None
         self.hnsw_rows = 0
         self.version = 0
+        self._mask_cache: tuple | None = None
 
     @property
     def faiss_metric(self) -> int:
@@ -124,17 +125,11 @@ class VectorIndex:
         q = self.prepare(query)
         if self.live_count == 0 or k <= 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32), "empty"
-        row_mask = self.live[:self.rows]
-        if allowed is not None:
-            nodes = self.row_ids[:self.rows]
-            inside = nodes < len(allowed)
-            row_mask = row_mask & inside & allowed[np.where(inside, nodes, 0)]
-        selected = int(np.count_nonzero(row_mask))
+        row_mask, selected = self._row_mask(allowed)
         if selected == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32), "empty"
         unfiltered = selected == self.rows
-        if not unfiltered and (selected <= self.config.gather_rows_min
-                               or selected <= self.config.gather_fraction * self.live_count):
+        if not unfiltered and self._gather_is_cheaper(selected, k):
             return (*self._gather(q, k, row_mask), "gather")
         if self.hnsw is not None:
             result = self._hnsw(q, k, None if unfiltered else row_mask, selected)
@@ -142,6 +137,36 @@ class VectorIndex:
                 return (*result, "hnsw" if unfiltered else "hnsw-filtered")
             return (*self._gather(q, k, row_mask), "gather")
         return (*self._flat(q, k, row_mask, unfiltered), "flat" if unfiltered else "flat-filtered")
+
+    def _row_mask(self, allowed: np.ndarray | None) -> tuple[np.ndarray, int]:
+        """Rows that are live and whose node is allowed, and how many; cached per (bitmap, index version)."""
+        cache_key = (id(allowed), self.version, self.rows)
+        if allowed is not None and self._mask_cache is not None and self._mask_cache[0] == cache_key \
+                and self._mask_cache[1] is allowed:
+            return self._mask_cache[2], self._mask_cache[3]
+        row_mask = self.live[:self.rows]
+        if allowed is not None:
+            nodes = self.row_ids[:self.rows]
+            inside = nodes < len(allowed)
+            row_mask = row_mask & inside & allowed[np.where(inside, nodes, 0)]
+        selected = int(np.count_nonzero(row_mask))
+        if allowed is not None and not allowed.flags.writeable:  # a cached visibility bitmap: reusable
+            self._mask_cache = (cache_key, allowed, row_mask, selected)
+        return row_mask, selected
+
+    def _gather_is_cheaper(self, selected: int, k: int) -> bool:
+        """Exact scan of the selected rows vs a filtered index search, in distance computations.
+
+        Filtered HNSW visits about ef * M nodes with ef widened to ef_search / selectivity; a filtered
+        flat search scans every row. The gather path scans only the selected rows (and is exact).
+        """
+        if selected <= self.config.gather_rows_min:
+            return True
+        if self.hnsw is None:
+            return selected <= self.config.gather_fraction * self.rows or selected < self.rows // 2
+        fraction = selected / max(self.rows, 1)
+        ef = min(self.config.ef_search_max, max(k, self.config.ef_search / fraction))
+        return selected <= ef * self.config.hnsw_m
 
     def _gather(self, q: np.ndarray, k: int, row_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rows = np.flatnonzero(row_mask)

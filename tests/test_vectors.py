@@ -103,7 +103,7 @@ def test_upsert_replaces_and_delete_tombstones(tmp_path):
 
 
 def test_hnsw_recall_and_snapshot_with_tail_replay(tmp_path, caplog):
-    config = VectorConfig(kind="hnsw", gather_rows_min=16, gather_fraction=0.02)
+    config = VectorConfig(kind="hnsw", gather_rows_min=16, ef_search=128, hnsw_m=16)  # ef*M < rows: no gather
     path = str(tmp_path / "s")
     store, vectors, rng = make(path, config=config, rows=3000)
     store.checkpoint()
