@@ -40,10 +40,11 @@ How it works:
   compressing on a random mask; adding 0.0 changes no sum). Scores are summed with bincount, into
   a dense accumulator when the postings are many relative to the id space, else after a sort.
 
-Measured (bench/keyword.py, 2-core machine under heavy load, CPU time): 2Wiki passages (6,119
-docs) build at ~13k docs/s in one call and ~9k docs/s one upsert at a time (bm25s ~11k docs/s,
-rebuild only); query p50 ~0.15 ms. Repeated x16 (98k docs): query p50 ~0.25 ms, p99 ~1 ms, with
-or without a 50% mask.
+Measured (bench/keyword.py, CPU time, 2 cores shared under a load average near 200, so
+rough): 2Wiki passages (6,119 docs) build at ~11-13k docs/s in one call and ~8-9k docs/s one
+upsert at a time (bm25s ~10-12k docs/s, and it can only rebuild); query p50 ~0.1-0.15 ms (bm25s
+~0.08 ms). Repeated x16 (98k docs): query p50 ~0.25-0.5 ms, p99 ~1-1.5 ms with or without a 50%
+mask (bm25s p50 ~0.7 ms); replacing one doc ~0.1 ms.
 
 Scoring (Lucene-style BM25, the same as ``bm25s``' default ``method="lucene"``)::
 

@@ -256,13 +256,47 @@ class Session:
         query = _check_query_vector(vector, prop.dimension)
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= SEARCH_K_MAX:
             raise InvalidArgument(f"k must be an int in 1..{SEARCH_K_MAX}, got {k!r}")
-        chosen = self._columns(type_name, columns) if columns is not None else []
+        if columns is not None:
+            self._columns(type_name, columns)
         allowed = self.visible()
         if where:
             allowed = allowed & self._where_mask(type_name, where, len(allowed))
         index = self.store.vectors[(type_name, prop.name)]
         with self.store._state:
             ids, scores, plan = index.search(query, k, allowed)
+        table = self._ranked(type_name, ids, scores, columns, "search")
+        return table.replace_schema_metadata({"plan": plan})
+
+    def keyword_search(self, query: str, k: int = 10, type: str | None = None, property: str | None = None,
+                       where: dict[str, Any] | None = None, columns: Iterable[str] | None = None) -> pa.Table:
+        """The k visible nodes whose `text` property best matches `query` (BM25), best first, as Arrow.
+
+        Columns `_id`, `_key`, `_score`, then the requested properties. Corpus statistics (document
+        counts, lengths) are computed over the visible, where-matching documents only, so scores do
+        not depend on what the session cannot see. Raises InvalidArgument, UnknownType.
+        """
+        if not isinstance(query, str) or not query.strip():
+            raise InvalidArgument("keyword query must be a non-empty string")
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= SEARCH_K_MAX:
+            raise InvalidArgument(f"k must be an int in 1..{SEARCH_K_MAX}, got {k!r}")
+        if type is not None:
+            self._node_type(type)
+        candidates = [key for key in self.store.keywords
+                      if (type is None or key[0] == type) and (property is None or key[1] == property)]
+        if len(candidates) != 1:
+            raise InvalidArgument(f"{'no' if not candidates else 'several'} text properties match "
+                                  f"{[f'{t}.{p}' for t, p in candidates]}; name type= and property=")
+        type_name, _ = candidates[0]
+        allowed = self.visible()
+        if where:
+            allowed = allowed & self._where_mask(type_name, where, len(allowed))
+        with self.store._state:
+            ids, scores = self.store.keywords[candidates[0]].search(query, k, allowed)
+        return self._ranked(type_name, ids, scores, columns, "search_keyword")
+
+    def _ranked(self, type_name: str, ids: np.ndarray, scores: np.ndarray, columns: Iterable[str] | None,
+                api: str) -> pa.Table:
+        chosen = self._columns(type_name, columns) if columns is not None else []
         directory = self.store.directory
         table = pa.table({"_id": pa.array(ids, type=pa.int64()),
                           "_key": pa.array(directory.key_of[ids].tolist()),
@@ -277,8 +311,8 @@ class Session:
             node_type = self._node_type(type_name)
             for name in chosen:
                 table = table.append_column(name, pa.array([], type=node_type.properties[name].arrow_type()))
-        self._audit("search", ids)
-        return table.replace_schema_metadata({"plan": plan})
+        self._audit(api, ids)
+        return table
 
     def _vector_property(self, type_name: str | None, prop_name: str | None) -> tuple[str, Any]:
         candidates = [(t, p) for t, nt in self.store.schema.nodes.items() for p in nt.vector_properties

@@ -28,6 +28,7 @@ from knowledge.config import StoreConfig
 from knowledge.directory import NodeDirectory
 from knowledge.errors import KnowledgeError, SchemaError, StoreClosed, StoreNotFound, StorePoisoned, invariant
 from knowledge.graph import EdgeIndex
+from knowledge.keyword import KeywordIndex
 from knowledge.lock import DirectoryLock
 from knowledge.ops import Op, OpKind, decode_ops, encode_ops
 from knowledge.principal import ADMIN, Principal
@@ -98,6 +99,7 @@ class Store:
         self.edges: dict[str, EdgeIndex] = {}
         self.catalog = Catalog()
         self.vectors: dict[tuple[str, str], VectorIndex] = {}
+        self.keywords: dict[tuple[str, str], KeywordIndex] = {}
         self.audit = AuditLog(self.config.audit_entries_max) if self.config.audit else None
         self._load_memory()
         self._replay()
@@ -127,6 +129,23 @@ class Store:
                 index.compact(self.directory.capacity, self.directory.alive)
         con.close()
         self._load_vectors()
+        self._load_keywords()
+
+    def _load_keywords(self) -> None:
+        """Each keyword index from its node table's text column (the WAL tail is replayed after)."""
+        for type_name, node_type in self.schema.nodes.items():
+            for prop in node_type.properties.values():
+                if prop.type != "text":
+                    continue
+                index = self.keywords[(type_name, prop.name)] = KeywordIndex()
+                cursor = self.tables.cursor()
+                try:
+                    table = query_arrow(cursor, f'SELECT _id, "{prop.name}" AS t FROM {node_table(type_name)} '
+                                                f'WHERE "{prop.name}" IS NOT NULL')
+                finally:
+                    cursor.close()
+                if table.num_rows:
+                    index.upsert(table.column("_id").to_numpy(), table.column("t").to_pylist())
 
     def _snapshot_path(self, type_name: str, prop: str) -> str:
         return os.path.join(self.path, "snapshots", f"vectors-{type_name}-{prop}.snap")
@@ -361,6 +380,9 @@ class Store:
                 self.schema = Schema.from_dict(op.document)
                 for name, node_type in self.schema.nodes.items():
                     directory.ensure_type(name)
+                    for prop in node_type.properties.values():
+                        if prop.type == "text":
+                            self.keywords.setdefault((name, prop.name), KeywordIndex())
                     for prop in node_type.vector_properties:
                         assert prop.dimension is not None and prop.metric is not None
                         self.vectors.setdefault((name, prop.name), VectorIndex(prop.dimension, prop.metric,
@@ -373,10 +395,12 @@ class Store:
                 directory.apply_upsert(op.name, op.table.column("_id").to_numpy(),
                                        op.table.column(key).to_pylist(), op.table.column("_labels"))
                 self._apply_vectors([op])
+                self._apply_keywords(op)
             elif op.kind == OpKind.DELETE_NODES:
                 assert op.table is not None
                 directory.apply_delete(op.name, op.table.column("_id").to_numpy())
                 self._apply_vectors([op])
+                self._apply_keywords(op)
             elif op.kind in (OpKind.UPSERT_EDGES, OpKind.DELETE_EDGES):
                 assert op.table is not None
                 src = op.table.column("_src").to_numpy()
@@ -409,6 +433,18 @@ class Store:
                 if present.any():
                     values = pc.list_flatten(column.filter(pa.array(present))).to_numpy(zero_copy_only=False)
                     index.upsert(ids[present], values.reshape(-1, index.dimension))
+
+    def _apply_keywords(self, op: Op) -> None:
+        """Feed a node upsert or delete to the keyword indexes of its type's text properties."""
+        assert op.table is not None
+        ids = op.table.column("_id").to_numpy()
+        for (type_name, prop), index in self.keywords.items():
+            if type_name != op.name:
+                continue
+            if op.kind == OpKind.DELETE_NODES or prop not in op.table.column_names:
+                index.remove(ids)
+            else:
+                index.upsert(ids, op.table.column(prop).to_pylist())
 
     def _fail(self, exc: BaseException) -> None:
         if self._failure is None:

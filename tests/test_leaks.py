@@ -26,7 +26,8 @@ CASES = {"count": 0}
 def declare(store: knowledge.Store) -> None:
     store.define_node_type("Node", key="key", properties={"weight": "int", "tags": "list[str]",
                                                           "note": {"type": "str", "hidden": True},
-                                                          "emb": {"type": "vector[4]", "metric": "l2"}})
+                                                          "emb": {"type": "vector[4]", "metric": "l2"},
+                                                          "body": "text"})
     store.define_edge_type("LINK", source="Node", target="Node", properties={"w": "int"})
 
 
@@ -51,7 +52,7 @@ def write_world(store: knowledge.Store, nodes: dict[str, dict], edges: list[tupl
     with store.session().transaction() as tx:
         if nodes:
             tx.upsert_nodes("Node", [{"key": k, "weight": v["weight"], "tags": v["labels"], "note": "n",
-                                      "emb": embedding(k), "_labels": v["labels"]} for k, v in nodes.items()])
+                                      "emb": embedding(k), "body": body(k), "_labels": v["labels"]} for k, v in nodes.items()])
         kept = [(s, d) for s, d in edges if s in nodes and d in nodes]
         if kept:
             tx.upsert_edges("LINK", [{"src": s, "dst": d, "w": len(s)} for s, d in kept])
@@ -61,6 +62,18 @@ def embedding(key: str) -> list[float]:
     """A distinct vector per key, so search results have no ties (tie order follows ids)."""
     i = int(key[1:])
     return [float(i), float(i * i % 7), float((3 * i) % 5), 1.0]
+
+
+def body(key: str) -> str:
+    i = int(key[1:])
+    return " ".join(["common"] + [f"word{j}" for j in range(i % 4)] + [f"tag{i % 3}"] * (1 + i % 2))
+
+
+def ranked(table, digits: int) -> list[tuple[float, str]]:
+    """(score, key) pairs: ties are ordered by id, and ids differ between the stores, so sort ties by key.
+    k covers every key, so no tie is cut at the k-th place."""
+    return sorted((round(s, digits), k) for s, k in zip(table.column("_score").to_pylist(),
+                                                        table.column("_key").to_pylist(), strict=True))
 
 
 def by_key(rows: list[dict]) -> list[dict]:
@@ -87,9 +100,10 @@ def answer(session: knowledge.Session, call: tuple[str, Any]) -> Any:
         if api == "scan_tags":
             return by_key(session.scan("Node", where={"tags": ("contains", arg)}).drop(["_id"]).to_pylist())
         if api == "search":
-            t = session.search(arg, k=4, where={"weight": (">=", 1)})
-            return list(zip(t.column("_key").to_pylist(), [round(s, 3) for s in t.column("_score").to_pylist()],
-                            strict=True))
+            t = session.search(arg, k=len(KEYS), where={"weight": (">=", 1)})
+            return ranked(t, 3)
+        if api == "keyword":
+            return ranked(session.keyword_search(arg, k=len(KEYS)), 4)
         if api == "count":
             return session.count("Node"), session.count()
         if api == "stats":
@@ -112,6 +126,7 @@ def calls() -> list[tuple[str, Any]]:
         out += [("get", key), ("out", key), ("in", key), ("both", key), ("traverse", key)]
     out += [("scan", w) for w in (0, 3)] + [("scan_tags", label) for label in LABELS]
     out += [("search", embedding(key)) for key in KEYS[::3]]
+    out += [("keyword", q) for q in ("common", "word1 tag2", "word3", "tag0 common")]
     return out
 
 
@@ -145,7 +160,7 @@ def apply_change(store: knowledge.Store, nodes: dict, edges: list, read: set[str
                 edges[:] = [(s, d) for s, d in edges if target not in (s, d)]
             weight = nodes.get(target, {"weight": 1})["weight"]
             tx.upsert_nodes("Node", [{"key": target, "weight": weight, "tags": labels, "note": "n",
-                                      "emb": embedding(target), "_labels": labels}])
+                                      "emb": embedding(target), "body": body(target), "_labels": labels}])
         nodes[target] = {"labels": labels, "weight": weight}
     elif kind == "delete" and target in nodes:
         admin.transaction().delete_nodes("Node", [target]).commit()
