@@ -8,8 +8,9 @@ same counts.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -220,6 +221,38 @@ class Session:
             if direction in ("in", "both"):
                 parts.append(index.expand(frontier, False)[1])
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def adjacency(self, edge_type: str | Iterable[str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every visible edge of the given types as arrays (src ids, dst ids, edge-type index into the list
+        of types asked for), for graph algorithms (e.g. personalized PageRank) over the visible subgraph."""
+        names = self._edge_types(edge_type)
+        visible = self.visible()
+        srcs, dsts, kinds = [], [], []
+        with self.store._state:
+            for position, name in enumerate(names):
+                src, dst = self.store.edges[name].all_pairs()
+                keep = (src < len(visible)) & (dst < len(visible))
+                src, dst = src[keep], dst[keep]
+                keep = visible[src] & visible[dst]
+                srcs.append(src[keep])
+                dsts.append(dst[keep])
+                kinds.append(np.full(int(keep.sum()), position, dtype=np.int16))
+        if not srcs:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty, np.zeros(0, dtype=np.int16)
+        return np.concatenate(srcs), np.concatenate(dsts), np.concatenate(kinds)
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[int]:
+        """Hold the store at one LSN for a group of reads (yields that LSN).
+
+        Commits that finish meanwhile wait to become visible until the block ends, so keep it short
+        (a retrieval, not a user interaction). Reads inside see exactly the yielded LSN.
+        """
+        with self.store._state:
+            lsn = self.store.memory_lsn
+            self.store.wait_applied(lsn)
+            yield lsn
 
     def edges(self, edge_type: str, limit: int | None = None) -> pa.Table:
         """Visible edges of one type: src/dst ids, keys and properties (Arrow)."""

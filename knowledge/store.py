@@ -357,18 +357,22 @@ class Store:
                     self._apply_memory(ops)
                     for name in edge_types:
                         self._inflight_edges[name] -= 1
+                    self.memory_lsn = lsn  # inside the state lock: a snapshot sees ops and LSN together
+                    self._enqueue(lsn, ops)
             except BaseException as exc:
                 self._fail(exc)
                 raise
-            self.memory_lsn = lsn
             self._memory_turn.notify_all()
+        return lsn
+
+    def _enqueue(self, lsn: int, ops: list[Op]) -> None:
+        """Hand a memory-applied record to the DuckDB applier."""
         with self._applier_cv:
             if not self._queue:
                 self._queue_since = time.monotonic()
             self._queue.append((lsn, self.epoch, ops))
             if len(self._queue) >= APPLY_BATCH_RECORDS_MIN:
                 self._applier_cv.notify_all()
-        return lsn
 
     def _apply_memory(self, ops: list[Op]) -> None:
         directory = self.directory
