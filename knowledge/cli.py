@@ -136,6 +136,91 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _principal_json(principal: knowledge.Principal) -> dict[str, Any]:
+    return {"name": principal.name, "read": sorted(principal.read), "write": sorted(principal.write),
+            "admin": principal.admin}
+
+
+def _cmd_principal_create(args: argparse.Namespace) -> int:
+    with _open(args.path) as store:
+        _print_json(_principal_json(store.create_principal(args.name, read=args.read, write=args.write,
+                                                           admin=args.admin)))
+    return EXIT_OK
+
+
+def _cmd_principal_grant(args: argparse.Namespace) -> int:
+    with _open(args.path) as store:
+        _print_json(_principal_json(store.grant(args.name, read=args.read, write=args.write,
+                                                admin=True if args.admin else None)))
+    return EXIT_OK
+
+
+def _cmd_principal_revoke(args: argparse.Namespace) -> int:
+    with _open(args.path) as store:
+        _print_json(_principal_json(store.revoke(args.name, read=args.read, write=args.write)))
+    return EXIT_OK
+
+
+def _cmd_principal_drop(args: argparse.Namespace) -> int:
+    with _open(args.path) as store:
+        store.drop_principal(args.name)
+        _print_json({"dropped": args.name})
+    return EXIT_OK
+
+
+def _cmd_principal_list(args: argparse.Namespace) -> int:
+    with _open(args.path) as store:
+        _print_json([_principal_json(p) for p in store.principals()])
+    return EXIT_OK
+
+
+def _cmd_principal_token(args: argparse.Namespace) -> int:
+    with _open(args.path) as store:
+        if args.revoke_all:
+            store.revoke_tokens(args.name)
+            _print_json({"name": args.name, "tokens": "revoked"})
+        else:
+            _print_json({"name": args.name, "token": store.issue_token(args.name),
+                         "note": "shown once; only its SHA-256 digest is stored"})
+    return EXIT_OK
+
+
+def _add_principal_commands(sub: Any) -> None:
+    parent = sub.add_parser("principal", help="Manage principals, their read/write label grants and tokens.",
+                            description="Manage principals (written through the WAL like data).",
+                            epilog="Example:\n  knowledge principal create people.store alice --read public",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = parent.add_subparsers(dest="action", required=True, metavar="ACTION")
+    specs = [
+        ("create", _cmd_principal_create, "Create a principal with read/write grants.",
+         ["knowledge principal create people.store alice --read public --write public"], True),
+        ("grant", _cmd_principal_grant, "Add read/write grants (effective for open sessions at once).",
+         ["knowledge principal grant people.store alice --read hr"], True),
+        ("revoke", _cmd_principal_revoke, "Remove read/write grants.",
+         ["knowledge principal revoke people.store alice --read hr"], True),
+        ("drop", _cmd_principal_drop, "Delete a principal and its tokens.",
+         ["knowledge principal drop people.store alice"], False),
+        ("list", _cmd_principal_list, "List principals and their grants.",
+         ["knowledge principal list people.store"], None),
+        ("token", _cmd_principal_token, "Issue a bearer token (printed once; stored hashed).",
+         ["knowledge principal token people.store alice", "knowledge principal token people.store alice --revoke-all"],
+         False),
+    ]
+    for name, handler, summary, examples, grants in specs:
+        p = _command(actions, name, handler, summary, examples)
+        p.add_argument("path", metavar="PATH", help="store directory")
+        if grants is None:
+            continue
+        p.add_argument("name", metavar="NAME", help="principal name")
+        if grants:
+            p.add_argument("--read", action="append", default=[], metavar="LABEL", help="read grant (repeatable)")
+            p.add_argument("--write", action="append", default=[], metavar="LABEL", help="write grant (repeatable)")
+            if name != "revoke":
+                p.add_argument("--admin", action="store_true", help="make the principal an admin")
+        if name == "token":
+            p.add_argument("--revoke-all", action="store_true", help="revoke every token of the principal")
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from knowledge.demo import run_demo
 
@@ -234,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
                  ["knowledge restore backups/people-2024-06-01 people-restored.store"])
     p.add_argument("backup", metavar="BACKUP", help="backup directory")
     p.add_argument("dest", metavar="DEST", help="new store directory (must not exist or be empty)")
+
+    _add_principal_commands(sub)
 
     p = _command(sub, "demo", _cmd_demo,
                  "Build a graph from the bundled MuSiQue passages and OpenIE triples and print what it finds.",

@@ -121,3 +121,25 @@ def test_audit_log(tmp_path):
         assert entries[0].node_ids == (a_id,) and entries[0].lsn == st.memory_lsn
         with pytest.raises(PermissionDenied):
             frank.audit_log()
+
+
+def test_principal_cli(tmp_path, capsys):
+    import json
+
+    from knowledge.cli import main
+    path = str(tmp_path / "s")
+    assert main(["init", path]) == 0
+    assert main(["principal", "create", path, "gina", "--read", "public", "--write", "public"]) == 0
+    assert main(["principal", "token", path, "gina"]) == 0
+    capsys.readouterr()
+    assert main(["principal", "grant", path, "gina", "--read", "hr"]) == 0
+    assert json.loads(capsys.readouterr().out)["read"] == ["hr", "public"]
+    assert main(["principal", "list", path]) == 0
+    assert [p["name"] for p in json.loads(capsys.readouterr().out)] == ["gina"]
+    assert main(["principal", "revoke", path, "gina", "--read", "hr"]) == 0
+    assert main(["principal", "drop", path, "gina"]) == 0
+    assert main(["principal", "drop", path, "gina"]) == 1
+    assert "no principal named 'gina'" in capsys.readouterr().err
+    for action in ("create", "grant", "revoke", "drop", "list", "token"):
+        assert main(["principal", action, "--help"]) == 0
+        assert "Example:" in capsys.readouterr().out
