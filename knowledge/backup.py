@@ -63,6 +63,10 @@ def backup_store(store: Store, destination: str) -> int:
             with store.tables.lock:
                 shutil.copyfile(os.path.join(store.path, "state.duckdb"), os.path.join(staging, "state.duckdb"))
             shutil.copyfile(os.path.join(store.path, "STORE"), os.path.join(staging, "STORE"))
+            snapshots = os.path.join(store.path, "snapshots")
+            if os.path.isdir(snapshots):  # index snapshots: written under the same lock, so consistent
+                shutil.copytree(snapshots, os.path.join(staging, "snapshots"),
+                                ignore=shutil.ignore_patterns("*.tmp"))
             for segment in list_segments(os.path.join(store.path, "wal")):
                 target = os.path.join(staging, "wal", os.path.basename(segment.path))
                 with open(segment.path, "rb") as src, open(target, "wb") as dst:

@@ -165,3 +165,17 @@ def test_bad_input(tmp_path):
             session.transaction().upsert_nodes("Doc", [{"id": "short", "emb": [1.0, 2.0]}])
         assert store.memory_lsn == lsn
         assert "ok" not in session.search(good, k=30).column("_key").to_pylist()
+
+
+def test_backup_carries_vector_snapshots(tmp_path, caplog):
+    store, vectors, rng = make(str(tmp_path / "s"), config=VectorConfig(kind="hnsw"), rows=300)
+    with store:
+        store.checkpoint()
+        store.backup(str(tmp_path / "b"))
+    knowledge.restore(str(tmp_path / "b"), str(tmp_path / "r"))
+    with caplog.at_level(logging.WARNING), knowledge.open(str(tmp_path / "r"),
+                                                          config=knowledge.StoreConfig(vectors=VectorConfig(kind="hnsw"))) as st:
+        assert "rebuilt" not in caplog.text
+        assert st.vectors[("Doc", "emb")].hnsw is not None
+        query = rng.normal(size=DIM)
+        assert st.session().search(query, k=5).num_rows == 5
