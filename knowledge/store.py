@@ -72,6 +72,12 @@ class Store:
         try:
             self._open()
         except BaseException:
+            for part in ("wal", "tables"):  # a refused open holds no file or lock
+                if part in self.__dict__:
+                    try:
+                        self.__dict__[part].close()
+                    except Exception:  # noqa: BLE001 - the original error matters more
+                        log.warning("closing %s after a failed open failed", part, exc_info=True)
             self._lock.release()
             raise
 
@@ -119,7 +125,7 @@ class Store:
             if table.num_rows:
                 ids = table.column("_id").to_numpy()
                 self.directory.apply_upsert(name, ids, table.column("k").to_pylist(), table.column("_labels"))
-        self.directory.next_id = max(self.directory.next_id, int(self.tables.meta("next_id", "0") or 0))
+        self.directory.next_id = max(self.directory.next_id, self.tables.next_id)
         for name in self.schema.edges:
             index = self.edges[name] = EdgeIndex(self.config.overlay_edges_max)
             pairs = con.execute(f'SELECT _src, _dst FROM "e_{name}"').fetchnumpy()
@@ -540,9 +546,6 @@ class Store:
                 while self.memory_lsn < lsn:
                     self._memory_turn.wait(0.5)
             self.wait_applied(lsn)
-            with self.tables.lock:
-                self.tables.con.execute("INSERT OR REPLACE INTO _meta VALUES ('next_id', ?)",
-                                        [str(self.directory.next_id)])
             self.tables.checkpoint()
             os.makedirs(os.path.join(self.path, "snapshots"), exist_ok=True)
             with self._state:

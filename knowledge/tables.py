@@ -12,6 +12,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from knowledge.errors import ApplyError
 from knowledge.ops import Op, OpKind
@@ -52,6 +53,7 @@ class Tables:
         self.schema = self._load_schema()
         self.applied_lsn = int(self.meta("applied_lsn", "0") or 0)
         self.applied_epoch = int(self.meta("applied_epoch", "0") or 0)
+        self.next_id = int(self.meta("next_id", "0") or 0)
 
     # -- meta ---------------------------------------------------------------------------------
     def meta(self, name: str, default: str | None = None) -> str | None:
@@ -86,8 +88,13 @@ class Tables:
                             self._set_meta(con, op.name, json.dumps(op.document))
                         else:
                             self._apply_data(con, lsn, op, schema)
+                next_id = max([self.next_id] + [int(pc.max(op.table.column("_id")).as_py()) + 1
+                                                for _, _, ops in records for op in ops
+                                                if op.kind == OpKind.UPSERT_NODES and op.table is not None
+                                                and op.table.num_rows])
                 self._set_meta(con, "applied_lsn", records[-1][0])
                 self._set_meta(con, "applied_epoch", records[-1][1])
+                self._set_meta(con, "next_id", next_id)  # ids are never reused, even after a reopen
                 con.execute("COMMIT")
             except duckdb.Error as exc:
                 con.execute("ROLLBACK")
@@ -98,6 +105,7 @@ class Tables:
                 raise
             self.schema = schema
             self.applied_lsn = records[-1][0]
+            self.next_id = next_id
 
     def _migrate(self, con: duckdb.DuckDBPyConnection, old: Schema, new: Schema) -> None:
         for name, node_type in new.nodes.items():

@@ -77,7 +77,13 @@ def scan_segment(segment: Segment, *, is_last: bool) -> tuple[list[tuple[int, Re
 
 
 def _is_tail_damage(data: bytes, offset: int, exc: frames.FrameError) -> bool:
-    """True when the damage at `offset` can only be an interrupted final append."""
+    """True when the damage at `offset` can only be an interrupted final append.
+
+    The damaged frame's own length cannot be trusted (a flipped length bit makes any frame look
+    torn), so damage counts as a torn tail only when no intact frame follows it anywhere.
+    """
+    if _intact_frame_after(data, offset):
+        return False
     if exc.torn:
         return True
     rest = data[offset:]
@@ -86,6 +92,19 @@ def _is_tail_damage(data: bytes, offset: int, exc: frames.FrameError) -> bool:
     if len(rest) >= frames.HEADER.size:
         _, payload_bytes, *_ = frames.HEADER.unpack_from(rest, 0)
         return frames.HEADER_BYTES + payload_bytes >= len(rest)  # the last frame in the file
+    return False
+
+
+def _intact_frame_after(data: bytes, offset: int) -> bool:
+    """Whether a frame with a valid CRC starts anywhere after `offset`."""
+    magic = frames.HEADER.pack(frames.MAGIC, 0, 0, 0, 0)[:4]
+    position = data.find(magic, offset + 1)
+    while position >= 0:
+        try:
+            frames.decode(data, position)
+            return True
+        except frames.FrameError:
+            position = data.find(magic, position + 1)
     return False
 
 
@@ -199,7 +218,8 @@ class WriteAheadLog:
                 return
             with self._append_lock:
                 self._check_healthy()
-                target, fd = self._last_lsn, self._fd
+                target = self._last_lsn
+                fd = os.dup(self._fd)  # a concurrent segment roll may close self._fd meanwhile
             try:
                 if self.fsync_enabled:
                     os.fsync(fd)
@@ -207,6 +227,8 @@ class WriteAheadLog:
             except OSError as exc:
                 self._failed = exc  # after a failed fsync the page cache state is unknown
                 raise StorePoisoned(f"WAL fsync failed: {exc}") from exc
+            finally:
+                os.close(fd)
             self._durable_lsn = target
 
     def _check_healthy(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-_NAME = re.compile(r"^([0-9a-f]{16})\.wal$")
+_NAME = re.compile(r"([0-9a-f]{16})\.wal")
 
 
 def segment_name(first_lsn: int) -> str:
@@ -16,5 +16,8 @@ def segment_name(first_lsn: int) -> str:
 
 def parse_segment_name(name: str) -> int | None:
     """The first LSN encoded in `name`, or None when `name` is not a segment file."""
-    match = _NAME.match(name)
-    return int(match.group(1), 16) if match else None
+    match = _NAME.fullmatch(name)
+    if not match:
+        return None
+    first = int(match.group(1), 16)
+    return first if first >= 1 else None
