@@ -16,9 +16,11 @@ same answer). cupy is imported lazily: importing this module never requires it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +60,7 @@ def import_cupy() -> Any:
     return cupy
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def kernels(device_id: int) -> dict[str, Any]:
     """Compiled kernels for one device, by name (compiles on first use; cached)."""
     cp = import_cupy()
@@ -67,7 +69,7 @@ def kernels(device_id: int) -> dict[str, Any]:
         return {name: module.get_function(name) for name in KERNEL_NAMES}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sm_count(device_id: int) -> int:
     cp = import_cupy()
     return int(cp.cuda.runtime.getDeviceProperties(device_id)["multiProcessorCount"])
@@ -136,9 +138,30 @@ def gemm_dots(cp: Any, queries: Any, chunk: Any) -> Any:
     f16 = chunk.dtype == np.float16
     in_type = getattr(runtime, "CUDA_R_16F", 2) if f16 else getattr(runtime, "CUDA_R_32F", 0)
     one, zero = np.ones(1, dtype=np.float32), np.zeros(1, dtype=np.float32)
-    # Row-major C[nq, m] is column-major C^T[m, nq] = chunk(m x d) . queries^T(d x nq).
+    handle = cp.cuda.device.get_cublas_handle()
+    with _host_pointers_default_math(cublas, handle):
+        # Row-major C[nq, m] is column-major C^T[m, nq] = chunk(m x d) . queries^T(d x nq).
+        _gemm_ex(cublas, runtime, handle, m, nq, d, one, zero, chunk, queries, dots, in_type)
+    return dots
+
+
+@contextlib.contextmanager
+def _host_pointers_default_math(cublas: Any, handle: int) -> Iterator[None]:
+    """Host pointer mode (alpha/beta live on the host) and default math (no TF32) for one call."""
+    pointer_mode, math_mode = cublas.getPointerMode(handle), cublas.getMathMode(handle)
+    cublas.setPointerMode(handle, getattr(cublas, "CUBLAS_POINTER_MODE_HOST", 0))
+    cublas.setMathMode(handle, getattr(cublas, "CUBLAS_DEFAULT_MATH", 0))
+    try:
+        yield
+    finally:
+        cublas.setPointerMode(handle, pointer_mode)
+        cublas.setMathMode(handle, math_mode)
+
+
+def _gemm_ex(cublas: Any, runtime: Any, handle: int, m: int, nq: int, d: int, one: np.ndarray,
+             zero: np.ndarray, chunk: Any, queries: Any, dots: Any, in_type: int) -> None:
     cublas.gemmEx(
-        cp.cuda.device.get_cublas_handle(),
+        handle,
         getattr(cublas, "CUBLAS_OP_T", 1), getattr(cublas, "CUBLAS_OP_N", 0),
         m, nq, d,
         one.ctypes.data, chunk.data.ptr, in_type, d,
@@ -146,7 +169,6 @@ def gemm_dots(cp: Any, queries: Any, chunk: Any) -> Any:
         zero.ctypes.data, dots.data.ptr, getattr(runtime, "CUDA_R_32F", 0), m,
         getattr(cublas, "CUBLAS_COMPUTE_32F", 68), getattr(cublas, "CUBLAS_GEMM_DEFAULT", -1),
     )
-    return dots
 
 
 def chunk_dots(cp: Any, queries32: Any, queries_native: Any, chunk: Any, want_norms: bool) -> tuple[Any, Any]:

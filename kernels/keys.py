@@ -10,7 +10,8 @@ products give bit-identical scores, and rank candidates by one unsigned 64-bit *
 order is reversed), so "largest composite first" is exactly "best score first, ties broken by lower
 id". Composites of eligible rows are unique, which makes top-k selection well defined without a
 separate tie-break step. NaN scores (possible only from NaN/inf in base rows) get key 0 and are
-never returned. Functions take ``xp`` (numpy or cupy) and work on either library's arrays.
+never returned. Functions take ``xp`` (numpy or cupy) and work on either library's arrays (array operands
+always on the left, so numpy scalars never see a CuPy array).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def pad_score(metric: str) -> float:
 def finish_scores(xp: Any, dots: Any, bn2: Any | None, qn2: Any | None, metric: str) -> Any:
     """Scores [nq, m] from float32 dot products [nq, m], base squared norms [m], query squared norms [nq].
 
-    ip: dot. cosine (queries already unit length): dot / sqrt(bn2), 0 for zero rows.
+    ip: dot. cosine (queries already unit length): dot / sqrt(bn2), 0 for zero rows (NaN stays NaN).
     l2: max((qn2 + bn2) - 2 * dot, 0). Every result gets ``+ 0.0`` so -0.0 becomes +0.0.
     """
     f32 = np.float32
@@ -51,25 +52,35 @@ def finish_scores(xp: Any, dots: Any, bn2: Any | None, qn2: Any | None, metric: 
         scores = dots
     elif metric == "cosine":
         norm = xp.sqrt(bn2)[None, :]
-        positive = norm > 0
-        scores = xp.where(positive, dots / xp.where(positive, norm, f32(1)), f32(0))
+        zero = norm == 0
+        scores = xp.where(zero, f32(0), dots / xp.where(zero, f32(1), norm))
     else:
-        scores = (qn2[:, None] + bn2[None, :]) - f32(2) * dots
+        scores = (qn2[:, None] + bn2[None, :]) - dots * f32(2)
         scores = xp.where(scores < 0, f32(0), scores)
     return (scores + f32(0)).astype(xp.float32, copy=False)
 
 
 def score_keys(xp: Any, scores: Any, metric: str) -> Any:
-    """uint32 keys ordering like the scores (better score = larger key); NaN scores get key 0."""
-    bits = xp.ascontiguousarray(scores, dtype=xp.float32).view(xp.uint32)
-    ordered = xp.where((bits & _SIGN) != 0, ~bits, bits | _SIGN)
-    keys = ordered if higher_is_better(metric) else ~ordered
-    return xp.where(xp.isnan(scores), np.uint32(0), keys).astype(xp.uint32, copy=False)
+    """uint32 keys ordering like the scores (better score = larger key); NaN scores get key 0.
+
+    Order-preserving float map: negative floats have every bit flipped, others only the sign bit
+    (``bits ^ (arithmetic_sign_shift | 0x80000000)``); for l2 the key is the complement.
+    """
+    scores = xp.ascontiguousarray(scores, dtype=xp.float32)
+    flip = (scores.view(xp.int32) >> np.int32(31)).view(xp.uint32)  # 0 or 0xFFFFFFFF
+    flip |= _SIGN
+    if not higher_is_better(metric):
+        xp.invert(flip, out=flip)
+    flip ^= scores.view(xp.uint32)
+    nan = xp.isnan(scores)
+    if nan.any():
+        flip[nan] = 0
+    return flip
 
 
 def composites(xp: Any, keys: Any, ids: Any) -> Any:
     """uint64 composites from uint32 keys and row ids (broadcastable); key 0 stays composite 0."""
-    comp = (keys.astype(xp.uint64) << _SHIFT) | (_LOW - ids.astype(xp.uint64))
+    comp = (keys.astype(xp.uint64) << _SHIFT) | (ids.astype(xp.uint64) ^ _LOW)  # == 0xFFFFFFFF - id
     return xp.where(keys == 0, np.uint64(0), comp)
 
 
@@ -79,7 +90,7 @@ def decode(xp: Any, comp: Any, metric: str) -> tuple[Any, Any]:
     ordered = keys if higher_is_better(metric) else ~keys
     bits = xp.where((ordered & _SIGN) != 0, ordered & ~_SIGN, ~ordered).astype(xp.uint32)
     scores = xp.ascontiguousarray(bits).view(xp.float32)
-    ids = (_LOW - (comp & _LOW)).astype(xp.int64)
+    ids = ((comp & _LOW) ^ _LOW).astype(xp.int64)
     empty = comp == 0
     scores = xp.where(empty, np.float32(pad_score(metric)), scores).astype(xp.float32)
     ids = xp.where(empty, np.int64(-1), ids)

@@ -35,7 +35,7 @@ __device__ __forceinline__ float finish_score(float dot, float bn2, float qn2, i
         s = dot;
     } else if (metric == METRIC_COSINE) {
         const float nrm = __fsqrt_rn(bn2);
-        s = (nrm > 0.0f) ? __fdiv_rn(dot, nrm) : 0.0f;
+        s = (nrm == 0.0f) ? 0.0f : __fdiv_rn(dot, nrm);
     } else {
         s = __fsub_rn(__fadd_rn(qn2, bn2), __fmul_rn(2.0f, dot));
         s = (s < 0.0f) ? 0.0f : s;

@@ -131,7 +131,10 @@ def _sqnorms(q: np.ndarray) -> np.ndarray:
 
 
 def prepare_queries(q32: np.ndarray, metric: str, base_dtype: Any) -> PreparedQueries:
-    """Normalise (cosine), round to float16 values (float16 base) and compute squared norms (l2)."""
+    """Normalise (cosine), round to float16 values (float16 base) and compute squared norms (l2).
+
+    Raises NonFiniteInputError when a query does not fit float16 for a float16 base.
+    """
     q = q32
     if metric == "cosine":
         norms = np.sqrt(_sqnorms(q))[:, None]
