@@ -373,6 +373,14 @@ class Session:
         mask[ids[ids < size]] = True
         return mask
 
+    def retrieve(self, question: str, k: int = 10, mode: str = "auto", **options: Any) -> Any:
+        """GraphRAG retrieval over this session's visible chunks, entities and edges at one snapshot:
+        `knowledge.graphrag.retrieve(self, question, k, mode, **options)` -> RetrievalResult (see there
+        for the modes, options such as embedder= and token_budget=, and the errors raised)."""
+        from knowledge.graphrag.retrieve import retrieve
+
+        return retrieve(self, question, k, mode, **options)
+
     # -- scans and counts ---------------------------------------------------------------------
     def scan(self, type_name: str, where: dict[str, Any] | None = None, columns: Iterable[str] | None = None,
              limit: int | None = None) -> pa.Table:

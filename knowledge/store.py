@@ -347,12 +347,12 @@ class Store:
         return lsn, ops, edge_types
 
     def _finish(self, lsn: int, ops: list[Op], edge_types: set[str]) -> int:
-        """Outside the stage lock: wait for durability (group commit), apply in LSN order, queue for DuckDB."""
-        try:
-            self.wal.sync_to(lsn)
-        except BaseException as exc:
-            self._fail(exc)
-            raise
+        """Outside the stage lock: apply to memory in LSN order and wait for durability (group commit).
+
+        The memory apply overlaps the fsync: it runs under the state lock, which every read takes
+        (through `visibility`), and the lock is released only once the record is durable, so no
+        reader ever sees a change that a crash could still take back.
+        """
         with self._memory_turn:
             while self.memory_lsn != lsn - 1:
                 if self._failure is not None:
@@ -363,6 +363,7 @@ class Store:
                     self._apply_memory(ops)
                     for name in edge_types:
                         self._inflight_edges[name] -= 1
+                    self.wal.sync_to(lsn)
                     self.memory_lsn = lsn  # inside the state lock: a snapshot sees ops and LSN together
                     self._enqueue(lsn, ops)
             except BaseException as exc:
@@ -510,6 +511,8 @@ class Store:
     def visibility(self, principal: Principal, *, wait: bool = False) -> np.ndarray:
         """The bool bitmap over node ids that `principal` may see (cached per directory version)."""
         with self._state:
+            if self._failure is not None:
+                raise StorePoisoned(f"store {self.path!r} failed ({self._failure}); reopen it to recover")
             directory = self.directory
             cache_key = (principal, directory.version, directory.capacity)
             bitmap = self._visibility_cache.get(cache_key)

@@ -11,6 +11,7 @@ import threading
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -77,9 +78,15 @@ class Tables:
             con.execute("BEGIN TRANSACTION")
             schema = self.schema
             try:
+                run: list[tuple[int, Op]] = []  # consecutive plain inserts into one table: one INSERT
                 for lsn, _, ops in records:
                     for op in ops:
-                        if op.kind == OpKind.SCHEMA:
+                        if run and not _joins_run(run, op):
+                            self._insert_run(con, run)
+                            run = []
+                        if _joins_run(run, op):
+                            run.append((lsn, op))
+                        elif op.kind == OpKind.SCHEMA:
                             target = Schema.from_dict(op.document)
                             self._migrate(con, schema, target)
                             self._set_meta(con, "schema", json.dumps(target.to_dict()))
@@ -88,6 +95,8 @@ class Tables:
                             self._set_meta(con, op.name, json.dumps(op.document))
                         else:
                             self._apply_data(con, lsn, op, schema)
+                if run:
+                    self._insert_run(con, run)
                 next_id = max([self.next_id] + [int(pc.max(op.table.column("_id")).as_py()) + 1
                                                 for _, _, ops in records for op in ops
                                                 if op.kind == OpKind.UPSERT_NODES and op.table is not None
@@ -154,6 +163,20 @@ class Tables:
         elif op.kind == OpKind.DELETE_EDGES:
             self._delete_pairs(con, edge_table(op.name), op.table)
 
+    def _insert_run(self, con: duckdb.DuckDBPyConnection, run: list[tuple[int, Op]]) -> None:
+        """Insert the rows of several insert-only ops on one table at once, each row with its op's LSN."""
+        first = run[0][1]
+        table = node_table(first.name) if first.kind == OpKind.UPSERT_NODES else edge_table(first.name)
+        parts = [op.table.append_column("_lsn", pa.array(np.full(op.table.num_rows, lsn, dtype=np.int64)))
+                 for lsn, op in run if op.table is not None]
+        batch = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        cols = ", ".join(quote(c) for c in batch.column_names)
+        con.register("_batch", batch)
+        try:
+            con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _batch")
+        finally:
+            con.unregister("_batch")
+
     def _insert(self, con: duckdb.DuckDBPyConnection, table: str, batch: pa.Table, lsn: int) -> None:
         cols = ", ".join(quote(c) for c in batch.column_names)
         con.register("_batch", batch)
@@ -194,6 +217,17 @@ class Tables:
     def close(self) -> None:
         with self.lock:
             self.con.close()
+
+
+def _joins_run(run: list[tuple[int, Op]], op: Op) -> bool:
+    """Whether `op` is a plain insert (no row it writes exists yet) that can share the run's INSERT."""
+    if op.kind not in (OpKind.UPSERT_NODES, OpKind.UPSERT_EDGES) or op.may_replace or op.table is None:
+        return False
+    if not run:
+        return True
+    first = run[0][1]
+    assert first.table is not None
+    return first.kind == op.kind and first.name == op.name and first.table.schema.equals(op.table.schema)
 
 
 def query_arrow(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> pa.Table:

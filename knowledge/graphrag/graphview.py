@@ -1,0 +1,147 @@
+"""The visible chunk–entity graph of one (store, LSN, principal), built through Session reads and cached.
+
+Nodes are the chunks and entities the session can see that take part in a visible MENTIONS or RELATED
+edge. RELATED edges are kept only when the chunk that stated them (`chunk_id`) is visible too.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from knowledge.graphrag.extract import NameMatcher
+from knowledge.graphrag.ppr import Transition
+from knowledge.graphrag.schema import CHUNK, ENTITY, MENTIONS, RELATED
+from knowledge.session import Session
+
+CACHE_SIZE = 8
+_cache: OrderedDict[tuple[Any, ...], GraphView] = OrderedDict()
+_lock = threading.Lock()
+
+
+@dataclass
+class GraphView:
+    """Local numbering: 0..n-1 over `ids` (global node ids, sorted)."""
+
+    ids: np.ndarray                 # global ids, sorted
+    is_chunk: np.ndarray            # bool per local node
+    keys: list[Any]                 # key per local node
+    transition: Transition
+    mention_chunk: np.ndarray       # local chunk per MENTIONS edge (sorted by chunk)
+    mention_entity: np.ndarray      # local entity per MENTIONS edge
+    chunk_offsets: np.ndarray       # CSR offsets into mention_* by local node id
+    entity_chunks: np.ndarray       # number of chunks mentioning each local node (entities)
+    related: dict[tuple[int, int], tuple[str, str]]   # (local s, local o) -> (relation, chunk_id)
+    related_by_node: dict[int, list[int]]            # local node -> neighbours via RELATED
+    matcher: NameMatcher
+    entity_by_key: dict[Any, int]
+    chunk_by_key: dict[Any, int]
+
+    @property
+    def size(self) -> int:
+        return len(self.ids)
+
+    def local(self, global_ids: np.ndarray) -> np.ndarray:
+        """Local ids of global ids (-1 where not in the graph)."""
+        global_ids = np.asarray(global_ids, dtype=np.int64)
+        if not len(self.ids):
+            return np.full(len(global_ids), -1, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self.ids, global_ids), len(self.ids) - 1)
+        return np.where(self.ids[pos] == global_ids, pos, -1)
+
+    def entities_of(self, chunk: int) -> np.ndarray:
+        return self.mention_entity[self.chunk_offsets[chunk]:self.chunk_offsets[chunk + 1]]
+
+
+def cache_key(session: Session, lsn: int) -> tuple[Any, ...]:
+    principal = session.principal
+    return (id(session.store), session.store.path if hasattr(session.store, "path") else None, lsn,
+            principal.name, principal.admin, frozenset(principal.read))
+
+
+def graph_view(session: Session, lsn: int) -> GraphView | None:
+    """The cached view for this session at `lsn` (call inside `session.snapshot()`); None when the GraphRAG
+    edge types are not declared."""
+    edges = session.store.schema.edges
+    if MENTIONS not in edges or RELATED not in edges:
+        return None
+    key = cache_key(session, lsn)
+    with _lock:
+        view = _cache.get(key)
+        if view is not None:
+            _cache.move_to_end(key)
+            return view
+    view = build_view(session)
+    with _lock:
+        _cache[key] = view
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+    return view
+
+
+def clear_cache() -> None:
+    """Forget every cached view (they are keyed by LSN, so this is only needed to free memory)."""
+    with _lock:
+        _cache.clear()
+
+
+def build_view(session: Session) -> GraphView:
+    """Read the visible MENTIONS and RELATED edges through the session and build the walk matrix."""
+    m_src, m_dst, _ = session.adjacency([MENTIONS])
+    rel = session.edges(RELATED)
+    chunk_ids = np.unique(m_src)
+    chunk_keys = [session.ref(int(i)).key for i in chunk_ids]
+    visible_chunks = set(chunk_keys)
+    r_src = rel.column("_src").to_numpy().astype(np.int64)
+    r_dst = rel.column("_dst").to_numpy().astype(np.int64)
+    r_chunk = rel.column("chunk_id").to_pylist()
+    r_relation = rel.column("relation").to_pylist()
+    keep = np.array([c in visible_chunks for c in r_chunk], dtype=bool) if len(r_chunk) else np.zeros(0, bool)
+    r_src, r_dst = r_src[keep], r_dst[keep]
+    r_chunk = [c for c, k in zip(r_chunk, keep, strict=True) if k]
+    r_relation = [r for r, k in zip(r_relation, keep, strict=True) if k]
+    ids = np.unique(np.concatenate([m_src, m_dst, r_src, r_dst]).astype(np.int64))
+    n = len(ids)
+    is_chunk = np.isin(ids, chunk_ids)
+    keys: list[Any] = [None] * n
+    entity_pos = np.flatnonzero(~is_chunk)
+    entity_keys = [session.ref(int(i)).key for i in ids[entity_pos]]
+    for pos, k in zip(np.flatnonzero(is_chunk).tolist(), chunk_keys, strict=True):
+        keys[pos] = k
+    for pos, k in zip(entity_pos.tolist(), entity_keys, strict=True):
+        keys[pos] = k
+    ms, md = np.searchsorted(ids, m_src), np.searchsorted(ids, m_dst)
+    order = np.lexsort((md, ms))
+    ms, md = ms[order], md[order]
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(ms, minlength=n), out=offsets[1:])
+    rs, rd = np.searchsorted(ids, r_src), np.searchsorted(ids, r_dst)
+    transition = Transition(n, np.concatenate([ms, rs]), np.concatenate([md, rd]))
+    related: dict[tuple[int, int], tuple[str, str]] = {}
+    by_node: dict[int, list[int]] = {}
+    for s, o, relation, chunk in zip(rs.tolist(), rd.tolist(), r_relation, r_chunk, strict=True):
+        related[(s, o)] = (relation, chunk)
+        by_node.setdefault(s, []).append(o)
+        by_node.setdefault(o, []).append(s)
+    displays = _displays(session, entity_keys)
+    matcher = NameMatcher((k, displays.get(k) or str(k)) for k in entity_keys)
+    return GraphView(ids=ids, is_chunk=is_chunk, keys=keys, transition=transition, mention_chunk=ms,
+                     mention_entity=md, chunk_offsets=offsets, entity_chunks=np.bincount(md, minlength=n),
+                     related=related, related_by_node=by_node, matcher=matcher,
+                     entity_by_key={keys[p]: p for p in entity_pos.tolist()},
+                     chunk_by_key={keys[p]: p for p in np.flatnonzero(is_chunk).tolist()})
+
+
+def _displays(session: Session, entity_keys: list[Any]) -> dict[Any, str]:
+    if not entity_keys or "display" not in session.store.schema.nodes[ENTITY].properties:
+        return {}
+    table = session.get_many(ENTITY, entity_keys, ["display"])
+    keys = [session.ref(i).key for i in table.column("_id").to_pylist()]
+    return dict(zip(keys, table.column("display").to_pylist(), strict=True))
+
+
+__all__ = ["CHUNK", "GraphView", "build_view", "clear_cache", "graph_view"]

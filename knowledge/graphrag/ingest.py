@@ -1,0 +1,325 @@
+"""Ingestion: documents -> chunks -> embeddings -> entities and relations, written through a session.
+
+    from knowledge.graphrag import Document, ingest
+    report = ingest(store.session(), [Document("d1", "Ada Lovelace wrote ...", title="Ada",
+                                               labels=["public"])], embedder=embedder)
+
+Guarantees:
+- The GraphRAG schema (schema.py) is declared if absent (idempotent).
+- A document whose content hash (title, text, metadata, labels, supplied entities/triples, splitter,
+  extractor and embedder names) equals the stored one is skipped: no write, no WAL record.
+- A new or changed document is written in its batch's single transaction: its old chunks are deleted
+  (with their HAS_CHUNK and MENTIONS edges), then the Document, its Chunks, their Entities and the
+  HAS_CHUNK / MENTIONS / RELATED edges are upserted. A failure leaves the batch unwritten.
+- Entities are merged by `normalize_entity_name`; `display` keeps the first form seen.
+
+Label rule (documented in the package docstring too): a chunk carries its document's labels; an entity
+carries the union of the labels of every document whose ingestion mentioned it (labels only grow:
+re-ingesting or deleting a document does not take labels away). So whoever can see a chunk can see
+every entity it mentions; an entity reveals only that some document visible to the reader, or to a
+reader of another of its labels, names it. A RELATED edge records the chunk that stated it
+(`chunk_id`, last writer wins); retrieval uses and shows a RELATED edge only when that chunk is visible,
+so a relation stated only in a document the reader cannot see is never used or shown, even between two
+visible entities.
+
+Run ingestion with an admin session (or one that can read and write every label involved): entity
+labels are merged with what the session can read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from knowledge.embed import Embedder, EmbedderUnavailable, normalize_entity_name, passage_text
+from knowledge.errors import InvalidArgument
+from knowledge.graphrag.chunking import SentenceSplitter, Splitter
+from knowledge.graphrag.extract import Extractor, NoExtractor, Triple, clean_triples, match_key
+from knowledge.graphrag.schema import CHUNK, DOCUMENT, ENTITY, HAS_CHUNK, MENTIONS, RELATED, ensure_schema
+from knowledge.session import Session
+
+BATCH_SIZE = 256
+PROGRESS_MIN_DOCUMENTS = 500
+
+
+@dataclass
+class Document:
+    """A document to ingest. `entities`/`triples`, when given, are used instead of the extractor (e.g. the
+    MuSiQue OpenIE file's extracted_entities / extracted_triples); each is attached to the chunks whose
+    text names it (to the first chunk when none does)."""
+
+    doc_id: str
+    text: str
+    title: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    labels: Sequence[str] = ()
+    entities: Sequence[str] | None = None
+    triples: Sequence[Sequence[str]] | None = None
+
+
+@dataclass
+class IngestReport:
+    """What `ingest` did. `lsns` are the commits' LSNs (empty when nothing changed)."""
+
+    documents: int = 0
+    unchanged: int = 0
+    written: int = 0
+    chunks: int = 0
+    chunks_deleted: int = 0
+    entities: int = 0
+    mentions: int = 0
+    relations: int = 0
+    lsns: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def add_time(self, stage: str, seconds: float) -> None:
+        self.timings[stage] = self.timings.get(stage, 0.0) + seconds
+
+
+@dataclass
+class _Chunk:
+    key: str
+    doc: Document
+    position: int
+    text: str
+    entities: list[str]          # normalised names
+    triples: list[Triple]
+
+
+def chunk_key(doc_id: str, position: int) -> str:
+    """The key of a document's chunk: f"{doc_id}#{position}"."""
+    return f"{doc_id}#{position}"
+
+
+def content_hash(doc: Document, splitter: Splitter, extractor: Extractor, embedder: Embedder) -> str:
+    """sha256 over everything that determines what ingestion writes for the document."""
+    payload = [doc.title, doc.text, doc.metadata, sorted(doc.labels),
+               list(doc.entities) if doc.entities is not None else None,
+               [list(t) for t in doc.triples] if doc.triples is not None else None,
+               splitter.fingerprint, extractor.name, embedder.name, embedder.dimension]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def ingest(session: Session, documents: Iterable[Document], *, embedder: Embedder,
+           splitter: Splitter | None = None, extractor: Extractor | None = None,
+           batch_size: int = BATCH_SIZE, embed_entities: bool | str = "auto",
+           progress: bool | None = None, total: int | None = None) -> IngestReport:
+    """Ingest documents in batches of `batch_size`, one transaction per batch that has changes.
+
+    `embed_entities`: True embeds new entity names (normalised) with `embedder`; False stores none;
+    "auto" tries and stores none when the embedder cannot (EmbedderUnavailable, e.g. a
+    PrecomputedEmbedder without entity vectors). `progress`: tqdm bar (None: only on a TTY and for
+    more than 500 documents). Raises InvalidArgument (bad document, duplicate doc_id in a batch,
+    batch_size < 1), EmbedderUnavailable (no vectors for the chunks), SchemaError, ValidationError,
+    PermissionDenied from the store.
+    """
+    if batch_size < 1:
+        raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}")
+    splitter = splitter or SentenceSplitter()
+    extractor = extractor or NoExtractor()
+    started = time.perf_counter()
+    ensure_schema(session.store, embedder.dimension)
+    report = IngestReport()
+    items = list(documents) if total is None and not isinstance(documents, Sequence) else documents
+    count = total if total is not None else len(items)  # type: ignore[arg-type]
+    show = progress if progress is not None else (sys.stderr.isatty() and count > PROGRESS_MIN_DOCUMENTS)
+    with tqdm(total=count, unit="doc", disable=not show, desc="ingest") as bar:
+        for batch in _batches(items, batch_size):
+            _ingest_batch(session, batch, embedder, splitter, extractor, embed_entities, report)
+            bar.update(len(batch))
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _batches(items: Iterable[Document], size: int) -> Iterator[list[Document]]:
+    batch: list[Document] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _check(doc: Document) -> None:
+    if not isinstance(doc, Document):
+        raise InvalidArgument(f"expected a Document, got {type(doc).__name__}")
+    if not isinstance(doc.doc_id, str) or not doc.doc_id or "#" in doc.doc_id:
+        raise InvalidArgument(f"doc_id must be a non-empty string without '#', got {doc.doc_id!r}")
+    if not isinstance(doc.text, str):
+        raise InvalidArgument(f"document {doc.doc_id!r}: text must be a string")
+
+
+def _keys_of(session: Session, table: Any) -> list[Any]:
+    return [session.ref(i).key for i in table.column("_id").to_pylist()]
+
+
+def _ingest_batch(session: Session, batch: list[Document], embedder: Embedder, splitter: Splitter,
+                  extractor: Extractor, embed_entities: bool | str, report: IngestReport) -> None:
+    tick = time.perf_counter()
+    for doc in batch:
+        _check(doc)
+    ids = [doc.doc_id for doc in batch]
+    if len(set(ids)) != len(ids):
+        raise InvalidArgument("a batch holds the same doc_id twice")
+    report.documents += len(batch)
+    hashes = {doc.doc_id: content_hash(doc, splitter, extractor, embedder) for doc in batch}
+    stored = session.get_many(DOCUMENT, ids, ["content_hash"])
+    existing = dict(zip(_keys_of(session, stored), stored.column("content_hash").to_pylist(), strict=True))
+    changed = [doc for doc in batch if existing.get(doc.doc_id) != hashes[doc.doc_id]]
+    report.unchanged += len(batch) - len(changed)
+    report.add_time("check", time.perf_counter() - tick)
+    if not changed:
+        return
+    tick = time.perf_counter()
+    chunks = [c for doc in changed for c in _chunks(doc, splitter, extractor)]
+    report.add_time("split_extract", time.perf_counter() - tick)
+    tick = time.perf_counter()
+    vectors = embedder.embed([passage_text(c.doc.title, c.text) if c.doc.title else c.text for c in chunks])
+    report.add_time("embed_chunks", time.perf_counter() - tick)
+    tick = time.perf_counter()
+    old = [d for d in changed if d.doc_id in existing]
+    old_chunks = (_keys_of(session, session.scan(CHUNK, where={"doc_id": ("in", [d.doc_id for d in old])},
+                                                 columns=[])) if old else [])
+    entity_rows = _entity_rows(session, chunks, embedder, embed_entities, report)
+    report.add_time("entities", time.perf_counter() - tick)
+    tick = time.perf_counter()
+    with session.transaction() as tx:
+        if old_chunks:
+            tx.delete_nodes(CHUNK, old_chunks)
+        tx.upsert_nodes(DOCUMENT, [{"doc_id": d.doc_id, "title": d.title, "text": d.text, "metadata": d.metadata,
+                                    "content_hash": hashes[d.doc_id], "_labels": sorted(d.labels)}
+                                   for d in changed])
+        if chunks:
+            tx.upsert_nodes(CHUNK, [{"chunk_id": c.key, "text": c.text, "position": c.position,
+                                     "doc_id": c.doc.doc_id, "embedding": vectors[i],
+                                     "_labels": sorted(c.doc.labels)} for i, c in enumerate(chunks)])
+            tx.upsert_edges(HAS_CHUNK, [{"src": c.doc.doc_id, "dst": c.key} for c in chunks])
+        if entity_rows:
+            tx.upsert_nodes(ENTITY, entity_rows)
+        mentions = [{"src": c.key, "dst": name} for c in chunks for name in c.entities]
+        if mentions:
+            tx.upsert_edges(MENTIONS, mentions)
+        related = _related_rows(chunks)
+        if related:
+            tx.upsert_edges(RELATED, related)
+    report.lsns.append(int(tx.lsn or 0))
+    report.add_time("commit", time.perf_counter() - tick)
+    report.written += len(changed)
+    report.chunks += len(chunks)
+    report.chunks_deleted += len(old_chunks)
+    report.mentions += len(mentions)
+    report.relations += len(related)
+
+
+def _chunks(doc: Document, splitter: Splitter, extractor: Extractor) -> list[_Chunk]:
+    texts = splitter.split(doc.text)
+    supplied = doc.entities is not None or doc.triples is not None
+    out = []
+    for position, text in enumerate(texts):
+        if supplied:
+            names, triples = [], []
+        else:
+            names, raw = extractor.extract(text)
+            triples = clean_triples(raw)
+        out.append(_Chunk(chunk_key(doc.doc_id, position), doc, position, text, list(names), triples))
+    if supplied and out:
+        _attach_supplied(doc, out)
+    for chunk in out:
+        names = {}
+        for name in [*chunk.entities, *(t[0] for t in chunk.triples), *(t[2] for t in chunk.triples)]:
+            if isinstance(name, str) and (key := normalize_entity_name(name)):
+                names.setdefault(key, name.strip())
+        chunk.entities = list(names)
+        chunk._display = names  # type: ignore[attr-defined]
+    return out
+
+
+def _attach_supplied(doc: Document, chunks: list[_Chunk]) -> None:
+    """Give each supplied entity / triple to the chunks that name it (the first chunk when none does)."""
+    keyed = [match_key(c.text) for c in chunks]
+
+    def owners(*names: str) -> list[_Chunk]:
+        if len(chunks) == 1:
+            return chunks
+        found = [c for c, text in zip(chunks, keyed, strict=True)
+                 if any(match_key(n) and f" {match_key(n)} " in f" {text} " for n in names)]
+        return found or chunks[:1]
+
+    for name in doc.entities or ():
+        if isinstance(name, str) and name.strip():
+            for chunk in owners(name):
+                chunk.entities.append(name.strip())
+    for triple in clean_triples(doc.triples):
+        for chunk in owners(triple[0], triple[2]):
+            chunk.triples.append(triple)
+
+
+def _entity_rows(session: Session, chunks: list[_Chunk], embedder: Embedder, embed_entities: bool | str,
+                 report: IngestReport) -> list[dict[str, Any]]:
+    """Entity rows to upsert: new entities, and existing ones whose labels grow (label union)."""
+    wanted: dict[str, tuple[str, set[str]]] = {}
+    for chunk in chunks:
+        for key in chunk.entities:
+            display = chunk._display[key]  # type: ignore[attr-defined]
+            wanted.setdefault(key, (display, set()))[1].update(chunk.doc.labels)
+    if not wanted:
+        return []
+    stored = session.get_many(ENTITY, list(wanted), ["display", "embedding"])
+    current = {key: row for key, row in zip(_keys_of(session, stored), stored.to_pylist(), strict=True)}
+    rows: list[dict[str, Any]] = []
+    fresh: list[str] = []
+    for key, (display, labels) in wanted.items():
+        row = current.get(key)
+        if row is None:
+            rows.append({"name": key, "display": display, "embedding": None, "_labels": sorted(labels)})
+            fresh.append(key)
+        elif not labels <= set(row["_labels"] or ()):
+            rows.append({"name": key, "display": row["display"], "embedding": row["embedding"],
+                         "_labels": sorted(labels | set(row["_labels"] or ()))})
+    if fresh and embed_entities:
+        vectors = _embed_names(embedder, fresh, embed_entities == "auto")
+        if vectors is not None:
+            by_key = dict(zip(fresh, vectors, strict=True))
+            for row in rows:
+                if row["name"] in by_key:
+                    row["embedding"] = by_key[row["name"]]
+    report.entities += len(fresh)
+    return rows
+
+
+def _embed_names(embedder: Embedder, names: list[str], tolerant: bool) -> np.ndarray | None:
+    try:
+        return embedder.embed(names)
+    except EmbedderUnavailable:
+        if tolerant:
+            return None
+        raise
+
+
+def _related_rows(chunks: list[_Chunk]) -> list[dict[str, Any]]:
+    """One RELATED edge per (subject, object) pair, from the first chunk stating it: that chunk's
+    predicates joined by '; ' (never predicates of another chunk, whose labels may differ)."""
+    pairs: dict[tuple[str, str], tuple[list[str], str]] = {}
+    for chunk in chunks:
+        for subject, predicate, obj in chunk.triples:
+            s, o = normalize_entity_name(subject), normalize_entity_name(obj)
+            if not s or not o or s == o:
+                continue
+            predicates, owner = pairs.setdefault((s, o), ([], chunk.key))
+            if owner == chunk.key and predicate not in predicates:
+                predicates.append(predicate)
+    return [{"src": s, "dst": o, "relation": "; ".join(p), "chunk_id": c} for (s, o), (p, c) in pairs.items()]
+
+
+__all__ = ["BATCH_SIZE", "Document", "IngestReport", "chunk_key", "content_hash", "ingest"]

@@ -1,0 +1,456 @@
+"""GraphRAG retrieval: vector, keyword, hybrid (RRF) and graph (personalized PageRank) modes.
+
+    result = retrieve(session, "Who founded the company that makes X?", k=5, mode="graph", embedder=emb)
+    print(result.context)                         # prompt-ready, cut to token_budget (approximate tokens)
+
+Every read goes through the session (its visibility bitmap filters chunks, documents, entities and
+edges) inside one `session.snapshot()`, whose LSN the result reports.
+
+Graph mode (HippoRAG-style):
+1. seeds: the hybrid ranking (RRF of vector and BM25 over Chunk.text); entity seeds are the entities
+   whose names occur in the question (NameMatcher), the entities mentioned by the top `seed_chunks`
+   vector chunks (weighted 1/rank), and, when Entity embeddings exist, the `entity_top` entities nearest
+   the question (weighted by similarity). Each entity seed weight is multiplied by its specificity
+   1/(number of visible chunks mentioning it), so entities found in many passages say little.
+   The top hybrid chunks are seeded too, with a small weight (`chunk_seed_weight`).
+2. expansion: personalized PageRank (damping 0.5) on the undirected graph of visible chunks and
+   entities (MENTIONS edges, and RELATED edges whose stating chunk is visible), numpy power iteration.
+3. ranking: chunks ordered by PPR mass, fused by RRF (k=60) with the vector and keyword rankings using
+   `weights` (default graph 1.0, vector 1.0, keyword 0.3).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from knowledge.embed import Embedder, EmbedderUnavailable
+from knowledge.errors import InvalidArgument, UnknownType
+from knowledge.graphrag.chunking import approx_tokens
+from knowledge.graphrag.fusion import K_RRF, rrf
+from knowledge.graphrag.graphview import GraphView, graph_view
+from knowledge.graphrag.ppr import DAMPING, personalized_pagerank
+from knowledge.graphrag.schema import CHUNK, DOCUMENT, ENTITY
+from knowledge.session import Session
+
+log = logging.getLogger(__name__)
+
+MODES = ("auto", "vector", "keyword", "hybrid", "graph")
+K_MAX = 100
+TOKEN_BUDGET = 2000
+CANDIDATES = 50
+DEFAULT_WEIGHTS: dict[str, float] = {"graph": 1.0, "vector": 1.0, "keyword": 0.3}
+ENTITIES_PER_CHUNK = 8
+EDGES_MAX = 64
+
+
+@dataclass(frozen=True)
+class GraphParams:
+    """Tuning of graph mode (defaults tuned on the MuSiQue sample, see bench/RESULTS.md).
+
+    weights: RRF weights of the final fusion (graph = PPR ranking, vector, keyword; in hybrid/graph
+    seeding the vector and keyword weights are used too). seed_chunks: how many top vector chunks give
+    their entities as seeds (weight chunk_entity_weight / rank). name_weight: seed weight of an entity
+    named in the question. entity_top: entities nearest the question embedding (weight entity_vector_weight
+    * similarity), when Entity embeddings exist. specificity: entity seed weights are divided by
+    (#chunks mentioning the entity) ** specificity. chunk_seed_weight: personalization given to the top
+    hybrid chunks themselves (/ rank). damping: probability of following an edge in PPR.
+    """
+
+    weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    damping: float = DAMPING
+    seed_chunks: int = 5
+    chunk_entity_weight: float = 0.5
+    name_weight: float = 1.0
+    entity_top: int = 5
+    entity_vector_weight: float = 1.0
+    specificity: float = 1.0
+    chunk_seed_weight: float = 0.05
+    chunk_degree_norm: float = 0.0
+
+
+@dataclass
+class RetrievedChunk:
+    """A ranked chunk. `ranks`: its 1-based rank in each stage that found it (vector, keyword, graph)."""
+
+    id: int
+    key: str
+    doc_id: str
+    text: str
+    score: float
+    position: int | None = None
+    ranks: dict[str, int] = field(default_factory=dict)
+    entities: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RetrievedDocument:
+    doc_id: str
+    title: str | None
+    metadata: Any
+    score: float
+
+
+@dataclass
+class RetrievedEntity:
+    """An entity mentioned by a returned chunk; `score` is its PPR mass (0 outside graph mode); `seed`
+    its seed weight (0 when not a seed)."""
+
+    name: str
+    score: float
+    seed: float = 0.0
+
+
+@dataclass
+class RetrievedEdge:
+    """A MENTIONS (chunk -> entity) or RELATED (entity -> entity) edge that supports a returned chunk."""
+
+    type: str
+    src: str
+    dst: str
+    score: float
+    relation: str | None = None
+    chunk_id: str | None = None
+
+
+@dataclass
+class RetrievalResult:
+    """What `retrieve` found, at one snapshot `lsn`. `timings` are seconds per stage (plus "total")."""
+
+    question: str
+    mode: str
+    chunks: list[RetrievedChunk]
+    documents: list[RetrievedDocument]
+    entities: list[RetrievedEntity]
+    edges: list[RetrievedEdge]
+    timings: dict[str, float]
+    lsn: int
+    context: str
+    context_tokens: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def keys(self) -> list[str]:
+        return [c.key for c in self.chunks]
+
+
+@dataclass
+class _State:
+    session: Session
+    question: str
+    k: int
+    candidates: int
+    timings: dict[str, float]
+    vector: list[tuple[int, str, float]] = field(default_factory=list)     # (id, key, score)
+    keyword: list[tuple[int, str, float]] = field(default_factory=list)
+    query: np.ndarray | None = None
+
+    def timed(self, stage: str, started: float) -> None:
+        self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - started
+
+
+def _check_args(question: Any, k: Any, mode: Any, token_budget: Any) -> None:
+    if not isinstance(question, str) or not question.strip():
+        raise InvalidArgument("question must be a non-empty string")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= K_MAX:
+        raise InvalidArgument(f"k must be an int in 1..{K_MAX}, got {k!r}")
+    if mode not in MODES:
+        raise InvalidArgument(f"mode must be one of {MODES}, got {mode!r}")
+    if isinstance(token_budget, bool) or not isinstance(token_budget, int) or token_budget < 1:
+        raise InvalidArgument(f"token_budget must be a positive int, got {token_budget!r}")
+
+
+def retrieve(session: Session, question: str, k: int = 10, mode: str = "auto", embedder: Embedder | None = None,
+             token_budget: int = TOKEN_BUDGET, *, query_vector: Any = None, candidates: int = CANDIDATES,
+             params: GraphParams | None = None) -> RetrievalResult:
+    """Retrieve the k best visible chunks for `question` (see the module docstring for the modes).
+
+    `embedder` embeds the question (or pass `query_vector`, e.g. a precomputed one). `candidates`: how
+    many chunks each stage (vector, keyword, graph) ranks before fusion. `params`: graph-mode tuning. mode "auto" is
+    "graph" when a query vector can be had, else keyword-seeded graph retrieval with a warning.
+    Raises InvalidArgument (empty question, k outside 1..100, unknown mode, bad token_budget),
+    EmbedderUnavailable (a vector mode with neither embedder nor query_vector), UnknownType (the
+    GraphRAG schema is not declared: ingest first).
+    """
+    _check_args(question, k, mode, token_budget)
+    if CHUNK not in session.store.schema.nodes:
+        raise UnknownType(f"no {CHUNK!r} node type: ingest documents with knowledge.graphrag.ingest first",
+                          type_name=CHUNK)
+    notes: list[str] = []
+    has_vector = embedder is not None or query_vector is not None
+    if mode == "auto":
+        mode = "graph"
+        if not has_vector:
+            message = "retrieve(mode='auto') without an embedder: keyword-seeded graph retrieval only"
+            warnings.warn(message, stacklevel=2)
+            log.warning(message)
+            notes.append(message)
+    elif mode in ("vector", "hybrid", "graph") and not has_vector:
+        raise EmbedderUnavailable(f"mode {mode!r} needs an embedder (or query_vector) to embed the question")
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    state = _State(session, question, k, max(candidates, k), timings)
+    if has_vector:
+        tick = time.perf_counter()
+        state.query = _query_vector(question, embedder, query_vector)
+        state.timed("embed", tick)
+    with session.snapshot() as lsn:
+        chunks, entities, edges = _run(state, mode, lsn, params or GraphParams())
+        tick = time.perf_counter()
+        documents = _documents(session, chunks)
+        state.timed("fetch", tick)
+    tick = time.perf_counter()
+    context, tokens = build_context(chunks, documents, edges, token_budget)
+    state.timed("context", tick)
+    timings["total"] = time.perf_counter() - started
+    return RetrievalResult(question, mode, chunks, documents, entities, edges, timings, lsn, context, tokens, notes)
+
+
+def _query_vector(question: str, embedder: Embedder | None, query_vector: Any) -> np.ndarray:
+    if query_vector is not None:
+        vector = np.asarray(query_vector, dtype=np.float32).reshape(-1)
+    else:
+        assert embedder is not None
+        vector = np.asarray(embedder.embed([question]), dtype=np.float32)[0]
+    if not np.isfinite(vector).all():
+        raise InvalidArgument("the query vector has NaN or infinite components")
+    return vector
+
+
+def _run(state: _State, mode: str, lsn: int, params: GraphParams) -> tuple[list[RetrievedChunk], list[RetrievedEntity], list[RetrievedEdge]]:
+    session = state.session
+    if state.query is not None and mode in ("vector", "hybrid", "graph"):
+        tick = time.perf_counter()
+        table = session.search(state.query, state.candidates, type=CHUNK, property="embedding")
+        state.vector = _rows(table)
+        state.timed("vector", tick)
+    if mode in ("keyword", "hybrid", "graph"):
+        tick = time.perf_counter()
+        table = session.keyword_search(state.question, state.candidates, type=CHUNK, property="text")
+        state.keyword = _rows(table)
+        state.timed("keyword", tick)
+    rankings: dict[str, list[str]] = {}
+    if state.vector:
+        rankings["vector"] = [key for _, key, _ in state.vector]
+    if state.keyword:
+        rankings["keyword"] = [key for _, key, _ in state.keyword]
+    ids = {key: node for node, key, _ in [*state.vector, *state.keyword]}
+    entity_scores: dict[int, float] = {}
+    seeds: dict[int, float] = {}
+    view: GraphView | None = None
+    if mode == "vector":
+        fused = [(key, score) for _, key, score in state.vector]
+    elif mode == "keyword":
+        fused = [(key, score) for _, key, score in state.keyword]
+    else:
+        tick = time.perf_counter()
+        weights = dict(DEFAULT_WEIGHTS, **params.weights)
+        hybrid = rrf(rankings, K_RRF, {"vector": weights["vector"], "keyword": weights["keyword"]}
+                     if mode == "graph" else None)
+        state.timed("fuse", tick)
+        fused = [(str(key), score) for key, score in hybrid]
+        if mode == "graph":
+            tick = time.perf_counter()
+            view = graph_view(session, lsn)
+            state.timed("graph_view", tick)
+            if view is not None and view.size:
+                fused, entity_scores, seeds = _graph(state, view, rankings, ids, params, weights)
+    tick = time.perf_counter()
+    ranks = {name: {key: r for r, key in enumerate(ranking, start=1)} for name, ranking in rankings.items()}
+    top = fused[:state.k]
+    chunks = _chunks(session, top, ranks, ids, view)
+    entities, edges = _support(view, chunks, entity_scores, seeds)
+    state.timed("assemble", tick)
+    return chunks, entities, edges
+
+
+def _rows(table: Any) -> list[tuple[int, str, float]]:
+    return list(zip(table.column("_id").to_pylist(), table.column("_key").to_pylist(),
+                    table.column("_score").to_pylist(), strict=True))
+
+
+def _graph(state: _State, view: GraphView, rankings: dict[str, list[str]], ids: dict[str, int],
+           params: GraphParams, weights: dict[str, float]) -> tuple[list[tuple[str, float]], dict[int, float], dict[int, float]]:
+    tick = time.perf_counter()
+    seeds = _entity_seeds(state, view, rankings, params)
+    personalization = np.zeros(view.size)
+    for node, weight in seeds.items():
+        personalization[node] += weight
+    total = personalization.sum()
+    if total > 0:
+        personalization /= total
+    hybrid_top = rrf(rankings, K_RRF)[:max(params.seed_chunks, 1)]
+    for rank, (key, _) in enumerate(hybrid_top, start=1):
+        node = view.chunk_by_key.get(key)
+        if node is not None:
+            personalization[node] += params.chunk_seed_weight / rank
+    state.timed("seeds", tick)
+    if personalization.sum() <= 0:
+        return [(str(k), s) for k, s in rrf(rankings, K_RRF)], {}, seeds
+    tick = time.perf_counter()
+    mass = personalized_pagerank(view.transition, personalization, params.damping)
+    state.timed("ppr", tick)
+    tick = time.perf_counter()
+    chunk_nodes = np.flatnonzero(view.is_chunk & (mass > 0))
+    chunk_mass = mass[chunk_nodes]
+    if params.chunk_degree_norm:
+        degree = np.diff(view.chunk_offsets)[chunk_nodes].astype(np.float64)
+        chunk_mass = chunk_mass / np.maximum(degree, 1.0) ** params.chunk_degree_norm
+    best = chunk_nodes[np.argsort(-chunk_mass, kind="stable")][:state.candidates]
+    rankings["graph"] = [view.keys[n] for n in best.tolist()]      # the caller reports these ranks
+    for node in best.tolist():
+        ids.setdefault(view.keys[node], int(view.ids[node]))
+    fused = [(str(key), score) for key, score in rrf(rankings, K_RRF, weights)]
+    entity_scores = {int(n): float(mass[n]) for n in np.flatnonzero(~view.is_chunk & (mass > 0)).tolist()}
+    state.timed("rank", tick)
+    return fused, entity_scores, seeds
+
+
+def _entity_seeds(state: _State, view: GraphView, rankings: dict[str, list[str]],
+                  params: GraphParams) -> dict[int, float]:
+    """Seed entity -> weight (before normalisation), each divided by (#chunks mentioning it) ** specificity."""
+    raw: dict[int, float] = {}
+    if params.name_weight:
+        for key in view.matcher.find(state.question):
+            node = view.entity_by_key.get(key)
+            if node is not None:
+                raw[node] = raw.get(node, 0.0) + params.name_weight
+    top = rankings.get("vector", rankings.get("keyword", []))[:params.seed_chunks]
+    for rank, key in enumerate(top if params.chunk_entity_weight else [], start=1):
+        node = view.chunk_by_key.get(key)
+        if node is None:
+            continue
+        for entity in view.entities_of(node).tolist():
+            raw[entity] = raw.get(entity, 0.0) + params.chunk_entity_weight / rank
+    if (params.entity_top and params.entity_vector_weight and state.query is not None
+            and _has_entity_vectors(state.session, len(state.query))):
+        table = state.session.search(state.query, params.entity_top, type=ENTITY, property="embedding")
+        local = view.local(np.asarray(table.column("_id").to_pylist(), dtype=np.int64))
+        for node, score in zip(local.tolist(), table.column("_score").to_pylist(), strict=True):
+            if node >= 0 and score > 0:
+                raw[node] = raw.get(node, 0.0) + params.entity_vector_weight * float(score)
+    degree = np.maximum(view.entity_chunks, 1).astype(np.float64)
+    return {node: weight / degree[node] ** params.specificity for node, weight in raw.items()}
+
+
+def _has_entity_vectors(session: Session, dimension: int) -> bool:
+    node_type = session.store.schema.nodes.get(ENTITY)
+    return node_type is not None and any(p.name == "embedding" and p.dimension == dimension
+                                         for p in node_type.vector_properties)
+
+
+def _chunks(session: Session, top: list[tuple[str, float]], ranks: dict[str, dict[str, int]],
+            ids: dict[str, int], view: GraphView | None) -> list[RetrievedChunk]:
+    if not top:
+        return []
+    keys = [key for key, _ in top]
+    table = session.get_many(CHUNK, keys, ["text", "position", "doc_id"])
+    rows = {row["_id"]: row for row in table.to_pylist()}
+    out = []
+    for key, score in top:
+        node = ids.get(key)
+        row = rows.get(node)
+        if row is None:        # not visible any more (cannot happen inside one snapshot)
+            continue
+        entities: list[str] = []
+        if view is not None and key in view.chunk_by_key:
+            entities = [view.keys[e] for e in view.entities_of(view.chunk_by_key[key]).tolist()]
+        out.append(RetrievedChunk(int(node), key, row["doc_id"], row["text"], float(score), row["position"],
+                                  {name: r[key] for name, r in ranks.items() if key in r}, entities))
+    return out
+
+
+def _support(view: GraphView | None, chunks: list[RetrievedChunk], entity_scores: dict[int, float],
+             seeds: dict[int, float]) -> tuple[list[RetrievedEntity], list[RetrievedEdge]]:
+    """The entities of the returned chunks (best PPR mass first) and the edges linking them."""
+    if view is None:
+        return [], []
+    chosen: dict[int, float] = {}
+    edges: list[RetrievedEdge] = []
+    for chunk in chunks:
+        node = view.chunk_by_key.get(chunk.key)
+        if node is None:
+            continue
+        mentioned = view.entities_of(node).tolist()
+        mentioned.sort(key=lambda e: -(entity_scores.get(e, 0.0) + seeds.get(e, 0.0)))
+        for entity in mentioned[:ENTITIES_PER_CHUNK]:
+            score = entity_scores.get(entity, 0.0)
+            chosen[entity] = score
+            edges.append(RetrievedEdge("MENTIONS", chunk.key, str(view.keys[entity]), score))
+    for (s, o), (relation, chunk_id) in view.related.items():
+        if s in chosen and o in chosen:
+            edges.append(RetrievedEdge("RELATED", str(view.keys[s]), str(view.keys[o]),
+                                       math.sqrt(chosen[s] * chosen[o]), relation, chunk_id))
+    edges.sort(key=lambda e: -e.score)
+    entities = [RetrievedEntity(str(view.keys[e]), score, seeds.get(e, 0.0)) for e, score in chosen.items()]
+    entities.sort(key=lambda e: (-e.score, -e.seed))
+    return entities, edges[:EDGES_MAX]
+
+
+def _documents(session: Session, chunks: list[RetrievedChunk]) -> list[RetrievedDocument]:
+    if not chunks or DOCUMENT not in session.store.schema.nodes:
+        return []
+    best: dict[str, float] = {}
+    for chunk in chunks:
+        best.setdefault(chunk.doc_id, chunk.score)
+    table = session.get_many(DOCUMENT, list(best), ["title", "metadata"])
+    found = {}
+    for row in table.to_pylist():
+        key = session.ref(row["_id"]).key
+        metadata = row["metadata"]
+        found[key] = RetrievedDocument(key, row["title"], json.loads(metadata) if isinstance(metadata, str)
+                                       else metadata, best[key])
+    return [found[d] for d in best if d in found]
+
+
+def build_context(chunks: list[RetrievedChunk], documents: list[RetrievedDocument], edges: list[RetrievedEdge],
+                  token_budget: int) -> tuple[str, int]:
+    """The prompt text: numbered chunks (with their document title), best first, then the RELATED facts
+    among their entities, while the approximate token count (chunking.approx_tokens) stays within the
+    budget; the first chunk is cut to the budget on word boundaries if it alone exceeds it."""
+    titles = {d.doc_id: d.title for d in documents}
+    parts: list[str] = []
+    used = 0
+    for number, chunk in enumerate(chunks, start=1):
+        title = titles.get(chunk.doc_id)
+        block = f"[{number}] {title}\n{chunk.text}" if title else f"[{number}]\n{chunk.text}"
+        cost = approx_tokens(block)
+        if used + cost > token_budget:
+            if not parts:
+                words = block.split()
+                keep = max(0, int((token_budget - used) / 1.3))
+                while keep and approx_tokens(" ".join(words[:keep])) > token_budget - used:
+                    keep -= 1
+                if keep:
+                    block = " ".join(words[:keep])
+                    parts.append(block)
+                    used += approx_tokens(block)
+            break
+        parts.append(block)
+        used += cost
+    facts = [f"- {e.src} -[{e.relation}]-> {e.dst}" for e in edges if e.type == "RELATED" and e.relation]
+    if facts and len(parts) == len(chunks):
+        lines = ["Facts:"]
+        cost = approx_tokens(lines[0])
+        for fact in facts:
+            if used + cost + approx_tokens(fact) > token_budget:
+                break
+            lines.append(fact)
+            cost += approx_tokens(fact)
+        if len(lines) > 1:
+            parts.append("\n".join(lines))
+            used += cost
+    text = "\n\n".join(parts)
+    return text, approx_tokens(text)
+
+
+__all__ = ["K_MAX", "MODES", "GraphParams", "RetrievalResult", "RetrievedChunk", "RetrievedDocument", "RetrievedEdge",
+           "RetrievedEntity", "build_context", "retrieve"]

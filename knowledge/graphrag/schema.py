@@ -1,0 +1,45 @@
+"""The default GraphRAG schema: Document -HAS_CHUNK-> Chunk -MENTIONS-> Entity -RELATED-> Entity."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from knowledge.embed import DEFAULT_DIMENSION
+
+DOCUMENT = "Document"
+CHUNK = "Chunk"
+ENTITY = "Entity"
+HAS_CHUNK = "HAS_CHUNK"
+MENTIONS = "MENTIONS"
+RELATED = "RELATED"
+
+
+def graphrag_schema(dimension: int = DEFAULT_DIMENSION) -> dict[str, Any]:
+    """The schema change (for `Store.apply_schema`) that declares the GraphRAG types with `dimension`-d vectors."""
+    vector = {"type": f"vector[{dimension}]", "metric": "cosine"}
+    return {
+        "nodes": {
+            DOCUMENT: {"key": "doc_id", "properties": {"title": "str", "text": "text", "metadata": "json",
+                                                       "content_hash": "str"}},
+            CHUNK: {"key": "chunk_id", "properties": {"text": "text", "position": "int", "doc_id": "str",
+                                                      "embedding": vector}},
+            ENTITY: {"key": "name", "properties": {"display": "str", "embedding": vector}},
+        },
+        "edges": {
+            HAS_CHUNK: {"source": DOCUMENT, "target": CHUNK, "properties": {}},
+            MENTIONS: {"source": CHUNK, "target": ENTITY, "properties": {}},
+            RELATED: {"source": ENTITY, "target": ENTITY, "properties": {"relation": "str", "chunk_id": "str"}},
+        },
+    }
+
+
+def ensure_schema(store: Any, dimension: int = DEFAULT_DIMENSION) -> int:
+    """Declare the GraphRAG schema if absent (idempotent: no WAL record when it is already there).
+
+    Returns the schema's LSN. Raises SchemaError when an incompatible schema of the same names exists
+    (e.g. another vector dimension).
+    """
+    return int(store.apply_schema(graphrag_schema(dimension)))
+
+
+__all__ = ["CHUNK", "DOCUMENT", "ENTITY", "HAS_CHUNK", "MENTIONS", "RELATED", "ensure_schema", "graphrag_schema"]
