@@ -8,6 +8,7 @@ and changes nothing.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -64,6 +65,7 @@ class Property:
         return out
 
 
+@functools.lru_cache(maxsize=256)
 def arrow_type_of(type_name: str) -> pa.DataType:
     """The Arrow type that stores a property of `type_name`."""
     simple = {

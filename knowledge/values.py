@@ -37,7 +37,7 @@ def to_table(rows: Rows, type_name: str) -> pa.Table | list[Mapping[str, Any]]:
     if isinstance(rows, Iterable) and not isinstance(rows, str | bytes):
         out = list(rows)
         for index, row in enumerate(out):
-            if not isinstance(row, Mapping):
+            if type(row) is not dict and not isinstance(row, Mapping):
                 raise ValidationError(f"expected a dict per row, got {type(row).__name__}",
                                       type_name=type_name, row=index)
         return out
