@@ -1,11 +1,13 @@
-"""The demo: a typed graph from 1,890 real MuSiQue passages and their OpenIE triples, then a look at it.
+"""The demo: GraphRAG over 1,890 real MuSiQue passages and their OpenIE triples, end to end.
 
-`run_demo()` creates a store (temporary unless a path is given), declares the GraphRAG schema,
-ingests the bundled data (knowledge/data, see SOURCE.md there) with one transaction per type,
-and prints node/edge counts, ingest rates and, for three bundled questions, the entities named in
-the question, their neighbourhoods, the passages that mention them and whether a supporting
-(gold) passage is among those. Retrieval here is a plain name match, a baseline for the GraphRAG
-retrieval to come.
+`run_demo()` creates a store (temporary unless a path is given), ingests the bundled data
+(knowledge/data, see SOURCE.md and EMBEDDINGS.md there) through `knowledge.graphrag.ingest`
+(Document -> Chunk -> Entity graph, with the bundled passage vectors served by a PrecomputedEmbedder,
+so no torch is needed), then answers three bundled questions with `session.retrieve(mode="graph")`
+through a non-admin session, printing the retrieved passages, the entity paths behind them, per-stage
+timings and whether the supporting (gold) passages were found, and ends with recall@5 over all 100
+questions for vector-only and graph retrieval. Re-running it on a kept store writes nothing.
+`EntityMatcher` and `build_graph` (the earlier name-match baseline's graph rows) are kept for reuse.
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, TextIO
 
+import numpy as np
 import pyarrow as pa
 
 import knowledge
+from knowledge.embed import DEFAULT_MODEL_NAME, PrecomputedEmbedder, passage_text
+from knowledge.graphrag import Document, SentenceSplitter, ingest
 from knowledge.principal import Principal
 from knowledge.session import Session
 
@@ -41,6 +46,10 @@ SCHEMA: dict[str, Any] = {
 LABEL = "public"
 READER = Principal("demo-reader", read=frozenset({LABEL}))
 SHOWN_QUESTIONS = 3
+SHOWN_CHUNKS = 5
+SUMMARY_K = 5
+SPLITTER = SentenceSplitter(max_tokens=512, overlap_tokens=0)
+"""Every bundled passage (at most ~390 approximate tokens) is one chunk."""
 ENTITY_NAME_CHARS_MIN = 3
 RELATION_SEPARATOR = "; "
 
@@ -168,115 +177,130 @@ class EntityMatcher:
         return [name for _, name in kept]
 
 
-def answer_question(session: Session, matcher: EntityMatcher, question: dict[str, Any],
-                    keys: list[str]) -> dict[str, Any]:
-    """Entities named in the question, their graph neighbourhood, the passages mentioning them, gold hits."""
-    entities = []
-    passages: dict[str, None] = {}
-    for name in matcher.find(question["question"]):
-        related = session.neighbors("Entity", name, edge_type="RELATED", direction="both")
-        reach = session.traverse("Entity", name, edge_type="RELATED", direction="both", depth=2)
-        mentioned_in = session.neighbors("Entity", name, edge_type="MENTIONS", direction="in")
-        entities.append({"name": name, "neighbors": len(related), "neighbor_sample": [r.key for r in related[:3]],
-                         "two_hop_nodes": reach.num_rows - 1, "passages": len(mentioned_in)})
-        for ref in mentioned_in:
-            passages[ref.key] = None
-    gold = [keys[i] for i in question["supporting_idx"]]
-    hits = [key for key in gold if key in passages]
+def load_embedder(bundle: Bundle) -> PrecomputedEmbedder:
+    """The bundled vectors (knowledge/data/musique_embeddings.npz) for passages (title\\ntext) and questions."""
+    source = resources.files("knowledge") / "data" / "musique_embeddings.npz"
+    with source.open("rb") as raw, np.load(raw, allow_pickle=False) as arrays:
+        passages, questions = arrays["passages"], arrays["questions"]
+        question_ids = [str(i) for i in arrays["question_ids"]]
+    if question_ids != [q["id"] for q in bundle.questions] or len(passages) != len(bundle.passages):
+        raise ValueError("musique_embeddings.npz does not match the bundled corpus/questions")
+    texts = [passage_text(p["title"], p["text"]) for p in bundle.passages] + [q["question"] for q in bundle.questions]
+    return PrecomputedEmbedder.from_arrays(texts, np.concatenate([passages, questions]), name=DEFAULT_MODEL_NAME)
+
+
+def documents(bundle: Bundle) -> list[Document]:
+    """One Document per passage (doc_id `musique-NNNN`, the corpus line), with its OpenIE entities and triples."""
+    return [Document(doc_id(i), p["text"], title=p["title"], labels=[LABEL], entities=list(o["entities"]),
+                     triples=[list(t) for t in o["triples"]])
+            for i, (p, o) in enumerate(zip(bundle.passages, bundle.openie, strict=True))]
+
+
+def doc_id(index: int) -> str:
+    return f"musique-{index:04d}"
+
+
+def answer_question(session: Session, embedder: PrecomputedEmbedder, question: dict[str, Any],
+                    titles: dict[str, str]) -> dict[str, Any]:
+    """Graph retrieval for one bundled question, with what supports it and whether the gold passages were found."""
+    result = session.retrieve(question["question"], k=SHOWN_CHUNKS, mode="graph", embedder=embedder)
+    gold = [doc_id(i) for i in question["supporting_idx"]]
+    found = [c.doc_id for c in result.chunks]
     return {"id": question["id"], "question": question["question"], "answer": question["answer"],
-            "entities": entities, "passages": list(passages), "supporting": gold, "gold_hits": hits}
+            "chunks": [{"doc_id": c.doc_id, "title": titles.get(c.doc_id), "score": c.score, "ranks": c.ranks,
+                        "text": c.text, "gold": c.doc_id in gold} for c in result.chunks],
+            "seeds": [e.name for e in sorted(result.entities, key=lambda e: -e.seed) if e.seed > 0][:5],
+            "paths": [(e.src, e.relation, e.dst) for e in result.edges if e.type == "RELATED"][:4],
+            "timings": result.timings, "lsn": result.lsn, "context_tokens": result.context_tokens,
+            "supporting": [titles.get(g) for g in gold], "gold_hits": [titles.get(g) for g in gold if g in found]}
 
 
-def _ingest(session: Session, kind: str, name: str, rows: pa.Table) -> dict[str, float]:
-    started = time.perf_counter()
-    with session.transaction() as tx:
-        if kind == "nodes":
-            tx.upsert_nodes(name, rows)
-        else:
-            tx.upsert_edges(name, rows)
-    seconds = time.perf_counter() - started
-    return {"rows": rows.num_rows, "seconds": seconds, "rows_per_second": rows.num_rows / max(seconds, 1e-9)}
+def recall_at(session: Session, embedder: PrecomputedEmbedder, questions: list[dict[str, Any]], mode: str,
+              k: int = SUMMARY_K) -> float:
+    """Share of supporting passages among the top k, over all questions."""
+    found = total = 0
+    for question in questions:
+        keys = {c.doc_id for c in session.retrieve(question["question"], k=k, mode=mode, embedder=embedder).chunks}
+        gold = [doc_id(i) for i in question["supporting_idx"]]
+        found += sum(1 for g in gold if g in keys)
+        total += len(gold)
+    return found / max(total, 1)
 
 
 def _print_question(out: TextIO, number: int, result: dict[str, Any]) -> None:
     print(f"\nQ{number} [{result['id']}] {result['question']}", file=out)
     print(f"    answer: {result['answer']}; supporting passages: "
           f"{', '.join(repr(s) for s in result['supporting'])}", file=out)
-    if not result["entities"]:
-        print("    no entity of the graph is named in the question", file=out)
-    for entity in result["entities"]:
-        sample = ", ".join(repr(key) for key in entity["neighbor_sample"])
-        more = ", ..." if entity["neighbors"] > len(entity["neighbor_sample"]) else ""
-        sample = f" ({sample}{more})" if sample else ""
-        print(f"    entity {entity['name']!r}: {entity['neighbors']} RELATED neighbours{sample}, "
-              f"{entity['two_hop_nodes']} entities within 2 hops, mentioned in {entity['passages']} passage(s)",
-              file=out)
-    if result["entities"]:
-        print(f"    passages mentioning them: {len(result['passages'])}", file=out)
+    if result["seeds"]:
+        print(f"    seed entities: {', '.join(result['seeds'])}", file=out)
+    for rank, chunk in enumerate(result["chunks"], start=1):
+        text = chunk["text"] if len(chunk["text"]) <= 90 else chunk["text"][:87] + "..."
+        marker = "*" if chunk["gold"] else " "
+        via = ",".join(f"{name}#{r}" for name, r in chunk["ranks"].items())
+        print(f"   {marker}{rank}. {chunk['score']:+.3f} {chunk['title']!r} [{via}] {text}", file=out)
+    for subject, relation, obj in result["paths"]:
+        print(f"    path: {subject} -[{relation}]-> {obj}", file=out)
+    stages = ", ".join(f"{name} {1e3 * seconds:.1f}" for name, seconds in result["timings"].items())
+    print(f"    timings (ms): {stages}; snapshot LSN {result['lsn']}; context {result['context_tokens']} tokens",
+          file=out)
     hits = result["gold_hits"]
     if hits:
-        print(f"    gold hit: yes, {len(hits)} of {len(result['supporting'])} supporting passages among them "
-              f"({', '.join(repr(h) for h in hits)})", file=out)
+        print(f"    gold hit: yes, {len(hits)} of {len(result['supporting'])} supporting passages in the top "
+              f"{SHOWN_CHUNKS} (marked *)", file=out)
     else:
-        print(f"    gold hit: no, none of the {len(result['supporting'])} supporting passages among them", file=out)
+        print(f"    gold hit: no, none of the {len(result['supporting'])} supporting passages in the top {SHOWN_CHUNKS}",
+              file=out)
 
 
 def run_demo(path: str | None = None, out: TextIO = sys.stdout) -> dict[str, Any]:
     """Build the demo store at `path` (a temporary directory, removed afterwards, when None) and report.
 
-    Returns what it printed as a dict: path, nodes/edges counts per type, ingest figures per type,
-    the shown questions' results and a summary over all bundled questions. Raises KnowledgeError
-    (e.g. StoreNotFound when `path` is a non-empty directory that is not a store) and OSError.
+    Returns what it printed as a dict: path, seconds, visible node/edge counts per type, the ingest
+    report, the shown questions' results and a summary (recall@5 of vector and graph retrieval over all
+    bundled questions). Raises KnowledgeError (e.g. StoreNotFound when `path` is a non-empty directory
+    that is not a store), OSError, ValueError (bundled vectors out of step with the data).
     """
     started = time.perf_counter()
     temporary = tempfile.mkdtemp(prefix="knowledge-demo-") if path is None else None
     store_path = f"{temporary}/demo.store" if temporary else str(path)
     try:
         bundle = load_bundle()
-        graph = build_graph(bundle)
-        keys = graph.passages.column("title").to_pylist()
+        embedder = load_embedder(bundle)
+        docs = documents(bundle)
+        titles = {d.doc_id: d.title for d in docs}
         print(f"knowledge demo: MuSiQue subset (HippoRAG v1 release), {len(bundle.passages):,} passages, "
-              f"{len(bundle.questions)} questions; store at {store_path}", file=out)
+              f"{len(bundle.questions)} questions, bundled {DEFAULT_MODEL_NAME} vectors; store at {store_path}",
+              file=out)
         with knowledge.open(store_path) as store:
-            store.apply_schema(SCHEMA)
-            admin = store.session()
-            ingest = {"Passage": _ingest(admin, "nodes", "Passage", graph.passages),
-                      "Entity": _ingest(admin, "nodes", "Entity", graph.entities),
-                      "MENTIONS": _ingest(admin, "edges", "MENTIONS", graph.mentions),
-                      "RELATED": _ingest(admin, "edges", "RELATED", graph.related)}
-            print("schema: Passage {key title, text}, Entity {key name}, MENTIONS Passage->Entity, "
-                  "RELATED Entity->Entity {relation}", file=out)
-            print("ingest (one transaction each):", file=out)
-            for name, figures in ingest.items():
-                print(f"    {name:<9}{figures['rows']:>8,} rows {figures['seconds']:>7.2f} s "
-                      f"{figures['rows_per_second']:>11,.0f} rows/s", file=out)
+            report = ingest(store.session(), docs, embedder=embedder, splitter=SPLITTER, embed_entities=False)
+            print("schema: Document -HAS_CHUNK-> Chunk -MENTIONS-> Entity -RELATED{relation}-> Entity", file=out)
+            rate = report.documents / max(report.seconds, 1e-9)
+            print(f"ingest: {report.documents:,} documents ({report.written:,} written, {report.unchanged:,} "
+                  f"unchanged), {report.chunks:,} chunks, {report.entities:,} new entities, {report.mentions:,} "
+                  f"MENTIONS, {report.relations:,} RELATED in {report.seconds:.1f} s ({rate:,.0f} rows/s, "
+                  f"{len(report.lsns)} transactions)", file=out)
             reader = store.session(READER)
             stats = reader.stats()
             print(f"visible to {READER.name!r} (reads {LABEL!r}) at LSN {stats['lsn']}: nodes "
                   + ", ".join(f"{n}={c:,}" for n, c in stats["nodes"].items()) + "; edges "
-                  + ", ".join(f"{n}={c:,}" for n, c in stats["edges"].items())
-                  + f" ({graph.triples_kept:,} OpenIE triples)", file=out)
-
-            matcher = EntityMatcher(graph.entities.column("name").to_pylist())
-            results = [answer_question(reader, matcher, q, keys) for q in bundle.questions]
-            for number, result in enumerate(results[:SHOWN_QUESTIONS], start=1):
+                  + ", ".join(f"{n}={c:,}" for n, c in stats["edges"].items()), file=out)
+            results = [answer_question(reader, embedder, q, titles) for q in bundle.questions[:SHOWN_QUESTIONS]]
+            for number, result in enumerate(results, start=1):
                 _print_question(out, number, result)
-            with_hit = sum(1 for r in results if r["gold_hits"])
-            gold_total = sum(len(r["supporting"]) for r in results)
-            recall = sum(len(r["gold_hits"]) for r in results) / max(gold_total, 1)
-            mean_passages = sum(len(r["passages"]) for r in results) / max(len(results), 1)
-            summary = {"questions": len(results), "with_gold_hit": with_hit, "supporting_recall": recall,
-                       "mean_passages": mean_passages}
-            print(f"\nall {len(results)} questions (name match baseline): a supporting passage among the "
-                  f"passages mentioning the question's entities for {with_hit}; supporting-passage recall "
-                  f"{recall:.0%} with {mean_passages:.1f} passages per question on average", file=out)
+            vector = recall_at(reader, embedder, bundle.questions, "vector")
+            graph = recall_at(reader, embedder, bundle.questions, "graph")
+            summary = {"questions": len(bundle.questions), "with_gold_hit": sum(1 for r in results if r["gold_hits"]),
+                       f"vector_recall@{SUMMARY_K}": vector, f"graph_recall@{SUMMARY_K}": graph}
+            print(f"\nall {len(bundle.questions)} questions: supporting-passage recall@{SUMMARY_K} "
+                  f"vector {vector:.2f}, graph {graph:.2f}", file=out)
         seconds = time.perf_counter() - started
         print(f"done in {seconds:.1f} s" + ("" if temporary else f"; store kept at {store_path}"), file=out)
         return {"path": store_path, "seconds": seconds, "nodes": stats["nodes"], "edges": stats["edges"],
-                "ingest": ingest, "questions": results[:SHOWN_QUESTIONS], "summary": summary}
+                "ingest": report, "questions": results, "summary": summary}
     finally:
         if temporary:
             shutil.rmtree(temporary, ignore_errors=True)
 
 
-__all__ = ["SCHEMA", "Bundle", "EntityMatcher", "build_graph", "load_bundle", "passage_keys", "run_demo"]
+__all__ = ["SCHEMA", "Bundle", "EntityMatcher", "answer_question", "build_graph", "documents", "load_bundle",
+           "load_embedder", "passage_keys", "recall_at", "run_demo"]

@@ -11,6 +11,18 @@ from __future__ import annotations
 import numpy as np
 
 EMPTY = np.zeros(0, dtype=np.int64)
+BASE_WIDTH = 1 << 31  # ids below 2**31 pack (src, dst) into one int64 key
+
+
+def unique_sorted(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct values (a sort and a neighbour compare: faster than np.unique's hashing here)."""
+    out = np.sort(values)
+    if len(out) < 2:
+        return out
+    keep = np.empty(len(out), dtype=bool)
+    keep[0] = True
+    np.not_equal(out[1:], out[:-1], out=keep[1:])
+    return out[keep]
 
 
 class Csr:
@@ -24,12 +36,13 @@ class Csr:
 
     @classmethod
     def build(cls, rows: np.ndarray, cols: np.ndarray, nodes: int) -> Csr:
-        """CSR of the pairs (rows[i], cols[i]); rows must be < nodes; neighbours come out sorted."""
-        order = np.lexsort((cols, rows))
+        """CSR of the distinct pairs (rows[i], cols[i]); rows must be < nodes; neighbours come out sorted."""
+        packed = unique_sorted(rows.astype(np.int64) * np.int64(nodes) + cols)
+        rows, cols = packed // nodes, packed % nodes
         counts = np.bincount(rows, minlength=nodes)
         indptr = np.zeros(nodes + 1, dtype=np.int64)
         np.cumsum(counts, out=indptr[1:])
-        return cls(indptr, cols[order].astype(np.int64, copy=False))
+        return cls(indptr, cols)
 
     @property
     def nodes(self) -> int:
@@ -70,6 +83,7 @@ class EdgeIndex:
         self._overlay_pairs: tuple[np.ndarray, np.ndarray] | None = None
         self.overlay_edges = 0
         self.edge_count = 0
+        self._base_packed: np.ndarray | None = None
 
     def _in_base(self, src: int, dst: int) -> bool:
         row = self.forward.row(src)
@@ -126,10 +140,8 @@ class EdgeIndex:
         if alive is not None and len(src):
             keep = alive[src] & alive[dst]
             src, dst = src[keep], dst[keep]
-        if len(src):
-            packed = np.unique(src * np.int64(node_capacity) + dst)
-            src, dst = packed // node_capacity, packed % node_capacity
         self.forward = Csr.build(src, dst, node_capacity)
+        src, dst = self.forward.pairs()
         self.reverse = Csr.build(dst, src, node_capacity)
         self._added_out.clear()
         self._added_in.clear()
@@ -137,6 +149,25 @@ class EdgeIndex:
         self._overlay_pairs = None
         self.overlay_edges = 0
         self.edge_count = len(src)
+        self._base_packed = None
+
+    def contains_any(self, src: np.ndarray, dst: np.ndarray) -> bool:
+        """Whether any (src[i], dst[i]) is a live edge (vectorised: binary search in the sorted base)."""
+        if self.edge_count == 0 or not len(src):
+            return False
+        if self._base_packed is None:
+            rows, cols = self.forward.pairs()
+            self._base_packed = rows * np.int64(BASE_WIDTH) + cols  # sorted: CSR rows and columns are
+        probe = src.astype(np.int64) * np.int64(BASE_WIDTH) + dst
+        at = np.searchsorted(self._base_packed, probe)
+        hit = at < len(self._base_packed)
+        hit[hit] = self._base_packed[at[hit]] == probe[hit]
+        if self._removed and hit.any():
+            hit[hit] = [(s, d) not in self._removed for s, d in zip(src[hit].tolist(), dst[hit].tolist(), strict=True)]
+        if hit.any():
+            return True
+        return any(d in self._added_out.get(s, ()) for s, d in zip(src.tolist(), dst.tolist(), strict=True)) \
+            if self._added_out else False
 
     def compact(self, node_capacity: int, alive: np.ndarray) -> None:
         """Fold the overlay into the CSR and drop edges of deleted nodes."""

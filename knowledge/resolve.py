@@ -15,13 +15,11 @@ import pyarrow as pa
 
 from knowledge.directory import NodeDirectory
 from knowledge.errors import MissingEndpoint, PermissionDenied, ValueTooLarge, WrongEndpointType
-from knowledge.graph import EdgeIndex
+from knowledge.graph import EdgeIndex, unique_sorted
 from knowledge.ops import FLAG_MAY_REPLACE, Op, OpKind
 from knowledge.principal import Principal
 from knowledge.schema import Schema
 from knowledge.values import EdgeBatch
-
-SMALL_BATCH = 64
 
 
 @dataclass
@@ -160,8 +158,8 @@ class Resolver:
         src, dst, _ = self._endpoints(type_name, batch, skip_missing=False)
         table = batch.properties
         packed = src * np.int64(max(self.staged.next_id, 1)) + dst
-        _, last_rev = np.unique(packed[::-1], return_index=True)
-        if len(last_rev) != len(packed):
+        if len(unique_sorted(packed)) != len(packed):
+            _, last_rev = np.unique(packed[::-1], return_index=True)
             rows = np.sort(len(packed) - 1 - last_rev)
             src, dst = src[rows], dst[rows]
             table = table.take(pa.array(rows)) if table.num_columns else table
@@ -174,14 +172,7 @@ class Resolver:
         return Op(OpKind.UPSERT_EDGES, type_name, table=out, flags=FLAG_MAY_REPLACE if may_replace else 0)
 
     def _any_existing(self, type_name: str, src: np.ndarray, dst: np.ndarray) -> bool:
-        index = self.edges[type_name]
-        if index.edge_count == 0:
-            return False
-        if len(src) <= SMALL_BATCH:
-            return any(index.has(s, d) for s, d in zip(src.tolist(), dst.tolist(), strict=True))
-        have_src, have_dst = index.all_pairs()
-        width = np.int64(max(self.staged.next_id, 1))
-        return bool(np.isin(src * width + dst, have_src * width + have_dst).any())
+        return self.edges[type_name].contains_any(src, dst)
 
     def delete_edges(self, type_name: str, batch: EdgeBatch) -> Op | None:
         src, dst, keep = self._endpoints(type_name, batch, skip_missing=True)

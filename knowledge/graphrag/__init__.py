@@ -18,7 +18,7 @@ only when both endpoints are, no traversal or PageRank flows through an entity t
 from knowledge.graphrag.chunking import SentenceSplitter, Splitter, approx_tokens
 from knowledge.graphrag.extract import Extractor, NameMatcher, NoExtractor, Triple
 from knowledge.graphrag.fusion import rrf
-from knowledge.graphrag.ingest import Document, IngestReport, ingest
+from knowledge.graphrag.ingest import Document, IngestReport, delete_documents, ingest
 from knowledge.graphrag.ppr import Transition, personalized_pagerank
 from knowledge.graphrag.retrieve import (
     MODES,
@@ -35,5 +35,5 @@ from knowledge.graphrag.schema import ensure_schema, graphrag_schema
 
 __all__ = ["MODES", "Document", "GraphParams", "Extractor", "IngestReport", "NameMatcher", "NoExtractor", "RetrievalResult", "GraphParams",
            "RetrievedChunk", "RetrievedDocument", "RetrievedEdge", "RetrievedEntity", "SentenceSplitter",
-           "Splitter", "Transition", "Triple", "approx_tokens", "build_context", "ensure_schema",
+           "Splitter", "Transition", "Triple", "approx_tokens", "build_context", "delete_documents", "ensure_schema",
            "graphrag_schema", "ingest", "personalized_pagerank", "retrieve", "rrf"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -44,18 +45,24 @@ def clean_triples(triples: Iterable[Sequence[str]] | None) -> list[Triple]:
     return out
 
 
+def fold(text: str) -> str:
+    """Accents removed (NFKD, combining marks dropped): 'Aschenbrödel' -> 'Aschenbrodel'."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
 def match_key(text: str) -> str:
-    """Lower-cased words joined by single spaces: how names and question n-grams are compared."""
-    return " ".join(_WORD.findall(text.lower()))
+    """Lower-cased, accent-folded words joined by single spaces: how names and texts are compared."""
+    return " ".join(_WORD.findall(fold(text).lower()))
 
 
 class NameMatcher:
     """Entity names that occur in a text on word boundaries, longest first, contained names dropped.
 
-    Names of several words match case-insensitively (punctuation ignored); a one-word name counts only
-    when its display form looks like a proper noun or a number (has an upper-case letter or a digit:
-    'Publix', '1963', not 'state') and occurs with that exact case. Names shorter than 3 characters are
-    ignored. Matching is by hashing the text's word n-grams (up to 8 words), so it costs O(words).
+    A name counts only when its display form looks like a proper noun or a number (has an upper-case
+    letter or a digit: 'Publix', '1963', 'Bubye River', not 'state' or 'the waterfall'). Names of several
+    words match case-insensitively, accents and punctuation ignored; one-word names must occur with
+    their exact case (accents ignored). Names shorter than 3 characters are ignored. Matching is by hashing the text's word n-grams (up to 8 words), so it costs O(words).
     """
 
     def __init__(self, names: Iterable[tuple[str, str]]) -> None:
@@ -64,20 +71,19 @@ class NameMatcher:
         self._single: dict[str, list[str]] = {}
         for key, display in names:
             display = display or key
-            if len(display) < NAME_CHARS_MIN:
+            if len(display) < NAME_CHARS_MIN or not any(c.isupper() or c.isdigit() for c in display):
                 continue
-            words = _WORD.findall(display)
+            words = _WORD.findall(fold(display))
             if not words or len(words) > NGRAM_WORDS_MAX:
                 continue
             if len(words) == 1:
-                if any(c.isupper() or c.isdigit() for c in display):
-                    self._single.setdefault(words[0], []).append(key)
+                self._single.setdefault(words[0], []).append(key)
             else:
                 self._multi.setdefault(" ".join(w.lower() for w in words), []).append(key)
 
     def find(self, text: str) -> list[str]:
         """Keys of the entities named in `text`, longest match first, no name inside a longer match."""
-        words = _WORD.findall(text)
+        words = _WORD.findall(fold(text))
         lowered = [w.lower() for w in words]
         spans: list[tuple[int, int, list[str]]] = []
         for start in range(len(words)):
@@ -143,4 +149,5 @@ class CapitalizedExtractor:
         return list(names), []
 
 
-__all__ = ["CapitalizedExtractor", "Extractor", "NameMatcher", "NoExtractor", "Triple", "clean_triples", "match_key"]
+__all__ = ["CapitalizedExtractor", "Extractor", "NameMatcher", "NoExtractor", "Triple", "clean_triples", "fold",
+           "match_key"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,7 @@ class GraphView:
     matcher: NameMatcher
     entity_by_key: dict[Any, int]
     chunk_by_key: dict[Any, int]
+    embeddings: dict[Any, np.ndarray] = field(default_factory=dict)   # chunk vectors read so far
 
     @property
     def size(self) -> int:

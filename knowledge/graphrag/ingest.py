@@ -91,8 +91,9 @@ class _Chunk:
     doc: Document
     position: int
     text: str
-    entities: list[str]          # normalised names
+    entities: list[str]          # normalised names (raw names until _chunks normalises them)
     triples: list[Triple]
+    display: dict[str, str] = field(default_factory=dict)   # normalised name -> first form seen
 
 
 def chunk_key(doc_id: str, position: int) -> str:
@@ -241,7 +242,7 @@ def _chunks(doc: Document, splitter: Splitter, extractor: Extractor) -> list[_Ch
             if isinstance(name, str) and (key := normalize_entity_name(name)):
                 names.setdefault(key, name.strip())
         chunk.entities = list(names)
-        chunk._display = names  # type: ignore[attr-defined]
+        chunk.display = names
     return out
 
 
@@ -271,7 +272,7 @@ def _entity_rows(session: Session, chunks: list[_Chunk], embedder: Embedder, emb
     wanted: dict[str, tuple[str, set[str]]] = {}
     for chunk in chunks:
         for key in chunk.entities:
-            display = chunk._display[key]  # type: ignore[attr-defined]
+            display = chunk.display[key]
             wanted.setdefault(key, (display, set()))[1].update(chunk.doc.labels)
     if not wanted:
         return []
@@ -322,4 +323,24 @@ def _related_rows(chunks: list[_Chunk]) -> list[dict[str, Any]]:
     return [{"src": s, "dst": o, "relation": "; ".join(p), "chunk_id": c} for (s, o), (p, c) in pairs.items()]
 
 
-__all__ = ["BATCH_SIZE", "Document", "IngestReport", "chunk_key", "content_hash", "ingest"]
+def delete_documents(session: Session, doc_ids: Iterable[str]) -> int:
+    """Delete documents and their chunks (with their HAS_CHUNK / MENTIONS edges) in one transaction.
+
+    Entities stay (other documents may mention them; their labels are not reduced). Absent or invisible
+    ids are ignored. Returns the number of documents deleted (0: nothing written).
+    """
+    ids = list(dict.fromkeys(doc_ids))
+    if not ids or DOCUMENT not in session.store.schema.nodes:
+        return 0
+    found = _keys_of(session, session.get_many(DOCUMENT, ids, []))
+    if not found:
+        return 0
+    chunks = _keys_of(session, session.scan(CHUNK, where={"doc_id": ("in", found)}, columns=[]))
+    with session.transaction() as tx:
+        if chunks:
+            tx.delete_nodes(CHUNK, chunks)
+        tx.delete_nodes(DOCUMENT, found)
+    return len(found)
+
+
+__all__ = ["BATCH_SIZE", "Document", "IngestReport", "chunk_key", "content_hash", "delete_documents", "ingest"]

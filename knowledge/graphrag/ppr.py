@@ -23,7 +23,8 @@ class Transition:
     networkx.pagerank does with its default `dangling=None`.
     """
 
-    def __init__(self, n: int, src: np.ndarray, dst: np.ndarray, weight: np.ndarray | None = None) -> None:
+    def __init__(self, n: int, src: np.ndarray, dst: np.ndarray, weight: np.ndarray | None = None,
+                 use_scipy: bool = True) -> None:
         self.n = int(n)
         src = np.asarray(src, dtype=np.int64)
         dst = np.asarray(dst, dtype=np.int64)
@@ -34,7 +35,7 @@ class Transition:
         out = np.bincount(cols, weights=vals, minlength=self.n)
         self.dangling = out == 0
         norm = np.divide(vals, out[cols], out=np.zeros_like(vals), where=out[cols] > 0)
-        if _sparse is not None:
+        if use_scipy and _sparse is not None:
             self._matrix = _sparse.csr_matrix((norm, (rows, cols)), shape=(self.n, self.n))
         else:
             self._matrix = None

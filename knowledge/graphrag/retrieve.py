@@ -6,17 +6,18 @@
 Every read goes through the session (its visibility bitmap filters chunks, documents, entities and
 edges) inside one `session.snapshot()`, whose LSN the result reports.
 
-Graph mode (HippoRAG-style):
-1. seeds: the hybrid ranking (RRF of vector and BM25 over Chunk.text); entity seeds are the entities
-   whose names occur in the question (NameMatcher), the entities mentioned by the top `seed_chunks`
-   vector chunks (weighted 1/rank), and, when Entity embeddings exist, the `entity_top` entities nearest
-   the question (weighted by similarity). Each entity seed weight is multiplied by its specificity
-   1/(number of visible chunks mentioning it), so entities found in many passages say little.
-   The top hybrid chunks are seeded too, with a small weight (`chunk_seed_weight`).
+Graph mode (HippoRAG-style; the defaults are GraphParams()):
+1. seeds: entities named in the question (NameMatcher: proper-noun-looking names on word boundaries)
+   and the entities mentioned by the top vector chunk, each weighted by its specificity
+   1/(number of visible chunks mentioning it); the top chunk itself with a small weight. Optionally the
+   entities nearest the question embedding (off by default: noisy seeds lowered recall on MuSiQue).
 2. expansion: personalized PageRank (damping 0.5) on the undirected graph of visible chunks and
-   entities (MENTIONS edges, and RELATED edges whose stating chunk is visible), numpy power iteration.
-3. ranking: chunks ordered by PPR mass, fused by RRF (k=60) with the vector and keyword rankings using
-   `weights` (default graph 1.0, vector 1.0, keyword 0.3).
+   entities (MENTIONS edges, and RELATED edges whose stating chunk is visible), numpy power iteration
+   over the whole visible graph (cached per principal and LSN).
+3. ranking: over the vector and PPR candidates, score = cosine(question, chunk) + 0.05 * ln(PPR mass
+   relative to the best chunk's): question similarity, boosted by closeness to the seeds (a chunk that
+   the walk does not reach is pushed below the reached ones). Without a query vector: RRF of the BM25
+   and PPR rankings.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,34 +47,37 @@ MODES = ("auto", "vector", "keyword", "hybrid", "graph")
 K_MAX = 100
 TOKEN_BUDGET = 2000
 CANDIDATES = 50
-DEFAULT_WEIGHTS: dict[str, float] = {"graph": 1.0, "vector": 1.0, "keyword": 0.3}
+MASS_FLOOR = 1e-12
+GRAPH_ONLY_MAX = 20
+"""PPR candidates outside the vector candidates whose cosine is computed (best PPR mass first)."""
 ENTITIES_PER_CHUNK = 8
 EDGES_MAX = 64
 
 
 @dataclass(frozen=True)
 class GraphParams:
-    """Tuning of graph mode (defaults tuned on the MuSiQue sample, see bench/RESULTS.md).
+    """Tuning of graph mode (defaults tuned on the MuSiQue sample; bench/retrieval.py, bench/RESULTS.md).
 
-    weights: RRF weights of the final fusion (graph = PPR ranking, vector, keyword; in hybrid/graph
-    seeding the vector and keyword weights are used too). seed_chunks: how many top vector chunks give
-    their entities as seeds (weight chunk_entity_weight / rank). name_weight: seed weight of an entity
-    named in the question. entity_top: entities nearest the question embedding (weight entity_vector_weight
-    * similarity), when Entity embeddings exist. specificity: entity seed weights are divided by
-    (#chunks mentioning the entity) ** specificity. chunk_seed_weight: personalization given to the top
-    hybrid chunks themselves (/ rank). damping: probability of following an edge in PPR.
+    Seeds: `seed_chunks` top vector chunks (keyword chunks without a query vector) give their entities
+    weight `chunk_entity_weight` / rank and themselves `chunk_seed_weight` / rank; an entity named in the
+    question gets `name_weight`; the `entity_top` entities nearest the question embedding get
+    `entity_vector_weight` * similarity (0 by default: it adds noisy seeds on MuSiQue). Entity seed
+    weights are divided by (#chunks mentioning the entity) ** `specificity`. PPR follows an edge with
+    probability `damping`. Final score of a chunk (with a query vector): cosine(question, chunk) +
+    `graph_weight` * ln(PPR mass / max mass, floored at 1e-12) + `keyword_weight` * BM25 / max BM25,
+    over the union of the vector and PPR candidates. Without a query vector: RRF of BM25 and PPR ranks.
     """
 
-    weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
-    damping: float = DAMPING
-    seed_chunks: int = 5
+    seed_chunks: int = 1
     chunk_entity_weight: float = 0.5
+    chunk_seed_weight: float = 0.05
     name_weight: float = 1.0
     entity_top: int = 5
-    entity_vector_weight: float = 1.0
+    entity_vector_weight: float = 0.0
     specificity: float = 1.0
-    chunk_seed_weight: float = 0.05
-    chunk_degree_norm: float = 0.0
+    damping: float = DAMPING
+    graph_weight: float = 0.05
+    keyword_weight: float = 0.0
 
 
 @dataclass
@@ -232,7 +235,9 @@ def _run(state: _State, mode: str, lsn: int, params: GraphParams) -> tuple[list[
         table = session.search(state.query, state.candidates, type=CHUNK, property="embedding")
         state.vector = _rows(table)
         state.timed("vector", tick)
-    if mode in ("keyword", "hybrid", "graph"):
+    need_keyword = mode in ("keyword", "hybrid") or (mode == "graph" and (state.query is None
+                                                                            or params.keyword_weight > 0))
+    if need_keyword:
         tick = time.perf_counter()
         table = session.keyword_search(state.question, state.candidates, type=CHUNK, property="text")
         state.keyword = _rows(table)
@@ -243,7 +248,7 @@ def _run(state: _State, mode: str, lsn: int, params: GraphParams) -> tuple[list[
     if state.keyword:
         rankings["keyword"] = [key for _, key, _ in state.keyword]
     ids = {key: node for node, key, _ in [*state.vector, *state.keyword]}
-    entity_scores: dict[int, float] = {}
+    mass: np.ndarray | None = None
     seeds: dict[int, float] = {}
     view: GraphView | None = None
     if mode == "vector":
@@ -252,22 +257,19 @@ def _run(state: _State, mode: str, lsn: int, params: GraphParams) -> tuple[list[
         fused = [(key, score) for _, key, score in state.keyword]
     else:
         tick = time.perf_counter()
-        weights = dict(DEFAULT_WEIGHTS, **params.weights)
-        hybrid = rrf(rankings, K_RRF, {"vector": weights["vector"], "keyword": weights["keyword"]}
-                     if mode == "graph" else None)
+        fused = [(str(key), score) for key, score in rrf(rankings, K_RRF)]
         state.timed("fuse", tick)
-        fused = [(str(key), score) for key, score in hybrid]
         if mode == "graph":
             tick = time.perf_counter()
             view = graph_view(session, lsn)
             state.timed("graph_view", tick)
             if view is not None and view.size:
-                fused, entity_scores, seeds = _graph(state, view, rankings, ids, params, weights)
+                fused, mass, seeds = _graph(state, view, rankings, ids, params)
     tick = time.perf_counter()
     ranks = {name: {key: r for r, key in enumerate(ranking, start=1)} for name, ranking in rankings.items()}
     top = fused[:state.k]
     chunks = _chunks(session, top, ranks, ids, view)
-    entities, edges = _support(view, chunks, entity_scores, seeds)
+    entities, edges = _support(view, chunks, mass, seeds)
     state.timed("assemble", tick)
     return chunks, entities, edges
 
@@ -278,7 +280,8 @@ def _rows(table: Any) -> list[tuple[int, str, float]]:
 
 
 def _graph(state: _State, view: GraphView, rankings: dict[str, list[str]], ids: dict[str, int],
-           params: GraphParams, weights: dict[str, float]) -> tuple[list[tuple[str, float]], dict[int, float], dict[int, float]]:
+           params: GraphParams) -> tuple[list[tuple[str, float]], np.ndarray | None, dict[int, float]]:
+    """PPR from the seeds; returns the fused ranking, the PPR mass per local node and entity seed weights."""
     tick = time.perf_counter()
     seeds = _entity_seeds(state, view, rankings, params)
     personalization = np.zeros(view.size)
@@ -287,31 +290,59 @@ def _graph(state: _State, view: GraphView, rankings: dict[str, list[str]], ids: 
     total = personalization.sum()
     if total > 0:
         personalization /= total
-    hybrid_top = rrf(rankings, K_RRF)[:max(params.seed_chunks, 1)]
-    for rank, (key, _) in enumerate(hybrid_top, start=1):
+    primary = rankings.get("vector", rankings.get("keyword", []))
+    for rank, key in enumerate(primary[:params.seed_chunks], start=1):
         node = view.chunk_by_key.get(key)
         if node is not None:
             personalization[node] += params.chunk_seed_weight / rank
     state.timed("seeds", tick)
     if personalization.sum() <= 0:
-        return [(str(k), s) for k, s in rrf(rankings, K_RRF)], {}, seeds
+        return [(str(k), s) for k, s in rrf(rankings, K_RRF)], None, seeds
     tick = time.perf_counter()
     mass = personalized_pagerank(view.transition, personalization, params.damping)
     state.timed("ppr", tick)
     tick = time.perf_counter()
     chunk_nodes = np.flatnonzero(view.is_chunk & (mass > 0))
-    chunk_mass = mass[chunk_nodes]
-    if params.chunk_degree_norm:
-        degree = np.diff(view.chunk_offsets)[chunk_nodes].astype(np.float64)
-        chunk_mass = chunk_mass / np.maximum(degree, 1.0) ** params.chunk_degree_norm
-    best = chunk_nodes[np.argsort(-chunk_mass, kind="stable")][:state.candidates]
+    best = chunk_nodes[np.argsort(-mass[chunk_nodes], kind="stable")][:state.candidates]
     rankings["graph"] = [view.keys[n] for n in best.tolist()]      # the caller reports these ranks
     for node in best.tolist():
         ids.setdefault(view.keys[node], int(view.ids[node]))
-    fused = [(str(key), score) for key, score in rrf(rankings, K_RRF, weights)]
-    entity_scores = {int(n): float(mass[n]) for n in np.flatnonzero(~view.is_chunk & (mass > 0)).tolist()}
+    if state.query is None:
+        fused = [(str(key), score) for key, score in rrf(rankings, K_RRF)]
+    else:
+        fused = _score_fusion(state, view, mass, rankings["graph"], params)
     state.timed("rank", tick)
-    return fused, entity_scores, seeds
+    return fused, mass, seeds
+
+
+def _score_fusion(state: _State, view: GraphView, mass: np.ndarray, graph_keys: list[str],
+                  params: GraphParams) -> list[tuple[str, float]]:
+    """cosine + graph_weight * ln(relative PPR mass) (+ keyword_weight * relative BM25), best first."""
+    cosine = {key: float(score) for _, key, score in state.vector}
+    wanted = [key for key in graph_keys[:GRAPH_ONLY_MAX] if key not in cosine]
+    missing = [key for key in wanted if key not in view.embeddings]
+    if missing:                     # chunk vectors, read through the session once per view
+        table = state.session.get_many(CHUNK, missing, ["embedding"])
+        for node, vector in zip(table.column("_id").to_pylist(), table.column("embedding").to_pylist(),
+                                strict=True):
+            if vector is not None:
+                view.embeddings[state.session.ref(node).key] = np.asarray(vector, dtype=np.float32)
+    for key in wanted:
+        if key in view.embeddings:
+            cosine[key] = float(np.dot(view.embeddings[key], state.query))
+    top_mass = float(mass[view.is_chunk].max()) or 1.0
+    bm25 = {key: float(score) for _, key, score in state.keyword}
+    top_bm25 = max(bm25.values(), default=0.0) or 1.0
+    scores = []
+    for key, cos in cosine.items():
+        node = view.chunk_by_key.get(key)
+        relative = float(mass[node]) / top_mass if node is not None else 0.0
+        score = cos + params.graph_weight * math.log(max(relative, MASS_FLOOR))
+        if params.keyword_weight:
+            score += params.keyword_weight * bm25.get(key, 0.0) / top_bm25
+        scores.append((key, score))
+    scores.sort(key=lambda pair: -pair[1])
+    return scores
 
 
 def _entity_seeds(state: _State, view: GraphView, rankings: dict[str, list[str]],
@@ -337,7 +368,7 @@ def _entity_seeds(state: _State, view: GraphView, rankings: dict[str, list[str]]
         for node, score in zip(local.tolist(), table.column("_score").to_pylist(), strict=True):
             if node >= 0 and score > 0:
                 raw[node] = raw.get(node, 0.0) + params.entity_vector_weight * float(score)
-    degree = np.maximum(view.entity_chunks, 1).astype(np.float64)
+    degree = np.maximum(view.entity_chunks, 1).astype(np.float64)  # specificity (HippoRAG node specificity)
     return {node: weight / degree[node] ** params.specificity for node, weight in raw.items()}
 
 
@@ -368,11 +399,17 @@ def _chunks(session: Session, top: list[tuple[str, float]], ranks: dict[str, dic
     return out
 
 
-def _support(view: GraphView | None, chunks: list[RetrievedChunk], entity_scores: dict[int, float],
+def _support(view: GraphView | None, chunks: list[RetrievedChunk], mass: np.ndarray | None,
              seeds: dict[int, float]) -> tuple[list[RetrievedEntity], list[RetrievedEdge]]:
-    """The entities of the returned chunks (best PPR mass first) and the edges linking them."""
+    """The entities of the returned chunks (best PPR mass first, at most 8 a chunk) and the edges linking
+    them: MENTIONS chunk -> entity, and RELATED between two of them, scored by the geometric mean of
+    their masses."""
     if view is None:
         return [], []
+
+    def score(entity: int) -> float:
+        return float(mass[entity]) if mass is not None else 0.0
+
     chosen: dict[int, float] = {}
     edges: list[RetrievedEdge] = []
     for chunk in chunks:
@@ -380,17 +417,18 @@ def _support(view: GraphView | None, chunks: list[RetrievedChunk], entity_scores
         if node is None:
             continue
         mentioned = view.entities_of(node).tolist()
-        mentioned.sort(key=lambda e: -(entity_scores.get(e, 0.0) + seeds.get(e, 0.0)))
+        mentioned.sort(key=lambda e: -(score(e) + seeds.get(e, 0.0)))
         for entity in mentioned[:ENTITIES_PER_CHUNK]:
-            score = entity_scores.get(entity, 0.0)
-            chosen[entity] = score
-            edges.append(RetrievedEdge("MENTIONS", chunk.key, str(view.keys[entity]), score))
-    for (s, o), (relation, chunk_id) in view.related.items():
-        if s in chosen and o in chosen:
-            edges.append(RetrievedEdge("RELATED", str(view.keys[s]), str(view.keys[o]),
-                                       math.sqrt(chosen[s] * chosen[o]), relation, chunk_id))
+            chosen[entity] = score(entity)
+            edges.append(RetrievedEdge("MENTIONS", chunk.key, str(view.keys[entity]), chosen[entity]))
+    for s in chosen:
+        for o in set(view.related_by_node.get(s, ())):
+            found = view.related.get((s, o))
+            if o in chosen and found is not None:
+                edges.append(RetrievedEdge("RELATED", str(view.keys[s]), str(view.keys[o]),
+                                           math.sqrt(chosen[s] * chosen[o]), found[0], found[1]))
     edges.sort(key=lambda e: -e.score)
-    entities = [RetrievedEntity(str(view.keys[e]), score, seeds.get(e, 0.0)) for e, score in chosen.items()]
+    entities = [RetrievedEntity(str(view.keys[e]), value, seeds.get(e, 0.0)) for e, value in chosen.items()]
     entities.sort(key=lambda e: (-e.score, -e.seed))
     return entities, edges[:EDGES_MAX]
 
