@@ -201,6 +201,13 @@ def test_no_read_reveals_invisible_nodes_long(world):
     run_world(world)
 
 
+@pytest.mark.slow
+def test_long_run_checked_at_least_10000_read_cases():
+    """Runs after the long test above (file order): the documented >= 10,000 generated cases."""
+    print(f"leak cases checked in this process: {CASES['count']}")
+    assert CASES["count"] >= 10_000
+
+
 def test_reachable_only_through_invisible_node_stays_unreachable(tmp_path):
     with knowledge.open(str(tmp_path / "s")) as store:
         declare(store)
