@@ -31,6 +31,7 @@ from knowledge.graph import EdgeIndex
 from knowledge.keyword import KeywordIndex
 from knowledge.lock import DirectoryLock
 from knowledge.ops import Op, OpKind, decode_ops, encode_ops
+from knowledge.position import Position
 from knowledge.principal import ADMIN, Principal
 from knowledge.resolve import Resolver, check_payload_size
 from knowledge.schema import Schema
@@ -567,9 +568,14 @@ class Store:
         self._check_open()
         return backup_store(self, destination)
 
+    @property
+    def position(self) -> Position:
+        """The (epoch, LSN) of the last committed record visible to reads."""
+        return Position(self.epoch, self.memory_lsn)
+
     def stats(self) -> dict[str, Any]:
         """Whole-store figures (admin view); sessions report visible counts."""
-        return {"path": self.path, "lsn": self.memory_lsn, "epoch": self.epoch,
+        return {"path": self.path, "lsn": self.memory_lsn, "epoch": self.epoch, "position": str(self.position),
                 "applied_lsn": self.tables.applied_lsn, "wal_first_lsn": self.wal.first_lsn,
                 "fsyncs": self.wal.fsync_count}
 

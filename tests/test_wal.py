@@ -451,3 +451,12 @@ def test_parse_segment_name_rejects_a_trailing_newline():
     """CORE BUG (knowledge/wal/segments.py, _NAME): `$` also matches before a final newline, so the
     junk name "0000000000000001.wal\\n" is accepted as segment 1. Fix: use `_NAME.fullmatch` (or `\\Z`)."""
     assert parse_segment_name("0000000000000001.wal\n") is None
+
+
+def test_position_orders_by_epoch_then_lsn():
+    from knowledge.position import Position
+    assert Position(1, 9) < Position(2, 1) < Position(2, 3)
+    assert str(Position(2, 3)) == "2/3" and Position.parse("2/3") == Position(2, 3)
+    assert Position(0, 0).is_zero()
+    with pytest.raises(ValueError):
+        Position(-1, 0)
