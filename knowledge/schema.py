@@ -44,8 +44,7 @@ class Property:
 
     @property
     def dimension(self) -> int | None:
-        match = _VECTOR.match(self.type)
-        return int(match.group(1)) if match else None
+        return int(self.type[7:-1]) if self.type.startswith("vector[") else None  # validated at parse
 
     @property
     def is_vector(self) -> bool:

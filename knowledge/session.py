@@ -330,10 +330,8 @@ class Session:
     def _ranked(self, type_name: str, ids: np.ndarray, scores: np.ndarray, columns: Iterable[str] | None,
                 api: str) -> pa.Table:
         chosen = self._columns(type_name, columns) if columns is not None else []
-        directory = self.store.directory
-        table = pa.table({"_id": pa.array(ids, type=pa.int64()),
-                          "_key": pa.array(directory.key_of[ids].tolist()),
-                          "_score": pa.array(scores, type=pa.float32())})
+        table = pa.Table.from_arrays([pa.array(ids), pa.array(self.store.directory.key_of[ids].tolist()),
+                                      pa.array(scores)], names=["_id", "_key", "_score"])
         if chosen and len(ids):
             rows = self._fetch(type_name, ids.tolist(), chosen)
             position = {node: i for i, node in enumerate(rows.column("_id").to_pylist())}

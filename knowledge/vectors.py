@@ -28,7 +28,7 @@ import faiss
 import numpy as np
 
 from knowledge.errors import InvalidArgument
-from knowledge.kernels import topk
+from knowledge.kernels import gpu_available, topk
 
 log = logging.getLogger("knowledge.vectors")
 SNAPSHOT_VERSION = 1
@@ -46,8 +46,11 @@ class VectorConfig:
     ef_search_max: int = 2048
     gather_fraction: float = 0.05
     gather_rows_min: int = 4096
+    device: str = "auto"               # exact scans on "cpu", "gpu", or the GPU when one is usable ("auto")
 
     def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "gpu"):
+            raise InvalidArgument(f"vector device must be auto, cpu or gpu, not {self.device!r}")
         if self.kind not in ("auto", "flat", "hnsw"):
             raise InvalidArgument(f"vector index kind must be auto, flat or hnsw, not {self.kind!r}")
 
@@ -77,6 +80,7 @@ class VectorIndex:
         self.hnsw_rows = 0
         self.version = 0
         self._mask_cache: tuple | None = None
+        self.use_gpu = self.config.device == "gpu" or (self.config.device == "auto" and gpu_available()[0])
 
     @property
     def faiss_metric(self) -> int:
@@ -90,7 +94,7 @@ class VectorIndex:
     def prepare(self, vectors: np.ndarray) -> np.ndarray:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dimension)
         if self.metric == "cosine":
-            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))[:, None]
             vectors = vectors / np.where(norms == 0, 1, norms)
         return vectors
 
@@ -170,14 +174,42 @@ class VectorIndex:
 
     def _gather(self, q: np.ndarray, k: int, row_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rows = np.flatnonzero(row_mask)
-        scores, idx = topk(q, self.matrix[rows], k, self.kernel_metric)
-        keep = idx[0] >= 0
-        return self._finish(rows[idx[0][keep]], scores[0][keep])
+        found, scores = self._exact(q, k, self.matrix[rows])
+        return self._finish(rows[found], scores, k)
 
     def _flat(self, q: np.ndarray, k: int, row_mask: np.ndarray, unfiltered: bool) -> tuple[np.ndarray, np.ndarray]:
-        scores, idx = topk(q, self.matrix[:self.rows], k, self.kernel_metric, None if unfiltered else row_mask)
-        keep = idx[0] >= 0
-        return self._finish(idx[0][keep], scores[0][keep])
+        found, scores = self._exact(q, k, self.matrix[:self.rows], None if unfiltered else row_mask)
+        return self._finish(found, scores, k)
+
+    def _exact(self, q: np.ndarray, k: int, base: np.ndarray,
+               mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(positions in `base`, scores) of the best k rows, exact, every row tied with the k-th included.
+
+        With a usable GPU this is knowledge.kernels.topk (fused distance + mask + top-k); on the CPU a
+        numpy scan, whose fixed cost per query is a fraction of the kernels' CPU twin's (which exists
+        to mirror the GPU path bit for bit); ties are settled by node id in `_finish` either way.
+        """
+        if self.use_gpu:
+            scores, idx = topk(q, base, k, self.kernel_metric, mask, device="gpu")
+            keep = idx[0] >= 0
+            return idx[0][keep], scores[0][keep]
+        if self.metric == "l2":
+            scores = np.einsum("ij,ij->i", base, base) - 2 * (base @ q[0]) + np.float32(q[0] @ q[0])
+            order_scores = -scores
+        else:
+            scores = base @ q[0]
+            order_scores = scores
+        if mask is not None:
+            order_scores = np.where(mask, order_scores, -np.inf)
+        count = int(np.count_nonzero(np.isfinite(order_scores)))
+        if count == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        if k < count:
+            kth = np.partition(order_scores, len(order_scores) - k)[len(order_scores) - k]
+            found = np.flatnonzero(order_scores >= kth)
+        else:
+            found = np.flatnonzero(np.isfinite(order_scores))
+        return found, scores[found].astype(np.float32)
 
     def _hnsw(self, q: np.ndarray, k: int, row_mask: np.ndarray | None,
               selected: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -198,10 +230,9 @@ class VectorIndex:
         tail_mask = (self.live[covered:self.rows] if row_mask is None else row_mask[covered:self.rows])
         if tail_mask.any():
             tail_rows = covered + np.flatnonzero(tail_mask)
-            t_scores, t_idx = topk(q, self.matrix[tail_rows], k, self.kernel_metric)
-            keep = t_idx[0] >= 0
-            found = np.concatenate([found, tail_rows[t_idx[0][keep]]])
-            scores = np.concatenate([scores, t_scores[0][keep]])
+            t_found, t_scores = self._exact(q, k, self.matrix[tail_rows])
+            found = np.concatenate([found, tail_rows[t_found]])
+            scores = np.concatenate([scores, t_scores])
         if len(found) < min(k, selected):
             return None
         return self._finish(found, scores, k)
