@@ -348,12 +348,14 @@ class Store:
         return lsn, ops, edge_types
 
     def _finish(self, lsn: int, ops: list[Op], edge_types: set[str]) -> int:
-        """Outside the stage lock: apply to memory in LSN order and wait for durability (group commit).
-
-        The memory apply overlaps the fsync: it runs under the state lock, which every read takes
-        (through `visibility`), and the lock is released only once the record is durable, so no
-        reader ever sees a change that a crash could still take back.
-        """
+        """Outside the stage lock: wait for durability (group commit: concurrent committers share an
+        fsync), then apply to memory in LSN order. Readers never wait for an fsync and never see a
+        record before it is durable."""
+        try:
+            self.wal.sync_to(lsn)
+        except BaseException as exc:
+            self._fail(exc)
+            raise
         with self._memory_turn:
             while self.memory_lsn != lsn - 1:
                 if self._failure is not None:
@@ -364,7 +366,6 @@ class Store:
                     self._apply_memory(ops)
                     for name in edge_types:
                         self._inflight_edges[name] -= 1
-                    self.wal.sync_to(lsn)
                     self.memory_lsn = lsn  # inside the state lock: a snapshot sees ops and LSN together
                     self._enqueue(lsn, ops)
             except BaseException as exc:

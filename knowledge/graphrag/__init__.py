@@ -33,7 +33,8 @@ from knowledge.graphrag.retrieve import (
 )
 from knowledge.graphrag.schema import ensure_schema, graphrag_schema
 
-__all__ = ["MODES", "Document", "GraphParams", "Extractor", "IngestReport", "NameMatcher", "NoExtractor", "RetrievalResult", "GraphParams",
-           "RetrievedChunk", "RetrievedDocument", "RetrievedEdge", "RetrievedEntity", "SentenceSplitter",
-           "Splitter", "Transition", "Triple", "approx_tokens", "build_context", "delete_documents", "ensure_schema",
-           "graphrag_schema", "ingest", "personalized_pagerank", "retrieve", "rrf"]
+__all__ = ["MODES", "Document", "Extractor", "GraphParams", "IngestReport", "NameMatcher", "NoExtractor",
+           "RetrievalResult", "RetrievedChunk", "RetrievedDocument", "RetrievedEdge", "RetrievedEntity",
+           "SentenceSplitter", "Splitter", "Transition", "Triple", "approx_tokens", "build_context",
+           "delete_documents", "ensure_schema", "graphrag_schema", "ingest", "personalized_pagerank", "retrieve",
+           "rrf"]

@@ -62,7 +62,8 @@ class NameMatcher:
     A name counts only when its display form looks like a proper noun or a number (has an upper-case
     letter or a digit: 'Publix', '1963', 'Bubye River', not 'state' or 'the waterfall'). Names of several
     words match case-insensitively, accents and punctuation ignored; one-word names must occur with
-    their exact case (accents ignored). Names shorter than 3 characters are ignored. Matching is by hashing the text's word n-grams (up to 8 words), so it costs O(words).
+    their exact case (accents ignored). Names shorter than 3 characters are ignored. Matching hashes the
+    text's word n-grams (up to 8 words), so it costs O(words), not O(names).
     """
 
     def __init__(self, names: Iterable[tuple[str, str]]) -> None:

@@ -13,14 +13,15 @@ Guarantees:
   HAS_CHUNK / MENTIONS / RELATED edges are upserted. A failure leaves the batch unwritten.
 - Entities are merged by `normalize_entity_name`; `display` keeps the first form seen.
 
-Label rule (documented in the package docstring too): a chunk carries its document's labels; an entity
-carries the union of the labels of every document whose ingestion mentioned it (labels only grow:
-re-ingesting or deleting a document does not take labels away). So whoever can see a chunk can see
-every entity it mentions; an entity reveals only that some document visible to the reader, or to a
-reader of another of its labels, names it. A RELATED edge records the chunk that stated it
-(`chunk_id`, last writer wins); retrieval uses and shows a RELATED edge only when that chunk is visible,
-so a relation stated only in a document the reader cannot see is never used or shown, even between two
-visible entities.
+Label rule (also in the package docstring): a chunk carries its document's labels; an entity carries the
+union of the labels of every document whose ingestion mentioned it. Since a node is visible when it
+shares a label with the reader's grants, a reader sees an entity iff a document the reader may read
+mentions it (or mentioned it: labels only grow; re-ingesting or deleting a document takes none away), so
+whoever sees a chunk sees every entity it mentions and an entity reveals nothing a readable document
+does not. A RELATED edge records the chunk that stated it (`chunk_id`, first stating chunk in a batch,
+later batches overwrite; its `relation` holds only that chunk's predicates); retrieval uses and shows a
+RELATED edge only when that chunk is visible, so a relation stated only in a document the reader cannot
+see is never used or shown, even between two visible entities.
 
 Run ingestion with an admin session (or one that can read and write every label involved): entity
 labels are merged with what the session can read.

@@ -14,10 +14,10 @@ Graph mode (HippoRAG-style; the defaults are GraphParams()):
 2. expansion: personalized PageRank (damping 0.5) on the undirected graph of visible chunks and
    entities (MENTIONS edges, and RELATED edges whose stating chunk is visible), numpy power iteration
    over the whole visible graph (cached per principal and LSN).
-3. ranking: over the vector and PPR candidates, score = cosine(question, chunk) + 0.05 * ln(PPR mass
-   relative to the best chunk's): question similarity, boosted by closeness to the seeds (a chunk that
-   the walk does not reach is pushed below the reached ones). Without a query vector: RRF of the BM25
-   and PPR rankings.
+3. ranking: over the vector, BM25 and PPR candidates, score = cosine(question, chunk) + 0.05 * ln(PPR
+   mass relative to the best chunk's) + 0.2 * BM25 relative to the best BM25 score: question similarity,
+   boosted by closeness to the seeds (a chunk the walk does not reach is pushed below the reached ones)
+   and by literal term matches. Without a query vector: RRF of the BM25 and PPR rankings.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ TOKEN_BUDGET = 2000
 CANDIDATES = 50
 MASS_FLOOR = 1e-12
 GRAPH_ONLY_MAX = 20
-"""PPR candidates outside the vector candidates whose cosine is computed (best PPR mass first)."""
+"""PPR (and BM25) candidates outside the vector candidates whose cosine is computed, best first."""
 ENTITIES_PER_CHUNK = 8
 EDGES_MAX = 64
 
@@ -77,7 +77,7 @@ class GraphParams:
     specificity: float = 1.0
     damping: float = DAMPING
     graph_weight: float = 0.05
-    keyword_weight: float = 0.0
+    keyword_weight: float = 0.2
 
 
 @dataclass
@@ -177,8 +177,12 @@ def retrieve(session: Session, question: str, k: int = 10, mode: str = "auto", e
     """Retrieve the k best visible chunks for `question` (see the module docstring for the modes).
 
     `embedder` embeds the question (or pass `query_vector`, e.g. a precomputed one). `candidates`: how
-    many chunks each stage (vector, keyword, graph) ranks before fusion. `params`: graph-mode tuning. mode "auto" is
-    "graph" when a query vector can be had, else keyword-seeded graph retrieval with a warning.
+    many chunks each stage (vector, keyword, graph) ranks before fusion. `params`: graph-mode tuning.
+    mode "auto" is "graph" when a query vector can be had, else keyword-seeded graph retrieval with a
+    warning (warnings.warn and the module logger; also in `result.notes`). The embedder is never loaded
+    implicitly: pass `embedder=knowledge.embed.default_embedder()` for the packaged model.
+    Guarantees: every chunk, document, entity and edge returned is visible to the session at `result.lsn`;
+    at most k chunks, best first; `approx_tokens(result.context) <= token_budget`.
     Raises InvalidArgument (empty question, k outside 1..100, unknown mode, bad token_budget),
     EmbedderUnavailable (a vector mode with neither embedder nor query_vector), UnknownType (the
     GraphRAG schema is not declared: ingest first).
@@ -228,7 +232,8 @@ def _query_vector(question: str, embedder: Embedder | None, query_vector: Any) -
     return vector
 
 
-def _run(state: _State, mode: str, lsn: int, params: GraphParams) -> tuple[list[RetrievedChunk], list[RetrievedEntity], list[RetrievedEdge]]:
+def _run(state: _State, mode: str, lsn: int, params: GraphParams
+         ) -> tuple[list[RetrievedChunk], list[RetrievedEntity], list[RetrievedEdge]]:
     session = state.session
     if state.query is not None and mode in ("vector", "hybrid", "graph"):
         tick = time.perf_counter()
@@ -319,7 +324,9 @@ def _score_fusion(state: _State, view: GraphView, mass: np.ndarray, graph_keys: 
                   params: GraphParams) -> list[tuple[str, float]]:
     """cosine + graph_weight * ln(relative PPR mass) (+ keyword_weight * relative BM25), best first."""
     cosine = {key: float(score) for _, key, score in state.vector}
-    wanted = [key for key in graph_keys[:GRAPH_ONLY_MAX] if key not in cosine]
+    wanted = [key for key in dict.fromkeys([*graph_keys[:GRAPH_ONLY_MAX],
+                                            *(key for _, key, _ in state.keyword[:GRAPH_ONLY_MAX])])
+              if key not in cosine]
     missing = [key for key in wanted if key not in view.embeddings]
     if missing:                     # chunk vectors, read through the session once per view
         table = state.session.get_many(CHUNK, missing, ["embedding"])
