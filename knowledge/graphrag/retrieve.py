@@ -49,6 +49,8 @@ TOKEN_BUDGET = 2000
 CANDIDATES = 50
 MASS_FLOOR = 1e-12
 GRAPH_ONLY_MAX = 20
+VECTOR_POOL = 200
+"""Graph mode asks vector search for this many chunks, so most PPR/BM25 candidates already have a cosine."""
 """PPR (and BM25) candidates outside the vector candidates whose cosine is computed, best first."""
 ENTITIES_PER_CHUNK = 8
 EDGES_MAX = 64
@@ -155,6 +157,7 @@ class _State:
     vector: list[tuple[int, str, float]] = field(default_factory=list)     # (id, key, score)
     keyword: list[tuple[int, str, float]] = field(default_factory=list)
     query: np.ndarray | None = None
+    cosine: dict[str, float] = field(default_factory=dict)   # every vector hit (graph mode: VECTOR_POOL)
 
     def timed(self, stage: str, started: float) -> None:
         self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - started
@@ -237,8 +240,10 @@ def _run(state: _State, mode: str, lsn: int, params: GraphParams
     session = state.session
     if state.query is not None and mode in ("vector", "hybrid", "graph"):
         tick = time.perf_counter()
-        table = session.search(state.query, state.candidates, type=CHUNK, property="embedding")
-        state.vector = _rows(table)
+        pool = max(state.candidates, VECTOR_POOL) if mode == "graph" else state.candidates
+        table = session.search(state.query, pool, type=CHUNK, property="embedding")
+        state.cosine = {key: float(score) for _, key, score in _rows(table)}
+        state.vector = _rows(table)[:state.candidates]
         state.timed("vector", tick)
     need_keyword = mode in ("keyword", "hybrid") or (mode == "graph" and (state.query is None
                                                                             or params.keyword_weight > 0))
@@ -323,7 +328,7 @@ def _graph(state: _State, view: GraphView, rankings: dict[str, list[str]], ids: 
 def _score_fusion(state: _State, view: GraphView, mass: np.ndarray, graph_keys: list[str],
                   params: GraphParams) -> list[tuple[str, float]]:
     """cosine + graph_weight * ln(relative PPR mass) (+ keyword_weight * relative BM25), best first."""
-    cosine = {key: float(score) for _, key, score in state.vector}
+    cosine = dict(state.cosine)
     wanted = [key for key in dict.fromkeys([*graph_keys[:GRAPH_ONLY_MAX],
                                             *(key for _, key, _ in state.keyword[:GRAPH_ONLY_MAX])])
               if key not in cosine]
