@@ -81,6 +81,7 @@ class VectorIndex:
         self.hnsw_rows = 0
         self.version = 0
         self._mask_cache: tuple | None = None
+        self._faiss_flat: faiss.Index | None = None
         self.use_gpu = self.config.device == "gpu" or (self.config.device == "auto" and gpu_available()[0])
 
     @property
@@ -179,8 +180,27 @@ class VectorIndex:
         return self._finish(rows[found], scores, k)
 
     def _flat(self, q: np.ndarray, k: int, row_mask: np.ndarray, unfiltered: bool) -> tuple[np.ndarray, np.ndarray]:
-        found, scores = self._exact(q, k, self.matrix[:self.rows], None if unfiltered else row_mask)
-        return self._finish(found, scores, k)
+        """Exact search of every row: faiss's flat index (kept in step with the rows) on the CPU."""
+        if self.use_gpu:
+            found, scores = self._exact(q, k, self.matrix[:self.rows], None if unfiltered else row_mask)
+            return self._finish(found, scores, k)
+        index = self._flat_index()
+        params = None
+        if not unfiltered:
+            params = faiss.SearchParameters()
+            bits = np.packbits(row_mask, bitorder="little")
+            params.sel = faiss.IDSelectorBitmap(self.rows, faiss.swig_ptr(bits))
+        distances, labels = index.search(q, k, params=params)
+        keep = labels[0] >= 0
+        return self._finish(labels[0][keep], distances[0][keep], k)
+
+    def _flat_index(self) -> faiss.Index:
+        """A faiss flat index over rows [0, rows) (tombstones are masked at search), extended lazily."""
+        if self._faiss_flat is None:
+            self._faiss_flat = faiss.IndexFlat(self.dimension, self.faiss_metric)
+        if self._faiss_flat.ntotal < self.rows:
+            self._faiss_flat.add(self.matrix[self._faiss_flat.ntotal:self.rows])
+        return self._faiss_flat
 
     def _exact(self, q: np.ndarray, k: int, base: np.ndarray,
                mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -257,6 +277,7 @@ class VectorIndex:
         self.rows = self.live_count = len(keep)
         self.row_of = dict(zip(self.row_ids.tolist(), range(self.rows), strict=True))
         self.hnsw, self.hnsw_rows = None, 0
+        self._faiss_flat = None
         if self.config.kind == "hnsw" or (self.config.kind == "auto" and self.rows >= self.config.hnsw_rows_min):
             self._build_hnsw()
         self.version += 1
