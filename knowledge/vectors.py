@@ -43,7 +43,7 @@ class VectorConfig:
     kind: str = "auto"                 # "auto", "flat" or "hnsw"
     hnsw_m: int = 32
     ef_construction: int = 80
-    ef_search: int = 128
+    ef_search: int = 160
     ef_search_max: int = 2048
     gather_fraction: float = 0.05
     gather_rows_min: int = 4096
