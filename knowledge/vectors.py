@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import os
 import zlib
 from dataclasses import dataclass
@@ -171,7 +172,7 @@ class VectorIndex:
         if self.hnsw is None:
             return selected <= self.config.gather_fraction * self.rows or selected < self.rows // 2
         fraction = selected / max(self.rows, 1)
-        ef = min(self.config.ef_search_max, max(k, self.config.ef_search / fraction))
+        ef = min(self.config.ef_search_max, max(k, self.config.ef_search / math.sqrt(fraction)))
         return selected * GATHER_COST_PER_ROW <= ef * self.config.hnsw_m
 
     def _gather(self, q: np.ndarray, k: int, row_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -244,7 +245,7 @@ class VectorIndex:
         else:
             mask = self.live[:self.rows] if row_mask is None else row_mask
             fraction = max(selected / max(self.rows, 1), 1e-6)
-            params.efSearch = int(min(self.config.ef_search_max, max(k, self.config.ef_search / fraction)))
+            params.efSearch = int(min(self.config.ef_search_max, max(k, self.config.ef_search / math.sqrt(fraction))))
             bits = np.packbits(mask[:covered], bitorder="little")
             params.sel = faiss.IDSelectorBitmap(covered, faiss.swig_ptr(bits))
         distances, labels = self.hnsw.search(q, k, params=params)
