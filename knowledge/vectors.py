@@ -9,7 +9,7 @@ Planner, for an allowed-node mask (visibility & where-filter & has-vector):
 - nothing filtered and no tombstones: the index as is (faiss flat or HNSW at ef_search);
 - few allowed rows (<= gather_fraction of live rows, or <= gather_rows_min): gather those rows and
   scan them exactly (knowledge.kernels.topk), which is both exact and fastest when selective;
-- otherwise: faiss with an IDSelectorBitmap, HNSW's ef widened by 1/selectivity so recall holds;
+- otherwise: faiss with an IDSelectorBitmap, HNSW's ef widened by 1/sqrt(selectivity) so recall holds;
   when HNSW returns fewer than k allowed rows the search falls back to the exact gather.
 Cosine vectors are stored normalised and searched by inner product; scores are similarities
 (higher is better) for cosine and ip, squared distances (lower is better) for l2.
