@@ -7,8 +7,9 @@ without tombstones at checkpoint; rows appended since are searched exactly and m
 
 Planner, for an allowed-node mask (visibility & where-filter & has-vector):
 - nothing filtered and no tombstones: the index as is (faiss flat or HNSW at ef_search);
-- few allowed rows (<= gather_fraction of live rows, or <= gather_rows_min): gather those rows and
-  scan them exactly (knowledge.kernels.topk), which is both exact and fastest when selective;
+- when scanning the allowed rows costs less than a filtered index walk (estimated in distance
+  computations: GATHER_COST_PER_ROW per gathered row vs efSearch * M for HNSW), gather those rows
+  and scan them exactly (numpy on the CPU, knowledge.kernels.topk on a GPU);
 - otherwise: faiss with an IDSelectorBitmap, HNSW's ef widened by 1/sqrt(selectivity) so recall holds;
   when HNSW returns fewer than k allowed rows the search falls back to the exact gather.
 Cosine vectors are stored normalised and searched by inner product; scores are similarities
