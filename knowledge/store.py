@@ -173,7 +173,8 @@ class Store:
                     for record in self.wal.read_from(lsn + 1, until_lsn=applied):
                         self._apply_vectors(decode_ops(record.payload, record.lsn), only=(type_name, prop.name))
                 except (OSError, ValueError, KeyError) as exc:
-                    if not isinstance(exc, FileNotFoundError) or self.directory.count(type_name):
+                    never_saved = isinstance(exc, FileNotFoundError) and self.tables.meta("snapshots_lsn") is None
+                    if not never_saved:  # a snapshot that a checkpoint wrote is missing or damaged
                         log.warning("vector index %s.%s rebuilt from the node table: %s", type_name, prop.name, exc)
                     self.vectors[(type_name, prop.name)] = self._vectors_from_table(type_name, prop)
 
@@ -560,6 +561,8 @@ class Store:
                     if vectors.needs_compaction():
                         vectors.compact()
                     vectors.save(self._snapshot_path(type_name, prop), lsn)
+            with self.tables.lock:  # from now on a missing snapshot is worth a warning
+                self.tables.con.execute("INSERT OR REPLACE INTO _meta VALUES ('snapshots_lsn', ?)", [str(lsn)])
             self.wal.remove_segments_before(lsn + 1)
             return lsn
 

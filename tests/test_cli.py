@@ -307,16 +307,20 @@ def test_demo_on_the_bundled_data(tmp_path, capsys):
     path = tmp_path / "demo.store"
     code, out, err = run(capsys, "demo", "--path", path)
     assert code == 0, err
-    assert "Passage" in out and "MENTIONS" in out and "rows/s" in out
-    assert "gold hit: yes" in out
+    assert "Document" in out and "MENTIONS" in out and "rows/s" in out
+    assert "gold hit: yes" in out and "timings (ms):" in out and "path:" in out
+    assert "recall@5 vector" in out
     assert f"store kept at {path}" in out and (path / "STORE").is_file()
     # the kept store answers like any other, and running the demo again on it changes nothing
     stats = run_json(capsys, "stats", path)
-    assert stats["nodes"]["Passage"] == 1890 and stats["nodes"]["Entity"] > 10_000
+    assert stats["nodes"]["Document"] == 1890 and stats["nodes"]["Chunk"] == 1890
+    assert stats["nodes"]["Entity"] > 10_000
     assert stats["edges"]["MENTIONS"] > 10_000 and stats["edges"]["RELATED"] > 10_000
     import io
 
     result = run_demo(str(path), out=io.StringIO())
     assert result["nodes"] == stats["nodes"] and result["edges"] == stats["edges"]
+    assert result["ingest"].written == 0 and result["ingest"].lsns == []
     assert len(result["questions"]) == 3 and result["summary"]["with_gold_hit"] > 0
     assert any(q["gold_hits"] for q in result["questions"])
+    assert result["summary"]["graph_recall@5"] > result["summary"]["vector_recall@5"]

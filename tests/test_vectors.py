@@ -179,3 +179,16 @@ def test_backup_carries_vector_snapshots(tmp_path, caplog):
         assert st.vectors[("Doc", "emb")].hnsw is not None
         query = rng.normal(size=DIM)
         assert st.session().search(query, k=5).num_rows == 5
+
+
+def test_no_warning_before_the_first_checkpoint_but_one_after_a_lost_snapshot(tmp_path, caplog):
+    path = str(tmp_path / "s")
+    store, _, _ = make(path, rows=50)
+    store.close()
+    with caplog.at_level(logging.WARNING), knowledge.open(path) as st:
+        assert "rebuilt" not in caplog.text  # never checkpointed: no snapshot is expected
+        st.checkpoint()
+    os.unlink(os.path.join(path, "snapshots", "vectors-Doc-emb.snap"))
+    with caplog.at_level(logging.WARNING), knowledge.open(path) as st:
+        assert "rebuilt from the node table" in caplog.text
+        assert st.session().search(np.ones(DIM), k=3).num_rows == 3
