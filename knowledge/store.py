@@ -145,14 +145,9 @@ class Store:
                 if prop.type != "text":
                     continue
                 index = self.keywords[(type_name, prop.name)] = KeywordIndex()
-                cursor = self.tables.cursor()
-                try:
-                    table = query_arrow(cursor, f'SELECT _id, "{prop.name}" AS t FROM {node_table(type_name)} '
-                                                f'WHERE "{prop.name}" IS NOT NULL')
-                finally:
-                    cursor.close()
+                table = self.tables.column_values(type_name, prop.name)
                 if table.num_rows:
-                    index.upsert(table.column("_id").to_numpy(), table.column("t").to_pylist())
+                    index.upsert(table.column("_id").to_numpy(), table.column("value").to_pylist())
 
     def _snapshot_path(self, type_name: str, prop: str) -> str:
         return os.path.join(self.path, "snapshots", f"vectors-{type_name}-{prop}.snap")
@@ -180,14 +175,9 @@ class Store:
 
     def _vectors_from_table(self, type_name: str, prop: Any) -> VectorIndex:
         index = VectorIndex(prop.dimension, prop.metric, self.config.vectors)
-        cursor = self.tables.cursor()
-        try:
-            table = query_arrow(cursor, f'SELECT _id, "{prop.name}" AS v FROM {node_table(type_name)} '
-                                        f'WHERE "{prop.name}" IS NOT NULL ORDER BY _id')
-        finally:
-            cursor.close()
+        table = self.tables.column_values(type_name, prop.name)
         if table.num_rows:
-            flat = pc.list_flatten(table.column("v")).to_numpy(zero_copy_only=False)
+            flat = pc.list_flatten(table.column("value")).to_numpy(zero_copy_only=False)
             index.upsert(table.column("_id").to_numpy(), flat.reshape(-1, prop.dimension))
             if index.needs_compaction():
                 index.compact()

@@ -206,6 +206,15 @@ class Tables:
         finally:
             con.unregister("_pairs")
 
+    def column_values(self, type_name: str, prop: str) -> pa.Table:
+        """(_id, value) of every node of `type_name` whose `prop` is not null, in id order."""
+        cursor = self.con.cursor()
+        try:
+            return query_arrow(cursor, f'SELECT _id, {quote(prop)} AS value FROM {node_table(type_name)} '
+                                       f'WHERE {quote(prop)} IS NOT NULL ORDER BY _id')
+        finally:
+            cursor.close()
+
     # -- reads ----------------------------------------------------------------------------------
     def cursor(self) -> duckdb.DuckDBPyConnection:
         return self.con.cursor()
