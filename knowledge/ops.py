@@ -46,10 +46,14 @@ class Op:
         return bool(self.flags & FLAG_MAY_REPLACE)
 
 
+_WRITE_OPTIONS = pa.ipc.IpcWriteOptions()  # explicit: pyarrow's defaults consult the environment on every call
+
+
 def _table_bytes(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
+    writer = pa.ipc.RecordBatchStreamWriter(sink, table.schema, options=_WRITE_OPTIONS)
+    writer.write_table(table)
+    writer.close()
     return sink.getvalue().to_pybytes()
 
 

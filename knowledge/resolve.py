@@ -78,7 +78,9 @@ class Resolver:
         local = self.local.setdefault(type_name, {})
         local.update(zip(keys, ids.tolist(), strict=True))
         self.staged.upserts.append((type_name, keys, ids))
-        out = table.add_column(0, "_id", pa.array(ids, type=pa.int64()))
+        # a short list converts faster than a numpy array (pyarrow's numpy path probes pandas types)
+        id_array = pa.array(ids.tolist() if len(ids) <= 64 else ids, type=pa.int64())
+        out = table.add_column(0, "_id", id_array)
         return Op(OpKind.UPSERT_NODES, type_name, table=out, flags=FLAG_MAY_REPLACE if may_replace else 0)
 
     def _check_write_labels(self, type_name: str, table: pa.Table) -> None:

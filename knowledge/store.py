@@ -421,10 +421,11 @@ class Store:
             if op.kind not in (OpKind.UPSERT_NODES, OpKind.DELETE_NODES) or op.table is None:
                 continue
             node_type = self.schema.nodes.get(op.name)
-            if node_type is None:
+            props = node_type.vector_properties if node_type is not None else []
+            if not props:
                 continue
             ids = op.table.column("_id").to_numpy()
-            for prop in node_type.vector_properties:
+            for prop in props:
                 index = self.vectors.get((op.name, prop.name))
                 if index is None or (only is not None and only != (op.name, prop.name)):
                     continue
