@@ -146,7 +146,7 @@ class Tables:
             table = node_table(op.name)
             if op.may_replace:
                 self._delete_ids(con, table, "_id", op.table.column("_id"))
-            self._insert(con, table, op.table, lsn)
+            self._insert_run(con, [(lsn, op)])
         elif op.kind == OpKind.DELETE_NODES:
             ids = op.table.column("_id")
             self._delete_ids(con, node_table(op.name), "_id", ids)
@@ -159,7 +159,7 @@ class Tables:
             table = edge_table(op.name)
             if op.may_replace:
                 self._delete_pairs(con, table, op.table)
-            self._insert(con, table, op.table, lsn)
+            self._insert_run(con, [(lsn, op)])
         elif op.kind == OpKind.DELETE_EDGES:
             self._delete_pairs(con, edge_table(op.name), op.table)
 
@@ -174,14 +174,6 @@ class Tables:
         con.register("_batch", batch)
         try:
             con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _batch")
-        finally:
-            con.unregister("_batch")
-
-    def _insert(self, con: duckdb.DuckDBPyConnection, table: str, batch: pa.Table, lsn: int) -> None:
-        cols = ", ".join(quote(c) for c in batch.column_names)
-        con.register("_batch", batch)
-        try:
-            con.execute(f"INSERT INTO {table} ({cols}, _lsn) SELECT {cols}, {int(lsn)} FROM _batch")
         finally:
             con.unregister("_batch")
 
