@@ -14,6 +14,7 @@ class StoreConfig:
 
     fsync: bool = True
     segment_bytes_max: int = 64 << 20
+    wal_preallocate_bytes: int = 4 << 20  # zeros written ahead of appends; 0 turns preallocation off
     value_bytes_max: int = 16 << 20
     transaction_bytes_max: int = 512 << 20
     transaction_rows_max: int = 20_000_000
@@ -31,5 +32,7 @@ class StoreConfig:
                      "overlay_edges_max", "apply_delay_ms", "audit_entries_max"):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"config {name} must be positive, got {getattr(self, name)}")
+        if self.wal_preallocate_bytes < 0:
+            raise InvalidArgument(f"config wal_preallocate_bytes must be >= 0, got {self.wal_preallocate_bytes}")
         if self.value_bytes_max > self.transaction_bytes_max:
             raise InvalidArgument("config value_bytes_max exceeds transaction_bytes_max")

@@ -100,7 +100,8 @@ class Store:
         self._visibility_cache: OrderedDict[tuple[Any, int], np.ndarray] = OrderedDict()
         self.tables = Tables(os.path.join(self.path, "state.duckdb"))
         self.wal = WriteAheadLog(os.path.join(self.path, "wal"), fsync=self.config.fsync,
-                                 segment_bytes_max=self.config.segment_bytes_max)
+                                 segment_bytes_max=self.config.segment_bytes_max,
+                                 preallocate_bytes=self.config.wal_preallocate_bytes)
         self.schema = self.tables.schema
         self.directory = NodeDirectory()
         self.edges: dict[str, EdgeIndex] = {}

@@ -316,6 +316,86 @@ def test_zero_filled_tail_is_truncated_on_open(tmp_path):
         wal.close()
 
 
+def _crashed_log(directory: str, count: int) -> tuple[str, list[int]]:
+    """A log whose writer stopped without closing: frames, then its preallocated zeros."""
+    wal = WriteAheadLog(directory, preallocate_bytes=64 << 10)
+    offsets, position = [], 0
+    for i in range(count):
+        offsets.append(position)
+        payload = _payload(i, size=100)
+        wal.append(payload, 1)
+        position += frames.HEADER_BYTES + len(payload)
+    wal.sync_to(count)
+    os.close(wal._fd)  # the process died here: no seal, no truncation of the zeros
+    return os.path.join(directory, segment_name(1)), offsets + [position]
+
+
+def test_live_segment_is_preallocated_and_a_clean_close_cuts_the_zeros(tmp_path):
+    directory = str(tmp_path / "wal")
+    wal = WriteAheadLog(directory, preallocate_bytes=64 << 10)
+    wal.append(_payload(1), 1)
+    wal.sync_to(1)
+    path = os.path.join(directory, segment_name(1))
+    assert os.path.getsize(path) == 64 << 10  # zeros written ahead: fdatasync moves only data
+    wal.close()
+    assert os.path.getsize(path) == frames.HEADER_BYTES + len(_payload(1))
+
+
+def test_crash_with_preallocated_zeros_recovers_every_record(tmp_path):
+    directory = str(tmp_path / "wal")
+    path, offsets = _crashed_log(directory, 5)
+    assert os.path.getsize(path) > offsets[-1]
+    wal = WriteAheadLog(directory)
+    try:
+        assert wal.last_lsn == 5
+        assert os.path.getsize(path) == offsets[-1]
+        assert [r.payload for r in _records(wal)] == [_payload(i, size=100) for i in range(5)]
+    finally:
+        wal.close()
+
+
+def test_torn_frame_before_preallocated_zeros_is_truncated(tmp_path):
+    directory = str(tmp_path / "wal")
+    path, offsets = _crashed_log(directory, 5)
+    with open(path, "r+b") as f:  # the last frame's second half never reached the disk
+        f.seek(offsets[4] + 60)
+        f.write(bytes(offsets[5] - offsets[4] - 60))
+    wal = WriteAheadLog(directory)
+    try:
+        assert wal.last_lsn == 4
+        assert os.path.getsize(path) == offsets[4]
+    finally:
+        wal.close()
+
+
+def test_damaged_frame_before_preallocated_zeros_with_an_intact_frame_after_raises(tmp_path):
+    directory = str(tmp_path / "wal")
+    path, offsets = _crashed_log(directory, 5)
+    with open(path, "r+b") as f:
+        f.seek(offsets[2] + 50)
+        f.write(b"\xff")
+    before = open(path, "rb").read()
+    with pytest.raises(CorruptionError) as caught:
+        WriteAheadLog(directory)
+    assert caught.value.offset == offsets[2]
+    assert open(path, "rb").read() == before  # nothing truncated
+
+
+def test_sealed_segments_hold_no_zero_tail(tmp_path):
+    directory = str(tmp_path / "wal")
+    frame = frames.HEADER_BYTES + 24
+    wal = WriteAheadLog(directory, segment_bytes_max=3 * frame, preallocate_bytes=64 << 10)
+    for i in range(7):
+        wal.append(_payload(i), 1)
+    wal.sync_to(7)
+    names = _segment_files(directory)
+    assert len(names) == 3
+    assert [os.path.getsize(os.path.join(directory, n)) for n in names[:2]] == [3 * frame, 3 * frame]
+    assert os.path.getsize(os.path.join(directory, names[2])) == 3 * frame  # capped at the segment size
+    wal.close()
+    assert os.path.getsize(os.path.join(directory, names[2])) == frame
+
+
 def test_damage_before_the_tail_raises_and_modifies_nothing(tmp_path):
     directory = str(tmp_path / "wal")
     offsets = _write_log(directory, 5)

@@ -4,6 +4,9 @@ Guarantees:
 - `append` assigns the next LSN and writes the frame; it is durable once `sync_to(lsn)` returns.
 - `sync_to` is group commit: concurrent callers share one fsync; a caller whose record was
   covered by someone else's fsync returns without one.
+- The live segment is preallocated with written zeros ahead of the appends, so a commit's sync is
+  an fdatasync that moves only data (no block allocation, no size change to journal). Sealed
+  segments and a cleanly closed log hold no zero tail; after a crash, recovery truncates it.
 - `open` scans every segment: a torn record at the very tail is truncated; any other damage
   raises CorruptionError naming the segment and byte offset, and nothing is modified.
 """
@@ -22,6 +25,10 @@ from knowledge.wal.record import Record
 from knowledge.wal.segments import parse_segment_name, segment_name
 
 SEGMENT_BYTES_MAX = 64 << 20
+PREALLOCATE_BYTES = 4 << 20  # zeros written ahead of small appends
+PREALLOCATE_FRAME_BYTES_MAX = 256 << 10  # larger frames extend the file themselves (no double write)
+_ZEROS = bytes(1 << 20)
+_datasync = getattr(os, "fdatasync", os.fsync)  # fdatasync also flushes a changed file size
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +98,8 @@ def _is_tail_damage(data: bytes, offset: int, exc: frames.FrameError) -> bool:
         return True  # a file extended with zeros whose data never reached the disk
     if len(rest) >= frames.HEADER.size:
         _, payload_bytes, *_ = frames.HEADER.unpack_from(rest, 0)
-        return frames.HEADER_BYTES + payload_bytes >= len(rest)  # the last frame in the file
+        # the last frame in the file, or the last before the preallocated zeros
+        return not rest[frames.HEADER_BYTES + payload_bytes:].strip(b"\x00")
     return False
 
 
@@ -111,15 +119,19 @@ def _intact_frame_after(data: bytes, offset: int) -> bool:
 class WriteAheadLog:
     """The log in one directory. Thread-safe: appends serialise, syncs are shared."""
 
-    def __init__(self, directory: str, *, fsync: bool = True, segment_bytes_max: int = SEGMENT_BYTES_MAX) -> None:
+    def __init__(self, directory: str, *, fsync: bool = True, segment_bytes_max: int = SEGMENT_BYTES_MAX,
+                 preallocate_bytes: int = PREALLOCATE_BYTES) -> None:
+        invariant(segment_bytes_max > 0 and preallocate_bytes >= 0, "WAL sizes must be positive")
         self.directory = directory
         self.fsync_enabled = fsync
         self.segment_bytes_max = segment_bytes_max
+        self.preallocate_bytes = preallocate_bytes
         self._append_lock = threading.Lock()
         self._sync_lock = threading.Lock()
         self._segments: list[Segment] = []
         self._fd = -1
-        self._segment_bytes = 0
+        self._segment_bytes = 0  # bytes of frames in the live segment
+        self._allocated_bytes = 0  # file size of the live segment (frames, then zeros)
         self._last_lsn = 0
         self._last_epoch = 0
         self._durable_lsn = 0
@@ -146,10 +158,10 @@ class WriteAheadLog:
                     with open(seg.path, "r+b") as f:
                         f.truncate(valid_bytes)
                         os.fsync(f.fileno())
-                self._segment_bytes = valid_bytes
+                self._segment_bytes = self._allocated_bytes = valid_bytes
         if self._segments:
             invariant(self._segments[0].first_lsn <= self._last_lsn + 1, "first segment starts after tail")
-            self._fd = os.open(self._segments[-1].path, os.O_WRONLY | os.O_APPEND)
+            self._fd = os.open(self._segments[-1].path, os.O_WRONLY)
         self._durable_lsn = self._last_lsn
 
     # -- positions --------------------------------------------------------------------------
@@ -180,34 +192,54 @@ class WriteAheadLog:
             frame = frames.encode(Record(lsn, epoch, time.time_ns(), payload))
             if self._fd < 0 or self._segment_bytes + len(frame) > self.segment_bytes_max and self._segment_bytes:
                 self._roll(lsn)
+            end = self._segment_bytes + len(frame)
             try:
-                written = os.write(self._fd, frame)
+                if end > self._allocated_bytes and len(frame) <= PREALLOCATE_FRAME_BYTES_MAX:
+                    self._preallocate(end)
+                written = os.pwrite(self._fd, frame, self._segment_bytes)
                 invariant(written == len(frame), "short WAL write")
             except BaseException as exc:
                 self._undo_partial_write(exc)
                 raise
-            self._segment_bytes += len(frame)
+            self._segment_bytes = end
+            self._allocated_bytes = max(self._allocated_bytes, end)
             self._last_lsn = lsn
             self._last_epoch = epoch
             return lsn
 
+    def _preallocate(self, end: int) -> None:
+        """Write zeros from the allocated end to past `end`, within the segment's size cap."""
+        target = min(max(end, self._segment_bytes + self.preallocate_bytes), self.segment_bytes_max)
+        position = self._allocated_bytes
+        while position < target:
+            position += os.pwrite(self._fd, _ZEROS[:min(len(_ZEROS), target - position)], position)
+        self._allocated_bytes = max(self._allocated_bytes, position)
+
     def _undo_partial_write(self, exc: BaseException) -> None:
         try:
             os.ftruncate(self._fd, self._segment_bytes)
+            self._allocated_bytes = self._segment_bytes
         except OSError:
             self._failed = exc
 
+    def _seal(self) -> None:
+        """Cut the live segment's zero tail and make it durable (before a roll or close)."""
+        if self._allocated_bytes != self._segment_bytes:
+            os.ftruncate(self._fd, self._segment_bytes)
+            self._allocated_bytes = self._segment_bytes
+        if self.fsync_enabled:
+            os.fsync(self._fd)
+
     def _roll(self, first_lsn: int) -> None:
         if self._fd >= 0:
-            if self.fsync_enabled:
-                os.fsync(self._fd)
+            self._seal()
             os.close(self._fd)
         path = os.path.join(self.directory, segment_name(first_lsn))
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o644)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         if self.fsync_enabled:
             fsync_directory(self.directory)
         self._segments.append(Segment(first_lsn, path))
-        self._segment_bytes = 0
+        self._segment_bytes = self._allocated_bytes = 0
 
     def sync_to(self, lsn: int) -> None:
         """Return once every record up to `lsn` is on stable storage (shares fsyncs)."""
@@ -222,7 +254,7 @@ class WriteAheadLog:
                 fd = os.dup(self._fd)  # a concurrent segment roll may close self._fd meanwhile
             try:
                 if self.fsync_enabled:
-                    os.fsync(fd)
+                    _datasync(fd)
                     self.fsync_count += 1
             except OSError as exc:
                 self._failed = exc  # after a failed fsync the page cache state is unknown
@@ -275,7 +307,7 @@ class WriteAheadLog:
     def close(self) -> None:
         with self._append_lock:
             if self._fd >= 0:
-                if self.fsync_enabled and self._failed is None:
-                    os.fsync(self._fd)
+                if self._failed is None:
+                    self._seal()
                 os.close(self._fd)
                 self._fd = -1
