@@ -78,9 +78,9 @@ class NodeDirectory:
         self.next_id += count
         return np.arange(first, first + count, dtype=np.int64)
 
-    def stage_upsert(self, type_name: str, keys: list[Any], ids: np.ndarray) -> None:
+    def stage_upsert(self, type_name: str, keys: list[Any], ids: np.ndarray | list[int]) -> None:
         mapping = self.ids[type_name]
-        mapping.update(zip(keys, ids.tolist(), strict=True))
+        mapping.update(zip(keys, ids.tolist() if isinstance(ids, np.ndarray) else ids, strict=True))
 
     def stage_delete(self, ids: list[int]) -> None:
         self.pending_deletes.update(ids)
@@ -106,13 +106,28 @@ class NodeDirectory:
             mapping.setdefault(key, node)
         self._set_labels(ids, labels)
 
-    def _set_labels(self, ids: np.ndarray, labels: pa.Array | None) -> None:
+    def apply_upsert_rows(self, type_name: str, ids: list[int], keys: list[Any], labels: list[list[str]]) -> None:
+        """apply_upsert for a few rows given as Python lists."""
+        code = self.ensure_type(type_name)
+        top = max(ids) + 1 if ids else 0
+        self.next_id = max(self.next_id, top)
+        self.type_of = _grow(self.type_of, top, ABSENT)
+        self.key_of = _grow(self.key_of, top, None)
+        mapping = self.ids[type_name]
+        for node, key in zip(ids, keys, strict=True):
+            self.type_of[node] = code
+            self.key_of[node] = key
+            mapping.setdefault(key, node)
+        self._set_labels(np.array(ids, dtype=np.int64), labels)
+
+    def _set_labels(self, ids: np.ndarray, labels: pa.Array | list[list[str]] | None) -> None:
         """Replace the labels of `ids` (a list<string> array aligned with ids; None clears them)."""
         for bitmap in self.labels.values():
             inside = ids[ids < len(bitmap)]
             bitmap[inside] = False
         if labels is not None and 0 < len(ids) <= SMALL_BATCH:
-            for node, node_labels in zip(ids.tolist(), labels.to_pylist(), strict=True):
+            rows_labels = labels if isinstance(labels, list) else labels.to_pylist()
+            for node, node_labels in zip(ids.tolist(), rows_labels, strict=True):
                 for label in node_labels or ():
                     bitmap = self.labels.get(label)
                     if bitmap is None or len(bitmap) < len(self.type_of):
@@ -120,6 +135,8 @@ class NodeDirectory:
                                                             np.zeros(0, dtype=bool), len(self.type_of), False)
                     bitmap[node] = True
         elif labels is not None and len(ids):
+            if isinstance(labels, list):
+                labels = pa.array(labels, type=pa.list_(pa.string()))
             labels = labels.combine_chunks() if isinstance(labels, pa.ChunkedArray) else labels
             flat = pc.list_flatten(labels)
             if len(flat):

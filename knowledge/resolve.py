@@ -18,6 +18,7 @@ from knowledge.errors import MissingEndpoint, PermissionDenied, ValueTooLarge, W
 from knowledge.graph import EdgeIndex, unique_sorted
 from knowledge.ops import FLAG_MAY_REPLACE, Op, OpKind
 from knowledge.principal import Principal
+from knowledge.rows import NodeRows
 from knowledge.schema import Schema
 from knowledge.values import EdgeBatch
 
@@ -26,7 +27,7 @@ from knowledge.values import EdgeBatch
 class Staged:
     """What a resolved transaction will change, for the directory's staged view."""
 
-    upserts: list[tuple[str, list[Any], np.ndarray]] = field(default_factory=list)
+    upserts: list[tuple[str, list[Any], np.ndarray | list[int]]] = field(default_factory=list)
     deletes: list[int] = field(default_factory=list)
     next_id: int = 0
 
@@ -57,7 +58,9 @@ class Resolver:
         return node
 
     # -- nodes --------------------------------------------------------------------------------
-    def upsert_nodes(self, type_name: str, table: pa.Table) -> Op:
+    def upsert_nodes(self, type_name: str, table: pa.Table | NodeRows) -> Op:
+        if isinstance(table, NodeRows):
+            return self._upsert_rows(type_name, table)
         key = self.schema.nodes[type_name].key
         keys = table.column(key).to_pylist()
         last = {k: i for i, k in enumerate(keys)}
@@ -83,10 +86,37 @@ class Resolver:
         out = table.add_column(0, "_id", id_array)
         return Op(OpKind.UPSERT_NODES, type_name, table=out, flags=FLAG_MAY_REPLACE if may_replace else 0)
 
+    def _upsert_rows(self, type_name: str, rows: NodeRows) -> Op:
+        """upsert_nodes for small dict batches: the same checks and ids, without Arrow."""
+        keys = rows.column(self.schema.nodes[type_name].key)
+        last = {k: i for i, k in enumerate(keys)}
+        if len(last) != len(keys):
+            rows = rows.take(sorted(last.values()))
+            keys = rows.column(self.schema.nodes[type_name].key)
+        if not self.principal.admin:
+            self._check_labels_writable(type_name, rows.labels)
+        existing = [self.lookup(type_name, k) for k in keys]
+        if not self.principal.admin:
+            self._check_overwrite(type_name, keys, existing)
+        ids = []
+        for node in existing:
+            if node is None:
+                node = self.staged.next_id
+                self.staged.next_id += 1
+            ids.append(node)
+        local = self.local.setdefault(type_name, {})
+        local.update(zip(keys, ids, strict=True))
+        self.staged.upserts.append((type_name, keys, ids))
+        flags = FLAG_MAY_REPLACE if any(node is not None for node in existing) else 0
+        return Op(OpKind.UPSERT_NODES, type_name, rows=rows.with_ids(ids), flags=flags)
+
     def _check_write_labels(self, type_name: str, table: pa.Table) -> None:
         if self.principal.admin:
             return
-        for row, labels in enumerate(table.column("_labels").to_pylist()):
+        self._check_labels_writable(type_name, table.column("_labels").to_pylist())
+
+    def _check_labels_writable(self, type_name: str, rows_labels: list[list[str]]) -> None:
+        for row, labels in enumerate(rows_labels):
             if not labels or not self.principal.can_write_labels(set(labels)):
                 raise PermissionDenied(f"principal {self.principal.name!r} may not write {type_name} row {row} "
                                        f"with labels {labels} (needs a write grant on every label)")

@@ -34,6 +34,7 @@ from knowledge.ops import Op, OpKind, decode_ops, encode_ops
 from knowledge.position import Position
 from knowledge.principal import ADMIN, Principal
 from knowledge.resolve import Resolver, check_payload_size
+from knowledge.rows import NodeRows
 from knowledge.schema import Schema
 from knowledge.tables import Tables, node_table, query_arrow
 from knowledge.vectors import VectorIndex
@@ -394,6 +395,13 @@ class Store:
                                                                                self.config.vectors))
                 for name in self.schema.edges:
                     self.edges.setdefault(name, EdgeIndex(self.config.overlay_edges_max))
+            elif op.kind == OpKind.UPSERT_NODES and op.rows is not None:
+                rows = op.rows
+                assert rows.ids is not None
+                directory.apply_upsert_rows(op.name, rows.ids, rows.column(self.schema.nodes[op.name].key),
+                                            rows.labels)
+                self._apply_vectors([op])
+                self._apply_keywords(op)
             elif op.kind == OpKind.UPSERT_NODES:
                 assert op.table is not None
                 key = self.schema.nodes[op.name].key
@@ -419,12 +427,16 @@ class Store:
     def _apply_vectors(self, ops: list[Op], only: tuple[str, str] | None = None) -> None:
         """Feed node upserts and deletes to the vector indexes (all, or the `only` one)."""
         for op in ops:
-            if op.kind not in (OpKind.UPSERT_NODES, OpKind.DELETE_NODES) or op.table is None:
+            if op.kind not in (OpKind.UPSERT_NODES, OpKind.DELETE_NODES) or (op.table is None and op.rows is None):
                 continue
             node_type = self.schema.nodes.get(op.name)
             props = node_type.vector_properties if node_type is not None else []
             if not props:
                 continue
+            if op.rows is not None:
+                self._apply_vector_rows(op.rows, props, only)
+                continue
+            assert op.table is not None
             ids = op.table.column("_id").to_numpy()
             for prop in props:
                 index = self.vectors.get((op.name, prop.name))
@@ -440,16 +452,41 @@ class Store:
                     values = pc.list_flatten(column.filter(pa.array(present))).to_numpy(zero_copy_only=False)
                     index.upsert(ids[present], values.reshape(-1, index.dimension))
 
+    def _apply_vector_rows(self, rows: NodeRows, props: list[Any], only: tuple[str, str] | None) -> None:
+        """_apply_vectors for an upsert given as NodeRows."""
+        assert rows.ids is not None
+        for prop in props:
+            index = self.vectors.get((rows.type_name, prop.name))
+            if index is None or (only is not None and only != (rows.type_name, prop.name)):
+                continue
+            values = rows.column(prop.name) if prop.name in rows.names else [None] * len(rows)
+            absent = [node for node, value in zip(rows.ids, values, strict=True) if value is None]
+            if absent:
+                index.remove(np.array(absent, dtype=np.int64))
+            present = [(node, value) for node, value in zip(rows.ids, values, strict=True) if value is not None]
+            if present:
+                index.upsert(np.array([node for node, _ in present], dtype=np.int64),
+                             np.stack([value for _, value in present]))
+
     def _apply_keywords(self, op: Op) -> None:
         """Feed a node upsert or delete to the keyword indexes of its type's text properties."""
-        assert op.table is not None
-        ids = op.table.column("_id").to_numpy()
+        if op.rows is not None:
+            assert op.rows.ids is not None
+            ids = np.array(op.rows.ids, dtype=np.int64)
+            names: tuple[str, ...] | list[str] = op.rows.names
+        else:
+            assert op.table is not None
+            ids = op.table.column("_id").to_numpy()
+            names = op.table.column_names
         for (type_name, prop), index in self.keywords.items():
             if type_name != op.name:
                 continue
-            if op.kind == OpKind.DELETE_NODES or prop not in op.table.column_names:
+            if op.kind == OpKind.DELETE_NODES or prop not in names:
                 index.remove(ids)
+            elif op.rows is not None:
+                index.upsert(ids, op.rows.column(prop))
             else:
+                assert op.table is not None
                 index.upsert(ids, op.table.column(prop).to_pylist())
 
     def _fail(self, exc: BaseException) -> None:

@@ -97,10 +97,8 @@ class Tables:
                             self._apply_data(con, lsn, op, schema)
                 if run:
                     self._insert_run(con, run)
-                next_id = max([self.next_id] + [int(pc.max(op.table.column("_id")).as_py()) + 1
-                                                for _, _, ops in records for op in ops
-                                                if op.kind == OpKind.UPSERT_NODES and op.table is not None
-                                                and op.table.num_rows])
+                next_id = max([self.next_id] + [_top_id(op) + 1 for _, _, ops in records for op in ops
+                                                if op.kind == OpKind.UPSERT_NODES])
                 self._set_meta(con, "applied_lsn", records[-1][0])
                 self._set_meta(con, "applied_epoch", records[-1][1])
                 self._set_meta(con, "next_id", next_id)  # ids are never reused, even after a reopen
@@ -141,13 +139,15 @@ class Tables:
                 con.execute(f"ALTER TABLE {table} ADD COLUMN {quote(prop_name)} {sql_type(prop)}")
 
     def _apply_data(self, con: duckdb.DuckDBPyConnection, lsn: int, op: Op, schema: Schema) -> None:
-        assert op.table is not None
         if op.kind == OpKind.UPSERT_NODES:
             table = node_table(op.name)
             if op.may_replace:
-                self._delete_ids(con, table, "_id", op.table.column("_id"))
+                ids = op.rows.ids if op.rows is not None else op.arrow().column("_id")
+                self._delete_ids(con, table, "_id", ids)
             self._insert_run(con, [(lsn, op)])
-        elif op.kind == OpKind.DELETE_NODES:
+            return
+        assert op.table is not None
+        if op.kind == OpKind.DELETE_NODES:
             ids = op.table.column("_id")
             self._delete_ids(con, node_table(op.name), "_id", ids)
             for edge_name, edge_type in schema.edges.items():
@@ -167,8 +167,8 @@ class Tables:
         """Insert the rows of several insert-only ops on one table at once, each row with its op's LSN."""
         first = run[0][1]
         table = node_table(first.name) if first.kind == OpKind.UPSERT_NODES else edge_table(first.name)
-        parts = [op.table.append_column("_lsn", pa.array(np.full(op.table.num_rows, lsn, dtype=np.int64)))
-                 for lsn, op in run if op.table is not None]
+        parts = [op.arrow().append_column("_lsn", pa.array(np.full(len(op.arrow()), lsn, dtype=np.int64)))
+                 for lsn, op in run]
         batch = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
         cols = ", ".join(quote(c) for c in batch.column_names)
         con.register("_batch", batch)
@@ -222,13 +222,20 @@ class Tables:
 
 def _joins_run(run: list[tuple[int, Op]], op: Op) -> bool:
     """Whether `op` is a plain insert (no row it writes exists yet) that can share the run's INSERT."""
-    if op.kind not in (OpKind.UPSERT_NODES, OpKind.UPSERT_EDGES) or op.may_replace or op.table is None:
+    if op.kind not in (OpKind.UPSERT_NODES, OpKind.UPSERT_EDGES) or op.may_replace:
         return False
     if not run:
         return True
     first = run[0][1]
-    assert first.table is not None
-    return first.kind == op.kind and first.name == op.name and first.table.schema.equals(op.table.schema)
+    return first.kind == op.kind and first.name == op.name and first.arrow().schema.equals(op.arrow().schema)
+
+
+def _top_id(op: Op) -> int:
+    """The highest node id an upsert writes (-1 when it writes none)."""
+    if op.rows is not None:
+        return max(op.rows.ids or [-1])
+    column = op.arrow().column("_id")
+    return int(pc.max(column).as_py()) if len(column) else -1
 
 
 def query_arrow(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> pa.Table:

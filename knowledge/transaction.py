@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from knowledge.errors import KnowledgeError, UnknownType
+from knowledge.rows import is_small, node_rows
 from knowledge.values import Rows, edge_batch, node_batch
 
 if TYPE_CHECKING:
@@ -60,6 +61,8 @@ class Transaction:
         """Insert or replace nodes (by key). Missing optional properties become null."""
         node_type = self._node_type(type_name)
         config = self.session.store.config
+        if is_small(rows):  # a few dict rows: same checks, no Arrow until the table applier
+            return self._add("upsert_nodes", type_name, lambda: node_rows(node_type, rows, config))
         return self._add("upsert_nodes", type_name, lambda: node_batch(node_type, rows, config))
 
     def delete_nodes(self, type_name: str, keys: Iterable[Any]) -> Transaction:

@@ -45,7 +45,7 @@ def to_table(rows: Rows, type_name: str) -> pa.Table | list[Mapping[str, Any]]:
                           f"got {type(rows).__name__}", type_name=type_name)
 
 
-def _convert_value(prop: Property, value: Any) -> Any:
+def convert_value(prop: Property, value: Any) -> Any:
     """One Python value as the Arrow builder wants it; raise TypeError/ValueError when it does not fit."""
     if value is None:
         return None
@@ -90,28 +90,44 @@ def _timestamp(value: Any) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
-def _vector(prop: Property, value: Any) -> list[float]:
+def vector_array(prop: Property, value: Any) -> np.ndarray:
+    """`value` as a float32 vector of the property's dimension; ValueError when it is not one."""
     array = np.asarray(value, dtype=np.float32)
     if array.ndim != 1 or array.shape[0] != prop.dimension:
         raise ValueError(f"expected a vector of dimension {prop.dimension}, got shape {array.shape}")
     if not np.isfinite(array).all():
         raise ValueError("vector has NaN or infinite components")
-    return array.tolist()
+    return array
+
+
+def _vector(prop: Property, value: Any) -> list[float]:
+    return vector_array(prop, value).tolist()
 
 
 def _column_from_values(type_name: str, prop: Property, values: list[Any]) -> pa.Array:
     converted = []
     for index, value in enumerate(values):
         try:
-            converted.append(_convert_value(prop, value))
+            converted.append(convert_value(prop, value))
         except (TypeError, ValueError, OverflowError) as exc:
             raise TypeMismatch(f"bad value for {prop.type} property: {exc}", type_name=type_name, row=index,
                                field=prop.name, value=value) from None
     try:
         return pa.array(converted, type=prop.arrow_type())
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
-        raise TypeMismatch(f"bad value for {prop.type} property: {exc}", type_name=type_name,
-                           field=prop.name) from None
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, UnicodeEncodeError) as exc:
+        row = _first_refused_row(converted, prop.arrow_type())
+        raise TypeMismatch(f"bad value for {prop.type} property: {exc}", type_name=type_name, row=row,
+                           field=prop.name, value=None if row is None else values[row]) from None
+
+
+def _first_refused_row(values: list[Any], arrow_type: pa.DataType) -> int | None:
+    """The first row whose value Arrow will not store as `arrow_type` (lone surrogates, int overflow)."""
+    for index, value in enumerate(values):
+        try:
+            pa.array([value], type=arrow_type)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, UnicodeEncodeError):
+            return index
+    return None
 
 
 def _column_from_arrow(type_name: str, prop: Property, column: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -216,24 +232,32 @@ def _labels_column(type_name: str, source: pa.Table | list[Mapping[str, Any]], r
             raise TypeMismatch("_labels must be a list of non-empty str", type_name=type_name, field="_labels")
         column = normalise_labels(column.combine_chunks())
     else:
-        values = []
-        for index, row in enumerate(source):
-            labels = row.get("_labels") or []
-            if isinstance(labels, str) or not all(isinstance(x, str) and x for x in labels):
-                raise TypeMismatch("_labels must be a list of non-empty str", type_name=type_name,
-                                   row=index, field="_labels", value=labels)
-            if len(labels) > config.labels_per_node_max:
-                raise ValueTooLarge(f"more than {config.labels_per_node_max} labels on a node",
-                                    type_name=type_name, row=index, field="_labels")
-            values.append(sorted(set(labels)))
-        return pa.array(values, type=LABELS_TYPE)
+        values = [labels_of_row(type_name, index, row, config) for index, row in enumerate(source)]
+        try:
+            return pa.array(values, type=LABELS_TYPE)
+        except (pa.ArrowInvalid, UnicodeEncodeError) as exc:
+            row = _first_refused_row(values, LABELS_TYPE)
+            raise TypeMismatch(f"invalid label text: {exc}", type_name=type_name, row=row,
+                               field="_labels") from None
     if len(column) and pc.max(pc.list_value_length(column)).as_py() > config.labels_per_node_max:
         raise ValueTooLarge(f"more than {config.labels_per_node_max} labels on a node", type_name=type_name,
                             field="_labels")
     return column
 
 
-def _check_unknown_fields(type_name: str, source: pa.Table | list[Mapping[str, Any]],
+def labels_of_row(type_name: str, index: int, row: Mapping[str, Any], config: StoreConfig) -> list[str]:
+    """A dict row's `_labels` as a sorted set; TypeMismatch or ValueTooLarge naming the row."""
+    labels = row.get("_labels") or []
+    if isinstance(labels, str) or not all(isinstance(x, str) and x for x in labels):
+        raise TypeMismatch("_labels must be a list of non-empty str", type_name=type_name,
+                           row=index, field="_labels", value=labels)
+    if len(labels) > config.labels_per_node_max:
+        raise ValueTooLarge(f"more than {config.labels_per_node_max} labels on a node",
+                            type_name=type_name, row=index, field="_labels")
+    return sorted(set(labels))
+
+
+def check_unknown_fields(type_name: str, source: pa.Table | Sequence[Mapping[str, Any]],
                           allowed: set[str]) -> None:
     if isinstance(source, pa.Table):
         unknown = [name for name in source.column_names if name not in allowed]
@@ -272,7 +296,7 @@ def node_batch(node_type: NodeType, rows: Rows, config: StoreConfig) -> pa.Table
     if count > config.transaction_rows_max:
         raise ValueTooLarge(f"{count} rows exceed transaction_rows_max={config.transaction_rows_max}",
                             type_name=node_type.name)
-    _check_unknown_fields(node_type.name, source, set(node_type.properties) | {"_labels"})
+    check_unknown_fields(node_type.name, source, set(node_type.properties) | {"_labels"})
     columns = _typed_columns(node_type.name, node_type.properties, source, count, config, node_type.key)
     columns["_labels"] = _labels_column(node_type.name, source, count, config)
     return pa.table(columns)
@@ -299,7 +323,7 @@ def edge_batch(edge_type: EdgeType, rows: Rows, config: StoreConfig, *, with_pro
     if count > config.transaction_rows_max:
         raise ValueTooLarge(f"{count} rows exceed transaction_rows_max", type_name=edge_type.name)
     allowed = set(edge_type.properties) if with_properties else set()
-    _check_unknown_fields(edge_type.name, source, allowed | {"src", "dst", "src_type", "dst_type"})
+    check_unknown_fields(edge_type.name, source, allowed | {"src", "dst", "src_type", "dst_type"})
     props = edge_type.properties if with_properties else {}
     columns = _typed_columns(edge_type.name, props, source, count, config, None)
     return EdgeBatch(

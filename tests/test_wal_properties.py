@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -13,7 +14,8 @@ from hypothesis import strategies as st
 
 import knowledge
 from knowledge.errors import CorruptionError, MissingEndpoint, NotFound
-from knowledge.ops import Op, OpKind, decode_ops, encode_ops
+from knowledge.ops import FLAG_ROWS, Op, OpKind, decode_ops, encode_ops
+from knowledge.rows import NodeRows
 from knowledge.wal import Record, WriteAheadLog
 from knowledge.wal import record as frames
 from knowledge.wal.segments import segment_name
@@ -215,19 +217,46 @@ def arrow_tables(draw):
     return pa.table(columns)
 
 
+ROW_KINDS = {
+    "str": st.text(st.characters(blacklist_categories=("Cs",)), max_size=12),
+    "int": st.integers(-(2**63), 2**63 - 1),
+    "float": st.floats(allow_nan=False),
+    "bool": st.booleans(),
+    "timestamp": st.integers(-(2**50), 2**50),
+    "list[str]": st.lists(st.text(st.characters(blacklist_categories=("Cs",)), max_size=5), max_size=3),
+    "vector[3]": st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=3, max_size=3).map(
+        lambda v: np.array(v, dtype=np.float32)),
+}
+
+
+@st.composite
+def node_rows_strategy(draw, name):
+    count = draw(st.integers(min_value=0, max_value=5))
+    kinds = draw(st.lists(st.sampled_from(sorted(ROW_KINDS)), min_size=1, max_size=4))
+    columns = [draw(st.lists(st.none() | ROW_KINDS[kind], min_size=count, max_size=count)) for kind in kinds]
+    labels = draw(st.lists(st.lists(st.text(min_size=1, max_size=4), max_size=2), min_size=count, max_size=count))
+    ids = draw(st.none() | st.lists(st.integers(0, 2**40), min_size=count, max_size=count))
+    return NodeRows(name, tuple(f"p{i}" for i in range(len(kinds))), tuple(kinds), columns, labels, ids)
+
+
 @st.composite
 def ops_strategy(draw):
     kind = draw(st.sampled_from(list(OpKind)))
-    flags = draw(st.integers(min_value=0, max_value=255))
+    flags = draw(st.integers(min_value=0, max_value=255)) & ~FLAG_ROWS
     name = draw(names)
     if kind in (OpKind.SCHEMA, OpKind.META):
         return Op(kind, name, document=draw(json_values), flags=flags)
+    if kind == OpKind.UPSERT_NODES and draw(st.booleans()):
+        return Op(kind, name, rows=draw(node_rows_strategy(name)), flags=flags)
     return Op(kind, name, table=draw(arrow_tables()), flags=flags)
 
 
 def _same_op(a: Op, b: Op) -> bool:
     if (a.kind, a.name, a.flags, a.document) != (b.kind, b.name, b.flags, b.document):
         return False
+    if a.rows is not None or b.rows is not None:
+        return (a.rows is not None and b.rows is not None and a.rows.encode() == b.rows.encode()
+                and a.rows.to_table().equals(b.rows.to_table()))
     if a.table is None or b.table is None:
         return a.table is None and b.table is None
     return a.table.schema == b.table.schema and a.table.equals(b.table)
