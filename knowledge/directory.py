@@ -114,11 +114,27 @@ class NodeDirectory:
         self.type_of = _grow(self.type_of, top, ABSENT)
         self.key_of = _grow(self.key_of, top, None)
         mapping = self.ids[type_name]
+        type_of, key_of = self.type_of, self.key_of
+        replaced = False
         for node, key in zip(ids, keys, strict=True):
-            self.type_of[node] = code
-            self.key_of[node] = key
+            replaced = replaced or bool(type_of[node] != ABSENT)
+            type_of[node] = code
+            key_of[node] = key
             mapping.setdefault(key, node)
-        self._set_labels(np.array(ids, dtype=np.int64), labels)
+        if replaced:
+            self._set_labels(np.array(ids, dtype=np.int64), labels)
+            return
+        for node, node_labels in zip(ids, labels, strict=True):  # fresh ids: no old labels to clear
+            for label in node_labels:
+                self._label_bitmap_for_write(label)[node] = True
+        self.version += 1
+
+    def _label_bitmap_for_write(self, label: str) -> np.ndarray:
+        bitmap = self.labels.get(label)
+        if bitmap is None or len(bitmap) < len(self.type_of):
+            bitmap = self.labels[label] = _grow(bitmap if bitmap is not None else np.zeros(0, dtype=bool),
+                                                len(self.type_of), False)
+        return bitmap
 
     def _set_labels(self, ids: np.ndarray, labels: pa.Array | list[list[str]] | None) -> None:
         """Replace the labels of `ids` (a list<string> array aligned with ids; None clears them)."""
@@ -129,11 +145,7 @@ class NodeDirectory:
             rows_labels = labels if isinstance(labels, list) else labels.to_pylist()
             for node, node_labels in zip(ids.tolist(), rows_labels, strict=True):
                 for label in node_labels or ():
-                    bitmap = self.labels.get(label)
-                    if bitmap is None or len(bitmap) < len(self.type_of):
-                        bitmap = self.labels[label] = _grow(bitmap if bitmap is not None else
-                                                            np.zeros(0, dtype=bool), len(self.type_of), False)
-                    bitmap[node] = True
+                    self._label_bitmap_for_write(label)[node] = True
         elif labels is not None and len(ids):
             if isinstance(labels, list):
                 labels = pa.array(labels, type=pa.list_(pa.string()))

@@ -30,6 +30,7 @@ INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 MICROSECOND = dt.timedelta(microseconds=1)
 _TEXT_KINDS = frozenset(("str", "text", "json"))
+_JSON = json.JSONEncoder(separators=(",", ":"))  # one encoder: json.dumps builds one per call with options
 
 
 @dataclass(slots=True)
@@ -75,9 +76,11 @@ class NodeRows:
     # -- WAL form ---------------------------------------------------------------------------------
     def encode(self) -> bytes:
         """The JSON bytes of these rows (vectors as base64 little-endian float32)."""
-        columns = [_encode_column(kind, values) for kind, values in zip(self.kinds, self.columns, strict=True)]
+        columns = self.columns
+        if any(kind.startswith("vector") for kind in self.kinds):
+            columns = [_encode_column(kind, values) for kind, values in zip(self.kinds, columns, strict=True)]
         document = {"n": self.names, "k": self.kinds, "c": columns, "l": self.labels, "i": self.ids}
-        return json.dumps(document, separators=(",", ":")).encode()
+        return _JSON.encode(document).encode()
 
     @classmethod
     def decode(cls, type_name: str, blob: bytes | memoryview) -> NodeRows:

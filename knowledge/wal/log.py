@@ -187,9 +187,10 @@ class WriteAheadLog:
         """Write one record with the next LSN and return that LSN (not yet durable)."""
         with self._append_lock:
             self._check_healthy()
-            invariant(epoch >= self._last_epoch, f"epoch went back from {self._last_epoch} to {epoch}")
+            if epoch < self._last_epoch:
+                invariant(False, f"epoch went back from {self._last_epoch} to {epoch}")
             lsn = self._last_lsn + 1
-            frame = frames.encode(Record(lsn, epoch, time.time_ns(), payload))
+            frame = frames.encode_frame(lsn, epoch, time.time_ns(), payload)
             if self._fd < 0 or self._segment_bytes + len(frame) > self.segment_bytes_max and self._segment_bytes:
                 self._roll(lsn)
             end = self._segment_bytes + len(frame)

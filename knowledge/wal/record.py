@@ -44,11 +44,15 @@ class FrameError(Exception):
 
 def encode(record: Record) -> bytes:
     """Return the frame of `record`."""
-    if len(record.payload) > PAYLOAD_BYTES_MAX:
-        raise ValueError(f"payload of {len(record.payload)} bytes exceeds {PAYLOAD_BYTES_MAX}")
-    head = HEADER.pack(MAGIC, len(record.payload), record.lsn, record.epoch, record.timestamp_ns)
-    crc = zlib.crc32(record.payload, zlib.crc32(head))
-    return b"".join((head, CRC.pack(crc), record.payload))
+    return encode_frame(record.lsn, record.epoch, record.timestamp_ns, record.payload)
+
+
+def encode_frame(lsn: int, epoch: int, timestamp_ns: int, payload: bytes) -> bytes:
+    """Return the frame of the record (lsn, epoch, timestamp_ns, payload)."""
+    if len(payload) > PAYLOAD_BYTES_MAX:
+        raise ValueError(f"payload of {len(payload)} bytes exceeds {PAYLOAD_BYTES_MAX}")
+    head = HEADER.pack(MAGIC, len(payload), lsn, epoch, timestamp_ns)
+    return b"".join((head, CRC.pack(zlib.crc32(payload, zlib.crc32(head))), payload))
 
 
 def decode(buffer: bytes | memoryview, offset: int) -> Record:
