@@ -36,6 +36,7 @@ from knowledge.principal import ADMIN, Principal
 from knowledge.resolve import Resolver, check_payload_size
 from knowledge.rows import NodeRows
 from knowledge.schema import Schema
+from knowledge.snapshot_file import read_snapshot, write_snapshot
 from knowledge.tables import Tables, node_table, query_arrow
 from knowledge.vectors import VectorIndex
 from knowledge.wal import WriteAheadLog
@@ -141,18 +142,39 @@ class Store:
         self._load_keywords()
 
     def _load_keywords(self) -> None:
-        """Each keyword index from its node table's text column (the WAL tail is replayed after)."""
+        """Each keyword index from its snapshot plus the WAL up to the tables' LSN, else from the node
+        table's text column (the rest of the WAL is replayed after)."""
+        applied = self.tables.applied_lsn
         for type_name, node_type in self.schema.nodes.items():
             for prop in node_type.properties.values():
                 if prop.type != "text":
                     continue
-                index = self.keywords[(type_name, prop.name)] = KeywordIndex()
-                table = self.tables.column_values(type_name, prop.name)
-                if table.num_rows:
-                    index.upsert(table.column("_id").to_numpy(), table.column("value").to_pylist())
+                key = (type_name, prop.name)
+                try:
+                    lsn, body, _ = read_snapshot(self._snapshot_path(type_name, prop.name, "keywords"))
+                    if lsn > applied or self.wal.first_lsn > lsn + 1:
+                        raise ValueError(f"snapshot at LSN {lsn} does not join the log (tables at {applied}, "
+                                         f"WAL from {self.wal.first_lsn})")
+                    self.keywords[key] = KeywordIndex.restore(body)
+                    for record in self.wal.read_from(lsn + 1, until_lsn=applied):
+                        for op in decode_ops(record.payload, record.lsn):
+                            if op.name == type_name and op.kind in (OpKind.UPSERT_NODES, OpKind.DELETE_NODES):
+                                self._apply_keywords(op, only=key)
+                except (OSError, ValueError) as exc:  # KeywordIndexError is a ValueError
+                    never_saved = isinstance(exc, FileNotFoundError) and self.tables.meta("snapshots_lsn") is None
+                    if not never_saved:
+                        log.warning("keyword index %s.%s rebuilt from the node table: %s", type_name, prop.name, exc)
+                    self.keywords[key] = self._keywords_from_table(type_name, prop.name)
 
-    def _snapshot_path(self, type_name: str, prop: str) -> str:
-        return os.path.join(self.path, "snapshots", f"vectors-{type_name}-{prop}.snap")
+    def _keywords_from_table(self, type_name: str, prop: str) -> KeywordIndex:
+        index = KeywordIndex()
+        table = self.tables.column_values(type_name, prop)
+        if table.num_rows:
+            index.upsert(table.column("_id").to_numpy(), table.column("value").to_pylist())
+        return index
+
+    def _snapshot_path(self, type_name: str, prop: str, kind: str = "vectors") -> str:
+        return os.path.join(self.path, "snapshots", f"{kind}-{type_name}-{prop}.snap")
 
     def _load_vectors(self) -> None:
         """Each vector index from its snapshot plus the WAL up to the tables' LSN, else from the table."""
@@ -468,8 +490,8 @@ class Store:
                 index.upsert(np.array([node for node, _ in present], dtype=np.int64),
                              np.stack([value for _, value in present]))
 
-    def _apply_keywords(self, op: Op) -> None:
-        """Feed a node upsert or delete to the keyword indexes of its type's text properties."""
+    def _apply_keywords(self, op: Op, only: tuple[str, str] | None = None) -> None:
+        """Feed a node upsert or delete to the keyword indexes of its type's text properties (or `only`)."""
         if op.rows is not None:
             assert op.rows.ids is not None
             ids = np.array(op.rows.ids, dtype=np.int64)
@@ -479,7 +501,7 @@ class Store:
             ids = op.table.column("_id").to_numpy()
             names = op.table.column_names
         for (type_name, prop), index in self.keywords.items():
-            if type_name != op.name:
+            if type_name != op.name or (only is not None and only != (type_name, prop)):
                 continue
             if op.kind == OpKind.DELETE_NODES or prop not in names:
                 index.remove(ids)
@@ -590,6 +612,8 @@ class Store:
                     if vectors.needs_compaction():
                         vectors.compact()
                     vectors.save(self._snapshot_path(type_name, prop), lsn)
+                for (type_name, prop), keywords in self.keywords.items():
+                    write_snapshot(self._snapshot_path(type_name, prop, "keywords"), lsn, keywords.snapshot())
             with self.tables.lock:  # from now on a missing snapshot is worth a warning
                 self.tables.con.execute("INSERT OR REPLACE INTO _meta VALUES ('snapshots_lsn', ?)", [str(lsn)])
             self.wal.remove_segments_before(lsn + 1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from knowledge import Principal
@@ -68,3 +70,41 @@ def test_updates_and_deletes(articles):
 def test_bad_input(articles, kwargs):
     with pytest.raises(InvalidArgument):
         articles.session().keyword_search(**kwargs)
+
+
+def _scores(session, query="graph databases"):
+    table = session.keyword_search(query, k=10)
+    return list(zip(table.column("_key").to_pylist(), table.column("_score").to_pylist(), strict=True))
+
+
+def test_checkpoint_snapshot_is_loaded_with_the_tail_replayed(tmp_path, monkeypatch, caplog):
+    import knowledge
+    from knowledge.store import Store
+
+    path = str(tmp_path / "kw")
+    with knowledge.open(path) as store:
+        store.define_node_type("Article", key="id", properties={"body": "text"})
+        with store.session().transaction() as tx:
+            tx.upsert_nodes("Article", [{"id": f"a{i}", "body": f"graph databases note {i}"} for i in range(20)])
+        store.checkpoint()
+        with store.session().transaction() as tx:  # after the snapshot: replayed from the WAL on open
+            tx.upsert_nodes("Article", [{"id": "a3", "body": "vector search only"}, {"id": "new", "body": "graph"}])
+            tx.delete_nodes("Article", ["a4"])
+        expected = _scores(store.session())
+    assert os.path.exists(os.path.join(path, "snapshots", "keywords-Article-body.snap"))
+
+    def no_rebuild(*_args):
+        raise AssertionError("rebuilt from the table although a snapshot exists")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Store, "_keywords_from_table", no_rebuild)
+        with knowledge.open(path) as store:
+            assert _scores(store.session()) == expected
+            assert "a4" not in [k for k, _ in _scores(store.session(), "note")]
+
+    with open(os.path.join(path, "snapshots", "keywords-Article-body.snap"), "r+b") as f:
+        f.seek(-3, os.SEEK_END)
+        f.write(b"\xff\xff\xff")
+    with caplog.at_level("WARNING"), knowledge.open(path) as store:
+        assert _scores(store.session()) == expected
+    assert "keyword index Article.body rebuilt" in caplog.text
