@@ -30,6 +30,7 @@ INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 MICROSECOND = dt.timedelta(microseconds=1)
 _TEXT_KINDS = frozenset(("str", "text", "json"))
+_EXACT_TYPES: dict[str, type] = {"str": str, "text": str, "int": int, "float": float, "bool": bool}
 _JSON = json.JSONEncoder(separators=(",", ":"))  # one encoder: json.dumps builds one per call with options
 
 
@@ -142,8 +143,12 @@ def node_rows(node_type: NodeType, rows: Sequence[Mapping[str, Any]], config: St
 
 def _column(type_name: str, prop: Property, values: list[Any], config: StoreConfig, is_key: bool) -> list[Any]:
     kind = prop.type
+    exact = _EXACT_TYPES.get(kind)
     out: list[Any] = []
     for index, value in enumerate(values):
+        if exact is not None and type(value) is exact:  # already canonical: nothing to convert
+            out.append(value)
+            continue
         try:
             if kind.startswith("vector"):
                 out.append(None if value is None else vector_array(prop, value))
