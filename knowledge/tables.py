@@ -15,8 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from knowledge.errors import ApplyError
+from knowledge.errors import ApplyError, invariant
 from knowledge.ops import Op, OpKind
+from knowledge.rows import NodeRows
 from knowledge.schema import Property, Schema
 
 _SQL_TYPES = {"str": "VARCHAR", "text": "VARCHAR", "json": "VARCHAR", "int": "BIGINT", "float": "DOUBLE",
@@ -167,9 +168,12 @@ class Tables:
         """Insert the rows of several insert-only ops on one table at once, each row with its op's LSN."""
         first = run[0][1]
         table = node_table(first.name) if first.kind == OpKind.UPSERT_NODES else edge_table(first.name)
-        parts = [op.arrow().append_column("_lsn", pa.array(np.full(len(op.arrow()), lsn, dtype=np.int64)))
-                 for lsn, op in run]
-        batch = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        if len(run) > 1 and all(op.rows is not None for _, op in run):
+            batch = _rows_batch(run)  # many small commits: one Arrow table, not one per record
+        else:
+            parts = [op.arrow().append_column("_lsn", pa.array(np.full(len(op.arrow()), lsn, dtype=np.int64)))
+                     for lsn, op in run]
+            batch = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
         cols = ", ".join(quote(c) for c in batch.column_names)
         con.register("_batch", batch)
         try:
@@ -227,7 +231,32 @@ def _joins_run(run: list[tuple[int, Op]], op: Op) -> bool:
     if not run:
         return True
     first = run[0][1]
-    return first.kind == op.kind and first.name == op.name and first.arrow().schema.equals(op.arrow().schema)
+    if first.kind != op.kind or first.name != op.name:
+        return False
+    if first.rows is not None and op.rows is not None:
+        return first.rows.names == op.rows.names and first.rows.kinds == op.rows.kinds
+    return first.arrow().schema.equals(op.arrow().schema)
+
+
+def _rows_batch(run: list[tuple[int, Op]]) -> pa.Table:
+    """One table (with `_lsn`) from a run of NodeRows ops that share their columns."""
+    first = run[0][1].rows
+    assert first is not None
+    columns: list[list[Any]] = [[] for _ in first.columns]
+    labels: list[list[str]] = []
+    ids: list[int] = []
+    lsns: list[int] = []
+    for lsn, op in run:
+        rows = op.rows
+        assert rows is not None and rows.ids is not None
+        invariant(rows.names == first.names and rows.kinds == first.kinds, "a run mixes node row shapes")
+        for merged, column in zip(columns, rows.columns, strict=True):
+            merged.extend(column)
+        labels.extend(rows.labels)
+        ids.extend(rows.ids)
+        lsns.extend([lsn] * len(rows))
+    merged_rows = NodeRows(first.type_name, first.names, first.kinds, columns, labels, ids)
+    return merged_rows.to_table().append_column("_lsn", pa.array(lsns, type=pa.int64()))
 
 
 def _top_id(op: Op) -> int:

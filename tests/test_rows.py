@@ -132,7 +132,8 @@ def test_a_store_reads_the_same_whichever_path_wrote(pair, tmp_path):
         [{"k": "c", "must": "m", "at": "2020-01-01T00:00:00+02:00", "_labels": ["eng"]},
          {"k": "c", "must": "last wins"}],
     ]
-    for batch in batches:
+    batches += [[{"k": f"run{i}", "must": "m", "n": i, "tags": [str(i)], "emb": [i, 1, 0]}] for i in range(40)]
+    for batch in batches:  # the single-row tail forms runs the table applier merges into one insert
         _write(pair[0], batch, small=True)
         _write(pair[1], batch, small=False)
     query = np.array([1, 0.1, 0], dtype=np.float32)
