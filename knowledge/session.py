@@ -8,7 +8,9 @@ same counts.
 
 from __future__ import annotations
 
+import array
 import contextlib
+import itertools
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -31,6 +33,13 @@ DIRECTIONS = ("out", "in", "both")
 LIMIT_MAX = 1_000_000
 DEPTH_MAX = 16
 SEARCH_K_MAX = 10_000
+RANKED_SCHEMAS_MAX = 64  # cached `_id, _key, _score` schemas, one per (key type, plan)
+_RANKED_NAMES = ["_id", "_key", "_score"]
+_INT64, _FLOAT32, _STRING = pa.int64(), pa.float32(), pa.string()
+_KEY_TYPES = {"str": _STRING, "int": _INT64}  # a key property's type -> the Arrow type of its values
+_INT64_DTYPE, _FLOAT32_DTYPE = np.dtype(np.int64), np.dtype(np.float32)
+RANKED_KEYS_BUILT_MAX = 256  # up to this many str keys, the key column's buffers are built in Python
+_RANKED_SCHEMAS: dict[tuple[str, str | None], pa.Schema] = {}
 _OPERATORS = {"=": "=", "==": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">=", "like": "LIKE"}
 
 
@@ -49,6 +58,8 @@ class Session:
     def __init__(self, store: Store, principal: Principal | str) -> None:
         self.store = store
         self._principal = principal
+        # (type=, property=) -> (schema it was resolved in, type name, vector property, dimension, key type)
+        self._vector_properties: dict[tuple[str | None, str | None], tuple[Any, str, Any, int, str]] = {}
 
     @property
     def principal(self) -> Principal:
@@ -285,8 +296,11 @@ class Session:
         fewer than k nodes qualify. The plan taken is in the schema metadata (b"plan").
         Raises UnknownType, InvalidArgument (wrong dimension, NaN/inf, k out of 1..10000).
         """
-        type_name, prop = self._vector_property(type, property)
-        query = _check_query_vector(vector, prop.dimension)
+        type_name, prop, dimension, key_type = self._search_target(type, property)
+        index = self.store.vectors[(type_name, prop.name)]
+        query = index.prepare_query(_query_array(vector, dimension))
+        if query is None:
+            raise InvalidArgument("query vector has NaN or infinite components")
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= SEARCH_K_MAX:
             raise InvalidArgument(f"k must be an int in 1..{SEARCH_K_MAX}, got {k!r}")
         if columns is not None:
@@ -294,11 +308,9 @@ class Session:
         allowed = self.visible()
         if where:
             allowed = allowed & self._where_mask(type_name, where, len(allowed))
-        index = self.store.vectors[(type_name, prop.name)]
         with self.store._state:
-            ids, scores, plan = index.search(query, k, allowed)
-        table = self._ranked(type_name, ids, scores, columns, "search")
-        return table.replace_schema_metadata({"plan": plan})
+            ids, scores, plan = index.search_prepared(query, k, allowed)
+        return self._ranked(type_name, ids, scores, columns, "search", plan, key_type)
 
     def keyword_search(self, query: str, k: int = 10, type: str | None = None, property: str | None = None,
                        where: dict[str, Any] | None = None, columns: Iterable[str] | None = None) -> pa.Table:
@@ -328,22 +340,39 @@ class Session:
         return self._ranked(type_name, ids, scores, columns, "search_keyword")
 
     def _ranked(self, type_name: str, ids: np.ndarray, scores: np.ndarray, columns: Iterable[str] | None,
-                api: str) -> pa.Table:
+                api: str, plan: str | None = None, key_type: str | None = None) -> pa.Table:
+        """`_id`, `_key` (from the directory), `_score`, then the requested columns (from DuckDB, only when
+        some are requested) of ranked nodes; `plan`, when given, as the schema metadata b"plan"."""
         chosen = self._columns(type_name, columns) if columns is not None else []
-        table = pa.Table.from_arrays([pa.array(ids), pa.array(self.store.directory.key_of[ids].tolist()),
-                                      pa.array(scores)], names=["_id", "_key", "_score"])
-        if chosen and len(ids):
-            rows = self._fetch(type_name, ids.tolist(), chosen)
-            position = {node: i for i, node in enumerate(rows.column("_id").to_pylist())}
-            rows = rows.take(pa.array([position[n] for n in ids.tolist()]))
-            for name in chosen:
-                table = table.append_column(name, rows.column(name))
-        elif chosen:
-            node_type = self._node_type(type_name)
-            for name in chosen:
-                table = table.append_column(name, pa.array([], type=node_type.properties[name].arrow_type()))
+        table = _ranked_table(ids, self.store.directory.key_of[ids].tolist(), scores, key_type, plan)
+        if chosen:
+            table = pa.Table.from_arrays([*table.columns, *self._property_columns(type_name, ids, chosen)],
+                                         names=[*_RANKED_NAMES, *chosen], metadata=table.schema.metadata)
         self._audit(api, ids)
         return table
+
+    def _property_columns(self, type_name: str, ids: np.ndarray, chosen: list[str]) -> list[Any]:
+        """The `chosen` property columns of nodes `ids`, in that order."""
+        if not len(ids):
+            node_type = self._node_type(type_name)
+            return [pa.array([], type=node_type.properties[name].arrow_type()) for name in chosen]
+        rows = self._fetch(type_name, ids.tolist(), chosen)
+        position = {node: i for i, node in enumerate(rows.column("_id").to_pylist())}
+        rows = rows.take(pa.array([position[n] for n in ids.tolist()]))
+        return [rows.column(name) for name in chosen]
+
+    def _search_target(self, type_name: str | None, prop_name: str | None) -> tuple[str, Any, int, str]:
+        """`_vector_property` plus the dimension and the key property's type ("str" or "int"), remembered
+        per schema (a schema is immutable: a change replaces it)."""
+        schema = self.store.schema
+        cached = self._vector_properties.get((type_name, prop_name))
+        if cached is not None and cached[0] is schema:
+            return cached[1], cached[2], cached[3], cached[4]
+        found_type, prop = self._vector_property(type_name, prop_name)
+        node_type = schema.nodes[found_type]
+        key_type = node_type.properties[node_type.key].type
+        self._vector_properties[(type_name, prop_name)] = (schema, found_type, prop, prop.dimension, key_type)
+        return found_type, prop, prop.dimension, key_type
 
     def _vector_property(self, type_name: str | None, prop_name: str | None) -> tuple[str, Any]:
         candidates = [(t, p) for t, nt in self.store.schema.nodes.items() for p in nt.vector_properties
@@ -441,16 +470,49 @@ class Session:
         return Transaction(self)
 
 
-def _check_query_vector(vector: Any, dimension: int) -> np.ndarray:
+def _query_array(vector: Any, dimension: int) -> np.ndarray:
+    """`vector` as float32 of shape [dimension] (finiteness is checked as it is prepared); raises InvalidArgument."""
     try:
         query = np.asarray(vector, dtype=np.float32)
     except (TypeError, ValueError) as exc:
         raise InvalidArgument(f"query vector is not numeric: {exc}") from None
     if query.ndim != 1 or query.shape[0] != dimension:
         raise InvalidArgument(f"query vector must have dimension {dimension}, got shape {query.shape}")
-    if not np.isfinite(query).all():
-        raise InvalidArgument("query vector has NaN or infinite components")
     return query
+
+
+def _ranked_table(ids: np.ndarray, keys: list[Any], scores: np.ndarray, key_type: str | None,
+                  plan: str | None) -> pa.Table:
+    """The `_id, _key, _score` table (metadata b"plan" when `plan` is given).
+
+    With `key_type` (the key property's type), int64 ids, float32 scores and no missing key, the columns
+    are built from their buffers against a cached schema. Directory keys of a "str" key are str and of
+    an "int" key int (validated on write), so the table equals the one that type inference builds,
+    which is what is built otherwise (with no rows, inference gives `_key` the null type).
+    """
+    metadata = None if plan is None else {"plan": plan}
+    if (key_type not in _KEY_TYPES or not keys or None in keys or ids.dtype is not _INT64_DTYPE
+            or scores.dtype is not _FLOAT32_DTYPE or not (ids.flags.c_contiguous and scores.flags.c_contiguous)):
+        return pa.Table.from_arrays([pa.array(ids), pa.array(keys), pa.array(scores)], names=_RANKED_NAMES,
+                                    metadata=metadata)
+    schema = _RANKED_SCHEMAS.get((key_type, plan))
+    if schema is None:
+        schema = pa.schema([pa.field("_id", _INT64), pa.field("_key", _KEY_TYPES[key_type]),
+                            pa.field("_score", _FLOAT32)], metadata=metadata)
+        if len(_RANKED_SCHEMAS) < RANKED_SCHEMAS_MAX:
+            _RANKED_SCHEMAS[(key_type, plan)] = schema
+    count = len(keys)  # ids, scores and int keys: zero-copy over numpy buffers, as pa.array makes them
+    if key_type == "int":
+        key_column = pa.Array.from_buffers(_INT64, count, [None, pa.py_buffer(np.array(keys, dtype=np.int64))])
+    elif count <= RANKED_KEYS_BUILT_MAX:
+        encoded = [key.encode() for key in keys]
+        offsets = array.array("i", itertools.accumulate(map(len, encoded), initial=0))
+        key_column = pa.Array.from_buffers(_STRING, count, [None, pa.py_buffer(offsets),
+                                                            pa.py_buffer(b"".join(encoded))])
+    else:
+        key_column = pa.array(keys, type=_STRING)
+    return pa.Table.from_arrays([pa.Array.from_buffers(_INT64, count, [None, pa.py_buffer(ids)]), key_column,
+                                 pa.Array.from_buffers(_FLOAT32, count, [None, pa.py_buffer(scores)])], schema=schema)
 
 
 def _check_direction(direction: str) -> None:

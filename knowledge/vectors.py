@@ -19,6 +19,7 @@ Cosine vectors are stored normalised and searched by inner product; scores are s
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import math
@@ -32,9 +33,15 @@ import numpy as np
 from knowledge.errors import InvalidArgument
 from knowledge.kernels import gpu_available, topk
 
+try:  # what np.einsum calls (optimize=False), without its dispatch wrapper: a fixed cost per query
+    from numpy._core.multiarray import c_einsum as _einsum
+except ImportError:  # pragma: no cover - numpy < 2
+    _einsum = np.einsum
+
 log = logging.getLogger("knowledge.vectors")
 SNAPSHOT_VERSION = 1
 GATHER_COST_PER_ROW = 4  # a gathered row costs a copy and a dot product; measured ~4 HNSW node visits
+SMALL_RESULT_ROWS = 64  # up to this k, a faiss result row is checked in Python (cheaper than numpy calls)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +91,8 @@ class VectorIndex:
         self.version = 0
         self._mask_cache: tuple | None = None
         self._faiss_flat: faiss.Index | None = None
+        self._faiss_flat_rows = 0  # rows in _faiss_flat (read without a SWIG call on every query)
+        self._hnsw_params: tuple[int, faiss.SearchParametersHNSW] | None = None  # (efSearch, params), unfiltered
         self.use_gpu = self.config.device == "gpu" or (self.config.device == "auto" and gpu_available()[0])
 
     @property
@@ -96,6 +105,7 @@ class VectorIndex:
 
     # -- writes -------------------------------------------------------------------------------
     def prepare(self, vectors: np.ndarray) -> np.ndarray:
+        """Rows as contiguous float32 [n, dimension], normalised for cosine (zero rows stay zero)."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dimension)
         if self.metric == "cosine":
             norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))[:, None]
@@ -128,9 +138,26 @@ class VectorIndex:
             self.version += 1
 
     # -- search -------------------------------------------------------------------------------
+    def prepare_query(self, query: np.ndarray) -> np.ndarray | None:
+        """One query vector of `dimension` floats as `prepare` makes it ([1, dimension]), or None when a
+        component is NaN or infinite."""
+        q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, self.dimension)
+        if self.metric != "cosine":
+            return q if np.isfinite(q).all() else None
+        norm_squared = _einsum("ij,ij->i", q, q)  # as in prepare, so the normalised query is the same
+        total = norm_squared.item()
+        # a finite sum of squares has finite terms; an infinite one is a non-finite component or an overflow
+        if not math.isfinite(total) and not np.isfinite(q).all():
+            return None
+        return q / np.sqrt(norm_squared) if total != 0 else q
+
     def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, str]:
         """(node ids, scores, plan) of the best k rows whose node is allowed (allowed[node] True)."""
-        q = self.prepare(query)
+        return self.search_prepared(self.prepare(query), k, allowed)
+
+    def search_prepared(self, q: np.ndarray, k: int,
+                        allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, str]:
+        """`search` of a query that `prepare` or `prepare_query` made."""
         if self.live_count == 0 or k <= 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32), "empty"
         row_mask, selected = self._row_mask(allowed)
@@ -193,6 +220,9 @@ class VectorIndex:
             bits = np.packbits(row_mask, bitorder="little")
             params.sel = faiss.IDSelectorBitmap(self.rows, faiss.swig_ptr(bits))
         distances, labels = index.search(q, k, params=params)
+        ranked = self._faiss_ranked(labels[0], distances[0])
+        if ranked is not None:
+            return ranked
         keep = labels[0] >= 0
         return self._finish(labels[0][keep], distances[0][keep], k)
 
@@ -200,8 +230,10 @@ class VectorIndex:
         """A faiss flat index over rows [0, rows) (tombstones are masked at search), extended lazily."""
         if self._faiss_flat is None:
             self._faiss_flat = faiss.IndexFlat(self.dimension, self.faiss_metric)
-        if self._faiss_flat.ntotal < self.rows:
-            self._faiss_flat.add(self.matrix[self._faiss_flat.ntotal:self.rows])
+            self._faiss_flat_rows = 0
+        if self._faiss_flat_rows < self.rows:
+            self._faiss_flat.add(self.matrix[self._faiss_flat_rows:self.rows])
+            self._faiss_flat_rows = self.rows
         return self._faiss_flat
 
     def _exact(self, q: np.ndarray, k: int, base: np.ndarray,
@@ -240,29 +272,61 @@ class VectorIndex:
               selected: int) -> tuple[np.ndarray, np.ndarray] | None:
         assert self.hnsw is not None
         covered = self.hnsw_rows
-        params = faiss.SearchParametersHNSW()
         if row_mask is None and not (self.live_count < self.rows):
-            params.efSearch = max(self.config.ef_search, k)
+            params = self._unfiltered_hnsw_params(max(self.config.ef_search, k))
         else:
+            params = faiss.SearchParametersHNSW()
             mask = self.live[:self.rows] if row_mask is None else row_mask
             fraction = max(selected / max(self.rows, 1), 1e-6)
             params.efSearch = int(min(self.config.ef_search_max, max(k, self.config.ef_search / math.sqrt(fraction))))
             bits = np.packbits(mask[:covered], bitorder="little")
             params.sel = faiss.IDSelectorBitmap(covered, faiss.swig_ptr(bits))
         distances, labels = self.hnsw.search(q, k, params=params)
-        found = labels[0][labels[0] >= 0]
-        scores = distances[0][labels[0] >= 0]
-        tail_mask = (self.live[covered:self.rows] if row_mask is None else row_mask[covered:self.rows])
-        if tail_mask.any():
-            tail_rows = covered + np.flatnonzero(tail_mask)
-            t_found, t_scores = self._exact(q, k, self.matrix[tail_rows])
-            found = np.concatenate([found, tail_rows[t_found]])
-            scores = np.concatenate([scores, t_scores])
+        if covered == self.rows:  # no tail to merge
+            ranked = self._faiss_ranked(labels[0], distances[0])
+            if ranked is not None:
+                return ranked
+        keep = labels[0] >= 0
+        found = labels[0][keep]
+        scores = distances[0][keep]
+        if covered < self.rows:  # rows appended since the HNSW build: searched exactly and merged
+            tail_mask = (self.live[covered:self.rows] if row_mask is None else row_mask[covered:self.rows])
+            if tail_mask.any():
+                tail_rows = covered + np.flatnonzero(tail_mask)
+                t_found, t_scores = self._exact(q, k, self.matrix[tail_rows])
+                found = np.concatenate([found, tail_rows[t_found]])
+                scores = np.concatenate([scores, t_scores])
         if len(found) < min(k, selected):
             return None
         return self._finish(found, scores, k)
 
+    def _unfiltered_hnsw_params(self, ef_search: int) -> faiss.SearchParametersHNSW:
+        """Search parameters without a selector (read-only to faiss, so shared); the last one is reused."""
+        cached = self._hnsw_params
+        if cached is not None and cached[0] == ef_search:
+            return cached[1]
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = ef_search
+        self._hnsw_params = (ef_search, params)
+        return params
+
+    def _faiss_ranked(self, rows: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """`_finish` of one faiss result row (best first, k long) when that keeps faiss's order: every
+        slot filled (faiss pads with row -1) and no two scores tied; None otherwise."""
+        if len(rows) <= SMALL_RESULT_ROWS:
+            found, values = rows.tolist(), scores.tolist()
+            filled = min(found) >= 0
+            pairs = itertools.pairwise(values)  # NaN compares false: not ordered
+            ordered = all(a < b for a, b in pairs) if self.metric == "l2" else all(a > b for a, b in pairs)
+        else:
+            filled = bool(rows.min() >= 0)
+            ordered = bool((scores[1:] > scores[:-1] if self.metric == "l2" else scores[1:] < scores[:-1]).all())
+        if filled and ordered:
+            return self.row_ids[rows], scores
+        return None
+
     def _finish(self, rows: np.ndarray, scores: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(node ids, float32 scores) of `rows`: best first, ties by lower node id, the first k."""
         nodes = self.row_ids[rows]
         order = np.lexsort((nodes, scores if self.metric == "l2" else -scores))
         if k is not None:
@@ -279,7 +343,7 @@ class VectorIndex:
         self.rows = self.live_count = len(keep)
         self.row_of = dict(zip(self.row_ids.tolist(), range(self.rows), strict=True))
         self.hnsw, self.hnsw_rows = None, 0
-        self._faiss_flat = None
+        self._faiss_flat, self._faiss_flat_rows = None, 0
         if self.config.kind == "hnsw" or (self.config.kind == "auto" and self.rows >= self.config.hnsw_rows_min):
             self._build_hnsw()
         self.version += 1

@@ -12,7 +12,7 @@ import pytest
 import knowledge
 from knowledge import Principal
 from knowledge.errors import InvalidArgument, TypeMismatch, UnknownType
-from knowledge.vectors import VectorConfig
+from knowledge.vectors import VectorConfig, VectorIndex
 
 DIM = 16
 
@@ -192,3 +192,75 @@ def test_no_warning_before_the_first_checkpoint_but_one_after_a_lost_snapshot(tm
     with caplog.at_level(logging.WARNING), knowledge.open(path) as st:
         assert "rebuilt from the node table" in caplog.text
         assert st.session().search(np.ones(DIM), k=3).num_rows == 3
+
+
+@pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_fast_paths_give_what_the_general_path_gives(tmp_path, monkeypatch, metric, kind):
+    """Unfiltered searches keep faiss's order when nothing ties and build the table from buffers; forcing
+    the general path (re-ranking by (score, id), Arrow type inference) must give identical tables, for
+    principals that see everything (admin, all labels) and for one that sees a subset."""
+    from knowledge import session as session_module
+
+    config = VectorConfig(kind=kind, gather_rows_min=16, hnsw_m=16, ef_search=64)
+    store, vectors, rng = make(str(tmp_path / "s"), metric, config=config, rows=1500)
+    with store:
+        with store.session().transaction() as tx:  # exact duplicates: tied scores
+            tx.upsert_nodes("Doc", [{"id": f"twin{i}é", "emb": vectors["d0003"], "_labels": ["odd"]} for i in range(12)])
+        store.checkpoint()
+        sessions = [store.session(), store.session(Principal("all", read=frozenset({"even", "odd"}))),
+                    store.session(Principal("e", read=frozenset({"even"})))]
+        queries = [rng.normal(size=DIM) for _ in range(8)] + [vectors["d0003"], np.zeros(DIM)]
+        shortcuts = []
+        faiss_ranked = VectorIndex._faiss_ranked
+
+        def counted(self, rows, scores):
+            result = faiss_ranked(self, rows, scores)
+            shortcuts.append(result is not None)
+            return result
+
+        def run():
+            return [s.search(q, k=k, **options) for s in sessions for q in queries for k in (1, 10, 100, 400)
+                    for options in ({}, {"columns": ["group"]})]
+
+        monkeypatch.setattr(VectorIndex, "_faiss_ranked", counted)
+        fast = run()
+        assert any(shortcuts) and not all(shortcuts)  # both the shortcut and the ties fallback were taken
+        monkeypatch.setattr(VectorIndex, "_faiss_ranked", lambda self, rows, scores: None)
+        ranked_table = session_module._ranked_table
+        monkeypatch.setattr(session_module, "_ranked_table",
+                            lambda ids, keys, scores, key_type, plan: ranked_table(ids, keys, scores, None, plan))
+        general = run()
+        assert len(fast) == len(general)
+        for got, expected in zip(fast, general, strict=True):
+            assert got.equals(expected, check_metadata=True) and got.schema.equals(expected.schema, check_metadata=True)
+        assert fast[0].equals(fast[len(fast) // 3], check_metadata=True)  # admin and all-labels agree
+
+
+def test_prepared_query_matches_prepare_and_rejects_non_finite():
+    for metric in ("cosine", "ip", "l2"):
+        index = VectorIndex(DIM, metric)
+        rng = np.random.default_rng(3)
+        for query in [rng.normal(size=DIM) * scale for scale in (1e-3, 1.0, 1e3)] + [np.zeros(DIM), np.full(DIM, 1e30)]:
+            query = query.astype(np.float32)
+            assert index.prepare_query(query).tobytes() == index.prepare(query).tobytes()
+        for bad in (np.nan, np.inf, -np.inf):
+            query = np.ones(DIM, dtype=np.float32)
+            query[3] = bad
+            assert index.prepare_query(query) is None
+
+
+def test_ranked_table_from_buffers_equals_type_inference():
+    from knowledge.session import RANKED_KEYS_BUILT_MAX, _ranked_table
+
+    rng = np.random.default_rng(4)
+    for count in (0, 1, 7, RANKED_KEYS_BUILT_MAX, RANKED_KEYS_BUILT_MAX + 1):
+        ids = rng.integers(0, 1 << 40, size=count).astype(np.int64)
+        scores = rng.normal(size=count).astype(np.float32)
+        for key_type, keys in (("str", [f"k{i}" + "é中" * (i % 3) for i in range(count)]),
+                               ("int", [int(i) * -7 for i in range(count)]),
+                               ("str", [f"k{i}" if i else None for i in range(count)])):
+            for plan in ("flat", None):
+                got = _ranked_table(ids, keys, scores, key_type, plan)
+                expected = _ranked_table(ids, keys, scores, None, plan)
+                assert got.equals(expected, check_metadata=True) and got.schema.equals(expected.schema, check_metadata=True)
