@@ -55,6 +55,7 @@ def build(path: str, nodes: int, edges: int, dim: int) -> tuple[knowledge.Store,
         session.transaction().upsert_edges("E", pa.table({"src": pa.array([f"n{i}" for i in src]),
                                                            "dst": pa.array([f"n{i}" for i in dst])})).commit()
     store.checkpoint()
+    store.build_indexes()
     return store, rng.normal(size=(1000, dim)).astype(np.float32)
 
 

@@ -120,7 +120,9 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 def _cmd_checkpoint(args: argparse.Namespace) -> int:
     with _open(args.path) as store:
-        _print_json({"path": store.path, "lsn": store.checkpoint()})
+        lsn = store.checkpoint()
+        store.build_indexes()  # a one-shot process: finish the HNSW builds (saved as the store closes)
+        _print_json({"path": store.path, "lsn": lsn})
     return EXIT_OK
 
 
@@ -306,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", metavar="PATH", help="store directory")
 
     p = _command(sub, "checkpoint", _cmd_checkpoint,
-                 "Fold the WAL into the tables and drop the WAL segments it covers; print the LSN.",
+                 "Fold the WAL into the tables, drop the WAL segments it covers and bring the vector indexes "
+                 "up to date; print the LSN.",
                  ["knowledge checkpoint people.store"])
     p.add_argument("path", metavar="PATH", help="store directory")
 

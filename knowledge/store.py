@@ -28,6 +28,7 @@ from knowledge.config import StoreConfig
 from knowledge.directory import NodeDirectory
 from knowledge.errors import KnowledgeError, SchemaError, StoreClosed, StoreNotFound, StorePoisoned, invariant
 from knowledge.graph import EdgeIndex
+from knowledge.indexer import IndexBuilder
 from knowledge.keyword import KeywordIndex
 from knowledge.lock import DirectoryLock
 from knowledge.ops import Op, OpKind, decode_ops, encode_ops
@@ -38,6 +39,7 @@ from knowledge.rows import NodeRows
 from knowledge.schema import Schema
 from knowledge.snapshot_file import read_snapshot, write_snapshot
 from knowledge.tables import Tables, node_table, query_arrow
+from knowledge.vector_jobs import hnsw_job
 from knowledge.vectors import VectorIndex
 from knowledge.wal import WriteAheadLog
 
@@ -75,6 +77,8 @@ class Store:
         try:
             self._open()
         except BaseException:
+            if "indexer" in self.__dict__:
+                self.indexer.close()
             for part in ("wal", "tables"):  # a refused open holds no file or lock
                 if part in self.__dict__:
                     try:
@@ -111,8 +115,10 @@ class Store:
         self.vectors: dict[tuple[str, str], VectorIndex] = {}
         self.keywords: dict[tuple[str, str], KeywordIndex] = {}
         self.audit = AuditLog(self.config.audit_entries_max) if self.config.audit else None
+        self.indexer = IndexBuilder(self._state)
         self._load_memory()
         self._replay()
+        self._schedule_index_builds()
         self.epoch = max(self.wal.last_epoch, self.tables.applied_epoch, 1)
         self._applier = threading.Thread(target=self._apply_loop, name="knowledge-applier", daemon=True)
         self._applier.start()
@@ -203,8 +209,6 @@ class Store:
         if table.num_rows:
             flat = pc.list_flatten(table.column("value")).to_numpy(zero_copy_only=False)
             index.upsert(table.column("_id").to_numpy(), flat.reshape(-1, prop.dimension))
-            if index.needs_compaction():
-                index.compact()
         return index
 
     def _replay(self) -> None:
@@ -612,12 +616,32 @@ class Store:
                     if vectors.needs_compaction():
                         vectors.compact()
                     vectors.save(self._snapshot_path(type_name, prop), lsn)
+                self._schedule_index_builds()
                 for (type_name, prop), keywords in self.keywords.items():
                     write_snapshot(self._snapshot_path(type_name, prop, "keywords"), lsn, keywords.snapshot())
             with self.tables.lock:  # from now on a missing snapshot is worth a warning
                 self.tables.con.execute("INSERT OR REPLACE INTO _meta VALUES ('snapshots_lsn', ?)", [str(lsn)])
             self.wal.remove_segments_before(lsn + 1)
             return lsn
+
+    def _schedule_index_builds(self, *, tail_rows_max: int | None = None) -> int:
+        """Queue the background HNSW builds that are due; return how many."""
+        queued = 0
+        with self._state:
+            for key, vectors in self.vectors.items():
+                job = hnsw_job(vectors, tail_rows_max=tail_rows_max)
+                if job is not None:
+                    self.indexer.submit(("vectors", *key), job)
+                    queued += 1
+        return queued
+
+    def build_indexes(self, *, wait: bool = True, timeout_s: float | None = None) -> bool:
+        """Bring every HNSW graph up to all current rows in the background (checkpoint and open do this
+        by themselves once enough rows lie outside a graph); with `wait`, block until the builds are in.
+        Searches stay exact and correct meanwhile. Returns False when `timeout_s` passed first."""
+        self._check_open()
+        self._schedule_index_builds(tail_rows_max=0)
+        return self.indexer.wait_idle(timeout_s) if wait else True
 
     def backup(self, destination: str) -> int:
         """Write a consistent copy of the store at one LSN to `destination`; return that LSN."""
@@ -653,13 +677,31 @@ class Store:
                 except KnowledgeError:
                     pass
         finally:
+            self.indexer.close()
             with self._applier_cv:
                 self._closed = True
                 self._applier_cv.notify_all()
             self._applier.join(timeout=30)
+            if self._failure is None:
+                self._save_new_graphs()
             self.wal.close()
             self.tables.close()
             self._lock.release()
+
+    def _save_new_graphs(self) -> None:
+        """Snapshot the vector indexes when a background build installed a graph since the last checkpoint
+        (everything is applied by now, so the snapshot's LSN is the tables' LSN)."""
+        if not any(vectors.graph_unsaved for vectors in self.vectors.values()):
+            return
+        lsn = self.tables.applied_lsn
+        if lsn != self.memory_lsn:
+            return
+        os.makedirs(os.path.join(self.path, "snapshots"), exist_ok=True)
+        try:
+            for (type_name, prop), vectors in self.vectors.items():
+                vectors.save(self._snapshot_path(type_name, prop), lsn)
+        except OSError as exc:  # the previous snapshots plus the WAL still recover everything
+            log.warning("could not save the vector snapshots at close: %s", exc)
 
     def __enter__(self) -> Store:
         return self

@@ -2,8 +2,10 @@
 faiss index, and a selectivity-aware search planner.
 
 Rows are append-only: an upsert tombstones the node's old row and appends a new one; a delete
-tombstones. The HNSW graph (faiss cannot remove ids) covers rows [0, hnsw_rows) and is rebuilt
-without tombstones at checkpoint; rows appended since are searched exactly and merged.
+tombstones. The HNSW graph (faiss cannot remove ids) covers rows [0, hnsw_rows); rows appended
+since are searched exactly and merged. Graphs are built and extended in the background
+(vector_jobs.py) and installed whole; a checkpoint compacts only when tombstones pass
+`tombstone_fraction_max`, which renumbers rows and drops the graph until its rebuild is in.
 
 Planner, for an allowed-node mask (visibility & where-filter & has-vector):
 - nothing filtered and no tombstones: the index as is (faiss flat or HNSW at ef_search);
@@ -20,11 +22,8 @@ from __future__ import annotations
 
 import io
 import itertools
-import json
 import logging
 import math
-import os
-import zlib
 from dataclasses import dataclass
 
 import faiss
@@ -32,6 +31,7 @@ import numpy as np
 
 from knowledge.errors import InvalidArgument
 from knowledge.kernels import gpu_available, topk
+from knowledge.snapshot_file import read_snapshot, write_snapshot
 
 try:  # what np.einsum calls (optimize=False), without its dispatch wrapper: a fixed cost per query
     from numpy._core.multiarray import c_einsum as _einsum
@@ -39,7 +39,7 @@ except ImportError:  # pragma: no cover - numpy < 2
     _einsum = np.einsum
 
 log = logging.getLogger("knowledge.vectors")
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: snapshot_file framing, tombstones kept (the live array)
 GATHER_COST_PER_ROW = 4  # a gathered row costs a copy and a dot product; measured ~4 HNSW node visits
 SMALL_RESULT_ROWS = 64  # up to this k, a faiss result row is checked in Python (cheaper than numpy calls)
 
@@ -48,7 +48,9 @@ SMALL_RESULT_ROWS = 64  # up to this k, a faiss result row is checked in Python 
 class VectorConfig:
     """Index and planner settings (per store)."""
 
-    hnsw_rows_min: int = 50_000        # live rows from which checkpoint builds HNSW ("auto" kind)
+    hnsw_rows_min: int = 50_000        # live rows from which HNSW is built in the background ("auto" kind)
+    hnsw_tail_rows_max: int = 4096     # rows past the HNSW graph (searched exactly) before it is extended
+    tombstone_fraction_max: float = 0.2  # dead rows, as a fraction of all, from which a checkpoint compacts
     kind: str = "auto"                 # "auto", "flat" or "hnsw"
     hnsw_m: int = 32
     ef_construction: int = 80
@@ -63,6 +65,8 @@ class VectorConfig:
             raise InvalidArgument(f"vector device must be auto, cpu or gpu, not {self.device!r}")
         if self.kind not in ("auto", "flat", "hnsw"):
             raise InvalidArgument(f"vector index kind must be auto, flat or hnsw, not {self.kind!r}")
+        if not 0 < self.tombstone_fraction_max <= 1 or self.hnsw_tail_rows_max < 0:
+            raise InvalidArgument("vector tombstone_fraction_max must be in (0, 1] and hnsw_tail_rows_max >= 0")
 
 
 def _grow_rows(array: np.ndarray, rows: int) -> np.ndarray:
@@ -86,8 +90,10 @@ class VectorIndex:
         self.rows = 0
         self.live_count = 0
         self.row_of: dict[int, int] = {}
-        self.hnsw: faiss.IndexHNSW | None = None
+        self.hnsw: faiss.IndexHNSW | None = None  # covers rows [0, hnsw_rows); never mutated once installed
         self.hnsw_rows = 0
+        self.generation = 0  # bumped when rows are renumbered (compaction): older HNSW builds no longer fit
+        self.graph_unsaved = False  # an HNSW graph was installed after the last snapshot
         self.version = 0
         self._mask_cache: tuple | None = None
         self._faiss_flat: faiss.Index | None = None
@@ -335,7 +341,7 @@ class VectorIndex:
 
     # -- maintenance --------------------------------------------------------------------------
     def compact(self) -> None:
-        """Drop tombstoned rows and (re)build HNSW when the index kind calls for it."""
+        """Drop tombstoned rows. Rows are renumbered, so the HNSW graph goes too (rebuilt in the background)."""
         keep = np.flatnonzero(self.live[:self.rows])
         self.matrix = np.ascontiguousarray(self.matrix[keep])
         self.row_ids = self.row_ids[keep].copy()
@@ -344,65 +350,74 @@ class VectorIndex:
         self.row_of = dict(zip(self.row_ids.tolist(), range(self.rows), strict=True))
         self.hnsw, self.hnsw_rows = None, 0
         self._faiss_flat, self._faiss_flat_rows = None, 0
-        if self.config.kind == "hnsw" or (self.config.kind == "auto" and self.rows >= self.config.hnsw_rows_min):
-            self._build_hnsw()
+        self.generation += 1
         self.version += 1
 
-    def _build_hnsw(self) -> None:
+    def wants_hnsw(self) -> bool:
+        """Whether the index kind calls for an HNSW graph at the current size."""
+        return (self.config.kind == "hnsw" and self.live_count > 0) or (
+            self.config.kind == "auto" and self.live_count >= self.config.hnsw_rows_min)
+
+    def new_hnsw(self) -> faiss.IndexHNSWFlat:
+        """An empty HNSW graph with this index's settings."""
         index = faiss.IndexHNSWFlat(self.dimension, self.config.hnsw_m, self.faiss_metric)
         index.hnsw.efConstruction = self.config.ef_construction
-        if self.rows:
-            index.add(self.matrix[:self.rows])
-        self.hnsw, self.hnsw_rows = index, self.rows
+        return index
+
+    def install_hnsw(self, graph: faiss.Index, generation: int, rows: int) -> bool:
+        """Make `graph` (built over rows [0, rows) of `generation`) the searched graph, if it still fits and
+        covers more than the current one. Call under the store's state lock."""
+        if generation != self.generation or rows > self.rows or graph.ntotal != rows or (
+                self.hnsw is not None and rows <= self.hnsw_rows) or not self.wants_hnsw():
+            return False
+        self.hnsw, self.hnsw_rows = graph, rows
+        self.graph_unsaved = True
+        self.version += 1
+        return True
 
     def needs_compaction(self) -> bool:
-        wants_hnsw = self.config.kind == "hnsw" or (self.config.kind == "auto" and
-                                                    self.live_count >= self.config.hnsw_rows_min)
-        tail = self.rows - self.hnsw_rows
-        return (self.live_count < self.rows or (wants_hnsw and (self.hnsw is None or tail > 0))
-                or (not wants_hnsw and self.hnsw is not None))
+        """Whether dead rows passed `tombstone_fraction_max`, or a graph is held that the kind no longer wants."""
+        dead = self.rows - self.live_count
+        return (dead > 0 and dead >= self.config.tombstone_fraction_max * self.rows) or (
+            self.hnsw is not None and not self.wants_hnsw())
 
     # -- snapshots ----------------------------------------------------------------------------
     def save(self, path: str, lsn: int) -> None:
-        """Write the index (compacted first) to `path` atomically, stamped with `lsn`."""
-        if self.live_count < self.rows:
-            self.compact()
+        """Write the index (rows, tombstones, HNSW graph) to `path` atomically, stamped with `lsn`."""
         buffer = io.BytesIO()
-        arrays = {"matrix": self.matrix[:self.rows], "row_ids": self.row_ids[:self.rows]}
+        arrays = {"matrix": self.matrix[:self.rows], "row_ids": self.row_ids[:self.rows],
+                  "live": self.live[:self.rows]}
         if self.hnsw is not None:
             arrays["hnsw"] = faiss.serialize_index(self.hnsw)
         np.savez(buffer, **arrays)
-        body = buffer.getvalue()
-        header = json.dumps({"version": SNAPSHOT_VERSION, "lsn": lsn, "dimension": self.dimension,
-                             "metric": self.metric, "hnsw_rows": self.hnsw_rows, "crc": zlib.crc32(body),
-                             "bytes": len(body)}).encode()
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(len(header).to_bytes(4, "little") + header + body)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_snapshot(path, lsn, buffer.getvalue(), dimension=self.dimension, metric=self.metric,
+                       hnsw_rows=self.hnsw_rows, format=SNAPSHOT_VERSION)
+        self.graph_unsaved = False
 
     @classmethod
     def load(cls, path: str, dimension: int, metric: str, config: VectorConfig) -> tuple[VectorIndex, int]:
         """(index, lsn) from a snapshot; raises ValueError (or OSError) when missing, damaged or mismatched."""
-        with open(path, "rb") as f:
-            data = f.read()
-        size = int.from_bytes(data[:4], "little")
-        header = json.loads(data[4:4 + size])
-        body = data[4 + size:]
-        if header.get("version") != SNAPSHOT_VERSION or len(body) != header["bytes"] or zlib.crc32(body) != header["crc"]:
-            raise ValueError(f"vector snapshot {path} is damaged")
+        lsn, body, header = read_snapshot(path)
+        if header.get("format") != SNAPSHOT_VERSION:
+            raise ValueError(f"vector snapshot {path} has format {header.get('format')!r}, not {SNAPSHOT_VERSION}")
         if header["dimension"] != dimension or header["metric"] != metric:
             raise ValueError(f"vector snapshot {path} is for another property definition")
         arrays = np.load(io.BytesIO(body))
         index = cls(dimension, metric, config)
         index.matrix = np.ascontiguousarray(arrays["matrix"])
         index.row_ids = arrays["row_ids"].copy()
-        index.rows = index.live_count = len(index.row_ids)
-        index.live = np.ones(index.rows, dtype=bool)
-        index.row_of = dict(zip(index.row_ids.tolist(), range(index.rows), strict=True))
+        index.live = arrays["live"].astype(bool)
+        index.rows = len(index.row_ids)
+        if index.matrix.shape != (index.rows, dimension) or len(index.live) != index.rows:
+            raise ValueError(f"vector snapshot {path} holds arrays of unequal lengths")
+        index.live_count = int(index.live.sum())
+        live_rows = np.flatnonzero(index.live)
+        index.row_of = dict(zip(index.row_ids[live_rows].tolist(), live_rows.tolist(), strict=True))
+        if len(index.row_of) != index.live_count:
+            raise ValueError(f"vector snapshot {path} holds a node twice")
         if "hnsw" in arrays:
             index.hnsw = faiss.deserialize_index(arrays["hnsw"])
-            index.hnsw_rows = header["hnsw_rows"]
-        return index, int(header["lsn"])
+            index.hnsw_rows = int(header["hnsw_rows"])
+            if index.hnsw.ntotal != index.hnsw_rows or index.hnsw_rows > index.rows:
+                raise ValueError(f"vector snapshot {path} holds a graph that does not match its rows")
+        return index, lsn

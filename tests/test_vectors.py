@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -106,7 +107,8 @@ def test_hnsw_recall_and_snapshot_with_tail_replay(tmp_path, caplog):
     config = VectorConfig(kind="hnsw", gather_rows_min=16, ef_search=128, hnsw_m=16)  # ef*M < rows: no gather
     path = str(tmp_path / "s")
     store, vectors, rng = make(path, config=config, rows=3000)
-    store.checkpoint()
+    store.checkpoint()  # snapshot without a graph; the graph is built in the background
+    assert store.build_indexes(timeout_s=120)
     session = store.session()
     late = {f"late{i}": rng.normal(size=DIM).astype(np.float32) for i in range(50)}
     with session.transaction() as tx:
@@ -114,7 +116,7 @@ def test_hnsw_recall_and_snapshot_with_tail_replay(tmp_path, caplog):
         tx.delete_nodes("Doc", ["d0000"])
     vectors.update(late)
     del vectors["d0000"]
-    store.close()
+    store.close()  # saves the snapshot again: a graph came in after the checkpoint's
     snapshot = os.path.join(path, "snapshots", "vectors-Doc-emb.snap")
     assert os.path.exists(snapshot)
     with caplog.at_level(logging.WARNING), knowledge.open(path, config=knowledge.StoreConfig(vectors=config)) as st:
@@ -170,6 +172,7 @@ def test_bad_input(tmp_path):
 def test_backup_carries_vector_snapshots(tmp_path, caplog):
     store, vectors, rng = make(str(tmp_path / "s"), config=VectorConfig(kind="hnsw"), rows=300)
     with store:
+        store.build_indexes()
         store.checkpoint()
         store.backup(str(tmp_path / "b"))
     knowledge.restore(str(tmp_path / "b"), str(tmp_path / "r"))
@@ -208,6 +211,7 @@ def test_fast_paths_give_what_the_general_path_gives(tmp_path, monkeypatch, metr
         with store.session().transaction() as tx:  # exact duplicates: tied scores
             tx.upsert_nodes("Doc", [{"id": f"twin{i}é", "emb": vectors["d0003"], "_labels": ["odd"]} for i in range(12)])
         store.checkpoint()
+        assert store.build_indexes(timeout_s=120)
         sessions = [store.session(), store.session(Principal("all", read=frozenset({"even", "odd"}))),
                     store.session(Principal("e", read=frozenset({"even"})))]
         queries = [rng.normal(size=DIM) for _ in range(8)] + [vectors["d0003"], np.zeros(DIM)]
@@ -264,3 +268,81 @@ def test_ranked_table_from_buffers_equals_type_inference():
                 got = _ranked_table(ids, keys, scores, key_type, plan)
                 expected = _ranked_table(ids, keys, scores, None, plan)
                 assert got.equals(expected, check_metadata=True) and got.schema.equals(expected.schema, check_metadata=True)
+
+
+def test_checkpoint_builds_hnsw_in_the_background_and_searches_stay_exact_meanwhile(tmp_path):
+    config = VectorConfig(kind="hnsw", hnsw_tail_rows_max=100, gather_rows_min=16, ef_search=256)
+    store, vectors, rng = make(str(tmp_path / "s"), config=config, rows=2000)
+    with store:
+        index = store.vectors[("Doc", "emb")]
+        gate = threading.Event()
+        store.indexer.submit("gate", _Blocker(gate))  # holds the worker: the HNSW build queues behind it
+        store.checkpoint()
+        assert index.hnsw is None and store.indexer.pending() == 2
+        session = store.session()
+        vectors["extra"] = rng.normal(size=DIM).astype(np.float32)
+        with session.transaction() as tx:  # commits go on while the build waits
+            tx.upsert_nodes("Doc", [{"id": "extra", "emb": vectors["extra"], "group": 1}])
+        query = rng.normal(size=DIM)
+        result = session.search(query, k=10)
+        assert result.schema.metadata[b"plan"].startswith(b"flat")  # exact until the graph is in
+        assert result.column("_key").to_pylist() == brute(vectors, query, 10, "cosine")
+        gate.set()
+        assert store.indexer.wait_idle(120)
+        assert index.hnsw is not None and index.hnsw_rows == 2000 and index.rows == 2001  # one row of tail
+        first_graph = index.hnsw
+        more = {f"m{i}": rng.normal(size=DIM).astype(np.float32) for i in range(150)}
+        with session.transaction() as tx:
+            tx.upsert_nodes("Doc", [{"id": k, "emb": v, "group": 2} for k, v in more.items()])
+        vectors.update(more)
+        store.checkpoint()  # 151 rows past the graph > hnsw_tail_rows_max: extended on a clone
+        assert store.indexer.wait_idle(120)
+        assert index.hnsw is not first_graph and index.hnsw_rows == index.rows == 2151
+        assert first_graph.ntotal == 2000  # the graph searches were using was never changed
+        hits = sum(len(set(session.search(q, k=10).column("_key").to_pylist()) & set(brute(vectors, q, 10, "cosine")))
+                   for q in rng.normal(size=(10, DIM)))
+        assert hits >= 95
+
+
+class _Blocker:
+    def __init__(self, gate):
+        self.gate = gate
+
+    def run(self, stop):
+        while not self.gate.wait(0.01) and not stop.is_set():
+            pass
+        return None
+
+    def install(self, result):
+        return False
+
+
+def test_a_build_that_a_compaction_overtook_is_dropped():
+    from knowledge.vector_jobs import hnsw_job
+    from knowledge.vectors import VectorIndex
+
+    index = VectorIndex(DIM, "cosine", VectorConfig(kind="hnsw"))
+    rng = np.random.default_rng(3)
+    index.upsert(np.arange(300), rng.normal(size=(300, DIM)))
+    job = hnsw_job(index)
+    assert job is not None and job.end == 300
+    index.remove(np.arange(100))
+    index.compact()  # rows renumbered: the job's rows no longer mean what they did
+    graph = job.run(threading.Event())
+    assert not job.install(graph) and index.hnsw is None
+    fresh = hnsw_job(index)
+    assert fresh is not None and fresh.install(fresh.run(threading.Event()))
+    assert index.hnsw_rows == 200
+
+
+def test_close_during_a_build_loses_nothing(tmp_path):
+    config = VectorConfig(kind="hnsw")
+    path = str(tmp_path / "s")
+    store, vectors, rng = make(path, config=config, rows=1500)
+    store.checkpoint()
+    store.close()  # the build is stopped or finished; either way the store reopens whole
+    with knowledge.open(path, config=knowledge.StoreConfig(vectors=config)) as st:
+        assert st.build_indexes(timeout_s=120)
+        query = rng.normal(size=DIM)
+        got = st.session().search(query, k=10).column("_key").to_pylist()
+        assert len(set(got) & set(brute(vectors, query, 10, "cosine"))) >= 9

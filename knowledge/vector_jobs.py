@@ -1,0 +1,57 @@
+"""HNSW builds for a VectorIndex as background jobs for `indexer.IndexBuilder`.
+
+A build reads only rows below its end mark of one index generation: rows are append-only and
+upserts tombstone and append, so those rows cannot change until a compaction, which starts a new
+generation and makes the result stale. An extension clones the installed graph first, so searches
+keep using the installed one meanwhile. Rows past the installed graph are searched exactly.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+from knowledge.vectors import VectorIndex
+
+BUILD_CHUNK_ROWS = 8192  # rows added between checks of the stop flag
+
+
+@dataclass
+class HnswJob:
+    """Bring `index`'s HNSW graph to cover rows [0, end) of generation `generation`."""
+
+    index: VectorIndex
+    generation: int
+    base: faiss.Index | None  # the installed graph, cloned and extended; None builds anew
+    matrix: np.ndarray
+    start: int
+    end: int
+
+    def run(self, stop: threading.Event) -> faiss.Index | None:
+        graph = faiss.clone_index(self.base) if self.base is not None else self.index.new_hnsw()
+        for first in range(self.start, self.end, BUILD_CHUNK_ROWS):
+            if stop.is_set():
+                return None
+            graph.add(self.matrix[first:min(first + BUILD_CHUNK_ROWS, self.end)])
+        return graph
+
+    def install(self, graph: faiss.Index) -> bool:
+        return self.index.install_hnsw(graph, self.generation, self.end)
+
+
+def hnsw_job(index: VectorIndex, *, tail_rows_max: int | None = None) -> HnswJob | None:
+    """The job that brings the index's HNSW graph up to date, or None when none is due.
+
+    Due: the index wants HNSW and has none, or more than `tail_rows_max` rows (default: the config's
+    hnsw_tail_rows_max) lie past the graph. Call under the store's state lock.
+    """
+    if not index.wants_hnsw():
+        return None
+    limit = index.config.hnsw_tail_rows_max if tail_rows_max is None else tail_rows_max
+    if index.hnsw is not None and index.rows - index.hnsw_rows <= limit:
+        return None
+    start = index.hnsw_rows if index.hnsw is not None else 0
+    return HnswJob(index, index.generation, index.hnsw, index.matrix, start, index.rows)
