@@ -45,6 +45,11 @@ class IndexBuilder:
             self._queued[key] = job
             self._cv.notify_all()
 
+    def is_pending(self, key: Hashable) -> bool:
+        """Whether a job for `key` waits to start or runs."""
+        with self._cv:
+            return key in self._queued or self._running == key
+
     def pending(self) -> int:
         """Jobs queued or running."""
         with self._cv:

@@ -39,7 +39,7 @@ from knowledge.rows import NodeRows
 from knowledge.schema import Schema
 from knowledge.snapshot_file import read_snapshot, write_snapshot
 from knowledge.tables import Tables, node_table, query_arrow
-from knowledge.vector_jobs import hnsw_job
+from knowledge.vector_jobs import compaction, hnsw_job
 from knowledge.vectors import VectorIndex
 from knowledge.wal import WriteAheadLog
 
@@ -51,6 +51,7 @@ FORMAT = {"format": "knowledge-store", "version": 1}
 APPLY_BATCH_RECORDS_MAX = 1024
 APPLY_BATCH_RECORDS_MIN = 256
 VISIBILITY_CACHE_MAX = 64
+BUILD_ROUNDS_MAX = 4  # build_indexes: schedule-and-wait rounds before a last wait
 
 
 def _marker_path(path: str) -> str:
@@ -614,7 +615,11 @@ class Store:
                     index.compact(self.directory.capacity, self.directory.alive)
                 for (type_name, prop), vectors in self.vectors.items():
                     if vectors.needs_compaction():
-                        vectors.compact()
+                        job = compaction(vectors)
+                        if job is None:
+                            vectors.compact()  # no graph to rebuild: arrays only
+                        else:  # searches keep the current graph until the compacted one is in
+                            self.indexer.submit(("vectors", type_name, prop), job)
                     vectors.save(self._snapshot_path(type_name, prop), lsn)
                 self._schedule_index_builds()
                 for (type_name, prop), keywords in self.keywords.items():
@@ -629,6 +634,8 @@ class Store:
         queued = 0
         with self._state:
             for key, vectors in self.vectors.items():
+                if self.indexer.is_pending(("vectors", *key)):
+                    continue  # a compaction or build is under way; the next round sees what it left
                 job = hnsw_job(vectors, tail_rows_max=tail_rows_max)
                 if job is not None:
                     self.indexer.submit(("vectors", *key), job)
@@ -641,7 +648,16 @@ class Store:
         Searches stay exact and correct meanwhile. Returns False when `timeout_s` passed first."""
         self._check_open()
         self._schedule_index_builds(tail_rows_max=0)
-        return self.indexer.wait_idle(timeout_s) if wait else True
+        if not wait:
+            return True
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        for _ in range(BUILD_ROUNDS_MAX):  # a compaction can leave a tail that one more build covers
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self.indexer.wait_idle(remaining):
+                return False
+            if not self._schedule_index_builds(tail_rows_max=0):
+                return True
+        return self.indexer.wait_idle(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def backup(self, destination: str) -> int:
         """Write a consistent copy of the store at one LSN to `destination`; return that LSN."""

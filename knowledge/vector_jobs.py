@@ -4,6 +4,8 @@ A build reads only rows below its end mark of one index generation: rows are app
 upserts tombstone and append, so those rows cannot change until a compaction, which starts a new
 generation and makes the result stale. An extension clones the installed graph first, so searches
 keep using the installed one meanwhile. Rows past the installed graph are searched exactly.
+A compaction of an index with a graph is a job too: it copies the live rows and builds their graph
+aside, and its install carries over the rows appended and the tombstones set meanwhile.
 """
 
 from __future__ import annotations
@@ -55,3 +57,36 @@ def hnsw_job(index: VectorIndex, *, tail_rows_max: int | None = None) -> HnswJob
         return None
     start = index.hnsw_rows if index.hnsw is not None else 0
     return HnswJob(index, index.generation, index.hnsw, index.matrix, start, index.rows)
+
+
+@dataclass
+class CompactJob:
+    """Drop the rows of `index` that were dead at `end` and build the graph of the rest, aside."""
+
+    index: VectorIndex
+    generation: int
+    matrix: np.ndarray
+    keep: np.ndarray  # the rows below `end` that were live when the job was made
+    end: int
+
+    def run(self, stop: threading.Event) -> tuple[np.ndarray, faiss.Index] | None:
+        compacted = np.ascontiguousarray(self.matrix[self.keep])
+        graph = self.index.new_hnsw()
+        for first in range(0, len(compacted), BUILD_CHUNK_ROWS):
+            if stop.is_set():
+                return None
+            graph.add(compacted[first:first + BUILD_CHUNK_ROWS])
+        return compacted, graph
+
+    def install(self, result: tuple[np.ndarray, faiss.Index]) -> bool:
+        compacted, graph = result
+        return self.index.install_compaction(self.generation, self.keep, self.end, compacted, graph)
+
+
+def compaction(index: VectorIndex) -> CompactJob | None:
+    """A background compaction for an index that wants a graph, or None (then compact in place: no graph
+    to rebuild, only arrays to copy). Call under the store's state lock."""
+    if not index.wants_hnsw():
+        return None
+    keep = np.flatnonzero(index.live[:index.rows])
+    return CompactJob(index, index.generation, index.matrix, keep, index.rows)

@@ -5,7 +5,8 @@ Rows are append-only: an upsert tombstones the node's old row and appends a new 
 tombstones. The HNSW graph (faiss cannot remove ids) covers rows [0, hnsw_rows); rows appended
 since are searched exactly and merged. Graphs are built and extended in the background
 (vector_jobs.py) and installed whole; a checkpoint compacts only when tombstones pass
-`tombstone_fraction_max`, which renumbers rows and drops the graph until its rebuild is in.
+`tombstone_fraction_max`, and with a graph the compaction runs aside too: the current graph serves
+until the compacted rows and their graph are swapped in.
 
 Planner, for an allowed-node mask (visibility & where-filter & has-vector):
 - nothing filtered and no tombstones: the index as is (faiss flat or HNSW at ef_search);
@@ -371,6 +372,26 @@ class VectorIndex:
                 self.hnsw is not None and rows <= self.hnsw_rows) or not self.wants_hnsw():
             return False
         self.hnsw, self.hnsw_rows = graph, rows
+        self.graph_unsaved = True
+        self.version += 1
+        return True
+
+    def install_compaction(self, generation: int, keep: np.ndarray, end: int, compacted: np.ndarray,
+                           graph: faiss.Index) -> bool:
+        """Swap in rows `keep` of [0, end) (as `compacted`, with their graph), then the rows appended since;
+        tombstones set meanwhile carry over. False when another compaction came first. Under the state lock."""
+        if generation != self.generation or end > self.rows or graph.ntotal != len(keep):
+            return False
+        self.matrix = np.concatenate([compacted, self.matrix[end:self.rows]])
+        self.row_ids = np.concatenate([self.row_ids[keep], self.row_ids[end:self.rows]])
+        self.live = np.concatenate([self.live[keep], self.live[end:self.rows]])
+        self.rows = len(self.row_ids)
+        live_rows = np.flatnonzero(self.live)
+        self.row_of = dict(zip(self.row_ids[live_rows].tolist(), live_rows.tolist(), strict=True))
+        self.live_count = len(live_rows)
+        self.hnsw, self.hnsw_rows = graph, len(keep)
+        self._faiss_flat, self._faiss_flat_rows = None, 0
+        self.generation += 1
         self.graph_unsaved = True
         self.version += 1
         return True

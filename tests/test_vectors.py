@@ -346,3 +346,43 @@ def test_close_during_a_build_loses_nothing(tmp_path):
         query = rng.normal(size=DIM)
         got = st.session().search(query, k=10).column("_key").to_pylist()
         assert len(set(got) & set(brute(vectors, query, 10, "cosine"))) >= 9
+
+
+def test_compaction_runs_aside_and_carries_over_what_happened_meanwhile(tmp_path):
+    config = VectorConfig(kind="hnsw", tombstone_fraction_max=0.2, gather_rows_min=16, ef_search=128, hnsw_m=16)
+    store, vectors, rng = make(str(tmp_path / "s"), config=config, rows=1200)
+    with store:
+        assert store.build_indexes(timeout_s=120)
+        index = store.vectors[("Doc", "emb")]
+        session = store.session()
+        dead = [f"d{i:04d}" for i in range(0, 1200, 3)]  # a third: past the compaction threshold
+        with session.transaction() as tx:
+            tx.delete_nodes("Doc", dead)
+        for key in dead:
+            del vectors[key]
+        gate = threading.Event()
+        store.indexer.submit("gate", _Blocker(gate))
+        store.checkpoint()
+        old_graph, generation = index.hnsw, index.generation
+        assert old_graph is not None and index.rows == 1200  # not compacted in place: the graph stays
+        near = list(vectors.values())[:30]  # like the rest of the data: low rank plus noise
+        late = {f"late{i}": (v + 0.1 * rng.normal(size=DIM)).astype(np.float32) for i, v in enumerate(near)}
+        with session.transaction() as tx:  # while the compaction waits: appends and more tombstones
+            tx.upsert_nodes("Doc", [{"id": k, "emb": v, "group": 3} for k, v in late.items()])
+            tx.delete_nodes("Doc", ["d0001", "d0002"])
+        vectors.update(late)
+        del vectors["d0001"], vectors["d0002"]
+        query = rng.normal(size=DIM)
+        assert session.search(query, k=10).schema.metadata[b"plan"].startswith(b"hnsw")  # old graph in use
+        gate.set()
+        assert store.build_indexes(timeout_s=120)
+        assert index.generation > generation and index.hnsw is not old_graph
+        assert index.live_count == len(vectors)  # the third that was dead is gone, the late rows kept
+        assert index.rows == len(vectors) + 2  # the two tombstones set meanwhile carry over as tombstones
+        assert index.hnsw_rows == index.rows
+        hits = 0
+        for q in rng.normal(size=(20, DIM)):
+            got = session.search(q, k=10).column("_key").to_pylist()
+            hits += len(set(got) & set(brute(vectors, q, 10, "cosine")))
+            assert not set(got) & ({"d0001", "d0002"} | set(dead))
+        assert hits >= 180  # recall@10 >= 0.9 with this small graph
