@@ -22,6 +22,7 @@ class StoreConfig:
     traversal_nodes_max: int = 1_000_000
     overlay_edges_max: int = 65_536
     apply_delay_ms: int = 100
+    row_cache_rows_max: int = 10_000  # whole node rows kept for point reads; 0 turns the cache off
     audit: bool = False
     audit_entries_max: int = 100_000
     vectors: VectorConfig = field(default_factory=VectorConfig)
@@ -32,6 +33,8 @@ class StoreConfig:
                      "overlay_edges_max", "apply_delay_ms", "audit_entries_max"):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"config {name} must be positive, got {getattr(self, name)}")
+        if self.row_cache_rows_max < 0:
+            raise InvalidArgument(f"config row_cache_rows_max must be >= 0, got {self.row_cache_rows_max}")
         if self.wal_preallocate_bytes < 0:
             raise InvalidArgument(f"config wal_preallocate_bytes must be >= 0, got {self.wal_preallocate_bytes}")
         if self.value_bytes_max > self.transaction_bytes_max:

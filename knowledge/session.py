@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from knowledge.audit import AuditEntry
 from knowledge.errors import InvalidArgument, NotFound, PermissionDenied, UnknownType
@@ -136,8 +137,29 @@ class Session:
         return self._fetch(type_name, ids, self._columns(type_name, columns))
 
     def _fetch(self, type_name: str, ids: list[int], columns: list[str]) -> pa.Table:
-        self.store.wait_applied()
-        cols = ", ".join(["_id", "_labels", *(quote(c) for c in columns)])
+        """`_id`, `_labels` and `columns` of the nodes `ids` (already visibility-checked), in id order:
+        cached rows from the row cache, the rest from DuckDB (then cached)."""
+        cache = self.store.row_cache
+        token = cache.token()  # before the DuckDB read: a write applied after it keeps this read out
+        wanted = ["_id", "_labels", *columns]
+        found = cache.get_many(type_name, ids) if cache.rows_max else {}
+        missing = [node for node in ids if node not in found]
+        parts = list(found.values())
+        if missing or not ids:
+            self.store.wait_applied()
+            fetched = self._fetch_rows(type_name, missing, None if cache.rows_max else wanted)
+            cache.put(type_name, fetched, token)
+            if not found:
+                return fetched.select(wanted)
+            parts.append(fetched)
+        table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        if len(ids) > 1:
+            table = table.take(pc.sort_indices(table.column("_id")))
+        return table.select(wanted)
+
+    def _fetch_rows(self, type_name: str, ids: list[int], columns: list[str] | None) -> pa.Table:
+        """Rows of `ids` from DuckDB in id order: `columns`, or whole rows (all but `_lsn`) when None."""
+        cols = "* EXCLUDE (_lsn)" if columns is None else ", ".join(quote(c) for c in columns)
         cursor = self.store.tables.cursor()
         try:
             if len(ids) == 1:

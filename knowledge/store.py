@@ -35,6 +35,7 @@ from knowledge.ops import Op, OpKind, decode_ops, encode_ops
 from knowledge.position import Position
 from knowledge.principal import ADMIN, Principal
 from knowledge.resolve import Resolver, check_payload_size
+from knowledge.row_cache import RowCache
 from knowledge.rows import NodeRows
 from knowledge.schema import Schema
 from knowledge.snapshot_file import read_snapshot, write_snapshot
@@ -117,6 +118,7 @@ class Store:
         self.keywords: dict[tuple[str, str], KeywordIndex] = {}
         self.audit = AuditLog(self.config.audit_entries_max) if self.config.audit else None
         self.indexer = IndexBuilder(self._state)
+        self.row_cache = RowCache(self.config.row_cache_rows_max)
         self._load_memory()
         self._replay()
         self._schedule_index_builds()
@@ -410,6 +412,7 @@ class Store:
                 if op.name.startswith(PRINCIPAL_PREFIX):
                     self.catalog.apply(op.document)
             elif op.kind == OpKind.SCHEMA:
+                self.row_cache.clear()
                 self.schema = Schema.from_dict(op.document)
                 for name, node_type in self.schema.nodes.items():
                     directory.ensure_type(name)
@@ -425,12 +428,14 @@ class Store:
             elif op.kind == OpKind.UPSERT_NODES and op.rows is not None:
                 rows = op.rows
                 assert rows.ids is not None
+                self.row_cache.invalidate(op.name, rows.ids)
                 directory.apply_upsert_rows(op.name, rows.ids, rows.column(self.schema.nodes[op.name].key),
                                             rows.labels)
                 self._apply_vectors([op])
                 self._apply_keywords(op)
             elif op.kind == OpKind.UPSERT_NODES:
                 assert op.table is not None
+                self.row_cache.invalidate(op.name, op.table.column("_id").to_numpy())
                 key = self.schema.nodes[op.name].key
                 directory.apply_upsert(op.name, op.table.column("_id").to_numpy(),
                                        op.table.column(key).to_pylist(), op.table.column("_labels"))
@@ -438,6 +443,7 @@ class Store:
                 self._apply_keywords(op)
             elif op.kind == OpKind.DELETE_NODES:
                 assert op.table is not None
+                self.row_cache.invalidate(op.name, op.table.column("_id").to_numpy())
                 directory.apply_delete(op.name, op.table.column("_id").to_numpy())
                 self._apply_vectors([op])
                 self._apply_keywords(op)
