@@ -1,6 +1,6 @@
-"""A bounded LRU cache of whole node rows as DuckDB returned them, so repeated point reads skip DuckDB.
+"""A bounded LRU cache of node rows as DuckDB returned them, so repeated point reads skip DuckDB.
 
-Rows are one-row Arrow tables (all columns but `_lsn`), shared read-only. A write invalidates the
+Rows are one-row Arrow tables (`_id`, `_labels` and every property but vectors), shared read-only. A write invalidates the
 rows it touches when it is applied to memory, before it becomes visible, so a cached row is always
 the row a read at the current LSN would fetch. A reader that fetched from DuckDB may cache what it
 fetched only if no write was applied since it took its token: a row fetched just before a write

@@ -137,17 +137,24 @@ class Session:
         return self._fetch(type_name, ids, self._columns(type_name, columns))
 
     def _fetch(self, type_name: str, ids: list[int], columns: list[str]) -> pa.Table:
-        """`_id`, `_labels` and `columns` of the nodes `ids` (already visibility-checked), in id order:
-        cached rows from the row cache, the rest from DuckDB (then cached)."""
+        """`_id`, `_labels` and `columns` of the nodes `ids` (already visibility-checked), in id order.
+
+        Reads that want no vector column go through the row cache, which holds rows without their
+        vectors (large, and fetched for search results only); the rest come from DuckDB.
+        """
         cache = self.store.row_cache
         token = cache.token()  # before the DuckDB read: a write applied after it keeps this read out
         wanted = ["_id", "_labels", *columns]
-        found = cache.get_many(type_name, ids) if cache.rows_max else {}
+        cached_columns = self._cached_columns(type_name) if cache.rows_max else None
+        if cached_columns is None or not set(columns) <= set(cached_columns):
+            self.store.wait_applied()
+            return self._fetch_rows(type_name, ids, wanted)
+        found = cache.get_many(type_name, ids)
         missing = [node for node in ids if node not in found]
         parts = list(found.values())
         if missing or not ids:
             self.store.wait_applied()
-            fetched = self._fetch_rows(type_name, missing, None if cache.rows_max else wanted)
+            fetched = self._fetch_rows(type_name, missing, ["_id", "_labels", *cached_columns])
             cache.put(type_name, fetched, token)
             if not found:
                 return fetched.select(wanted)
@@ -157,9 +164,13 @@ class Session:
             table = table.take(pc.sort_indices(table.column("_id")))
         return table.select(wanted)
 
-    def _fetch_rows(self, type_name: str, ids: list[int], columns: list[str] | None) -> pa.Table:
-        """Rows of `ids` from DuckDB in id order: `columns`, or whole rows (all but `_lsn`) when None."""
-        cols = "* EXCLUDE (_lsn)" if columns is None else ", ".join(quote(c) for c in columns)
+    def _cached_columns(self, type_name: str) -> list[str]:
+        """The property columns a row cache entry of `type_name` holds: all but the vectors."""
+        return [name for name, prop in self._node_type(type_name).properties.items() if not prop.is_vector]
+
+    def _fetch_rows(self, type_name: str, ids: list[int], columns: list[str]) -> pa.Table:
+        """`columns` of the rows of `ids` from DuckDB, in id order."""
+        cols = ", ".join(quote(c) for c in columns)
         cursor = self.store.tables.cursor()
         try:
             if len(ids) == 1:
