@@ -680,7 +680,13 @@ class Store:
         """Whole-store figures (admin view); sessions report visible counts."""
         return {"path": self.path, "lsn": self.memory_lsn, "epoch": self.epoch, "position": str(self.position),
                 "applied_lsn": self.tables.applied_lsn, "wal_first_lsn": self.wal.first_lsn,
-                "fsyncs": self.wal.fsync_count}
+                "fsyncs": self.wal.fsync_count,
+                "row_cache": {"rows": len(self.row_cache), "hits": self.row_cache.hits,
+                              "misses": self.row_cache.misses},
+                "index_builds": {"pending": self.indexer.pending(), "installed": self.indexer.installed,
+                                 "failed": self.indexer.failures},
+                "vector_indexes": {f"{t}.{p}": {"rows": v.rows, "live": v.live_count, "graph_rows": v.hnsw_rows}
+                                   for (t, p), v in self.vectors.items()}}
 
     def _check_open(self) -> None:
         if self._closed:

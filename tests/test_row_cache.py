@@ -89,5 +89,7 @@ def test_reads_match_an_uncached_store_through_every_kind_of_write(pair):
             assert cached == uncached, step
             assert _reads(pair[0], probe, principal) == uncached  # the second read is served from the cache
     assert pair[0].row_cache.hits > 0 and len(pair[0].row_cache) <= 50
+    figures = pair[0].stats()["row_cache"]
+    assert figures["hits"] == pair[0].row_cache.hits > 0 and figures["misses"] > 0 and figures["rows"] <= 50
     hidden = pair[0].session(reader).get_many("Doc", keys).column_names
     assert "secret" not in hidden
