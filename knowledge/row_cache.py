@@ -1,6 +1,7 @@
 """A bounded LRU cache of node rows as DuckDB returned them, so repeated point reads skip DuckDB.
 
-Rows are one-row Arrow tables (`_id`, `_labels` and every property but vectors), shared read-only. A write invalidates the
+Rows are one-row Arrow tables (`_id`, `_labels` and every property but vectors), shared read-only;
+each is a view of the fetch it came from, so only fetches of up to PUT_ROWS_MAX rows are cached. A write invalidates the
 rows it touches when it is applied to memory, before it becomes visible, so a cached row is always
 the row a read at the current LSN would fetch. A reader that fetched from DuckDB may cache what it
 fetched only if no write was applied since it took its token: a row fetched just before a write
@@ -15,6 +16,8 @@ from collections.abc import Iterable
 
 import numpy as np
 import pyarrow as pa
+
+PUT_ROWS_MAX = 64  # larger fetches are not cached: a cached row is a view that keeps its whole fetch alive
 
 
 class RowCache:
@@ -48,7 +51,7 @@ class RowCache:
 
     def put(self, type_name: str, table: pa.Table, token: int) -> None:
         """Cache the rows of `table` (whole rows with `_id`) unless a write came after `token`."""
-        if not self.rows_max or not table.num_rows:
+        if not self.rows_max or not table.num_rows or table.num_rows > PUT_ROWS_MAX:
             return
         ids = table.column("_id").to_pylist()
         with self._lock:
@@ -56,7 +59,7 @@ class RowCache:
             if token != self._writes:
                 return
             for index, node in enumerate(ids[-self.rows_max:], start=max(0, len(ids) - self.rows_max)):
-                self._rows[(type_name, node)] = table.slice(index, 1)
+                self._rows[(type_name, node)] = table.slice(index, 1)  # a view: no copy
                 self._rows.move_to_end((type_name, node))
             while len(self._rows) > self.rows_max:
                 self._rows.popitem(last=False)

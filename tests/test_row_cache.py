@@ -10,7 +10,7 @@ import pytest
 import knowledge
 from knowledge import Principal
 from knowledge.errors import NotFound
-from knowledge.row_cache import RowCache
+from knowledge.row_cache import PUT_ROWS_MAX, RowCache
 
 
 def _row(node: int, value: str) -> pa.Table:
@@ -32,6 +32,9 @@ def test_cache_unit_behaviour():
     assert cache.get_many("Other", [2]) == {}
     cache.clear()
     assert len(cache) == 0
+    big = pa.concat_tables([_row(node, "x") for node in range(10, 10 + PUT_ROWS_MAX + 1)])
+    cache.put("T", big, cache.token())  # a large fetch is not cached (its rows would pin it whole)
+    assert cache.get_many("T", [10]) == {}
     off = RowCache(rows_max=0)
     off.put("T", _row(1, "a"), off.token())
     assert off.get_many("T", [1]) == {}
