@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import array
 import contextlib
+import functools
 import itertools
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -51,6 +52,19 @@ class NodeRef:
     id: int
     type: str
     key: Any
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _consistent(method: _F) -> _F:
+    """Run a read under the store's state lock, so its visibility check and the rows it then fetches
+    belong to one LSN: a commit that relabels or rewrites a node cannot land in between (it waits)."""
+    @functools.wraps(method)
+    def wrapper(self: Session, *args: Any, **kwargs: Any) -> Any:
+        with self.store._state:
+            return method(self, *args, **kwargs)
+    return wrapper  # type: ignore[return-value]
 
 
 class Session:
@@ -118,6 +132,7 @@ class Session:
         return self.store.audit.query(principal, api, node_id, limit)
 
     # -- point reads --------------------------------------------------------------------------
+    @_consistent
     def get(self, type_name: str, key: Any, columns: Iterable[str] | None = None) -> dict[str, Any]:
         """The node's properties plus `_id` and `_labels`; raises NotFound when absent or invisible."""
         node = self._visible_id(type_name, key)
@@ -127,6 +142,7 @@ class Session:
         self._audit("get", [node])
         return _decode_row(self._node_type(type_name), table.to_pylist()[0])
 
+    @_consistent
     def get_many(self, type_name: str, keys: Iterable[Any], columns: Iterable[str] | None = None) -> pa.Table:
         """Rows of the visible nodes among `keys` (absent or invisible keys are skipped)."""
         self._node_type(type_name)
@@ -197,6 +213,7 @@ class Session:
                 raise UnknownType(f"unknown edge type {name!r}", type_name=name)
         return names
 
+    @_consistent
     def neighbors(self, type_name: str, key: Any, edge_type: str | Iterable[str] | None = None,
                   direction: Direction = "out", limit: int = 1000) -> list[NodeRef]:
         """Visible neighbours of a visible node, ordered by id; raises NotFound, InvalidArgument."""
@@ -218,6 +235,7 @@ class Session:
         self._audit("neighbors", ids)
         return [self.ref(n) for n in ids.tolist()]
 
+    @_consistent
     def traverse(self, type_name: str, key: Any, edge_type: str | Iterable[str] | None = None,
                  direction: Direction = "out", depth: int = 2, limit: int = 10_000) -> pa.Table:
         """Breadth-first k-hop walk from a visible node through visible nodes only.
@@ -298,6 +316,7 @@ class Session:
             self.store.wait_applied(lsn)
             yield lsn
 
+    @_consistent
     def edges(self, edge_type: str, limit: int | None = None) -> pa.Table:
         """Visible edges of one type: src/dst ids, keys and properties (Arrow)."""
         self._edge_types(edge_type)
@@ -319,6 +338,7 @@ class Session:
             cursor.close()
 
     # -- vector search ------------------------------------------------------------------------
+    @_consistent
     def search(self, vector: Any, k: int = 10, type: str | None = None, property: str | None = None,
                where: dict[str, Any] | None = None, columns: Iterable[str] | None = None) -> pa.Table:
         """The k visible nodes nearest to `vector` that match `where`, best first, as Arrow.
@@ -345,6 +365,7 @@ class Session:
             ids, scores, plan = index.search_prepared(query, k, allowed)
         return self._ranked(type_name, ids, scores, columns, "search", plan, key_type)
 
+    @_consistent
     def keyword_search(self, query: str, k: int = 10, type: str | None = None, property: str | None = None,
                        where: dict[str, Any] | None = None, columns: Iterable[str] | None = None) -> pa.Table:
         """The k visible nodes whose `text` property best matches `query` (BM25), best first, as Arrow.
@@ -442,6 +463,7 @@ class Session:
         return retrieve(self, question, k, mode, **options)
 
     # -- scans and counts ---------------------------------------------------------------------
+    @_consistent
     def scan(self, type_name: str, where: dict[str, Any] | None = None, columns: Iterable[str] | None = None,
              limit: int | None = None) -> pa.Table:
         """Visible rows of one node type matching `where`, as Arrow (with `_id` and `_labels`).

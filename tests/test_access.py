@@ -143,3 +143,40 @@ def test_principal_cli(tmp_path, capsys):
     for action in ("create", "grant", "revoke", "drop", "list", "token"):
         assert main(["principal", action, "--help"]) == 0
         assert "Example:" in capsys.readouterr().out
+
+
+def test_a_relabel_cannot_land_between_a_reads_visibility_check_and_its_fetch(tmp_path, monkeypatch):
+    """A concurrent commit that hides a node and rewrites it must not reach a read that checked visibility
+    before it: the read returns the old row (or nothing), never the new, now hidden, content."""
+    import threading
+
+    from knowledge.session import Session
+
+    with knowledge.open(str(tmp_path / "s")) as store:
+        store.define_node_type("Doc", key="k", properties={"body": "str"})
+        with store.session().transaction() as tx:
+            tx.upsert_nodes("Doc", [{"k": "d", "body": "public text", "_labels": ["pub"]}])
+        reader = store.session(knowledge.Principal("r", read=frozenset({"pub"})))
+        fetch = Session._fetch
+        writers: list[threading.Thread] = []
+
+        def fetch_with_a_concurrent_relabel(self, *args):
+            def relabel():
+                with store.session().transaction() as tx:
+                    tx.upsert_nodes("Doc", [{"k": "d", "body": "secret text", "_labels": ["secret"]}])
+            writer = threading.Thread(target=relabel)
+            writer.start()
+            writer.join(0.3)  # time enough to commit, were the read not holding the state
+            writers.append(writer)
+            return fetch(self, *args)
+
+        monkeypatch.setattr(Session, "_fetch", fetch_with_a_concurrent_relabel)
+        for read in (lambda: [reader.get("Doc", "d")["body"]],
+                     lambda: reader.get_many("Doc", ["d"]).column("body").to_pylist()):
+            assert read() == ["public text"]
+            writers[-1].join(10)
+            monkeypatch.setattr(Session, "_fetch", fetch)
+            assert reader.get_many("Doc", ["d"]).num_rows == 0  # the relabel is in now: hidden
+            with store.session().transaction() as tx:  # back to public for the next read
+                tx.upsert_nodes("Doc", [{"k": "d", "body": "public text", "_labels": ["pub"]}])
+            monkeypatch.setattr(Session, "_fetch", fetch_with_a_concurrent_relabel)
