@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from knowledge.audit import AuditLog
@@ -31,12 +30,12 @@ from knowledge.graph import EdgeIndex
 from knowledge.indexer import IndexBuilder
 from knowledge.keyword import KeywordIndex
 from knowledge.lock import DirectoryLock
+from knowledge.memory_apply import apply_keywords, apply_memory, apply_vectors
 from knowledge.ops import Op, OpKind, decode_ops, encode_ops
 from knowledge.position import Position
 from knowledge.principal import ADMIN, Principal
 from knowledge.resolve import Resolver, check_payload_size
 from knowledge.row_cache import RowCache
-from knowledge.rows import NodeRows
 from knowledge.schema import Schema
 from knowledge.snapshot_file import read_snapshot, write_snapshot
 from knowledge.tables import Tables, node_table, query_arrow
@@ -168,7 +167,7 @@ class Store:
                     for record in self.wal.read_from(lsn + 1, until_lsn=applied):
                         for op in decode_ops(record.payload, record.lsn):
                             if op.name == type_name and op.kind in (OpKind.UPSERT_NODES, OpKind.DELETE_NODES):
-                                self._apply_keywords(op, only=key)
+                                apply_keywords(self, op, only=key)
                 except (OSError, ValueError) as exc:  # KeywordIndexError is a ValueError
                     never_saved = isinstance(exc, FileNotFoundError) and self.tables.meta("snapshots_lsn") is None
                     if not never_saved:
@@ -199,7 +198,7 @@ class Store:
                                          f"WAL from {self.wal.first_lsn})")
                     self.vectors[(type_name, prop.name)] = index
                     for record in self.wal.read_from(lsn + 1, until_lsn=applied):
-                        self._apply_vectors(decode_ops(record.payload, record.lsn), only=(type_name, prop.name))
+                        apply_vectors(self, decode_ops(record.payload, record.lsn), only=(type_name, prop.name))
                 except (OSError, ValueError, KeyError) as exc:
                     never_saved = isinstance(exc, FileNotFoundError) and self.tables.meta("snapshots_lsn") is None
                     if not never_saved:  # a snapshot that a checkpoint wrote is missing or damaged
@@ -225,7 +224,7 @@ class Store:
         batch: list[tuple[int, int, list[Op]]] = []
         for record in self.wal.read_from(applied + 1):
             ops = decode_ops(record.payload, record.lsn)
-            self._apply_memory(ops)
+            apply_memory(self, ops)
             batch.append((record.lsn, record.epoch, ops))
             if len(batch) >= APPLY_BATCH_RECORDS_MAX:
                 self.tables.apply(batch)
@@ -385,7 +384,7 @@ class Store:
                 self._memory_turn.wait(0.5)
             try:
                 with self._state:
-                    self._apply_memory(ops)
+                    apply_memory(self, ops)
                     for name in edge_types:
                         self._inflight_edges[name] -= 1
                     self.memory_lsn = lsn  # inside the state lock: a snapshot sees ops and LSN together
@@ -404,123 +403,6 @@ class Store:
             self._queue.append((lsn, self.epoch, ops))
             if len(self._queue) >= APPLY_BATCH_RECORDS_MIN:
                 self._applier_cv.notify_all()
-
-    def _apply_memory(self, ops: list[Op]) -> None:
-        directory = self.directory
-        for op in ops:
-            if op.kind == OpKind.META:
-                if op.name.startswith(PRINCIPAL_PREFIX):
-                    self.catalog.apply(op.document)
-            elif op.kind == OpKind.SCHEMA:
-                self.row_cache.clear()
-                self.schema = Schema.from_dict(op.document)
-                for name, node_type in self.schema.nodes.items():
-                    directory.ensure_type(name)
-                    for prop in node_type.properties.values():
-                        if prop.type == "text":
-                            self.keywords.setdefault((name, prop.name), KeywordIndex())
-                    for prop in node_type.vector_properties:
-                        assert prop.dimension is not None and prop.metric is not None
-                        self.vectors.setdefault((name, prop.name), VectorIndex(prop.dimension, prop.metric,
-                                                                               self.config.vectors))
-                for name in self.schema.edges:
-                    self.edges.setdefault(name, EdgeIndex(self.config.overlay_edges_max))
-            elif op.kind == OpKind.UPSERT_NODES and op.rows is not None:
-                rows = op.rows
-                assert rows.ids is not None
-                self.row_cache.invalidate(op.name, rows.ids)
-                directory.apply_upsert_rows(op.name, rows.ids, rows.column(self.schema.nodes[op.name].key),
-                                            rows.labels)
-                self._apply_vectors([op])
-                self._apply_keywords(op)
-            elif op.kind == OpKind.UPSERT_NODES:
-                assert op.table is not None
-                self.row_cache.invalidate(op.name, op.table.column("_id").to_numpy())
-                key = self.schema.nodes[op.name].key
-                directory.apply_upsert(op.name, op.table.column("_id").to_numpy(),
-                                       op.table.column(key).to_pylist(), op.table.column("_labels"))
-                self._apply_vectors([op])
-                self._apply_keywords(op)
-            elif op.kind == OpKind.DELETE_NODES:
-                assert op.table is not None
-                self.row_cache.invalidate(op.name, op.table.column("_id").to_numpy())
-                directory.apply_delete(op.name, op.table.column("_id").to_numpy())
-                self._apply_vectors([op])
-                self._apply_keywords(op)
-            elif op.kind in (OpKind.UPSERT_EDGES, OpKind.DELETE_EDGES):
-                assert op.table is not None
-                src = op.table.column("_src").to_numpy()
-                dst = op.table.column("_dst").to_numpy()
-                index = self.edges[op.name]
-                if op.kind == OpKind.UPSERT_EDGES:
-                    index.add(src, dst, directory.capacity)
-                else:
-                    index.remove(src, dst, directory.capacity)
-
-    def _apply_vectors(self, ops: list[Op], only: tuple[str, str] | None = None) -> None:
-        """Feed node upserts and deletes to the vector indexes (all, or the `only` one)."""
-        for op in ops:
-            if op.kind not in (OpKind.UPSERT_NODES, OpKind.DELETE_NODES) or (op.table is None and op.rows is None):
-                continue
-            node_type = self.schema.nodes.get(op.name)
-            props = node_type.vector_properties if node_type is not None else []
-            if not props:
-                continue
-            if op.rows is not None:
-                self._apply_vector_rows(op.rows, props, only)
-                continue
-            assert op.table is not None
-            ids = op.table.column("_id").to_numpy()
-            for prop in props:
-                index = self.vectors.get((op.name, prop.name))
-                if index is None or (only is not None and only != (op.name, prop.name)):
-                    continue
-                if op.kind == OpKind.DELETE_NODES or prop.name not in op.table.column_names:
-                    index.remove(ids)
-                    continue
-                column = op.table.column(prop.name).combine_chunks()
-                present = ~column.is_null().to_numpy(zero_copy_only=False)
-                index.remove(ids[~present])
-                if present.any():
-                    values = pc.list_flatten(column.filter(pa.array(present))).to_numpy(zero_copy_only=False)
-                    index.upsert(ids[present], values.reshape(-1, index.dimension))
-
-    def _apply_vector_rows(self, rows: NodeRows, props: list[Any], only: tuple[str, str] | None) -> None:
-        """_apply_vectors for an upsert given as NodeRows."""
-        assert rows.ids is not None
-        for prop in props:
-            index = self.vectors.get((rows.type_name, prop.name))
-            if index is None or (only is not None and only != (rows.type_name, prop.name)):
-                continue
-            values = rows.column(prop.name) if prop.name in rows.names else [None] * len(rows)
-            absent = [node for node, value in zip(rows.ids, values, strict=True) if value is None]
-            if absent:
-                index.remove(np.array(absent, dtype=np.int64))
-            present = [(node, value) for node, value in zip(rows.ids, values, strict=True) if value is not None]
-            if present:
-                index.upsert(np.array([node for node, _ in present], dtype=np.int64),
-                             np.stack([value for _, value in present]))
-
-    def _apply_keywords(self, op: Op, only: tuple[str, str] | None = None) -> None:
-        """Feed a node upsert or delete to the keyword indexes of its type's text properties (or `only`)."""
-        if op.rows is not None:
-            assert op.rows.ids is not None
-            ids = np.array(op.rows.ids, dtype=np.int64)
-            names: tuple[str, ...] | list[str] = op.rows.names
-        else:
-            assert op.table is not None
-            ids = op.table.column("_id").to_numpy()
-            names = op.table.column_names
-        for (type_name, prop), index in self.keywords.items():
-            if type_name != op.name or (only is not None and only != (type_name, prop)):
-                continue
-            if op.kind == OpKind.DELETE_NODES or prop not in names:
-                index.remove(ids)
-            elif op.rows is not None:
-                index.upsert(ids, op.rows.column(prop))
-            else:
-                assert op.table is not None
-                index.upsert(ids, op.table.column(prop).to_pylist())
 
     def _fail(self, exc: BaseException) -> None:
         if self._failure is None:
