@@ -18,27 +18,27 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow.compute as pc
 
 from knowledge.audit import AuditLog
 from knowledge.catalog import PREFIX as PRINCIPAL_PREFIX
 from knowledge.catalog import Catalog
 from knowledge.config import StoreConfig
 from knowledge.directory import NodeDirectory
-from knowledge.errors import KnowledgeError, SchemaError, StoreClosed, StoreNotFound, StorePoisoned, invariant
+from knowledge.errors import KnowledgeError, SchemaError, StoreClosed, StoreNotFound, StorePoisoned
 from knowledge.graph import EdgeIndex
 from knowledge.indexer import IndexBuilder
 from knowledge.keyword import KeywordIndex
+from knowledge.loading import load_memory, replay
 from knowledge.lock import DirectoryLock
-from knowledge.memory_apply import apply_keywords, apply_memory, apply_vectors
-from knowledge.ops import Op, OpKind, decode_ops, encode_ops
+from knowledge.memory_apply import apply_memory
+from knowledge.ops import Op, OpKind, encode_ops
 from knowledge.position import Position
 from knowledge.principal import ADMIN, Principal
 from knowledge.resolve import Resolver, check_payload_size
 from knowledge.row_cache import RowCache
 from knowledge.schema import Schema
-from knowledge.snapshot_file import read_snapshot, write_snapshot
-from knowledge.tables import Tables, node_table, query_arrow
+from knowledge.snapshot_file import write_snapshot
+from knowledge.tables import Tables
 from knowledge.vector_jobs import compaction, hnsw_job
 from knowledge.vectors import VectorIndex
 from knowledge.wal import WriteAheadLog
@@ -118,121 +118,15 @@ class Store:
         self.audit = AuditLog(self.config.audit_entries_max) if self.config.audit else None
         self.indexer = IndexBuilder(self._state)
         self.row_cache = RowCache(self.config.row_cache_rows_max)
-        self._load_memory()
-        self._replay()
+        load_memory(self)
+        replay(self)
         self._schedule_index_builds()
         self.epoch = max(self.wal.last_epoch, self.tables.applied_epoch, 1)
         self._applier = threading.Thread(target=self._apply_loop, name="knowledge-applier", daemon=True)
         self._applier.start()
 
-    # -- open ---------------------------------------------------------------------------------
-    def _load_memory(self) -> None:
-        """Rebuild the directory and adjacency from the DuckDB tables."""
-        con = self.tables.cursor()
-        for (text,) in con.execute("SELECT value FROM _meta WHERE name LIKE 'principal:%' ORDER BY name").fetchall():
-            self.catalog.apply(json.loads(text))
-        for name, node_type in self.schema.nodes.items():
-            self.directory.ensure_type(name)
-            table = query_arrow(con, f'SELECT _id, "{node_type.key}" AS k, _labels FROM {node_table(name)}')
-            if table.num_rows:
-                ids = table.column("_id").to_numpy()
-                self.directory.apply_upsert(name, ids, table.column("k").to_pylist(), table.column("_labels"))
-        self.directory.next_id = max(self.directory.next_id, self.tables.next_id)
-        for name in self.schema.edges:
-            index = self.edges[name] = EdgeIndex(self.config.overlay_edges_max)
-            pairs = con.execute(f'SELECT _src, _dst FROM "e_{name}"').fetchnumpy()
-            if len(pairs["_src"]):
-                index.add(np.asarray(pairs["_src"], dtype=np.int64), np.asarray(pairs["_dst"], dtype=np.int64),
-                          self.directory.capacity)
-                index.compact(self.directory.capacity, self.directory.alive)
-        con.close()
-        self._load_vectors()
-        self._load_keywords()
-
-    def _load_keywords(self) -> None:
-        """Each keyword index from its snapshot plus the WAL up to the tables' LSN, else from the node
-        table's text column (the rest of the WAL is replayed after)."""
-        applied = self.tables.applied_lsn
-        for type_name, node_type in self.schema.nodes.items():
-            for prop in node_type.properties.values():
-                if prop.type != "text":
-                    continue
-                key = (type_name, prop.name)
-                try:
-                    lsn, body, _ = read_snapshot(self._snapshot_path(type_name, prop.name, "keywords"))
-                    if lsn > applied or self.wal.first_lsn > lsn + 1:
-                        raise ValueError(f"snapshot at LSN {lsn} does not join the log (tables at {applied}, "
-                                         f"WAL from {self.wal.first_lsn})")
-                    self.keywords[key] = KeywordIndex.restore(body)
-                    for record in self.wal.read_from(lsn + 1, until_lsn=applied):
-                        for op in decode_ops(record.payload, record.lsn):
-                            if op.name == type_name and op.kind in (OpKind.UPSERT_NODES, OpKind.DELETE_NODES):
-                                apply_keywords(self, op, only=key)
-                except (OSError, ValueError) as exc:  # KeywordIndexError is a ValueError
-                    never_saved = isinstance(exc, FileNotFoundError) and self.tables.meta("snapshots_lsn") is None
-                    if not never_saved:
-                        log.warning("keyword index %s.%s rebuilt from the node table: %s", type_name, prop.name, exc)
-                    self.keywords[key] = self._keywords_from_table(type_name, prop.name)
-
-    def _keywords_from_table(self, type_name: str, prop: str) -> KeywordIndex:
-        index = KeywordIndex()
-        table = self.tables.column_values(type_name, prop)
-        if table.num_rows:
-            index.upsert(table.column("_id").to_numpy(), table.column("value").to_pylist())
-        return index
-
     def _snapshot_path(self, type_name: str, prop: str, kind: str = "vectors") -> str:
         return os.path.join(self.path, "snapshots", f"{kind}-{type_name}-{prop}.snap")
-
-    def _load_vectors(self) -> None:
-        """Each vector index from its snapshot plus the WAL up to the tables' LSN, else from the table."""
-        applied = self.tables.applied_lsn
-        for type_name, node_type in self.schema.nodes.items():
-            for prop in node_type.vector_properties:
-                assert prop.dimension is not None and prop.metric is not None
-                try:
-                    index, lsn = VectorIndex.load(self._snapshot_path(type_name, prop.name), prop.dimension,
-                                                  prop.metric, self.config.vectors)
-                    if lsn > applied or self.wal.first_lsn > lsn + 1:
-                        raise ValueError(f"snapshot at LSN {lsn} does not join the log (tables at {applied}, "
-                                         f"WAL from {self.wal.first_lsn})")
-                    self.vectors[(type_name, prop.name)] = index
-                    for record in self.wal.read_from(lsn + 1, until_lsn=applied):
-                        apply_vectors(self, decode_ops(record.payload, record.lsn), only=(type_name, prop.name))
-                except (OSError, ValueError, KeyError) as exc:
-                    never_saved = isinstance(exc, FileNotFoundError) and self.tables.meta("snapshots_lsn") is None
-                    if not never_saved:  # a snapshot that a checkpoint wrote is missing or damaged
-                        log.warning("vector index %s.%s rebuilt from the node table: %s", type_name, prop.name, exc)
-                    self.vectors[(type_name, prop.name)] = self._vectors_from_table(type_name, prop)
-
-    def _vectors_from_table(self, type_name: str, prop: Any) -> VectorIndex:
-        index = VectorIndex(prop.dimension, prop.metric, self.config.vectors)
-        table = self.tables.column_values(type_name, prop.name)
-        if table.num_rows:
-            flat = pc.list_flatten(table.column("value")).to_numpy(zero_copy_only=False)
-            index.upsert(table.column("_id").to_numpy(), flat.reshape(-1, prop.dimension))
-        return index
-
-    def _replay(self) -> None:
-        applied = self.tables.applied_lsn
-        if self.wal.last_lsn < applied:
-            invariant(self.wal.last_lsn == 0, f"WAL ends at {self.wal.last_lsn} below applied LSN {applied}")
-            self.wal.start_at(applied, self.tables.applied_epoch)
-        if self.wal.first_lsn > applied + 1:
-            raise KnowledgeError(f"WAL starts at LSN {self.wal.first_lsn} but the tables stop at {applied}: "
-                                 f"records in between are missing")
-        batch: list[tuple[int, int, list[Op]]] = []
-        for record in self.wal.read_from(applied + 1):
-            ops = decode_ops(record.payload, record.lsn)
-            apply_memory(self, ops)
-            batch.append((record.lsn, record.epoch, ops))
-            if len(batch) >= APPLY_BATCH_RECORDS_MAX:
-                self.tables.apply(batch)
-                batch = []
-        self.tables.apply(batch)
-        self.memory_lsn = self.wal.last_lsn
-        if self.wal.last_lsn > applied:
-            log.info("replayed WAL records %d..%d", applied + 1, self.wal.last_lsn)
 
     # -- sessions -----------------------------------------------------------------------------
     def session(self, principal: Principal | str | None = None) -> Session:

@@ -79,7 +79,7 @@ def _scores(session, query="graph databases"):
 
 def test_checkpoint_snapshot_is_loaded_with_the_tail_replayed(tmp_path, monkeypatch, caplog):
     import knowledge
-    from knowledge.store import Store
+    from knowledge import loading
 
     path = str(tmp_path / "kw")
     with knowledge.open(path) as store:
@@ -97,7 +97,7 @@ def test_checkpoint_snapshot_is_loaded_with_the_tail_replayed(tmp_path, monkeypa
         raise AssertionError("rebuilt from the table although a snapshot exists")
 
     with monkeypatch.context() as patch:
-        patch.setattr(Store, "_keywords_from_table", no_rebuild)
+        patch.setattr(loading, "_keywords_from_table", no_rebuild)
         with knowledge.open(path) as store:
             assert _scores(store.session()) == expected
             assert "a4" not in [k for k, _ in _scores(store.session(), "note")]
