@@ -540,3 +540,27 @@ def test_position_orders_by_epoch_then_lsn():
     assert Position(0, 0).is_zero()
     with pytest.raises(ValueError):
         Position(-1, 0)
+
+
+def test_preallocation_off_writes_frames_only(tmp_path, monkeypatch):
+    from knowledge.wal import log as wal_log
+
+    writes: list[int] = []
+    pwrite = os.pwrite
+
+    def counted(fd, data, offset):
+        writes.append(len(data))
+        return pwrite(fd, data, offset)
+
+    monkeypatch.setattr(wal_log.os, "pwrite", counted)
+    directory = str(tmp_path / "wal")
+    wal = WriteAheadLog(directory, preallocate_bytes=0)
+    try:
+        for i in range(3):
+            wal.append(_payload(i), 1)
+        wal.sync_to(3)
+        frame = frames.HEADER_BYTES + len(_payload(0))
+        assert writes == [frame] * 3  # each frame written once, no zeros ahead of it
+        assert os.path.getsize(os.path.join(directory, segment_name(1))) == 3 * frame
+    finally:
+        wal.close()

@@ -195,7 +195,7 @@ class WriteAheadLog:
                 self._roll(lsn)
             end = self._segment_bytes + len(frame)
             try:
-                if end > self._allocated_bytes and len(frame) <= PREALLOCATE_FRAME_BYTES_MAX:
+                if self.preallocate_bytes and end > self._allocated_bytes and len(frame) <= PREALLOCATE_FRAME_BYTES_MAX:
                     self._preallocate(end)
                 written = os.pwrite(self._fd, frame, self._segment_bytes)
                 invariant(written == len(frame), "short WAL write")
