@@ -31,8 +31,9 @@ import faiss
 import numpy as np
 
 from knowledge.errors import InvalidArgument
-from knowledge.kernels import gpu_available, topk
+from knowledge.kernels import gpu_available
 from knowledge.snapshot_file import read_snapshot, write_snapshot
+from knowledge.vector_device import DeviceRows
 
 try:  # what np.einsum calls (optimize=False), without its dispatch wrapper: a fixed cost per query
     from numpy._core.multiarray import c_einsum as _einsum
@@ -60,10 +61,13 @@ class VectorConfig:
     gather_fraction: float = 0.05
     gather_rows_min: int = 4096
     device: str = "auto"               # exact scans on "cpu", "gpu", or the GPU when one is usable ("auto")
+    gpu_memory_fraction_max: float = 0.5  # an index's rows go to the GPU only within this share of its memory
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "gpu"):
             raise InvalidArgument(f"vector device must be auto, cpu or gpu, not {self.device!r}")
+        if not 0 < self.gpu_memory_fraction_max <= 1:
+            raise InvalidArgument(f"vector gpu_memory_fraction_max must be in (0, 1], not {self.gpu_memory_fraction_max!r}")
         if self.kind not in ("auto", "flat", "hnsw"):
             raise InvalidArgument(f"vector index kind must be auto, flat or hnsw, not {self.kind!r}")
         if not 0 < self.tombstone_fraction_max <= 1 or self.hnsw_tail_rows_max < 0:
@@ -101,6 +105,7 @@ class VectorIndex:
         self._faiss_flat_rows = 0  # rows in _faiss_flat (read without a SWIG call on every query)
         self._hnsw_params: tuple[int, faiss.SearchParametersHNSW] | None = None  # (efSearch, params), unfiltered
         self.use_gpu = self.config.device == "gpu" or (self.config.device == "auto" and gpu_available()[0])
+        self._device: DeviceRows | None = None  # the rows in GPU memory, while use_gpu
 
     @property
     def faiss_metric(self) -> int:
@@ -211,14 +216,14 @@ class VectorIndex:
         return selected * GATHER_COST_PER_ROW <= ef * self.config.hnsw_m
 
     def _gather(self, q: np.ndarray, k: int, row_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rows = np.flatnonzero(row_mask)
-        found, scores = self._exact(q, k, self.matrix[rows])
-        return self._finish(rows[found], scores, k)
+        found, scores = self._exact_rows(q, k, np.flatnonzero(row_mask))
+        return self._finish(found, scores, k)
 
     def _flat(self, q: np.ndarray, k: int, row_mask: np.ndarray, unfiltered: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Exact search of every row: faiss's flat index (kept in step with the rows) on the CPU."""
-        if self.use_gpu:
-            found, scores = self._exact(q, k, self.matrix[:self.rows], None if unfiltered else row_mask)
+        """Exact search of every row: the GPU copy of the rows, or faiss's flat index (kept in step with the
+        rows) on the CPU."""
+        if self._on_device():
+            found, scores = self._exact_rows(q, k, None, None if unfiltered else row_mask)
             return self._finish(found, scores, k)
         index = self._flat_index()
         params = None
@@ -226,12 +231,19 @@ class VectorIndex:
             params = faiss.SearchParameters()
             bits = np.packbits(row_mask, bitorder="little")
             params.sel = faiss.IDSelectorBitmap(self.rows, faiss.swig_ptr(bits))
-        distances, labels = index.search(q, k, params=params)
-        ranked = self._faiss_ranked(labels[0], distances[0])
-        if ranked is not None:
-            return ranked
-        keep = labels[0] >= 0
-        return self._finish(labels[0][keep], distances[0][keep], k)
+        want = k + 1  # one past the k-th shows whether a row left out is tied with it
+        while True:
+            distances, labels = index.search(q, want, params=params)
+            found, scores = labels[0], distances[0]
+            if found[-1] < 0 or want >= self.rows or scores[-1] != scores[k - 1]:
+                break
+            want = min(self.rows, 4 * want)  # rows tied with the k-th run past the results: widen
+        if found[k] < 0 or scores[k] != scores[k - 1]:
+            ranked = self._faiss_ranked(found[:k], scores[:k])
+            if ranked is not None:
+                return ranked
+        keep = found >= 0
+        return self._finish(found[keep], scores[keep], k)
 
     def _flat_index(self) -> faiss.Index:
         """A faiss flat index over rows [0, rows) (tombstones are masked at search), extended lazily."""
@@ -243,18 +255,38 @@ class VectorIndex:
             self._faiss_flat_rows = self.rows
         return self._faiss_flat
 
+    def _on_device(self) -> bool:
+        """Whether exact scans run on the GPU: use_gpu, and the rows are (now) in GPU memory. An index that
+        outgrows `gpu_memory_fraction_max` of the GPU's memory moves to the CPU for good, with a warning."""
+        if not self.use_gpu:
+            return False
+        if self._device is None:
+            self._device = DeviceRows(self.dimension, self.config.gpu_memory_fraction_max)
+        if self._device.sync(self.matrix, self.rows, self.generation):
+            return True
+        log.warning("vector index of %d x %d float32 rows exceeds %.0f%% of GPU memory "
+                    "(VectorConfig.gpu_memory_fraction_max): its exact scans now run on the CPU",
+                    self.rows, self.dimension, 100 * self.config.gpu_memory_fraction_max)
+        self.use_gpu, self._device = False, None
+        return False
+
+    def _exact_rows(self, q: np.ndarray, k: int, rows: np.ndarray | None,
+                    mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(row numbers, scores) of the best k of `rows` (every row when None; `mask` over every row), exact,
+        every row tied with the k-th included: on the GPU copy of the rows when there is one."""
+        if self._on_device():
+            assert self._device is not None
+            return self._device.exact(q, k, self.kernel_metric, rows, mask)
+        found, scores = self._exact(q, k, self.matrix[:self.rows] if rows is None else self.matrix[rows], mask)
+        return (found if rows is None else rows[found]), scores
+
     def _exact(self, q: np.ndarray, k: int, base: np.ndarray,
                mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(positions in `base`, scores) of the best k rows, exact, every row tied with the k-th included.
 
-        With a usable GPU this is knowledge.kernels.topk (fused distance + mask + top-k); on the CPU a
-        numpy scan, whose fixed cost per query is a fraction of the kernels' CPU twin's (which exists
-        to mirror the GPU path bit for bit); ties are settled by node id in `_finish` either way.
+        A numpy scan, whose fixed cost per query is a fraction of the kernels' CPU twin's (which exists to
+        mirror the GPU path bit for bit); ties are settled by node id in `_finish`.
         """
-        if self.use_gpu:
-            scores, idx = topk(q, base, k, self.kernel_metric, mask, device="gpu")
-            keep = idx[0] >= 0
-            return idx[0][keep], scores[0][keep]
         # einsum, not `base @ q`: OpenBLAS's threaded sgemv is several times slower for one query here
         if self.metric == "l2":
             scores = (np.einsum("ij,ij->i", base, base) - 2 * np.einsum("ij,j->i", base, q[0])
@@ -299,9 +331,8 @@ class VectorIndex:
         if covered < self.rows:  # rows appended since the HNSW build: searched exactly and merged
             tail_mask = (self.live[covered:self.rows] if row_mask is None else row_mask[covered:self.rows])
             if tail_mask.any():
-                tail_rows = covered + np.flatnonzero(tail_mask)
-                t_found, t_scores = self._exact(q, k, self.matrix[tail_rows])
-                found = np.concatenate([found, tail_rows[t_found]])
+                t_found, t_scores = self._exact_rows(q, k, covered + np.flatnonzero(tail_mask))
+                found = np.concatenate([found, t_found])
                 scores = np.concatenate([scores, t_scores])
         if len(found) < min(k, selected):
             return None
