@@ -352,11 +352,25 @@ def run_bandwidth(kk: Any, cp: Any, args: argparse.Namespace, peak_gbps: float |
     runs = [(f"topk batch-1 {metric}", lambda m=metric: kk.topk(q, base, args.k, m)) for metric in ("ip", "l2")]
     runs.append(("scan kernel only (dots)", lambda: gpu.scan_dots(cp, base, q32, False)))
     runs.append(("scan kernel only (dots + norms)", lambda: gpu.scan_dots(cp, base, q32, True)))
+    runs.append(("general scan kernel (dots)", lambda: gpu.scan_dots(cp, base, q32, False, kernel="general")))
     for name, fn in runs:
         t = gpu_time(cp, fn, args.repeat)
         gbps = bytes_read / t / 1e9
         res["results"].append({"run": name, "ms": t * 1e3, "gbps": gbps,
                                "fraction_of_peak": None if not peak_gbps else gbps / peak_gbps})
+    # where the time beyond the scan goes: select + merge alone over the dots, and the segment count
+    dots, norms = gpu.scan_dots(cp, base, q32, False)
+    chunk = gpu._ChunkArgs(cp, dots, norms, cp.zeros((1,), dtype=np.float32), None, "ip", 0)
+    running = cp.zeros((1, args.k), dtype=np.uint64)
+    default_spm = gpu.SEGMENTS_PER_SM
+    res["select"] = []
+    for spm in (2, 4, 8, 16, 32):
+        gpu.SEGMENTS_PER_SM = spm
+        t_select = gpu_time(cp, lambda: gpu.select_merge(cp, running, chunk, args.k), args.repeat)
+        t_topk = gpu_time(cp, lambda: kk.topk(q, base, args.k, "ip"), args.repeat)
+        res["select"].append({"segments_per_sm": spm, "select_merge_ms": t_select * 1e3, "topk_ms": t_topk * 1e3,
+                              "topk_fraction_of_peak": None if not peak_gbps else bytes_read / t_topk / 1e9 / peak_gbps})
+    gpu.SEGMENTS_PER_SM = default_spm
     return res
 
 
@@ -407,6 +421,13 @@ def markdown(report: dict[str, Any]) -> str:
         for r in bw["results"]:
             frac = "-" if r["fraction_of_peak"] is None else f"{100 * r['fraction_of_peak']:.1f}%"
             lines.append(f"| {r['run']} | {r['ms']:.3f} | {r['gbps']:,.0f} | {frac} |")
+        if bw.get("select"):
+            lines += ["", f"Select + merge of the {bw['rows']:,} dots alone, and batch-1 top-k (ip), by select "
+                      "segments per multiprocessor:", "",
+                      "| segments/SM | select+merge ms | topk ms | topk fraction of peak |", "|---|---|---|---|"]
+            for r in bw["select"]:
+                frac = "-" if r["topk_fraction_of_peak"] is None else f"{100 * r['topk_fraction_of_peak']:.1f}%"
+                lines.append(f"| {r['segments_per_sm']} | {r['select_merge_ms']:.3f} | {r['topk_ms']:.3f} | {frac} |")
     for section in ("throughput_error", "bandwidth_error"):
         if report.get(section):
             lines += ["", f"**{section}**: `{report[section]}`"]

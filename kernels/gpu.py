@@ -31,14 +31,18 @@ from .validate import PreparedQueries
 logger = logging.getLogger("knowledge.kernels")
 
 CUDA_SOURCE = Path(__file__).with_name("topk.cu")
-KERNEL_NAMES: tuple[str, ...] = ("select_chunk", "merge_topk", "chunk_composites", "scan_dots_f16", "scan_dots_f32")
+SCAN1_UNROLLS = (2, 4, 6, 8, 12, 16)  # must match the KNOWLEDGE_SCAN1 instantiations in topk.cu
+KERNEL_NAMES: tuple[str, ...] = ("select_chunk", "merge_topk", "chunk_composites", "scan_dots_f16", "scan_dots_f32",
+                                 *(f"scan1_{t}_u{u}" for t in ("f16", "f32") for u in SCAN1_UNROLLS))
 METRIC_CODES = {"ip": 0, "cosine": 1, "l2": 2}
 
 SELECT_MAX_K = 2048  # merge_topk sorts next_pow2(k) composites in 16 KiB of shared memory
 SCAN_MAX_NQ = 4  # must match SCAN_MAX_NQ in topk.cu
 MIN_COMPUTE_CAPABILITY = 70  # __match_any_sync
 THREADS = 256
-_SCAN_ROWS_PER_BLOCK = (THREADS // 32) * 4  # 4 teams of 8 lanes per warp, one row per team
+SCAN_TEAM = 8  # must match SCAN_TEAM in topk.cu
+_SCAN_ROWS_PER_BLOCK = (THREADS // 32) * (32 // SCAN_TEAM)  # one row per team of SCAN_TEAM lanes
+SEGMENTS_PER_SM = 4  # select_chunk blocks per multiprocessor for one query (bench/gpu_check.py sweeps it)
 _SCAN_SHARED_LIMIT = 48 * 1024
 _SCORE_BUDGET = 1 << 26  # float32 dot products alive at once (256 MiB)
 _RUNNING_BUDGET = 1 << 25  # composites in the running top-k of one query block (256 MiB)
@@ -95,10 +99,21 @@ def device_base(cp: Any, base: Any) -> Any:
     return cp.ascontiguousarray(b)
 
 
-def scan_dots(cp: Any, chunk: Any, queries: Any, want_norms: bool) -> tuple[Any, Any]:
+def scan1_unroll(d: int, dtype: Any) -> int | None:
+    """The scan1 kernel's U for rows of d elements of `dtype` (16-byte vectors per lane), or None when d is
+    not a whole number of 16-byte vectors or a row needs more than SCAN_TEAM * max(SCAN1_UNROLLS) of them."""
+    width = 8 if dtype == np.float16 else 4
+    if d % width:
+        return None
+    per_lane = math.ceil(d // width / SCAN_TEAM)
+    return next((u for u in SCAN1_UNROLLS if u >= per_lane), None)
+
+
+def scan_dots(cp: Any, chunk: Any, queries: Any, want_norms: bool, kernel: str = "auto") -> tuple[Any, Any]:
     """(dots [nq, m], sqnorms [m]) for nq <= SCAN_MAX_NQ float32 queries in one pass over ``chunk``.
 
     ``queries`` may have 0 rows (squared norms only). sqnorms is a 1-element dummy unless want_norms.
+    ``kernel``: "auto" (the batch-1 kernel where it applies: nq <= 1, 16-byte rows), or "general".
     """
     m, d = chunk.shape
     nq = queries.shape[0]
@@ -110,9 +125,15 @@ def scan_dots(cp: Any, chunk: Any, queries: Any, want_norms: bool) -> tuple[Any,
     norms = cp.empty((m if want_norms else 1,), dtype=np.float32)
     q = queries if nq else cp.zeros((1, d), dtype=np.float32)
     blocks = max(1, min(sm_count(dev) * 8, math.ceil(m / _SCAN_ROWS_PER_BLOCK)))
-    fn = kernels(dev)["scan_dots_f16" if f16 else "scan_dots_f32"]
+    unroll = scan1_unroll(d, chunk.dtype) if kernel == "auto" and nq <= 1 and vec else None
+    if unroll is not None:
+        name = f"scan1_{'f16' if f16 else 'f32'}_u{unroll}"
+    else:
+        name = "scan_dots_f16" if f16 else "scan_dots_f32"
     args = (chunk, _i64(m), _i32(d), _i32(vec), q, _i32(nq), _i32(int(want_norms)), dots, norms)
-    fn((blocks,), (THREADS,), args, shared_mem=nq * d * 4)
+    if unroll is not None:
+        args = (chunk, _i64(m), _i32(d), q, _i32(nq), _i32(int(want_norms)), dots, norms)
+    kernels(dev)[name]((blocks,), (THREADS,), args, shared_mem=nq * d * 4)
     return dots, norms
 
 
@@ -185,7 +206,7 @@ def chunk_dots(cp: Any, queries32: Any, queries_native: Any, chunk: Any, want_no
 
 def segments(nq: int, m: int, k: int, device_id: int) -> tuple[int, int]:
     """(number of segments, segment length) splitting a chunk's m columns for select_chunk."""
-    target = max(1, math.ceil(4 * sm_count(device_id) / max(nq, 1)))
+    target = max(1, math.ceil(SEGMENTS_PER_SM * sm_count(device_id) / max(nq, 1)))
     count = min(target, max(1, _MAX_CANDIDATES // k), max(1, m // _MIN_SEGMENT))
     length = math.ceil(m / count)
     return math.ceil(m / length), length

@@ -8,6 +8,8 @@
 // Kernels (all extern "C"; no headers needed, fp16 is converted with inline PTX):
 //   scan_dots_f16 / scan_dots_f32   fused read of the base: dot products with up to SCAN_MAX_NQ
 //                                   queries and the rows' squared norms, fp32 accumulation.
+//   scan1_f16_uU / scan1_f32_uU     the same for one query (or none) and 16-byte rows of at most
+//                                   8*U vectors, all of a row's loads in flight at once (batch 1).
 //   select_chunk                    masked per-query top-k of one chunk of dot products, split into
 //                                   segments (grid = segments x queries); unsorted candidates.
 //   merge_topk                      per query: top-k of (running top-k + candidates), sorted.
@@ -351,6 +353,88 @@ __device__ void scan_impl(const T* __restrict__ base, long long n, int d, int ve
         }
     }
 }
+
+// Batch-1 scan: at most one query (nq 0 or 1), 16-byte loads (vec rows), at most SCAN_TEAM * U
+// 16-byte vectors a row. Each lane issues all of its U loads of a row before using any of them, so a
+// warp keeps 32 * U loads in flight (the general scan above has about two a lane), and reads the
+// query from shared memory 16 bytes at a time.
+template <class T, int U>
+__device__ void scan1_impl(const T* __restrict__ base, long long n, int d, const float* __restrict__ query,
+                           int nq, int want_norms, float* __restrict__ dots, float* __restrict__ bn2) {
+    constexpr int W = 16 / (int)sizeof(T);
+    extern __shared__ float4 qs4[];
+    float* qs = reinterpret_cast<float*>(qs4);
+    for (int j = threadIdx.x; j < nq * d; j += blockDim.x) qs[j] = query[j];
+    __syncthreads();
+    const int nv = d / W;
+    const int lane = threadIdx.x & 31;
+    const int t = lane & (SCAN_TEAM - 1);
+    const int team = lane / SCAN_TEAM;
+    const int teams_per_warp = 32 / SCAN_TEAM;
+    const long long warp = (blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5;
+    const long long nwarps = ((long long)gridDim.x * blockDim.x) >> 5;
+    const uint4* __restrict__ rows = reinterpret_cast<const uint4*>(base);
+    for (long long r0 = warp * teams_per_warp; r0 < n; r0 += nwarps * teams_per_warp) {  // warp-uniform
+        const long long row = r0 + team;
+        const bool valid = row < n;
+        uint4 w[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int v = t + u * SCAN_TEAM;
+            w[u] = (valid && v < nv) ? __ldg(rows + row * nv + v) : make_uint4(0u, 0u, 0u, 0u);
+        }
+        float acc = 0.0f, sq = 0.0f;
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int v = t + u * SCAN_TEAM;
+            if (v < nv) {
+                float x[W];
+                unpack(w[u], x, base);
+#pragma unroll
+                for (int c = 0; c < W; ++c) sq = fmaf(x[c], x[c], sq);
+                if (nq) {
+#pragma unroll
+                    for (int c4 = 0; c4 < W / 4; ++c4) {
+                        const float4 q = qs4[(v * W) / 4 + c4];
+                        acc = fmaf(x[4 * c4], q.x, acc);
+                        acc = fmaf(x[4 * c4 + 1], q.y, acc);
+                        acc = fmaf(x[4 * c4 + 2], q.z, acc);
+                        acc = fmaf(x[4 * c4 + 3], q.w, acc);
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int off = SCAN_TEAM / 2; off > 0; off >>= 1) {
+            sq += __shfl_xor_sync(0xFFFFFFFFu, sq, off);
+            acc += __shfl_xor_sync(0xFFFFFFFFu, acc, off);
+        }
+        if (valid && t == 0) {
+            if (nq) dots[row] = acc;
+            if (want_norms) bn2[row] = sq;
+        }
+    }
+}
+
+#define KNOWLEDGE_SCAN1(U)                                                                                  \
+    extern "C" __global__ void scan1_f16_u##U(const unsigned short* __restrict__ base, long long n, int d,  \
+                                              const float* __restrict__ query, int nq, int want_norms,     \
+                                              float* __restrict__ dots, float* __restrict__ bn2) {         \
+        scan1_impl<unsigned short, U>(base, n, d, query, nq, want_norms, dots, bn2);                       \
+    }                                                                                                       \
+    extern "C" __global__ void scan1_f32_u##U(const float* __restrict__ base, long long n, int d,           \
+                                              const float* __restrict__ query, int nq, int want_norms,     \
+                                              float* __restrict__ dots, float* __restrict__ bn2) {         \
+        scan1_impl<float, U>(base, n, d, query, nq, want_norms, dots, bn2);                                \
+    }
+
+// dots: [n] (ignored when nq == 0), bn2: [n] (written when want_norms). Shared: nq*d*4 bytes.
+KNOWLEDGE_SCAN1(2)
+KNOWLEDGE_SCAN1(4)
+KNOWLEDGE_SCAN1(6)
+KNOWLEDGE_SCAN1(8)
+KNOWLEDGE_SCAN1(12)
+KNOWLEDGE_SCAN1(16)
 
 // dots: [nq, n] (ignored when nq == 0), bn2: [n] (written when want_norms). Shared: nq*d*4 bytes.
 extern "C" __global__ void scan_dots_f16(const unsigned short* __restrict__ base, long long n, int d, int vec,

@@ -488,3 +488,28 @@ def test_numpy_inputs_on_device_gpu_return_numpy():
     scores, ids = topk(queries, base, 5, "ip", device="gpu")
     assert isinstance(scores, np.ndarray) and isinstance(ids, np.ndarray)
     assert_same_topk((scores, ids), topk(queries, base, 5, "ip"))
+
+
+@pytest.mark.parametrize(("d", "dtype", "unroll"), [(8, np.float16, 2), (384, np.float16, 6), (1024, np.float16, 16),
+                                                    (1032, np.float16, None), (384, F32, 12), (13, F32, None),
+                                                    (512, F32, 16), (516, F32, None)])
+def test_batch1_scan_unroll_covers_each_row_width(d, dtype, unroll):
+    assert kgpu.scan1_unroll(d, np.dtype(dtype)) == unroll
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", [F32, np.float16])
+@pytest.mark.parametrize("d", [8, 24, 384, 1000, 1024])
+def test_gpu_batch1_scan_equals_general_scan_bit_for_bit(dtype, d):
+    """Same per-lane order of products, same reduction: the batch-1 kernel's dots and norms are the general
+    kernel's bit for bit, on random data, for a query and for norms alone, over rows not a multiple of 4."""
+    cp = _cupy()
+    rng = np.random.default_rng(d)
+    base = cp.asarray(rng.standard_normal((4099, d)).astype(dtype))
+    query = cp.asarray(rng.standard_normal((1, d)).astype(np.float16).astype(F32))
+    for queries in (query, query[:0]):
+        fast = kgpu.scan_dots(cp, base, queries, True)
+        general = kgpu.scan_dots(cp, base, queries, True, kernel="general")
+        if queries.shape[0]:
+            assert cp.array_equal(fast[0], general[0])
+        assert cp.array_equal(fast[1], general[1])
