@@ -78,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=10, help="k for throughput and bandwidth runs")
     p.add_argument("--skip-faiss", action="store_true", help="do not run the faiss-cpu baseline")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--real-base", default=None,
+                   help="comma-separated .npy files of real embeddings (float32 [n, d]) checked as one more data set")
+    p.add_argument("--real-queries", default=None, help=".npy of real query embeddings for --real-base")
     args = p.parse_args(argv)
     defaults = (
         dict(dim=128, equiv_rows=20_000, tp_rows=100_000, tp_queries=256, bw_rows=1_000_000, repeat=3)
@@ -154,6 +157,14 @@ def exact_data(rng: np.random.Generator, n: int, d: int, nq: int) -> tuple[np.nd
     return queries, base
 
 
+def real_data(base_paths: str, queries_path: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Real embeddings: the rows of every --real-base file stacked; queries from --real-queries (else the
+    first 64 rows)."""
+    base = np.concatenate([np.load(p).astype(np.float32) for p in base_paths.split(",")])
+    queries = np.load(queries_path).astype(np.float32)[:64] if queries_path else base[:64].copy()
+    return queries, base
+
+
 DATASETS = {"random": random_data, "lowrank": lowrank_data, "exact": exact_data}
 
 
@@ -205,11 +216,15 @@ def compare(kk: Any, queries, base, metric, cpu_res, gpu_res, exact: bool) -> di
 def run_equivalence(kk: Any, cp: Any, args: argparse.Namespace, rng: np.random.Generator) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     n, d = args.equiv_rows, args.dim
-    for ds_name, make in DATASETS.items():
+    datasets = dict(DATASETS)
+    if args.real_base:
+        datasets["real"] = lambda *_: real_data(args.real_base, args.real_queries)
+    for ds_name, make in datasets.items():
         queries_all, base32 = make(rng, n, d, 64)
-        mask_half = rng.random(n) < 0.5
-        mask_few = np.zeros(n, dtype=bool)
-        mask_few[rng.choice(n, 5, replace=False)] = True
+        rows_n = base32.shape[0]
+        mask_half = rng.random(rows_n) < 0.5
+        mask_few = np.zeros(rows_n, dtype=bool)
+        mask_few[rng.choice(rows_n, 5, replace=False)] = True
         for dtype in (np.float32, np.float16):
             base = base32.astype(dtype)
             base_d = cp.asarray(base)

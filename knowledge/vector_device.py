@@ -31,6 +31,7 @@ class DeviceRows:
         self.generation = -1
         self.rows = 0
         self.array: Any | None = None  # CuPy [capacity, dimension] float32
+        self._mask: tuple[np.ndarray, Any] | None = None  # (host mask, its device copy), the last one sent
 
     @property
     def capacity(self) -> int:
@@ -66,6 +67,16 @@ class DeviceRows:
         self.rows = rows
         return True
 
+    def _device_mask(self, cp: Any, mask: np.ndarray) -> Any:
+        """`mask` on the GPU; the last one is reused while the same read-only host array comes again (the
+        index's cached row masks of a visibility bitmap are such arrays)."""
+        held = self._mask
+        if held is not None and held[0] is mask and not mask.flags.writeable:
+            return held[1]
+        device_mask = cp.asarray(mask)
+        self._mask = (mask, device_mask)
+        return device_mask
+
     def drop(self) -> None:
         """Free the copy (the memory returns to CuPy's pool)."""
         self.array, self.rows = None, 0
@@ -82,7 +93,7 @@ class DeviceRows:
         if count == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         device_q = cp.asarray(q)
-        device_mask = None if mask is None else cp.asarray(mask)
+        device_mask = None if mask is None else self._device_mask(cp, mask)
         want = min(count, k + TIE_SLACK)
         while True:
             scores_d, found_d = topk(device_q, base, want, metric, device_mask, device="gpu")

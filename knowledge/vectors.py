@@ -176,6 +176,8 @@ class VectorIndex:
         if selected == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32), "empty"
         unfiltered = selected == self.rows
+        if not unfiltered and self._on_device():  # one masked scan of the GPU copy: exact, no host gather
+            return (*self._flat(q, k, row_mask, unfiltered), "flat-filtered")
         if not unfiltered and self._gather_is_cheaper(selected, k):
             return (*self._gather(q, k, row_mask), "gather")
         if self.hnsw is not None:
@@ -198,6 +200,7 @@ class VectorIndex:
             row_mask = row_mask & inside & allowed[np.where(inside, nodes, 0)]
         selected = int(np.count_nonzero(row_mask))
         if allowed is not None and not allowed.flags.writeable:  # a cached visibility bitmap: reusable
+            row_mask.flags.writeable = False  # shared by later searches (and their GPU copy of it)
             self._mask_cache = (cache_key, allowed, row_mask, selected)
         return row_mask, selected
 
