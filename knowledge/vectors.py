@@ -32,6 +32,7 @@ import numpy as np
 
 from knowledge.errors import InvalidArgument
 from knowledge.kernels import gpu_available
+from knowledge.row_buffer import rows_copy
 from knowledge.snapshot_file import read_snapshot, write_snapshot
 from knowledge.vector_device import DeviceRows
 
@@ -101,8 +102,6 @@ class VectorIndex:
         self.graph_unsaved = False  # an HNSW graph was installed after the last snapshot
         self.version = 0
         self._mask_cache: tuple | None = None
-        self._faiss_flat: faiss.Index | None = None
-        self._faiss_flat_rows = 0  # rows in _faiss_flat (read without a SWIG call on every query)
         self._hnsw_params: tuple[int, faiss.SearchParametersHNSW] | None = None  # (efSearch, params), unfiltered
         self.use_gpu = self.config.device == "gpu" or (self.config.device == "auto" and gpu_available()[0])
         self._device: DeviceRows | None = None  # the rows in GPU memory, while use_gpu
@@ -131,7 +130,8 @@ class VectorIndex:
         if not count:
             return
         start, end = self.rows, self.rows + count
-        self.matrix = _grow_rows(self.matrix, end)
+        if end > len(self.matrix):
+            self.matrix = rows_copy(self.matrix[:self.rows], max(end, 2 * len(self.matrix), 1024))
         self.row_ids = _grow_rows(self.row_ids, end)
         self.live = _grow_rows(self.live, end)
         self.matrix[start:end] = self.prepare(vectors)
@@ -177,7 +177,7 @@ class VectorIndex:
             return np.zeros(0, np.int64), np.zeros(0, np.float32), "empty"
         unfiltered = selected == self.rows
         if not unfiltered and self._on_device():  # one masked scan of the GPU copy: exact, no host gather
-            return (*self._flat(q, k, row_mask, unfiltered), "flat-filtered")
+            return (*self._flat(q, k, row_mask, selected), "flat-filtered")
         if not unfiltered and self._gather_is_cheaper(selected, k):
             return (*self._gather(q, k, row_mask), "gather")
         if self.hnsw is not None:
@@ -185,7 +185,7 @@ class VectorIndex:
             if result is not None:
                 return (*result, "hnsw" if unfiltered else "hnsw-filtered")
             return (*self._gather(q, k, row_mask), "gather")
-        return (*self._flat(q, k, row_mask, unfiltered), "flat" if unfiltered else "flat-filtered")
+        return (*self._flat(q, k, row_mask, selected), "flat" if unfiltered else "flat-filtered")
 
     def _row_mask(self, allowed: np.ndarray | None) -> tuple[np.ndarray, int]:
         """Rows that are live and whose node is allowed, and how many; cached per (bitmap, index version)."""
@@ -222,41 +222,29 @@ class VectorIndex:
         found, scores = self._exact_rows(q, k, np.flatnonzero(row_mask))
         return self._finish(found, scores, k)
 
-    def _flat(self, q: np.ndarray, k: int, row_mask: np.ndarray, unfiltered: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Exact search of every row: the GPU copy of the rows, or faiss's flat index (kept in step with the
-        rows) on the CPU."""
+    def _flat(self, q: np.ndarray, k: int, row_mask: np.ndarray, selected: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact search of every row (`selected` of them allowed by `row_mask`): the GPU copy of the rows, or
+        faiss's exhaustive search of the rows themselves (no copy of them in a faiss index) on the CPU."""
+        unfiltered = selected == self.rows
         if self._on_device():
             found, scores = self._exact_rows(q, k, None, None if unfiltered else row_mask)
             return self._finish(found, scores, k)
-        index = self._flat_index()
-        params = None
-        if not unfiltered:
-            params = faiss.SearchParameters()
-            bits = np.packbits(row_mask, bitorder="little")
-            params.sel = faiss.IDSelectorBitmap(self.rows, faiss.swig_ptr(bits))
-        want = k + 1  # one past the k-th shows whether a row left out is tied with it
-        while True:
-            distances, labels = index.search(q, want, params=params)
+        want = min(self.rows, k + 1 if unfiltered else math.ceil(1.5 * (k + 1) * self.rows / selected) + 8)
+        base = self.matrix[:self.rows]
+        while True:  # one past the k-th allowed row shows whether a row left out is tied with it
+            distances, labels = faiss.knn(q, base, want, metric=self.faiss_metric)
             found, scores = labels[0], distances[0]
-            if found[-1] < 0 or want >= self.rows or scores[-1] != scores[k - 1]:
+            if not unfiltered:
+                allowed = row_mask[found]
+                found, scores = found[allowed], scores[allowed]
+            if want >= self.rows or (len(found) > k and scores[k] != scores[k - 1]):
                 break
-            want = min(self.rows, 4 * want)  # rows tied with the k-th run past the results: widen
-        if found[k] < 0 or scores[k] != scores[k - 1]:
+            want = min(self.rows, 4 * want)  # too few allowed rows, or ties with the k-th: widen
+        if len(found) > k and scores[k] != scores[k - 1]:
             ranked = self._faiss_ranked(found[:k], scores[:k])
             if ranked is not None:
                 return ranked
-        keep = found >= 0
-        return self._finish(found[keep], scores[keep], k)
-
-    def _flat_index(self) -> faiss.Index:
-        """A faiss flat index over rows [0, rows) (tombstones are masked at search), extended lazily."""
-        if self._faiss_flat is None:
-            self._faiss_flat = faiss.IndexFlat(self.dimension, self.faiss_metric)
-            self._faiss_flat_rows = 0
-        if self._faiss_flat_rows < self.rows:
-            self._faiss_flat.add(self.matrix[self._faiss_flat_rows:self.rows])
-            self._faiss_flat_rows = self.rows
-        return self._faiss_flat
+        return self._finish(found, scores, k)
 
     def _on_device(self) -> bool:
         """Whether exact scans run on the GPU: use_gpu, and the rows are (now) in GPU memory. An index that
@@ -378,13 +366,12 @@ class VectorIndex:
     def compact(self) -> None:
         """Drop tombstoned rows. Rows are renumbered, so the HNSW graph goes too (rebuilt in the background)."""
         keep = np.flatnonzero(self.live[:self.rows])
-        self.matrix = np.ascontiguousarray(self.matrix[keep])
+        self.matrix = rows_copy(self.matrix[keep])
         self.row_ids = self.row_ids[keep].copy()
         self.live = np.ones(len(keep), dtype=bool)
         self.rows = self.live_count = len(keep)
         self.row_of = dict(zip(self.row_ids.tolist(), range(self.rows), strict=True))
         self.hnsw, self.hnsw_rows = None, 0
-        self._faiss_flat, self._faiss_flat_rows = None, 0
         self.generation += 1
         self.version += 1
 
@@ -416,7 +403,7 @@ class VectorIndex:
         tombstones set meanwhile carry over. False when another compaction came first. Under the state lock."""
         if generation != self.generation or end > self.rows or graph.ntotal != len(keep):
             return False
-        self.matrix = np.concatenate([compacted, self.matrix[end:self.rows]])
+        self.matrix = rows_copy(np.concatenate([compacted, self.matrix[end:self.rows]]))
         self.row_ids = np.concatenate([self.row_ids[keep], self.row_ids[end:self.rows]])
         self.live = np.concatenate([self.live[keep], self.live[end:self.rows]])
         self.rows = len(self.row_ids)
@@ -424,7 +411,6 @@ class VectorIndex:
         self.row_of = dict(zip(self.row_ids[live_rows].tolist(), live_rows.tolist(), strict=True))
         self.live_count = len(live_rows)
         self.hnsw, self.hnsw_rows = graph, len(keep)
-        self._faiss_flat, self._faiss_flat_rows = None, 0
         self.generation += 1
         self.graph_unsaved = True
         self.version += 1
@@ -459,7 +445,7 @@ class VectorIndex:
             raise ValueError(f"vector snapshot {path} is for another property definition")
         arrays = np.load(io.BytesIO(body))
         index = cls(dimension, metric, config)
-        index.matrix = np.ascontiguousarray(arrays["matrix"])
+        index.matrix = rows_copy(np.asarray(arrays["matrix"], dtype=np.float32).reshape(-1, dimension))
         index.row_ids = arrays["row_ids"].copy()
         index.live = arrays["live"].astype(bool)
         index.rows = len(index.row_ids)
