@@ -63,10 +63,14 @@ class VectorConfig:
     gather_rows_min: int = 4096
     device: str = "auto"               # exact scans on "cpu", "gpu", or the GPU when one is usable ("auto")
     gpu_memory_fraction_max: float = 0.5  # an index's rows go to the GPU only within this share of its memory
+    gpu_rows_min: int = 32_768         # with device "auto", smaller indexes scan on the CPU (a GPU search
+                                       # costs ~0.65 ms fixed on an H200: bench/RESULTS.md)
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "gpu"):
             raise InvalidArgument(f"vector device must be auto, cpu or gpu, not {self.device!r}")
+        if self.gpu_rows_min < 0:
+            raise InvalidArgument(f"vector gpu_rows_min must be >= 0, not {self.gpu_rows_min!r}")
         if not 0 < self.gpu_memory_fraction_max <= 1:
             raise InvalidArgument(f"vector gpu_memory_fraction_max must be in (0, 1], not {self.gpu_memory_fraction_max!r}")
         if self.kind not in ("auto", "flat", "hnsw"):
@@ -248,8 +252,9 @@ class VectorIndex:
 
     def _on_device(self) -> bool:
         """Whether exact scans run on the GPU: use_gpu, and the rows are (now) in GPU memory. An index that
-        outgrows `gpu_memory_fraction_max` of the GPU's memory moves to the CPU for good, with a warning."""
-        if not self.use_gpu:
+        outgrows `gpu_memory_fraction_max` of the GPU's memory moves to the CPU for good, with a warning; with
+        device "auto", an index of fewer than `gpu_rows_min` rows scans on the CPU (faster at that size)."""
+        if not self.use_gpu or (self.config.device == "auto" and self.rows < self.config.gpu_rows_min):
             return False
         if self._device is None:
             self._device = DeviceRows(self.dimension, self.config.gpu_memory_fraction_max)

@@ -191,3 +191,20 @@ def test_cpu_flat_search_ranks_ties_at_the_kth_by_node_id(metric):
             assert plan == "flat"
             np.testing.assert_array_equal(got, ids[order[:k]])
             np.testing.assert_array_equal(got_scores, scores[order[:k]])
+
+
+def test_auto_device_scans_small_indexes_on_the_cpu():
+    """With device="auto" an index below gpu_rows_min never touches the GPU (its fixed cost per search is
+    more than a CPU scan of that many rows), even where a GPU is usable; device="gpu" would use it."""
+    index = VectorIndex(DIM, "ip", VectorConfig(device="auto", gpu_rows_min=1000))
+    index.use_gpu = True  # as on a machine with a usable GPU
+    rows = integer_rows(np.random.default_rng(7), 999)
+    index.upsert(np.arange(999, dtype=np.int64), rows)
+    assert not index._on_device() and index._device is None
+    ids, scores, plan = index.search(rows[3], 5, None)
+    assert plan == "flat"
+    expected = brute_force(index, rows[3], 5, None)
+    np.testing.assert_array_equal(ids, expected[0])
+    np.testing.assert_array_equal(scores, expected[1])
+    with pytest.raises(InvalidArgument, match="gpu_rows_min"):
+        VectorConfig(gpu_rows_min=-1)
