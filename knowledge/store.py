@@ -462,7 +462,7 @@ class Store:
                 "index_builds": {"pending": self.indexer.pending(), "installed": self.indexer.installed,
                                  "failed": self.indexer.failures},
                 "vector_indexes": {f"{t}.{p}": {"rows": v.rows, "live": v.live_count, "graph_rows": v.hnsw_rows,
-                                                    "device": "gpu" if v.use_gpu else "cpu"}
+                                                    "device": v.scan_device}
                                    for (t, p), v in self.vectors.items()}}
 
     def _check_open(self) -> None:

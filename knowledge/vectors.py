@@ -250,11 +250,19 @@ class VectorIndex:
                 return ranked
         return self._finish(found, scores, k)
 
+    @property
+    def scan_device(self) -> str:
+        """Where exact scans of this index run now: "gpu" or "cpu"."""
+        small = self.config.device == "auto" and self.rows < self.config.gpu_rows_min
+        return "gpu" if self.use_gpu and not small else "cpu"
+
     def _on_device(self) -> bool:
         """Whether exact scans run on the GPU: use_gpu, and the rows are (now) in GPU memory. An index that
         outgrows `gpu_memory_fraction_max` of the GPU's memory moves to the CPU for good, with a warning; with
         device "auto", an index of fewer than `gpu_rows_min` rows scans on the CPU (faster at that size)."""
-        if not self.use_gpu or (self.config.device == "auto" and self.rows < self.config.gpu_rows_min):
+        if self.scan_device != "gpu":
+            if self._device is not None:  # shrunk below gpu_rows_min (compaction): free the copy
+                self._device.drop()
             return False
         if self._device is None:
             self._device = DeviceRows(self.dimension, self.config.gpu_memory_fraction_max)

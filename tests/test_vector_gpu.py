@@ -200,7 +200,7 @@ def test_auto_device_scans_small_indexes_on_the_cpu():
     index.use_gpu = True  # as on a machine with a usable GPU
     rows = integer_rows(np.random.default_rng(7), 999)
     index.upsert(np.arange(999, dtype=np.int64), rows)
-    assert not index._on_device() and index._device is None
+    assert not index._on_device() and index._device is None and index.scan_device == "cpu"
     ids, scores, plan = index.search(rows[3], 5, None)
     assert plan == "flat"
     expected = brute_force(index, rows[3], 5, None)

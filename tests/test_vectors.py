@@ -299,7 +299,7 @@ def test_checkpoint_builds_hnsw_in_the_background_and_searches_stay_exact_meanwh
         assert store.indexer.wait_idle(120)
         assert index.hnsw is not first_graph and index.hnsw_rows == index.rows == 2151
         assert store.stats()["vector_indexes"]["Doc.emb"] == {"rows": 2151, "live": 2151, "graph_rows": 2151,
-                                                                  "device": "gpu" if index.use_gpu else "cpu"}
+                                                                  "device": index.scan_device}
         assert store.stats()["index_builds"]["installed"] == 2
         assert first_graph.ntotal == 2000  # the graph searches were using was never changed
         hits = sum(len(set(session.search(q, k=10).column("_key").to_pylist()) & set(brute(vectors, q, 10, "cosine")))
