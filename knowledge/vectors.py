@@ -11,8 +11,9 @@ until the compacted rows and their graph are swapped in.
 Planner, for an allowed-node mask (visibility & where-filter & has-vector):
 - nothing filtered and no tombstones: the index as is (faiss flat or HNSW at ef_search);
 - when scanning the allowed rows costs less than a filtered index walk (estimated in distance
-  computations: GATHER_COST_PER_ROW per gathered row vs efSearch * M for HNSW), gather those rows
-  and scan them exactly (numpy on the CPU, knowledge.kernels.topk on a GPU);
+  computations: GATHER_COST_PER_ROW per gathered row vs efSearch * M for HNSW), scan them exactly:
+  gathered out when they are at most GATHER_FRACTION_MAX of the rows, else by one faiss scan of the
+  rows in place with an IDSelectorBitmap (on a GPU: one masked scan of its copy of the rows);
 - otherwise: faiss with an IDSelectorBitmap, HNSW's ef widened by 1/sqrt(selectivity) so recall holds;
   when HNSW returns fewer than k allowed rows the search falls back to the exact gather.
 Cosine vectors are stored normalised and searched by inner product; scores are similarities
@@ -44,6 +45,7 @@ except ImportError:  # pragma: no cover - numpy < 2
 log = logging.getLogger("knowledge.vectors")
 SNAPSHOT_VERSION = 2  # 2: snapshot_file framing, tombstones kept (the live array)
 GATHER_COST_PER_ROW = 4  # a gathered row costs a copy and a dot product; measured ~4 HNSW node visits
+GATHER_FRACTION_MAX = 0.015  # above this share of rows, a selector scan in place beats copying the rows out
 SMALL_RESULT_ROWS = 64  # up to this k, a faiss result row is checked in Python (cheaper than numpy calls)
 
 
@@ -183,13 +185,48 @@ class VectorIndex:
         if not unfiltered and self._on_device():  # one masked scan of the GPU copy: exact, no host gather
             return (*self._flat(q, k, row_mask, selected), "flat-filtered")
         if not unfiltered and self._gather_is_cheaper(selected, k):
-            return (*self._gather(q, k, row_mask), "gather")
+            return self._exact_filtered(q, k, row_mask, selected)
         if self.hnsw is not None:
             result = self._hnsw(q, k, None if unfiltered else row_mask, selected)
             if result is not None:
                 return (*result, "hnsw" if unfiltered else "hnsw-filtered")
-            return (*self._gather(q, k, row_mask), "gather")
+            return self._exact_filtered(q, k, row_mask, selected)
         return (*self._flat(q, k, row_mask, selected), "flat" if unfiltered else "flat-filtered")
+
+    def _exact_filtered(self, q: np.ndarray, k: int, row_mask: np.ndarray,
+                        selected: int) -> tuple[np.ndarray, np.ndarray, str]:
+        """Exact search of the `selected` allowed rows: gathered and scanned when they are few (up to
+        GATHER_FRACTION_MAX of the rows), else one faiss scan of the rows in place that skips the others."""
+        if selected <= GATHER_FRACTION_MAX * self.rows or self._on_device():
+            return (*self._gather(q, k, row_mask), "gather")
+        return (*self._selector_scan(q, k, row_mask, selected), "flat-filtered")
+
+    def _selector_scan(self, q: np.ndarray, k: int, row_mask: np.ndarray,
+                       selected: int) -> tuple[np.ndarray, np.ndarray]:
+        """faiss's exhaustive search of the rows in place, restricted to `row_mask` by an IDSelectorBitmap."""
+        bits = np.packbits(row_mask, bitorder="little")
+        selector = faiss.IDSelectorBitmap(self.rows, faiss.swig_ptr(bits))
+        want = min(selected, k + 1)  # one past the k-th shows whether a row left out is tied with it
+        while True:
+            distances = np.empty((1, want), dtype=np.float32)
+            labels = np.empty((1, want), dtype=np.int64)
+            args = (faiss.swig_ptr(q), faiss.swig_ptr(self.matrix), self.dimension, 1, self.rows, want,
+                    faiss.swig_ptr(distances), faiss.swig_ptr(labels))
+            if self.metric == "l2":
+                faiss.knn_L2sqr(*args, None, selector)
+            else:
+                faiss.knn_inner_product(*args, selector)
+            found, scores = labels[0], distances[0]
+            if want >= selected or scores[-1] != scores[min(k, want) - 1]:
+                break
+            want = min(selected, 4 * want)  # rows tied with the k-th run past the results: widen
+        keep = found >= 0
+        found, scores = found[keep], scores[keep]
+        if len(found) > k and scores[k] != scores[k - 1]:
+            ranked = self._faiss_ranked(found[:k], scores[:k])
+            if ranked is not None:
+                return ranked
+        return self._finish(found, scores, k)
 
     def _row_mask(self, allowed: np.ndarray | None) -> tuple[np.ndarray, int]:
         """Rows that are live and whose node is allowed, and how many; cached per (bitmap, index version)."""

@@ -208,3 +208,25 @@ def test_auto_device_scans_small_indexes_on_the_cpu():
     np.testing.assert_array_equal(scores, expected[1])
     with pytest.raises(InvalidArgument, match="gpu_rows_min"):
         VectorConfig(gpu_rows_min=-1)
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+@pytest.mark.parametrize(("fraction", "plan"), [(0.005, "gather"), (0.05, "flat-filtered"), (0.3, "flat-filtered"),
+                                                (0.8, "flat-filtered")])
+def test_cpu_filtered_search_is_exact_with_ties_by_node_id(metric, fraction, plan):
+    """Every exact filtered plan (gather, selector scan in place, widened full scan) gives brute force's
+    answer on data full of exact ties, with tombstones present."""
+    rng = np.random.default_rng(8)
+    rows = integer_rows(rng, 4000)
+    index = VectorIndex(DIM, metric, VectorConfig(device="cpu", kind="flat"))
+    ids = np.random.default_rng(1).permutation(len(rows)).astype(np.int64)
+    index.upsert(ids, rows)
+    index.remove(ids[::7])
+    allowed = rng.random(4000) < fraction
+    for q in rng.integers(-2, 3, size=(20, DIM)).astype(np.float32):
+        for k in (1, 10, 40):
+            got, scores, got_plan = index.search(q, k, allowed)
+            assert got_plan == plan
+            expected = brute_force(index, q, k, allowed)
+            np.testing.assert_array_equal(got, expected[0])
+            np.testing.assert_array_equal(scores, expected[1])
