@@ -199,14 +199,18 @@ class VectorIndex:
         GATHER_FRACTION_MAX of the rows), else one faiss scan of the rows in place that skips the others."""
         if selected <= GATHER_FRACTION_MAX * self.rows or self._on_device():
             return (*self._gather(q, k, row_mask), "gather")
-        return (*self._selector_scan(q, k, row_mask, selected), "flat-filtered")
+        return (*self._exhaustive(q, k, row_mask, selected), "flat-filtered")
 
-    def _selector_scan(self, q: np.ndarray, k: int, row_mask: np.ndarray,
-                       selected: int) -> tuple[np.ndarray, np.ndarray]:
-        """faiss's exhaustive search of the rows in place, restricted to `row_mask` by an IDSelectorBitmap."""
-        bits = np.packbits(row_mask, bitorder="little")
-        selector = faiss.IDSelectorBitmap(self.rows, faiss.swig_ptr(bits))
-        want = min(selected, k + 1)  # one past the k-th shows whether a row left out is tied with it
+    def _exhaustive(self, q: np.ndarray, k: int, row_mask: np.ndarray | None,
+                    selected: int) -> tuple[np.ndarray, np.ndarray]:
+        """faiss's exhaustive search of the rows in place: every row (row_mask None), or the `selected` rows
+        of `row_mask` through an IDSelectorBitmap. Asks one row past the k-th, widening while rows tie with
+        it, so ties are ranked by node id as everywhere else."""
+        selector = None
+        if row_mask is not None:
+            bits = np.packbits(row_mask, bitorder="little")  # kept alive while the selector is used
+            selector = faiss.IDSelectorBitmap(self.rows, faiss.swig_ptr(bits))
+        want = min(selected, k + 1)
         while True:
             distances = np.empty((1, want), dtype=np.float32)
             labels = np.empty((1, want), dtype=np.int64)
@@ -220,13 +224,12 @@ class VectorIndex:
             if want >= selected or scores[-1] != scores[min(k, want) - 1]:
                 break
             want = min(selected, 4 * want)  # rows tied with the k-th run past the results: widen
-        keep = found >= 0
-        found, scores = found[keep], scores[keep]
         if len(found) > k and scores[k] != scores[k - 1]:
             ranked = self._faiss_ranked(found[:k], scores[:k])
             if ranked is not None:
                 return ranked
-        return self._finish(found, scores, k)
+        keep = found >= 0
+        return self._finish(found[keep], scores[keep], k)
 
     def _row_mask(self, allowed: np.ndarray | None) -> tuple[np.ndarray, int]:
         """Rows that are live and whose node is allowed, and how many; cached per (bitmap, index version)."""
@@ -270,22 +273,7 @@ class VectorIndex:
         if self._on_device():
             found, scores = self._exact_rows(q, k, None, None if unfiltered else row_mask)
             return self._finish(found, scores, k)
-        want = min(self.rows, k + 1 if unfiltered else math.ceil(1.5 * (k + 1) * self.rows / selected) + 8)
-        base = self.matrix[:self.rows]
-        while True:  # one past the k-th allowed row shows whether a row left out is tied with it
-            distances, labels = faiss.knn(q, base, want, metric=self.faiss_metric)
-            found, scores = labels[0], distances[0]
-            if not unfiltered:
-                allowed = row_mask[found]
-                found, scores = found[allowed], scores[allowed]
-            if want >= self.rows or (len(found) > k and scores[k] != scores[k - 1]):
-                break
-            want = min(self.rows, 4 * want)  # too few allowed rows, or ties with the k-th: widen
-        if len(found) > k and scores[k] != scores[k - 1]:
-            ranked = self._faiss_ranked(found[:k], scores[:k])
-            if ranked is not None:
-                return ranked
-        return self._finish(found, scores, k)
+        return self._exhaustive(q, k, None if unfiltered else row_mask, selected)
 
     @property
     def scan_device(self) -> str:
