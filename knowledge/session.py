@@ -73,8 +73,10 @@ class Session:
     def __init__(self, store: Store, principal: Principal | str) -> None:
         self.store = store
         self._principal = principal
-        # (type=, property=) -> (schema it was resolved in, type name, vector property, dimension, key type)
-        self._vector_properties: dict[tuple[str | None, str | None], tuple[Any, str, Any, int, str]] = {}
+        # (type=, property=) -> (schema it was resolved in, type name, index key, vector index, key type)
+        self._vector_properties: dict[tuple[str | None, str | None], tuple[Any, str, Any, Any, str]] = {}
+        # (principal, directory version, directory capacity, bitmap) of the last visible()
+        self._visible: tuple[Principal, int, int, np.ndarray] | None = None
 
     @property
     def principal(self) -> Principal:
@@ -89,7 +91,14 @@ class Session:
     # -- visibility ---------------------------------------------------------------------------
     def visible(self) -> np.ndarray:
         """The visibility bitmap over node ids (read-only)."""
-        return self.store.visibility(self.principal)
+        principal, store = self.principal, self.store
+        directory, cached = store.directory, self._visible
+        if (cached is not None and cached[0] is principal and cached[1] == directory.version
+                and cached[2] == directory.capacity and store._failure is None):
+            return cached[3]  # what store.visibility returns for the same key (it caches by it too)
+        bitmap = store.visibility(principal)
+        self._visible = (principal, directory.version, directory.capacity, bitmap)
+        return bitmap
 
     def _node_type(self, type_name: str) -> Any:
         node_type = self.store.schema.nodes.get(type_name)
@@ -349,11 +358,8 @@ class Session:
         fewer than k nodes qualify. The plan taken is in the schema metadata (b"plan").
         Raises UnknownType, InvalidArgument (wrong dimension, NaN/inf, k out of 1..10000).
         """
-        type_name, prop, dimension, key_type = self._search_target(type, property)
-        index = self.store.vectors[(type_name, prop.name)]
-        query = index.prepare_query(_query_array(vector, dimension))
-        if query is None:
-            raise InvalidArgument("query vector has NaN or infinite components")
+        type_name, index, key_type = self._search_target(type, property)
+        query = index.query_vector(vector)
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= SEARCH_K_MAX:
             raise InvalidArgument(f"k must be an int in 1..{SEARCH_K_MAX}, got {k!r}")
         if columns is not None:
@@ -361,8 +367,7 @@ class Session:
         allowed = self.visible()
         if where:
             allowed = allowed & self._where_mask(type_name, where, len(allowed))
-        with self.store._state:
-            ids, scores, plan = index.search_prepared(query, k, allowed)
+        ids, scores, plan = index.search_prepared(query, k, allowed)  # under the state lock (@_consistent)
         return self._ranked(type_name, ids, scores, columns, "search", plan, key_type)
 
     @_consistent
@@ -415,18 +420,21 @@ class Session:
         rows = rows.take(pa.array([position[n] for n in ids.tolist()]))
         return [rows.column(name) for name in chosen]
 
-    def _search_target(self, type_name: str | None, prop_name: str | None) -> tuple[str, Any, int, str]:
-        """`_vector_property` plus the dimension and the key property's type ("str" or "int"), remembered
-        per schema (a schema is immutable: a change replaces it)."""
-        schema = self.store.schema
+    def _search_target(self, type_name: str | None, prop_name: str | None) -> tuple[str, Any, str]:
+        """The node type `_vector_property` finds, its vector index and its key property's type ("str" or
+        "int"), remembered per (schema, index) (a schema is immutable: a change replaces it)."""
+        store = self.store
+        schema, vectors = store.schema, store.vectors
         cached = self._vector_properties.get((type_name, prop_name))
-        if cached is not None and cached[0] is schema:
-            return cached[1], cached[2], cached[3], cached[4]
+        if cached is not None and cached[0] is schema and vectors.get(cached[2]) is cached[3]:
+            return cached[1], cached[3], cached[4]
         found_type, prop = self._vector_property(type_name, prop_name)
         node_type = schema.nodes[found_type]
         key_type = node_type.properties[node_type.key].type
-        self._vector_properties[(type_name, prop_name)] = (schema, found_type, prop, prop.dimension, key_type)
-        return found_type, prop, prop.dimension, key_type
+        index_key = (found_type, prop.name)
+        index = vectors[index_key]
+        self._vector_properties[(type_name, prop_name)] = (schema, found_type, index_key, index, key_type)
+        return found_type, index, key_type
 
     def _vector_property(self, type_name: str | None, prop_name: str | None) -> tuple[str, Any]:
         candidates = [(t, p) for t, nt in self.store.schema.nodes.items() for p in nt.vector_properties
@@ -525,17 +533,6 @@ class Session:
         return Transaction(self)
 
 
-def _query_array(vector: Any, dimension: int) -> np.ndarray:
-    """`vector` as float32 of shape [dimension] (finiteness is checked as it is prepared); raises InvalidArgument."""
-    try:
-        query = np.asarray(vector, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise InvalidArgument(f"query vector is not numeric: {exc}") from None
-    if query.ndim != 1 or query.shape[0] != dimension:
-        raise InvalidArgument(f"query vector must have dimension {dimension}, got shape {query.shape}")
-    return query
-
-
 def _ranked_table(ids: np.ndarray, keys: list[Any], scores: np.ndarray, key_type: str | None,
                   plan: str | None) -> pa.Table:
     """The `_id, _key, _score` table (metadata b"plan" when `plan` is given).
@@ -560,10 +557,12 @@ def _ranked_table(ids: np.ndarray, keys: list[Any], scores: np.ndarray, key_type
     if key_type == "int":
         key_column = pa.Array.from_buffers(_INT64, count, [None, pa.py_buffer(np.array(keys, dtype=np.int64))])
     elif count <= RANKED_KEYS_BUILT_MAX:
-        encoded = [key.encode() for key in keys]
-        offsets = array.array("i", itertools.accumulate(map(len, encoded), initial=0))
-        key_column = pa.Array.from_buffers(_STRING, count, [None, pa.py_buffer(offsets),
-                                                            pa.py_buffer(b"".join(encoded))])
+        text = "".join(keys)
+        data = text.encode()
+        # UTF-8 of a concatenation is the concatenation; equal lengths mean ASCII: a key's bytes are its chars
+        lengths = map(len, keys) if len(data) == len(text) else (len(key.encode()) for key in keys)
+        offsets = array.array("i", itertools.accumulate(lengths, initial=0))
+        key_column = pa.Array.from_buffers(_STRING, count, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
     else:
         key_column = pa.array(keys, type=_STRING)
     return pa.Table.from_arrays([pa.Array.from_buffers(_INT64, count, [None, pa.py_buffer(ids)]), key_column,

@@ -27,6 +27,7 @@ import itertools
 import logging
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import faiss
 import numpy as np
@@ -156,18 +157,28 @@ class VectorIndex:
             self.version += 1
 
     # -- search -------------------------------------------------------------------------------
-    def prepare_query(self, query: np.ndarray) -> np.ndarray | None:
-        """One query vector of `dimension` floats as `prepare` makes it ([1, dimension]), or None when a
-        component is NaN or infinite."""
-        q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, self.dimension)
+    def query_vector(self, vector: Any) -> np.ndarray:
+        """One query vector of `dimension` numbers as `prepare` makes it: float32 [1, dimension], normalised
+        for cosine. Raises InvalidArgument when it is not numeric, not of `dimension` components, or has a
+        NaN or infinite component."""
+        try:
+            q = np.array(vector, dtype=np.float32, copy=None, order="C")  # copies only when it must
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"query vector is not numeric: {exc}") from None
+        if q.shape != (self.dimension,):
+            raise InvalidArgument(f"query vector must have dimension {self.dimension}, got shape {q.shape}")
+        q = q.reshape(1, self.dimension)
         if self.metric != "cosine":
-            return q if np.isfinite(q).all() else None
-        norm_squared = _einsum("ij,ij->i", q, q)  # as in prepare, so the normalised query is the same
-        total = norm_squared.item()
-        # a finite sum of squares has finite terms; an infinite one is a non-finite component or an overflow
-        if not math.isfinite(total) and not np.isfinite(q).all():
-            return None
-        return q / np.sqrt(norm_squared) if total != 0 else q
+            if np.isfinite(q).all():
+                return q
+        else:
+            total = _einsum("ij,ij->i", q, q).item()  # as in prepare, so the normalised query is the same
+            if math.isfinite(total):  # a finite sum of squares has finite terms
+                # the float32 square root, correctly rounded (float64 sqrt rounded to float32 is): as prepare's
+                return q / math.sqrt(total) if total != 0 else q
+            if np.isfinite(q).all():  # the squares overflowed: normalise as prepare does
+                return q / np.sqrt(_einsum("ij,ij->i", q, q))
+        raise InvalidArgument("query vector has NaN or infinite components")
 
     def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, str]:
         """(node ids, scores, plan) of the best k rows whose node is allowed (allowed[node] True)."""
@@ -175,7 +186,7 @@ class VectorIndex:
 
     def search_prepared(self, q: np.ndarray, k: int,
                         allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, str]:
-        """`search` of a query that `prepare` or `prepare_query` made."""
+        """`search` of a query that `prepare` or `query_vector` made."""
         if self.live_count == 0 or k <= 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32), "empty"
         row_mask, selected = self._row_mask(allowed)
@@ -212,19 +223,19 @@ class VectorIndex:
             selector = faiss.IDSelectorBitmap(self.rows, faiss.swig_ptr(bits))
         want = min(selected, k + 1)
         while True:
-            distances = np.empty((1, want), dtype=np.float32)
-            labels = np.empty((1, want), dtype=np.int64)
+            scores = np.empty(want, dtype=np.float32)
+            found = np.empty(want, dtype=np.int64)
             args = (faiss.swig_ptr(q), faiss.swig_ptr(self.matrix), self.dimension, 1, self.rows, want,
-                    faiss.swig_ptr(distances), faiss.swig_ptr(labels))
+                    faiss.swig_ptr(scores), faiss.swig_ptr(found))
             if self.metric == "l2":
                 faiss.knn_L2sqr(*args, None, selector)
             else:
                 faiss.knn_inner_product(*args, selector)
-            found, scores = labels[0], distances[0]
-            if want >= selected or scores[-1] != scores[min(k, want) - 1]:
+            values = scores.tolist()
+            if want >= selected or values[-1] != values[min(k, want) - 1]:
                 break
             want = min(selected, 4 * want)  # rows tied with the k-th run past the results: widen
-        if len(found) > k and scores[k] != scores[k - 1]:
+        if want > k and values[k] != values[k - 1]:
             ranked = self._faiss_ranked(found[:k], scores[:k])
             if ranked is not None:
                 return ranked

@@ -241,17 +241,26 @@ def test_fast_paths_give_what_the_general_path_gives(tmp_path, monkeypatch, metr
         assert fast[0].equals(fast[len(fast) // 3], check_metadata=True)  # admin and all-labels agree
 
 
-def test_prepared_query_matches_prepare_and_rejects_non_finite():
+def test_query_vector_matches_prepare_and_rejects_bad_vectors():
     for metric in ("cosine", "ip", "l2"):
         index = VectorIndex(DIM, metric)
         rng = np.random.default_rng(3)
-        for query in [rng.normal(size=DIM) * scale for scale in (1e-3, 1.0, 1e3)] + [np.zeros(DIM), np.full(DIM, 1e30)]:
+        queries = [rng.normal(size=DIM) * scale for scale in (1e-3, 1.0, 1e3, 1e-20)] + [np.zeros(DIM), np.full(DIM, 1e30)]
+        queries += [rng.normal(size=DIM) for _ in range(200)]
+        for query in queries:
             query = query.astype(np.float32)
-            assert index.prepare_query(query).tobytes() == index.prepare(query).tobytes()
+            assert index.query_vector(query).tobytes() == index.prepare(query).tobytes()
+            assert index.query_vector(query.tolist()).tobytes() == index.prepare(query).tobytes()
+            assert index.query_vector(query[::-1].copy()[::-1]).tobytes() == index.prepare(query).tobytes()
         for bad in (np.nan, np.inf, -np.inf):
             query = np.ones(DIM, dtype=np.float32)
             query[3] = bad
-            assert index.prepare_query(query) is None
+            with pytest.raises(InvalidArgument, match="NaN or infinite"):
+                index.query_vector(query)
+        for bad, message in ((np.ones(DIM + 1), "dimension"), (np.ones((1, DIM)), "dimension"), (["x"] * DIM, "numeric"),
+                             (np.float32(1.0), "dimension")):
+            with pytest.raises(InvalidArgument, match=message):
+                index.query_vector(bad)
 
 
 def test_ranked_table_from_buffers_equals_type_inference():
