@@ -71,6 +71,28 @@ def test_where_and_visibility_form_one_mask(tmp_path):
             assert result.schema.metadata[b"plan"] == b"flat-filtered"  # 30 of 600 rows: more than GATHER_FRACTION_MAX, scanned in place
 
 
+def test_an_open_session_sees_relabels_grants_and_deletes_at_its_next_search(tmp_path):
+    store, vectors, _ = make(str(tmp_path / "s"), rows=60)
+    with store:
+        store.create_principal("eve", read=["even"])
+        session = store.session("eve")
+        query = vectors["d0000"]
+
+        def found() -> list[str]:
+            return session.search(query, k=60).column("_key").to_pylist()
+
+        assert "d0000" in found() and "d0001" not in found()
+        writer = store.session()
+        writer.transaction().upsert_nodes("Doc", [{"id": "d0000", "emb": query, "_labels": ["odd"]}]).commit()
+        assert "d0000" not in found()  # relabelled out of sight: the session's visibility is not stale
+        store.grant("eve", read=["odd"])
+        assert {"d0000", "d0001"} <= set(found())
+        writer.transaction().delete_nodes("Doc", ["d0001"]).commit()
+        assert "d0001" not in found() and len(found()) == 59
+        store.revoke("eve", read=["even", "odd"])
+        assert found() == []
+
+
 def test_nearest_neighbours_invisible_still_k_visible_results(tmp_path):
     store, vectors, _ = make(str(tmp_path / "s"))
     with store:
