@@ -75,8 +75,8 @@ class Session:
         self._principal = principal
         # (type=, property=) -> (schema it was resolved in, type name, index key, vector index, key type)
         self._vector_properties: dict[tuple[str | None, str | None], tuple[Any, str, Any, Any, str]] = {}
-        # (principal, directory version, directory capacity, bitmap) of the last visible()
-        self._visible: tuple[Principal, int, int, np.ndarray] | None = None
+        # (principal, directory, its version, its capacity, bitmap) of the last visible()
+        self._visible: tuple[Principal, Any, int, int, np.ndarray] | None = None
 
     @property
     def principal(self) -> Principal:
@@ -93,11 +93,11 @@ class Session:
         """The visibility bitmap over node ids (read-only)."""
         principal, store = self.principal, self.store
         directory, cached = store.directory, self._visible
-        if (cached is not None and cached[0] is principal and cached[1] == directory.version
-                and cached[2] == directory.capacity and store._failure is None):
-            return cached[3]  # what store.visibility returns for the same key (it caches by it too)
+        if (cached is not None and cached[0] is principal and cached[1] is directory
+                and cached[2] == directory.version and cached[3] == directory.capacity and store._failure is None):
+            return cached[4]  # what store.visibility returns for the same key (it caches by it too)
         bitmap = store.visibility(principal)
-        self._visible = (principal, directory.version, directory.capacity, bitmap)
+        self._visible = (principal, directory, directory.version, directory.capacity, bitmap)
         return bitmap
 
     def _node_type(self, type_name: str) -> Any:

@@ -162,7 +162,7 @@ class VectorIndex:
         for cosine. Raises InvalidArgument when it is not numeric, not of `dimension` components, or has a
         NaN or infinite component."""
         try:
-            q = np.array(vector, dtype=np.float32, copy=None, order="C")  # copies only when it must
+            q = np.asarray(vector, dtype=np.float32, order="C")  # copies only when it must
         except (TypeError, ValueError) as exc:
             raise InvalidArgument(f"query vector is not numeric: {exc}") from None
         if q.shape != (self.dimension,):
