@@ -347,7 +347,6 @@ class Session:
             cursor.close()
 
     # -- vector search ------------------------------------------------------------------------
-    @_consistent
     def search(self, vector: Any, k: int = 10, type: str | None = None, property: str | None = None,
                where: dict[str, Any] | None = None, columns: Iterable[str] | None = None) -> pa.Table:
         """The k visible nodes nearest to `vector` that match `where`, best first, as Arrow.
@@ -357,8 +356,34 @@ class Session:
         visibility form one mask applied before ranking: fewer than k rows come back only when
         fewer than k nodes qualify. The plan taken is in the schema metadata (b"plan").
         Raises UnknownType, InvalidArgument (wrong dimension, NaN/inf, k out of 1..10000).
+
+        The answer is as of one LSN, like every read. faiss's CPU scan runs outside the store's state lock,
+        so searches from several threads scan in parallel and commits do not wait for them; a commit that
+        lands during the scan makes the search run again under the lock (inside `snapshot()`, the lock is
+        held throughout).
         """
-        type_name, index, key_type = self._search_target(type, property)
+        state = self.store._state
+        columns = None if columns is None else list(columns)  # read twice (checked, then fetched)
+        with state:
+            target, query, allowed = self._search_inputs(vector, k, type, property, where, columns)
+            job = target[1].plan_search(query, k, allowed)
+            lsn = self.store.memory_lsn
+        result = job()
+        with state:
+            if result is None or self.store.memory_lsn != lsn:  # found too few alone, or a commit landed
+                target, query, allowed = self._search_inputs(vector, k, type, property, where, columns)
+                result = target[1].search_prepared(query, k, allowed)
+            type_name, _, key_type = target
+            ids, scores, plan = result
+            return self._ranked(type_name, ids, scores, columns, "search", plan, key_type)
+
+    def _search_inputs(self, vector: Any, k: int, type_name: str | None, prop_name: str | None,
+                       where: dict[str, Any] | None,
+                       columns: Iterable[str] | None) -> tuple[tuple[str, Any, str], np.ndarray, np.ndarray]:
+        """(`_search_target`, the prepared query, the allowed-node mask) of a search, its arguments checked.
+        Call under the state lock."""
+        target = self._search_target(type_name, prop_name)
+        type_name, index, _ = target
         query = index.query_vector(vector)
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= SEARCH_K_MAX:
             raise InvalidArgument(f"k must be an int in 1..{SEARCH_K_MAX}, got {k!r}")
@@ -367,8 +392,7 @@ class Session:
         allowed = self.visible()
         if where:
             allowed = allowed & self._where_mask(type_name, where, len(allowed))
-        ids, scores, plan = index.search_prepared(query, k, allowed)  # under the state lock (@_consistent)
-        return self._ranked(type_name, ids, scores, columns, "search", plan, key_type)
+        return target, query, allowed
 
     @_consistent
     def keyword_search(self, query: str, k: int = 10, type: str | None = None, property: str | None = None,

@@ -26,6 +26,7 @@ import io
 import itertools
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +81,42 @@ class VectorConfig:
             raise InvalidArgument(f"vector index kind must be auto, flat or hnsw, not {self.kind!r}")
         if not 0 < self.tombstone_fraction_max <= 1 or self.hnsw_tail_rows_max < 0:
             raise InvalidArgument("vector tombstone_fraction_max must be in (0, 1] and hnsw_tail_rows_max >= 0")
+
+
+SearchJob = Callable[[], "tuple[np.ndarray, np.ndarray, str] | None"]
+
+
+def _done(ids: np.ndarray, scores: np.ndarray, plan: str) -> SearchJob:
+    """A job whose search is already done."""
+    return lambda: (ids, scores, plan)
+
+
+def _faiss_ranked(rows: np.ndarray, scores: np.ndarray, row_ids: np.ndarray,
+                  metric: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """`_finish` of one faiss result row (best first, k long) when that keeps faiss's order: every
+    slot filled (faiss pads with row -1) and no two scores tied; None otherwise."""
+    if len(rows) <= SMALL_RESULT_ROWS:
+        found, values = rows.tolist(), scores.tolist()
+        filled = min(found) >= 0
+        pairs = itertools.pairwise(values)  # NaN compares false: not ordered
+        ordered = all(a < b for a, b in pairs) if metric == "l2" else all(a > b for a, b in pairs)
+    else:
+        filled = bool(rows.min() >= 0)
+        ordered = bool((scores[1:] > scores[:-1] if metric == "l2" else scores[1:] < scores[:-1]).all())
+    if filled and ordered:
+        return row_ids[rows], scores
+    return None
+
+
+def _finish(rows: np.ndarray, scores: np.ndarray, row_ids: np.ndarray, metric: str,
+            k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(node ids, float32 scores) of `rows` (numbered as in `row_ids`): best first, ties by lower node id,
+    the first k."""
+    nodes = row_ids[rows]
+    order = np.lexsort((nodes, scores if metric == "l2" else -scores))
+    if k is not None:
+        order = order[:k]
+    return nodes[order], scores[order].astype(np.float32)
 
 
 def _grow_rows(array: np.ndarray, rows: int) -> np.ndarray:
@@ -187,60 +224,77 @@ class VectorIndex:
     def search_prepared(self, q: np.ndarray, k: int,
                         allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, str]:
         """`search` of a query that `prepare` or `query_vector` made."""
+        result = self.plan_search(q, k, allowed)()
+        if result is None:  # the graph walk found fewer than k allowed rows: exact search of them all
+            row_mask, selected = self._row_mask(allowed)
+            result = self._exact_filtered(q, k, row_mask, selected)()
+            assert result is not None
+        return result
+
+    def plan_search(self, q: np.ndarray, k: int, allowed: np.ndarray | None) -> SearchJob:
+        """`search_prepared` in two steps, so that faiss's CPU scans can run outside the store's state lock.
+
+        This call reads the index (make it under the lock) and runs every search that is not a faiss CPU
+        scan (GPU scans, gathers). The job it returns runs the rest and reads only what was captured here:
+        rows below `rows` are never rewritten, and arrays or graphs replaced meanwhile stay alive in the job.
+        So the job may run while commits append rows, a compaction renumbers them or a build installs a
+        graph, and still answers as of this call. It returns (node ids, scores, plan), or None when a graph
+        walk found fewer than k allowed rows (then `search_prepared`, under the lock, searches exactly).
+        """
         if self.live_count == 0 or k <= 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32), "empty"
+            return _done(np.zeros(0, np.int64), np.zeros(0, np.float32), "empty")
         row_mask, selected = self._row_mask(allowed)
         if selected == 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32), "empty"
+            return _done(np.zeros(0, np.int64), np.zeros(0, np.float32), "empty")
         unfiltered = selected == self.rows
         if not unfiltered and self._on_device():  # one masked scan of the GPU copy: exact, no host gather
-            return (*self._flat(q, k, row_mask, selected), "flat-filtered")
+            return self._flat(q, k, row_mask, selected)
         if not unfiltered and self._gather_is_cheaper(selected, k):
             return self._exact_filtered(q, k, row_mask, selected)
         if self.hnsw is not None:
-            result = self._hnsw(q, k, None if unfiltered else row_mask, selected)
-            if result is not None:
-                return (*result, "hnsw" if unfiltered else "hnsw-filtered")
-            return self._exact_filtered(q, k, row_mask, selected)
-        return (*self._flat(q, k, row_mask, selected), "flat" if unfiltered else "flat-filtered")
+            return self._hnsw(q, k, None if unfiltered else row_mask, selected)
+        return self._flat(q, k, row_mask, selected)
 
-    def _exact_filtered(self, q: np.ndarray, k: int, row_mask: np.ndarray,
-                        selected: int) -> tuple[np.ndarray, np.ndarray, str]:
+    def _exact_filtered(self, q: np.ndarray, k: int, row_mask: np.ndarray, selected: int) -> SearchJob:
         """Exact search of the `selected` allowed rows: gathered and scanned when they are few (up to
         GATHER_FRACTION_MAX of the rows), else one faiss scan of the rows in place that skips the others."""
         if selected <= GATHER_FRACTION_MAX * self.rows or self._on_device():
-            return (*self._gather(q, k, row_mask), "gather")
-        return (*self._exhaustive(q, k, row_mask, selected), "flat-filtered")
+            return _done(*self._gather(q, k, row_mask), "gather")
+        return self._exhaustive(q, k, row_mask, selected, "flat-filtered")
 
-    def _exhaustive(self, q: np.ndarray, k: int, row_mask: np.ndarray | None,
-                    selected: int) -> tuple[np.ndarray, np.ndarray]:
+    def _exhaustive(self, q: np.ndarray, k: int, row_mask: np.ndarray | None, selected: int,
+                    plan: str) -> SearchJob:
         """faiss's exhaustive search of the rows in place: every row (row_mask None), or the `selected` rows
         of `row_mask` through an IDSelectorBitmap. Asks one row past the k-th, widening while rows tie with
         it, so ties are ranked by node id as everywhere else."""
-        selector = None
-        if row_mask is not None:
-            bits = np.packbits(row_mask, bitorder="little")  # kept alive while the selector is used
-            selector = faiss.IDSelectorBitmap(self.rows, faiss.swig_ptr(bits))
-        want = min(selected, k + 1)
-        while True:
-            scores = np.empty(want, dtype=np.float32)
-            found = np.empty(want, dtype=np.int64)
-            args = (faiss.swig_ptr(q), faiss.swig_ptr(self.matrix), self.dimension, 1, self.rows, want,
-                    faiss.swig_ptr(scores), faiss.swig_ptr(found))
-            if self.metric == "l2":
-                faiss.knn_L2sqr(*args, None, selector)
-            else:
-                faiss.knn_inner_product(*args, selector)
-            values = scores.tolist()
-            if want >= selected or values[-1] != values[min(k, want) - 1]:
-                break
-            want = min(selected, 4 * want)  # rows tied with the k-th run past the results: widen
-        if want > k and values[k] != values[k - 1]:
-            ranked = self._faiss_ranked(found[:k], scores[:k])
-            if ranked is not None:
-                return ranked
-        keep = found >= 0
-        return self._finish(found[keep], scores[keep], k)
+        matrix, rows, dimension, metric = self.matrix, self.rows, self.dimension, self.metric
+        row_ids = self.row_ids[:rows]
+        bits = None if row_mask is None else np.packbits(row_mask, bitorder="little")
+
+        def run() -> tuple[np.ndarray, np.ndarray, str]:
+            selector = None if bits is None else faiss.IDSelectorBitmap(rows, faiss.swig_ptr(bits))
+            want = min(selected, k + 1)
+            while True:
+                scores = np.empty(want, dtype=np.float32)
+                found = np.empty(want, dtype=np.int64)
+                args = (faiss.swig_ptr(q), faiss.swig_ptr(matrix), dimension, 1, rows, want,
+                        faiss.swig_ptr(scores), faiss.swig_ptr(found))
+                if metric == "l2":
+                    faiss.knn_L2sqr(*args, None, selector)
+                else:
+                    faiss.knn_inner_product(*args, selector)
+                values = scores.tolist()
+                if want >= selected or values[-1] != values[min(k, want) - 1]:
+                    break
+                want = min(selected, 4 * want)  # rows tied with the k-th run past the results: widen
+            if want > k and values[k] != values[k - 1]:
+                ranked = _faiss_ranked(found[:k], scores[:k], row_ids, metric)
+                if ranked is not None:
+                    return (*ranked, plan)
+            keep = found >= 0
+            return (*_finish(found[keep], scores[keep], row_ids, metric, k), plan)
+
+        return run
 
     def _row_mask(self, allowed: np.ndarray | None) -> tuple[np.ndarray, int]:
         """Rows that are live and whose node is allowed, and how many; cached per (bitmap, index version)."""
@@ -275,16 +329,17 @@ class VectorIndex:
 
     def _gather(self, q: np.ndarray, k: int, row_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         found, scores = self._exact_rows(q, k, np.flatnonzero(row_mask))
-        return self._finish(found, scores, k)
+        return _finish(found, scores, self.row_ids, self.metric, k)
 
-    def _flat(self, q: np.ndarray, k: int, row_mask: np.ndarray, selected: int) -> tuple[np.ndarray, np.ndarray]:
+    def _flat(self, q: np.ndarray, k: int, row_mask: np.ndarray, selected: int) -> SearchJob:
         """Exact search of every row (`selected` of them allowed by `row_mask`): the GPU copy of the rows, or
         faiss's exhaustive search of the rows themselves (no copy of them in a faiss index) on the CPU."""
         unfiltered = selected == self.rows
+        plan = "flat" if unfiltered else "flat-filtered"
         if self._on_device():
             found, scores = self._exact_rows(q, k, None, None if unfiltered else row_mask)
-            return self._finish(found, scores, k)
-        return self._exhaustive(q, k, None if unfiltered else row_mask, selected)
+            return _done(*_finish(found, scores, self.row_ids, self.metric, k), plan)
+        return self._exhaustive(q, k, None if unfiltered else row_mask, selected, plan)
 
     @property
     def scan_device(self) -> str:
@@ -347,36 +402,48 @@ class VectorIndex:
             found = np.flatnonzero(np.isfinite(order_scores))
         return found, scores[found].astype(np.float32)
 
-    def _hnsw(self, q: np.ndarray, k: int, row_mask: np.ndarray | None,
-              selected: int) -> tuple[np.ndarray, np.ndarray] | None:
+    def _hnsw(self, q: np.ndarray, k: int, row_mask: np.ndarray | None, selected: int) -> SearchJob:
+        """A search of the HNSW graph (filtered by `row_mask` when given) widened by 1/sqrt(selectivity);
+        rows appended since the graph was built (the tail) are searched exactly, now, and merged."""
         assert self.hnsw is not None
-        covered = self.hnsw_rows
-        if row_mask is None and not (self.live_count < self.rows):
+        graph, covered, rows, metric = self.hnsw, self.hnsw_rows, self.rows, self.metric
+        row_ids = self.row_ids[:rows]
+        bits = selector = None
+        if row_mask is None and not (self.live_count < rows):
             params = self._unfiltered_hnsw_params(max(self.config.ef_search, k))
         else:
             params = faiss.SearchParametersHNSW()
-            mask = self.live[:self.rows] if row_mask is None else row_mask
-            fraction = max(selected / max(self.rows, 1), 1e-6)
+            mask = self.live[:rows] if row_mask is None else row_mask
+            fraction = max(selected / max(rows, 1), 1e-6)
             params.efSearch = int(min(self.config.ef_search_max, max(k, self.config.ef_search / math.sqrt(fraction))))
             bits = np.packbits(mask[:covered], bitorder="little")
-            params.sel = faiss.IDSelectorBitmap(covered, faiss.swig_ptr(bits))
-        distances, labels = self.hnsw.search(q, k, params=params)
-        if covered == self.rows:  # no tail to merge
-            ranked = self._faiss_ranked(labels[0], distances[0])
-            if ranked is not None:
-                return ranked
-        keep = labels[0] >= 0
-        found = labels[0][keep]
-        scores = distances[0][keep]
-        if covered < self.rows:  # rows appended since the HNSW build: searched exactly and merged
-            tail_mask = (self.live[covered:self.rows] if row_mask is None else row_mask[covered:self.rows])
+            selector = faiss.IDSelectorBitmap(covered, faiss.swig_ptr(bits))  # bits and selector live in the job
+            params.sel = selector
+        tail: tuple[np.ndarray, np.ndarray] | None = None
+        if covered < rows:  # rows appended since the HNSW build: searched exactly (on the GPU copy, if any)
+            tail_mask = self.live[covered:rows] if row_mask is None else row_mask[covered:rows]
             if tail_mask.any():
-                t_found, t_scores = self._exact_rows(q, k, covered + np.flatnonzero(tail_mask))
-                found = np.concatenate([found, t_found])
-                scores = np.concatenate([scores, t_scores])
-        if len(found) < min(k, selected):
-            return None
-        return self._finish(found, scores, k)
+                tail = self._exact_rows(q, k, covered + np.flatnonzero(tail_mask))
+        plan = "hnsw" if row_mask is None else "hnsw-filtered"
+
+        def run() -> tuple[np.ndarray, np.ndarray, str] | None:
+            assert selector is None or bits is not None
+            distances, labels = graph.search(q, k, params=params)
+            if covered == rows:  # no tail to merge
+                ranked = _faiss_ranked(labels[0], distances[0], row_ids, metric)
+                if ranked is not None:
+                    return (*ranked, plan)
+            keep = labels[0] >= 0
+            found = labels[0][keep]
+            scores = distances[0][keep]
+            if tail is not None:
+                found = np.concatenate([found, tail[0]])
+                scores = np.concatenate([scores, tail[1]])
+            if len(found) < min(k, selected):
+                return None
+            return (*_finish(found, scores, row_ids, metric, k), plan)
+
+        return run
 
     def _unfiltered_hnsw_params(self, ef_search: int) -> faiss.SearchParametersHNSW:
         """Search parameters without a selector (read-only to faiss, so shared); the last one is reused."""
@@ -387,29 +454,6 @@ class VectorIndex:
         params.efSearch = ef_search
         self._hnsw_params = (ef_search, params)
         return params
-
-    def _faiss_ranked(self, rows: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """`_finish` of one faiss result row (best first, k long) when that keeps faiss's order: every
-        slot filled (faiss pads with row -1) and no two scores tied; None otherwise."""
-        if len(rows) <= SMALL_RESULT_ROWS:
-            found, values = rows.tolist(), scores.tolist()
-            filled = min(found) >= 0
-            pairs = itertools.pairwise(values)  # NaN compares false: not ordered
-            ordered = all(a < b for a, b in pairs) if self.metric == "l2" else all(a > b for a, b in pairs)
-        else:
-            filled = bool(rows.min() >= 0)
-            ordered = bool((scores[1:] > scores[:-1] if self.metric == "l2" else scores[1:] < scores[:-1]).all())
-        if filled and ordered:
-            return self.row_ids[rows], scores
-        return None
-
-    def _finish(self, rows: np.ndarray, scores: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(node ids, float32 scores) of `rows`: best first, ties by lower node id, the first k."""
-        nodes = self.row_ids[rows]
-        order = np.lexsort((nodes, scores if self.metric == "l2" else -scores))
-        if k is not None:
-            order = order[:k]
-        return nodes[order], scores[order].astype(np.float32)
 
     # -- maintenance --------------------------------------------------------------------------
     def compact(self) -> None:

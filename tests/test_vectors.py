@@ -226,6 +226,7 @@ def test_fast_paths_give_what_the_general_path_gives(tmp_path, monkeypatch, metr
     the general path (re-ranking by (score, id), Arrow type inference) must give identical tables, for
     principals that see everything (admin, all labels) and for one that sees a subset."""
     from knowledge import session as session_module
+    from knowledge import vectors as vectors_module
 
     config = VectorConfig(kind=kind, gather_rows_min=16, hnsw_m=16, ef_search=64)
     store, vectors, rng = make(str(tmp_path / "s"), metric, config=config, rows=1500)
@@ -238,10 +239,10 @@ def test_fast_paths_give_what_the_general_path_gives(tmp_path, monkeypatch, metr
                     store.session(Principal("e", read=frozenset({"even"})))]
         queries = [rng.normal(size=DIM) for _ in range(8)] + [vectors["d0003"], np.zeros(DIM)]
         shortcuts = []
-        faiss_ranked = VectorIndex._faiss_ranked
+        faiss_ranked = vectors_module._faiss_ranked
 
-        def counted(self, rows, scores):
-            result = faiss_ranked(self, rows, scores)
+        def counted(rows, scores, row_ids, metric):
+            result = faiss_ranked(rows, scores, row_ids, metric)
             shortcuts.append(result is not None)
             return result
 
@@ -249,10 +250,10 @@ def test_fast_paths_give_what_the_general_path_gives(tmp_path, monkeypatch, metr
             return [s.search(q, k=k, **options) for s in sessions for q in queries for k in (1, 10, 100, 400)
                     for options in ({}, {"columns": ["group"]})]
 
-        monkeypatch.setattr(VectorIndex, "_faiss_ranked", counted)
+        monkeypatch.setattr(vectors_module, "_faiss_ranked", counted)
         fast = run()
         assert any(shortcuts) and not all(shortcuts)  # both the shortcut and the ties fallback were taken
-        monkeypatch.setattr(VectorIndex, "_faiss_ranked", lambda self, rows, scores: None)
+        monkeypatch.setattr(vectors_module, "_faiss_ranked", lambda rows, scores, row_ids, metric: None)
         ranked_table = session_module._ranked_table
         monkeypatch.setattr(session_module, "_ranked_table",
                             lambda ids, keys, scores, key_type, plan: ranked_table(ids, keys, scores, None, plan))
