@@ -427,7 +427,7 @@ class VectorIndex:
         plan = "hnsw" if row_mask is None else "hnsw-filtered"
 
         def run() -> tuple[np.ndarray, np.ndarray, str] | None:
-            assert selector is None or bits is not None
+            _ = (bits, selector)  # held here, so as long as the job: params.sel points into them
             distances, labels = graph.search(q, k, params=params)
             if covered == rows:  # no tail to merge
                 ranked = _faiss_ranked(labels[0], distances[0], row_ids, metric)
