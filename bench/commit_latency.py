@@ -22,7 +22,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import HERE, machine, replace_section, write_json  # noqa: E402
+from common import machine, publish  # noqa: E402
 
 import knowledge  # noqa: E402
 
@@ -77,11 +77,8 @@ def main() -> None:
 A durable commit runs its Python after the CPU idled through the sync, so it pays the slower figure:
 that is most of the gap between a commit and a bare write+fdatasync in bench/ingest.py.
 """
-    print(body)
-    if not args.no_write:
-        print(write_json("commit_latency", result))
-        replace_section(os.path.join(HERE, "RESULTS.md"),
-                        "Single-row commit: the cost of idling (bench/commit_latency.py)", body)
+    publish("commit_latency", "Single-row commit: the cost of idling (bench/commit_latency.py)", result, body,
+            not args.no_write)
 
 
 if __name__ == "__main__":

@@ -62,3 +62,12 @@ def replace_section(markdown_path: str, section: str, body: str) -> None:
         text = text[:start] + block + (text[end + 1:] if end >= 0 else "")
     with open(markdown_path, "w") as f:
         f.write(text.rstrip() + "\n")
+
+
+def publish(name: str, section: str, results: dict[str, Any], body: str, write: bool) -> None:
+    """Print a benchmark's Markdown `body`; with `write`, also save `results` as bench/results/<name>.json
+    and make `body` the `## section` of bench/RESULTS.md."""
+    print(body)
+    if write:
+        print(write_json(name, results))
+        replace_section(os.path.join(HERE, "RESULTS.md"), section, body)

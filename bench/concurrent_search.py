@@ -28,7 +28,7 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import HERE, machine, replace_section, write_json  # noqa: E402
+from common import machine, publish  # noqa: E402
 from vectors import K, build_store, labels_for, real  # noqa: E402
 
 from knowledge import Principal  # noqa: E402
@@ -100,11 +100,8 @@ def main() -> None:
              "| searcher | 1 thread QPS | 2 threads QPS | scaling |", "|---|---|---|---|"]
     for name, by in measured.items():
         lines.append(f"| {name} | {by[1]:,.0f} | {by[2]:,.0f} | {by[2] / by[1]:.2f}x |")
-    body = "\n".join(lines)
-    print(body)
-    if not args.no_write:
-        print(write_json("concurrent_search", results))
-        replace_section(os.path.join(HERE, "RESULTS.md"), "Concurrent searches (bench/concurrent_search.py)", body)
+    publish("concurrent_search", "Concurrent searches (bench/concurrent_search.py)", results, "\n".join(lines),
+            not args.no_write)
 
 
 if __name__ == "__main__":

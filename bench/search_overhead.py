@@ -26,7 +26,7 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import HERE, machine, replace_section, write_json  # noqa: E402
+from common import machine, publish  # noqa: E402
 from vectors import K, build_store, labels_for, real  # noqa: E402
 
 from knowledge import Principal  # noqa: E402
@@ -143,11 +143,8 @@ def main() -> None:
                "steps_us": {step: statistics.median(spent[step]) / 1000 for step in STEPS},
                "faiss_knn_us": statistics.median(scan) / 1000,
                "table_cold_us": statistics.median(cold) / 1000, "table_warm_us": statistics.median(warm) / 1000}
-    body = render(results)
-    print(body)
-    if not args.no_write:
-        print(write_json("search_overhead", results))
-        replace_section(os.path.join(HERE, "RESULTS.md"), "Search overhead (bench/search_overhead.py)", body)
+    publish("search_overhead", "Search overhead (bench/search_overhead.py)", results, render(results),
+            not args.no_write)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import HERE, machine, replace_section, write_json  # noqa: E402
+from common import machine, publish  # noqa: E402
 
 import knowledge  # noqa: E402
 from knowledge import Principal  # noqa: E402
@@ -330,11 +330,7 @@ def main() -> None:
     if not args.skip_synthetic:
         base, queries = synthetic(args.synthetic_rows, args.queries)
         results["sets"]["synthetic low-rank+noise"] = run_set("synthetic", base, queries, "auto", args.repeats)
-    body = render(results)
-    print(body)
-    if not args.no_write:
-        print(write_json("vectors", results))
-        replace_section(os.path.join(HERE, "RESULTS.md"), "Vector search (bench/vectors.py)", body)
+    publish("vectors", "Vector search (bench/vectors.py)", results, render(results), not args.no_write)
 
 
 if __name__ == "__main__":
