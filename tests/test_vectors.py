@@ -93,6 +93,17 @@ def test_an_open_session_sees_relabels_grants_and_deletes_at_its_next_search(tmp
         assert found() == []
 
 
+def test_search_columns_may_be_any_iterable(tmp_path):
+    store, vectors, rng = make(str(tmp_path / "s"), rows=40)
+    with store:
+        session = store.session()
+        query = rng.normal(size=DIM)
+        expected = session.search(query, k=5, columns=["group"])
+        for columns in (("group",), (name for name in ["group"]), iter(["group"])):
+            got = session.search(query, k=5, columns=columns)
+            assert got.column_names == ["_id", "_key", "_score", "group"] and got.equals(expected)
+
+
 def test_nearest_neighbours_invisible_still_k_visible_results(tmp_path):
     store, vectors, _ = make(str(tmp_path / "s"))
     with store:
