@@ -357,30 +357,34 @@ class Session:
         fewer than k nodes qualify. The plan taken is in the schema metadata (b"plan").
         Raises UnknownType, InvalidArgument (wrong dimension, NaN/inf, k out of 1..10000).
 
-        The answer is as of one LSN, like every read. faiss's CPU scan runs outside the store's state lock,
-        so searches from several threads scan in parallel and commits do not wait for them; a commit that
-        lands during the scan makes the search run again under the lock (inside `snapshot()`, the lock is
-        held throughout).
+        The answer is as of one LSN, like every read. The where-filter's table query and faiss's CPU scan
+        run outside the store's state lock, so searches from several threads run them in parallel and
+        commits do not wait for them; a commit that lands meanwhile makes the search run again under the
+        lock (inside `snapshot()`, the lock is held throughout).
         """
-        state = self.store._state
+        store, state = self.store, self.store._state
         columns = None if columns is None else list(columns)  # read twice (checked, then fetched)
         with state:
-            target, query, allowed = self._search_inputs(vector, k, type, property, where, columns)
-            job = target[1].plan_search(query, k, allowed)
-            lsn = self.store.memory_lsn
-        result = job()
+            target, query, visible = self._search_inputs(vector, k, type, property, columns)
+            lsn = store.memory_lsn
+        matching = self._where_mask(target[0], where, len(visible)) if where else None  # a table query
+        job = None
         with state:
-            if result is None or self.store.memory_lsn != lsn:  # found too few alone, or a commit landed
-                target, query, allowed = self._search_inputs(vector, k, type, property, where, columns)
+            if store.memory_lsn == lsn:
+                job = target[1].plan_search(query, k, visible if matching is None else visible & matching)
+        result = None if job is None else job()  # the scan
+        with state:
+            if result is None or store.memory_lsn != lsn:  # a commit landed meanwhile, or too few found alone
+                target, query, visible = self._search_inputs(vector, k, type, property, columns)
+                allowed = visible & self._where_mask(target[0], where, len(visible)) if where else visible
                 result = target[1].search_prepared(query, k, allowed)
             type_name, _, key_type = target
             ids, scores, plan = result
             return self._ranked(type_name, ids, scores, columns, "search", plan, key_type)
 
     def _search_inputs(self, vector: Any, k: int, type_name: str | None, prop_name: str | None,
-                       where: dict[str, Any] | None,
-                       columns: Iterable[str] | None) -> tuple[tuple[str, Any, str], np.ndarray, np.ndarray]:
-        """(`_search_target`, the prepared query, the allowed-node mask) of a search, its arguments checked.
+                       columns: list[str] | None) -> tuple[tuple[str, Any, str], np.ndarray, np.ndarray]:
+        """(`_search_target`, the prepared query, the visibility bitmap) of a search, its arguments checked.
         Call under the state lock."""
         target = self._search_target(type_name, prop_name)
         type_name, index, _ = target
@@ -389,10 +393,7 @@ class Session:
             raise InvalidArgument(f"k must be an int in 1..{SEARCH_K_MAX}, got {k!r}")
         if columns is not None:
             self._columns(type_name, columns)
-        allowed = self.visible()
-        if where:
-            allowed = allowed & self._where_mask(type_name, where, len(allowed))
-        return target, query, allowed
+        return target, query, self.visible()
 
     @_consistent
     def keyword_search(self, query: str, k: int = 10, type: str | None = None, property: str | None = None,

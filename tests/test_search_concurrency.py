@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import knowledge
+import knowledge.session
 from knowledge import Principal
 from knowledge import vectors as vectors_module
 from knowledge.vectors import VectorConfig
@@ -19,15 +20,15 @@ GROUP = 30  # nodes a0.. and b0..: at every LSN one group carries label "x", the
 def open_store(path: str, kind: str) -> knowledge.Store:
     store = knowledge.open(path, config=knowledge.StoreConfig(vectors=VectorConfig(kind=kind)))
     store.define_node_type("Doc", key="id", properties={"emb": {"type": f"vector[{DIM}]", "metric": "l2"},
-                                                        "era": "int"})
+                                                        "era": "int", "bucket": "int"})
     return store
 
 
 def era_rows(era: int, vectors: dict[str, np.ndarray]) -> list[dict]:
     """Every node at `era`: group a is visible to "x" in even eras, group b in odd ones."""
     seen_by_x = "a" if era % 2 == 0 else "b"
-    return [{"id": key, "emb": vector, "era": era, "_labels": ["x" if key[0] == seen_by_x else "y"]}
-            for key, vector in vectors.items()]
+    return [{"id": key, "emb": vector, "era": era, "bucket": int(key[1:]) % 2,
+             "_labels": ["x" if key[0] == seen_by_x else "y"]} for key, vector in vectors.items()]
 
 
 @pytest.fixture(params=["flat", "hnsw"])
@@ -92,12 +93,30 @@ def test_two_searches_scan_at_once(world, monkeypatch):
     assert not failures and len(results) == 2 and results[0] == results[1] and results[0][0] == "a0"
 
 
-def test_commits_during_a_scan_never_mix_two_lsns(world, monkeypatch):
+@pytest.mark.parametrize("filtered", [False, True])
+def test_commits_during_a_scan_never_mix_two_lsns(world, monkeypatch, filtered):
     """A writer flips which group "x" sees and the era of every node, one commit per era, while readers
-    search with a slowed scan: each answer must be one era's visible group with that era's columns."""
+    search with a slowed scan (and a slowed where-filter query): each answer must be one era's visible
+    group with that era's columns."""
     store, vectors = world
     calls: list[str] = []
     slowed(monkeypatch, 0.002, calls)
+    where_mask = knowledge.session.Session._where_mask
+
+    def slow_mask(self, *args):
+        threading.Event().wait(0.002)
+        return where_mask(self, *args)
+
+    monkeypatch.setattr(knowledge.session.Session, "_where_mask", slow_mask)
+    where, expected_rows = ({"bucket": 0}, GROUP // 2) if filtered else (None, GROUP)
+    again: list[int] = []
+    search_prepared = vectors_module.VectorIndex.search_prepared
+
+    def counted(self, *args):
+        again.append(1)  # Session.search calls it only to search again, under the lock
+        return search_prepared(self, *args)
+
+    monkeypatch.setattr(vectors_module.VectorIndex, "search_prepared", counted)
     stop = threading.Event()
     failures: list[str] = []
     answers = [0]
@@ -114,10 +133,12 @@ def test_commits_during_a_scan_never_mix_two_lsns(world, monkeypatch):
         session = store.session(Principal(f"r{seed}", read=frozenset({"x"})))
         while not stop.is_set():
             query = vectors[f"{'ab'[rng.integers(2)]}{rng.integers(GROUP)}"]
-            table = session.search(query, k=2 * GROUP, columns=["era"])
+            table = session.search(query, k=2 * GROUP, columns=["era", "bucket"], where=where)
             keys, eras = table.column("_key").to_pylist(), set(table.column("era").to_pylist())
             groups = {key[0] for key in keys}
-            if len(keys) != GROUP or len(eras) != 1 or len(groups) != 1:
+            if filtered and set(table.column("bucket").to_pylist()) != {0}:
+                failures.append(f"buckets {set(table.column('bucket').to_pylist())}")
+            if len(keys) != expected_rows or len(eras) != 1 or len(groups) != 1:
                 failures.append(f"{len(keys)} rows, eras {sorted(eras)}, groups {sorted(groups)}")
             elif groups != {"a" if eras.pop() % 2 == 0 else "b"}:
                 failures.append(f"group {groups} shown with another era's columns")
@@ -132,7 +153,7 @@ def test_commits_during_a_scan_never_mix_two_lsns(world, monkeypatch):
     for thread in readers:
         thread.join(timeout=60)
     assert not failures, failures[:5]
-    assert answers[0] >= 20 and len(calls) > answers[0]  # commits landed mid-scan: searches ran again
+    assert answers[0] >= 20 and again  # commits landed mid-search: some searches ran again
 
 
 def test_inside_a_snapshot_a_search_holds_the_lock_throughout(world, monkeypatch):
@@ -198,3 +219,32 @@ def test_a_compaction_during_a_scan_does_not_renumber_its_rows(tmp_path, monkeyp
         live = {key: v for key, v in vectors.items() if key not in gone}
         distances = {key: float(((v - query) ** 2).sum()) for key, v in live.items()}
         assert found == [sorted(distances, key=lambda key: (distances[key], int(key[1:])))[:10]]
+
+
+def test_two_filtered_searches_query_the_tables_at_once(world, monkeypatch):
+    """Each search's where-filter query waits for the other's: only possible outside the state lock."""
+    store, vectors = world
+    both = threading.Barrier(2, timeout=20)
+    where_mask = knowledge.session.Session._where_mask
+
+    def meeting_mask(self, *args):
+        both.wait()  # BrokenBarrierError if the other search cannot get past its own planning
+        return where_mask(self, *args)
+
+    monkeypatch.setattr(knowledge.session.Session, "_where_mask", meeting_mask)
+    results: list[list[str]] = []
+    failures: list[BaseException] = []
+
+    def search():
+        try:
+            session = store.session(Principal("r", read=frozenset({"x"})))
+            results.append(session.search(vectors["a0"], k=5, where={"bucket": 0}).column("_key").to_pylist())
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=search) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures and len(results) == 2 and results[0] == results[1] and results[0][0] == "a0"
