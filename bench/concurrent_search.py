@@ -4,7 +4,8 @@
 
 On the real MiniLM set of bench/vectors.py (8.4k x 384, flat; build the cache first with
 python bench/embed_cache.py), each thread runs the same queries one at a time through its own session
-(`session.search(q, k=10)`), or through faiss.knn over the store's own rows (faiss releases the GIL while
+(`session.search(q, k=10)`, and with `where={"group": 3}`, a document column that 10% of rows match),
+or through faiss.knn over the store's own rows (faiss releases the GIL while
 it scans; OpenMP held to one thread so a single query's scan stays on one core). Median QPS of `--runs`
 runs per thread count; "scaling" is 2-thread QPS over 1-thread QPS in the same run of the script.
 A search holds the store's state lock while it plans and while it builds its answer, not during faiss's
@@ -26,12 +27,15 @@ from collections.abc import Callable
 
 import faiss
 import numpy as np
+import pyarrow as pa
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import machine, publish  # noqa: E402
-from vectors import K, build_store, labels_for, real  # noqa: E402
+from vectors import K, labels_for, real  # noqa: E402
 
+import knowledge  # noqa: E402
 from knowledge import Principal  # noqa: E402
+from knowledge.vectors import VectorConfig  # noqa: E402
 
 THREADS = (1, 2)
 
@@ -70,7 +74,15 @@ def main() -> None:
     directory = tempfile.mkdtemp(prefix="kbench-concurrent-")
     measured: dict[str, dict[int, float]] = {}
     try:
-        store = build_store(os.path.join(directory, "s"), base, labels, "flat")
+        store = knowledge.open(os.path.join(directory, "s"),
+                               config=knowledge.StoreConfig(vectors=VectorConfig(kind="flat")))
+        store.define_node_type("Doc", key="id", properties={  # "group": a document column, 10% of rows a value
+            "emb": {"type": f"vector[{base.shape[1]}]", "metric": "cosine"}, "group": "int"})
+        store.session().transaction().upsert_nodes("Doc", pa.table({
+            "id": [f"d{i}" for i in range(len(base))], "group": np.arange(len(base)) % 10,
+            "emb": pa.FixedSizeListArray.from_arrays(pa.array(base.ravel()), base.shape[1]),
+            "_labels": pa.array(labels, type=pa.list_(pa.string()))})).commit()
+        store.checkpoint()
         index = store.vectors[("Doc", "emb")]
         rows = index.matrix[:index.rows]
 
@@ -78,10 +90,15 @@ def main() -> None:
             session = store.session(Principal("bench", read=frozenset({"s1.0"})))
             return lambda q: session.search(q, k=K)
 
+        def ours_filtered() -> Callable[[np.ndarray], object]:
+            session = store.session(Principal("bench", read=frozenset({"s1.0"})))
+            return lambda q: session.search(q, k=K, where={"group": 3})
+
         def raw() -> Callable[[np.ndarray], object]:
             return lambda q: faiss.knn(q[None, :], rows, K, metric=faiss.METRIC_INNER_PRODUCT)
 
-        makers = {"session.search": ours, "faiss.knn on the store's rows": raw}
+        makers = {"session.search": ours, "session.search, where= (10% of rows)": ours_filtered,
+                  "faiss.knn on the store's rows": raw}
         samples: dict[str, dict[int, list[float]]] = {name: {t: [] for t in THREADS} for name in makers}
         for _ in range(args.runs):  # runs alternate between the searchers and thread counts
             for name, make in makers.items():
