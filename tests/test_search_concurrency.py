@@ -60,6 +60,26 @@ def slowed(monkeypatch, delay_s: float, calls: list[str]) -> None:
     monkeypatch.setattr(vectors_module.VectorIndex, "plan_search", plan)
 
 
+def search_twice_at_once(store: knowledge.Store, vectors: dict[str, np.ndarray], where: dict | None) -> None:
+    """Two threads search near a0 at once: both must finish, with the same answer, a0 first."""
+    results: list[list[str]] = []
+    failures: list[BaseException] = []
+
+    def search():
+        try:
+            session = store.session(Principal("r", read=frozenset({"x"})))
+            results.append(session.search(vectors["a0"], k=5, where=where).column("_key").to_pylist())
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=search) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures and len(results) == 2 and results[0] == results[1] and results[0][0] == "a0"
+
+
 def test_two_searches_scan_at_once(world, monkeypatch):
     """Each search's job waits for the other's: only possible when neither holds the state lock meanwhile."""
     store, vectors = world
@@ -75,22 +95,7 @@ def test_two_searches_scan_at_once(world, monkeypatch):
         return run
 
     monkeypatch.setattr(vectors_module.VectorIndex, "plan_search", plan)
-    results: list[list[str]] = []
-    failures: list[BaseException] = []
-
-    def search():
-        try:
-            session = store.session(Principal("r", read=frozenset({"x"})))
-            results.append(session.search(vectors["a0"], k=5).column("_key").to_pylist())
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-            failures.append(exc)
-
-    threads = [threading.Thread(target=search) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not failures and len(results) == 2 and results[0] == results[1] and results[0][0] == "a0"
+    search_twice_at_once(store, vectors, None)
 
 
 @pytest.mark.parametrize("filtered", [False, True])
@@ -232,19 +237,4 @@ def test_two_filtered_searches_query_the_tables_at_once(world, monkeypatch):
         return where_mask(self, *args)
 
     monkeypatch.setattr(knowledge.session.Session, "_where_mask", meeting_mask)
-    results: list[list[str]] = []
-    failures: list[BaseException] = []
-
-    def search():
-        try:
-            session = store.session(Principal("r", read=frozenset({"x"})))
-            results.append(session.search(vectors["a0"], k=5, where={"bucket": 0}).column("_key").to_pylist())
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-            failures.append(exc)
-
-    threads = [threading.Thread(target=search) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not failures and len(results) == 2 and results[0] == results[1] and results[0][0] == "a0"
+    search_twice_at_once(store, vectors, {"bucket": 0})
