@@ -138,6 +138,31 @@ class InvariantViolation(KnowledgeError):
     """An internal invariant failed: a bug in knowledge, never the caller's fault."""
 
 
+# -- raised by the server and the remote client (knowledge.server, knowledge.remote) ------------------
+class Unauthenticated(PermissionDenied):
+    """A server call without a valid bearer token (missing, malformed, unknown or revoked)."""
+
+
+class ResourceExhausted(KnowledgeError):
+    """The server refused a call: too many in flight for this principal, or a message over its size cap."""
+
+
+class DeadlineExceeded(KnowledgeError):
+    """A server call ran past its deadline; a write's outcome is unknown (read it back to know)."""
+
+
+class Unavailable(KnowledgeError):
+    """The server cannot be reached, is shutting down, or its store is closed; retrying may succeed."""
+
+
+class NotPrimary(Unavailable):
+    """A write reached a server that is not the primary; `primary` is the primary's address when known."""
+
+    def __init__(self, message: str, *, primary: str | None = None) -> None:
+        self.primary = primary
+        super().__init__(message)
+
+
 def invariant(condition: bool, message: str) -> None:
     """Raise InvariantViolation when condition is false (works under python -O)."""
     if not condition:
