@@ -1,0 +1,1 @@
+"""The gRPC server (`knowledge serve`) and the wire protocol shared with knowledge.remote."""

@@ -1,0 +1,233 @@
+"""What every call goes through before and after its handler: the deadline check, authentication
+(bearer token, or an mTLS certificate's name) to a session, the per-principal in-flight cap, the role
+check of writes, and the mapping of exceptions to status codes."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import grpc
+
+from knowledge.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    KnowledgeError,
+    NotPrimary,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+from knowledge.server import status
+
+log = logging.getLogger("knowledge.server")
+AUTH_KEY = "authorization"
+AS_KEY = "knowledge-as"  # an admin acts as this catalog principal
+AS_PRINCIPAL_KEY = "knowledge-as-principal"  # an admin acts as this ad-hoc principal (JSON)
+TOKEN_HINT = "issue one with `knowledge principal token DIR NAME` and send 'authorization: Bearer <token>'"
+
+
+class Role(Protocol):
+    """Whether this server takes writes; replication installs its own (a replica names its primary)."""
+
+    def primary_address(self) -> str | None:
+        """None when this server is the primary, else the primary's address ("" when unknown)."""
+
+
+class PrimaryRole:
+    """The default role: a lone server is its own primary."""
+
+    def primary_address(self) -> str | None:
+        return None
+
+
+class ReplicaRole:
+    """A server that refuses writes with NotPrimary naming `primary`."""
+
+    def __init__(self, primary: str) -> None:
+        self.primary = primary
+
+    def primary_address(self) -> str | None:
+        return self.primary
+
+
+class Limiter:
+    """At most `calls_max` calls in flight per principal name; past it a call fails at once."""
+
+    def __init__(self, calls_max: int) -> None:
+        self.calls_max = calls_max
+        self._counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, name: str) -> None:
+        with self._lock:
+            count = self._counts.get(name, 0)
+            if count >= self.calls_max:
+                raise ResourceExhausted(f"principal {name!r} already has {count} calls in flight (the server's "
+                                        f"--principal-calls-max); wait for some to finish or retry with backoff")
+            self._counts[name] = count + 1
+
+    def release(self, name: str) -> None:
+        with self._lock:
+            count = self._counts[name] - 1
+            if count:
+                self._counts[name] = count
+            else:
+                del self._counts[name]
+
+
+class Gate:
+    """Counts calls in flight so a drain can wait for them; refuses new ones once closed."""
+
+    def __init__(self) -> None:
+        self._inflight = 0
+        self._closed = False
+        self._cv = threading.Condition()
+
+    def enter(self) -> None:
+        with self._cv:
+            if self._closed:
+                raise Unavailable("the server is shutting down; retry against another server or later")
+            self._inflight += 1
+
+    def leave(self) -> None:
+        with self._cv:
+            self._inflight -= 1
+            self._cv.notify_all()
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        with self._cv:
+            return self._cv.wait_for(lambda: self._inflight == 0, timeout_s)
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+
+class Calls:
+    """The per-server state the call wrapper needs: the store, the role, the limiter and the gate."""
+
+    def __init__(self, store: Any, role: Role, principal_calls_max: int, cert_principals: bool) -> None:
+        self.store = store
+        self.role = role
+        self.limiter = Limiter(principal_calls_max)
+        self.gate = Gate()
+        self.cert_principals = cert_principals
+        self._local = threading.local()
+
+    def principal_name(self, context: grpc.ServicerContext) -> tuple[str, Any]:
+        """(name, principal) of the caller, from its bearer token (or its certificate's common name)."""
+        metadata = context.invocation_metadata() or ()
+        header = next((v for k, v in metadata if k == AUTH_KEY), None)
+        if header is None:
+            if self.cert_principals:
+                names = (context.auth_context() or {}).get("x509_common_name") or []
+                if names:
+                    name = names[0].decode() if isinstance(names[0], bytes) else str(names[0])
+                    principal = self.store.catalog.principals.get(name)
+                    if principal is None:
+                        raise Unauthenticated(f"the client certificate names {name!r}, which is no principal "
+                                              f"here; create it with `knowledge principal create`")
+                    return name, principal
+            raise Unauthenticated(f"no bearer token: {TOKEN_HINT}")
+        scheme, _, token = str(header).partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated(f"the authorization metadata must be 'Bearer <token>': {TOKEN_HINT}")
+        try:
+            principal = self.store.authenticate(token.strip())
+        except PermissionDenied:
+            raise Unauthenticated(f"unknown or revoked token: {TOKEN_HINT}") from None
+        return principal.name, principal
+
+    def session(self, context: grpc.ServicerContext, name: str, principal: Any) -> Any:
+        """The session the call runs in: the caller's, or (admins) the principal it acts as."""
+        metadata = context.invocation_metadata() or ()
+        acting = next((v for k, v in metadata if k == AS_KEY), None)
+        adhoc = next((v for k, v in metadata if k == AS_PRINCIPAL_KEY), None)
+        if (acting or adhoc) and not principal.admin:
+            raise PermissionDenied(f"only admins may act as another principal ({name!r} is not an admin)")
+        if adhoc:
+            return self.store.session(_adhoc_principal(adhoc))
+        target = acting or name
+        sessions = self._local.__dict__.setdefault("sessions", {})
+        session = sessions.get(target)
+        if session is None or session.store is not self.store:
+            if target not in self.store.catalog.principals:
+                raise InvalidArgument(f"no principal named {target!r} to act as")
+            session = sessions[target] = self.store.session(target)
+        return session
+
+    def check_writable(self) -> None:
+        primary = self.role.primary_address()
+        if primary is not None:
+            raise NotPrimary(f"this server is not the primary; send writes to {primary or 'the primary'}",
+                             primary=primary)
+
+
+def _adhoc_principal(text: str) -> Any:
+    from knowledge import Principal
+    try:
+        doc = json.loads(text)
+        return Principal(str(doc["name"]), frozenset(doc.get("read", ())), frozenset(doc.get("write", ())),
+                         bool(doc.get("admin", False)))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidArgument(f"{AS_PRINCIPAL_KEY} must be JSON {{name, read, write, admin}}: {exc}") from None
+
+
+def _check_deadline(context: grpc.ServicerContext) -> None:
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        raise DeadlineExceeded("the call's deadline passed before the server started it; give it more time")
+
+
+_ARGUMENT_ERRORS = (TypeError, ValueError, OverflowError, UnicodeError)
+
+
+def handler(*, write: bool = False, admin: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Wrap a servicer method `method(self, request, session, context)` with the checks every call needs."""
+    def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def call(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+            calls: Calls = self.calls
+            name = None
+            try:
+                calls.gate.enter()
+            except KnowledgeError as exc:
+                status.abort(context, exc)
+            try:
+                _check_deadline(context)
+                name, principal = calls.principal_name(context)
+                calls.limiter.acquire(name)
+                try:
+                    session = calls.session(context, name, principal)
+                    if admin and not session.principal.admin:
+                        raise PermissionDenied(f"{method.__name__} needs an admin principal; "
+                                               f"{session.principal.name!r} is not one")
+                    if write:
+                        calls.check_writable()
+                    return method(self, request, session, context)
+                finally:
+                    calls.limiter.release(name)
+            except (KnowledgeError, *_ARGUMENT_ERRORS) as exc:
+                if isinstance(exc, _ARGUMENT_ERRORS) and not isinstance(exc, KnowledgeError):
+                    exc = InvalidArgument(f"{method.__name__}: {exc}")
+                status.abort(context, exc)
+            except Exception as exc:
+                if isinstance(exc, grpc.RpcError) or type(exc).__name__ == "_AbortError":
+                    raise
+                log.exception("%s failed", method.__name__)
+                status.abort(context, KnowledgeError(f"internal error in {method.__name__}: "
+                                                     f"{type(exc).__name__}: {exc}"))
+            finally:
+                calls.gate.leave()
+        return call
+    return wrap

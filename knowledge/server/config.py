@@ -1,0 +1,76 @@
+"""Server settings, each cap with its unit in its name, validated once."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from knowledge.errors import InvalidArgument
+
+LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost", "ip6-loopback"})
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """How `knowledge serve` listens, authenticates and bounds its work.
+
+    TLS: `tls_cert` and `tls_key` (PEM files) together; `client_ca` (PEM) additionally requires every
+    client to present a certificate it signed (mTLS). Without TLS the server listens on loopback only,
+    unless `insecure` is set. `cert_principals`: with mTLS, a call without a bearer token acts as the
+    principal named by its client certificate's common name.
+    """
+
+    listen: str = "127.0.0.1:50051"
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    client_ca: str | None = None
+    insecure: bool = False
+    cert_principals: bool = False
+    message_bytes_max: int = 64 << 20
+    workers_max: int = 96
+    calls_max: int = 512  # calls the server holds at once (running or queued); more get RESOURCE_EXHAUSTED
+    principal_calls_max: int = 64  # calls one principal has in flight; more get RESOURCE_EXHAUSTED
+    drain_s: float = 30.0  # on SIGTERM: how long in-flight calls may take to finish
+    audit_file_bytes_max: int = 64 << 20
+    audit_files_max: int = 16
+    changes_poll_ms: int = 50  # a following change feed looks for new commits this often
+
+    def __post_init__(self) -> None:
+        for name in ("message_bytes_max", "workers_max", "calls_max", "principal_calls_max",
+                     "audit_file_bytes_max", "audit_files_max", "changes_poll_ms"):
+            if getattr(self, name) <= 0:
+                raise InvalidArgument(f"server config {name} must be positive, got {getattr(self, name)}")
+        if self.drain_s < 0:
+            raise InvalidArgument(f"server config drain_s must be >= 0, got {self.drain_s}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise InvalidArgument("TLS needs both --tls-cert and --tls-key")
+        if self.client_ca is not None and self.tls_cert is None:
+            raise InvalidArgument("--client-ca (mTLS) needs --tls-cert and --tls-key")
+        if self.cert_principals and self.client_ca is None:
+            raise InvalidArgument("--cert-principals needs --client-ca (client certificates)")
+        host, _ = split_address(self.listen)
+        if self.tls_cert is None and not self.insecure and not is_loopback(host):
+            raise InvalidArgument(f"refusing to serve plaintext on {self.listen!r}, which is not a loopback "
+                                  f"address: give --tls-cert and --tls-key, listen on 127.0.0.1, or force "
+                                  f"plaintext with --insecure")
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """(host, port) of "host:port" or "[v6]:port"; InvalidArgument when malformed."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise InvalidArgument(f"listen address {address!r} must be HOST:PORT (e.g. 127.0.0.1:50051)")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,169 @@
+"""KnowledgeError <-> gRPC status, both directions, shared by the server and knowledge.remote.
+
+A failed call carries its status code, a message that says what to fix, and in its status details
+(`grpc-status-details-bin`, a google.rpc.Status) one `knowledge.v1.ErrorDetail` naming the exception class
+and its structured fields, so the client raises an instance of the same class with the same message and
+fields. Errors that the transport itself produces (deadline, connection refused, message too large)
+become DeadlineExceeded, Unavailable and ResourceExhausted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import grpc
+
+from knowledge import errors
+from knowledge.embed import EmbedderUnavailable
+from knowledge.server.v1 import knowledge_pb2 as pb
+
+DETAILS_KEY = "grpc-status-details-bin"
+PRIMARY_KEY = "knowledge-primary"
+DETAIL_TYPE_URL = "type.googleapis.com/knowledge.v1.ErrorDetail"
+FIELDS = ("type_name", "row", "field", "value", "key", "path", "holder_pid", "segment", "offset", "lsn",
+          "format", "primary", "detail")
+MESSAGE_CHARS_MAX = 4000  # a status message longer than this is cut (trailers have a size cap)
+
+# Most specific first: the first class an error is an instance of decides its code.
+_CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
+    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.NotPrimary, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.StoreClosed, grpc.StatusCode.UNAVAILABLE),
+    (errors.StorePoisoned, grpc.StatusCode.UNAVAILABLE),
+    (errors.ValidationError, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.SchemaError, grpc.StatusCode.INVALID_ARGUMENT),
+    (EmbedderUnavailable, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.BackupError, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.StoreLocked, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.StoreNotFound, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.CorruptionError, grpc.StatusCode.DATA_LOSS),
+    (errors.KnowledgeError, grpc.StatusCode.INTERNAL),
+]
+
+# What a status without an ErrorDetail (from the transport, or another server) becomes on the client.
+_FALLBACK: dict[grpc.StatusCode, type[Exception]] = {
+    grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
+    grpc.StatusCode.NOT_FOUND: errors.KnowledgeError,
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
+    grpc.StatusCode.OUT_OF_RANGE: errors.InvalidArgument,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
+    grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
+    grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
+    grpc.StatusCode.CANCELLED: errors.Unavailable,
+}
+
+
+def _registry() -> dict[str, type[BaseException]]:
+    found: dict[str, type[BaseException]] = {"EmbedderUnavailable": EmbedderUnavailable}
+    for name in dir(errors):
+        value = getattr(errors, name)
+        if isinstance(value, type) and issubclass(value, errors.KnowledgeError):
+            found[name] = value
+    return found
+
+
+CLASSES = _registry()
+
+
+def status_code(exc: BaseException) -> grpc.StatusCode:
+    """The gRPC status code of `exc` (INTERNAL for anything the table does not name)."""
+    for cls, code in _CODES:
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return repr(value)
+
+
+def error_detail(exc: BaseException) -> pb.ErrorDetail:
+    """The ErrorDetail describing `exc`: its class name and structured fields."""
+    name = type(exc).__name__ if type(exc).__name__ in CLASSES else "KnowledgeError"
+    fields = {f: _jsonable(getattr(exc, f)) for f in FIELDS if hasattr(exc, f)}
+    return pb.ErrorDetail(error_class=name, fields_json=json.dumps(fields),
+                          primary=str(getattr(exc, "primary", None) or ""))
+
+
+def trailers(exc: BaseException, code: grpc.StatusCode, message: str) -> list[tuple[str, Any]]:
+    """The trailing metadata that carries `exc` (status details, and the primary's address)."""
+    status = pb.RpcStatus(code=code.value[0], message=message)
+    status.details.add().Pack(error_detail(exc))
+    out: list[tuple[str, Any]] = [(DETAILS_KEY, status.SerializeToString())]
+    primary = getattr(exc, "primary", None)
+    if primary:
+        out.append((PRIMARY_KEY, str(primary)))
+    return out
+
+
+def abort(context: grpc.ServicerContext, exc: BaseException) -> None:
+    """End the call with `exc` as its status (raises, as context.abort does)."""
+    code = status_code(exc)
+    message = (str(exc) or type(exc).__name__)[:MESSAGE_CHARS_MAX]
+    context.set_trailing_metadata(trailers(exc, code, message))
+    context.abort(code, message)
+
+
+def _detail_of(error: grpc.RpcError) -> pb.ErrorDetail | None:
+    trailing = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
+    for key, value in trailing or ():
+        if key == DETAILS_KEY:
+            status = pb.RpcStatus()
+            try:
+                status.ParseFromString(value)
+            except Exception:  # noqa: BLE001 - details from an unknown server: fall back to the code
+                return None
+            for any_detail in status.details:
+                detail = pb.ErrorDetail()
+                if any_detail.Unpack(detail):
+                    return detail
+    return None
+
+
+def _build(cls: type[BaseException], message: str, fields: dict[str, Any]) -> BaseException:
+    """An instance of `cls` whose str() is `message` and whose fields are `fields`, whatever its __init__."""
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, message)
+    for name, value in fields.items():
+        try:
+            setattr(exc, name, value)
+        except AttributeError:
+            pass
+    return exc
+
+
+def exception_from(error: grpc.RpcError) -> BaseException:
+    """The exception a failed call stands for: the server's own class when it said so."""
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    message = (error.details() if hasattr(error, "details") else None) or str(code)
+    detail = _detail_of(error)
+    if detail is not None and detail.error_class in CLASSES:
+        try:
+            fields = json.loads(detail.fields_json or "{}")
+        except ValueError:
+            fields = {}
+        if detail.primary:
+            fields["primary"] = detail.primary
+        return _build(CLASSES[detail.error_class], message, fields)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "message larger than max" in message.lower():
+        return _build(errors.ValueTooLarge, f"{message}: split the batch (the server's message cap is "
+                                            f"--message-bytes-max)", {})
+    cls = _FALLBACK.get(code, errors.KnowledgeError)
+    return _build(cls, f"{code.name}: {message}", {})

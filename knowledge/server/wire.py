@@ -1,0 +1,229 @@
+"""Values on the wire, both directions: keys, where-clauses, column lists, Arrow tables, write rows,
+principals and retrieval results (knowledge.v1 messages <-> the Python values of the embedded API)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from knowledge.errors import InvalidArgument, ValidationError
+from knowledge.server.v1 import knowledge_pb2 as pb
+
+_IPC_OPTIONS = pa.ipc.IpcWriteOptions()
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+# -- keys ------------------------------------------------------------------------------------------
+def key_to_proto(key: Any) -> pb.Key:
+    """A node key (str or int) as a Key; InvalidArgument for anything else."""
+    if isinstance(key, bool):
+        raise InvalidArgument(f"a node key is a str or an int, got {key!r}")
+    if isinstance(key, str):
+        return pb.Key(text=key)
+    if isinstance(key, int | np.integer):
+        if not INT64_MIN <= int(key) <= INT64_MAX:
+            raise InvalidArgument(f"int key {key} is outside the int64 range")
+        return pb.Key(integer=int(key))
+    raise InvalidArgument(f"a node key is a str or an int, got {type(key).__name__} {key!r}")
+
+
+def key_from_proto(key: pb.Key) -> Any:
+    kind = key.WhichOneof("kind")
+    if kind is None:
+        raise InvalidArgument("the request names no key (Key.text or Key.integer)")
+    return key.text if kind == "text" else key.integer
+
+
+# -- JSON values -------------------------------------------------------------------------------------
+def _json_default(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, default=_json_default, separators=(",", ":"))
+
+
+def loads(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise InvalidArgument(f"{what} is not valid JSON: {exc}") from None
+
+
+# -- where and columns --------------------------------------------------------------------------------
+def where_to_proto(where: Mapping[str, Any] | None) -> list[pb.Condition]:
+    if not where:
+        return []
+    if not isinstance(where, Mapping):
+        raise InvalidArgument(f"where must be a dict of property -> value or (operator, value), got {where!r}")
+    out = []
+    for name, condition in where.items():
+        if isinstance(condition, tuple):
+            if len(condition) != 2:
+                raise InvalidArgument(f"where[{name!r}] must be (operator, value), got {condition!r}")
+            operator, value = condition
+        else:
+            operator, value = "=", condition
+        try:
+            text = dumps(value)
+        except TypeError as exc:
+            raise InvalidArgument(f"where[{name!r}]: {exc}") from None
+        out.append(pb.Condition(property=str(name), operator=str(operator), value_json=text))
+    return out
+
+
+def where_from_proto(conditions: Iterable[pb.Condition]) -> dict[str, Any] | None:
+    out: dict[str, Any] = {}
+    for condition in conditions:
+        if condition.property in out:
+            raise InvalidArgument(f"where names property {condition.property!r} twice")
+        value = loads(condition.value_json, f"the where value of {condition.property!r}")
+        if condition.operator == "in" and not isinstance(value, list):
+            raise InvalidArgument(f"where {condition.property!r} 'in' takes a JSON array, got {value!r}")
+        out[condition.property] = (condition.operator or "=", value)
+    return out or None
+
+
+def columns_to_proto(columns: Iterable[str] | None) -> pb.Columns:
+    if columns is None:
+        return pb.Columns(all=True)
+    if isinstance(columns, str):
+        raise InvalidArgument(f"columns must be a list of property names, got the str {columns!r}")
+    return pb.Columns(names=[str(c) for c in columns])
+
+
+def columns_from_proto(columns: pb.Columns, present: bool) -> list[str] | None:
+    """None (every column) when the request set `all` or left `columns` out."""
+    if not present or columns.all:
+        return None
+    return list(columns.names)
+
+
+# -- tables -------------------------------------------------------------------------------------------
+def table_to_ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def table_from_ipc(data: bytes, what: str = "table") -> pa.Table:
+    try:
+        return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+    except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
+        raise InvalidArgument(f"the {what} is not a readable Arrow IPC stream: {exc}") from None
+
+
+def row_to_proto(row: dict[str, Any], json_columns: list[str]) -> pb.RowReply:
+    """A get() row: one Arrow row, `json_columns` (json properties) carried as JSON text."""
+    encoded = {k: (dumps(v) if k in json_columns and v is not None else v) for k, v in row.items()}
+    return pb.RowReply(arrow_ipc=table_to_ipc(pa.Table.from_pylist([encoded])), json_columns=json_columns)
+
+
+def row_from_proto(reply: pb.RowReply) -> dict[str, Any]:
+    row = table_from_ipc(reply.arrow_ipc, "row").to_pylist()[0]
+    for name in reply.json_columns:
+        if row.get(name) is not None:
+            row[name] = json.loads(row[name])
+    return row
+
+
+# -- write rows ---------------------------------------------------------------------------------------
+def rows_to_proto(rows: Any, type_name: str) -> pb.Rows:
+    """Caller rows as a Rows message: Arrow tables, record batches and pandas frames as Arrow IPC, dict rows
+    as JSON (datetimes as ISO text, numpy arrays as lists); dict rows JSON cannot hold go as Arrow."""
+    if isinstance(rows, pa.RecordBatch):
+        rows = pa.Table.from_batches([rows])
+    if type(rows).__name__ == "DataFrame" and hasattr(rows, "to_dict"):
+        rows = pa.Table.from_pandas(rows, preserve_index=False)
+    if isinstance(rows, pa.Table):
+        return pb.Rows(arrow_ipc=table_to_ipc(rows))
+    if isinstance(rows, Mapping):
+        rows = [rows]
+    if isinstance(rows, str | bytes) or not isinstance(rows, Iterable):
+        raise ValidationError(f"expected rows as a list of dicts, an Arrow table or a pandas DataFrame, "
+                              f"got {type(rows).__name__}", type_name=type_name)
+    rows = list(rows)
+    for index, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise ValidationError(f"expected a dict per row, got {type(row).__name__}", type_name=type_name,
+                                  row=index)
+    try:
+        return pb.Rows(json=dumps([dict(r) for r in rows]))
+    except (TypeError, ValueError):
+        return pb.Rows(arrow_ipc=table_to_ipc(pa.Table.from_pylist([dict(r) for r in rows])))
+
+
+def rows_from_proto(rows: pb.Rows, type_name: str) -> Any:
+    kind = rows.WhichOneof("payload")
+    if kind == "arrow_ipc":
+        return table_from_ipc(rows.arrow_ipc, f"rows of {type_name!r}")
+    if kind == "json":
+        value = loads(rows.json, f"the rows of {type_name!r}")
+        if not isinstance(value, list):
+            raise ValidationError("JSON rows must be an array of objects", type_name=type_name)
+        return value
+    raise ValidationError("the write item carries no rows (Rows.arrow_ipc or Rows.json)", type_name=type_name)
+
+
+# -- principals ---------------------------------------------------------------------------------------
+def principal_to_proto(principal: Any) -> pb.Principal:
+    return pb.Principal(name=principal.name, read=sorted(principal.read), write=sorted(principal.write),
+                        admin=principal.admin)
+
+
+def principal_from_proto(message: pb.Principal) -> Any:
+    from knowledge import Principal
+    return Principal(message.name, frozenset(message.read), frozenset(message.write), message.admin)
+
+
+# -- retrieval results --------------------------------------------------------------------------------
+def result_to_json(result: Any) -> str:
+    return dumps(dataclasses.asdict(result))
+
+
+def result_from_json(text: str) -> Any:
+    from knowledge.graphrag import (
+        RetrievalResult,
+        RetrievedChunk,
+        RetrievedDocument,
+        RetrievedEdge,
+        RetrievedEntity,
+    )
+    data = json.loads(text)
+    data["chunks"] = [RetrievedChunk(**c) for c in data["chunks"]]
+    data["documents"] = [RetrievedDocument(**d) for d in data["documents"]]
+    data["entities"] = [RetrievedEntity(**e) for e in data["entities"]]
+    data["edges"] = [RetrievedEdge(**e) for e in data["edges"]]
+    return RetrievalResult(**data)
+
+
+def params_to_json(params: Any) -> str:
+    return "" if params is None else dumps(dataclasses.asdict(params))
+
+
+def params_from_json(text: str) -> Any:
+    if not text:
+        return None
+    from knowledge.graphrag import GraphParams
+    fields = loads(text, "params_json")
+    if not isinstance(fields, dict):
+        raise InvalidArgument("params_json must be a JSON object of GraphParams fields")
+    try:
+        return GraphParams(**fields)
+    except TypeError as exc:
+        raise InvalidArgument(f"params_json: {exc}") from None
