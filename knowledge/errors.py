@@ -163,6 +163,35 @@ class NotPrimary(Unavailable):
         super().__init__(message)
 
 
+# -- raised by embedders and the framework adapters (knowledge.embed, knowledge.adapters) --------------
+class DimensionMismatch(SchemaError):
+    """Vectors of one width met a vector property (or an expected width) of another: names the embedder,
+    its dimension, the target (e.g. "Chunk.embedding vector[384]") and the dimension expected there."""
+
+    def __init__(self, message: str, *, embedder: str | None = None, dimension: int | None = None,
+                 target: str | None = None, expected: int | None = None) -> None:
+        self.embedder = embedder
+        self.dimension = dimension
+        self.target = target
+        self.expected = expected
+        super().__init__(message)
+
+# -- raised by the GraphRAG extractors (knowledge.graphrag) ------------------------------------------
+class ExtractorUnavailable(InvalidArgument):
+    """An extractor's optional dependency is missing (e.g. spaCy or its English model: the nlp extra)."""
+
+
+class ExtractionFailed(KnowledgeError):
+    """An extractor could not produce its result (e.g. the LLM endpoint kept failing or answered with
+    something that is not the requested JSON); `chunk` names the chunk's hash when known, `status` the
+    last HTTP status."""
+
+    def __init__(self, message: str, *, chunk: str | None = None, status: int | None = None) -> None:
+        self.chunk = chunk
+        self.status = status
+        super().__init__(message)
+
+
 def invariant(condition: bool, message: str) -> None:
     """Raise InvariantViolation when condition is false (works under python -O)."""
     if not condition:
