@@ -163,6 +163,29 @@ class NotPrimary(Unavailable):
         super().__init__(message)
 
 
+# -- raised by replication (knowledge.replication) ----------------------------------------------------
+class InvalidCommitPolicy(InvalidArgument):
+    """A commit policy that does not parse (``async``, ``sync(n)``, ``zones(k)``, ``all``, with options
+    ``degrade`` and ``deadline=<n>ms|s``) or that the cluster's members can never meet; `policy` is the text."""
+
+    def __init__(self, message: str, *, policy: str | None = None) -> None:
+        self.policy = policy
+        super().__init__(message)
+
+
+class CommitOutcomeUnknown(KnowledgeError):
+    """A commit's record is in the primary's WAL but its commit policy was not met by the deadline (or
+    the primary lost its role first): it may yet survive or be discarded by a failover. `lsn`/`epoch`
+    name the record, `policy` the policy it missed."""
+
+    def __init__(self, message: str, *, lsn: int | None = None, epoch: int | None = None,
+                 policy: str | None = None) -> None:
+        self.lsn = lsn
+        self.epoch = epoch
+        self.policy = policy
+        super().__init__(message)
+
+
 # -- raised by embedders and the framework adapters (knowledge.embed, knowledge.adapters) --------------
 class DimensionMismatch(SchemaError):
     """Vectors of one width met a vector property (or an expected width) of another: names the embedder,
