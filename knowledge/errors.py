@@ -38,13 +38,36 @@ class StorePoisoned(KnowledgeError):
 
 
 class CorruptionError(KnowledgeError):
-    """A WAL record before the tail (or a data file) is damaged; the store refuses to open."""
+    """A WAL record before the tail, a missing or shortened segment, or a damaged data file: the store
+    refuses to open (unless opened with allow_data_loss=True) and names the file, offset and LSNs."""
 
-    def __init__(self, message: str, *, segment: str | None = None, offset: int | None = None) -> None:
+    def __init__(self, message: str, *, segment: str | None = None, offset: int | None = None,
+                 lsn: int | None = None, lsn_range: tuple[int, int | None] | None = None) -> None:
         self.segment = segment
         self.offset = offset
-        where = f" (segment {segment}, offset {offset})" if segment is not None else ""
+        self.lsn_range = lsn_range
+        self.lsn = lsn if lsn is not None else (lsn_range[0] if lsn_range is not None else None)
+        parts = []
+        if segment is not None:
+            parts.append(f"segment {segment}")
+        if offset is not None:
+            parts.append(f"offset {offset}")
+        if lsn_range is not None:
+            last = "end" if lsn_range[1] is None else lsn_range[1]
+            parts.append(f"LSN {lsn_range[0]}..{last}")
+        elif self.lsn is not None:
+            parts.append(f"LSN {self.lsn}")
+        where = f" ({', '.join(parts)})" if parts else ""
         super().__init__(message + where)
+
+
+class StorageFull(KnowledgeError):
+    """The file system holding the store has no room for a write: the commit was refused whole (nothing
+    of it is acknowledged); reads go on, and writes are accepted again once space is freed."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        self.path = path
+        super().__init__(message)
 
 
 class SchemaError(KnowledgeError):
