@@ -1,0 +1,170 @@
+"""KnowledgeServer: the gRPC server around one open store, and `serve()`, which runs it until SIGTERM.
+
+Listens with TLS (optionally mTLS) or, on loopback only unless forced, in plaintext; serves the
+knowledge.v1 service, standard health checking and server reflection (so grpcurl works). Shutdown
+drains: health turns NOT_SERVING, new calls get UNAVAILABLE, calls in flight (commits included) run to
+their end within `drain_s` and are answered, change feeds end, and only then does the store close.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from concurrent import futures
+from typing import Any, TextIO
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from knowledge.errors import KnowledgeError
+from knowledge.server import status
+from knowledge.server.audit_files import PersistentAudit
+from knowledge.server.calls import Calls, PrimaryRole, Role
+from knowledge.server.changes import stream
+from knowledge.server.config import ServerConfig
+from knowledge.server.reads import Reads
+from knowledge.server.v1 import knowledge_pb2 as pb
+from knowledge.server.v1 import knowledge_pb2_grpc as pb_grpc
+from knowledge.server.writes import Writes
+
+log = logging.getLogger("knowledge.server")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Knowledge"].full_name
+INSECURE_WARNING = ("WARNING: serving PLAINTEXT gRPC on a non-loopback address (--insecure): bearer tokens and "
+                    "data cross the network unencrypted. Use --tls-cert/--tls-key.")
+
+
+class Servicer(Reads, Writes, pb_grpc.KnowledgeServicer):
+    """The knowledge.v1.Knowledge service: every handler a thin shell over a Store/Session method."""
+
+    def __init__(self, calls: Calls, config: ServerConfig, stop: threading.Event) -> None:
+        self.calls = calls
+        self.config = config
+        self.stop = stop
+
+    def Changes(self, request: pb.ChangesRequest, context: grpc.ServicerContext) -> Any:
+        calls = self.calls
+        try:
+            name, principal = calls.principal_name(context)
+            session = calls.session(context, name, principal)
+            yield from stream(session, request.after_lsn, request.follow, self.stop,
+                              self.config.changes_poll_ms / 1000, context.is_active)
+        except KnowledgeError as exc:
+            status.abort(context, exc)
+
+
+class KnowledgeServer:
+    """A gRPC server over `store` (which it closes on stop when `owns_store`)."""
+
+    def __init__(self, store: Any, config: ServerConfig | None = None, *, role: Role | None = None,
+                 owns_store: bool = False) -> None:
+        self.store = store
+        self.config = config or ServerConfig()
+        self.owns_store = owns_store
+        self.calls = Calls(store, role or PrimaryRole(), self.config.principal_calls_max, self.config.cert_principals)
+        self._stop = threading.Event()
+        self._stopped = threading.Event()
+        self.audit: PersistentAudit | None = None
+        if getattr(store, "audit", None) is not None:
+            self.audit = PersistentAudit(store.audit, os.path.join(store.path, "audit"),
+                                         file_bytes_max=self.config.audit_file_bytes_max,
+                                         files_max=self.config.audit_files_max)
+            store.audit = self.audit
+        limit = self.config.message_bytes_max
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=self.config.workers_max, thread_name_prefix="knowledge-rpc"),
+            maximum_concurrent_rpcs=self.config.calls_max,
+            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
+                     ("grpc.so_reuseport", 0)])
+        pb_grpc.add_KnowledgeServicer_to_server(Servicer(self.calls, self.config, self._stop), self.server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+                                            self.server)
+        self.port = self._bind()
+        host = self.config.listen.rpartition(":")[0]
+        self.address = f"{host}:{self.port}"
+
+    def _bind(self) -> int:
+        config = self.config
+        if not config.tls:
+            return self.server.add_insecure_port(config.listen)
+        with open(config.tls_key, "rb") as f:  # type: ignore[arg-type]
+            key = f.read()
+        with open(config.tls_cert, "rb") as f:  # type: ignore[arg-type]
+            cert = f.read()
+        client_ca = None
+        if config.client_ca:
+            with open(config.client_ca, "rb") as f:
+                client_ca = f.read()
+        credentials = grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
+                                                  require_client_auth=client_ca is not None)
+        return self.server.add_secure_port(config.listen, credentials)
+
+    def start(self) -> KnowledgeServer:
+        self.server.start()
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return self
+
+    def stop(self, drain_s: float | None = None) -> None:
+        """Drain and stop (idempotent): calls in flight finish within `drain_s` (default config.drain_s)."""
+        if self._stopped.is_set():
+            return
+        grace = self.config.drain_s if drain_s is None else drain_s
+        self.health.enter_graceful_shutdown()
+        self.calls.gate.close()
+        self._stop.set()
+        self.server.stop(grace).wait()
+        if not self.calls.gate.wait_idle(grace + 5):
+            log.warning("%d calls still running after the drain; closing anyway", self.calls.gate.inflight)
+        if self.audit is not None:
+            self.audit.close()
+        if self.owns_store:
+            self.store.close()
+        self._stopped.set()
+
+    def __enter__(self) -> KnowledgeServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve(data: str, config: ServerConfig, *, role: Role | None = None, audit: bool = True,
+          out: TextIO = sys.stdout) -> int:
+    """Open the store at `data` (auditing on by default), serve it until SIGTERM or SIGINT, then drain
+    and close it. Prints one `listening on ADDRESS` line when ready. Returns the exit code (0)."""
+    import dataclasses
+
+    import knowledge
+
+    store_config = dataclasses.replace(knowledge.StoreConfig(), audit=audit)
+    store = knowledge.open(data, create=False, config=store_config)
+    try:
+        server = KnowledgeServer(store, config, role=role, owns_store=True)
+    except BaseException:
+        store.close()
+        raise
+    if config.insecure and not config.tls:
+        print(INSECURE_WARNING, file=sys.stderr, flush=True)
+        log.warning(INSECURE_WARNING)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.start()
+        mode = "mTLS" if config.client_ca else "TLS" if config.tls else "plaintext"
+        print(f"listening on {server.address} ({mode}, store {store.path}, audit "
+              f"{'on' if audit else 'off'})", file=out, flush=True)
+        while not stop.wait(0.5):
+            pass
+        print("draining: finishing calls in flight", file=out, flush=True)
+    finally:
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("stopped", file=out, flush=True)
+    return 0
