@@ -238,6 +238,18 @@ class ExtractionFailed(KnowledgeError):
         super().__init__(message)
 
 
+# -- raised by the SLO check (knowledge.slo) -------------------------------------------------------------
+class SloError(InvalidArgument):
+    """An SLO file, or the results or metrics it is checked against, is malformed: `path` names the file
+    (or URL), `objective` the objective and `field` the field that is wrong, when known."""
+
+    def __init__(self, message: str, *, path: str | None = None, objective: str | None = None,
+                 field: str | None = None) -> None:
+        self.path = path
+        self.objective = objective
+        self.field = field
+        super().__init__(message)
+
 def invariant(condition: bool, message: str) -> None:
     """Raise InvariantViolation when condition is false (works under python -O)."""
     if not condition:
