@@ -1,14 +1,71 @@
-"""Entity and relation extraction: the pluggable `Extractor` protocol and the name matcher used at query time."""
+"""Entity and relation extraction: the pluggable `Extractor` protocol, what an extractor returns
+(`Extraction`: typed entity mentions and weighted relations with their sentence) and the name matcher
+used at query time.
+
+An extractor has a `name` (part of a document's content hash) and either
+- `extract(chunk_text) -> (names, triples)` (the simple form), or
+- `extract_chunks(chunks: Sequence[ChunkInput]) -> list[Extraction]` (batched, sees the document title),
+or both; `run_extractor` calls whichever is there.
+"""
 
 from __future__ import annotations
 
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 Triple = tuple[str, str, str]
 """(subject, predicate, object), entity names as written."""
+
+COOCCURS = "co-occurs"
+"""The predicate of a relation found by co-occurrence within a sentence (not shown as a fact in contexts)."""
+SENTENCE_CHARS_MAX = 400
+"""A relation's provenance sentence is cut to this many characters."""
+
+
+@dataclass(frozen=True)
+class ChunkInput:
+    """What a batched extractor sees of a chunk: its text and its document's title."""
+
+    text: str
+    title: str = ""
+
+
+@dataclass(frozen=True)
+class Mention:
+    """An entity found in a chunk: the name as written and its type (e.g. spaCy's 'PERSON', 'TITLE' for
+    the document title, None when unknown)."""
+
+    name: str
+    type: str | None = None
+
+
+@dataclass(frozen=True)
+class Relation:
+    """A (subject, predicate, object) relation between two entity names, with a weight (how many times it
+    was seen, for co-occurrence) and the sentence that states it (provenance; None when unknown)."""
+
+    subject: str
+    predicate: str
+    object: str
+    weight: float = 1.0
+    sentence: str | None = None
+
+
+@dataclass
+class Extraction:
+    """The entities and relations of one chunk."""
+
+    entities: list[Mention] = field(default_factory=list)
+    relations: list[Relation] = field(default_factory=list)
+
+    @classmethod
+    def from_simple(cls, names: Iterable[str], triples: Iterable[Sequence[str]] | None) -> Extraction:
+        """From the simple form: names and (s, p, o) triples (invalid triples dropped)."""
+        return cls([Mention(n) for n in names if isinstance(n, str) and n.strip()],
+                   [Relation(s, p, o) for s, p, o in clean_triples(triples)])
 
 NAME_CHARS_MIN = 3
 NGRAM_WORDS_MAX = 8
@@ -34,6 +91,24 @@ class NoExtractor:
 
     def extract(self, chunk_text: str) -> tuple[list[str], list[Triple]]:
         return [], []
+
+
+def run_extractor(extractor: Any, chunks: Sequence[ChunkInput]) -> list[Extraction]:
+    """One Extraction per chunk, in order: `extractor.extract_chunks` when it has one, else `extract` per
+    chunk text. Raises InvalidArgument when the extractor returns the wrong number of results."""
+    batched = getattr(extractor, "extract_chunks", None)
+    if batched is not None:
+        out = list(batched(list(chunks)))
+        if len(out) != len(chunks):
+            from knowledge.errors import InvalidArgument
+            raise InvalidArgument(f"extractor {getattr(extractor, 'name', extractor)!r} returned {len(out)} "
+                                  f"extractions for {len(chunks)} chunks")
+        return out
+    results = []
+    for chunk in chunks:
+        names, triples = extractor.extract(chunk.text)
+        results.append(Extraction.from_simple(names, triples))
+    return results
 
 
 def clean_triples(triples: Iterable[Sequence[str]] | None) -> list[Triple]:
@@ -150,5 +225,5 @@ class CapitalizedExtractor:
         return list(names), []
 
 
-__all__ = ["CapitalizedExtractor", "Extractor", "NameMatcher", "NoExtractor", "Triple", "clean_triples", "fold",
-           "match_key"]
+__all__ = ["COOCCURS", "CapitalizedExtractor", "ChunkInput", "Extraction", "Extractor", "Mention", "NameMatcher",
+           "NoExtractor", "Relation", "Triple", "clean_triples", "fold", "match_key", "run_extractor"]

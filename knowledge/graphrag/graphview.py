@@ -1,7 +1,9 @@
 """The visible chunk–entity graph of one (store, LSN, principal), built through Session reads and cached.
 
-Nodes are the chunks and entities the session can see that take part in a visible MENTIONS or RELATED
-edge. RELATED edges are kept only when the chunk that stated them (`chunk_id`) is visible too.
+Nodes are the chunks and entities the session can see that take part in a visible MENTIONS, RELATED or
+SYNONYM edge. RELATED edges are kept only when the chunk that stated them (`chunk_id`) is visible too;
+SYNONYM edges are visible when both their entities are. Walk weights: MENTIONS 1, RELATED
+`related_weight` * its weight (1 when unset), SYNONYM `synonym_weight` * its score.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 
 from knowledge.graphrag.extract import NameMatcher
 from knowledge.graphrag.ppr import Transition
-from knowledge.graphrag.schema import CHUNK, ENTITY, MENTIONS, RELATED
+from knowledge.graphrag.schema import CHUNK, ENTITY, MENTIONS, RELATED, SYNONYM
 from knowledge.session import Session
 
 CACHE_SIZE = 8
@@ -41,6 +43,11 @@ class GraphView:
     entity_by_key: dict[Any, int]
     chunk_by_key: dict[Any, int]
     embeddings: dict[Any, np.ndarray] = field(default_factory=dict)   # chunk vectors read so far
+    synonyms: int = 0               # SYNONYM edges in the walk
+
+    @property
+    def entities(self) -> int:
+        return int((~self.is_chunk).sum())
 
     @property
     def size(self) -> int:
@@ -58,25 +65,26 @@ class GraphView:
         return self.mention_entity[self.chunk_offsets[chunk]:self.chunk_offsets[chunk + 1]]
 
 
-def cache_key(session: Session, lsn: int) -> tuple[Any, ...]:
+def cache_key(session: Session, lsn: int, weights: tuple[float, float] = (1.0, 1.0)) -> tuple[Any, ...]:
     principal = session.principal
     return (id(session.store), session.store.path if hasattr(session.store, "path") else None, lsn,
-            principal.name, principal.admin, frozenset(principal.read))
+            principal.name, principal.admin, frozenset(principal.read), weights)
 
 
-def graph_view(session: Session, lsn: int) -> GraphView | None:
+def graph_view(session: Session, lsn: int, related_weight: float = 1.0,
+               synonym_weight: float = 1.0) -> GraphView | None:
     """The cached view for this session at `lsn` (call inside `session.snapshot()`); None when the GraphRAG
     edge types are not declared."""
     edges = session.store.schema.edges
     if MENTIONS not in edges or RELATED not in edges:
         return None
-    key = cache_key(session, lsn)
+    key = cache_key(session, lsn, (related_weight, synonym_weight))
     with _lock:
         view = _cache.get(key)
         if view is not None:
             _cache.move_to_end(key)
             return view
-    view = build_view(session)
+    view = build_view(session, related_weight, synonym_weight)
     with _lock:
         _cache[key] = view
         while len(_cache) > CACHE_SIZE:
@@ -90,8 +98,15 @@ def clear_cache() -> None:
         _cache.clear()
 
 
-def build_view(session: Session) -> GraphView:
-    """Read the visible MENTIONS and RELATED edges through the session and build the walk matrix."""
+def _edge_floats(table: Any, name: str, default: float) -> np.ndarray:
+    if name not in table.column_names:
+        return np.full(table.num_rows, default)
+    values = table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+    return np.where(np.isnan(values), default, values)
+
+
+def build_view(session: Session, related_weight: float = 1.0, synonym_weight: float = 1.0) -> GraphView:
+    """Read the visible MENTIONS, RELATED and SYNONYM edges through the session and build the walk matrix."""
     m_src, m_dst, _ = session.adjacency([MENTIONS])
     rel = session.edges(RELATED)
     chunk_ids = np.unique(m_src)
@@ -101,11 +116,19 @@ def build_view(session: Session) -> GraphView:
     r_dst = rel.column("_dst").to_numpy().astype(np.int64)
     r_chunk = rel.column("chunk_id").to_pylist()
     r_relation = rel.column("relation").to_pylist()
+    r_weight = _edge_floats(rel, "weight", 1.0)
     keep = np.array([c in visible_chunks for c in r_chunk], dtype=bool) if len(r_chunk) else np.zeros(0, bool)
-    r_src, r_dst = r_src[keep], r_dst[keep]
+    r_src, r_dst, r_weight = r_src[keep], r_dst[keep], r_weight[keep]
+    s_src = s_dst = np.zeros(0, np.int64)
+    s_weight = np.zeros(0)
+    if SYNONYM in session.store.schema.edges and synonym_weight > 0:
+        syn = session.edges(SYNONYM)
+        s_src = syn.column("_src").to_numpy().astype(np.int64)
+        s_dst = syn.column("_dst").to_numpy().astype(np.int64)
+        s_weight = _edge_floats(syn, "score", 1.0)
     r_chunk = [c for c, k in zip(r_chunk, keep, strict=True) if k]
     r_relation = [r for r, k in zip(r_relation, keep, strict=True) if k]
-    ids = np.unique(np.concatenate([m_src, m_dst, r_src, r_dst]).astype(np.int64))
+    ids = np.unique(np.concatenate([m_src, m_dst, r_src, r_dst, s_src, s_dst]).astype(np.int64))
     n = len(ids)
     is_chunk = np.isin(ids, chunk_ids)
     keys: list[Any] = [None] * n
@@ -121,7 +144,9 @@ def build_view(session: Session) -> GraphView:
     offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(ms, minlength=n), out=offsets[1:])
     rs, rd = np.searchsorted(ids, r_src), np.searchsorted(ids, r_dst)
-    transition = Transition(n, np.concatenate([ms, rs]), np.concatenate([md, rd]))
+    ss, sd = np.searchsorted(ids, s_src), np.searchsorted(ids, s_dst)
+    weights = np.concatenate([np.ones(len(ms)), related_weight * r_weight, synonym_weight * s_weight])
+    transition = Transition(n, np.concatenate([ms, rs, ss]), np.concatenate([md, rd, sd]), weights)
     related: dict[tuple[int, int], tuple[str, str]] = {}
     by_node: dict[int, list[int]] = {}
     for s, o, relation, chunk in zip(rs.tolist(), rd.tolist(), r_relation, r_chunk, strict=True):
@@ -134,7 +159,7 @@ def build_view(session: Session) -> GraphView:
                      mention_entity=md, chunk_offsets=offsets, entity_chunks=np.bincount(md, minlength=n),
                      related=related, related_by_node=by_node, matcher=matcher,
                      entity_by_key={keys[p]: p for p in entity_pos.tolist()},
-                     chunk_by_key={keys[p]: p for p in np.flatnonzero(is_chunk).tolist()})
+                     chunk_by_key={keys[p]: p for p in np.flatnonzero(is_chunk).tolist()}, synonyms=len(ss))
 
 
 def _displays(session: Session, entity_keys: list[Any]) -> dict[Any, str]:

@@ -34,7 +34,9 @@ import numpy as np
 
 from knowledge.embed import Embedder, EmbedderUnavailable
 from knowledge.errors import InvalidArgument, UnknownType
+from knowledge.graphrag.bm25 import keyword_rows
 from knowledge.graphrag.chunking import approx_tokens
+from knowledge.graphrag.extract import COOCCURS
 from knowledge.graphrag.fusion import K_RRF, rrf
 from knowledge.graphrag.graphview import GraphView, graph_view
 from knowledge.graphrag.ppr import DAMPING, personalized_pagerank
@@ -54,6 +56,8 @@ VECTOR_POOL = 200
 """PPR (and BM25) candidates outside the vector candidates whose cosine is computed, best first."""
 ENTITIES_PER_CHUNK = 8
 EDGES_MAX = 64
+NO_ENTITIES_NOTE = ("graph mode found no entities the session can see (documents ingested without an extractor?): "
+                    "ranked as hybrid (vector + keyword fusion)")
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,8 @@ class GraphParams:
     probability `damping`. Final score of a chunk (with a query vector): cosine(question, chunk) +
     `graph_weight` * ln(PPR mass / max mass, floored at 1e-12) + `keyword_weight` * BM25 / max BM25,
     over the union of the vector and PPR candidates. Without a query vector: RRF of BM25 and PPR ranks.
+    Walk weights: RELATED edges `related_weight` * their weight, SYNONYM edges `synonym_weight` * their
+    score (0 leaves them out), MENTIONS 1. BM25 = text score + `title_weight` * title score.
     """
 
     seed_chunks: int = 1
@@ -80,6 +86,9 @@ class GraphParams:
     damping: float = DAMPING
     graph_weight: float = 0.05
     keyword_weight: float = 0.2
+    related_weight: float = 1.0
+    synonym_weight: float = 1.0
+    title_weight: float = 1.0
 
 
 @dataclass
@@ -158,6 +167,7 @@ class _State:
     keyword: list[tuple[int, str, float]] = field(default_factory=list)
     query: np.ndarray | None = None
     cosine: dict[str, float] = field(default_factory=dict)   # every vector hit (graph mode: VECTOR_POOL)
+    notes: list[str] = field(default_factory=list)
 
     def timed(self, stage: str, started: float) -> None:
         self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - started
@@ -207,7 +217,7 @@ def retrieve(session: Session, question: str, k: int = 10, mode: str = "auto", e
         raise EmbedderUnavailable(f"mode {mode!r} needs an embedder (or query_vector) to embed the question")
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    state = _State(session, question, k, max(candidates, k), timings)
+    state = _State(session, question, k, max(candidates, k), timings, notes=notes)
     if has_vector:
         tick = time.perf_counter()
         state.query = _query_vector(question, embedder, query_vector)
@@ -249,8 +259,7 @@ def _run(state: _State, mode: str, lsn: int, params: GraphParams
                                                                             or params.keyword_weight > 0))
     if need_keyword:
         tick = time.perf_counter()
-        table = session.keyword_search(state.question, state.candidates, type=CHUNK, property="text")
-        state.keyword = _rows(table)
+        state.keyword = keyword_rows(session, state.question, state.candidates, params.title_weight)
         state.timed("keyword", tick)
     rankings: dict[str, list[str]] = {}
     if state.vector:
@@ -271,10 +280,12 @@ def _run(state: _State, mode: str, lsn: int, params: GraphParams
         state.timed("fuse", tick)
         if mode == "graph":
             tick = time.perf_counter()
-            view = graph_view(session, lsn)
+            view = graph_view(session, lsn, params.related_weight, params.synonym_weight)
             state.timed("graph_view", tick)
-            if view is not None and view.size:
+            if view is not None and view.entities:
                 fused, mass, seeds = _graph(state, view, rankings, ids, params)
+            else:
+                state.notes.append(NO_ENTITIES_NOTE)
     tick = time.perf_counter()
     ranks = {name: {key: r for r, key in enumerate(ranking, start=1)} for name, ranking in rankings.items()}
     top = fused[:state.k]
@@ -486,7 +497,8 @@ def build_context(chunks: list[RetrievedChunk], documents: list[RetrievedDocumen
             break
         parts.append(block)
         used += cost
-    facts = [f"- {e.src} -[{e.relation}]-> {e.dst}" for e in edges if e.type == "RELATED" and e.relation]
+    facts = [f"- {e.src} -[{e.relation}]-> {e.dst}" for e in edges
+             if e.type == "RELATED" and e.relation and e.relation != COOCCURS]
     if facts and len(parts) == len(chunks):
         lines = ["Facts:"]
         cost = approx_tokens(lines[0])

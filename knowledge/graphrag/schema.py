@@ -1,4 +1,11 @@
-"""The default GraphRAG schema: Document -HAS_CHUNK-> Chunk -MENTIONS-> Entity -RELATED-> Entity."""
+"""The default GraphRAG schema: Document -HAS_CHUNK-> Chunk -MENTIONS-> Entity -RELATED-> Entity, and
+Entity -SYNONYM-> Entity (close name embeddings).
+
+Chunk.title (text) holds the document title, so the keyword index covers titles; Entity.type is the
+extractor's entity type (first seen); RELATED.weight counts how often the stating chunk related the two
+(co-occurring sentences), RELATED.sentence is the first sentence that did; SYNONYM.score is the cosine
+similarity of the two names' embeddings. Stores made before these properties existed get them added
+(optional properties) by `ensure_schema`."""
 
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ ENTITY = "Entity"
 HAS_CHUNK = "HAS_CHUNK"
 MENTIONS = "MENTIONS"
 RELATED = "RELATED"
+SYNONYM = "SYNONYM"
 
 
 def graphrag_schema(dimension: int = DEFAULT_DIMENSION) -> dict[str, Any]:
@@ -22,13 +30,15 @@ def graphrag_schema(dimension: int = DEFAULT_DIMENSION) -> dict[str, Any]:
             DOCUMENT: {"key": "doc_id", "properties": {"title": "str", "text": "text", "metadata": "json",
                                                        "content_hash": "str"}},
             CHUNK: {"key": "chunk_id", "properties": {"text": "text", "position": "int", "doc_id": "str",
-                                                      "embedding": vector}},
-            ENTITY: {"key": "name", "properties": {"display": "str", "embedding": vector}},
+                                                      "embedding": vector, "title": "text"}},
+            ENTITY: {"key": "name", "properties": {"display": "str", "embedding": vector, "type": "str"}},
         },
         "edges": {
             HAS_CHUNK: {"source": DOCUMENT, "target": CHUNK, "properties": {}},
             MENTIONS: {"source": CHUNK, "target": ENTITY, "properties": {}},
-            RELATED: {"source": ENTITY, "target": ENTITY, "properties": {"relation": "str", "chunk_id": "str"}},
+            RELATED: {"source": ENTITY, "target": ENTITY, "properties": {"relation": "str", "chunk_id": "str",
+                                                                         "weight": "float", "sentence": "str"}},
+            SYNONYM: {"source": ENTITY, "target": ENTITY, "properties": {"score": "float"}},
         },
     }
 
@@ -42,4 +52,4 @@ def ensure_schema(store: Any, dimension: int = DEFAULT_DIMENSION) -> int:
     return int(store.apply_schema(graphrag_schema(dimension)))
 
 
-__all__ = ["CHUNK", "DOCUMENT", "ENTITY", "HAS_CHUNK", "MENTIONS", "RELATED", "ensure_schema", "graphrag_schema"]
+__all__ = ["CHUNK", "DOCUMENT", "ENTITY", "HAS_CHUNK", "MENTIONS", "RELATED", "SYNONYM", "ensure_schema", "graphrag_schema"]

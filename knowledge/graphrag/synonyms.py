@@ -1,0 +1,114 @@
+"""Synonym edges (HippoRAG 2): SYNONYM edges between entities whose name embeddings are close.
+
+Built incrementally at ingest: each batch's new entities are compared with every stored entity that
+has an embedding and with each other; a pair whose cosine similarity is at least `threshold` gets an
+undirected SYNONYM edge (stored once, from the smaller key to the larger; property `score`), at most
+`neighbours` a new entity, best first. Names with a digit are left out ("1963" and "1964" embed close
+together, as do "World War I" and "World War II"). An edge is visible only when both its entities are
+(the store's rule for every edge), so the walk never crosses to an entity the reader cannot see.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from knowledge.errors import InvalidArgument
+from knowledge.graphrag.schema import ENTITY
+
+THRESHOLD = 0.8
+NEIGHBOURS = 10
+BLOCK_ROWS = 4096
+_DIGIT = re.compile(r"\d")
+
+
+@dataclass(frozen=True)
+class SynonymConfig:
+    """When two entities are synonyms: cosine >= `threshold`, among a new entity's `neighbours` best;
+    `skip_digits` leaves names with a digit out."""
+
+    threshold: float = THRESHOLD
+    neighbours: int = NEIGHBOURS
+    skip_digits: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold <= 1.0:
+            raise InvalidArgument(f"synonym threshold must be in (0, 1], got {self.threshold}")
+        if self.neighbours < 1:
+            raise InvalidArgument(f"synonym neighbours must be >= 1, got {self.neighbours}")
+
+    @property
+    def fingerprint(self) -> str:
+        return f"syn:{self.threshold}:{self.neighbours}:{int(self.skip_digits)}"
+
+
+def synonym_config(value: SynonymConfig | float | bool | None) -> SynonymConfig | None:
+    """`ingest(synonyms=...)`: a SynonymConfig, a threshold, True (defaults) or None/False (off)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return SynonymConfig()
+    if isinstance(value, SynonymConfig):
+        return value
+    if isinstance(value, int | float):
+        return SynonymConfig(threshold=float(value))
+    raise InvalidArgument(f"synonyms must be a SynonymConfig, a threshold, True or None, got {value!r}")
+
+
+def _eligible(key: str, config: SynonymConfig) -> bool:
+    return not (config.skip_digits and _DIGIT.search(key))
+
+
+def stored_vectors(session: Any, dimension: int) -> tuple[list[str], np.ndarray]:
+    """Keys and unit embeddings of the stored entities that have one (visible to the session)."""
+    if ENTITY not in session.store.schema.nodes:
+        return [], np.zeros((0, dimension), np.float32)
+    table = session.scan(ENTITY, columns=["name", "embedding"])
+    keys: list[str] = []
+    rows: list[Any] = []
+    for key, vector in zip(table.column("name").to_pylist(), table.column("embedding").to_pylist(), strict=True):
+        if vector is not None:
+            keys.append(key)
+            rows.append(vector)
+    matrix = np.asarray(rows, dtype=np.float32).reshape(len(rows), dimension)
+    return keys, matrix
+
+
+def synonym_edges(fresh: Mapping[str, np.ndarray], stored_keys: list[str], stored: np.ndarray,
+                  config: SynonymConfig) -> list[dict[str, Any]]:
+    """SYNONYM edge rows {src, dst, score} between the new entities (`fresh`: key -> unit vector) and the
+    stored ones plus each other. A pair is listed once (src < dst)."""
+    new_keys = [k for k in fresh if _eligible(k, config)]
+    if not new_keys:
+        return []
+    new_set = set(new_keys)
+    old = [i for i, k in enumerate(stored_keys) if k not in new_set and _eligible(k, config)]
+    keys = [stored_keys[i] for i in old] + new_keys
+    dimension = len(next(iter(fresh.values())))
+    matrix = np.concatenate([stored[old].reshape(len(old), dimension),
+                             np.asarray([fresh[k] for k in new_keys], dtype=np.float32)])
+    queries = matrix[len(old):]
+    pairs: dict[tuple[str, str], float] = {}
+    for start in range(0, len(queries), BLOCK_ROWS):
+        sims = queries[start:start + BLOCK_ROWS] @ matrix.T
+        for row in range(sims.shape[0]):
+            me = len(old) + start + row
+            sims[row, me] = -1.0
+            hits = np.flatnonzero(sims[row] >= config.threshold)
+            if not len(hits):
+                continue
+            if len(hits) > config.neighbours:
+                hits = hits[np.argsort(-sims[row, hits], kind="stable")[:config.neighbours]]
+            a = keys[me]
+            for j in hits.tolist():
+                b = keys[j]
+                pair = (a, b) if a < b else (b, a)
+                pairs[pair] = max(pairs.get(pair, 0.0), float(sims[row, j]))
+    return [{"src": s, "dst": d, "score": round(score, 6)} for (s, d), score in pairs.items()]
+
+
+__all__ = ["NEIGHBOURS", "THRESHOLD", "SynonymConfig", "stored_vectors", "synonym_config", "synonym_edges"]
