@@ -224,6 +224,8 @@ def handler(*, write: bool = False, admin: bool = False) -> Callable[[Callable[.
             except Exception as exc:
                 if isinstance(exc, grpc.RpcError) or type(exc).__name__ == "_AbortError":
                     raise
+                if isinstance(exc, tuple(status.CLASSES.values())):  # EmbedderUnavailable and kin
+                    status.abort(context, exc)
                 log.exception("%s failed", method.__name__)
                 status.abort(context, KnowledgeError(f"internal error in {method.__name__}: "
                                                      f"{type(exc).__name__}: {exc}"))

@@ -63,11 +63,14 @@ _FALLBACK: dict[grpc.StatusCode, type[Exception]] = {
 
 
 def _registry() -> dict[str, type[BaseException]]:
-    found: dict[str, type[BaseException]] = {"EmbedderUnavailable": EmbedderUnavailable}
-    for name in dir(errors):
-        value = getattr(errors, name)
-        if isinstance(value, type) and issubclass(value, errors.KnowledgeError):
-            found[name] = value
+    from knowledge import embed
+
+    found: dict[str, type[BaseException]] = {}
+    for module, root in ((errors, errors.KnowledgeError), (embed, EmbedderUnavailable)):
+        for name in dir(module):
+            value = getattr(module, name)
+            if isinstance(value, type) and issubclass(value, root):
+                found[name] = value
     return found
 
 

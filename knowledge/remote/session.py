@@ -1,0 +1,249 @@
+"""RemoteSession and RemoteTransaction: the embedded Session/Transaction API, each method one call.
+
+Same names, arguments, result types (Arrow tables, dicts, NodeRef, RetrievalResult) and exceptions as
+knowledge.Session, so code written against a session runs unchanged against a server. Differences:
+no `snapshot()` or `visible()` (each call is answered as of one LSN on the server); a transaction's
+rows are validated by the server when it commits rather than as they are added.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from knowledge.errors import InvalidArgument, KnowledgeError
+from knowledge.server import wire
+from knowledge.server.v1 import knowledge_pb2 as pb
+
+if TYPE_CHECKING:
+    from knowledge.remote.store import RemoteStore
+
+
+def _limit(limit: int | None) -> int:
+    if limit is None:
+        return 0
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InvalidArgument(f"limit must be an int in 1..1000000, got {limit!r}")
+    return limit
+
+
+def _positive(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value > wire.INT64_MAX:
+        raise InvalidArgument(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _edge_types(edge_type: str | Iterable[str] | None) -> list[str]:
+    if edge_type is None:
+        return []
+    return [edge_type] if isinstance(edge_type, str) else [str(e) for e in edge_type]
+
+
+def _vector(vector: Any, what: str) -> list[float]:
+    array = np.asarray(vector, dtype=np.float32).reshape(-1)
+    return array.tolist()
+
+
+class RemoteSession:
+    """A principal's view of the store behind a server (the token's principal, or one an admin acts as)."""
+
+    def __init__(self, store: RemoteStore, principal: Any = None) -> None:
+        self.store = store
+        self._connection = store._connection
+        self._metadata = self._connection.metadata_as(principal)
+
+    def _call(self, method: str, request: Any) -> Any:
+        return self._connection.call(method, request, self._metadata)
+
+    def _table(self, method: str, request: Any) -> pa.Table:
+        return wire.table_from_ipc(self._call(method, request).arrow_ipc)
+
+    @property
+    def principal(self) -> Any:
+        """The principal as of now (grants are looked up on the server)."""
+        return wire.principal_from_proto(self._call("WhoAmI", pb.WhoAmIRequest()).principal)
+
+    # -- point reads --------------------------------------------------------------------------------------
+    def get(self, type_name: str, key: Any, columns: Iterable[str] | None = None) -> dict[str, Any]:
+        """The node's properties plus `_id` and `_labels`; raises NotFound when absent or invisible."""
+        request = pb.GetRequest(type=type_name, key=wire.key_to_proto(key), columns=wire.columns_to_proto(columns))
+        return wire.row_from_proto(self._call("Get", request))
+
+    def get_many(self, type_name: str, keys: Iterable[Any], columns: Iterable[str] | None = None) -> pa.Table:
+        """Rows of the visible nodes among `keys` (absent or invisible keys are skipped)."""
+        request = pb.GetManyRequest(type=type_name, keys=[wire.key_to_proto(k) for k in keys],
+                                    columns=wire.columns_to_proto(columns))
+        return self._table("GetMany", request)
+
+    def scan(self, type_name: str, where: dict[str, Any] | None = None, columns: Iterable[str] | None = None,
+             limit: int | None = None) -> pa.Table:
+        """Visible rows of one node type matching `where`, as Arrow (with `_id` and `_labels`)."""
+        request = pb.ScanRequest(type=type_name, where=wire.where_to_proto(where),
+                                 columns=wire.columns_to_proto(columns), limit=_limit(limit))
+        return self._table("Scan", request)
+
+    def edges(self, edge_type: str, limit: int | None = None) -> pa.Table:
+        """Visible edges of one type: src/dst ids, keys and properties (Arrow)."""
+        return self._table("Edges", pb.EdgesRequest(edge_type=edge_type, limit=_limit(limit)))
+
+    def count(self, type_name: str | None = None) -> int:
+        """How many nodes (of one type) this principal can see."""
+        return self._call("Count", pb.CountRequest(type=type_name or "")).count
+
+    def stats(self) -> dict[str, Any]:
+        """Visible node counts per type and visible edge counts per type, with the LSN they reflect."""
+        return json.loads(self._call("Stats", pb.StatsRequest()).json)
+
+    def audit_log(self, principal: str | None = None, api: str | None = None, node_id: int | None = None,
+                  limit: int = 1000) -> list[Any]:
+        """Audit entries, newest first (admins only), as knowledge's AuditEntry values."""
+        request = pb.AuditLogRequest(principal=principal or "", api=api or "", limit=_limit(limit))
+        if node_id is not None:
+            request.node_id = node_id
+        entries = json.loads(self._call("AuditLog", request).json)
+        try:
+            from knowledge.access.audit import AuditEntry
+        except ImportError:  # before the layout change
+            from knowledge.audit import AuditEntry  # type: ignore[no-redef]
+        return [AuditEntry(**{**e, "node_ids": tuple(e["node_ids"])}) for e in entries]
+
+    # -- graph ----------------------------------------------------------------------------------------------
+    def ref(self, node: int) -> Any:
+        """The NodeRef of a visible node id."""
+        from knowledge import NodeRef
+        found = self._call("Refs", pb.RefsRequest(ids=[int(node)])).refs[0]
+        return NodeRef(found.id, found.type, wire.key_from_proto(found.key))
+
+    def neighbors(self, type_name: str, key: Any, edge_type: str | Iterable[str] | None = None,
+                  direction: str = "out", limit: int = 1000) -> list[Any]:
+        """Visible neighbours of a visible node, ordered by id; raises NotFound, InvalidArgument."""
+        from knowledge import NodeRef
+        request = pb.NeighborsRequest(type=type_name, key=wire.key_to_proto(key), edge_types=_edge_types(edge_type),
+                                      direction=str(direction), limit=_limit(limit))
+        refs = self._call("Neighbors", request).refs
+        return [NodeRef(r.id, r.type, wire.key_from_proto(r.key)) for r in refs]
+
+    def traverse(self, type_name: str, key: Any, edge_type: str | Iterable[str] | None = None,
+                 direction: str = "out", depth: int = 2, limit: int = 10_000) -> pa.Table:
+        """Breadth-first k-hop walk through visible nodes: Arrow table (id, type, key, depth)."""
+        request = pb.TraverseRequest(type=type_name, key=wire.key_to_proto(key), edge_types=_edge_types(edge_type),
+                                     direction=str(direction), depth=_positive(depth, "depth"), limit=_limit(limit))
+        return self._table("Traverse", request)
+
+    def adjacency(self, edge_type: str | Iterable[str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every visible edge of the given types as arrays (src ids, dst ids, edge-type index)."""
+        table = self._table("Adjacency", pb.AdjacencyRequest(edge_types=_edge_types(edge_type)))
+        return (table.column("src").to_numpy(), table.column("dst").to_numpy(),
+                table.column("kind").to_numpy().astype(np.int16))
+
+    # -- search -----------------------------------------------------------------------------------------------
+    def search(self, vector: Any, k: int = 10, type: str | None = None, property: str | None = None,
+               where: dict[str, Any] | None = None, columns: Iterable[str] | None = None) -> pa.Table:
+        """The k visible nodes nearest to `vector` that match `where`, best first (`_id`, `_key`, `_score`)."""
+        request = pb.SearchRequest(vector=_vector(vector, "the query vector"), k=_positive(k, "k"),
+                                   type=type or "", property=property or "", where=wire.where_to_proto(where),
+                                   columns=wire.columns_to_proto(columns))
+        return self._table("Search", request)
+
+    def keyword_search(self, query: str, k: int = 10, type: str | None = None, property: str | None = None,
+                       where: dict[str, Any] | None = None, columns: Iterable[str] | None = None) -> pa.Table:
+        """The k visible nodes whose `text` property best matches `query` (BM25), best first."""
+        if not isinstance(query, str):
+            raise InvalidArgument("keyword query must be a non-empty string")
+        request = pb.KeywordSearchRequest(query=query, k=_positive(k, "k"), type=type or "",
+                                          property=property or "", where=wire.where_to_proto(where),
+                                          columns=wire.columns_to_proto(columns))
+        return self._table("KeywordSearch", request)
+
+    def retrieve(self, question: str, k: int = 10, mode: str = "auto", embedder: Any = None,
+                 token_budget: int | None = None, *, query_vector: Any = None, candidates: int | None = None,
+                 params: Any = None) -> Any:
+        """GraphRAG retrieval on the server -> RetrievalResult. An `embedder` runs here, in the client: the
+        question's embedding travels as query_vector."""
+        if not isinstance(question, str) or not question.strip():
+            raise InvalidArgument("question must be a non-empty string")
+        if query_vector is None and embedder is not None and mode != "keyword":
+            query_vector = np.asarray(embedder.embed([question]), dtype=np.float32)[0]
+        request = pb.RetrieveRequest(question=question, k=_positive(k, "k"), mode=str(mode),
+                                     token_budget=0 if token_budget is None else _positive(token_budget, "token_budget"),
+                                     candidates=0 if candidates is None else _positive(candidates, "candidates"),
+                                     params_json=wire.params_to_json(params))
+        if query_vector is not None:
+            request.query_vector.extend(_vector(query_vector, "query_vector"))
+        result = wire.result_from_json(self._call("Retrieve", request).result_json)
+        for note in result.notes:
+            warnings.warn(note, stacklevel=2)
+        return result
+
+    # -- writes -------------------------------------------------------------------------------------------------
+    def transaction(self) -> RemoteTransaction:
+        """A new transaction; commit() (or leaving a `with` block cleanly) makes it durable on the server."""
+        return RemoteTransaction(self)
+
+
+class RemoteTransaction:
+    """Collects changes; `commit()` sends them as one Commit call (all or nothing) and returns the LSN."""
+
+    def __init__(self, session: RemoteSession) -> None:
+        self.session = session
+        self.items: list[pb.WriteItem] = []
+        self.lsn: int | None = None
+        self._void = False
+
+    def _guard(self) -> None:
+        if self.lsn is not None or self._void:
+            raise KnowledgeError("transaction already committed or rolled back")
+
+    def _add(self, item: Any) -> RemoteTransaction:
+        self._guard()
+        try:
+            self.items.append(item())
+        except BaseException:
+            self._void = True
+            raise
+        return self
+
+    def upsert_nodes(self, type_name: str, rows: Any) -> RemoteTransaction:
+        return self._add(lambda: pb.WriteItem(action="upsert_nodes", type=type_name,
+                                              rows=wire.rows_to_proto(rows, type_name)))
+
+    def delete_nodes(self, type_name: str, keys: Iterable[Any]) -> RemoteTransaction:
+        return self._add(lambda: pb.WriteItem(action="delete_nodes", type=type_name,
+                                              keys=[wire.key_to_proto(k) for k in keys]))
+
+    def upsert_edges(self, type_name: str, rows: Any) -> RemoteTransaction:
+        return self._add(lambda: pb.WriteItem(action="upsert_edges", type=type_name,
+                                              rows=wire.rows_to_proto(rows, type_name)))
+
+    def delete_edges(self, type_name: str, rows: Any) -> RemoteTransaction:
+        return self._add(lambda: pb.WriteItem(action="delete_edges", type=type_name,
+                                              rows=wire.rows_to_proto(rows, type_name)))
+
+    def commit(self) -> int:
+        """Make the transaction durable and visible; return its LSN. Raises what the server's commit raised
+        (DeadlineExceeded or Unavailable: the outcome is unknown; read back to know)."""
+        self._guard()
+        try:
+            self.lsn = self.session._call("Commit", pb.CommitRequest(items=self.items)).lsn
+        except BaseException:
+            self._void = True
+            raise
+        return self.lsn
+
+    def rollback(self) -> None:
+        self._void = True
+        self.items.clear()
+
+    def __enter__(self) -> RemoteTransaction:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is None and not self._void and self.lsn is None:
+            self.commit()
+        else:
+            self.rollback()
