@@ -43,3 +43,13 @@ def people(store):
     store.define_edge_type("KNOWS", source="Person", target="Person", properties={"since": "int"})
     store.define_edge_type("WORKS_AT", source="Person", target="Company")
     return store
+
+
+@pytest.fixture(params=["embedded", "remote"])
+def api_store(request, tmp_path):
+    """One store API, two back-ends (tinydb style): the embedded Store, and a RemoteStore talking to a real
+    gRPC server over a loopback socket (tests/remote_fixture.py). The remote one acts as an admin."""
+    from remote_fixture import open_backend
+
+    with open_backend(request.param, str(tmp_path / "api.store")) as backend:
+        yield backend
