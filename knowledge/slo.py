@@ -427,3 +427,14 @@ def format_report(report: Report) -> str:
     violated = sum(e.status == "violated" for e in report.evaluations)
     lines.append(f"{violated} of {len(report.evaluations)} objectives violated")
     return "\n".join(lines)
+
+
+def run_check(source: str, slo_path: str, *, over_s: float | None = None, strict: bool = False,
+              out: Any = None) -> int:
+    """`knowledge slo check`: print the report; 1 when an objective is violated (or, strict, has no data),
+    else 0."""
+    import sys
+
+    report = check(source, slo_path, over_s=over_s)
+    print(format_report(report), file=out or sys.stdout)
+    return 1 if report.failed(strict) else 0
