@@ -58,6 +58,7 @@ def run_suites(names: list[str], quick: bool, peers: bool = True, command: str =
                                "started_at": _iso(started), "machine": machine.describe(), "suites": {}}
     workdir = tempfile.mkdtemp(prefix="kbench-suite-")
     context = suites.Context(quick=quick, workdir=workdir, peers=peers)
+    results["machine"]["faiss_omp_threads"] = _single_threaded_faiss()
     try:
         for name in [n for n in suites.ORDER if n in names]:
             results["suites"][name] = run_one(name, context)
@@ -102,6 +103,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.publish:
         report.publish_results(results, args.out)
     return 1 if any(s["status"] == "error" for s in results["suites"].values()) else 0
+
+
+def _single_threaded_faiss() -> int:
+    """Run faiss on one OpenMP thread (every suite issues one query at a time: on a small, shared VM a
+    2-thread scan of one query is slower than one thread, and noisier); returns the count now in force."""
+    try:
+        import faiss
+    except ImportError:
+        return 0
+    faiss.omp_set_num_threads(1)
+    return int(faiss.omp_get_max_threads())
 
 
 def _iso(seconds: float) -> str:
