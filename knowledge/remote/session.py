@@ -2,15 +2,16 @@
 
 Same names, arguments, result types (Arrow tables, dicts, NodeRef, RetrievalResult) and exceptions as
 knowledge.Session, so code written against a session runs unchanged against a server. Differences:
-no `snapshot()` or `visible()` (each call is answered as of one LSN on the server); a transaction's
-rows are validated by the server when it commits rather than as they are added.
+`snapshot()` does not hold the store (its reads fail with SnapshotMoved when a commit lands during the
+block); a transaction's rows are validated by the server when it commits rather than as they are added.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -67,6 +68,26 @@ class RemoteSession:
     def principal(self) -> Any:
         """The principal as of now (grants are looked up on the server)."""
         return wire.principal_from_proto(self._call("WhoAmI", pb.WhoAmIRequest()).principal)
+
+    def visible(self) -> np.ndarray:
+        """The visibility bitmap over node ids (read-only)."""
+        reply = self._call("Visible", pb.VisibleRequest())
+        bits = np.unpackbits(np.frombuffer(reply.packed_bits, dtype=np.uint8), count=reply.size).astype(bool)
+        bits.setflags(write=False)
+        return bits
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[int]:
+        """A group of reads as of one LSN (yields it). Over the network the store is not held: each read in
+        the block is checked on the server to be answered as of that LSN, and raises SnapshotMoved when a
+        commit landed meanwhile (run the block again). Writes inside the block are not pinned."""
+        lsn = self._call("GetSchema", pb.GetSchemaRequest()).lsn
+        outer = self._metadata
+        self._metadata = (*outer, ("knowledge-lsn", str(lsn)))
+        try:
+            yield lsn
+        finally:
+            self._metadata = outer
 
     # -- point reads --------------------------------------------------------------------------------------
     def get(self, type_name: str, key: Any, columns: Iterable[str] | None = None) -> dict[str, Any]:

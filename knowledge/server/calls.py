@@ -29,6 +29,7 @@ log = logging.getLogger("knowledge.server")
 AUTH_KEY = "authorization"
 AS_KEY = "knowledge-as"  # an admin acts as this catalog principal
 AS_PRINCIPAL_KEY = "knowledge-as-principal"  # an admin acts as this ad-hoc principal (JSON)
+LSN_KEY = "knowledge-lsn"  # a read must be answered as of exactly this LSN (a remote snapshot() block)
 TOKEN_HINT = "issue one with `knowledge principal token DIR NAME` and send 'authorization: Bearer <token>'"
 
 
@@ -183,6 +184,35 @@ def _adhoc_principal(text: str) -> Any:
         raise InvalidArgument(f"{AS_PRINCIPAL_KEY} must be JSON {{name, read, write, admin}}: {exc}") from None
 
 
+def _pinned_lsn(context: grpc.ServicerContext) -> int | None:
+    value = next((v for k, v in context.invocation_metadata() or () if k == LSN_KEY), None)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidArgument(f"{LSN_KEY} metadata must be an LSN (an int), got {value!r}") from None
+
+
+def _check_pinned(store: Any, lsn: int) -> None:
+    now = store.memory_lsn
+    if now != lsn:
+        raise SnapshotMoved(f"the store is at LSN {now}, not the snapshot's LSN {lsn} (a commit landed during the "
+                            f"snapshot block); run the block again")
+
+
+def _run(method: Callable[..., Any], servicer: Any, request: Any, session: Any, context: Any, write: bool) -> Any:
+    """The handler itself; a read pinned to an LSN is checked to have been answered as of that LSN (reads
+    are each consistent at one LSN, and LSNs only grow: equal before and after means that one)."""
+    pinned = None if write else _pinned_lsn(context)
+    if pinned is None:
+        return method(servicer, request, session, context)
+    _check_pinned(session.store, pinned)
+    reply = method(servicer, request, session, context)
+    _check_pinned(session.store, pinned)
+    return reply
+
+
 def _check_deadline(context: grpc.ServicerContext) -> None:
     remaining = context.time_remaining()
     if remaining is not None and remaining <= 0:
@@ -214,7 +244,7 @@ def handler(*, write: bool = False, admin: bool = False) -> Callable[[Callable[.
                                                f"{session.principal.name!r} is not one")
                     if write:
                         calls.check_writable()
-                    return method(self, request, session, context)
+                    return _run(method, self, request, session, context, write)
                 finally:
                     calls.limiter.release(name)
             except (KnowledgeError, *_ARGUMENT_ERRORS) as exc:

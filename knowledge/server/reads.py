@@ -82,13 +82,20 @@ class Reads:
 
     @handler()
     def Refs(self, request: pb.RefsRequest, session: Any, context: Any) -> pb.NodeRefsReply:
-        visible = session.visible()
+        if len(request.ids) > KEYS_PER_CALL_MAX:
+            raise InvalidArgument(f"refs takes at most {KEYS_PER_CALL_MAX} ids per call")
         refs = []
         for node in request.ids:
-            if not 0 <= node < len(visible) or not visible[node]:
-                raise InvalidArgument(f"no visible node with id {node}")
-            refs.append(session.ref(int(node)))
+            try:
+                refs.append(session.ref(int(node)))
+            except IndexError:
+                raise InvalidArgument(f"no node with id {node}") from None
         return _refs(refs)
+
+    @handler()
+    def Visible(self, request: pb.VisibleRequest, session: Any, context: Any) -> pb.VisibleReply:
+        bitmap = session.visible()
+        return pb.VisibleReply(packed_bits=np.packbits(bitmap).tobytes(), size=len(bitmap))
 
     @handler()
     def Adjacency(self, request: pb.AdjacencyRequest, session: Any, context: Any) -> pb.TableReply:

@@ -190,6 +190,18 @@ class RefsRequest(_message.Message):
     ids: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
+class VisibleRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class VisibleReply(_message.Message):
+    __slots__ = ("packed_bits", "size")
+    PACKED_BITS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    packed_bits: bytes
+    size: int
+    def __init__(self, packed_bits: _Optional[bytes] = ..., size: _Optional[int] = ...) -> None: ...
+
 class AdjacencyRequest(_message.Message):
     __slots__ = ("edge_types",)
     EDGE_TYPES_FIELD_NUMBER: _ClassVar[int]

@@ -85,6 +85,11 @@ class KnowledgeStub:
                 request_serializer=knowledge_dot_v1_dot_knowledge__pb2.RefsRequest.SerializeToString,
                 response_deserializer=knowledge_dot_v1_dot_knowledge__pb2.NodeRefsReply.FromString,
                 _registered_method=True)
+        self.Visible = channel.unary_unary(
+                '/knowledge.v1.Knowledge/Visible',
+                request_serializer=knowledge_dot_v1_dot_knowledge__pb2.VisibleRequest.SerializeToString,
+                response_deserializer=knowledge_dot_v1_dot_knowledge__pb2.VisibleReply.FromString,
+                _registered_method=True)
         self.Adjacency = channel.unary_unary(
                 '/knowledge.v1.Knowledge/Adjacency',
                 request_serializer=knowledge_dot_v1_dot_knowledge__pb2.AdjacencyRequest.SerializeToString,
@@ -248,6 +253,12 @@ class KnowledgeServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Refs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Visible(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -428,6 +439,11 @@ def add_KnowledgeServicer_to_server(servicer, server):
                     servicer.Refs,
                     request_deserializer=knowledge_dot_v1_dot_knowledge__pb2.RefsRequest.FromString,
                     response_serializer=knowledge_dot_v1_dot_knowledge__pb2.NodeRefsReply.SerializeToString,
+            ),
+            'Visible': grpc.unary_unary_rpc_method_handler(
+                    servicer.Visible,
+                    request_deserializer=knowledge_dot_v1_dot_knowledge__pb2.VisibleRequest.FromString,
+                    response_serializer=knowledge_dot_v1_dot_knowledge__pb2.VisibleReply.SerializeToString,
             ),
             'Adjacency': grpc.unary_unary_rpc_method_handler(
                     servicer.Adjacency,
@@ -800,6 +816,33 @@ class Knowledge:
             '/knowledge.v1.Knowledge/Refs',
             knowledge_dot_v1_dot_knowledge__pb2.RefsRequest.SerializeToString,
             knowledge_dot_v1_dot_knowledge__pb2.NodeRefsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Visible(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/knowledge.v1.Knowledge/Visible',
+            knowledge_dot_v1_dot_knowledge__pb2.VisibleRequest.SerializeToString,
+            knowledge_dot_v1_dot_knowledge__pb2.VisibleReply.FromString,
             options,
             channel_credentials,
             insecure,

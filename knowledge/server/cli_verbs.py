@@ -1,0 +1,275 @@
+"""The CLI verbs of the server and of reading (hooked into knowledge.cli): `serve`, `search`, `retrieve`,
+`scan`, `export`, and the `--server ADDR --token T` options every read verb takes, so the CLI reads a
+store another process holds, through its server. Each verb is a thin shell over the API method of the
+same name (Session.search / keyword_search / retrieve / scan)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from knowledge.errors import InvalidArgument
+
+EXPORT_FORMATS = ("parquet", "jsonl", "csv")
+
+
+# -- where a read verb reads: a store directory, or a server --------------------------------------------
+def add_server_options(parser: argparse.ArgumentParser) -> None:
+    """--server/--token (and client TLS) on a read verb; PATH becomes optional with --server."""
+    group = parser.add_argument_group("reading through a server (instead of PATH)")
+    group.add_argument("--server", metavar="HOST:PORT", help="read through a running `knowledge serve`")
+    group.add_argument("--token", metavar="T", help="bearer token (default: $KNOWLEDGE_TOKEN)")
+    group.add_argument("--tls", action="store_true", help="connect with TLS (system roots unless --tls-ca)")
+    group.add_argument("--tls-ca", metavar="PEM", help="CA certificate of the server (implies --tls)")
+    group.add_argument("--tls-cert", metavar="PEM", help="client certificate, for mTLS")
+    group.add_argument("--tls-key", metavar="PEM", help="client key, for mTLS")
+    group.add_argument("--timeout", type=float, default=60.0, metavar="S", help="deadline per call (default 60 s)")
+
+
+@contextlib.contextmanager
+def open_target(args: argparse.Namespace, *, write: bool = False) -> Iterator[Any]:
+    """The store a verb works on: `knowledge.connect(--server)` or the directory PATH (opened, closed after)."""
+    import knowledge
+
+    server = getattr(args, "server", None)
+    path = getattr(args, "path", None)
+    if server:
+        if path:
+            raise InvalidArgument(f"give either PATH ({path!r}) or --server ({server!r}), not both")
+        from knowledge.remote import TLS
+        tls: Any = None
+        if args.tls or args.tls_ca or args.tls_cert:
+            tls = TLS(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
+        client = knowledge.connect(server, token=args.token, tls=tls, timeout_s=args.timeout)
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    if not path:
+        raise InvalidArgument("give the store directory PATH, or --server HOST:PORT to read through a server")
+    with knowledge.open(path, create=False) as store:
+        yield store
+
+
+def _json_arg(text: str | None, what: str) -> Any:
+    if text is None:
+        return None
+    if text.startswith("@"):
+        with open(text[1:], encoding="utf-8") as f:
+            text = f.read()
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise InvalidArgument(f"{what} is not valid JSON ({exc}): {text[:80]!r}") from None
+
+
+def where_arg(text: str | None) -> dict[str, Any] | None:
+    """--where JSON: {"age": [">", 30], "name": "ada"}: a two-item [operator, value] list is a comparison."""
+    value = _json_arg(text, "--where")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidArgument('--where must be a JSON object, e.g. {"age": [">", 30]}')
+    out = {}
+    for name, condition in value.items():
+        if isinstance(condition, list) and len(condition) == 2 and isinstance(condition[0], str) \
+                and condition[0] in ("=", "==", "!=", "<", "<=", ">", ">=", "like", "in", "contains"):
+            out[name] = (condition[0], condition[1])
+        else:
+            out[name] = condition
+    return out
+
+
+def _columns(text: str | None) -> list[str] | None:
+    return None if text is None else [c.strip() for c in text.split(",") if c.strip()]
+
+
+def _embedder(spec: str | None) -> Any:
+    if spec is None or spec == "none":
+        return None
+    from knowledge import embed
+    if spec == "default":
+        return embed.default_embedder()
+    if spec.startswith("hashing"):
+        _, _, dimension = spec.partition(":")
+        return embed.HashingEmbedder(int(dimension) if dimension else 256)
+    raise InvalidArgument(f"--embedder must be none, default or hashing[:DIM], got {spec!r}")
+
+
+# -- verbs ---------------------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from knowledge.server import ServerConfig, serve
+    config = ServerConfig(listen=args.listen, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                          client_ca=args.client_ca, insecure=args.insecure, cert_principals=args.cert_principals,
+                          message_bytes_max=args.message_bytes_max, workers_max=args.workers,
+                          principal_calls_max=args.principal_calls_max, drain_s=args.drain_s)
+    return serve(args.data, config, audit=not args.no_audit)
+
+
+def cmd_search(args: argparse.Namespace, print_json: Callable[[Any], None]) -> int:
+    vector = _json_arg(args.vector, "--vector")
+    if (vector is None) == (args.query is None):
+        raise InvalidArgument("give --vector JSON (vector search) or --query TEXT (keyword search), one of them")
+    with open_target(args) as store:
+        session = store.session()
+        where, columns = where_arg(args.where), _columns(args.columns)
+        if vector is not None:
+            table = session.search(vector, k=args.k, type=args.type, property=args.property, where=where,
+                                   columns=columns)
+        else:
+            table = session.keyword_search(args.query, k=args.k, type=args.type, property=args.property,
+                                           where=where, columns=columns)
+        print_json(table.to_pylist())
+    return 0
+
+
+def cmd_retrieve(args: argparse.Namespace, print_json: Callable[[Any], None]) -> int:
+    import dataclasses
+    with open_target(args) as store:
+        result = store.session().retrieve(args.question, k=args.k, mode=args.mode, embedder=_embedder(args.embedder),
+                                          token_budget=args.token_budget)
+    if args.context:
+        print(result.context)
+    else:
+        print_json(dataclasses.asdict(result))
+    return 0
+
+
+def cmd_scan(args: argparse.Namespace, print_json: Callable[[Any], None]) -> int:
+    with open_target(args) as store:
+        table = store.session().scan(args.type, where=where_arg(args.where), columns=_columns(args.columns),
+                                     limit=args.limit)
+        print_json(table.to_pylist())
+    return 0
+
+
+def export_format(path: str, given: str | None) -> str:
+    if given:
+        return given
+    name = path.lower()
+    for suffix, fmt in ((".parquet", "parquet"), (".jsonl", "jsonl"), (".ndjson", "jsonl"), (".csv", "csv")):
+        if name.endswith(suffix):
+            return fmt
+    raise InvalidArgument(f"cannot tell the format of {path!r} from its name: use --format {'/'.join(EXPORT_FORMATS)}")
+
+
+def write_table(table: Any, path: str, fmt: str, jsonable: Callable[[Any], Any]) -> None:
+    """Write `table` to `path` as Parquet, JSONL (one object per row) or CSV (nested values as JSON text);
+    written to a temporary name and renamed, so a failed export leaves no partial file."""
+    import pyarrow as pa
+    temporary = f"{path}.partial"
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+            pq.write_table(table, temporary)
+        elif fmt == "jsonl":
+            with open(temporary, "w", encoding="utf-8") as f:
+                for row in table.to_pylist():
+                    f.write(json.dumps(row, ensure_ascii=False, default=jsonable) + "\n")
+        else:
+            import pyarrow.csv as pcsv
+            columns = {}
+            for name, column in zip(table.column_names, table.columns, strict=True):
+                if pa.types.is_nested(column.type):
+                    column = pa.array([None if v is None else json.dumps(v, default=jsonable) for v in column.to_pylist()],
+                                      type=pa.string())
+                columns[name] = column
+            pcsv.write_csv(pa.table(columns) if columns else table, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def cmd_export(args: argparse.Namespace, print_json: Callable[[Any], None], jsonable: Callable[[Any], Any]) -> int:
+    fmt = export_format(args.out, args.format)
+    with open_target(args) as store:
+        table = store.session().scan(args.type, where=where_arg(args.where), columns=_columns(args.columns),
+                                     limit=args.limit)
+    write_table(table, args.out, fmt, jsonable)
+    print_json({"type": args.type, "rows": table.num_rows, "file": args.out, "format": fmt})
+    return 0
+
+
+# -- parsers -----------------------------------------------------------------------------------------------
+def add_commands(sub: Any, command: Callable[..., argparse.ArgumentParser], print_json: Callable[[Any], None],
+                 jsonable: Callable[[Any], Any], positive_int: Callable[[str], int]) -> None:
+    """Add serve, search, retrieve, scan and export to the `knowledge` parser's subcommands."""
+    p = command(sub, "serve", cmd_serve,
+                "Serve a store over gRPC (TLS, health checks, reflection) until SIGTERM, which drains.",
+                ["knowledge serve --data people.store --listen 127.0.0.1:50051",
+                 "knowledge serve --data people.store --listen 0.0.0.0:50051 --tls-cert srv.pem --tls-key srv.key"])
+    p.add_argument("--data", required=True, metavar="DIR", help="store directory (the server owns it)")
+    p.add_argument("--listen", default="127.0.0.1:50051", metavar="HOST:PORT", help="default 127.0.0.1:50051")
+    p.add_argument("--tls-cert", metavar="PEM", help="server certificate (with --tls-key)")
+    p.add_argument("--tls-key", metavar="PEM", help="server private key")
+    p.add_argument("--client-ca", metavar="PEM", help="require client certificates signed by this CA (mTLS)")
+    p.add_argument("--cert-principals", action="store_true",
+                   help="with --client-ca: a call without a token acts as its certificate's common name")
+    p.add_argument("--insecure", action="store_true", help="allow plaintext on a non-loopback address (loud warning)")
+    p.add_argument("--message-bytes-max", type=positive_int, default=64 << 20, metavar="N",
+                   help="largest request or reply in bytes (default 64 MiB)")
+    p.add_argument("--workers", type=positive_int, default=96, metavar="N", help="handler threads (default 96)")
+    p.add_argument("--principal-calls-max", type=positive_int, default=64, metavar="N",
+                   help="calls in flight per principal before RESOURCE_EXHAUSTED (default 64)")
+    p.add_argument("--drain-s", type=float, default=30.0, metavar="S", help="SIGTERM: time for calls in flight (30)")
+    p.add_argument("--no-audit", action="store_true", help="do not keep the audit log (on by default when serving)")
+
+    def read_verb(name: str, handler: Callable[..., int], summary: str, examples: list[str]) -> argparse.ArgumentParser:
+        parser = command(sub, name, handler, summary, examples)
+        parser.add_argument("path", metavar="PATH", nargs="?", help="store directory (or use --server)")
+        add_server_options(parser)
+        return parser
+
+    p = read_verb("search", lambda a: cmd_search(a, print_json),
+                  "Vector search (--vector) or BM25 keyword search (--query); print the ranked rows as JSON.",
+                  ["knowledge search people.store --vector '[0.1, 0.2, 0.3]' -k 5 --type Person",
+                   "knowledge search --server 127.0.0.1:50051 --token kn_... --query 'analytical engine'"])
+    p.add_argument("--vector", metavar="JSON", help="query vector as a JSON array (or @file.json)")
+    p.add_argument("--query", metavar="TEXT", help="keyword query (BM25 over text properties)")
+    p.add_argument("-k", type=positive_int, default=10, help="how many (default 10)")
+    p.add_argument("--type", metavar="TYPE", help="node type (when several have vectors/text)")
+    p.add_argument("--property", metavar="NAME", help="vector or text property")
+    p.add_argument("--where", metavar="JSON", help='filter, e.g. {"age": [">", 30]}')
+    p.add_argument("--columns", metavar="A,B", help="properties to add to each row")
+
+    p = read_verb("retrieve", lambda a: cmd_retrieve(a, print_json),
+                  "GraphRAG retrieval: ranked chunks, entities, edges and a prompt-ready context, as JSON.",
+                  ["knowledge retrieve kb.store 'Who wrote the first program?' -k 5 --embedder default",
+                   "knowledge retrieve --server 127.0.0.1:50051 --token kn_... 'honey bees' --mode keyword --context"])
+    p.add_argument("question", metavar="QUESTION")
+    p.add_argument("-k", type=positive_int, default=10, help="chunks (default 10)")
+    p.add_argument("--mode", default="auto", choices=("auto", "vector", "keyword", "hybrid", "graph"))
+    p.add_argument("--embedder", metavar="SPEC", help="none (default), default (MiniLM, embed extra) or hashing[:DIM]")
+    p.add_argument("--token-budget", type=positive_int, default=2000, metavar="N", help="context size (default 2000)")
+    p.add_argument("--context", action="store_true", help="print only the context text")
+
+    for name, summary, examples in (
+            ("scan", "Print the visible rows of one node type matching --where as JSON.",
+             ["knowledge scan people.store Person --where '{\"age\": [\">\", 30]}' --columns age",
+              "knowledge scan --server 127.0.0.1:50051 --token kn_... Person --limit 10"]),
+            ("export", "Write the visible rows of one node type to Parquet, JSONL or CSV.",
+             ["knowledge export people.store Person people.parquet",
+              "knowledge export --server 127.0.0.1:50051 --token kn_... Person adults.csv --where '{\"age\": [\">=\", 18]}'"])):
+        handler = (lambda a: cmd_scan(a, print_json)) if name == "scan" else (
+            lambda a: cmd_export(a, print_json, jsonable))
+        p = read_verb(name, handler, summary, examples)
+        p.add_argument("type", metavar="TYPE", help="node type")
+        if name == "export":
+            p.add_argument("out", metavar="FILE", help="output file (.parquet, .jsonl, .csv)")
+            p.add_argument("--format", choices=EXPORT_FORMATS, help="default: from FILE's name")
+        p.add_argument("--where", metavar="JSON", help='filter, e.g. {"age": [">", 30]}')
+        p.add_argument("--columns", metavar="A,B", help="properties to include (default all)")
+        p.add_argument("--limit", type=positive_int, metavar="N", help="at most N rows")
+
+
+def main_error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 1
