@@ -5,7 +5,8 @@ Every node runs `Elector.cycle()` on a timer. It keeps one lease alive, publishe
 - primary: keeps the leader key; if the key is gone or names someone else, or the store has been
   unreachable for a lease's length, it steps down (stops accepting writes);
 - replica: follows the node the leader key names; with no leader key, the most advanced member
-  (by published position, ties by id) creates the key, takes the next epoch from the store's
+  (by published position, ties by id; after two lease lengths without a leader, any member)
+  creates the key, takes the next epoch from the store's
   counter by compare-and-swap (unique even if two nodes believe they hold the key) and campaigns;
 - candidate that lost: deletes its own leader key so the next member may try.
 The key only decides who tries. Safety comes from the epochs the state machine checks on every
@@ -189,10 +190,13 @@ class Elector:
         self.member_prefix = f"{prefix}/members/"
         self.lease: int | None = None
         self.last_ok: int | None = None
+        self.leaderless_since: int | None = None  # when this node last saw the leader key present
+        self.now = 0
         self.log: list[str] = []  # what it decided, for traces
 
     def cycle(self, now: int) -> None:
         """One round of the loop; never raises for an unreachable store (it steps down in time)."""
+        self.now = now
         try:
             self._cycle()
             self.last_ok = now
@@ -218,9 +222,15 @@ class Elector:
             self.kv.delete_if(self.leader_key, f"{holder}:{epoch}")  # a lost campaign or a restart
             self.log.append(f"release key {holder}:{epoch}")
         elif holder is not None:
+            self.leaderless_since = None
             node.follow(holder)
-        elif self._most_advanced():
-            self._campaign()
+        else:
+            if self.leaderless_since is None:
+                self.leaderless_since = self.now
+            # The most advanced member goes first; if it cannot win (cut off from the others), after
+            # two lease lengths anyone may try: a Promise is refused to a less advanced log anyway.
+            if self._most_advanced() or self.now - self.leaderless_since >= 2 * self.ttl:
+                self._campaign()
 
     def _most_advanced(self) -> bool:
         node = self.node

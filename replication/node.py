@@ -149,8 +149,15 @@ class ReplicationNode:
                 self.primary_id = primary
                 self._send_subscribe()
 
-    def can_read(self, min_lsn: int) -> bool:
-        """Whether a read that must see LSN `min_lsn` may be served here now (applied that far)."""
+    def can_read(self, min_lsn: int | Position) -> bool:
+        """Whether a read that must see `min_lsn` may be served here now.
+
+        With a commit's token (a Position) it must be applied here and be the very record the
+        token names; with a bare LSN, applied that far. The two differ only after a degraded or
+        async commit was lost in a failover, where a bare LSN can name a record that is gone.
+        """
+        if isinstance(min_lsn, Position):
+            return self.applied_lsn >= min_lsn.lsn and self.history.matches(min_lsn)
         return self.applied_lsn >= min_lsn
 
     # -- output -------------------------------------------------------------------------------

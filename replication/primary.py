@@ -5,7 +5,8 @@ A Subscribe resets them from the replica's epoch history: the divergence point i
 stream resumes, unless the replica applied records the primary never had (degraded commits of an
 older epoch) or needs records the WAL no longer holds, when it is sent a snapshot instead.
 Heartbeats are empty Appends after the replica's match point (they always match) carrying the
-commit LSN; an Append or ack lost on the way shows as a stall, after which an empty Append
+commit LSN, or after next_lsn - 1 until the replica was heard from in this epoch (a replica that
+does not hold it re-subscribes); an Append or ack lost on the way shows as a stall, after which an empty Append
 after next_lsn - 1 asks the replica whether it holds it (if not, it re-subscribes).
 """
 
@@ -39,6 +40,7 @@ class Progress:
     progress_tick: int = 0  # when match_lsn last grew (or the stream was reset)
     commit_sent: int = 0
     probe: bool = False  # ask whether the replica holds next_lsn - 1 (after a stall)
+    heard: bool = False  # an ack or Subscribe came in this epoch (until then heartbeats probe)
 
 
 class PrimaryRole:
@@ -142,7 +144,12 @@ class PrimaryRole:
             return
         theirs = EpochHistory(message.epochs, message.last_lsn)
         resume = node.history.divergence(theirs)
+        if resume < progress.match_lsn and progress.snapshot is None:
+            progress.probe = True  # older than what it acknowledged since (a delayed duplicate)
+            self.dirty.add(message.sender)
+            return
         progress.applied_lsn = message.applied_lsn
+        progress.heard = True
         if resume < message.applied_lsn:
             self._offer_snapshot(message.sender, progress, f"applied {message.applied_lsn} past the "
                                                            f"common history ({resume})")
@@ -165,6 +172,9 @@ class PrimaryRole:
             return
         invariant(message.match_lsn <= node.history.last_lsn, f"{message.sender} acked LSN "
                                                               f"{message.match_lsn} past our log")
+        progress.heard = True
+        if progress.snapshot is not None and message.match_lsn == progress.snapshot.lsn:
+            progress.match_lsn = message.match_lsn  # installed: its log is now exactly ours up to there
         if message.match_lsn > progress.match_lsn:
             progress.match_lsn = message.match_lsn
             progress.progress_tick = node.now
@@ -217,8 +227,8 @@ class PrimaryRole:
             sent = True
         due = node.now - progress.last_sent_tick >= config.heartbeat_ticks
         if not sent and (due or progress.commit_sent < node.commit_lsn):
-            match = progress.match_lsn
-            node.send(Append(node.id, replica, node.epoch, Position(node.history.epoch_at(match), match),
+            after = progress.match_lsn if progress.heard else progress.next_lsn - 1
+            node.send(Append(node.id, replica, node.epoch, Position(node.history.epoch_at(after), after),
                              (), node.commit_lsn))
             sent = True
         if sent:

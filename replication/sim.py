@@ -53,9 +53,10 @@ class SimConfig:
     delay_ticks_max: int = 3
     drop: float = 0.04
     duplicate: float = 0.03
-    crash: float = 0.004
+    crash: float = 0.003
     crash_mid_ready: float = 0.01
     partition: float = 0.01
+    heal: float = 0.03
     kv_cut: float = 0.004
     lease_expiry: float = 0.003
     write: float = 0.5
@@ -134,7 +135,7 @@ class Simulator:
         self.sequence = 0
         self.cut: set[frozenset[str]] = set()
         self.checker = Checker(all_unsafe=self.policy.kind == "async")
-        self.trace: list[str] = []
+        self.trace: list[tuple[int, str | Message]] = []
         self.proposed: dict[Position, bytes] = {}
         self.reads: list[tuple[str, AckedWrite, int]] = []
         self.writes = self.reads_checked = self.failovers = 0
@@ -154,12 +155,12 @@ class Simulator:
             self._check_converged()
         except (SafetyViolation, InvariantViolation) as exc:
             self._note(f"FAIL {type(exc).__name__}: {exc}")
-            raise SimulationFailure(self.config, f"{type(exc).__name__}: {exc}", self.trace) from exc
+            raise SimulationFailure(self.config, f"{type(exc).__name__}: {exc}", self.formatted_trace()) from exc
         stats = [m.node.stats for m in self.members.values() if m.node is not None]
         return RunResult(self.config, str(self.policy), len(self.members), len(self.checker.acked),
                          self.reads_checked, self.failovers, sum(s["snapshots_installed"] for s in stats),
                          sum(s["outcome_unknown"] for s in stats), sum(s["commits_degraded"] for s in stats),
-                         self.trace)
+                         self.formatted_trace())
 
     def _tick(self) -> None:
         self.now += 1
@@ -182,7 +183,12 @@ class Simulator:
         return [m for m in self.members.values() if m.node is not None]
 
     def _note(self, line: str) -> None:
-        self.trace.append(f"t={self.now} {line}")
+        self.trace.append((self.now, line))
+
+    def formatted_trace(self) -> list[str]:
+        """The trace as text lines (messages are formatted only here, to keep runs fast)."""
+        return [f"t={now} {item if isinstance(item, str) else 'deliver ' + _describe(item)}"
+                for now, item in self.trace]
 
     # -- nodes --------------------------------------------------------------------------------
     def _start(self, member: _Member) -> None:
@@ -223,7 +229,8 @@ class Simulator:
             for outcome in ready.outcomes:
                 self._outcome(member, outcome.token, outcome.status, outcome.degraded)
             node.advance(ready)
-            self.checker.note_roles({m.id: m.node for m in self.members.values()})
+            if ready.events:  # every role change comes with an event
+                self.checker.note_roles({m.id: m.node for m in self.members.values()})
 
     def _outcome(self, member: _Member, token: Position, status: str, degraded: bool) -> None:
         if status != COMMITTED:
@@ -244,7 +251,7 @@ class Simulator:
         if isinstance(message, InstallSnapshot):
             message = replace(message, data=tuple(member.log.records[:message.position.lsn]))
         if self.faults and self.rng.random() < self.config.drop:
-            self._note(f"drop {_describe(message)}")
+            self._note("drop " + _describe(message))
             return
         copies = 2 if self.faults and self.rng.random() < self.config.duplicate else 1
         for _ in range(copies):
@@ -261,7 +268,7 @@ class Simulator:
             member = self.members[message.to]
             if member.node is None or frozenset((message.sender, message.to)) in self.cut:
                 continue
-            self._note(f"deliver {_describe(message)}")
+            self.trace.append((self.now, message))
             member.node.step(message)
             self._drive(member)
 
@@ -274,12 +281,19 @@ class Simulator:
             elif member.node is not None and rng.random() < config.crash:
                 self._crash(member, "killed")
         if rng.random() < config.partition:
-            island = set(rng.sample(sorted(self.members), rng.randint(1, len(self.members) // 2)))
-            self.cut = {frozenset((a, b)) for a in island for b in self.members if b not in island}
+            primaries = [m.id for m in self._live() if m.node.role is Role.PRIMARY]  # type: ignore[union-attr]
+            if primaries and rng.random() < 0.5:
+                island = {rng.choice(sorted(primaries))}  # cut the primary off: the failover case
+            else:
+                island = set(rng.sample(sorted(self.members), rng.randint(1, len(self.members) // 2)))
+            rest = sorted(set(self.members) - island)
+            bridge = rng.choice(rest) if len(rest) > 1 and rng.random() < 0.4 else None  # Jepsen's bridge
+            self.cut = {frozenset((a, b)) for a in island for b in rest if b != bridge}
             if rng.random() < 0.5:
                 self.kv.unreachable = set(island)
-            self._note(f"partition {sorted(island)} | rest (consensus store cut: {sorted(self.kv.unreachable)})")
-        elif self.cut and rng.random() < 0.05:
+            self._note(f"partition {sorted(island)} | {rest} bridged by {bridge} "
+                       f"(consensus store cut: {sorted(self.kv.unreachable)})")
+        elif self.cut and rng.random() < config.heal:
             self.cut = set()
             self.kv.unreachable = set()
             self._note("heal partition")
@@ -296,7 +310,9 @@ class Simulator:
     def _clients(self) -> None:
         rng = self.rng
         if rng.random() < self.config.write:
-            member = rng.choice(self._live() or list(self.members.values()))
+            primaries = [m for m in self._live() if m.node.role is Role.PRIMARY]  # type: ignore[union-attr]
+            member = rng.choice(primaries if primaries and rng.random() < 0.8
+                                else self._live() or list(self.members.values()))
             if member.node is not None:
                 self.writes += 1
                 payload = f"w{self.writes}".encode()
@@ -314,7 +330,7 @@ class Simulator:
         waiting = []
         for node_id, write, deadline in self.reads:
             node = self.members[node_id].node
-            if node is not None and node.can_read(write.token.lsn):
+            if node is not None and node.can_read(write.token):
                 self.checker.check_read(node_id, self.members[node_id].log, write)
                 self.reads_checked += 1
             elif self.now < deadline:
@@ -360,16 +376,12 @@ class Simulator:
 
 
 def _describe(message: Message) -> str:
-    name = type(message).__name__
-    detail = {k: v for k, v in message.__dict__.items() if k not in ("sender", "to", "epoch")} \
-        if hasattr(message, "__dict__") else {}
     fields = [f"{field}={getattr(message, field)}" for field in message.__slots__  # type: ignore[union-attr]
               if field not in ("sender", "to", "epoch", "entries", "epochs", "data")]
-    if hasattr(message, "entries"):
-        entries = message.entries  # type: ignore[union-attr]
+    entries = getattr(message, "entries", None)
+    if entries is not None:
         fields.append(f"entries={entries[0].lsn}..{entries[-1].lsn}" if entries else "entries=-")
-    del detail
-    return f"{name} {message.sender}->{message.to} e{message.epoch} {' '.join(fields)}"
+    return f"{type(message).__name__} {message.sender}->{message.to} e{message.epoch} {' '.join(fields)}"
 
 
 def run_seed(seed: int, **overrides: object) -> RunResult:
