@@ -47,8 +47,7 @@ def clustered(rows: int, queries: int, dimension: int = 384, clusters: int = 300
     member = rng.choice(clusters, size=total, p=weights)
     data = centres[member] + rng.normal(size=(total, dimension)).astype(np.float32) * spread[member, None]
     data /= np.linalg.norm(data, axis=1, keepdims=True)
-    order = rng.permutation(total)
-    data = data[order]
+    data = data[rng.permutation(total)].astype(np.float32)
     return DataSet(f"clustered synthetic ({clusters} clusters, zipf {zipf})", np.ascontiguousarray(data[:rows]),
                    np.ascontiguousarray(data[rows:]), "synthetic")
 

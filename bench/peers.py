@@ -170,12 +170,13 @@ PEERS = (
 )
 
 
-def compare(data: datasets.DataSet, masks: dict[float, np.ndarray], k: int, workdir: str,
-            quick: bool) -> dict[str, Any]:
+def compare(data: datasets.DataSet, bucket: np.ndarray, masks: dict[float, np.ndarray], k: int, workdir: str,
+            quick: bool, queries_max: int | None = None) -> dict[str, Any]:
     """Every installed peer on `data` at each selectivity: per setting, p50/p99 latency, QPS and recall@k
-    against exact filtered search. Peers that fail to import or build are listed with the reason."""
-    _, bucket, _ = datasets.selectivity_columns(len(data.base))
-    queries = data.queries[:QUICK_QUERIES] if quick else data.queries
+    against exact filtered search (the first `queries_max` queries when quick, default QUICK_QUERIES).
+    `bucket` and `masks` come from datasets.selectivity_columns (masks[s] == bucket < s * BUCKETS). Peers
+    that fail to import or build are listed with the reason."""
+    queries = data.queries[:queries_max or QUICK_QUERIES] if quick else data.queries
     truth = {s: measure.exact_topk(data.base, queries, k, masks[s]) for s in datasets.SELECTIVITIES}
     out: dict[str, Any] = {"queries": len(queries), "results": {}, "build_s": {}, "acl": {}, "unavailable": {}}
     for peer in PEERS:

@@ -130,10 +130,12 @@ def _recall_qps(suite_results: dict[str, Any], plt: Any) -> list[tuple[str, Any]
         figure, axes = plt.subplots(1, len(selectivities), figsize=(4 * len(selectivities), 3.6), squeeze=False)
         for axis, s in zip(axes[0], selectivities, strict=True):
             base = data["baseline"][s]
-            axis.scatter([base["recall"]], [1e3 / base["latency"]["mean_ms"]], marker="s", label="faiss exact")
-            for f in ("principal", "where"):
+            axis.scatter([base["recall"]], [1e3 / base["latency"]["mean_ms"]], marker="s", color="black",
+                         label="faiss exact (baseline)")
+            for f, colour in (("principal", "red"), ("where", "darkred")):
                 cell = data[f][s]
-                axis.scatter([cell["recall"]], [cell["qps"]], marker="o", label=f"ours ({f})")
+                axis.scatter([cell["recall"]], [cell["qps"]], marker="*", s=140, color=colour, label=f"ours ({f})",
+                             zorder=3)
             for peer, runs in (data.get("peers") or {}).get("results", {}).items():
                 points = [r for r in runs.get(s, []) if "recall" in r]
                 if points:

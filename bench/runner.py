@@ -1,6 +1,6 @@
 """`python -m bench` and `knowledge bench`: run suites, write results.json, report.md and PNG plots.
 
-    python -m bench [SUITES ...] [--quick] [--out DIR] [--no-peers] [--publish]
+    python -m bench [SUITES ...] [--quick | --smoke] [--out DIR] [--no-peers] [--publish]
 
 SUITES: any of ingest vectors acl retrieval server replication (default: all). --quick sizes every suite
 for CI (the whole run in under 5 minutes on a 2-core VM). --out DIR (default bench/out) receives
@@ -40,6 +40,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("suites", nargs="*", metavar="SUITE", help=f"any of {' '.join(suites.ORDER)} (default: all)")
     parser.add_argument("--quick", action="store_true", help="CI sizes: the whole run in minutes")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes (seconds) for the test suite: checks the plumbing, figures mean little")
     parser.add_argument("--out", default=os.path.join(HERE, "out"), help="directory for results.json, report.md, plots")
     parser.add_argument("--no-peers", action="store_true", help="skip the embedded peers (chromadb, lancedb, ...)")
     parser.add_argument("--publish", action="store_true",
@@ -51,13 +53,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def run_suites(names: list[str], quick: bool, peers: bool = True, command: str = "python -m bench") -> dict[str, Any]:
+def run_suites(names: list[str], quick: bool, peers: bool = True, command: str = "python -m bench",
+               smoke: bool = False) -> dict[str, Any]:
     """Run the named suites (in bench.suites.ORDER) and return the results document."""
     started = time.time()
-    results: dict[str, Any] = {"schema": SCHEMA, "command": command, "quick": quick,
+    quick = quick or smoke
+    results: dict[str, Any] = {"schema": SCHEMA, "command": command, "quick": quick, "smoke": smoke,
                                "started_at": _iso(started), "machine": machine.describe(), "suites": {}}
     workdir = tempfile.mkdtemp(prefix="kbench-suite-")
-    context = suites.Context(quick=quick, workdir=workdir, peers=peers)
+    context = suites.Context(quick=quick, workdir=workdir, peers=peers, smoke=smoke)
     results["machine"]["faiss_omp_threads"] = _single_threaded_faiss()
     try:
         for name in [n for n in suites.ORDER if n in names]:
@@ -94,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     names = args.suites or list(suites.ORDER)
     command = " ".join(["python -m bench", *(sys.argv[1:] if argv is None else argv)])
-    results = run_suites(names, args.quick, peers=not args.no_peers, command=command)
+    results = run_suites(names, args.quick, peers=not args.no_peers, command=command, smoke=args.smoke)
     from bench import report
 
     written = report.write(results, args.out)

@@ -25,7 +25,7 @@ STARTS = 500
 def run(context: Context) -> dict[str, Any]:
     import knowledge
 
-    nodes, edges, queries = (50_000, 100_000, 200) if context.quick else (1_000_000, 2_000_000, 1000)
+    nodes, edges, queries = context.pick((1_000_000, 2_000_000, 1000), (50_000, 100_000, 200), (5_000, 10_000, 30))
     store, vectors = _build(os.path.join(context.workdir, "acl"), nodes, edges)
     try:
         admin = store.session()

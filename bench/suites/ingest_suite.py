@@ -27,8 +27,8 @@ FRAME_BYTES = 160
 
 
 def run(context: Context) -> dict[str, Any]:
-    nodes = 100_000 if context.quick else 1_000_000
-    commits = 200 if context.quick else 2000
+    nodes = context.pick(1_000_000, 100_000, 10_000)
+    commits = context.pick(2000, 200, 40)
     table = _nodes(nodes)
     bulk = _bulk(os.path.join(context.workdir, "ingest-bulk"), table)
     duck = _duckdb(os.path.join(context.workdir, "ingest-duck.db"), table)

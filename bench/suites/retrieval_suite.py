@@ -30,12 +30,16 @@ def run(context: Context) -> dict[str, Any]:
 
     bundle = demo.load_bundle()
     embedder = demo.load_embedder(bundle)
-    questions = bundle.questions if not context.quick else bundle.questions[:60]
+    questions = bundle.questions[:context.pick(len(bundle.questions), 60, 8)]
     golds = [{demo.doc_id(i) for i in q["supporting_idx"]} for q in questions]
+    docs = demo.documents(bundle)
+    if context.smoke:  # the gold passages of the few questions plus a few hundred others
+        keep = set().union(*golds) | {d.doc_id for d in docs[:300]}
+        docs = [d for d in docs if d.doc_id in keep]
     store = knowledge.open(os.path.join(context.workdir, "retrieval"))
     try:
         started = time.perf_counter()
-        report = ingest(store.session(), demo.documents(bundle), embedder=embedder, splitter=demo.SPLITTER,
+        report = ingest(store.session(), docs, embedder=embedder, splitter=demo.SPLITTER,
                         embed_entities=False)
         ingest_s = time.perf_counter() - started
         reader = store.session(demo.READER)
