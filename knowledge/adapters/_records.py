@@ -132,9 +132,8 @@ def get_records(session: Any, ids: Sequence[str]) -> list[Record]:
     wanted = [i for i in dict.fromkeys(ids) if isinstance(i, str) and "#" not in i]
     if not wanted or DOCUMENT not in session.store.schema.nodes:
         return []
-    table = session.get_many(DOCUMENT, wanted, ["text", "metadata"])
-    found = {session.ref(row["_id"]).key: Record(session.ref(row["_id"]).key, row["text"] or "",
-                                                 _metadata(row["metadata"]))
+    table = session.get_many(DOCUMENT, wanted, ["doc_id", "text", "metadata"])
+    found = {row["doc_id"]: Record(row["doc_id"], row["text"] or "", _metadata(row["metadata"]))
              for row in table.to_pylist()}
     return [found[i] for i in wanted if i in found]
 
@@ -145,17 +144,22 @@ def delete_records(session: Any, ids: Iterable[str]) -> int:
 
 
 def matching_ids(session: Any, predicate: Predicate) -> list[str]:
-    """doc_ids of the visible Documents for which predicate(id, text, metadata) holds."""
+    """doc_ids of the visible Documents for which predicate(id, text, metadata) holds. The text is read
+    only for a predicate marked `needs_text` (see `with_text`); otherwise it gets ""."""
     if DOCUMENT not in session.store.schema.nodes:
         return []
-    table = session.scan(DOCUMENT, columns=["text", "metadata"])
-    out = []
-    for node, text, metadata in zip(table.column("_id").to_pylist(), table.column("text").to_pylist(),
-                                    table.column("metadata").to_pylist(), strict=True):
-        key = session.ref(node).key
-        if predicate(key, text or "", _metadata(metadata)):
-            out.append(key)
-    return out
+    needs_text = bool(getattr(predicate, "needs_text", False))
+    table = session.scan(DOCUMENT, columns=["doc_id", "metadata", *(["text"] if needs_text else [])])
+    keys = table.column("doc_id").to_pylist()
+    texts = table.column("text").to_pylist() if needs_text else [""] * len(keys)
+    return [key for key, text, metadata in zip(keys, texts, table.column("metadata").to_pylist(), strict=True)
+            if predicate(key, text or "", _metadata(metadata))]
+
+
+def with_text(predicate: Predicate) -> Predicate:
+    """Mark a predicate as reading the record's text (matching_ids then fetches it)."""
+    predicate.needs_text = True  # type: ignore[attr-defined]
+    return predicate
 
 
 def search_records(session: Any, vector: Any, k: int, predicate: Predicate | None = None, *,
@@ -186,4 +190,4 @@ def search_records(session: Any, vector: Any, k: int, predicate: Predicate | Non
 
 
 __all__ = ["SPLITTER", "Predicate", "Record", "WholeText", "delete_records", "get_records", "matching_ids",
-           "new_ids", "search_records", "write_records"]
+           "new_ids", "search_records", "with_text", "write_records"]

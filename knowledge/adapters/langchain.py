@@ -45,6 +45,7 @@ from knowledge.adapters._records import (
     get_records,
     new_ids,
     search_records,
+    with_text,
     write_records,
 )
 from knowledge.adapters.filters import compile_filter
@@ -115,7 +116,8 @@ def _predicate(filter: Any) -> Predicate | None:  # noqa: A002 - LangChain's nam
     if filter is None:
         return None
     if callable(filter):
-        return lambda id_, text, metadata: bool(filter(LCDocument(page_content=text, metadata=metadata, id=id_)))
+        return with_text(lambda id_, text, metadata: bool(filter(LCDocument(page_content=text, metadata=metadata,
+                                                                             id=id_))))
     test = compile_filter(filter)
     return None if test is None else (lambda id_, text, metadata: test(metadata))
 
