@@ -211,7 +211,9 @@ class LLMExtractor:
                            "response_format": {"type": "json_object"}}).encode()
         problem = "no attempt"
         status: int | None = None
+        attempts = 0
         for attempt in range(self.max_retries + 1):
+            attempts += 1
             if attempt:
                 with self._lock:
                     self.usage.retries += 1
@@ -238,7 +240,7 @@ class LLMExtractor:
             if attempt < self.max_retries:
                 time.sleep(wait)
         raise ExtractionFailed(f"OpenIE request to {self.base_url} (model {self.model!r}) failed for chunk "
-                               f"{key[:12]} after {self.max_retries + 1} attempts: {problem}", chunk=key, status=status)
+                               f"{key[:12]} after {attempts} attempt(s): {problem}", chunk=key, status=status)
 
     def _post(self, body: bytes) -> dict[str, Any]:
         headers = {"Content-Type": "application/json"}

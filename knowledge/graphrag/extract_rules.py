@@ -49,7 +49,10 @@ _FUNCTION = frozenset(
     "according both there here what which who whom whose how why where does did do has have had during "
     "since until unlike like although though however however, then thus so some many most one two each "
     "every all any another other such upon into onto over under between among following later today "
-    "despite because once often usually although".split())
+    "despite because once often usually neither either nor none instead meanwhile therefore whereas yet "
+    "still soon eventually finally originally currently formerly subsequently additionally moreover "
+    "furthermore born located known based many several nothing something everything anything everyone "
+    "someone nobody".split())
 _MONTHS = frozenset("january february march april may june july august september october november "
                     "december".split())
 _NUMBER = re.compile(r"\d{4}|\d{1,3}(?:[.,]\d+)*(?:st|nd|rd|th)?")

@@ -12,19 +12,23 @@ Entity types are spaCy's labels (PERSON, ORG, GPE, DATE, ...); CARDINAL, ORDINAL
 QUANTITY and TIME mentions are dropped by default. A leading "the"/"a"/"an" and a trailing "'s" are
 removed from names, so "the American Institute of Physics" and a title "American Institute of
 Physics" are one entity. Batches of at least `parallel_min` chunks are split over `processes` worker
-processes (spawned once per extractor, each loading the model; `close()` ends them).
+processes (spawned once per extractor, each loading the model; `close()` ends them); a script that
+uses them needs the usual `if __name__ == "__main__":` guard, else (workers failing to start) the
+extractor logs a warning and goes on in the calling process.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import multiprocessing
 import os
 import re
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from knowledge.errors import ExtractorUnavailable, InvalidArgument
@@ -51,6 +55,7 @@ _LEADING = re.compile(r"^(?:the|a|an)\s+", re.IGNORECASE)
 _TRAILING = re.compile(r"\s*['’]s?$")
 _OBJECT_DEPS = frozenset({"dobj", "attr", "oprd", "dative"})
 
+log = logging.getLogger(__name__)
 _loaded: dict[tuple[str, bool], Any] = {}
 _load_lock = threading.Lock()
 
@@ -137,8 +142,15 @@ class SpacyExtractor:
         pool = self._executor()
         step = -(-len(chunks) // self.processes)
         parts = [chunks[i:i + step] for i in range(0, len(chunks), step)]
-        futures = [pool.submit(extract_with_spacy, self._config(), part) for part in parts]
-        return [item for future in futures for item in future.result()]
+        try:
+            futures = [pool.submit(extract_with_spacy, self._config(), part) for part in parts]
+            return [item for future in futures for item in future.result()]
+        except (BrokenProcessPool, RuntimeError, OSError) as error:
+            # e.g. a script without an `if __name__ == "__main__":` guard, which spawned workers re-run
+            log.warning("spaCy worker processes failed (%s); extracting in this process from now on", error)
+            self.close()
+            self.processes = 1
+            return extract_with_spacy(self._config(), chunks)
 
     def _executor(self) -> ProcessPoolExecutor:
         with self._pool_lock:

@@ -11,7 +11,10 @@ Guarantees:
 - A new or changed document is written in its batch's single transaction: its old chunks are deleted
   (with their HAS_CHUNK and MENTIONS edges), then the Document, its Chunks, their Entities and the
   HAS_CHUNK / MENTIONS / RELATED edges are upserted. A failure leaves the batch unwritten.
-- Entities are merged by `normalize_entity_name`; `display` keeps the first form seen.
+- Entities are merged by `normalize_entity_name`; `display` and `type` keep the first form seen.
+- Without an `extractor`, `default_extractor()` is used: spaCy NER when the nlp extra is installed,
+  else the rule-based extractor; both take the title as an entity and relate entities that share a
+  sentence. `synonyms` adds SYNONYM edges between close entity embeddings (synonyms.py) as it goes.
 
 Label rule (also in the package docstring): a chunk carries its document's labels; an entity carries the
 union of the labels of every document whose ingestion mentioned it. Since a node is visible when it
@@ -40,11 +43,36 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from knowledge.embed import Embedder, EmbedderUnavailable, normalize_entity_name, passage_text
+from knowledge.embed import (
+    Embedder,
+    EmbedderUnavailable,
+    check_dimension,
+    normalize_entity_name,
+    passage_text,
+)
 from knowledge.errors import InvalidArgument
 from knowledge.graphrag.chunking import SentenceSplitter, Splitter
-from knowledge.graphrag.extract import Extractor, NoExtractor, Triple, clean_triples, match_key
-from knowledge.graphrag.schema import CHUNK, DOCUMENT, ENTITY, HAS_CHUNK, MENTIONS, RELATED, ensure_schema
+from knowledge.graphrag.extract import (
+    COOCCURS,
+    ChunkInput,
+    Extractor,
+    Relation,
+    clean_triples,
+    match_key,
+    run_extractor,
+)
+from knowledge.graphrag.extractors import default_extractor
+from knowledge.graphrag.schema import (
+    CHUNK,
+    DOCUMENT,
+    ENTITY,
+    HAS_CHUNK,
+    MENTIONS,
+    RELATED,
+    SYNONYM,
+    ensure_schema,
+)
+from knowledge.graphrag.synonyms import SynonymConfig, stored_vectors, synonym_config, synonym_edges
 from knowledge.session import Session
 
 BATCH_SIZE = 256
@@ -78,6 +106,7 @@ class IngestReport:
     entities: int = 0
     mentions: int = 0
     relations: int = 0
+    synonyms: int = 0
     lsns: list[int] = field(default_factory=list)
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
@@ -93,8 +122,9 @@ class _Chunk:
     position: int
     text: str
     entities: list[str]          # normalised names (raw names until _chunks normalises them)
-    triples: list[Triple]
+    relations: list[Relation]
     display: dict[str, str] = field(default_factory=dict)   # normalised name -> first form seen
+    types: dict[str, str] = field(default_factory=dict)     # normalised name -> first type seen
 
 
 def chunk_key(doc_id: str, position: int) -> str:
@@ -102,33 +132,45 @@ def chunk_key(doc_id: str, position: int) -> str:
     return f"{doc_id}#{position}"
 
 
-def content_hash(doc: Document, splitter: Splitter, extractor: Extractor, embedder: Embedder) -> str:
+def content_hash(doc: Document, splitter: Splitter, extractor: Extractor, embedder: Embedder,
+                 synonyms: SynonymConfig | None = None) -> str:
     """sha256 over everything that determines what ingestion writes for the document."""
     payload = [doc.title, doc.text, doc.metadata, sorted(doc.labels),
                list(doc.entities) if doc.entities is not None else None,
                [list(t) for t in doc.triples] if doc.triples is not None else None,
                splitter.fingerprint, extractor.name, embedder.name, embedder.dimension]
+    if synonyms is not None:
+        payload.append(synonyms.fingerprint)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def ingest(session: Session, documents: Iterable[Document], *, embedder: Embedder,
            splitter: Splitter | None = None, extractor: Extractor | None = None,
            batch_size: int = BATCH_SIZE, embed_entities: bool | str = "auto",
-           progress: bool | None = None, total: int | None = None) -> IngestReport:
+           progress: bool | None = None, total: int | None = None,
+           synonyms: SynonymConfig | float | bool | None = True) -> IngestReport:
     """Ingest documents in batches of `batch_size`, one transaction per batch that has changes.
+
+    `extractor`: None uses `default_extractor()` (spaCy when installed, else RuleExtractor); pass
+    NoExtractor() for chunks only. `synonyms`: SYNONYM edges between new entities and close stored
+    ones (True: SynonymConfig(); a float: that cosine threshold; None/False: none); they need entity
+    embeddings, so nothing is added when entities are not embedded.
 
     `embed_entities`: True embeds new entity names (normalised) with `embedder`; False stores none;
     "auto" tries and stores none when the embedder cannot (EmbedderUnavailable, e.g. a
     PrecomputedEmbedder without entity vectors). `progress`: tqdm bar (None: only on a TTY and for
     more than 500 documents). Raises InvalidArgument (bad document, duplicate doc_id in a batch,
-    batch_size < 1), EmbedderUnavailable (no vectors for the chunks), SchemaError, ValidationError,
+    batch_size < 1), DimensionMismatch (the embedder's dimension is not the store's Chunk vector[d]),
+    EmbedderUnavailable (no vectors for the chunks), SchemaError, ValidationError,
     PermissionDenied from the store.
     """
     if batch_size < 1:
         raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}")
     splitter = splitter or SentenceSplitter()
-    extractor = extractor or NoExtractor()
+    extractor = extractor if extractor is not None else default_extractor()
+    config = synonym_config(synonyms)
     started = time.perf_counter()
+    check_dimension(session.store, embedder)   # DimensionMismatch naming the embedder and Chunk vector[d]
     ensure_schema(session.store, embedder.dimension)
     report = IngestReport()
     items = list(documents) if total is None and not isinstance(documents, Sequence) else documents
@@ -136,7 +178,7 @@ def ingest(session: Session, documents: Iterable[Document], *, embedder: Embedde
     show = progress if progress is not None else (sys.stderr.isatty() and count > PROGRESS_MIN_DOCUMENTS)
     with tqdm(total=count, unit="doc", disable=not show, desc="ingest") as bar:
         for batch in _batches(items, batch_size):
-            _ingest_batch(session, batch, embedder, splitter, extractor, embed_entities, report)
+            _ingest_batch(session, batch, embedder, splitter, extractor, embed_entities, config, report)
             bar.update(len(batch))
     report.seconds = time.perf_counter() - started
     return report
@@ -167,7 +209,8 @@ def _keys_of(session: Session, table: Any) -> list[Any]:
 
 
 def _ingest_batch(session: Session, batch: list[Document], embedder: Embedder, splitter: Splitter,
-                  extractor: Extractor, embed_entities: bool | str, report: IngestReport) -> None:
+                  extractor: Extractor, embed_entities: bool | str, synonyms: SynonymConfig | None,
+                  report: IngestReport) -> None:
     tick = time.perf_counter()
     for doc in batch:
         _check(doc)
@@ -175,7 +218,7 @@ def _ingest_batch(session: Session, batch: list[Document], embedder: Embedder, s
     if len(set(ids)) != len(ids):
         raise InvalidArgument("a batch holds the same doc_id twice")
     report.documents += len(batch)
-    hashes = {doc.doc_id: content_hash(doc, splitter, extractor, embedder) for doc in batch}
+    hashes = {doc.doc_id: content_hash(doc, splitter, extractor, embedder, synonyms) for doc in batch}
     stored = session.get_many(DOCUMENT, ids, ["content_hash"])
     existing = dict(zip(_keys_of(session, stored), stored.column("content_hash").to_pylist(), strict=True))
     changed = [doc for doc in batch if existing.get(doc.doc_id) != hashes[doc.doc_id]]
@@ -183,9 +226,7 @@ def _ingest_batch(session: Session, batch: list[Document], embedder: Embedder, s
     report.add_time("check", time.perf_counter() - tick)
     if not changed:
         return
-    tick = time.perf_counter()
-    chunks = [c for doc in changed for c in _chunks(doc, splitter, extractor)]
-    report.add_time("split_extract", time.perf_counter() - tick)
+    chunks = _chunks(changed, splitter, extractor, report)
     tick = time.perf_counter()
     vectors = embedder.embed([passage_text(c.doc.title, c.text) if c.doc.title else c.text for c in chunks])
     report.add_time("embed_chunks", time.perf_counter() - tick)
@@ -193,8 +234,11 @@ def _ingest_batch(session: Session, batch: list[Document], embedder: Embedder, s
     old = [d for d in changed if d.doc_id in existing]
     old_chunks = (_keys_of(session, session.scan(CHUNK, where={"doc_id": ("in", [d.doc_id for d in old])},
                                                  columns=[])) if old else [])
-    entity_rows = _entity_rows(session, chunks, embedder, embed_entities, report)
+    entity_rows, fresh = _entity_rows(session, chunks, embedder, embed_entities, report)
     report.add_time("entities", time.perf_counter() - tick)
+    tick = time.perf_counter()
+    synonym_rows = _synonym_rows(session, entity_rows, set(fresh), embedder.dimension, synonyms)
+    report.add_time("synonyms", time.perf_counter() - tick)
     tick = time.perf_counter()
     with session.transaction() as tx:
         if old_chunks:
@@ -204,7 +248,7 @@ def _ingest_batch(session: Session, batch: list[Document], embedder: Embedder, s
                                    for d in changed])
         if chunks:
             tx.upsert_nodes(CHUNK, [{"chunk_id": c.key, "text": c.text, "position": c.position,
-                                     "doc_id": c.doc.doc_id, "embedding": vectors[i],
+                                     "doc_id": c.doc.doc_id, "embedding": vectors[i], "title": c.doc.title,
                                      "_labels": sorted(c.doc.labels)} for i, c in enumerate(chunks)])
             tx.upsert_edges(HAS_CHUNK, [{"src": c.doc.doc_id, "dst": c.key} for c in chunks])
         if entity_rows:
@@ -215,6 +259,8 @@ def _ingest_batch(session: Session, batch: list[Document], embedder: Embedder, s
         related = _related_rows(chunks)
         if related:
             tx.upsert_edges(RELATED, related)
+        if synonym_rows:
+            tx.upsert_edges(SYNONYM, synonym_rows)
     report.lsns.append(int(tx.lsn or 0))
     report.add_time("commit", time.perf_counter() - tick)
     report.written += len(changed)
@@ -222,28 +268,44 @@ def _ingest_batch(session: Session, batch: list[Document], embedder: Embedder, s
     report.chunks_deleted += len(old_chunks)
     report.mentions += len(mentions)
     report.relations += len(related)
+    report.synonyms += len(synonym_rows)
 
 
-def _chunks(doc: Document, splitter: Splitter, extractor: Extractor) -> list[_Chunk]:
-    texts = splitter.split(doc.text)
-    supplied = doc.entities is not None or doc.triples is not None
-    out = []
-    for position, text in enumerate(texts):
-        if supplied:
-            names, triples = [], []
+def _chunks(docs: list[Document], splitter: Splitter, extractor: Extractor,
+            report: IngestReport) -> list[_Chunk]:
+    """The batch's chunks with their entities (normalised) and relations: supplied ones, or the extractor's
+    (run once over every chunk of the batch's documents that supply none)."""
+    tick = time.perf_counter()
+    out: list[_Chunk] = []
+    extract: list[_Chunk] = []
+    for doc in docs:
+        chunks = [_Chunk(chunk_key(doc.doc_id, i), doc, i, text, [], [])
+                  for i, text in enumerate(splitter.split(doc.text))]
+        if doc.entities is not None or doc.triples is not None:
+            if chunks:
+                _attach_supplied(doc, chunks)
         else:
-            names, raw = extractor.extract(text)
-            triples = clean_triples(raw)
-        out.append(_Chunk(chunk_key(doc.doc_id, position), doc, position, text, list(names), triples))
-    if supplied and out:
-        _attach_supplied(doc, out)
+            extract.extend(chunks)
+        out.extend(chunks)
+    report.add_time("split", time.perf_counter() - tick)
+    tick = time.perf_counter()
+    if extract:
+        found = run_extractor(extractor, [ChunkInput(c.text, c.doc.title) for c in extract])
+        for chunk, extraction in zip(extract, found, strict=True):
+            chunk.relations = [r for r in extraction.relations
+                               if all(isinstance(x, str) and x.strip() for x in (r.subject, r.predicate, r.object))]
+            for mention in extraction.entities:
+                if isinstance(mention.name, str) and (key := normalize_entity_name(mention.name)):
+                    chunk.display.setdefault(key, mention.name.strip())
+                    if mention.type:
+                        chunk.types.setdefault(key, mention.type)
+    report.add_time("extract", time.perf_counter() - tick)
     for chunk in out:
-        names = {}
-        for name in [*chunk.entities, *(t[0] for t in chunk.triples), *(t[2] for t in chunk.triples)]:
+        names = chunk.display
+        for name in [*chunk.entities, *(r.subject for r in chunk.relations), *(r.object for r in chunk.relations)]:
             if isinstance(name, str) and (key := normalize_entity_name(name)):
                 names.setdefault(key, name.strip())
         chunk.entities = list(names)
-        chunk.display = names
     return out
 
 
@@ -262,42 +324,50 @@ def _attach_supplied(doc: Document, chunks: list[_Chunk]) -> None:
         if isinstance(name, str) and name.strip():
             for chunk in owners(name):
                 chunk.entities.append(name.strip())
-    for triple in clean_triples(doc.triples):
-        for chunk in owners(triple[0], triple[2]):
-            chunk.triples.append(triple)
+    for s, p, o in clean_triples(doc.triples):
+        for chunk in owners(s, o):
+            chunk.relations.append(Relation(s, p, o))
 
 
 def _entity_rows(session: Session, chunks: list[_Chunk], embedder: Embedder, embed_entities: bool | str,
-                 report: IngestReport) -> list[dict[str, Any]]:
-    """Entity rows to upsert: new entities, and existing ones whose labels grow (label union)."""
+                 report: IngestReport) -> tuple[list[dict[str, Any]], list[str]]:
+    """Entity rows to upsert (new entities, and existing ones whose labels grow: label union) and the keys
+    of the new ones."""
     wanted: dict[str, tuple[str, set[str]]] = {}
+    types: dict[str, str] = {}
     for chunk in chunks:
         for key in chunk.entities:
             display = chunk.display[key]
             wanted.setdefault(key, (display, set()))[1].update(chunk.doc.labels)
+            if key in chunk.types:
+                types.setdefault(key, chunk.types[key])
     if not wanted:
-        return []
-    stored = session.get_many(ENTITY, list(wanted), ["display", "embedding"])
+        return [], []
+    columns = ["display", "embedding", *(["type"] if "type" in session.store.schema.nodes[ENTITY].properties else [])]
+    stored = session.get_many(ENTITY, list(wanted), columns)
     current = {key: row for key, row in zip(_keys_of(session, stored), stored.to_pylist(), strict=True)}
     rows: list[dict[str, Any]] = []
     fresh: list[str] = []
     for key, (display, labels) in wanted.items():
         row = current.get(key)
         if row is None:
-            rows.append({"name": key, "display": display, "embedding": None, "_labels": sorted(labels)})
+            rows.append({"name": key, "display": display, "embedding": None, "type": types.get(key),
+                         "_labels": sorted(labels)})
             fresh.append(key)
         elif not labels <= set(row["_labels"] or ()):
             rows.append({"name": key, "display": row["display"], "embedding": row["embedding"],
-                         "_labels": sorted(labels | set(row["_labels"] or ()))})
+                         "type": row.get("type"), "_labels": sorted(labels | set(row["_labels"] or ()))})
     if fresh and embed_entities:
+        tick = time.perf_counter()
         vectors = _embed_names(embedder, fresh, embed_entities == "auto")
+        report.add_time("embed_entities", time.perf_counter() - tick)
         if vectors is not None:
             by_key = dict(zip(fresh, vectors, strict=True))
             for row in rows:
                 if row["name"] in by_key:
                     row["embedding"] = by_key[row["name"]]
     report.entities += len(fresh)
-    return rows
+    return rows, fresh
 
 
 def _embed_names(embedder: Embedder, names: list[str], tolerant: bool) -> np.ndarray | None:
@@ -310,18 +380,44 @@ def _embed_names(embedder: Embedder, names: list[str], tolerant: bool) -> np.nda
 
 
 def _related_rows(chunks: list[_Chunk]) -> list[dict[str, Any]]:
-    """One RELATED edge per (subject, object) pair, from the first chunk stating it: that chunk's
-    predicates joined by '; ' (never predicates of another chunk, whose labels may differ)."""
-    pairs: dict[tuple[str, str], tuple[list[str], str]] = {}
+    """One RELATED edge per entity pair, from the first chunk relating it: that chunk's predicates joined
+    by '; ' (never predicates of another chunk, whose labels may differ), the sum of its relations'
+    weights and the first provenance sentence. Co-occurrence is undirected: it merges into a stated
+    relation of either direction, and alone it is stored from the smaller name to the larger."""
+    pairs: dict[tuple[str, str], list[Any]] = {}        # unordered pair -> [src, dst, preds, chunk, weight, sentence]
     for chunk in chunks:
-        for subject, predicate, obj in chunk.triples:
-            s, o = normalize_entity_name(subject), normalize_entity_name(obj)
+        for rel in chunk.relations:
+            s, o = normalize_entity_name(rel.subject), normalize_entity_name(rel.object)
             if not s or not o or s == o:
                 continue
-            predicates, owner = pairs.setdefault((s, o), ([], chunk.key))
-            if owner == chunk.key and predicate not in predicates:
-                predicates.append(predicate)
-    return [{"src": s, "dst": o, "relation": "; ".join(p), "chunk_id": c} for (s, o), (p, c) in pairs.items()]
+            pair = (s, o) if s < o else (o, s)
+            entry = pairs.get(pair)
+            if entry is None:
+                entry = pairs[pair] = [pair[0], pair[1], [], chunk.key, 0.0, rel.sentence]
+            if entry[3] != chunk.key:
+                continue
+            if rel.predicate != COOCCURS:
+                if not entry[2]:
+                    entry[0], entry[1] = s, o
+                if rel.predicate not in entry[2]:
+                    entry[2].append(rel.predicate)
+            entry[4] += float(rel.weight)
+            entry[5] = entry[5] or rel.sentence
+    return [{"src": src, "dst": dst, "relation": "; ".join(preds) if preds else COOCCURS, "chunk_id": chunk,
+             "weight": weight, "sentence": sentence} for src, dst, preds, chunk, weight, sentence in pairs.values()]
+
+
+def _synonym_rows(session: Session, entity_rows: list[dict[str, Any]], fresh_keys: set[str], dimension: int,
+                  config: SynonymConfig | None) -> list[dict[str, Any]]:
+    """SYNONYM edges from this batch's new embedded entities to close stored (or new) ones."""
+    if config is None:
+        return []
+    fresh = {row["name"]: np.asarray(row["embedding"], dtype=np.float32) for row in entity_rows
+             if row["name"] in fresh_keys and row["embedding"] is not None}
+    if not fresh:
+        return []
+    keys, matrix = stored_vectors(session, dimension)
+    return synonym_edges(fresh, keys, matrix, config)
 
 
 def delete_documents(session: Session, doc_ids: Iterable[str]) -> int:
