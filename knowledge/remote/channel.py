@@ -104,8 +104,9 @@ class Connection:
         try:
             yield from replies
         except grpc.RpcError as error:
-            if error.code() == grpc.StatusCode.CANCELLED:
-                return
+            if error.code() == grpc.StatusCode.CANCELLED or (
+                    timeout_s is not None and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED):
+                return  # closed by the caller, or the stream's own time is up
             raise status.exception_from(error) from None
         finally:
             replies.cancel()

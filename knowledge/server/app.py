@@ -46,14 +46,25 @@ class Servicer(Reads, Writes, pb_grpc.KnowledgeServicer):
         self.stop = stop
 
     def Changes(self, request: pb.ChangesRequest, context: grpc.ServicerContext) -> Any:
+        """A stream counts as a call in flight (gate and per-principal cap) until it ends; a drain ends it."""
         calls = self.calls
         try:
-            name, principal = calls.principal_name(context)
-            session = calls.session(context, name, principal)
-            yield from stream(session, request.after_lsn, request.follow, self.stop,
-                              self.config.changes_poll_ms / 1000, context.is_active)
+            calls.gate.enter()
         except KnowledgeError as exc:
             status.abort(context, exc)
+        try:
+            name, principal = calls.principal_name(context)
+            calls.limiter.acquire(name)
+            try:
+                session = calls.session(context, name, principal)
+                yield from stream(session, request.after_lsn, request.follow, self.stop,
+                                  self.config.changes_poll_ms / 1000, context.is_active)
+            finally:
+                calls.limiter.release(name)
+        except KnowledgeError as exc:
+            status.abort(context, exc)
+        finally:
+            calls.gate.leave()
 
 
 class KnowledgeServer:

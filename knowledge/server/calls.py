@@ -20,6 +20,7 @@ from knowledge.errors import (
     NotPrimary,
     PermissionDenied,
     ResourceExhausted,
+    SnapshotMoved,
     Unauthenticated,
     Unavailable,
 )

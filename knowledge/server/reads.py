@@ -86,6 +86,8 @@ class Reads:
             raise InvalidArgument(f"refs takes at most {KEYS_PER_CALL_MAX} ids per call")
         refs = []
         for node in request.ids:
+            if node < 0:
+                raise InvalidArgument(f"node ids are >= 0, got {node}")
             try:
                 refs.append(session.ref(int(node)))
             except IndexError:
