@@ -94,8 +94,7 @@ class ReplicationNode:
         invariant(message.to == self.id, f"message for {message.to} delivered to {self.id}")
         if message.epoch > self.epoch:
             self._adopt_epoch(message.epoch, f"saw epoch {message.epoch} from {message.sender}")
-        handler = _HANDLERS[type(message)]
-        handler(self, message)
+        getattr(self, _HANDLERS[type(message)])(message)
 
     def tick(self) -> None:
         """Advance time by one tick: heartbeats, resends, deadlines, timeouts."""
@@ -241,7 +240,15 @@ class ReplicationNode:
             bytes_total += len(entry.payload)
         return out
 
-    # -- replica side ---------------------------------------------------------------------------
+    # -- handlers ---------------------------------------------------------------------------------
+    def _on_subscribe(self, message: Subscribe) -> None:
+        if self._primary is not None:
+            self._primary.on_subscribe(message)
+
+    def _on_append_ack(self, message: AppendAck) -> None:
+        if self._primary is not None:
+            self._primary.on_ack(message)
+
     def _on_append(self, message: Append) -> None:
         if message.epoch < self.epoch:
             self.send(AppendAck(self.id, message.sender, self.epoch, 0, self.applied_lsn))
@@ -398,11 +405,11 @@ class ReplicationNode:
         invariant(self._outstanding is None, "input between ready() and advance()")
 
 
-_HANDLERS = {
-    Append: ReplicationNode._on_append,
-    InstallSnapshot: ReplicationNode._on_snapshot,
-    Prepare: ReplicationNode._on_prepare,
-    Promise: ReplicationNode._on_promise,
-    Subscribe: lambda node, message: node._primary.on_subscribe(message) if node._primary else None,
-    AppendAck: lambda node, message: node._primary.on_ack(message) if node._primary else None,
+_HANDLERS = {  # one handler per message type, looked up by name so a subclass may override one
+    Append: "_on_append",
+    InstallSnapshot: "_on_snapshot",
+    Prepare: "_on_prepare",
+    Promise: "_on_promise",
+    Subscribe: "_on_subscribe",
+    AppendAck: "_on_append_ack",
 }

@@ -2,8 +2,9 @@
 
 One seed fixes everything: the cluster (3-5 nodes in 2-3 zones), the commit policy (unless given)
 and every fault: message delays (so reorders), drops, duplicates, crashes (some between a Ready's
-fsync and its sends), restarts from the durable log, partitions, nodes cut off from the consensus
-store and lease expiry. Clients write to whichever nodes are primary and read on any node with
+fsync and its sends), restarts from the durable log, partitions (some bridged by one node),
+stop-the-world pauses longer than a lease, nodes cut off from the consensus store and early lease
+expiry. Clients write to whichever nodes are primary and read on any node with
 min_lsn. The invariants of sim_check.py are checked after every tick; a calm phase at the end
 (faults healed) checks that the cluster converges. A failure raises SimulationFailure whose text
 holds the replay line and the trace; `replay(text)` reruns it.
@@ -59,6 +60,7 @@ class SimConfig:
     heal: float = 0.03
     kv_cut: float = 0.004
     lease_expiry: float = 0.003
+    pause: float = 0.003
     write: float = 0.5
     read: float = 0.2
     ha_ticks: int = 3
@@ -140,6 +142,7 @@ class Simulator:
         self.reads: list[tuple[str, AckedWrite, int]] = []
         self.writes = self.reads_checked = self.failovers = 0
         self.faults = True
+        self.paused: dict[str, int] = {}  # node -> tick it resumes (a stop-the-world pause)
         for member in self.members.values():
             self._start(member)
 
@@ -180,7 +183,8 @@ class Simulator:
                            {m.id: m.log for m in self.members.values()})
 
     def _live(self) -> list[_Member]:
-        return [m for m in self.members.values() if m.node is not None]
+        """Nodes that are up and not paused."""
+        return [m for m in self.members.values() if m.node is not None and m.id not in self.paused]
 
     def _note(self, line: str) -> None:
         self.trace.append((self.now, line))
@@ -204,6 +208,7 @@ class Simulator:
 
     def _crash(self, member: _Member, why: str) -> None:
         member.node = member.elector = None
+        self.paused.pop(member.id, None)
         member.restart_tick = self.now + self.rng.randint(5, 60)
         self._note(f"crash {member.id} ({why})")
 
@@ -268,6 +273,10 @@ class Simulator:
             member = self.members[message.to]
             if member.node is None or frozenset((message.sender, message.to)) in self.cut:
                 continue
+            if member.id in self.paused:  # it waits in the socket buffer until the pause ends
+                self.sequence += 1
+                heapq.heappush(self.network, (self.paused[member.id], self.sequence, message))
+                continue
             self.trace.append((self.now, message))
             member.node.step(message)
             self._drive(member)
@@ -301,6 +310,16 @@ class Simulator:
             node_id = rng.choice(sorted(self.members))
             self.kv.unreachable ^= {node_id}
             self._note(f"consensus store {'cut from' if node_id in self.kv.unreachable else 'back for'} {node_id}")
+        for node_id, until in list(self.paused.items()):
+            if self.now >= until:
+                del self.paused[node_id]
+                self._note(f"resume {node_id}")
+        if rng.random() < config.pause:
+            primaries = [m.id for m in self._live() if m.node.role is Role.PRIMARY]  # type: ignore[union-attr]
+            node_id = rng.choice(primaries if primaries and rng.random() < 0.7 else sorted(self.members))
+            if self.members[node_id].node is not None and node_id not in self.paused:
+                self.paused[node_id] = self.now + rng.randint(10, 3 * config.lease_ttl_ticks)
+                self._note(f"pause {node_id} until t={self.paused[node_id]}")
         if rng.random() < config.lease_expiry:
             member = rng.choice([m for m in self.members.values()])
             if member.elector is not None and member.elector.lease is not None:
@@ -313,7 +332,7 @@ class Simulator:
             primaries = [m for m in self._live() if m.node.role is Role.PRIMARY]  # type: ignore[union-attr]
             member = rng.choice(primaries if primaries and rng.random() < 0.8
                                 else self._live() or list(self.members.values()))
-            if member.node is not None:
+            if member.node is not None and member.id not in self.paused:
                 self.writes += 1
                 payload = f"w{self.writes}".encode()
                 try:
@@ -339,6 +358,7 @@ class Simulator:
 
     def _calm(self) -> None:
         self.faults = False
+        self.paused = {}
         self.cut = set()
         self.kv.unreachable = set()
         self._note("calm: faults off, partitions healed")

@@ -3,8 +3,8 @@
 - no acknowledged write lost: every live primary's log holds, unchanged and with the same history
   before it, every write acknowledged under its policy in its epoch or earlier;
 - in any epoch at most one node ever accepts writes;
-- every replica's log is a prefix of the current primary's history: the part it verified against
-  the primary of its epoch, and the part it applied (unless that holds a degraded/async commit,
+- every replica's log is a prefix of the current primary's history (the primary of the newest
+  epoch that had one, while it still is): the part it verified against that primary, and the part it applied (unless that holds a degraded/async commit,
   which the policy allowed to be lost);
 - a read with min_lsn never sees less: a read served at a node that applied min_lsn sees the
   acknowledged write there with the same history before it.
@@ -72,7 +72,9 @@ class Checker:
             self._check_no_loss(node_id, epoch, logs[node_id])
         if not primaries:
             return
-        _, current = max(primaries)
+        epoch, current = max(primaries)
+        if epoch != max(self.writers):
+            return  # the newest epoch's primary is down or stepped down: no current primary now
         primary_node = nodes[current]
         primary_log = logs[current]
         for node_id, node in nodes.items():

@@ -19,7 +19,7 @@ from knowledge.replication import sim
 from knowledge.replication.config import NodeConfig
 from knowledge.replication.election import Elector, MemoryKV
 from knowledge.replication.lsn import EpochHistory, EpochStart, Position
-from knowledge.replication.messages import Append, InstallSnapshot, Subscribe
+from knowledge.replication.messages import Append, AppendAck, InstallSnapshot, Subscribe
 from knowledge.replication.node import ReplicationNode, Role
 from knowledge.replication.policy import CommitPolicy, parse_policy
 from knowledge.replication.ready import COMMITTED, OUTCOME_UNKNOWN
@@ -432,7 +432,6 @@ class _LyingReplica(ReplicationNode):
 
     def _on_append(self, message):
         if message.epoch == self.epoch and message.entries and not self.history.matches(message.prev):
-            from knowledge.replication.messages import AppendAck
             self.send(AppendAck(self.id, message.sender, self.epoch, message.entries[-1].lsn, self.applied_lsn))
             return
         super()._on_append(message)
@@ -443,6 +442,10 @@ class _EarlyPolicy(CommitPolicy):
 
     def satisfied(self, durable, primary, zones):
         return primary in durable
+
+    def election_quorum(self, heard, zones):
+        honest = CommitPolicy(self.kind, self.count, self.degrade, self.deadline_ms)
+        return honest.election_quorum(heard, zones)
 
 
 class _LoneElections(CommitPolicy):
@@ -459,6 +462,34 @@ class _LocalEpochs(ReplicationNode):
         return super().campaign(self.epoch + 1)
 
 
+class _NoTruncation(ReplicationNode):
+    """A replica that keeps its own record where the primary's conflicts with it."""
+
+    def _truncate_after(self, lsn):
+        raise _KeepMine
+
+
+class _KeepMine(Exception):
+    pass
+
+
+class _KeepsConflicts(_NoTruncation):
+    def _on_append(self, message):
+        try:
+            super()._on_append(message)
+        except _KeepMine:
+            self.synced_lsn = max(self.synced_lsn, min(message.prev.lsn + len(message.entries),
+                                                       self.history.last_lsn))
+            self.send(AppendAck(self.id, message.sender, self.epoch, self.synced_lsn, self.applied_lsn))
+
+
+class _EagerReads(ReplicationNode):
+    """Serves a min_lsn read once the record is durable, before it is applied."""
+
+    def can_read(self, min_lsn):
+        return self.durable_lsn >= min_lsn.lsn
+
+
 def _with_policy(policy_type):
     def factory(config, log, rng):
         policy = policy_type(config.policy.kind, config.policy.count, config.policy.degrade,
@@ -470,30 +501,35 @@ def _with_policy(policy_type):
 sim.VARIANTS.update({
     "no_fencing": lambda config, log, rng: _NoFencing(config, log, log.durable_state(), rng),
     "lying_replica": lambda config, log, rng: _LyingReplica(config, log, log.durable_state(), rng),
+    "keeps_conflicts": lambda config, log, rng: _KeepsConflicts(config, log, log.durable_state(), rng),
+    "eager_reads": lambda config, log, rng: _EagerReads(config, log, log.durable_state(), rng),
     "local_epochs": lambda config, log, rng: _LocalEpochs(config, log, log.durable_state(), rng),
     "early_policy": _with_policy(_EarlyPolicy),
     "lone_elections": _with_policy(_LoneElections),
 })
 
 
-def _first_failure(variant: str, policy: str, seeds: int = 300) -> sim.SimulationFailure:
+def _first_failure(variant: str, policy: str, seeds: int = 300, **faults: float) -> sim.SimulationFailure:
     for seed in range(seeds):
         try:
-            sim.run_seed(seed, variant=variant, policy=policy, **SHORT)
+            sim.run_seed(seed, variant=variant, policy=policy, **SHORT, **faults)
         except sim.SimulationFailure as failure:
             return failure
     pytest.fail(f"variant {variant} survived {seeds} seeds: the checker cannot see its bug")
 
 
-@pytest.mark.parametrize("variant, policy, caught", [
-    ("no_fencing", "sync(1)", ("no acknowledged write lost", "prefix", "two nodes act")),
-    ("lying_replica", "sync(1)", ("no acknowledged write lost", "prefix", "min_lsn")),
-    ("early_policy", "sync(1)", ("no acknowledged write lost", "prefix", "min_lsn")),
-    ("lone_elections", "sync(1)", ("no acknowledged write lost", "prefix", "min_lsn")),
-    ("local_epochs", "all", ("one writer per epoch", "two nodes act")),
+@pytest.mark.parametrize("variant, policy, faults, caught", [
+    # a paused primary that wakes up after a failover is what fencing is for
+    ("no_fencing", "sync(1)", {"pause": 0.03}, ("no acknowledged write lost", "prefix of the primary")),
+    ("lying_replica", "sync(1)", {}, ("no acknowledged write lost",)),
+    ("early_policy", "sync(1)", {}, ("no acknowledged write lost",)),
+    ("lone_elections", "sync(1)", {}, ("no acknowledged write lost",)),
+    ("keeps_conflicts", "sync(1)", {}, ("prefix of the primary",)),
+    ("eager_reads", "sync(1)", {}, ("read with min_lsn never sees less",)),
+    ("local_epochs", "all", {}, ("one writer per epoch", "two nodes act")),
 ])
-def test_the_checker_catches_a_broken_variant(variant, policy, caught):
-    failure = _first_failure(variant, policy)
+def test_the_checker_catches_a_broken_variant(variant, policy, faults, caught):
+    failure = _first_failure(variant, policy, **faults)
     text = str(failure)
     assert any(name in failure.reason for name in caught), failure.reason
     assert "replay: " in text and "trace (last" in text and "t=" in text
