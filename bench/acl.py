@@ -26,7 +26,7 @@ from common import HERE, latencies_us, machine, replace_section, summary_us, wri
 
 import knowledge  # noqa: E402
 from knowledge import Principal  # noqa: E402
-from knowledge.vectors import VectorConfig  # noqa: E402
+from knowledge.config import VectorConfig  # noqa: E402
 
 LEVELS = {"100%": "all", "10%": "p10", "1%": "p1"}
 

@@ -35,7 +35,7 @@ from vectors import K, labels_for, real  # noqa: E402
 
 import knowledge  # noqa: E402
 from knowledge import Principal  # noqa: E402
-from knowledge.vectors import VectorConfig  # noqa: E402
+from knowledge.config import VectorConfig  # noqa: E402
 
 THREADS = (1, 2)
 

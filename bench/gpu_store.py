@@ -28,8 +28,9 @@ from typing import Any
 import faiss
 import numpy as np
 
+from knowledge.config import VectorConfig
+from knowledge.index.vectors import VectorIndex
 from knowledge.kernels import gpu_available
-from knowledge.vectors import VectorConfig, VectorIndex
 
 
 def lowrank(rng: np.random.Generator, n: int, d: int, rank: int = 48) -> np.ndarray:

@@ -29,9 +29,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import HERE, latencies_us, machine, replace_section, summary_us, write_json  # noqa: E402
 
 import knowledge  # noqa: E402
-from knowledge.ops import Op, OpKind, encode_ops  # noqa: E402
-from knowledge.rows import NodeRows  # noqa: E402
-from knowledge.wal.record import Record, encode  # noqa: E402
+from knowledge.storage.ops import Op, OpKind, encode_ops  # noqa: E402
+from knowledge.storage.rows import NodeRows  # noqa: E402
+from knowledge.storage.wal.record import Record, encode  # noqa: E402
 
 BATCH_ROWS = 100_000
 

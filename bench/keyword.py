@@ -4,7 +4,7 @@
 
 Corpus: the 2Wiki passages (6,119 {title, text}); --scale N repeats them N times under new ids
 (to see 100k-doc behaviour). Queries: passage titles plus 4-word snippets of random passages.
-Measures, for knowledge.keyword.KeywordIndex:
+Measures, for knowledge.index.keyword.KeywordIndex:
 - bulk build (one upsert call) and incremental build (one upsert per document) in docs/s;
 - query latency p50/p99 unmasked and with a random 50% visibility mask (statistics over the
   visible docs only);
@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import latencies_us, percentile  # noqa: E402
 
-from knowledge.keyword import KeywordIndex, tokenize  # noqa: E402
+from knowledge.index.keyword import KeywordIndex, tokenize  # noqa: E402
 
 CORPUS = "/work/shared/data/2wikimultihopqa-corpus-hipporag/2wikimultihopqa_corpus.json"
 

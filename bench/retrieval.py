@@ -35,10 +35,10 @@ import common  # noqa: E402
 import embed_cache  # noqa: E402
 
 import knowledge  # noqa: E402
+from knowledge.access.principal import Principal  # noqa: E402
 from knowledge.embed import DEFAULT_MODEL_NAME, PrecomputedEmbedder  # noqa: E402
 from knowledge.graphrag import Document, GraphParams, SentenceSplitter, ingest, retrieve  # noqa: E402
 from knowledge.graphrag.extract import CapitalizedExtractor  # noqa: E402
-from knowledge.principal import Principal  # noqa: E402
 
 DATA = embed_cache.DATA_DIR
 MODES = ("vector", "keyword", "hybrid", "graph")

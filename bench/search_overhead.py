@@ -30,7 +30,7 @@ from common import machine, publish  # noqa: E402
 from vectors import K, build_store, labels_for, real  # noqa: E402
 
 from knowledge import Principal  # noqa: E402
-from knowledge.session import _ranked_table  # noqa: E402
+from knowledge.session_search import _ranked_table  # noqa: E402
 
 STEPS = ("lock", "target", "query_vector", "visible", "plan", "scan", "lock again", "keys", "Arrow table",
          "audit")
@@ -43,7 +43,7 @@ def stages(store, session, queries: np.ndarray, passes: int) -> tuple[dict[str, 
     spent: dict[str, list[int]] = {step: [] for step in STEPS}
     scan: list[int] = []
     clock = time.perf_counter_ns
-    state = store._state
+    state = store.state_lock
     for number in range(passes):
         for query in queries:
             marks = [clock()]

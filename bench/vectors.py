@@ -44,7 +44,7 @@ from common import machine, publish  # noqa: E402
 
 import knowledge  # noqa: E402
 from knowledge import Principal  # noqa: E402
-from knowledge.session import _ranked_table  # noqa: E402
+from knowledge.session_search import _ranked_table  # noqa: E402
 
 SELECTIVITIES = (1.0, 0.1, 0.01, 0.001)
 EF_SWEEP = (64, 128, 256, 512, 1024, 2048)
@@ -121,7 +121,7 @@ def arrow_result(distances: np.ndarray, labels: np.ndarray, keys: list[str]) -> 
 
 
 def build_store(path: str, base: np.ndarray, labels: list[list[str]], kind: str) -> knowledge.Store:
-    config = knowledge.StoreConfig(vectors=knowledge.vectors.VectorConfig(kind=kind))
+    config = knowledge.StoreConfig(vectors=knowledge.index.vectors.VectorConfig(kind=kind))
     store = knowledge.open(path, config=config)
     store.define_node_type("Doc", key="id", properties={"emb": {"type": f"vector[{base.shape[1]}]",
                                                                 "metric": "cosine"}})

@@ -5,7 +5,38 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from knowledge.errors import InvalidArgument
-from knowledge.vectors import VectorConfig
+
+
+@dataclass(frozen=True, slots=True)
+class VectorConfig:
+    """Index and planner settings (per store)."""
+
+    hnsw_rows_min: int = 50_000        # live rows from which HNSW is built in the background ("auto" kind)
+    hnsw_tail_rows_max: int = 4096     # rows past the HNSW graph (searched exactly) before it is extended
+    tombstone_fraction_max: float = 0.2  # dead rows, as a fraction of all, from which a checkpoint compacts
+    kind: str = "auto"                 # "auto", "flat" or "hnsw"
+    hnsw_m: int = 32
+    ef_construction: int = 80
+    ef_search: int = 160
+    ef_search_max: int = 2048
+    gather_fraction: float = 0.05
+    gather_rows_min: int = 4096
+    device: str = "auto"               # exact scans on "cpu", "gpu", or the GPU when one is usable ("auto")
+    gpu_memory_fraction_max: float = 0.5  # an index's rows go to the GPU only within this share of its memory
+    gpu_rows_min: int = 32_768         # with device "auto", smaller indexes scan on the CPU (a GPU search
+                                       # costs ~0.65 ms fixed on an H200: bench/RESULTS.md)
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "gpu"):
+            raise InvalidArgument(f"vector device must be auto, cpu or gpu, not {self.device!r}")
+        if self.gpu_rows_min < 0:
+            raise InvalidArgument(f"vector gpu_rows_min must be >= 0, not {self.gpu_rows_min!r}")
+        if not 0 < self.gpu_memory_fraction_max <= 1:
+            raise InvalidArgument(f"vector gpu_memory_fraction_max must be in (0, 1], not {self.gpu_memory_fraction_max!r}")
+        if self.kind not in ("auto", "flat", "hnsw"):
+            raise InvalidArgument(f"vector index kind must be auto, flat or hnsw, not {self.kind!r}")
+        if not 0 < self.tombstone_fraction_max <= 1 or self.hnsw_tail_rows_max < 0:
+            raise InvalidArgument("vector tombstone_fraction_max must be in (0, 1] and hnsw_tail_rows_max >= 0")
 
 
 @dataclass(frozen=True, slots=True)

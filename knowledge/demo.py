@@ -28,9 +28,9 @@ import numpy as np
 import pyarrow as pa
 
 import knowledge
+from knowledge.access.principal import Principal
 from knowledge.embed import DEFAULT_MODEL_NAME, PrecomputedEmbedder, passage_text
 from knowledge.graphrag import Document, SentenceSplitter, ingest
-from knowledge.principal import Principal
 from knowledge.session import Session
 
 SCHEMA: dict[str, Any] = {

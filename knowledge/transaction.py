@@ -6,8 +6,8 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from knowledge.errors import KnowledgeError, UnknownType
-from knowledge.rows import is_small, node_rows
-from knowledge.values import Rows, edge_batch, node_batch
+from knowledge.storage.rows import is_small, node_rows
+from knowledge.storage.values import Rows, edge_batch, node_batch
 
 if TYPE_CHECKING:
     from knowledge.session import Session

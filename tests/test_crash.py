@@ -23,8 +23,8 @@ import pytest
 
 import knowledge
 from knowledge.errors import CorruptionError, NotFound, StoreLocked
-from knowledge.wal.log import list_segments, scan_segment
-from knowledge.wal.record import HEADER_BYTES
+from knowledge.storage.wal.log import list_segments, scan_segment
+from knowledge.storage.wal.record import HEADER_BYTES
 
 KEYS = [f"r{i}" for i in range(24)]
 TIMEOUT_S = 60.0

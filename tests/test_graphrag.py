@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import knowledge
+from knowledge.access.principal import Principal
 from knowledge.embed import EmbedderUnavailable, PrecomputedEmbedder
 from knowledge.errors import InvalidArgument, UnknownType
 from knowledge.graphrag import (
@@ -27,7 +28,6 @@ from knowledge.graphrag import (
     rrf,
 )
 from knowledge.graphrag.extract import CapitalizedExtractor, NameMatcher
-from knowledge.principal import Principal
 
 try:
     from networkx.algorithms.link_analysis.pagerank_alg import _pagerank_python

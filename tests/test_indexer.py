@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from knowledge.indexer import IndexBuilder
+from knowledge.index.indexer import IndexBuilder
 
 
 class Recorder:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from knowledge.keyword import K_MAX, KeywordIndex, KeywordIndexError, tokenize
+from knowledge.index.keyword import K_MAX, KeywordIndex, KeywordIndexError, tokenize
 
 
 def build(docs: dict[int, str], **kwargs) -> KeywordIndex:

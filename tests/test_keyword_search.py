@@ -79,7 +79,7 @@ def _scores(session, query="graph databases"):
 
 def test_checkpoint_snapshot_is_loaded_with_the_tail_replayed(tmp_path, monkeypatch, caplog):
     import knowledge
-    from knowledge import loading
+    from knowledge.storage import loading
 
     path = str(tmp_path / "kw")
     with knowledge.open(path) as store:

@@ -7,8 +7,9 @@ import mmap
 import numpy as np
 import pytest
 
-from knowledge.row_buffer import HUGE_PAGE_BYTES, row_buffer, rows_copy
-from knowledge.vectors import VectorConfig, VectorIndex
+from knowledge.config import VectorConfig
+from knowledge.index.row_buffer import HUGE_PAGE_BYTES, row_buffer, rows_copy
+from knowledge.index.vectors import VectorIndex
 
 HAS_ADVICE = hasattr(mmap, "MADV_HUGEPAGE")
 

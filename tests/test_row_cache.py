@@ -10,7 +10,7 @@ import pytest
 import knowledge
 from knowledge import Principal
 from knowledge.errors import NotFound
-from knowledge.row_cache import PUT_ROWS_MAX, RowCache
+from knowledge.storage.row_cache import PUT_ROWS_MAX, RowCache
 
 
 def _row(node: int, value: str) -> pa.Table:

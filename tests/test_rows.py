@@ -1,4 +1,4 @@
-"""The small-batch Python row path (knowledge/rows.py) against the Arrow path it stands in for.
+"""The small-batch Python row path (knowledge/storage/rows.py) against the Arrow path it stands in for.
 
 For any dict rows, valid or not, `node_rows` must raise what `node_batch` raises (class, row, field)
 or build exactly the table `node_batch` builds; and a store must read back the same values whichever
@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 import knowledge
 from knowledge.config import StoreConfig
 from knowledge.errors import ValidationError
-from knowledge.ops import OpKind, decode_ops, encode_ops
-from knowledge.rows import SMALL_ROWS_MAX, NodeRows, is_small, node_rows
-from knowledge.schema import NodeType
-from knowledge.values import node_batch
+from knowledge.storage.ops import OpKind, decode_ops, encode_ops
+from knowledge.storage.rows import SMALL_ROWS_MAX, NodeRows, is_small, node_rows
+from knowledge.storage.schema import NodeType
+from knowledge.storage.values import node_batch
 
 NODE = NodeType.build("Doc", "k", {
     "n": "int", "x": "float", "ok": "bool", "title": "str", "body": "text", "at": "timestamp",
@@ -97,7 +97,7 @@ def _same(a, b) -> bool:
 
 
 def _op(rows: NodeRows):
-    from knowledge.ops import Op
+    from knowledge.storage.ops import Op
     return Op(OpKind.UPSERT_NODES, "Doc", rows=rows.with_ids(list(range(len(rows)))))
 
 

@@ -10,8 +10,8 @@ import pytest
 import knowledge
 import knowledge.session
 from knowledge import Principal
-from knowledge import vectors as vectors_module
-from knowledge.vectors import VectorConfig
+from knowledge.config import VectorConfig
+from knowledge.index import vectors as vectors_module
 
 DIM = 8
 GROUP = 30  # nodes a0.. and b0..: at every LSN one group carries label "x", the other "y"

@@ -13,9 +13,10 @@ import pytest
 
 import knowledge
 from knowledge import Principal
+from knowledge.config import VectorConfig
 from knowledge.errors import InvalidArgument
+from knowledge.index.vectors import VectorIndex
 from knowledge.kernels import gpu_available
-from knowledge.vectors import VectorConfig, VectorIndex
 
 GPU_OK, GPU_REASON = gpu_available()
 requires_gpu = pytest.mark.skipif(not GPU_OK, reason=f"no usable GPU for the CuPy path: {GPU_REASON}")
@@ -137,7 +138,7 @@ def test_index_beyond_the_gpu_memory_share_moves_to_the_cpu(caplog):
     rows = integer_rows(rng, 2000)
     cpu, gpu = twin_indexes("l2", "flat", rows, gpu_memory_fraction_max=1e-9)
     q = rows[5]
-    with caplog.at_level(logging.WARNING, logger="knowledge.vectors"):
+    with caplog.at_level(logging.WARNING, logger="knowledge.index.vectors"):
         g_ids, _, _ = gpu.search(q, 10, None)
     assert "exceeds" in caplog.text and not gpu.use_gpu
     np.testing.assert_array_equal(g_ids, cpu.search(q, 10, None)[0])

@@ -12,8 +12,9 @@ import pytest
 
 import knowledge
 from knowledge import Principal
+from knowledge.config import VectorConfig
 from knowledge.errors import InvalidArgument, TypeMismatch, UnknownType
-from knowledge.vectors import VectorConfig, VectorIndex
+from knowledge.index.vectors import VectorIndex
 
 DIM = 16
 
@@ -236,8 +237,8 @@ def test_fast_paths_give_what_the_general_path_gives(tmp_path, monkeypatch, metr
     """Unfiltered searches keep faiss's order when nothing ties and build the table from buffers; forcing
     the general path (re-ranking by (score, id), Arrow type inference) must give identical tables, for
     principals that see everything (admin, all labels) and for one that sees a subset."""
-    from knowledge import session as session_module
-    from knowledge import vectors as vectors_module
+    from knowledge import session_search as session_module
+    from knowledge.index import vectors as vectors_module
 
     config = VectorConfig(kind=kind, gather_rows_min=16, hnsw_m=16, ef_search=64)
     store, vectors, rng = make(str(tmp_path / "s"), metric, config=config, rows=1500)
@@ -298,7 +299,7 @@ def test_query_vector_matches_prepare_and_rejects_bad_vectors():
 
 
 def test_ranked_table_from_buffers_equals_type_inference():
-    from knowledge.session import RANKED_KEYS_BUILT_MAX, _ranked_table
+    from knowledge.session_search import RANKED_KEYS_BUILT_MAX, _ranked_table
 
     rng = np.random.default_rng(4)
     for count in (0, 1, 7, RANKED_KEYS_BUILT_MAX, RANKED_KEYS_BUILT_MAX + 1):
@@ -364,8 +365,8 @@ class _Blocker:
 
 
 def test_a_build_that_a_compaction_overtook_is_dropped():
-    from knowledge.vector_jobs import hnsw_job
-    from knowledge.vectors import VectorIndex
+    from knowledge.index.vector_jobs import hnsw_job
+    from knowledge.index.vectors import VectorIndex
 
     index = VectorIndex(DIM, "cosine", VectorConfig(kind="hnsw"))
     rng = np.random.default_rng(3)

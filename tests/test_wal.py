@@ -1,4 +1,4 @@
-"""Unit tests of the write-ahead log (knowledge/wal): framing, LSNs, segments, retention, group commit."""
+"""Unit tests of the write-ahead log (knowledge/storage/wal): framing, LSNs, segments, retention, group commit."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import threading
 import pytest
 
 from knowledge.errors import CorruptionError, InvariantViolation
-from knowledge.wal import Record, WriteAheadLog
-from knowledge.wal import record as frames
-from knowledge.wal.log import list_segments
-from knowledge.wal.segments import parse_segment_name, segment_name
+from knowledge.storage.wal import Record, WriteAheadLog
+from knowledge.storage.wal import record as frames
+from knowledge.storage.wal.log import list_segments
+from knowledge.storage.wal.segments import parse_segment_name, segment_name
 
 
 def _payload(i: int, size: int = 24) -> bytes:
@@ -528,13 +528,13 @@ def test_parse_segment_name_rejects_junk(name):
 
 
 def test_parse_segment_name_rejects_a_trailing_newline():
-    """CORE BUG (knowledge/wal/segments.py, _NAME): `$` also matches before a final newline, so the
+    """CORE BUG (knowledge/storage/wal/segments.py, _NAME): `$` also matches before a final newline, so the
     junk name "0000000000000001.wal\\n" is accepted as segment 1. Fix: use `_NAME.fullmatch` (or `\\Z`)."""
     assert parse_segment_name("0000000000000001.wal\n") is None
 
 
 def test_position_orders_by_epoch_then_lsn():
-    from knowledge.position import Position
+    from knowledge.storage.position import Position
     assert Position(1, 9) < Position(2, 1) < Position(2, 3)
     assert str(Position(2, 3)) == "2/3" and Position.parse("2/3") == Position(2, 3)
     assert Position(0, 0).is_zero()
@@ -543,7 +543,7 @@ def test_position_orders_by_epoch_then_lsn():
 
 
 def test_preallocation_off_writes_frames_only(tmp_path, monkeypatch):
-    from knowledge.wal import log as wal_log
+    from knowledge.storage.wal import log as wal_log
 
     writes: list[int] = []
     pwrite = os.pwrite

@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 
 import knowledge
 from knowledge.errors import CorruptionError, MissingEndpoint, NotFound
-from knowledge.ops import FLAG_ROWS, Op, OpKind, decode_ops, encode_ops
-from knowledge.rows import NodeRows
-from knowledge.wal import Record, WriteAheadLog
-from knowledge.wal import record as frames
-from knowledge.wal.segments import segment_name
+from knowledge.storage.ops import FLAG_ROWS, Op, OpKind, decode_ops, encode_ops
+from knowledge.storage.rows import NodeRows
+from knowledge.storage.wal import Record, WriteAheadLog
+from knowledge.storage.wal import record as frames
+from knowledge.storage.wal.segments import segment_name
 
 SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 U64 = st.integers(min_value=0, max_value=2**64 - 1)
@@ -111,7 +111,7 @@ def test_truncation_anywhere_recovers_the_whole_record_prefix(payloads, data):
 def test_bit_flip_before_the_last_record_raises_corruption(payloads, data):
     """A flipped bit in any record but the last must raise CorruptionError at that record's offset.
 
-    FAILS ON A CORE BUG (knowledge/wal/log.py, _is_tail_damage): a flip in the `payload_bytes` header
+    FAILS ON A CORE BUG (knowledge/storage/wal/log.py, _is_tail_damage): a flip in the `payload_bytes` header
     field that makes the frame claim to run past the end of the file is taken for a torn tail, so
     recovery silently truncates that record and every acknowledged record after it.
     """
@@ -167,7 +167,7 @@ def test_bit_flip_in_the_last_record_is_a_torn_tail_or_corruption(payloads, data
 
 @pytest.mark.parametrize("bit", [20, 31])
 def test_length_bit_flip_in_an_early_record_is_not_a_torn_tail(tmp_path, bit):
-    """CORE BUG reproducer (knowledge/wal/log.py, _is_tail_damage, the `exc.torn` and `payload_bytes`
+    """CORE BUG reproducer (knowledge/storage/wal/log.py, _is_tail_damage, the `exc.torn` and `payload_bytes`
     branches): flipping one high bit of the payload length of record 1 of 5 makes recovery treat the
     whole log as a torn tail and truncate it to zero bytes -- every acknowledged record is lost and
     the file is modified, instead of CorruptionError(segment, offset 0)."""

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from knowledge.errors import BackupError
-from knowledge.wal.log import fsync_directory, list_segments
+from knowledge.storage.engine import MARKER, is_store
+from knowledge.storage.wal.log import fsync_directory, list_segments
 
 if TYPE_CHECKING:
-    from knowledge.store import Store
+    from knowledge.storage.engine import Engine
 
 MANIFEST = "BACKUP"
 
@@ -51,28 +53,29 @@ def _publish(staging: str, destination: str) -> None:
     fsync_directory(os.path.dirname(destination))
 
 
-def backup_store(store: Store, destination: str) -> int:
-    """Copy `store` to `destination` consistently at one LSN (commits wait meanwhile); return the LSN."""
+def backup_store(engine: Engine, destination: str) -> int:
+    """Copy the store `engine` serves to `destination` consistently at one LSN (commits wait
+    meanwhile); return the LSN."""
     staging = _prepare_destination(destination)
     try:
-        with store._stage_lock:
-            lsn = store.memory_lsn
-            store.wait_applied(lsn)
-            store.tables.checkpoint()
+        with engine.stage_lock:
+            lsn = engine.memory_lsn
+            engine.wait_applied(lsn)
+            engine.tables.checkpoint()
             os.makedirs(os.path.join(staging, "wal"))
-            with store.tables.lock:
-                shutil.copyfile(os.path.join(store.path, "state.duckdb"), os.path.join(staging, "state.duckdb"))
-            shutil.copyfile(os.path.join(store.path, "STORE"), os.path.join(staging, "STORE"))
-            snapshots = os.path.join(store.path, "snapshots")
+            with engine.tables.lock:
+                shutil.copyfile(os.path.join(engine.path, "state.duckdb"), os.path.join(staging, "state.duckdb"))
+            shutil.copyfile(os.path.join(engine.path, MARKER), os.path.join(staging, MARKER))
+            snapshots = os.path.join(engine.path, "snapshots")
             if os.path.isdir(snapshots):  # index snapshots: written under the same lock, so consistent
                 shutil.copytree(snapshots, os.path.join(staging, "snapshots"),
                                 ignore=shutil.ignore_patterns("*.tmp"))
-            for segment in list_segments(os.path.join(store.path, "wal")):
+            for segment in list_segments(os.path.join(engine.path, "wal")):
                 target = os.path.join(staging, "wal", os.path.basename(segment.path))
                 with open(segment.path, "rb") as src, open(target, "wb") as dst:
                     shutil.copyfileobj(src, dst)
         with open(os.path.join(staging, MANIFEST), "w") as f:
-            f.write(f"lsn={lsn}\nepoch={store.epoch}\n")
+            f.write(f"lsn={lsn}\nepoch={engine.epoch}\n")
         _publish(staging, os.path.abspath(destination))
     except BackupError:
         raise
@@ -82,20 +85,18 @@ def backup_store(store: Store, destination: str) -> int:
     return lsn
 
 
-def restore_store(source: str, destination: str) -> int:
+def restore_store(source: str, destination: str, verify: Callable[[str], int]) -> int:
     """Copy the backup at `source` to a new store directory `destination`; return the LSN it holds.
 
-    The copy is opened once (replaying its WAL) to prove it is a valid store before it is published.
+    `verify(path)` opens the copy once (replaying its WAL) to prove it is a valid store before it is
+    published, and returns the LSN it holds (`knowledge/store.py:restore_store` passes an open).
     """
-    from knowledge.store import Store, is_store
-
     if not is_store(source) or not os.path.isfile(os.path.join(source, "state.duckdb")):
         raise BackupError(f"{source!r} holds no backup (no STORE marker and state.duckdb)")
     staging = _prepare_destination(destination)
     try:
         shutil.copytree(source, staging, ignore=shutil.ignore_patterns("LOCK", MANIFEST))
-        with Store(staging, create=False) as restored:
-            lsn = restored.memory_lsn
+        lsn = verify(staging)
         os.unlink(os.path.join(staging, "LOCK"))
         _publish(staging, os.path.abspath(destination))
     except BaseException as exc:

@@ -18,6 +18,12 @@ Planner, for an allowed-node mask (visibility & where-filter & has-vector):
   when HNSW returns fewer than k allowed rows the search falls back to the exact gather.
 Cosine vectors are stored normalised and searched by inner product; scores are similarities
 (higher is better) for cosine and ip, squared distances (lower is better) for l2.
+
+Why one module of ~500 lines: `VectorIndex` is one object whose row arrays, tombstones, HNSW graph and
+device copy every method reads together; the planner, the search paths, the background-build
+handshake and the snapshot each touch all of them, so splitting it would spread one invariant (the
+rows a search sees are the rows it ranks) over several files. Its parts that stand alone are apart:
+jobs (`vector_jobs.py`), the device copy (`vector_device.py`), row buffers (`row_buffer.py`).
 """
 
 from __future__ import annotations
@@ -27,60 +33,28 @@ import itertools
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import faiss
 import numpy as np
 
+from knowledge.config import VectorConfig
 from knowledge.errors import InvalidArgument
+from knowledge.index.row_buffer import rows_copy
+from knowledge.index.snapshot_file import read_snapshot, write_snapshot
+from knowledge.index.vector_device import DeviceRows
 from knowledge.kernels import gpu_available
-from knowledge.row_buffer import rows_copy
-from knowledge.snapshot_file import read_snapshot, write_snapshot
-from knowledge.vector_device import DeviceRows
 
 try:  # what np.einsum calls (optimize=False), without its dispatch wrapper: a fixed cost per query
     from numpy._core.multiarray import c_einsum as _einsum
 except ImportError:  # pragma: no cover - numpy < 2
     _einsum = np.einsum
 
-log = logging.getLogger("knowledge.vectors")
+log = logging.getLogger("knowledge.index.vectors")
 SNAPSHOT_VERSION = 2  # 2: snapshot_file framing, tombstones kept (the live array)
 GATHER_COST_PER_ROW = 4  # a gathered row costs a copy and a dot product; measured ~4 HNSW node visits
 GATHER_FRACTION_MAX = 0.015  # above this share of rows, a selector scan in place beats copying the rows out
 SMALL_RESULT_ROWS = 64  # up to this k, a faiss result row is checked in Python (cheaper than numpy calls)
-
-
-@dataclass(frozen=True, slots=True)
-class VectorConfig:
-    """Index and planner settings (per store)."""
-
-    hnsw_rows_min: int = 50_000        # live rows from which HNSW is built in the background ("auto" kind)
-    hnsw_tail_rows_max: int = 4096     # rows past the HNSW graph (searched exactly) before it is extended
-    tombstone_fraction_max: float = 0.2  # dead rows, as a fraction of all, from which a checkpoint compacts
-    kind: str = "auto"                 # "auto", "flat" or "hnsw"
-    hnsw_m: int = 32
-    ef_construction: int = 80
-    ef_search: int = 160
-    ef_search_max: int = 2048
-    gather_fraction: float = 0.05
-    gather_rows_min: int = 4096
-    device: str = "auto"               # exact scans on "cpu", "gpu", or the GPU when one is usable ("auto")
-    gpu_memory_fraction_max: float = 0.5  # an index's rows go to the GPU only within this share of its memory
-    gpu_rows_min: int = 32_768         # with device "auto", smaller indexes scan on the CPU (a GPU search
-                                       # costs ~0.65 ms fixed on an H200: bench/RESULTS.md)
-
-    def __post_init__(self) -> None:
-        if self.device not in ("auto", "cpu", "gpu"):
-            raise InvalidArgument(f"vector device must be auto, cpu or gpu, not {self.device!r}")
-        if self.gpu_rows_min < 0:
-            raise InvalidArgument(f"vector gpu_rows_min must be >= 0, not {self.gpu_rows_min!r}")
-        if not 0 < self.gpu_memory_fraction_max <= 1:
-            raise InvalidArgument(f"vector gpu_memory_fraction_max must be in (0, 1], not {self.gpu_memory_fraction_max!r}")
-        if self.kind not in ("auto", "flat", "hnsw"):
-            raise InvalidArgument(f"vector index kind must be auto, flat or hnsw, not {self.kind!r}")
-        if not 0 < self.tombstone_fraction_max <= 1 or self.hnsw_tail_rows_max < 0:
-            raise InvalidArgument("vector tombstone_fraction_max must be in (0, 1] and hnsw_tail_rows_max >= 0")
 
 
 SearchJob = Callable[[], "tuple[np.ndarray, np.ndarray, str] | None"]

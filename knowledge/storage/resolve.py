@@ -13,14 +13,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from knowledge.directory import NodeDirectory
+from knowledge.access.principal import Principal
 from knowledge.errors import MissingEndpoint, PermissionDenied, ValueTooLarge, WrongEndpointType
-from knowledge.graph import EdgeIndex, unique_sorted
-from knowledge.ops import FLAG_MAY_REPLACE, Op, OpKind
-from knowledge.principal import Principal
-from knowledge.rows import NodeRows
-from knowledge.schema import Schema
-from knowledge.values import EdgeBatch
+from knowledge.index.graph import EdgeIndex, unique_sorted
+from knowledge.storage.directory import NodeDirectory
+from knowledge.storage.ops import FLAG_MAY_REPLACE, Op, OpKind
+from knowledge.storage.rows import NodeRows
+from knowledge.storage.schema import Schema
+from knowledge.storage.values import EdgeBatch
 
 
 @dataclass

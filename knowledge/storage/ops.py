@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 
 from knowledge.errors import CorruptionError
-from knowledge.rows import NodeRows
+from knowledge.storage.rows import NodeRows
 
 _OP = struct.Struct("<BBHI")
 FLAG_MAY_REPLACE = 1  # some rows may already exist: delete them before inserting

@@ -16,7 +16,7 @@ import numpy as np
 from knowledge.kernels import gpu as kernels_gpu
 from knowledge.kernels import topk
 
-log = logging.getLogger("knowledge.vectors")
+log = logging.getLogger("knowledge.index.vectors")
 
 TIE_SLACK = 32  # extra results asked of the GPU, so rows tied with the k-th can be ranked by node id
 ROWS_MIN_CAPACITY = 1024

@@ -12,9 +12,9 @@ import secrets
 from collections.abc import Iterable
 from typing import Any
 
+from knowledge.access.principal import Principal
 from knowledge.errors import InvalidArgument, PermissionDenied
-from knowledge.principal import Principal
-from knowledge.schema import NAME_PATTERN
+from knowledge.storage.schema import NAME_PATTERN
 
 PREFIX = "principal:"
 TOKEN_PREFIX = "kn_"

@@ -14,7 +14,7 @@ from collections.abc import Hashable
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
-log = logging.getLogger("knowledge.indexer")
+log = logging.getLogger("knowledge.index.indexer")
 
 
 class Job(Protocol):

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from knowledge.config import StoreConfig
 from knowledge.errors import MissingKey, TypeMismatch, ValidationError, ValueTooLarge, WrongEndpointType
-from knowledge.schema import EdgeType, NodeType, Property
+from knowledge.storage.schema import EdgeType, NodeType, Property
 
 LABELS_TYPE = pa.list_(pa.string())
 Rows = Sequence[Mapping[str, Any]] | pa.Table | pa.RecordBatch | Any

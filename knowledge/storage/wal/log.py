@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from knowledge.errors import CorruptionError, StorePoisoned, invariant
-from knowledge.wal import record as frames
-from knowledge.wal.record import Record
-from knowledge.wal.segments import parse_segment_name, segment_name
+from knowledge.storage.wal import record as frames
+from knowledge.storage.wal.record import Record
+from knowledge.storage.wal.segments import parse_segment_name, segment_name
 
 SEGMENT_BYTES_MAX = 64 << 20
 PREALLOCATE_BYTES = 4 << 20  # zeros written ahead of small appends

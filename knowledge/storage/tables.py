@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from knowledge.errors import ApplyError, invariant
-from knowledge.ops import Op, OpKind
-from knowledge.rows import NodeRows
-from knowledge.schema import Property, Schema
+from knowledge.storage.ops import Op, OpKind
+from knowledge.storage.rows import NodeRows
+from knowledge.storage.schema import Property, Schema
 
 _SQL_TYPES = {"str": "VARCHAR", "text": "VARCHAR", "json": "VARCHAR", "int": "BIGINT", "float": "DOUBLE",
               "bool": "BOOLEAN", "timestamp": "TIMESTAMPTZ", "list[str]": "VARCHAR[]"}

@@ -1,5 +1,5 @@
-"""Applying durable WAL ops to a store's in-memory state (directory, catalog, schema, adjacency, vector and
-keyword indexes, row cache). Called under the store's state lock, in LSN order, by commits and replay."""
+"""Applying durable WAL ops to a store's in-memory state (its engine) (directory, catalog, schema, adjacency, vector and
+keyword indexes, row cache). Called under the engine's state lock, in LSN order, by commits and replay."""
 
 from __future__ import annotations
 
@@ -9,88 +9,88 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from knowledge.catalog import PREFIX as PRINCIPAL_PREFIX
-from knowledge.graph import EdgeIndex
-from knowledge.keyword import KeywordIndex
-from knowledge.ops import Op, OpKind
-from knowledge.rows import NodeRows
-from knowledge.schema import Schema
-from knowledge.vectors import VectorIndex
+from knowledge.index.graph import EdgeIndex
+from knowledge.index.keyword import KeywordIndex
+from knowledge.index.vectors import VectorIndex
+from knowledge.storage.catalog import PREFIX as PRINCIPAL_PREFIX
+from knowledge.storage.ops import Op, OpKind
+from knowledge.storage.rows import NodeRows
+from knowledge.storage.schema import Schema
 
 if TYPE_CHECKING:
-    from knowledge.store import Store
+    from knowledge.storage.engine import Engine
 
 
-def apply_memory(store: Store, ops: list[Op]) -> None:
+def apply_memory(engine: Engine, ops: list[Op]) -> None:
     """Apply durable ops to the in-memory state: directory, catalog, schema, adjacency, vector and keyword
-    indexes, row cache (under the store's state lock, in LSN order)."""
-    directory = store.directory
+    indexes, row cache (under the engine's state lock, in LSN order)."""
+    directory = engine.directory
     for op in ops:
         if op.kind == OpKind.META:
             if op.name.startswith(PRINCIPAL_PREFIX):
-                store.catalog.apply(op.document)
+                engine.catalog.apply(op.document)
         elif op.kind == OpKind.SCHEMA:
-            store.row_cache.clear()
-            store.schema = Schema.from_dict(op.document)
-            for name, node_type in store.schema.nodes.items():
+            engine.row_cache.clear()
+            engine.schema = Schema.from_dict(op.document)
+            for name, node_type in engine.schema.nodes.items():
                 directory.ensure_type(name)
                 for prop in node_type.properties.values():
                     if prop.type == "text":
-                        store.keywords.setdefault((name, prop.name), KeywordIndex())
+                        engine.keywords.setdefault((name, prop.name), KeywordIndex())
                 for prop in node_type.vector_properties:
                     assert prop.dimension is not None and prop.metric is not None
-                    store.vectors.setdefault((name, prop.name), VectorIndex(prop.dimension, prop.metric,
-                                                                           store.config.vectors))
-            for name in store.schema.edges:
-                store.edges.setdefault(name, EdgeIndex(store.config.overlay_edges_max))
+                    engine.vectors.setdefault((name, prop.name), VectorIndex(prop.dimension, prop.metric,
+                                                                           engine.config.vectors))
+            for name in engine.schema.edges:
+                engine.edges.setdefault(name, EdgeIndex(engine.config.overlay_edges_max))
         elif op.kind == OpKind.UPSERT_NODES and op.rows is not None:
             rows = op.rows
             assert rows.ids is not None
-            store.row_cache.invalidate(op.name, rows.ids)
-            directory.apply_upsert_rows(op.name, rows.ids, rows.column(store.schema.nodes[op.name].key),
+            engine.row_cache.invalidate(op.name, rows.ids)
+            directory.apply_upsert_rows(op.name, rows.ids, rows.column(engine.schema.nodes[op.name].key),
                                         rows.labels)
-            apply_vectors(store, [op])
-            apply_keywords(store, op)
+            apply_vectors(engine, [op])
+            apply_keywords(engine, op)
         elif op.kind == OpKind.UPSERT_NODES:
             assert op.table is not None
-            store.row_cache.invalidate(op.name, op.table.column("_id").to_numpy())
-            key = store.schema.nodes[op.name].key
+            engine.row_cache.invalidate(op.name, op.table.column("_id").to_numpy())
+            key = engine.schema.nodes[op.name].key
             directory.apply_upsert(op.name, op.table.column("_id").to_numpy(),
                                    op.table.column(key).to_pylist(), op.table.column("_labels"))
-            apply_vectors(store, [op])
-            apply_keywords(store, op)
+            apply_vectors(engine, [op])
+            apply_keywords(engine, op)
         elif op.kind == OpKind.DELETE_NODES:
             assert op.table is not None
-            store.row_cache.invalidate(op.name, op.table.column("_id").to_numpy())
+            engine.row_cache.invalidate(op.name, op.table.column("_id").to_numpy())
             directory.apply_delete(op.name, op.table.column("_id").to_numpy())
-            apply_vectors(store, [op])
-            apply_keywords(store, op)
+            apply_vectors(engine, [op])
+            apply_keywords(engine, op)
         elif op.kind in (OpKind.UPSERT_EDGES, OpKind.DELETE_EDGES):
             assert op.table is not None
             src = op.table.column("_src").to_numpy()
             dst = op.table.column("_dst").to_numpy()
-            index = store.edges[op.name]
+            index = engine.edges[op.name]
             if op.kind == OpKind.UPSERT_EDGES:
                 index.add(src, dst, directory.capacity)
             else:
                 index.remove(src, dst, directory.capacity)
 
-def apply_vectors(store: Store, ops: list[Op], only: tuple[str, str] | None = None) -> None:
+def apply_vectors(engine: Engine, ops: list[Op], only: tuple[str, str] | None = None) -> None:
     """Feed node upserts and deletes to the vector indexes (all, or the `only` one)."""
     for op in ops:
         if op.kind not in (OpKind.UPSERT_NODES, OpKind.DELETE_NODES) or (op.table is None and op.rows is None):
             continue
-        node_type = store.schema.nodes.get(op.name)
+        node_type = engine.schema.nodes.get(op.name)
         props = node_type.vector_properties if node_type is not None else []
         if not props:
             continue
         if op.rows is not None:
-            _apply_vector_rows(store, op.rows, props, only)
+            _apply_vector_rows(engine, op.rows, props, only)
             continue
         assert op.table is not None
         ids = op.table.column("_id").to_numpy()
         for prop in props:
-            index = store.vectors.get((op.name, prop.name))
+            index = engine.vectors.get((op.name, prop.name))
             if index is None or (only is not None and only != (op.name, prop.name)):
                 continue
             if op.kind == OpKind.DELETE_NODES or prop.name not in op.table.column_names:
@@ -103,11 +103,11 @@ def apply_vectors(store: Store, ops: list[Op], only: tuple[str, str] | None = No
                 values = pc.list_flatten(column.filter(pa.array(present))).to_numpy(zero_copy_only=False)
                 index.upsert(ids[present], values.reshape(-1, index.dimension))
 
-def _apply_vector_rows(store: Store, rows: NodeRows, props: list[Any], only: tuple[str, str] | None) -> None:
+def _apply_vector_rows(engine: Engine, rows: NodeRows, props: list[Any], only: tuple[str, str] | None) -> None:
     """apply_vectors for an upsert given as NodeRows."""
     assert rows.ids is not None
     for prop in props:
-        index = store.vectors.get((rows.type_name, prop.name))
+        index = engine.vectors.get((rows.type_name, prop.name))
         if index is None or (only is not None and only != (rows.type_name, prop.name)):
             continue
         values = rows.column(prop.name) if prop.name in rows.names else [None] * len(rows)
@@ -119,7 +119,7 @@ def _apply_vector_rows(store: Store, rows: NodeRows, props: list[Any], only: tup
             index.upsert(np.array([node for node, _ in present], dtype=np.int64),
                          np.stack([value for _, value in present]))
 
-def apply_keywords(store: Store, op: Op, only: tuple[str, str] | None = None) -> None:
+def apply_keywords(engine: Engine, op: Op, only: tuple[str, str] | None = None) -> None:
     """Feed a node upsert or delete to the keyword indexes of its type's text properties (or `only`)."""
     if op.rows is not None:
         assert op.rows.ids is not None
@@ -129,7 +129,7 @@ def apply_keywords(store: Store, op: Op, only: tuple[str, str] | None = None) ->
         assert op.table is not None
         ids = op.table.column("_id").to_numpy()
         names = op.table.column_names
-    for (type_name, prop), index in store.keywords.items():
+    for (type_name, prop), index in engine.keywords.items():
         if type_name != op.name or (only is not None and only != (type_name, prop)):
             continue
         if op.kind == OpKind.DELETE_NODES or prop not in names:

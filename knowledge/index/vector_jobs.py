@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from knowledge.vectors import VectorIndex
+from knowledge.index.vectors import VectorIndex
 
 BUILD_CHUNK_ROWS = 8192  # rows added between checks of the stop flag
 

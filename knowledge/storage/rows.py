@@ -22,8 +22,14 @@ import pyarrow as pa
 
 from knowledge.config import StoreConfig
 from knowledge.errors import MissingKey, TypeMismatch, ValidationError, ValueTooLarge
-from knowledge.schema import NodeType, Property, arrow_type_of
-from knowledge.values import LABELS_TYPE, check_unknown_fields, convert_value, labels_of_row, vector_array
+from knowledge.storage.schema import NodeType, Property, arrow_type_of
+from knowledge.storage.values import (
+    LABELS_TYPE,
+    check_unknown_fields,
+    convert_value,
+    labels_of_row,
+    vector_array,
+)
 
 SMALL_ROWS_MAX = 64  # up to this many dict rows take the Python path
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1

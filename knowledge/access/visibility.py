@@ -1,0 +1,106 @@
+"""The visibility rule: the one filter every read passes.
+
+A node is visible to a principal iff it is alive and the principal is admin or shares a label with
+the principal's read grants (unlabelled nodes: admins only). An edge is visible iff both of its
+endpoints are. Invisible and absent read the same. The rule works on a bool bitmap over dense node
+ids, computed once per (principal, directory version, capacity) and cached; sessions pass every read
+through it (`knowledge/session.py`, `knowledge/search.py`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+
+from knowledge.access.principal import Principal
+
+VISIBILITY_CACHE_MAX = 64
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class LabelDirectory(Protocol):
+    """What the rule reads of the node directory (`knowledge/storage/directory.py:NodeDirectory`)."""
+
+    alive: np.ndarray
+    capacity: int
+    version: int
+
+    def label_bitmap(self, label: str) -> np.ndarray | None: ...
+
+
+def visibility_bitmap(directory: LabelDirectory, principal: Principal) -> np.ndarray:
+    """The read-only bool bitmap over node ids that `principal` may see in `directory`."""
+    alive = directory.alive
+    if principal.admin:
+        bitmap = alive
+    else:
+        bitmap = np.zeros(directory.capacity, dtype=bool)
+        for label in principal.read:
+            label_bits = directory.label_bitmap(label)
+            if label_bits is not None:
+                bitmap |= label_bits
+        bitmap &= alive
+    bitmap.setflags(write=False)
+    return bitmap
+
+
+class VisibilityCache:
+    """The last VISIBILITY_CACHE_MAX bitmaps, by (principal, directory version, capacity). Not locked:
+    the store calls it under its state lock."""
+
+    def __init__(self, entries_max: int = VISIBILITY_CACHE_MAX) -> None:
+        self.entries_max = entries_max
+        self._bitmaps: OrderedDict[tuple[Any, int, int], np.ndarray] = OrderedDict()
+
+    def bitmap(self, directory: LabelDirectory, principal: Principal) -> np.ndarray:
+        """`visibility_bitmap(directory, principal)`, from the cache when the directory is unchanged."""
+        cache_key = (principal, directory.version, directory.capacity)
+        bitmap = self._bitmaps.get(cache_key)
+        if bitmap is not None:
+            self._bitmaps.move_to_end(cache_key)
+            return bitmap
+        bitmap = visibility_bitmap(directory, principal)
+        self._bitmaps[cache_key] = bitmap
+        while len(self._bitmaps) > self.entries_max:
+            self._bitmaps.popitem(last=False)
+        return bitmap
+
+    def clear(self) -> None:
+        self._bitmaps.clear()
+
+    def __len__(self) -> int:
+        return len(self._bitmaps)
+
+
+def is_visible(visible: np.ndarray, node: int | None) -> bool:
+    """Whether node id `node` (None: absent) is set in the bitmap `visible`."""
+    return node is not None and node < len(visible) and bool(visible[node])
+
+
+def visible_nodes(visible: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The ids among `ids` that the bitmap `visible` holds, in their order."""
+    ids = ids[ids < len(visible)]
+    return ids[visible[ids]]
+
+
+def visible_edges(visible: np.ndarray, src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The (src, dst) pairs whose endpoints are both visible, in their order."""
+    keep = (src < len(visible)) & (dst < len(visible))
+    src, dst = src[keep], dst[keep]
+    keep = visible[src] & visible[dst]
+    return src[keep], dst[keep]
+
+
+def consistent_read(method: _F) -> _F:
+    """Run a session read under its store's state lock, so its visibility check and the rows it then
+    fetches belong to one LSN: a commit that relabels or rewrites a node cannot land in between (it
+    waits). Decorates methods of an object with a `store.state_lock` (`knowledge/session.py:Session`)."""
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with self.store.state_lock:
+            return method(self, *args, **kwargs)
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,251 @@
+"""Session searches: vector search (`search`) and BM25 keyword search (`keyword_search`), the where
+filters they share with scans, and the ranked `_id, _key, _score` Arrow tables they return.
+
+`SessionSearch` is the search half of `knowledge.session.Session` (which inherits it); it relies on
+the session's `store`, `principal`, `visible()`, `_node_type`, `_columns`, `_fetch` and `_audit`.
+Every search is filtered by the session's visibility bitmap before ranking and answers as of one LSN.
+"""
+
+from __future__ import annotations
+
+import array
+import itertools
+import json
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from knowledge.access.principal import Principal
+from knowledge.access.visibility import consistent_read
+from knowledge.errors import InvalidArgument
+from knowledge.storage.tables import node_table, query_arrow, quote
+
+if TYPE_CHECKING:
+    from knowledge.store import Store
+
+SEARCH_K_MAX = 10_000
+RANKED_SCHEMAS_MAX = 64  # cached `_id, _key, _score` schemas, one per (key type, plan)
+_RANKED_NAMES = ["_id", "_key", "_score"]
+_INT64, _FLOAT32, _STRING = pa.int64(), pa.float32(), pa.string()
+_KEY_TYPES = {"str": _STRING, "int": _INT64}  # a key property's type -> the Arrow type of its values
+_INT64_DTYPE, _FLOAT32_DTYPE = np.dtype(np.int64), np.dtype(np.float32)
+RANKED_KEYS_BUILT_MAX = 256  # up to this many str keys, the key column's buffers are built in Python
+_RANKED_SCHEMAS: dict[tuple[str, str | None], pa.Schema] = {}
+_OPERATORS = {"=": "=", "==": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">=", "like": "LIKE"}
+
+
+class SessionSearch:
+    """Vector and keyword search over what the session's principal can see."""
+
+    store: Store
+    _vector_properties: dict[tuple[str | None, str | None], tuple[Any, str, Any, Any, str]]
+
+    # -- vector search ------------------------------------------------------------------------
+    def search(self, vector: Any, k: int = 10, type: str | None = None, property: str | None = None,
+               where: dict[str, Any] | None = None, columns: Iterable[str] | None = None) -> pa.Table:
+        """The k visible nodes nearest to `vector` that match `where`, best first, as Arrow.
+
+        Columns: `_id`, `_key`, `_score` (cosine/ip similarity, higher is better; l2 squared distance,
+        lower is better), then the requested properties. The where-filter and the session's
+        visibility form one mask applied before ranking: fewer than k rows come back only when
+        fewer than k nodes qualify. The plan taken is in the schema metadata (b"plan").
+        Raises UnknownType, InvalidArgument (wrong dimension, NaN/inf, k out of 1..10000).
+
+        The answer is as of one LSN, like every read. The where-filter's table query and faiss's CPU scan
+        run outside the store's state lock, so searches from several threads run them in parallel and
+        commits do not wait for them; a commit that lands meanwhile makes the search run again under the
+        lock (inside `snapshot()`, the lock is held throughout).
+        """
+        store, state = self.store, self.store.state_lock
+        columns = None if columns is None else list(columns)  # read twice (checked, then fetched)
+        with state:
+            target, query, visible = self._search_inputs(vector, k, type, property, columns)
+            lsn = store.memory_lsn
+        matching = self._where_mask(target[0], where, len(visible)) if where else None  # a table query
+        job = None
+        with state:
+            if store.memory_lsn == lsn:
+                job = target[1].plan_search(query, k, visible if matching is None else visible & matching)
+        result = None if job is None else job()  # the scan
+        with state:
+            if result is None or store.memory_lsn != lsn:  # a commit landed meanwhile, or too few found alone
+                target, query, visible = self._search_inputs(vector, k, type, property, columns)
+                allowed = visible & self._where_mask(target[0], where, len(visible)) if where else visible
+                result = target[1].search_prepared(query, k, allowed)
+            type_name, _, key_type = target
+            ids, scores, plan = result
+            return self._ranked(type_name, ids, scores, columns, "search", plan, key_type)
+
+    def _search_inputs(self, vector: Any, k: int, type_name: str | None, prop_name: str | None,
+                       columns: list[str] | None) -> tuple[tuple[str, Any, str], np.ndarray, np.ndarray]:
+        """(`_search_target`, the prepared query, the visibility bitmap) of a search, its arguments checked.
+        Call under the state lock."""
+        target = self._search_target(type_name, prop_name)
+        type_name, index, _ = target
+        query = index.query_vector(vector)
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= SEARCH_K_MAX:
+            raise InvalidArgument(f"k must be an int in 1..{SEARCH_K_MAX}, got {k!r}")
+        if columns is not None:
+            self._columns(type_name, columns)
+        return target, query, self.visible()
+
+    @consistent_read
+    def keyword_search(self, query: str, k: int = 10, type: str | None = None, property: str | None = None,
+                       where: dict[str, Any] | None = None, columns: Iterable[str] | None = None) -> pa.Table:
+        """The k visible nodes whose `text` property best matches `query` (BM25), best first, as Arrow.
+
+        Columns `_id`, `_key`, `_score`, then the requested properties. Corpus statistics (document
+        counts, lengths) are computed over the visible, where-matching documents only, so scores do
+        not depend on what the session cannot see. Raises InvalidArgument, UnknownType.
+        """
+        if not isinstance(query, str) or not query.strip():
+            raise InvalidArgument("keyword query must be a non-empty string")
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= SEARCH_K_MAX:
+            raise InvalidArgument(f"k must be an int in 1..{SEARCH_K_MAX}, got {k!r}")
+        if type is not None:
+            self._node_type(type)
+        candidates = [key for key in self.store.keywords
+                      if (type is None or key[0] == type) and (property is None or key[1] == property)]
+        if len(candidates) != 1:
+            raise InvalidArgument(f"{'no' if not candidates else 'several'} text properties match "
+                                  f"{[f'{t}.{p}' for t, p in candidates]}; name type= and property=")
+        type_name, _ = candidates[0]
+        allowed = self.visible()
+        if where:
+            allowed = allowed & self._where_mask(type_name, where, len(allowed))
+        with self.store.state_lock:
+            ids, scores = self.store.keywords[candidates[0]].search(query, k, allowed)
+        return self._ranked(type_name, ids, scores, columns, "search_keyword")
+
+    def _ranked(self, type_name: str, ids: np.ndarray, scores: np.ndarray, columns: Iterable[str] | None,
+                api: str, plan: str | None = None, key_type: str | None = None) -> pa.Table:
+        """`_id`, `_key` (from the directory), `_score`, then the requested columns (from DuckDB, only when
+        some are requested) of ranked nodes; `plan`, when given, as the schema metadata b"plan"."""
+        chosen = self._columns(type_name, columns) if columns is not None else []
+        table = _ranked_table(ids, self.store.directory.key_of[ids].tolist(), scores, key_type, plan)
+        if chosen:
+            table = pa.Table.from_arrays([*table.columns, *self._property_columns(type_name, ids, chosen)],
+                                         names=[*_RANKED_NAMES, *chosen], metadata=table.schema.metadata)
+        self._audit(api, ids)
+        return table
+
+    def _property_columns(self, type_name: str, ids: np.ndarray, chosen: list[str]) -> list[Any]:
+        """The `chosen` property columns of nodes `ids`, in that order."""
+        if not len(ids):
+            node_type = self._node_type(type_name)
+            return [pa.array([], type=node_type.properties[name].arrow_type()) for name in chosen]
+        rows = self._fetch(type_name, ids.tolist(), chosen)
+        position = {node: i for i, node in enumerate(rows.column("_id").to_pylist())}
+        rows = rows.take(pa.array([position[n] for n in ids.tolist()]))
+        return [rows.column(name) for name in chosen]
+
+    def _search_target(self, type_name: str | None, prop_name: str | None) -> tuple[str, Any, str]:
+        """The node type `_vector_property` finds, its vector index and its key property's type ("str" or
+        "int"), remembered per (schema, index) (a schema is immutable: a change replaces it)."""
+        store = self.store
+        schema, vectors = store.schema, store.vectors
+        cached = self._vector_properties.get((type_name, prop_name))
+        if cached is not None and cached[0] is schema and vectors.get(cached[2]) is cached[3]:
+            return cached[1], cached[3], cached[4]
+        found_type, prop = self._vector_property(type_name, prop_name)
+        node_type = schema.nodes[found_type]
+        key_type = node_type.properties[node_type.key].type
+        index_key = (found_type, prop.name)
+        index = vectors[index_key]
+        self._vector_properties[(type_name, prop_name)] = (schema, found_type, index_key, index, key_type)
+        return found_type, index, key_type
+
+    def _vector_property(self, type_name: str | None, prop_name: str | None) -> tuple[str, Any]:
+        candidates = [(t, p) for t, nt in self.store.schema.nodes.items() for p in nt.vector_properties
+                      if (type_name is None or t == type_name) and (prop_name is None or p.name == prop_name)]
+        if type_name is not None:
+            self._node_type(type_name)
+        if not candidates:
+            raise InvalidArgument(f"no vector property {prop_name or ''!s} on {type_name or 'any node type'}")
+        if len(candidates) > 1:
+            raise InvalidArgument(f"several vector properties match ({[f'{t}.{p.name}' for t, p in candidates]}); "
+                                  f"name type= and property=")
+        return candidates[0]
+
+    def _where_mask(self, type_name: str, where: dict[str, Any], size: int) -> np.ndarray:
+        clauses, params = where_sql(self._node_type(type_name), where, self.principal)
+        self.store.wait_applied()
+        cursor = self.store.tables.cursor()
+        try:
+            table = query_arrow(cursor, f"SELECT _id FROM {node_table(type_name)} WHERE {' AND '.join(clauses)}",
+                                params)
+        finally:
+            cursor.close()
+        mask = np.zeros(size, dtype=bool)
+        ids = table.column("_id").to_numpy()
+        mask[ids[ids < size]] = True
+        return mask
+
+
+def _ranked_table(ids: np.ndarray, keys: list[Any], scores: np.ndarray, key_type: str | None,
+                  plan: str | None) -> pa.Table:
+    """The `_id, _key, _score` table (metadata b"plan" when `plan` is given).
+
+    With `key_type` (the key property's type), int64 ids, float32 scores and no missing key, the columns
+    are built from their buffers against a cached schema. Directory keys of a "str" key are str and of
+    an "int" key int (validated on write), so the table equals the one that type inference builds,
+    which is what is built otherwise (with no rows, inference gives `_key` the null type).
+    """
+    metadata = None if plan is None else {"plan": plan}
+    if (key_type not in _KEY_TYPES or not keys or None in keys or ids.dtype is not _INT64_DTYPE
+            or scores.dtype is not _FLOAT32_DTYPE or not (ids.flags.c_contiguous and scores.flags.c_contiguous)):
+        return pa.Table.from_arrays([pa.array(ids), pa.array(keys), pa.array(scores)], names=_RANKED_NAMES,
+                                    metadata=metadata)
+    schema = _RANKED_SCHEMAS.get((key_type, plan))
+    if schema is None:
+        schema = pa.schema([pa.field("_id", _INT64), pa.field("_key", _KEY_TYPES[key_type]),
+                            pa.field("_score", _FLOAT32)], metadata=metadata)
+        if len(_RANKED_SCHEMAS) < RANKED_SCHEMAS_MAX:
+            _RANKED_SCHEMAS[(key_type, plan)] = schema
+    count = len(keys)  # ids, scores and int keys: zero-copy over numpy buffers, as pa.array makes them
+    if key_type == "int":
+        key_column = pa.Array.from_buffers(_INT64, count, [None, pa.py_buffer(np.array(keys, dtype=np.int64))])
+    elif count <= RANKED_KEYS_BUILT_MAX:
+        text = "".join(keys)
+        data = text.encode()
+        # UTF-8 of a concatenation is the concatenation; equal lengths mean ASCII: a key's bytes are its chars
+        lengths = map(len, keys) if len(data) == len(text) else (len(key.encode()) for key in keys)
+        offsets = array.array("i", itertools.accumulate(lengths, initial=0))
+        key_column = pa.Array.from_buffers(_STRING, count, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    else:
+        key_column = pa.array(keys, type=_STRING)
+    return pa.Table.from_arrays([pa.Array.from_buffers(_INT64, count, [None, pa.py_buffer(ids)]), key_column,
+                                 pa.Array.from_buffers(_FLOAT32, count, [None, pa.py_buffer(scores)])], schema=schema)
+
+
+def where_sql(node_type: Any, where: dict[str, Any], principal: Principal) -> tuple[list[str], list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    for name, condition in where.items():
+        prop = node_type.properties.get(name)
+        if prop is None or (prop.hidden and not principal.admin):
+            raise InvalidArgument(f"node type {node_type.name!r} has no property {name!r}")
+        if prop.is_vector:
+            raise InvalidArgument(f"cannot filter on vector property {name!r}")
+        operator, value = condition if isinstance(condition, tuple) else ("=", condition)
+        column = quote(name)
+        if operator == "in":
+            values = list(value)
+            clauses.append(f"{column} IN ({', '.join('?' for _ in values)})" if values else "FALSE")
+            params.extend(values)
+        elif operator == "contains":
+            if prop.type != "list[str]":
+                raise InvalidArgument(f"'contains' needs a list[str] property; {name!r} is {prop.type}")
+            clauses.append(f"list_contains({column}, ?)")
+            params.append(value)
+        elif operator in _OPERATORS:
+            if value is None:
+                clauses.append(f"{column} IS {'NOT ' if operator == '!=' else ''}NULL")
+                continue
+            clauses.append(f"{column} {_OPERATORS[operator]} ?")
+            params.append(json.dumps(value) if prop.type == "json" else value)
+        else:
+            raise InvalidArgument(f"unknown operator {operator!r} for {name!r}")
+    return clauses, params

@@ -1,0 +1,335 @@
+"""Engine: the state of one open store directory and the write path through it.
+
+It owns the WAL (truth), the DuckDB tables, the schema, the node directory, the principal catalog,
+the graph adjacency, the vector and keyword indexes, the row cache and the background index builder,
+and runs the commit pipeline over them: WAL append under the stage lock -> group fsync -> apply to
+memory in LSN order -> hand the record to the DuckDB applier, a background thread that batches
+records into one DuckDB transaction. Every read that touches DuckDB first waits until DuckDB has
+applied everything committed before the read started (read-your-writes). `knowledge.store.Store` owns
+one Engine; the storage modules (loading, memory_apply, backup) take the Engine, never the Store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from knowledge.config import StoreConfig
+from knowledge.errors import KnowledgeError, StoreClosed, StorePoisoned
+from knowledge.index.graph import EdgeIndex
+from knowledge.index.indexer import IndexBuilder
+from knowledge.index.keyword import KeywordIndex
+from knowledge.index.snapshot_file import write_snapshot
+from knowledge.index.vector_jobs import compaction, hnsw_job
+from knowledge.index.vectors import VectorIndex
+from knowledge.storage.catalog import Catalog
+from knowledge.storage.directory import NodeDirectory
+from knowledge.storage.loading import load_memory, replay
+from knowledge.storage.memory_apply import apply_memory
+from knowledge.storage.ops import Op, OpKind, encode_ops
+from knowledge.storage.resolve import Resolver, check_payload_size
+from knowledge.storage.row_cache import RowCache
+from knowledge.storage.schema import Schema
+from knowledge.storage.tables import Tables
+from knowledge.storage.wal import WriteAheadLog
+
+log = logging.getLogger("knowledge.store")
+APPLY_BATCH_RECORDS_MAX = 1024
+APPLY_BATCH_RECORDS_MIN = 256
+BUILD_ROUNDS_MAX = 4  # build_indexes: schedule-and-wait rounds before a last wait
+MARKER = "STORE"  # the file that makes a directory a store
+
+
+def is_store(path: str) -> bool:
+    """Whether the directory `path` holds a store (its marker file)."""
+    return os.path.isfile(os.path.join(path, MARKER))
+
+
+class Engine:
+    """The open state of a store directory (whose lock the caller holds) and its commit pipeline."""
+
+    def __init__(self, path: str, config: StoreConfig) -> None:
+        self.path = path
+        self.config = config
+        try:
+            self._open()
+        except BaseException:
+            if "indexer" in self.__dict__:
+                self.indexer.close()
+            for part in ("wal", "tables"):  # a refused open holds no file
+                if part in self.__dict__:
+                    try:
+                        self.__dict__[part].close()
+                    except Exception:  # noqa: BLE001 - the original error matters more
+                        log.warning("closing %s after a failed open failed", part, exc_info=True)
+            raise
+
+    def _open(self) -> None:
+        self.closed = False
+        self.failure: BaseException | None = None
+        self.stage_lock = threading.Lock()  # one WAL append (and its staging) at a time
+        self.state_lock = threading.RLock()  # memory state and memory_lsn change together under it
+        self._memory_turn = threading.Condition(threading.Lock())
+        self._applier_cv = threading.Condition(threading.Lock())
+        self._queue: list[tuple[int, int, list[Op]]] = []
+        self._queue_since = time.monotonic()
+        self._readers_waiting = 0
+        self._inflight_edges: dict[str, int] = {}
+        self.memory_lsn = 0
+        self.tables = Tables(os.path.join(self.path, "state.duckdb"))
+        self.wal = WriteAheadLog(os.path.join(self.path, "wal"), fsync=self.config.fsync,
+                                 segment_bytes_max=self.config.segment_bytes_max,
+                                 preallocate_bytes=self.config.wal_preallocate_bytes)
+        self.schema = self.tables.schema
+        self.directory = NodeDirectory()
+        self.edges: dict[str, EdgeIndex] = {}
+        self.catalog = Catalog()
+        self.vectors: dict[tuple[str, str], VectorIndex] = {}
+        self.keywords: dict[tuple[str, str], KeywordIndex] = {}
+        self.indexer = IndexBuilder(self.state_lock)
+        self.row_cache = RowCache(self.config.row_cache_rows_max)
+        load_memory(self)
+        replay(self)
+        self.schedule_index_builds()
+        self.epoch = max(self.wal.last_epoch, self.tables.applied_epoch, 1)
+        self._applier = threading.Thread(target=self._apply_loop, name="knowledge-applier", daemon=True)
+        self._applier.start()
+
+    def snapshot_path(self, type_name: str, prop: str, kind: str = "vectors") -> str:
+        """Where the snapshot of the (type, property) index of `kind` ("vectors", "keywords") lives."""
+        return os.path.join(self.path, "snapshots", f"{kind}-{type_name}-{prop}.snap")
+
+    def inflight_edge_types(self) -> set[str]:
+        """Edge types with a logged record not yet applied to memory (call under the stage lock)."""
+        return {name for name, count in self._inflight_edges.items() if count}
+
+    # -- commit pipeline ----------------------------------------------------------------------
+    def append(self, ops: list[Op], resolver: Resolver | None) -> tuple[int, list[Op], set[str]]:
+        """Under the stage lock: write the record (not yet durable) and stage what it changes."""
+        payload = encode_ops(ops)
+        check_payload_size(payload, self.config.transaction_bytes_max)
+        lsn = self.wal.append(payload, self.epoch)
+        if resolver is not None:
+            for type_name, keys, ids in resolver.staged.upserts:
+                self.directory.stage_upsert(type_name, keys, ids)
+            self.directory.stage_delete(resolver.staged.deletes)
+            self.directory.next_id = max(self.directory.next_id, resolver.staged.next_id)
+        edge_types = {op.name for op in ops if op.kind in (OpKind.UPSERT_EDGES, OpKind.DELETE_EDGES)}
+        for name in edge_types:
+            self._inflight_edges[name] = self._inflight_edges.get(name, 0) + 1
+        if any(op.kind == OpKind.SCHEMA for op in ops):
+            self.schema = Schema.from_dict(ops[-1].document)
+        return lsn, ops, edge_types
+
+    def finish(self, lsn: int, ops: list[Op], edge_types: set[str]) -> int:
+        """Outside the stage lock: wait for durability (group commit: concurrent committers share an
+        fsync), then apply to memory in LSN order. Readers never wait for an fsync and never see a
+        record before it is durable."""
+        try:
+            self.wal.sync_to(lsn)
+        except BaseException as exc:
+            self.fail(exc)
+            raise
+        with self._memory_turn:
+            while self.memory_lsn != lsn - 1:
+                if self.failure is not None:
+                    raise StorePoisoned("an earlier commit failed; reopen the store") from self.failure
+                self._memory_turn.wait(0.5)
+            try:
+                with self.state_lock:
+                    apply_memory(self, ops)
+                    for name in edge_types:
+                        self._inflight_edges[name] -= 1
+                    self.memory_lsn = lsn  # inside the state lock: a snapshot sees ops and LSN together
+                    self._enqueue(lsn, ops)
+            except BaseException as exc:
+                self.fail(exc)
+                raise
+            self._memory_turn.notify_all()
+        return lsn
+
+    def _enqueue(self, lsn: int, ops: list[Op]) -> None:
+        """Hand a memory-applied record to the DuckDB applier."""
+        with self._applier_cv:
+            if not self._queue:
+                self._queue_since = time.monotonic()
+            self._queue.append((lsn, self.epoch, ops))
+            if len(self._queue) >= APPLY_BATCH_RECORDS_MIN:
+                self._applier_cv.notify_all()
+
+    def fail(self, exc: BaseException) -> None:
+        """Poison the store: every later call raises StorePoisoned until it is reopened."""
+        if self.failure is None:
+            self.failure = exc
+            log.error("store %s poisoned: %s", self.path, exc)
+        with self._memory_turn:
+            self._memory_turn.notify_all()
+        with self._applier_cv:
+            self._applier_cv.notify_all()
+
+    def wait_memory(self, lsn: int) -> None:
+        """Block until memory reflects every record up to `lsn`."""
+        with self._memory_turn:
+            while self.memory_lsn < lsn:
+                self._memory_turn.wait(0.5)
+
+    # -- DuckDB applier -----------------------------------------------------------------------
+    def _apply_loop(self) -> None:
+        """Apply queued records to DuckDB in batches: when enough have queued, when the oldest has waited
+        `apply_delay_ms`, or at once when a reader waits for them (or the store closes)."""
+        delay_s = self.config.apply_delay_ms / 1000
+        while True:
+            with self._applier_cv:
+                while not self.closed and not (self._queue and (
+                        self._readers_waiting or len(self._queue) >= APPLY_BATCH_RECORDS_MIN
+                        or time.monotonic() - self._queue_since >= delay_s)):
+                    timeout = None if not self._queue else max(0.0, self._queue_since + delay_s - time.monotonic())
+                    self._applier_cv.wait(timeout)
+                if not self._queue and self.closed:
+                    return
+                batch = self._queue[:APPLY_BATCH_RECORDS_MAX]
+                del self._queue[:len(batch)]
+                self._queue_since = time.monotonic()
+            try:
+                self.tables.apply(batch)
+            except BaseException as exc:  # the WAL holds the records; reopening replays them
+                self.fail(exc)
+                return
+            with self._applier_cv:
+                self._applier_cv.notify_all()
+
+    def wait_applied(self, lsn: int | None = None) -> None:
+        """Block until DuckDB reflects every record up to `lsn` (default: everything committed now)."""
+        target = self.memory_lsn if lsn is None else lsn
+        if self.tables.applied_lsn >= target:
+            return
+        with self._applier_cv:
+            self._readers_waiting += 1
+            self._applier_cv.notify_all()
+            try:
+                while self.tables.applied_lsn < target:
+                    if self.failure is not None:
+                        raise StorePoisoned("the table applier failed; reopen the store") from self.failure
+                    self._applier_cv.wait(0.5)
+            finally:
+                self._readers_waiting -= 1
+
+    # -- maintenance ----------------------------------------------------------------------------
+    def checkpoint(self) -> int:
+        """Make DuckDB hold everything committed, fold the graph overlay, compact the vector indexes and
+        write their snapshots, then drop WAL segments the checkpoint covers. Commits wait meanwhile.
+
+        Returns the LSN the checkpoint covers.
+        """
+        with self.stage_lock:
+            self.check_open()
+            lsn = self.wal.last_lsn
+            self.wait_memory(lsn)
+            self.wait_applied(lsn)
+            self.tables.checkpoint()
+            os.makedirs(os.path.join(self.path, "snapshots"), exist_ok=True)
+            with self.state_lock:
+                for index in self.edges.values():
+                    index.compact(self.directory.capacity, self.directory.alive)
+                for (type_name, prop), vectors in self.vectors.items():
+                    if vectors.needs_compaction():
+                        job = compaction(vectors)
+                        if job is None:
+                            vectors.compact()  # no graph to rebuild: arrays only
+                        else:  # searches keep the current graph until the compacted one is in
+                            self.indexer.submit(("vectors", type_name, prop), job)
+                    vectors.save(self.snapshot_path(type_name, prop), lsn)
+                self.schedule_index_builds()
+                for (type_name, prop), keywords in self.keywords.items():
+                    write_snapshot(self.snapshot_path(type_name, prop, "keywords"), lsn, keywords.snapshot())
+            with self.tables.lock:  # from now on a missing snapshot is worth a warning
+                self.tables.con.execute("INSERT OR REPLACE INTO _meta VALUES ('snapshots_lsn', ?)", [str(lsn)])
+            self.wal.remove_segments_before(lsn + 1)
+            return lsn
+
+    def schedule_index_builds(self, *, tail_rows_max: int | None = None) -> int:
+        """Queue the background HNSW builds that are due; return how many."""
+        queued = 0
+        with self.state_lock:
+            for key, vectors in self.vectors.items():
+                if self.indexer.is_pending(("vectors", *key)):
+                    continue  # a compaction or build is under way; the next round sees what it left
+                job = hnsw_job(vectors, tail_rows_max=tail_rows_max)
+                if job is not None:
+                    self.indexer.submit(("vectors", *key), job)
+                    queued += 1
+        return queued
+
+    def build_indexes(self, *, wait: bool = True, timeout_s: float | None = None) -> bool:
+        """Bring every HNSW graph up to all current rows in the background; with `wait`, block until the
+        builds are in. Returns False when `timeout_s` passed first."""
+        self.check_open()
+        self.schedule_index_builds(tail_rows_max=0)
+        if not wait:
+            return True
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        for _ in range(BUILD_ROUNDS_MAX):  # a compaction can leave a tail that one more build covers
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self.indexer.wait_idle(remaining):
+                return False
+            if not self.schedule_index_builds(tail_rows_max=0):
+                return True
+        return self.indexer.wait_idle(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+    def stats(self) -> dict[str, Any]:
+        """Whole-store figures of the engine's parts."""
+        return {"applied_lsn": self.tables.applied_lsn, "wal_first_lsn": self.wal.first_lsn,
+                "fsyncs": self.wal.fsync_count,
+                "row_cache": {"rows": len(self.row_cache), "hits": self.row_cache.hits,
+                              "misses": self.row_cache.misses},
+                "index_builds": {"pending": self.indexer.pending(), "installed": self.indexer.installed,
+                                 "failed": self.indexer.failures},
+                "vector_indexes": {f"{t}.{p}": {"rows": v.rows, "live": v.live_count, "graph_rows": v.hnsw_rows,
+                                                    "device": v.scan_device}
+                                   for (t, p), v in self.vectors.items()}}
+
+    def check_open(self) -> None:
+        """Raise StoreClosed or StorePoisoned unless the engine can serve calls."""
+        if self.closed:
+            raise StoreClosed(f"store {self.path!r} is closed")
+        if self.failure is not None:
+            raise StorePoisoned(f"store {self.path!r} failed ({self.failure}); reopen it to recover") from self.failure
+
+    def close(self) -> None:
+        """Flush the table applier, stop the index builder and close the WAL and DuckDB."""
+        if self.closed:
+            return
+        try:
+            if self.failure is None:
+                try:
+                    self.wait_applied()
+                except KnowledgeError:
+                    pass
+        finally:
+            self.indexer.close()
+            with self._applier_cv:
+                self.closed = True
+                self._applier_cv.notify_all()
+            self._applier.join(timeout=30)
+            if self.failure is None:
+                self._save_new_graphs()
+            self.wal.close()
+            self.tables.close()
+
+    def _save_new_graphs(self) -> None:
+        """Snapshot the vector indexes when a background build installed a graph since the last checkpoint
+        (everything is applied by now, so the snapshot's LSN is the tables' LSN)."""
+        if not any(vectors.graph_unsaved for vectors in self.vectors.values()):
+            return
+        lsn = self.tables.applied_lsn
+        if lsn != self.memory_lsn:
+            return
+        os.makedirs(os.path.join(self.path, "snapshots"), exist_ok=True)
+        try:
+            for (type_name, prop), vectors in self.vectors.items():
+                vectors.save(self.snapshot_path(type_name, prop), lsn)
+        except OSError as exc:  # the previous snapshots plus the WAL still recover everything
+            log.warning("could not save the vector snapshots at close: %s", exc)
