@@ -18,6 +18,11 @@ Graph mode (HippoRAG-style; the defaults are GraphParams()):
    mass relative to the best chunk's) + 0.2 * BM25 relative to the best BM25 score: question similarity,
    boosted by closeness to the seeds (a chunk the walk does not reach is pushed below the reached ones)
    and by literal term matches. Without a query vector: RRF of the BM25 and PPR rankings.
+
+Why one module of ~500 lines: the modes share one pipeline state (`_State`: candidates, scores,
+timings, notes) and one snapshot, and the result assembly (chunks, documents, entities, edges, the
+budgeted context) reads all of it; its self-contained parts are apart already (fusion.py, ppr.py,
+graphview.py, bm25.py, chunking.py). Splitting the pipeline further would pass that state around.
 """
 
 from __future__ import annotations
