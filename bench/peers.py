@@ -21,7 +21,8 @@ import numpy as np
 from bench import datasets, measure
 
 EF_SWEEP = (32, 64, 128, 256, 512)
-QUICK_QUERIES = 50
+QUICK_EF_SWEEP = (32, 128, 512)
+QUICK_QUERIES = 30
 
 
 @dataclass(frozen=True)
@@ -187,17 +188,19 @@ def compare(data: datasets.DataSet, bucket: np.ndarray, masks: dict[float, np.nd
             started = time.perf_counter()
             handle = peer.build(data, bucket, directory)
             out["build_s"][peer.name] = time.perf_counter() - started
-            out["results"][peer.name] = _measure(peer, handle, queries, truth, k)
+            params = QUICK_EF_SWEEP if quick and peer.params == EF_SWEEP else peer.params
+            out["results"][peer.name] = _measure(peer, handle, queries, truth, k, params)
         except Exception as error:  # ImportError (not installed) or the peer's own failure: say so
             out["unavailable"][peer.name] = f"{type(error).__name__}: {error}"
     return out
 
 
-def _measure(peer: Peer, handle: Any, queries: np.ndarray, truth: dict[float, list], k: int) -> dict[str, Any]:
+def _measure(peer: Peer, handle: Any, queries: np.ndarray, truth: dict[float, list], k: int,
+             params: tuple[Any, ...]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for s in datasets.SELECTIVITIES:
         points = []
-        for param in peer.params:
+        for param in params:
             found: list[list[int]] = []
 
             def one(i: int, param: Any = param, s: float = s, found: list = found) -> None:
