@@ -245,8 +245,9 @@ def test_start_at_continues_an_empty_log(tmp_path):
     reopened = WriteAheadLog(directory)
     try:
         assert reopened.first_lsn == 42 and reopened.last_lsn == 42 and reopened.last_epoch == 3
-        with pytest.raises(InvariantViolation):
+        with pytest.raises(CorruptionError, match=segment_name(42)) as info:
             reopened.start_at(100, 3)
+        assert info.value.lsn_range == (42, 42)
     finally:
         reopened.close()
 

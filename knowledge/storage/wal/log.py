@@ -7,8 +7,12 @@ Guarantees:
 - The live segment is preallocated with written zeros ahead of the appends, so a commit's sync is
   an fdatasync that moves only data (no block allocation, no size change to journal). Sealed
   segments and a cleanly closed log hold no zero tail; after a crash, recovery truncates it.
-- `open` scans every segment: a torn record at the very tail is truncated; any other damage
-  raises CorruptionError naming the segment and byte offset, and nothing is modified.
+- `open` scans every segment against the manifest (wal/MANIFEST): a torn record at the very tail
+  is truncated and reported (log line, `recovery` report); a missing segment, a segment shorter than
+  it was sealed, or damage before the tail raises CorruptionError naming the segment, byte offset and
+  LSN range, and nothing is modified, unless the log is opened with allow_data_loss=True.
+- A full disk fails an append with StorageFull and leaves the log as it was: the next append works
+  once space is freed.
 """
 
 from __future__ import annotations
@@ -17,12 +21,16 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
-from knowledge.errors import CorruptionError, StorePoisoned, invariant
+from knowledge.errors import CorruptionError, StorageFull, StorePoisoned, invariant
 from knowledge.storage.wal import record as frames
+from knowledge.storage.wal.manifest import Manifest, SegmentEntry, write_manifest
 from knowledge.storage.wal.record import Record
-from knowledge.storage.wal.segments import parse_segment_name, segment_name
+from knowledge.storage.wal.recovery import RecoveryReport, is_disk_full, recover_log
+from knowledge.storage.wal.scan import Segment, fsync_directory, list_segments, scan_segment
+from knowledge.storage.wal.segments import segment_name
+
+__all__ = ["Segment", "WriteAheadLog", "fsync_directory", "list_segments", "scan_segment"]
 
 SEGMENT_BYTES_MAX = 64 << 20
 PREALLOCATE_BYTES = 4 << 20  # zeros written ahead of small appends
@@ -31,96 +39,11 @@ _ZEROS = bytes(1 << 20)
 _datasync = getattr(os, "fdatasync", os.fsync)  # fdatasync also flushes a changed file size
 
 
-@dataclass(frozen=True, slots=True)
-class Segment:
-    first_lsn: int
-    path: str
-
-
-def fsync_directory(path: str) -> None:
-    """Make a directory's entries (created, renamed or removed files) durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def list_segments(directory: str) -> list[Segment]:
-    """The segments in `directory`, oldest first."""
-    found = []
-    for name in os.listdir(directory):
-        first = parse_segment_name(name)
-        if first is not None:
-            found.append(Segment(first, os.path.join(directory, name)))
-    return sorted(found, key=lambda s: s.first_lsn)
-
-
-def scan_segment(segment: Segment, *, is_last: bool) -> tuple[list[tuple[int, Record]], int]:
-    """Decode a segment; return [(offset, record)] and the byte length of its valid prefix.
-
-    Damage in the last segment that reaches the end of the file is a torn tail (the valid prefix
-    is returned); any other damage raises CorruptionError.
-    """
-    with open(segment.path, "rb") as f:
-        data = f.read()
-    out: list[tuple[int, Record]] = []
-    offset = 0
-    expected = segment.first_lsn
-    name = os.path.basename(segment.path)
-    while offset < len(data):
-        try:
-            rec = frames.decode(data, offset)
-        except frames.FrameError as exc:
-            if is_last and _is_tail_damage(data, offset, exc):
-                return out, offset
-            raise CorruptionError(f"damaged WAL record: {exc.reason}", segment=name, offset=offset) from exc
-        if rec.lsn != expected:
-            raise CorruptionError(f"LSN {rec.lsn} where {expected} was expected", segment=name, offset=offset)
-        out.append((offset, rec))
-        offset += rec.frame_bytes
-        expected += 1
-    return out, offset
-
-
-def _is_tail_damage(data: bytes, offset: int, exc: frames.FrameError) -> bool:
-    """True when the damage at `offset` can only be an interrupted final append.
-
-    The damaged frame's own length cannot be trusted (a flipped length bit makes any frame look
-    torn), so damage counts as a torn tail only when no intact frame follows it anywhere.
-    """
-    if _intact_frame_after(data, offset):
-        return False
-    if exc.torn:
-        return True
-    rest = data[offset:]
-    if not rest.strip(b"\x00"):
-        return True  # a file extended with zeros whose data never reached the disk
-    if len(rest) >= frames.HEADER.size:
-        _, payload_bytes, *_ = frames.HEADER.unpack_from(rest, 0)
-        # the last frame in the file, or the last before the preallocated zeros
-        return not rest[frames.HEADER_BYTES + payload_bytes:].strip(b"\x00")
-    return False
-
-
-def _intact_frame_after(data: bytes, offset: int) -> bool:
-    """Whether a frame with a valid CRC starts anywhere after `offset`."""
-    magic = frames.HEADER.pack(frames.MAGIC, 0, 0, 0, 0)[:4]
-    position = data.find(magic, offset + 1)
-    while position >= 0:
-        try:
-            frames.decode(data, position)
-            return True
-        except frames.FrameError:
-            position = data.find(magic, position + 1)
-    return False
-
-
 class WriteAheadLog:
     """The log in one directory. Thread-safe: appends serialise, syncs are shared."""
 
     def __init__(self, directory: str, *, fsync: bool = True, segment_bytes_max: int = SEGMENT_BYTES_MAX,
-                 preallocate_bytes: int = PREALLOCATE_BYTES) -> None:
+                 preallocate_bytes: int = PREALLOCATE_BYTES, allow_data_loss: bool = False) -> None:
         invariant(segment_bytes_max > 0 and preallocate_bytes >= 0, "WAL sizes must be positive")
         self.directory = directory
         self.fsync_enabled = fsync
@@ -137,32 +60,31 @@ class WriteAheadLog:
         self._durable_lsn = 0
         self._failed: BaseException | None = None
         self.fsync_count = 0
+        self.recovery = RecoveryReport()
         os.makedirs(directory, exist_ok=True)
-        self._recover()
+        self._recover(allow_data_loss)
 
     # -- recovery ---------------------------------------------------------------------------
-    def _recover(self) -> None:
-        self._segments = list_segments(self.directory)
-        for index, seg in enumerate(self._segments):
-            is_last = index == len(self._segments) - 1
-            records, valid_bytes = scan_segment(seg, is_last=is_last)
-            if records:
-                invariant(self._last_lsn == 0 or records[0][1].lsn == self._last_lsn + 1, "segment gap")
-                self._last_lsn = records[-1][1].lsn
-                self._last_epoch = records[-1][1].epoch
-            elif not is_last:
-                raise CorruptionError("empty WAL segment before the tail",
-                                      segment=os.path.basename(seg.path), offset=0)
-            if is_last:
-                if os.path.getsize(seg.path) != valid_bytes:
-                    with open(seg.path, "r+b") as f:
-                        f.truncate(valid_bytes)
-                        os.fsync(f.fileno())
-                self._segment_bytes = self._allocated_bytes = valid_bytes
+    def _recover(self, allow_data_loss: bool) -> None:
+        recovered = recover_log(self.directory, allow_data_loss=allow_data_loss, fsync=self.fsync_enabled)
+        self.recovery = recovered.report
+        self._segments = recovered.segments
+        self._last_lsn = self._durable_lsn = recovered.last_lsn
+        self._last_epoch = recovered.last_epoch
+        self._segment_bytes = self._allocated_bytes = recovered.live_bytes
         if self._segments:
-            invariant(self._segments[0].first_lsn <= self._last_lsn + 1, "first segment starts after tail")
             self._fd = os.open(self._segments[-1].path, os.O_WRONLY)
-        self._durable_lsn = self._last_lsn
+
+    def _manifest(self) -> Manifest:
+        """The manifest for the segments held now (sealed ones with their last LSN)."""
+        entries = [SegmentEntry(seg.first_lsn, self._segments[i + 1].first_lsn - 1)
+                   for i, seg in enumerate(self._segments[:-1])]
+        if self._segments:
+            entries.append(SegmentEntry(self._segments[-1].first_lsn, None))
+        return Manifest(self.first_lsn, entries)
+
+    def _write_manifest(self) -> None:
+        write_manifest(self.directory, self._manifest(), fsync=self.fsync_enabled)
 
     # -- positions --------------------------------------------------------------------------
     @property
@@ -184,23 +106,34 @@ class WriteAheadLog:
 
     # -- writing ----------------------------------------------------------------------------
     def append(self, payload: bytes, epoch: int) -> int:
-        """Write one record with the next LSN and return that LSN (not yet durable)."""
+        """Write one record with the next LSN and return that LSN (not yet durable).
+
+        Raises StorageFull (naming the segment) when the disk has no room; the log is then as before.
+        """
         with self._append_lock:
             self._check_healthy()
             if epoch < self._last_epoch:
                 invariant(False, f"epoch went back from {self._last_epoch} to {epoch}")
             lsn = self._last_lsn + 1
             frame = frames.encode_frame(lsn, epoch, time.time_ns(), payload)
-            if self._fd < 0 or self._segment_bytes + len(frame) > self.segment_bytes_max and self._segment_bytes:
-                self._roll(lsn)
-            end = self._segment_bytes + len(frame)
             try:
-                if self.preallocate_bytes and end > self._allocated_bytes and len(frame) <= PREALLOCATE_FRAME_BYTES_MAX:
-                    self._preallocate(end)
-                written = os.pwrite(self._fd, frame, self._segment_bytes)
-                invariant(written == len(frame), "short WAL write")
-            except BaseException as exc:
-                self._undo_partial_write(exc)
+                if self._fd < 0 or self._segment_bytes + len(frame) > self.segment_bytes_max and self._segment_bytes:
+                    self._roll(lsn)
+                end = self._segment_bytes + len(frame)
+                try:
+                    if self.preallocate_bytes and end > self._allocated_bytes and len(frame) <= PREALLOCATE_FRAME_BYTES_MAX:
+                        self._preallocate(end)
+                    written = os.pwrite(self._fd, frame, self._segment_bytes)
+                    invariant(written == len(frame), "short WAL write")
+                except BaseException as exc:
+                    self._undo_partial_write(exc)
+                    raise
+            except OSError as exc:
+                if is_disk_full(exc) and self._failed is None:
+                    where = self._segments[-1].path if self._segments else self.directory
+                    raise StorageFull(f"no space left on the device holding {where} for a {len(frame)}-byte WAL "
+                                      f"record; the commit was not made (free space, then retry)",
+                                      path=where) from exc
                 raise
             self._segment_bytes = end
             self._allocated_bytes = max(self._allocated_bytes, end)
@@ -232,14 +165,28 @@ class WriteAheadLog:
             os.fsync(self._fd)
 
     def _roll(self, first_lsn: int) -> None:
+        """Seal the live segment and start a new one at `first_lsn`, listed in the manifest before any
+        record goes into it. Where the new file cannot be made, the old segment stays live."""
+        path = os.path.join(self.directory, segment_name(first_lsn))
         if self._fd >= 0:
             self._seal()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            if self.fsync_enabled:
+                fsync_directory(self.directory)
+            self._segments.append(Segment(first_lsn, path))
+            try:
+                self._write_manifest()
+            except BaseException:
+                self._segments.pop()
+                raise
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        if self._fd >= 0:
             os.close(self._fd)
-        path = os.path.join(self.directory, segment_name(first_lsn))
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        if self.fsync_enabled:
-            fsync_directory(self.directory)
-        self._segments.append(Segment(first_lsn, path))
+        self._fd = fd
         self._segment_bytes = self._allocated_bytes = 0
 
     def sync_to(self, lsn: int) -> None:
@@ -289,21 +236,30 @@ class WriteAheadLog:
     # -- retention --------------------------------------------------------------------------
     def remove_segments_before(self, lsn: int) -> int:
         """Delete whole segments whose records are all below `lsn`; return how many went."""
-        removed = 0
         with self._append_lock:
+            retired = []
             while len(self._segments) > 1 and self._segments[1].first_lsn <= lsn:
-                os.unlink(self._segments.pop(0).path)
-                removed += 1
-        if removed and self.fsync_enabled:
+                retired.append(self._segments.pop(0))
+            if not retired:
+                return 0
+            self._write_manifest()  # first the manifest: a crash in between leaves files open() removes
+            for seg in retired:
+                os.unlink(seg.path)
+        if self.fsync_enabled:
             fsync_directory(self.directory)
-        return removed
+        return len(retired)
 
     def start_at(self, lsn: int, epoch: int) -> None:
         """Make an empty log continue after `lsn` (after a restore whose WAL was truncated)."""
         with self._append_lock:
-            invariant(not self._segments, "start_at on a non-empty log")
+            if self._segments:
+                first = self._segments[0]
+                raise CorruptionError(f"cannot continue the log after LSN {lsn}: it still holds records up to "
+                                      f"LSN {self._last_lsn}", segment=os.path.basename(first.path),
+                                      lsn_range=(first.first_lsn, self._last_lsn))
             self._last_lsn = self._durable_lsn = lsn
             self._last_epoch = epoch
+            self._write_manifest()
 
     def close(self) -> None:
         with self._append_lock:
