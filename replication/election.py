@@ -232,6 +232,37 @@ class Elector:
             if self._most_advanced() or self.now - self.leaderless_since >= 2 * self.ttl:
                 self._campaign()
 
+    def promote(self) -> int | None:
+        """Manual failover (`knowledge promote`): take the leader key for this node with the next
+        epoch and campaign; the returned epoch, or None when the store refused. The campaign still
+        needs its election quorum and fails against a more advanced member, so no acknowledged
+        write is lost by promoting the wrong node."""
+        node = self.node
+        if self.lease is None or not self.kv.lease_keepalive(self.lease):
+            self.lease = self.kv.lease_grant(self.ttl)
+        epoch = self._next_epoch()
+        if epoch is None:
+            return None
+        current = self.kv.get(self.leader_key)
+        if current is not None and not self.kv.delete_if(self.leader_key, current):
+            return None
+        if not self.kv.create(self.leader_key, f"{node.id}:{epoch}", self.lease):
+            return None
+        if node.role is not Role.REPLICA:
+            node.step_down("promote")
+        node.campaign(epoch)
+        self.log.append(f"promote: campaign epoch {epoch}")
+        return epoch
+
+    def _next_epoch(self) -> int | None:
+        """Take the next epoch from the counter by compare-and-swap (unique across nodes)."""
+        for _ in range(CAS_TRIES_MAX):  # each failed swap is another campaigner's success
+            current = self.kv.get(self.epoch_key)
+            epoch = max(int(current or 0), self.node.epoch) + 1
+            if self.kv.compare_and_swap(self.epoch_key, current, str(epoch)):
+                return epoch
+        return None
+
     def _most_advanced(self) -> bool:
         node = self.node
         mine = (node.last, node.id)
@@ -245,12 +276,8 @@ class Elector:
         node = self.node
         if not self.kv.create(self.leader_key, f"{node.id}:0", self.lease):
             return
-        for _ in range(CAS_TRIES_MAX):  # each failed swap is another campaigner's success
-            current = self.kv.get(self.epoch_key)
-            epoch = max(int(current or 0), node.epoch) + 1
-            if self.kv.compare_and_swap(self.epoch_key, current, str(epoch)):
-                break
-        else:
+        epoch = self._next_epoch()
+        if epoch is None:
             self.kv.delete_if(self.leader_key, f"{node.id}:0")
             return
         if not self.kv.compare_and_swap(self.leader_key, f"{node.id}:0", f"{node.id}:{epoch}"):

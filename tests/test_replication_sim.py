@@ -379,6 +379,30 @@ def test_the_elector_fails_over_when_the_primary_lease_expires():
     assert cluster.node(second[0]).role is Role.REPLICA
 
 
+def test_manual_promote_moves_the_primary_and_fences_the_old_one():
+    kv = MemoryKV()
+    cluster = Cluster(THREE_ZONES, "sync(1)")
+    electors = {n: Elector(cluster.node(n), kv, ttl=6) for n in THREE_ZONES}
+    for _ in range(5):
+        kv.now += 1
+        for node_id in THREE_ZONES:
+            electors[node_id].cycle(kv.now)
+            cluster.drive(node_id)
+        cluster.tick()
+    first = next(n for n in THREE_ZONES if cluster.node(n).role is Role.PRIMARY)
+    token = cluster.write(first, b"before")
+    cluster.deliver()
+    target = next(n for n in THREE_ZONES if n != first and b"before" in cluster.payloads(n))
+    epoch = electors[target].promote()
+    cluster.drive(target)
+    cluster.deliver()
+    assert epoch is not None and epoch > token.epoch
+    assert cluster.node(target).role is Role.PRIMARY and cluster.node(first).role is Role.REPLICA
+    assert kv.get(electors[target].leader_key) == f"{target}:{epoch}"
+    cluster.tick(10)
+    assert cluster.payloads(first) == cluster.payloads(target) and b"before" in cluster.payloads(first)
+
+
 # -- the simulator ----------------------------------------------------------------------------------
 DEFAULT_SEEDS = 300
 SHORT = {"ticks": 150, "calm_ticks": 100}
