@@ -230,6 +230,62 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def bench_directory() -> str:
+    """The repository's bench/ folder, which is not installed: $KNOWLEDGE_BENCH_DIR, else the checkout the
+    package runs from (an editable install), else ./bench. Raises InvalidArgument when none holds it."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(knowledge.__file__)))
+    for candidate in (os.environ.get("KNOWLEDGE_BENCH_DIR"), os.path.join(here, "bench"), os.path.abspath("bench")):
+        if candidate and os.path.isfile(os.path.join(candidate, "runner.py")):
+            return os.path.abspath(candidate)
+    raise InvalidArgument("knowledge bench runs the repository's bench/ folder, which pip does not install: run it "
+                          "from a checkout (pip install -e .), from the repository root, or set KNOWLEDGE_BENCH_DIR")
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    directory = bench_directory()
+    sys.path.insert(0, os.path.dirname(directory))
+    from bench.runner import main as bench_main
+
+    argv = [*args.suites, "--out", args.out] + [flag for flag, on in (("--quick", args.quick), ("--smoke", args.smoke),
+                                                                       ("--no-peers", args.no_peers),
+                                                                       ("--publish", args.publish)) if on]
+    return bench_main(argv)
+
+
+def _cmd_slo_check(args: argparse.Namespace) -> int:
+    from knowledge.slo import run_check
+
+    return run_check(args.source, args.slo, over_s=args.over, strict=args.strict)
+
+
+def _add_bench_commands(sub: Any) -> None:
+    p = _command(sub, "bench", _cmd_bench,
+                 "Run the benchmark suites (ingest, vectors, acl, retrieval, server, replication); write "
+                 "results.json, report.md and plots to --out. Needs the repository's bench/ folder.",
+                 ["knowledge bench --quick --out bench-out",
+                  "knowledge bench vectors acl --no-peers --out bench-out"])
+    p.add_argument("suites", nargs="*", metavar="SUITE", help="suites to run (default: all)")
+    p.add_argument("--quick", action="store_true", help="CI sizes (under 5 minutes on a 2-core VM)")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes: checks the plumbing only")
+    p.add_argument("--out", default="bench-out", metavar="DIR", help="output directory (default ./bench-out)")
+    p.add_argument("--no-peers", action="store_true", help="skip chromadb, lancedb, hnswlib, faiss, LadybugDB")
+    p.add_argument("--publish", action="store_true", help="also rewrite bench/RESULTS.md's suite section")
+    parent = sub.add_parser("slo", help="Service-level objectives: check a bench run or a live server.",
+                            description="Service-level objectives (an SLO file in TOML, see knowledge/slo.py).",
+                            epilog="Example:\n  knowledge slo check bench-out --slo bench/slo.toml",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = parent.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = _command(actions, "check", _cmd_slo_check,
+                 "Evaluate an SLO file against a bench results.json (or its directory) or a metrics URL; print "
+                 "each objective with its burn rate; exit 1 when one is violated, 0 when all are met.",
+                 ["knowledge slo check bench-out --slo bench/slo.toml",
+                  "knowledge slo check http://127.0.0.1:9464/metrics --slo bench/slo.toml --over 60"])
+    p.add_argument("source", metavar="RESULTS_OR_URL", help="results.json, its directory, or http(s)://.../metrics")
+    p.add_argument("--slo", required=True, metavar="FILE", help="the SLO file (TOML)")
+    p.add_argument("--over", type=float, metavar="SECONDS", help="scrape twice, SECONDS apart, and judge the change")
+    p.add_argument("--strict", action="store_true", help="an objective with no data fails too")
+
+
 # -- parser ----------------------------------------------------------------------------------------
 def _positive_int(text: str) -> int:
     try:
@@ -324,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dest", metavar="DEST", help="new store directory (must not exist or be empty)")
 
     _add_principal_commands(sub)
+    _add_bench_commands(sub)
 
     p = _command(sub, "demo", _cmd_demo,
                  "Build a graph from the bundled MuSiQue passages and OpenIE triples and print what it finds.",
