@@ -186,3 +186,30 @@ def test_publish_keeps_the_other_sections(tmp_path, monkeypatch):
     assert "## Vector search (bench/vectors.py)\n\nkept" in text
     assert text.count(f"## {report.SECTION}") == 1 and "no server yet" in text
     assert (tmp_path / "results" / "suite.json").exists()
+
+
+def test_knowledge_bench_runs_from_any_directory(tmp_path):
+    """The installed command finds the checkout's bench/ (it is not installed) and writes where it is told."""
+    import shutil
+    command = shutil.which("knowledge") or os.path.join(os.path.dirname(sys.executable), "knowledge")
+    if not os.path.isfile(command):
+        command = None
+    argv = [command] if command else [sys.executable, "-m", "knowledge.cli"]
+    done = subprocess.run([*argv, "bench", "acl", "server", "--smoke", "--no-peers", "--out", "here"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "here" / "results.json").read_text())
+    assert set(results["suites"]) == {"acl", "server"} and results["smoke"] is True
+    assert results["suites"]["acl"]["status"] == "ok"
+
+
+def test_knowledge_bench_says_where_bench_must_be(tmp_path, monkeypatch):
+    from knowledge import cli
+    monkeypatch.setenv("KNOWLEDGE_BENCH_DIR", str(tmp_path))  # no runner.py there: falls through to the checkout
+    assert cli.bench_directory() == os.path.join(REPO, "bench")
+    monkeypatch.setattr(cli.knowledge, "__file__", str(tmp_path / "site" / "knowledge" / "__init__.py"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(knowledge.errors.InvalidArgument, match="KNOWLEDGE_BENCH_DIR"):
+        cli.bench_directory()
+    monkeypatch.setenv("KNOWLEDGE_BENCH_DIR", os.path.join(REPO, "bench"))
+    assert cli.bench_directory() == os.path.join(REPO, "bench")
