@@ -45,12 +45,55 @@ def publish_results(results: dict[str, Any], out_dir: str) -> None:
     common.publish("suite", SECTION, results, body, write=True)
 
 
+def section_commands(results_md: str) -> list[tuple[str, str | None]]:
+    """(section, command) for every `## ` section of RESULTS.md: the command its "Command: `...`" line
+    names (None for a section written by hand, which regeneration keeps as it is)."""
+    import re
+
+    text = open(results_md, encoding="utf-8").read()
+    out = []
+    for block in re.split(r"\n(?=## )", text):
+        if not block.startswith("## "):
+            continue
+        match = re.search(r"^Command: `([^`]+)`", block, flags=re.MULTILINE)
+        out.append((block.splitlines()[0][3:].strip(), match.group(1) if match else None))
+    return out
+
+
+def regenerate(results_md: str, repo: str, gpu: bool = False, dry_run: bool = False) -> int:
+    """Re-run every section's command from the repository root, in order (GPU sections only with `gpu`);
+    print what ran, what failed and what was kept; 1 when a command failed."""
+    import shlex
+    import subprocess
+    import sys
+
+    failed = 0
+    for section, command in section_commands(results_md):
+        if command is None:
+            print(f"kept as written (no command): {section}")
+            continue
+        if "gpu" in section.lower() and not gpu:
+            print(f"skipped (needs a GPU; pass --gpu on a GPU machine): {section}: {command}")
+            continue
+        argv = shlex.split(command)
+        if argv and argv[0] == "python":
+            argv[0] = sys.executable
+        print(f"running: {command}", flush=True)
+        if not dry_run:
+            done = subprocess.run(argv, cwd=repo)
+            if done.returncode:
+                failed += 1
+                print(f"FAILED ({done.returncode}): {section}: {command}", flush=True)
+    return 1 if failed else 0
+
+
 def markdown(results: dict[str, Any], plots: list[str], plot_note: str | None, heading_level: int = 2) -> str:
     """The report: command, machine and load, then each suite's section (its render(), or its status)."""
     h = "#" * heading_level
     m = results["machine"]
     lines = [] if heading_level > 2 else ["# Benchmark suite report", ""]
-    lines += [f"Command: `{results['command']}`; {'quick (CI) sizes' if results['quick'] else 'full sizes'}; "
+    size = "smoke sizes" if results.get("smoke") else "quick (CI) sizes" if results["quick"] else "full sizes"
+    lines += [f"Command: `{results['command']}`; {size}; "
               f"{results.get('duration_s', 0):.0f} s, started {results['started_at']}.", "",
               f"Machine: {machine.summary_line(m)} before, load {m.get('load_after')} after. "
               f"Every ratio is to a baseline measured in the same run (latency ratio: ours p50 / baseline p50).", ""]

@@ -7,7 +7,9 @@ for CI (the whole run in under 5 minutes on a 2-core VM). --out DIR (default ben
 results.json (schema "knowledge-bench/1", checked by knowledge.slo.validate_results), report.md and
 plots/*.png (plots need the `bench` extra's matplotlib; without it they are skipped with a note).
 --publish also writes the report as the "Benchmark suite (python -m bench)" section of bench/RESULTS.md
-(other sections are left as they are) and the JSON as bench/results/suite.json.
+(other sections are left as they are) and the JSON as bench/results/suite.json. --regenerate re-runs the
+command every section of bench/RESULTS.md names on its "Command:" line (GPU sections with --gpu), which
+rewrites every figure there; hand-written sections without one are kept.
 
 A suite whose subject does not exist yet (server, replication) reports status "not available" and why;
 one that fails reports status "error" with the exception, and the exit status is then 1.
@@ -46,6 +48,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-peers", action="store_true", help="skip the embedded peers (chromadb, lancedb, ...)")
     parser.add_argument("--publish", action="store_true",
                         help="also write bench/RESULTS.md's suite section and bench/results/suite.json")
+    parser.add_argument("--regenerate", action="store_true",
+                        help="re-run the command of every section of bench/RESULTS.md (this suite's included)")
+    parser.add_argument("--gpu", action="store_true", help="with --regenerate: the GPU sections too")
+    parser.add_argument("--dry-run", action="store_true", help="with --regenerate: list the commands only")
     args = parser.parse_args(argv)
     unknown = [s for s in args.suites if s not in suites.ORDER]
     if unknown:
@@ -96,6 +102,10 @@ def run_one(name: str, context: suites.Context) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.regenerate:
+        from bench import report
+
+        return report.regenerate(os.path.join(HERE, "RESULTS.md"), os.path.dirname(HERE), args.gpu, args.dry_run)
     names = args.suites or list(suites.ORDER)
     command = " ".join(["python -m bench", *(sys.argv[1:] if argv is None else argv)])
     results = run_suites(names, args.quick, peers=not args.no_peers, command=command, smoke=args.smoke)

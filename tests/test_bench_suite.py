@@ -213,3 +213,17 @@ def test_knowledge_bench_says_where_bench_must_be(tmp_path, monkeypatch):
         cli.bench_directory()
     monkeypatch.setenv("KNOWLEDGE_BENCH_DIR", os.path.join(REPO, "bench"))
     assert cli.bench_directory() == os.path.join(REPO, "bench")
+
+
+def test_regenerate_runs_each_sections_command(tmp_path, capsys):
+    results_md = tmp_path / "RESULTS.md"
+    marker = tmp_path / "ran.txt"
+    results_md.write_text("# Benchmark results\n\n## A (a.py)\n\nCommand: `python -c \"open('" + str(marker)
+                          + "', 'a').write('a')\"` (2 CPUs)\n\n| x |\n\n## Notes\n\nwritten by hand\n\n"
+                          "## GPU path\n\nCommand: `python -c \"raise SystemExit(3)\"`\n\n## B\n\n"
+                          "Command: `python -c \"raise SystemExit(4)\"`\n")
+    assert report.section_commands(str(results_md))[1] == ("Notes", None)
+    assert report.regenerate(str(results_md), str(tmp_path)) == 1  # B failed; the GPU one was not run
+    out = capsys.readouterr().out
+    assert marker.read_text() == "a" and "kept as written (no command): Notes" in out
+    assert "skipped (needs a GPU" in out and "FAILED (4): B" in out
