@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from knowledge.errors import CommitOutcomeUnknown
 from knowledge.replication.lsn import EpochStart, Position
 from knowledge.replication.messages import Entry, InstallSnapshot, Message
 
@@ -54,6 +55,13 @@ class CommitOutcome:
     status: str
     degraded: bool = False
     reason: str = ""
+
+    def result(self) -> Position:
+        """The commit's LSN token; raises CommitOutcomeUnknown when the outcome is unknown."""
+        if self.status == COMMITTED:
+            return self.token
+        raise CommitOutcomeUnknown(f"commit {self.token} outcome unknown: {self.reason}",
+                                   lsn=self.token.lsn, epoch=self.token.epoch, policy=self.reason)
 
 
 @dataclass(frozen=True, slots=True)

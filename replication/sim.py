@@ -36,6 +36,7 @@ from knowledge.replication.storage import MemoryLog
 
 POLICIES = ("async", "sync(1)", "sync(2)", "zones(2)", "zones(2),degrade", "sync(1),degrade", "all")
 TRACE_LINES_SHOWN = 400
+READY_ROUNDS_MAX = 8  # Readies one input may lead to (each advance can free commit outcomes once)
 NodeFactory = Callable[[NodeConfig, MemoryLog, random.Random], ReplicationNode]
 VARIANTS: dict[str, NodeFactory] = {
     "correct": lambda config, log, rng: ReplicationNode(config, log, log.durable_state(), rng),
@@ -214,10 +215,10 @@ class Simulator:
 
     def _drive(self, member: _Member) -> None:
         """Carry out the node's Readies: persist, (maybe crash), send, apply, outcomes, advance."""
-        for _ in range(8):
+        for _ in range(READY_ROUNDS_MAX):
             node = member.node
             if node is None or not node.has_ready():
-                break
+                return
             ready = node.ready()
             member.log.persist(ready)
             if self.faults and self.rng.random() < self.config.crash_mid_ready:
@@ -236,6 +237,8 @@ class Simulator:
             node.advance(ready)
             if ready.events:  # every role change comes with an event
                 self.checker.note_roles({m.id: m.node for m in self.members.values()})
+        if member.node is not None and member.node.has_ready():
+            raise SafetyViolation("liveness", f"{member.id} still has work after {READY_ROUNDS_MAX} Readies")
 
     def _outcome(self, member: _Member, token: Position, status: str, degraded: bool) -> None:
         if status != COMMITTED:

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import pytest
 
-from knowledge.errors import InvalidCommitPolicy, InvariantViolation, NotPrimary
+from knowledge.errors import CommitOutcomeUnknown, InvalidCommitPolicy, InvariantViolation, NotPrimary
 from knowledge.replication import sim
 from knowledge.replication.config import NodeConfig
 from knowledge.replication.election import Elector, MemoryKV
@@ -189,7 +189,7 @@ def test_sync1_acknowledges_only_after_a_replica_holds_the_record_durably():
     assert cluster.outcome(token) is None  # shipped, not yet acknowledged
     cluster.deliver()
     outcome = cluster.outcome(token)
-    assert outcome.status == COMMITTED and not outcome.degraded
+    assert outcome.status == COMMITTED and not outcome.degraded and outcome.result() == token
     assert b"x" in cluster.payloads("n1") and b"x" in cluster.payloads("n2")
     cluster.tick(5)  # the commit point reaches the replicas with the next heartbeat
     assert cluster.node("n1").can_read(token.lsn) and cluster.logs["n1"].applied_lsn >= token.lsn
@@ -206,6 +206,9 @@ def test_a_missed_deadline_is_outcome_unknown_never_a_silent_success():
     outcome = cluster.outcome(token)
     assert outcome.status == OUTCOME_UNKNOWN and "sync(1)" in outcome.reason
     assert cluster.node("n0").stats["outcome_unknown"] == 1
+    with pytest.raises(CommitOutcomeUnknown) as raised:
+        outcome.result()
+    assert raised.value.lsn == token.lsn and raised.value.epoch == token.epoch
 
 
 def test_degrade_falls_back_to_async_with_an_event_then_returns_to_the_policy():
