@@ -29,7 +29,7 @@ from knowledge.storage.tables import edge_table, node_table, query_arrow, quote
 from knowledge.transaction import Transaction
 
 if TYPE_CHECKING:
-    from knowledge.store import Store
+    from knowledge.views import StoreView
 
 Direction = Literal["out", "in", "both"]
 DIRECTIONS = ("out", "in", "both")
@@ -49,7 +49,7 @@ class NodeRef:
 class Session(SessionSearch):
     """A principal's view of the store. Cheap to create; not meant to be shared between threads."""
 
-    def __init__(self, store: Store, principal: Principal | str) -> None:
+    def __init__(self, store: StoreView, principal: Principal | str) -> None:
         self.store = store
         self._principal = principal
         # (type=, property=) -> (schema it was resolved in, type name, index key, vector index, key type)

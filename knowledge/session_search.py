@@ -23,7 +23,7 @@ from knowledge.errors import InvalidArgument
 from knowledge.storage.tables import node_table, query_arrow, quote
 
 if TYPE_CHECKING:
-    from knowledge.store import Store
+    from knowledge.views import StoreView
 
 SEARCH_K_MAX = 10_000
 RANKED_SCHEMAS_MAX = 64  # cached `_id, _key, _score` schemas, one per (key type, plan)
@@ -39,7 +39,7 @@ _OPERATORS = {"=": "=", "==": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", "
 class SessionSearch:
     """Vector and keyword search over what the session's principal can see."""
 
-    store: Store
+    store: StoreView
     _vector_properties: dict[tuple[str | None, str | None], tuple[Any, str, Any, Any, str]]
 
     # -- vector search ------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from knowledge.storage.rows import is_small, node_rows
 from knowledge.storage.values import Rows, edge_batch, node_batch
 
 if TYPE_CHECKING:
-    from knowledge.session import Session
+    from knowledge.views import SessionView
 
 
 class Transaction:
@@ -21,7 +21,7 @@ class Transaction:
     error the transaction is void: nothing of it reaches the store.
     """
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: SessionView) -> None:
         self.session = session
         self.items: list[tuple[str, str, Any]] = []
         self.lsn: int | None = None

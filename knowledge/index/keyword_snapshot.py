@@ -4,6 +4,10 @@ Layout: magic, the JSON header's length (u64 LE), the JSON header (k1, b, whethe
 custom, the terms, each array's dtype and length), then the arrays (postings pointer per term, doc
 ids, term frequencies, live doc ids, their lengths), little-endian. `restore_index` checks every
 array against the others before building anything, so a damaged snapshot raises KeywordIndexError.
+
+Both functions work on a `knowledge/index/keyword.py:KeywordIndex` (its internals: they are its
+`snapshot` and `restore`, kept apart for size), passed in rather than imported so that the import goes
+one way only (keyword -> keyword_snapshot).
 """
 
 from __future__ import annotations
@@ -11,19 +15,16 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from knowledge.index.keyword_text import DOC_ID_MAX, KeywordIndexError
 
-if TYPE_CHECKING:
-    from knowledge.index.keyword import KeywordIndex
-
 _SNAPSHOT_MAGIC = b"KWIDX\x00\x01\n"
 
 
-def snapshot_bytes(self: KeywordIndex) -> bytes:
+def snapshot_bytes(self: Any) -> bytes:
     """Serialise the live content (vocabulary, postings, doc lengths, k1, b) to bytes.
 
     Deterministic: equal contents give equal bytes. The tokenizer itself is not stored, only
@@ -60,8 +61,7 @@ def snapshot_bytes(self: KeywordIndex) -> bytes:
     return _SNAPSHOT_MAGIC + struct.pack("<Q", len(head)) + head + body
 
 
-def restore_index(cls: type[KeywordIndex], data: bytes,
-                  tokenizer: Callable[[str], list[str]] | None = None) -> KeywordIndex:
+def restore_index(cls: Any, data: bytes, tokenizer: Callable[[str], list[str]] | None = None) -> Any:
     """Rebuild an index from `snapshot()` bytes; it searches exactly as the original did.
 
     Pass the same `tokenizer` the original used when it was a custom one. Raises

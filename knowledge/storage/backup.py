@@ -18,7 +18,7 @@ from knowledge.storage.engine import MARKER, is_store
 from knowledge.storage.wal.log import fsync_directory, list_segments
 
 if TYPE_CHECKING:
-    from knowledge.storage.engine import Engine
+    from knowledge.storage.state import EngineState
 
 MANIFEST = "BACKUP"
 
@@ -53,7 +53,7 @@ def _publish(staging: str, destination: str) -> None:
     fsync_directory(os.path.dirname(destination))
 
 
-def backup_store(engine: Engine, destination: str) -> int:
+def backup_store(engine: EngineState, destination: str) -> int:
     """Copy the store `engine` serves to `destination` consistently at one LSN (commits wait
     meanwhile); return the LSN."""
     staging = _prepare_destination(destination)

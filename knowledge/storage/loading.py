@@ -20,13 +20,13 @@ from knowledge.storage.ops import Op, OpKind, decode_ops
 from knowledge.storage.tables import node_table, query_arrow
 
 if TYPE_CHECKING:
-    from knowledge.storage.engine import Engine
+    from knowledge.storage.state import EngineState
 
 log = logging.getLogger("knowledge.store")
 REPLAY_BATCH_RECORDS_MAX = 1024  # WAL records per DuckDB transaction while replaying
 
 
-def load_memory(engine: Engine) -> None:
+def load_memory(engine: EngineState) -> None:
     """Rebuild the directory and adjacency from the DuckDB tables."""
     con = engine.tables.cursor()
     for (text,) in con.execute("SELECT value FROM _meta WHERE name LIKE 'principal:%' ORDER BY name").fetchall():
@@ -49,7 +49,7 @@ def load_memory(engine: Engine) -> None:
     _load_vectors(engine)
     _load_keywords(engine)
 
-def _load_keywords(engine: Engine) -> None:
+def _load_keywords(engine: EngineState) -> None:
     """Each keyword index from its snapshot plus the WAL up to the tables' LSN, else from the node
     table's text column (the rest of the WAL is replayed after)."""
     applied = engine.tables.applied_lsn
@@ -74,14 +74,14 @@ def _load_keywords(engine: Engine) -> None:
                     log.warning("keyword index %s.%s rebuilt from the node table: %s", type_name, prop.name, exc)
                 engine.keywords[key] = _keywords_from_table(engine, type_name, prop.name)
 
-def _keywords_from_table(engine: Engine, type_name: str, prop: str) -> KeywordIndex:
+def _keywords_from_table(engine: EngineState, type_name: str, prop: str) -> KeywordIndex:
     index = KeywordIndex()
     table = engine.tables.column_values(type_name, prop)
     if table.num_rows:
         index.upsert(table.column("_id").to_numpy(), table.column("value").to_pylist())
     return index
 
-def _load_vectors(engine: Engine) -> None:
+def _load_vectors(engine: EngineState) -> None:
     """Each vector index from its snapshot plus the WAL up to the tables' LSN, else from the table."""
     applied = engine.tables.applied_lsn
     for type_name, node_type in engine.schema.nodes.items():
@@ -102,7 +102,7 @@ def _load_vectors(engine: Engine) -> None:
                     log.warning("vector index %s.%s rebuilt from the node table: %s", type_name, prop.name, exc)
                 engine.vectors[(type_name, prop.name)] = _vectors_from_table(engine, type_name, prop)
 
-def _vectors_from_table(engine: Engine, type_name: str, prop: Any) -> VectorIndex:
+def _vectors_from_table(engine: EngineState, type_name: str, prop: Any) -> VectorIndex:
     index = VectorIndex(prop.dimension, prop.metric, engine.config.vectors)
     table = engine.tables.column_values(type_name, prop.name)
     if table.num_rows:
@@ -110,7 +110,7 @@ def _vectors_from_table(engine: Engine, type_name: str, prop: Any) -> VectorInde
         index.upsert(table.column("_id").to_numpy(), flat.reshape(-1, prop.dimension))
     return index
 
-def replay(engine: Engine) -> None:
+def replay(engine: EngineState) -> None:
     applied = engine.tables.applied_lsn
     if engine.wal.last_lsn < applied:
         invariant(engine.wal.last_lsn == 0, f"WAL ends at {engine.wal.last_lsn} below applied LSN {applied}")

@@ -18,10 +18,10 @@ from knowledge.storage.rows import NodeRows
 from knowledge.storage.schema import Schema
 
 if TYPE_CHECKING:
-    from knowledge.storage.engine import Engine
+    from knowledge.storage.state import EngineState
 
 
-def apply_memory(engine: Engine, ops: list[Op]) -> None:
+def apply_memory(engine: EngineState, ops: list[Op]) -> None:
     """Apply durable ops to the in-memory state: directory, catalog, schema, adjacency, vector and keyword
     indexes, row cache (under the engine's state lock, in LSN order)."""
     directory = engine.directory
@@ -75,7 +75,7 @@ def apply_memory(engine: Engine, ops: list[Op]) -> None:
             else:
                 index.remove(src, dst, directory.capacity)
 
-def apply_vectors(engine: Engine, ops: list[Op], only: tuple[str, str] | None = None) -> None:
+def apply_vectors(engine: EngineState, ops: list[Op], only: tuple[str, str] | None = None) -> None:
     """Feed node upserts and deletes to the vector indexes (all, or the `only` one)."""
     for op in ops:
         if op.kind not in (OpKind.UPSERT_NODES, OpKind.DELETE_NODES) or (op.table is None and op.rows is None):
@@ -103,7 +103,7 @@ def apply_vectors(engine: Engine, ops: list[Op], only: tuple[str, str] | None = 
                 values = pc.list_flatten(column.filter(pa.array(present))).to_numpy(zero_copy_only=False)
                 index.upsert(ids[present], values.reshape(-1, index.dimension))
 
-def _apply_vector_rows(engine: Engine, rows: NodeRows, props: list[Any], only: tuple[str, str] | None) -> None:
+def _apply_vector_rows(engine: EngineState, rows: NodeRows, props: list[Any], only: tuple[str, str] | None) -> None:
     """apply_vectors for an upsert given as NodeRows."""
     assert rows.ids is not None
     for prop in props:
@@ -119,7 +119,7 @@ def _apply_vector_rows(engine: Engine, rows: NodeRows, props: list[Any], only: t
             index.upsert(np.array([node for node, _ in present], dtype=np.int64),
                          np.stack([value for _, value in present]))
 
-def apply_keywords(engine: Engine, op: Op, only: tuple[str, str] | None = None) -> None:
+def apply_keywords(engine: EngineState, op: Op, only: tuple[str, str] | None = None) -> None:
     """Feed a node upsert or delete to the keyword indexes of its type's text properties (or `only`)."""
     if op.rows is not None:
         assert op.rows.ids is not None
