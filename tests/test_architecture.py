@@ -74,3 +74,22 @@ def test_the_check_catches_a_wrong_name(tmp_path):
         assert defines(str(module), name), name
     for name in ("B", "A.walk", "f.x", "X.real"):
         assert not defines(str(module), name), name
+
+
+def _layout_folders(readme: str) -> list[str]:
+    """The folders named in the first column of README.md's layout table."""
+    section = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^\| `([\w/]+/)` \|", section, re.M)
+
+
+def test_the_readme_layout_table_matches_the_tree():
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        folders = _layout_folders(f.read())
+    assert "knowledge/storage/" in folders  # the table was found
+    packages = {f"knowledge/{name}/" for name in os.listdir(os.path.join(ROOT, "knowledge"))
+                if os.path.isfile(os.path.join(ROOT, "knowledge", name, "__init__.py"))
+                and not os.path.islink(os.path.join(ROOT, "knowledge", name))}  # a link to kernels/, say
+    packages |= {"knowledge/", "kernels/", "replication/", "bench/", "tests/"}
+    assert not packages - set(folders), f"packages missing from README's layout table: {packages - set(folders)}"
+    missing = [folder for folder in folders if not os.path.isdir(os.path.join(ROOT, folder))]
+    assert not missing, f"README's layout table names folders that do not exist: {missing}"
