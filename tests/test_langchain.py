@@ -202,3 +202,18 @@ def test_embedding_wrappers_round_trip():
     np.testing.assert_allclose(back.embed(["a b"]), embedder.embed(["a b"]), atol=1e-6)
     assert as_langchain.embed_query("a b") == embedder.embed(["a b"])[0].tolist()
     assert LangChainEmbedder(DeterministicFakeEmbedding(size=5)).dimension == 5
+
+
+def test_filtered_searches_follow_writes_grants_and_revokes_on_one_session(store):
+    embedding = KnowledgeEmbeddings(HashingEmbedder(64))
+    writer = _load(store, embedding)
+    reader = KnowledgeVectorStore(store.session("reader"), embedding)
+    poe = {"author": "poe"}
+    assert {d.id for d in reader.similarity_search("raven", k=10, filter=poe)} == {"p1", "p3"}
+    writer.add_texts(["a new poe poem"], [{"author": "poe"}], ids=["p5"])
+    assert {d.id for d in reader.similarity_search("raven", k=10, filter=poe)} == {"p1", "p3", "p5"}
+    store.grant("reader", read=["secret"])
+    assert {d.id for d in reader.similarity_search("raven", k=10, filter=poe)} == {"p1", "p3", "p5", "s1"}
+    store.revoke("reader", read=["public", "secret"])
+    assert reader.similarity_search("raven", k=10, filter=poe) == []
+    assert reader.similarity_search("raven", k=10, filter=lambda doc: True) == []

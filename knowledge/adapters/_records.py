@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,17 +144,35 @@ def delete_records(session: Any, ids: Iterable[str]) -> int:
     return delete_documents(session, [i for i in ids if isinstance(i, str) and "#" not in i])
 
 
+_VISIBLE: weakref.WeakKeyDictionary[Any, tuple[int, bool, list[tuple[str, str, dict[str, Any]]]]] = \
+    weakref.WeakKeyDictionary()
+"""Per session: (LSN, with texts, the visible Documents' (doc_id, text, decoded metadata)) of its last scan."""
+
+
+def _visible_rows(session: Any, needs_text: bool) -> list[tuple[str, str, dict[str, Any]]]:
+    """The session's visible Documents as (doc_id, text or "", metadata), scanned once per LSN: every
+    change of data, labels or grants is a WAL record, so an unchanged LSN means an unchanged view."""
+    with session.snapshot() as lsn:
+        cached = _VISIBLE.get(session)
+        if cached is not None and cached[0] == lsn and (cached[1] or not needs_text):
+            return cached[2]
+        table = session.scan(DOCUMENT, columns=["doc_id", "metadata", *(["text"] if needs_text else [])])
+        keys = table.column("doc_id").to_pylist()
+        texts = table.column("text").to_pylist() if needs_text else [""] * len(keys)
+        rows = [(key, text or "", _metadata(metadata))
+                for key, text, metadata in zip(keys, texts, table.column("metadata").to_pylist(), strict=True)]
+        _VISIBLE[session] = (lsn, needs_text, rows)
+        return rows
+
+
 def matching_ids(session: Any, predicate: Predicate) -> list[str]:
-    """doc_ids of the visible Documents for which predicate(id, text, metadata) holds. The text is read
-    only for a predicate marked `needs_text` (see `with_text`); otherwise it gets ""."""
+    """doc_ids of the visible Documents for which predicate(id, text, metadata) holds (the predicate must
+    not change `metadata`). The text is read only for a predicate marked `needs_text` (see `with_text`);
+    otherwise it gets "". The decoded metadata is kept per session until its LSN moves."""
     if DOCUMENT not in session.store.schema.nodes:
         return []
-    needs_text = bool(getattr(predicate, "needs_text", False))
-    table = session.scan(DOCUMENT, columns=["doc_id", "metadata", *(["text"] if needs_text else [])])
-    keys = table.column("doc_id").to_pylist()
-    texts = table.column("text").to_pylist() if needs_text else [""] * len(keys)
-    return [key for key, text, metadata in zip(keys, texts, table.column("metadata").to_pylist(), strict=True)
-            if predicate(key, text or "", _metadata(metadata))]
+    rows = _visible_rows(session, bool(getattr(predicate, "needs_text", False)))
+    return [key for key, text, metadata in rows if predicate(key, text, metadata)]
 
 
 def with_text(predicate: Predicate) -> Predicate:

@@ -60,10 +60,17 @@ def _clause(spec: Any) -> Test:
 
 
 def _all(tests: list[Test]) -> Test:
+    if len(tests) == 1:
+        return tests[0]
+    if len(tests) == 2:
+        first, second = tests
+        return lambda m: first(m) and second(m)
     return lambda m: all(test(m) for test in tests)
 
 
 def _any(tests: list[Test]) -> Test:
+    if len(tests) == 1:
+        return tests[0]
     return lambda m: any(test(m) for test in tests)
 
 
@@ -72,20 +79,27 @@ def _field(name: str, condition: Any) -> Test:
         checks = [_operator(name, op, value) for op, value in condition.items()]
     else:
         checks = [_operator(name, "$eq", condition)]
+    if len(checks) == 1:
+        check = checks[0]
+        return lambda m: check(m.get(name, _MISSING))
     return lambda m: all(check(m.get(name, _MISSING)) for check in checks)
 
 
-def _compare(op: str, left: Any, right: Any) -> bool:
-    try:
-        if op == "$gt":
-            return bool(left > right)
-        if op == "$gte":
-            return bool(left >= right)
-        if op == "$lt":
-            return bool(left < right)
-        return bool(left <= right)
-    except TypeError:
-        return False
+def _compare(op: str, value: Any) -> Callable[[Any], bool]:
+    def test(field: Any) -> bool:
+        if field is _MISSING:
+            return False
+        try:
+            if op == "$gt":
+                return bool(field > value)
+            if op == "$gte":
+                return bool(field >= value)
+            if op == "$lt":
+                return bool(field < value)
+            return bool(field <= value)
+        except TypeError:
+            return False
+    return test
 
 
 def _operator(name: str, op: Any, value: Any) -> Callable[[Any], bool]:
@@ -100,43 +114,50 @@ def _operator(name: str, op: Any, value: Any) -> Callable[[Any], bool]:
     return _check(op, value)
 
 
+def _equals(value: Any) -> Callable[[Any], bool]:
+    """field == value, True kept apart from 1 (JSON keeps them apart too); a missing field never equals."""
+    if isinstance(value, bool):
+        return lambda field: field is value
+    if isinstance(value, int | float):
+        return lambda field: field == value and not isinstance(field, bool)
+    return lambda field: field is not _MISSING and field == value
+
+
 def _check(op: str, value: Any) -> Callable[[Any], bool]:  # noqa: C901 - one branch per operator
-    def test(field: Any) -> bool:
-        if op == "$exists":
-            return (field is not _MISSING) == value
-        if op == "$empty":
-            return (field is _MISSING or field is None or field == "" or field == []) == value
-        if op == "$ne":
-            return field is _MISSING or not _equal(field, value)
-        if op == "$nin":
-            return field is _MISSING or not any(_equal(field, v) for v in value)
-        if field is _MISSING:
-            return False
-        if op == "$eq":
-            return _equal(field, value)
+    if op == "$eq":
+        return _equals(value)
+    if op == "$ne":
+        equal = _equals(value)
+        return lambda field: not equal(field)
+    if op in ("$gt", "$gte", "$lt", "$lte"):
+        return _compare(op, value)
+    if op == "$exists":
+        return lambda field: (field is not _MISSING) == value
+    if op == "$empty":
+        return lambda field: (field is _MISSING or field is None or field == "" or field == []) == value
+    if op in ("$in", "$nin"):
+        tests = [_equals(v) for v in value]
         if op == "$in":
-            return any(_equal(field, v) for v in value)
-        if op == "$contains":
-            if isinstance(field, list):
-                return any(_equal(item, value) for item in field)
-            return isinstance(field, str) and isinstance(value, str) and value in field
-        if op in ("$any", "$all"):
+            return lambda field: any(test(field) for test in tests)
+        return lambda field: not any(test(field) for test in tests)
+    if op == "$contains":
+        equal = _equals(value)
+        return lambda field: (any(equal(item) for item in field) if isinstance(field, list)
+                              else isinstance(field, str) and isinstance(value, str) and value in field)
+    if op in ("$any", "$all"):
+        wanted = [_equals(v) for v in value]
+        combine = any if op == "$any" else all
+
+        def holds(field: Any) -> bool:
+            if field is _MISSING:
+                return False
             items = field if isinstance(field, list) else [field]
-            found = [any(_equal(item, v) for item in items) for v in value]
-            return any(found) if op == "$any" else all(found)
-        if op == "$text":
-            return isinstance(field, str) and value in field
-        if op == "$itext":
-            return isinstance(field, str) and value.lower() in field.lower()
-        return _compare(op, field, value)
-    return test
-
-
-def _equal(left: Any, right: Any) -> bool:
-    """Equality that keeps True apart from 1 (JSON keeps them apart too)."""
-    if isinstance(left, bool) != isinstance(right, bool):
-        return False
-    return bool(left == right)
+            return combine(any(test(item) for item in items) for test in wanted)
+        return holds
+    if op == "$text":
+        return lambda field: isinstance(field, str) and value in field
+    lowered = value.lower()
+    return lambda field: isinstance(field, str) and lowered in field.lower()
 
 
 __all__ = ["FIELD_OPERATORS", "Test", "compile_filter"]

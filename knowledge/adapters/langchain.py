@@ -116,7 +116,7 @@ def _predicate(filter: Any) -> Predicate | None:  # noqa: A002 - LangChain's nam
     if filter is None:
         return None
     if callable(filter):
-        return with_text(lambda id_, text, metadata: bool(filter(LCDocument(page_content=text, metadata=metadata,
+        return with_text(lambda id_, text, metadata: bool(filter(LCDocument(page_content=text, metadata=dict(metadata),
                                                                              id=id_))))
     test = compile_filter(filter)
     return None if test is None else (lambda id_, text, metadata: test(metadata))
