@@ -24,7 +24,9 @@ PRIMARY_KEY = "knowledge-primary"
 DETAIL_TYPE_URL = "type.googleapis.com/knowledge.v1.ErrorDetail"
 FIELDS = ("type_name", "row", "field", "value", "key", "path", "holder_pid", "segment", "offset", "lsn",
           "format", "primary", "detail")
-MESSAGE_CHARS_MAX = 4000  # a status message longer than this is cut (trailers have a size cap)
+MESSAGE_CHARS_MAX = 1000  # a status message longer than this is cut: trailers have a size cap (8 KiB by default)
+FIELD_CHARS_MAX = 256  # a str field of an error is cut to this many characters in the details
+FIELD_ITEMS_MAX = 32  # and a list field to this many items
 
 # Most specific first: the first class an error is an instance of decides its code.
 _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
@@ -86,15 +88,17 @@ def status_code(exc: BaseException) -> grpc.StatusCode:
 
 
 def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, str | int | float | bool):
+    if isinstance(value, str):
+        return value if len(value) <= FIELD_CHARS_MAX else value[:FIELD_CHARS_MAX] + "..."
+    if value is None or isinstance(value, int | float | bool):
         return value
     if isinstance(value, dt.datetime | dt.date):
         return value.isoformat()
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [_jsonable(v) for v in value[:FIELD_ITEMS_MAX]]
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return repr(value)
+        return {str(k)[:FIELD_CHARS_MAX]: _jsonable(v) for k, v in list(value.items())[:FIELD_ITEMS_MAX]}
+    return _jsonable(repr(value))
 
 
 def error_detail(exc: BaseException) -> pb.ErrorDetail:
@@ -119,7 +123,9 @@ def trailers(exc: BaseException, code: grpc.StatusCode, message: str) -> list[tu
 def abort(context: grpc.ServicerContext, exc: BaseException) -> None:
     """End the call with `exc` as its status (raises, as context.abort does)."""
     code = status_code(exc)
-    message = (str(exc) or type(exc).__name__)[:MESSAGE_CHARS_MAX]
+    message = str(exc) or type(exc).__name__
+    if len(message) > MESSAGE_CHARS_MAX:
+        message = message[:MESSAGE_CHARS_MAX] + " [cut]"
     context.set_trailing_metadata(trailers(exc, code, message))
     context.abort(code, message)
 

@@ -27,6 +27,23 @@ def _add(tx: Any, item: pb.WriteItem) -> None:
     getattr(tx, item.action)(item.type, wire.rows_from_proto(item.rows, item.type))
 
 
+def _schema_change(text: str) -> dict[str, Any]:
+    """The change document, its shape checked ({"nodes": {NAME: {...}}, "edges": {NAME: {...}}})."""
+    change = wire.loads(text, "change_json")
+    if not isinstance(change, dict) or set(change) - {"nodes", "edges"}:
+        raise InvalidArgument("change_json must be a JSON object with 'nodes' and/or 'edges' (and nothing else)")
+    for part in ("nodes", "edges"):
+        types = change.get(part, {})
+        if not isinstance(types, dict) or not all(isinstance(spec, dict) for spec in types.values()):
+            raise InvalidArgument(f"change_json {part!r} must map each type name to an object, e.g. "
+                                  f'{{"{part}": {{"Person": {{"key": "name", "properties": {{}}}}}}}}')
+        for name, spec in types.items():
+            if "properties" in spec and not isinstance(spec["properties"], dict):
+                raise InvalidArgument(f"change_json {part}.{name}.properties must be an object")
+    return change
+
+
+
 class Writes:
     """Store and Transaction writes over the wire (mixed into the servicer)."""
 
@@ -41,10 +58,8 @@ class Writes:
 
     @handler(write=True, admin=True)
     def ApplySchema(self, request: pb.ApplySchemaRequest, session: Any, context: Any) -> pb.LsnReply:
-        change = wire.loads(request.change_json, "change_json")
-        if not isinstance(change, dict):
-            raise InvalidArgument("change_json must be a JSON object with 'nodes' and/or 'edges'")
-        return pb.LsnReply(lsn=session.store.apply_schema(change))
+        return pb.LsnReply(lsn=session.store.apply_schema(_schema_change(request.change_json)))
+
 
     @handler(write=True, admin=True)
     def CreatePrincipal(self, request: pb.PrincipalChange, session: Any, context: Any) -> pb.PrincipalReply:
