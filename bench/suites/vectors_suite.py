@@ -57,7 +57,7 @@ def _run(context: Context) -> dict[str, Any]:
 
 def _data_sets(context: Context) -> dict[str, tuple[datasets.DataSet, str]]:
     if context.quick:
-        rows, queries = context.pick(None, (20_000, 100), (3_000, 20))
+        rows, queries = context.pick(None, (10_000, 100), (3_000, 20))
         synthetic = datasets.clustered(rows, queries, clusters=context.pick(300, 300, 50), seed=context.seed)
         real = datasets.minilm(queries_max=queries)
         return {"synthetic": (synthetic, "hnsw"), "real": (real, "auto")}
@@ -116,7 +116,7 @@ def run_set(context: Context, data: datasets.DataSet, kind: str) -> dict[str, An
                                         ("where", lambda q, s=s: admin.search(q, k=K, where=datasets.where(s)))):
                 result[filter_name][f"{s:g}"] = _measure_ours(search, data.queries, truth, base_ms,
                                                               f"vectors: {filter_name} {s:g}")
-        if context.peers and not (context.smoke and data.source != "synthetic"):
+        if context.peers and not (context.quick and data.source != "synthetic"):  # quick: the synthetic set only
             from bench import peers
             result["peers"] = peers.compare(data, bucket, masks, K, context.workdir, quick=context.quick,
                                             queries_max=context.pick(None, peers.QUICK_QUERIES, 10))
