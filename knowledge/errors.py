@@ -33,6 +33,15 @@ class StoreNotFound(KnowledgeError):
     """open() was pointed at a directory that holds no store (and create=False)."""
 
 
+class NotADirectory(StoreNotFound):
+    """open() was pointed at a path that exists and is not a directory (a file): a store is a directory."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(f"{path!r} is not a directory; a store is a directory: pass a new path or an "
+                         f"existing store directory")
+
+
 class StorePoisoned(KnowledgeError):
     """A write failed after its WAL record was durable; the store must be reopened to recover."""
 
@@ -142,6 +151,28 @@ class PermissionDenied(KnowledgeError):
 
 class InvalidArgument(KnowledgeError):
     """An API argument is out of range or malformed (k <= 0, unknown direction, ...)."""
+
+
+class InvalidQuery(InvalidArgument):
+    """A read's filter does not fit the schema (a `where` clause comparing an int property with text,
+    an unknown operator, ...): `property`, `operator` and `value` name the clause."""
+
+    def __init__(self, message: str, *, property: str | None = None, operator: str | None = None,
+                 value: Any = None) -> None:
+        self.property = property
+        self.operator = operator
+        self.value = value
+        super().__init__(message)
+
+
+class TransactionClosed(KnowledgeError):
+    """A transaction was used after commit(), rollback() or an error that voided it: start a new one."""
+
+
+class EmbedderUnavailable(KnowledgeError, RuntimeError):
+    """No embedder can produce the vectors asked for: the model (or its packages) is not installed, a
+    vector mode was asked for without an embedder, or a `PrecomputedEmbedder` without a fallback was
+    asked for a text it holds no vector for (also a RuntimeError, as it was before it joined this tree)."""
 
 
 class UnreadableFile(InvalidArgument):

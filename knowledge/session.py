@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from knowledge.access.audit import AuditEntry
 from knowledge.access.principal import Principal
 from knowledge.access.visibility import consistent_read, is_visible, visible_edges, visible_nodes
-from knowledge.errors import InvalidArgument, NotFound, PermissionDenied, UnknownType
+from knowledge.errors import InvalidArgument, NotFound, PermissionDenied, StoreClosed, UnknownType
 from knowledge.session_search import SessionSearch, where_sql
 from knowledge.storage.tables import edge_table, node_table, query_arrow, quote
 from knowledge.transaction import Transaction
@@ -71,6 +71,8 @@ class Session(SessionSearch):
     def visible(self) -> np.ndarray:
         """The visibility bitmap over node ids (read-only)."""
         principal, store = self.principal, self.store
+        if store.engine.closed:
+            raise StoreClosed(f"store {store.path!r} is closed: this session can no longer be used")
         directory, cached = store.directory, self._visible
         if (cached is not None and cached[0] is principal and cached[1] is directory
                 and cached[2] == directory.version and cached[3] == directory.capacity and store.engine.failure is None):
@@ -87,6 +89,7 @@ class Session(SessionSearch):
 
     def _visible_id(self, type_name: str, key: Any) -> int:
         self._node_type(type_name)
+        _check_key(key)
         node = self.store.directory.id_of(type_name, key)
         if not is_visible(self.visible(), node):
             raise NotFound(type_name, key)
@@ -97,6 +100,8 @@ class Session(SessionSearch):
         allowed = [n for n, p in node_type.properties.items() if self.principal.admin or not p.hidden]
         if columns is None:
             return allowed
+        if isinstance(columns, str | bytes) or not isinstance(columns, Iterable):
+            raise InvalidArgument(f"columns must be a list of property names, got {type(columns).__name__}")
         chosen = list(columns)
         for name in chosen:
             if name not in allowed:
@@ -112,6 +117,7 @@ class Session(SessionSearch):
     def audit_log(self, principal: str | None = None, api: str | None = None, node_id: int | None = None,
                   limit: int = 1000) -> list[AuditEntry]:
         """Audit entries, newest first (admins only; empty when auditing is off)."""
+        self.store.engine.check_open()
         if not self.principal.admin:
             raise PermissionDenied("the audit log is readable by admins only")
         if self.store.audit is None:
@@ -133,6 +139,9 @@ class Session(SessionSearch):
     def get_many(self, type_name: str, keys: Iterable[Any], columns: Iterable[str] | None = None) -> pa.Table:
         """Rows of the visible nodes among `keys` (absent or invisible keys are skipped)."""
         self._node_type(type_name)
+        if isinstance(keys, str | bytes) or not isinstance(keys, Iterable):
+            raise InvalidArgument(f"keys must be a list of node keys, got {type(keys).__name__}")
+        keys = [_check_key(key) for key in keys]
         visible = self.visible()
         ids = [n for n in (self.store.directory.id_of(type_name, k) for k in keys) if is_visible(visible, n)]
         self._audit("get_many", ids)
@@ -185,6 +194,9 @@ class Session(SessionSearch):
             cursor.close()
 
     def ref(self, node: int) -> NodeRef:
+        visible = self.visible()
+        if isinstance(node, bool) or not isinstance(node, int | np.integer) or not 0 <= node < len(visible):
+            raise InvalidArgument(f"no node with id {node!r}")
         directory = self.store.directory
         return NodeRef(node, directory.type_names[directory.type_of[node]], directory.key_of[node])
 
@@ -193,6 +205,8 @@ class Session(SessionSearch):
         edges = self.store.schema.edges
         if edge_type is None:
             return list(edges)
+        if not isinstance(edge_type, str) and (isinstance(edge_type, bytes) or not isinstance(edge_type, Iterable)):
+            raise InvalidArgument(f"edge_type must be an edge type name or a list of them, got {edge_type!r}")
         names = [edge_type] if isinstance(edge_type, str) else list(edge_type)
         for name in names:
             if name not in edges:
@@ -230,7 +244,7 @@ class Session(SessionSearch):
         """
         _check_direction(direction)
         _check_limit(limit)
-        if not 1 <= depth <= DEPTH_MAX:
+        if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= DEPTH_MAX:
             raise InvalidArgument(f"depth must be in 1..{DEPTH_MAX}, got {depth}")
         start = self._visible_id(type_name, key)
         visible = self.visible()
@@ -293,6 +307,7 @@ class Session(SessionSearch):
         Commits that finish meanwhile wait to become visible until the block ends, so keep it short
         (a retrieval, not a user interaction). Reads inside see exactly the yielded LSN.
         """
+        self.store.engine.check_open()
         with self.store.state_lock:
             lsn = self.store.memory_lsn
             self.store.wait_applied(lsn)
@@ -385,6 +400,13 @@ class Session(SessionSearch):
     def transaction(self) -> Transaction:
         """A new transaction; commit() (or leaving a `with` block cleanly) makes it durable."""
         return Transaction(self)
+
+
+def _check_key(key: Any) -> Any:
+    """`key` when it can be a node key (a str or an int); InvalidArgument otherwise."""
+    if isinstance(key, bool) or not isinstance(key, str | int | np.integer):
+        raise InvalidArgument(f"a node key is a str or an int, got {type(key).__name__} {key!r}")
+    return key
 
 
 def _check_direction(direction: str) -> None:

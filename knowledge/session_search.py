@@ -11,7 +11,7 @@ from __future__ import annotations
 import array
 import itertools
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,8 +19,9 @@ import pyarrow as pa
 
 from knowledge.access.principal import Principal
 from knowledge.access.visibility import consistent_read
-from knowledge.errors import InvalidArgument
+from knowledge.errors import InvalidArgument, InvalidQuery
 from knowledge.storage.tables import node_table, query_arrow, quote
+from knowledge.storage.values import convert_value
 
 if TYPE_CHECKING:
     from knowledge.views import StoreView
@@ -221,31 +222,65 @@ def _ranked_table(ids: np.ndarray, keys: list[Any], scores: np.ndarray, key_type
 
 
 def where_sql(node_type: Any, where: dict[str, Any], principal: Principal) -> tuple[list[str], list[Any]]:
+    """SQL clauses and parameters for a `where` filter, every value checked against its property's type
+    first (the rules of a dict row's values), so a filter that does not fit raises InvalidQuery naming
+    the property, operator and value, never a DuckDB error."""
+    if not isinstance(where, Mapping):
+        raise InvalidQuery(f"where must be a dict mapping property names to a value or to (operator, value), "
+                           f"got {type(where).__name__}")
     clauses: list[str] = []
     params: list[Any] = []
     for name, condition in where.items():
         prop = node_type.properties.get(name)
         if prop is None or (prop.hidden and not principal.admin):
-            raise InvalidArgument(f"node type {node_type.name!r} has no property {name!r}")
+            raise InvalidQuery(f"node type {node_type.name!r} has no property {name!r}", property=name)
         if prop.is_vector:
-            raise InvalidArgument(f"cannot filter on vector property {name!r}")
+            raise InvalidQuery(f"cannot filter on vector property {name!r}", property=name)
+        if isinstance(condition, tuple) and (len(condition) != 2 or not isinstance(condition[0], str)):
+            raise InvalidQuery(f"where {name!r}: a condition is a value or an (operator, value) pair, got "
+                               f"{condition!r}", property=name, value=condition)
         operator, value = condition if isinstance(condition, tuple) else ("=", condition)
         column = quote(name)
         if operator == "in":
-            values = list(value)
+            if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
+                raise InvalidQuery(f"where {name!r} in {value!r}: 'in' takes a list of values", property=name,
+                                   operator=operator, value=value)
+            values = [_where_value(node_type, prop, operator, item) for item in value]
             clauses.append(f"{column} IN ({', '.join('?' for _ in values)})" if values else "FALSE")
             params.extend(values)
         elif operator == "contains":
             if prop.type != "list[str]":
-                raise InvalidArgument(f"'contains' needs a list[str] property; {name!r} is {prop.type}")
+                raise InvalidQuery(f"'contains' needs a list[str] property; {name!r} is {prop.type}", property=name,
+                                   operator=operator, value=value)
+            if not isinstance(value, str):
+                raise InvalidQuery(f"where {name!r} contains {value!r}: expected str, got {type(value).__name__}",
+                                   property=name, operator=operator, value=value)
             clauses.append(f"list_contains({column}, ?)")
             params.append(value)
         elif operator in _OPERATORS:
             if value is None:
                 clauses.append(f"{column} IS {'NOT ' if operator == '!=' else ''}NULL")
                 continue
+            if operator == "like" and prop.type not in ("str", "text"):
+                raise InvalidQuery(f"'like' needs a str or text property; {name!r} is {prop.type}", property=name,
+                                   operator=operator, value=value)
             clauses.append(f"{column} {_OPERATORS[operator]} ?")
-            params.append(json.dumps(value) if prop.type == "json" else value)
+            params.append(_where_value(node_type, prop, operator, value))
         else:
-            raise InvalidArgument(f"unknown operator {operator!r} for {name!r}")
+            raise InvalidQuery(f"unknown operator {operator!r} for {name!r}", property=name, operator=operator)
     return clauses, params
+
+
+def _where_value(node_type: Any, prop: Any, operator: str, value: Any) -> Any:
+    """A filter value as the query parameter for `prop`; InvalidQuery when a dict row could not store it."""
+    if prop.type == "json":
+        try:
+            return json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidQuery(f"where {prop.name!r} {operator} {value!r}: not JSON ({exc})", property=prop.name,
+                               operator=operator, value=value) from None
+    try:
+        return convert_value(prop, value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidQuery(f"where {prop.name!r} {operator} {value!r}: {exc} ({node_type.name}.{prop.name} is "
+                           f"{prop.type})", property=prop.name, operator=operator, value=value) from None

@@ -16,9 +16,16 @@ import numpy as np
 
 from knowledge.access.audit import AuditLog
 from knowledge.access.principal import ADMIN, Principal
-from knowledge.access.visibility import VisibilityCache
+from knowledge.access.visibility import VisibilityCache, visible_edges
 from knowledge.config import StoreConfig
-from knowledge.errors import SchemaError, StoreNotFound, StorePoisoned
+from knowledge.errors import (
+    InvalidArgument,
+    NotADirectory,
+    SchemaError,
+    StoreClosed,
+    StoreNotFound,
+    StorePoisoned,
+)
 from knowledge.session import Session
 from knowledge.storage.backup import backup_store
 from knowledge.storage.backup import restore_store as copy_backup
@@ -48,8 +55,14 @@ class Store:
     """An open store. Thread-safe; use `session(principal)` for reads and transactions."""
 
     def __init__(self, path: str, *, create: bool = True, config: StoreConfig | None = None) -> None:
+        if not isinstance(path, str | os.PathLike):
+            raise InvalidArgument(f"store path must be a str or path-like, got {type(path).__name__}")
+        if config is not None and not isinstance(config, StoreConfig):
+            raise InvalidArgument(f"config must be a knowledge.StoreConfig, got {type(config).__name__}")
         self.path = os.path.abspath(path)
         self.config = config or StoreConfig()
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise NotADirectory(self.path)
         if not is_store(self.path):
             if not create:
                 raise StoreNotFound(f"no store at {self.path!r} (create it with knowledge init)")
@@ -131,11 +144,16 @@ class Store:
         self.engine.check_open()
         if isinstance(principal, str):
             self.catalog.get(principal)
+        elif principal is not None and not isinstance(principal, Principal):
+            raise InvalidArgument(f"principal must be None (admin), a principal's name or a Principal, "
+                                  f"got {type(principal).__name__}")
         return Session(self, principal or ADMIN)
 
     # -- principals -----------------------------------------------------------------------------
     def _catalog_change(self, name: str, build: Callable[[], dict[str, Any]]) -> int:
         """Build the principal's new document from the current catalog and commit it (serialised)."""
+        if not isinstance(name, str):
+            raise InvalidArgument(f"a principal name is a str, got {type(name).__name__} {name!r}")
         with self._catalog_lock:
             with self.engine.stage_lock:
                 self.engine.check_open()
@@ -166,6 +184,8 @@ class Store:
         self._catalog_change(name, lambda: self.catalog.document_drop(name))
 
     def principals(self) -> list[Principal]:
+        """Every principal, by name. Raises StoreClosed."""
+        self.engine.check_open()
         return sorted(self.catalog.principals.values(), key=lambda p: p.name)
 
     def issue_token(self, name: str) -> str:
@@ -184,7 +204,8 @@ class Store:
         self._catalog_change(name, lambda: self.catalog.document_revoke_tokens(name))
 
     def authenticate(self, token: str) -> Principal:
-        """The principal a bearer token belongs to; PermissionDenied otherwise."""
+        """The principal a bearer token belongs to; PermissionDenied otherwise (StoreClosed after close)."""
+        self.engine.check_open()
         return self.catalog.authenticate(token)
 
     # -- schema -------------------------------------------------------------------------------
@@ -267,11 +288,16 @@ class Store:
         """Bring every HNSW graph up to all current rows in the background (checkpoint and open do this
         by themselves once enough rows lie outside a graph); with `wait`, block until the builds are in.
         Searches stay exact and correct meanwhile. Returns False when `timeout_s` passed first."""
+        if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float)
+                                      or not timeout_s >= 0):
+            raise InvalidArgument(f"timeout_s must be a number of seconds >= 0 or None, got {timeout_s!r}")
         return self.engine.build_indexes(wait=wait, timeout_s=timeout_s)
 
     def backup(self, destination: str) -> int:
         """Write a consistent copy of the store at one LSN to `destination`; return that LSN."""
         self.engine.check_open()
+        if not isinstance(destination, str | os.PathLike):
+            raise InvalidArgument(f"backup destination must be a path, got {type(destination).__name__}")
         return backup_store(self.engine, destination)
 
     @property
@@ -280,9 +306,18 @@ class Store:
         return Position(self.epoch, self.memory_lsn)
 
     def stats(self) -> dict[str, Any]:
-        """Whole-store figures (admin view); sessions report visible counts."""
-        return {"path": self.path, "lsn": self.memory_lsn, "epoch": self.epoch, "position": str(self.position),
-                **self.engine.stats()}
+        """Whole-store figures (admin view): LSNs, WAL, caches, index builds and vector indexes, with the
+        node and edge counts per type that `session().stats()` has (a session counts what it can see).
+        Raises StoreClosed (a poisoned store still reports its figures)."""
+        if self.engine.closed:
+            raise StoreClosed(f"store {self.path!r} is closed")
+        with self.state_lock:  # the counts and the LSN together
+            alive = self.directory.alive
+            nodes = {name: self.directory.count(name) for name in self.schema.nodes}
+            edges = {name: len(visible_edges(alive, *index.all_pairs())[0]) for name, index in self.edges.items()}
+            lsn = self.memory_lsn
+        return {"path": self.path, "lsn": lsn, "epoch": self.epoch, "position": str(self.position),
+                **self.engine.stats(), "nodes": nodes, "edges": edges}
 
     def close(self) -> None:
         """Flush the table applier, close the WAL and DuckDB and release the directory lock."""

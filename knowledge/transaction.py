@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from knowledge.errors import KnowledgeError, UnknownType
+import numpy as np
+
+from knowledge.errors import InvalidArgument, TransactionClosed, UnknownType
 from knowledge.storage.rows import is_small, node_rows
 from knowledge.storage.values import Rows, edge_batch, node_batch
 
 if TYPE_CHECKING:
     from knowledge.views import SessionView
+
+_VOIDED = "void: an error in it voided it"
+
+
+def _node_keys(keys: Iterable[Any]) -> list[Any]:
+    """`keys` as a list of node keys (str or int); InvalidArgument naming the first that is not one."""
+    if isinstance(keys, str | bytes | Mapping) or not isinstance(keys, Iterable):
+        raise InvalidArgument(f"keys must be a list of node keys, got {type(keys).__name__}")
+    out = list(keys)
+    for index, key in enumerate(out):
+        if isinstance(key, bool) or not isinstance(key, str | int | np.integer):
+            raise InvalidArgument(f"keys[{index}]: a node key is a str or an int, got {type(key).__name__} {key!r}")
+    return out
 
 
 class Transaction:
@@ -26,25 +41,34 @@ class Transaction:
         self.items: list[tuple[str, str, Any]] = []
         self.lsn: int | None = None
         self._void = False
+        self._ended = ""  # why the transaction is void: "rolled back", or an earlier error voided it
 
     def _schema(self) -> Any:
         return self.session.store.schema
 
     def _guard(self) -> None:
-        if self.lsn is not None or self._void:
-            raise KnowledgeError("transaction already committed or rolled back")
+        if self.lsn is not None:
+            raise TransactionClosed(f"transaction already committed (LSN {self.lsn}); start a new one with "
+                                    f"session.transaction()")
+        if self._void:
+            raise TransactionClosed(f"transaction already {self._ended}; nothing of it was committed: start a "
+                                    f"new one with session.transaction()")
+
+    def _end(self, why: str) -> None:
+        self._void = True
+        self._ended = self._ended or why
 
     def _node_type(self, type_name: str) -> Any:
         node_type = self._schema().nodes.get(type_name)
         if node_type is None:
-            self._void = True
+            self._end(_VOIDED)
             raise UnknownType(f"unknown node type {type_name!r}", type_name=type_name)
         return node_type
 
     def _edge_type(self, type_name: str) -> Any:
         edge_type = self._schema().edges.get(type_name)
         if edge_type is None:
-            self._void = True
+            self._end(_VOIDED)
             raise UnknownType(f"unknown edge type {type_name!r}", type_name=type_name)
         return edge_type
 
@@ -53,7 +77,7 @@ class Transaction:
         try:
             self.items.append((action, type_name, build()))
         except BaseException:
-            self._void = True
+            self._end(_VOIDED)
             raise
         return self
 
@@ -68,7 +92,7 @@ class Transaction:
     def delete_nodes(self, type_name: str, keys: Iterable[Any]) -> Transaction:
         """Delete nodes by key, with their edges; absent keys are ignored."""
         self._node_type(type_name)
-        return self._add("delete_nodes", type_name, lambda: list(keys))
+        return self._add("delete_nodes", type_name, lambda: _node_keys(keys))
 
     def upsert_edges(self, type_name: str, rows: Rows) -> Transaction:
         """Insert or replace edges; rows carry `src`, `dst` (node keys), optional `src_type`/`dst_type`."""
@@ -89,13 +113,13 @@ class Transaction:
         try:
             self.lsn = self.session.store.commit(self.session.principal, self.items)
         except BaseException:
-            self._void = True
+            self._end(_VOIDED)
             raise
         return self.lsn
 
     def rollback(self) -> None:
         """Drop the transaction."""
-        self._void = True
+        self._end("rolled back")
         self.items.clear()
 
     def __enter__(self) -> Transaction:

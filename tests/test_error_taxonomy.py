@@ -44,7 +44,6 @@ class WrongDimensionEmbedder(HashEmbedder):
 
 
 EMBED = HashEmbedder()
-pytestmark = pytest.mark.xfail(strict=True, reason="issue 11 point 8: raw DuckDB/OS/Python errors still leak")
 
 
 def _populate(store: knowledge.Store) -> None:

@@ -25,8 +25,6 @@ SMALL_ROWS_MAX = 64  # dict batches up to this size take the store's Python path
 FILLER_ROWS = SMALL_ROWS_MAX + 1
 FORMS = ("dicts", "dicts_large", "arrow", "pandas")
 _counter = itertools.count()
-PENDING = pytest.mark.xfail(strict=True, reason="issue 11 point 7: the Arrow/pandas path still coerces")
-FORMS_PENDING = ["dicts", pytest.param("arrow", marks=PENDING), pytest.param("pandas", marks=PENDING)]
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +135,6 @@ def _parses(text: str) -> bool:
     return True
 
 
-@PENDING
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                    HealthCheck.too_slow])
 @given(batch=batches())
@@ -170,7 +167,6 @@ def _first_rejected_row(prop_type: str, kind: str, values: list) -> int:
     raise AssertionError("no rejected row")
 
 
-@PENDING
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(kind_values=column_values(rows=3), key_kind=st.sampled_from(["int", "str", "float", "bool"]))
 def test_keys_agree(store, kind_values, key_kind):
@@ -199,7 +195,6 @@ def mixed_column(draw):
     return [draw(KINDS[kind]) for kind in kinds]
 
 
-@PENDING
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=st.sampled_from(sorted(PROPERTIES)), values=mixed_column())
 def test_mixed_object_columns_agree(store, name, values):
@@ -233,7 +228,7 @@ def _mismatch(store, type_name: str, rows) -> TypeMismatch:
     return info.value
 
 
-@pytest.mark.parametrize("form", FORMS_PENDING)
+@pytest.mark.parametrize("form", ["dicts", "arrow", "pandas"])
 def test_int_column_into_str_key_is_rejected(store, form):
     rows = {"dicts": [{"k": "a"}, {"k": 100}], "arrow": pa.table({"k": pa.array([None, 100])}),
             "pandas": pd.DataFrame({"k": [5, 100]})}[form]
@@ -244,7 +239,7 @@ def test_int_column_into_str_key_is_rejected(store, form):
     assert store.session().get_many("T", ["100", "5"]).num_rows == 0
 
 
-@pytest.mark.parametrize("form", FORMS_PENDING)
+@pytest.mark.parametrize("form", ["dicts", "arrow", "pandas"])
 @pytest.mark.parametrize(("prop", "value"), [("b", 1.0), ("b", 1), ("i", 1.0), ("i", True), ("f", True),
                                              ("s", 1.5), ("s", True), ("ts", 5), ("ls", "ab")])
 def test_no_cross_kind_coercion(store, form, prop, value):
@@ -256,20 +251,17 @@ def test_no_cross_kind_coercion(store, form, prop, value):
     assert store.session().get_many("T", ["coerce-0", "coerce-1"]).num_rows == 0
 
 
-@PENDING
 def test_pandas_float_into_bool_natural_dtype(store):
     error = _mismatch(store, "T", pd.DataFrame({"k": ["a", "b"], "b": [0.0, 1.0]}))
     assert (error.type_name, error.row, error.field) == ("T", 0, "b")
 
 
-@PENDING
 def test_arrow_labels_of_ints_are_rejected(store):
     dicts = _mismatch(store, "T", [{"k": "a", "_labels": [1]}])
     arrow = _mismatch(store, "T", pa.table({"k": ["a"], "_labels": pa.array([[1]])}))
     assert (arrow.type_name, arrow.row, arrow.field) == (dicts.type_name, dicts.row, dicts.field) == ("T", 0, "_labels")
 
 
-@PENDING
 def test_arrow_vector_of_wrong_length_names_the_row(store):
     rows = [{"k": "a", "v": [1.0, 2.0]}, {"k": "b", "v": [1.0, 2.0, 3.0]}]
     dicts = _mismatch(store, "T", rows)
@@ -277,7 +269,6 @@ def test_arrow_vector_of_wrong_length_names_the_row(store):
     assert (arrow.type_name, arrow.row, arrow.field) == (dicts.type_name, dicts.row, dicts.field) == ("T", 1, "v")
 
 
-@PENDING
 def test_vector_of_numeric_strings_is_rejected(store):
     for rows in ([{"k": "a", "v": ["1.5", "2"]}],
                  pa.table({"k": ["a"], "v": pa.array([["1.5", "2"]])})):

@@ -164,8 +164,11 @@ def ingest(session: Session, documents: Iterable[Document], *, embedder: Embedde
     EmbedderUnavailable (no vectors for the chunks), SchemaError, ValidationError,
     PermissionDenied from the store.
     """
-    if batch_size < 1:
-        raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidArgument(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if not isinstance(embedder, Embedder):
+        raise InvalidArgument(f"embedder must be an Embedder (dimension, name and embed()), got "
+                              f"{type(embedder).__name__}")
     splitter = splitter or SentenceSplitter()
     extractor = extractor if extractor is not None else default_extractor()
     config = synonym_config(synonyms)

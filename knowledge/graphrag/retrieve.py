@@ -206,6 +206,12 @@ def retrieve(session: Session, question: str, k: int = 10, mode: str = "auto", e
     GraphRAG schema is not declared: ingest first).
     """
     _check_args(question, k, mode, token_budget)
+    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
+        raise InvalidArgument(f"candidates must be a positive int, got {candidates!r}")
+    if params is not None and not isinstance(params, GraphParams):
+        raise InvalidArgument(f"params must be a GraphParams or None, got {type(params).__name__}")
+    if embedder is not None and not callable(getattr(embedder, "embed", None)):
+        raise InvalidArgument(f"embedder must be an Embedder (with embed(texts)), got {type(embedder).__name__}")
     if CHUNK not in session.store.schema.nodes:
         raise UnknownType(f"no {CHUNK!r} node type: ingest documents with knowledge.graphrag.ingest first",
                           type_name=CHUNK)

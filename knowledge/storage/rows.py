@@ -28,6 +28,7 @@ from knowledge.storage.values import (
     check_unknown_fields,
     convert_value,
     labels_of_row,
+    mismatch,
     vector_array,
 )
 
@@ -161,8 +162,7 @@ def _column(type_name: str, prop: Property, values: list[Any], config: StoreConf
             else:
                 out.append(convert_value(prop, value))
         except (TypeError, ValueError, OverflowError) as exc:
-            raise TypeMismatch(f"bad value for {kind} property: {exc}", type_name=type_name, row=index,
-                               field=prop.name, value=value) from None
+            raise mismatch(type_name, prop, index, value, exc, prop.name if is_key else None) from None
     for index, value in enumerate(out):  # what Arrow would refuse when building the column
         if value is None:
             continue

@@ -108,6 +108,8 @@ def parse_property(name: str, spec: str | dict[str, Any] | Property) -> Property
 
 
 def _parse_properties(props: dict[str, Any] | None, reserved: frozenset[str]) -> dict[str, Property]:
+    if props is not None and not isinstance(props, dict):
+        raise SchemaError(f"properties must be a dict of property name -> type, got {type(props).__name__}")
     out = {}
     for name, spec in (props or {}).items():
         if name in reserved:
@@ -191,6 +193,12 @@ class Schema:
 
         `populated` names the types that hold rows (a required property cannot be added to those).
         """
+        if not isinstance(change, dict):
+            raise SchemaError(f"a schema change is a dict with 'nodes' and/or 'edges', got {type(change).__name__}")
+        for section in ("nodes", "edges"):
+            if not isinstance(change.get(section) or {}, dict):
+                raise SchemaError(f"schema change {section!r} must be a dict of type name -> spec, got "
+                                  f"{type(change[section]).__name__}")
         unknown = set(change) - {"nodes", "edges"}
         if unknown:
             raise SchemaError(f"schema change has unknown section(s) {sorted(unknown)}; use 'nodes' and 'edges'")

@@ -7,6 +7,7 @@ after a crash is idempotent: records at or below applied_lsn are skipped.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from typing import Any
 
@@ -15,7 +16,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from knowledge.errors import ApplyError, invariant
+from knowledge.errors import (
+    ApplyError,
+    CorruptionError,
+    InvalidQuery,
+    InvariantViolation,
+    KnowledgeError,
+    StoreClosed,
+    StoreLocked,
+    invariant,
+)
 from knowledge.storage.ops import Op, OpKind
 from knowledge.storage.rows import NodeRows
 from knowledge.storage.schema import Property, Schema
@@ -47,15 +57,24 @@ class Tables:
     """Owner of the DuckDB connection; applies ops and answers column scans."""
 
     def __init__(self, path: str) -> None:
+        """Open (or create) the DuckDB file at `path`. Raises CorruptionError naming the file when DuckDB
+        cannot read it (not a DuckDB file, damaged, or its metadata unreadable)."""
         self.path = path
-        self.con = duckdb.connect(path)
-        self.con.execute("SET preserve_insertion_order = true")
         self.lock = threading.Lock()
-        self.con.execute("CREATE TABLE IF NOT EXISTS _meta (name VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)")
-        self.schema = self._load_schema()
-        self.applied_lsn = int(self.meta("applied_lsn", "0") or 0)
-        self.applied_epoch = int(self.meta("applied_epoch", "0") or 0)
-        self.next_id = int(self.meta("next_id", "0") or 0)
+        try:
+            self.con = duckdb.connect(path)
+        except duckdb.Error as exc:
+            raise _unreadable(path, exc) from exc
+        try:
+            self.con.execute("SET preserve_insertion_order = true")
+            self.con.execute("CREATE TABLE IF NOT EXISTS _meta (name VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)")
+            self.schema = self._load_schema()
+            self.applied_lsn = int(self.meta("applied_lsn", "0") or 0)
+            self.applied_epoch = int(self.meta("applied_epoch", "0") or 0)
+            self.next_id = int(self.meta("next_id", "0") or 0)
+        except (duckdb.Error, ValueError, KeyError, TypeError) as exc:  # unreadable meta: a damaged file
+            self.con.close()
+            raise _unreadable(path, exc) from exc
 
     # -- meta ---------------------------------------------------------------------------------
     def meta(self, name: str, default: str | None = None) -> str | None:
@@ -213,7 +232,11 @@ class Tables:
 
     # -- reads ----------------------------------------------------------------------------------
     def cursor(self) -> duckdb.DuckDBPyConnection:
-        return self.con.cursor()
+        """A cursor for one reader; StoreClosed once the tables are closed."""
+        try:
+            return self.con.cursor()
+        except duckdb.ConnectionException as exc:
+            raise StoreClosed(f"the store's tables ({self.path!r}) are closed: the store was closed") from exc
 
     def checkpoint(self) -> None:
         with self.lock:
@@ -268,8 +291,35 @@ def _top_id(op: Op) -> int:
 
 
 def query_arrow(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> pa.Table:
-    """Run `sql` and return the whole result as an Arrow table."""
-    relation = con.sql(sql, params=params) if params else con.sql(sql)
-    if hasattr(relation, "to_arrow_table"):
-        return relation.to_arrow_table()
-    return relation.arrow()
+    """Run `sql` and return the whole result as an Arrow table. DuckDB's errors leave as KnowledgeErrors:
+    StoreClosed (a closed connection), InvalidQuery (a value that does not fit a column's type: callers
+    check filters first, this is the backstop), InvariantViolation (anything else: a bug)."""
+    try:
+        relation = con.sql(sql, params=params) if params else con.sql(sql)
+        if hasattr(relation, "to_arrow_table"):
+            return relation.to_arrow_table()
+        return relation.arrow()
+    except duckdb.Error as exc:
+        raise translate(exc) from exc
+
+
+def translate(exc: duckdb.Error) -> KnowledgeError:
+    """The KnowledgeError a DuckDB error at a read means (see query_arrow)."""
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, duckdb.ConnectionException):
+        return StoreClosed(f"the store is closed ({reason})")
+    if isinstance(exc, duckdb.ConversionException | duckdb.BinderException | duckdb.InvalidInputException
+                  | duckdb.TypeMismatchException | duckdb.OutOfRangeException):
+        return InvalidQuery(f"the query does not fit the schema: {reason}")
+    return InvariantViolation(f"unexpected DuckDB error: {type(exc).__name__}: {reason}")
+
+
+def _unreadable(path: str, exc: BaseException) -> KnowledgeError:
+    """The error for a table file DuckDB will not open: StoreLocked when another process holds DuckDB's
+    lock on it, CorruptionError otherwise."""
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, duckdb.IOException) and "lock" in reason.lower():
+        return StoreLocked(os.path.dirname(path), None)
+    return CorruptionError(f"cannot read the table file {path!r} ({reason}); it is damaged or not a "
+                           f"knowledge store file: restore the store from a backup (knowledge restore "
+                           f"BACKUP DEST)")

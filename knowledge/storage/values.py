@@ -31,7 +31,7 @@ def to_table(rows: Rows, type_name: str) -> pa.Table | list[Mapping[str, Any]]:
     if isinstance(rows, pa.Table):
         return rows
     if type(rows).__name__ == "DataFrame" and hasattr(rows, "to_dict"):
-        return pa.Table.from_pandas(rows, preserve_index=False)
+        return _from_pandas(rows, type_name)
     if isinstance(rows, Mapping):
         return [rows]
     if isinstance(rows, Iterable) and not isinstance(rows, str | bytes):
@@ -43,6 +43,37 @@ def to_table(rows: Rows, type_name: str) -> pa.Table | list[Mapping[str, Any]]:
         return out
     raise ValidationError(f"expected rows as a list of dicts, an Arrow table or a pandas DataFrame, "
                           f"got {type(rows).__name__}", type_name=type_name)
+
+
+def _from_pandas(frame: Any, type_name: str) -> pa.Table | list[dict[str, Any]]:
+    """A DataFrame as Arrow; one that Arrow cannot hold as typed columns (an object column mixing
+    kinds) as dict rows, so that each value is judged as a dict row's would be."""
+    try:
+        return pa.Table.from_pandas(frame, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        pass
+    import pandas as pd  # a DataFrame was given: pandas is there
+
+    def plain(value: Any) -> Any:  # pandas' missing markers (NaN, NA, NaT) become None, as Arrow reads them
+        if isinstance(value, list | tuple | dict | np.ndarray):
+            return value
+        return None if pd.isna(value) else value
+
+    names = [str(name) for name in frame.columns]
+    if len(set(names)) != len(names):
+        raise ValidationError("DataFrame has duplicate column names", type_name=type_name)
+    columns = [[plain(value) for value in frame.iloc[:, position].tolist()] for position in range(len(names))]
+    return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+
+
+def mismatch(type_name: str, prop: Property, index: int, value: Any, exc: BaseException,
+              key: str | None) -> TypeMismatch:
+    """The TypeMismatch for `value` at row `index` (every input path builds it here, so alike)."""
+    message = f"bad value for {prop.type} property: {exc}"
+    if prop.name == key and prop.type == "str" and isinstance(value, int | np.integer) and not isinstance(value, bool):
+        message += (f"; a key is str unless properties declares its type, "
+                    f"e.g. properties={{{prop.name!r}: 'int'}}")
+    return TypeMismatch(message, type_name=type_name, row=index, field=prop.name, value=value)
 
 
 def convert_value(prop: Property, value: Any) -> Any:
@@ -91,8 +122,14 @@ def _timestamp(value: Any) -> dt.datetime:
 
 
 def vector_array(prop: Property, value: Any) -> np.ndarray:
-    """`value` as a float32 vector of the property's dimension; ValueError when it is not one."""
-    array = np.asarray(value, dtype=np.float32)
+    """`value` as a float32 vector of the property's dimension; TypeError when its items are not
+    numbers (str, bool), ValueError when it is not one vector of that dimension."""
+    if isinstance(value, str | bytes):
+        raise TypeError(f"expected a vector of numbers, got {type(value).__name__}")
+    array = np.asarray(value)
+    if array.dtype.kind not in "iuf":
+        raise TypeError(f"expected a vector of numbers, got items of dtype {array.dtype}")
+    array = array.astype(np.float32, copy=False)
     if array.ndim != 1 or array.shape[0] != prop.dimension:
         raise ValueError(f"expected a vector of dimension {prop.dimension}, got shape {array.shape}")
     if not np.isfinite(array).all():
@@ -104,14 +141,13 @@ def _vector(prop: Property, value: Any) -> list[float]:
     return vector_array(prop, value).tolist()
 
 
-def _column_from_values(type_name: str, prop: Property, values: list[Any]) -> pa.Array:
+def _column_from_values(type_name: str, prop: Property, values: list[Any], key: str | None = None) -> pa.Array:
     converted = []
     for index, value in enumerate(values):
         try:
             converted.append(convert_value(prop, value))
         except (TypeError, ValueError, OverflowError) as exc:
-            raise TypeMismatch(f"bad value for {prop.type} property: {exc}", type_name=type_name, row=index,
-                               field=prop.name, value=value) from None
+            raise mismatch(type_name, prop, index, value, exc, key) from None
     try:
         return pa.array(converted, type=prop.arrow_type())
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, UnicodeEncodeError) as exc:
@@ -130,18 +166,54 @@ def _first_refused_row(values: list[Any], arrow_type: pa.DataType) -> int | None
     return None
 
 
-def _column_from_arrow(type_name: str, prop: Property, column: pa.ChunkedArray) -> pa.ChunkedArray:
+def _is_text(arrow_type: pa.DataType) -> bool:
+    return pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or pa.types.is_string_view(
+        arrow_type)
+
+
+def _is_list(arrow_type: pa.DataType) -> bool:
+    return (pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type)
+            or pa.types.is_fixed_size_list(arrow_type) or pa.types.is_list_view(arrow_type))
+
+
+def _arrow_kind_fits(prop: Property, arrow_type: pa.DataType) -> bool:
+    """Whether a column of `arrow_type` holds the very values a dict row may give `prop` (so a cast
+    changes their representation, never their kind: no int becomes '100', no 1.0 becomes True).
+    Other columns are judged value by value, as dict rows are."""
+    if pa.types.is_null(arrow_type):
+        return True
+    kind = prop.type
+    if kind in ("str", "text", "json"):
+        return _is_text(arrow_type)
+    if kind == "int":
+        return pa.types.is_integer(arrow_type)
+    if kind == "float":
+        return pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type)
+    if kind == "bool":
+        return pa.types.is_boolean(arrow_type)
+    if kind == "timestamp":
+        return pa.types.is_timestamp(arrow_type)
+    if not _is_list(arrow_type):
+        return False
+    item = arrow_type.value_type
+    if kind == "list[str]":
+        return _is_text(item) or pa.types.is_null(item)
+    return pa.types.is_integer(item) or pa.types.is_floating(item)  # vector[d]
+
+
+def _column_from_arrow(type_name: str, prop: Property, column: pa.ChunkedArray,
+                       key: str | None = None) -> pa.ChunkedArray | pa.Array:
     target = prop.arrow_type()
-    if prop.type == "json" and not pa.types.is_string(column.type):
-        return _column_from_values(type_name, prop, column.to_pylist())
+    if not _arrow_kind_fits(prop, column.type):
+        return _column_from_values(type_name, prop, column.to_pylist(), key)
     if column.type == target:
         out = column
     else:
         try:
             out = column.cast(target, safe=True)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-            raise TypeMismatch(f"column of Arrow type {column.type} does not fit {prop.type}: {exc}",
-                               type_name=type_name, field=prop.name) from None
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError):
+            # out of range, a vector of another dimension, ...: the value path names the row
+            return _column_from_values(type_name, prop, column.to_pylist(), key)
     _check_utf8(type_name, prop.name, out)
     if prop.type == "json":
         for index, text in enumerate(out.to_pylist()):
@@ -221,10 +293,13 @@ def _labels_column(type_name: str, source: pa.Table | list[Mapping[str, Any]], r
     if isinstance(source, pa.Table):
         if "_labels" not in source.column_names:
             return pa.array([[]] * rows, type=LABELS_TYPE)
-        try:
-            column = source.column("_labels").cast(LABELS_TYPE)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-            raise TypeMismatch("_labels must be a list of str", type_name=type_name, field="_labels") from None
+        column = source.column("_labels")
+        if not (pa.types.is_null(column.type) or (_is_list(column.type) and (
+                _is_text(column.type.value_type) or pa.types.is_null(column.type.value_type)))):
+            for index, labels in enumerate(column.to_pylist()):  # judged as dict rows are: names the row
+                labels_of_row(type_name, index, {"_labels": labels}, config)
+            raise TypeMismatch("_labels must be a list of str", type_name=type_name, field="_labels")
+        column = column.cast(LABELS_TYPE)
         column = pc.fill_null(column, pa.scalar([], type=LABELS_TYPE))
         _check_utf8(type_name, "_labels", column)
         flat = pc.list_flatten(column)
@@ -276,13 +351,13 @@ def _typed_columns(type_name: str, props: dict[str, Property], source: pa.Table 
     for name, prop in props.items():
         if isinstance(source, pa.Table):
             if name in source.column_names:
-                column = _column_from_arrow(type_name, prop, source.column(name))
+                column = _column_from_arrow(type_name, prop, source.column(name), key)
             else:
                 column = pa.nulls(rows, type=prop.arrow_type())
             values = None
         else:
             values = [row.get(name) for row in source]
-            column = _column_from_values(type_name, prop, values)
+            column = _column_from_values(type_name, prop, values, key)
         _check_required(type_name, prop, column, name == key)
         _check_sizes(type_name, prop, column, config, values if prop.type != "json" else None)
         columns[name] = column
