@@ -217,3 +217,29 @@ def test_filtered_searches_follow_writes_grants_and_revokes_on_one_session(store
     store.revoke("reader", read=["public", "secret"])
     assert reader.similarity_search("raven", k=10, filter=poe) == []
     assert reader.similarity_search("raven", k=10, filter=lambda doc: True) == []
+
+
+@pytest.mark.parametrize("k", [1, 5, 20])
+def test_filtered_search_is_exact_whichever_plan_runs(store, k):
+    """Broad filters take the unfiltered-then-keep plan, narrow ones the where-filtered search: both
+    give the k best matching records (checked against brute force over the same vectors)."""
+    embedder = HashingEmbedder(64)
+    rng = np.random.default_rng(k)
+    words = [f"w{i}" for i in range(300)]
+    texts = [" ".join(rng.choice(words, 8)) for _ in range(400)]
+    sims = embedder.embed(texts) @ embedder.embed(["w1 w2 w3"])[0]
+    far = set(np.argsort(sims)[:100].tolist())     # the quarter least like the first query: the unfiltered
+    metadatas = [{"half": i % 2, "tenth": i % 10, "rare": i % 100, "far": i in far}   # pass finds none
+                 for i in range(400)]
+    vs = KnowledgeVectorStore(store.session(), KnowledgeEmbeddings(embedder), labels=["public"])
+    vs.add_texts(texts, metadatas, ids=[f"r{i}" for i in range(400)])
+    reader = KnowledgeVectorStore(store.session("reader"), KnowledgeEmbeddings(embedder))
+    matrix = embedder.embed(texts)
+    for query in ("w1 w2 w3", "w7 w70 w170 w270"):
+        vector = embedder.embed([query])[0]
+        for field, value in (("half", 1), ("tenth", 3), ("rare", 42), ("far", True)):
+            got = reader.similarity_search_with_score_by_vector(vector.tolist(), k, filter={field: value})
+            rows = [i for i, m in enumerate(metadatas) if m[field] == value]
+            best = sorted((float(matrix[i] @ vector) for i in rows), reverse=True)[:k]
+            assert [s for _, s in got] == pytest.approx(best, abs=1e-5)
+            assert all(d.metadata[field] == value for d, _ in got)

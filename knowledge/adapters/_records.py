@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -181,30 +182,66 @@ def with_text(predicate: Predicate) -> Predicate:
     return predicate
 
 
+POST_FILTER_ROWS_MAX = 4096
+"""A filtered search first ranks up to this many visible chunks unfiltered and keeps the matching ones
+(no table query); when that cannot hold k matches it runs the search with a where-filter instead."""
+OVERSAMPLE = 2.0
+"""How many times the expected number of rows holding k matches the unfiltered first pass ranks."""
+
+
 def search_records(session: Any, vector: Any, k: int, predicate: Predicate | None = None, *,
                    with_vectors: bool = False) -> list[Record]:
     """The k visible records nearest `vector` (cosine similarity in `score`, best first) among those
-    the predicate keeps. Raises InvalidArgument (k, or a vector of the wrong width)."""
+    the predicate keeps (k whenever k visible records match), all read at one LSN. Raises
+    InvalidArgument (k, or a vector of the wrong width)."""
     if CHUNK not in session.store.schema.nodes:
         return []
-    where = None
-    if predicate is not None:
-        ids = matching_ids(session, predicate)
-        if not ids:
-            return []
-        where = {"doc_id": ("in", ids)}
-    columns = ["text", "doc_id", *(["embedding"] if with_vectors else [])]
-    table = session.search(np.asarray(vector, dtype=np.float32), k, type=CHUNK, property="embedding",
-                           where=where, columns=columns)
-    rows = table.to_pylist()
-    metadata = {r.id: r.metadata for r in get_records(session, [row["doc_id"] for row in rows])}
+    query = np.asarray(vector, dtype=np.float32)
+    with session.snapshot():
+        if predicate is None:
+            ranked = _ranked(session.search(query, k, type=CHUNK, property="embedding"))
+        else:
+            ranked = _filtered(session, query, k, predicate)
+        return _hydrate(session, ranked, with_vectors)
+
+
+def _ranked(table: Any) -> list[tuple[str, float]]:
+    return list(zip(table.column("_key").to_pylist(), table.column("_score").to_pylist(), strict=True))
+
+
+def _filtered(session: Any, query: np.ndarray, k: int, predicate: Predicate) -> list[tuple[str, float]]:
+    """(chunk key, score) of the k best chunks of matching records: the matching ones among an unfiltered
+    top `wanted` when those hold k of them (then they are the k best matching), else a where-filtered
+    search."""
+    ids = matching_ids(session, predicate)
+    if not ids:
+        return []
+    chunks = session.count(CHUNK)
+    wanted = k + math.ceil(OVERSAMPLE * k * chunks / len(ids))
+    if wanted < min(chunks, POST_FILTER_ROWS_MAX):
+        allowed = set(ids)
+        ranked = [(key, score) for key, score in _ranked(session.search(query, wanted, type=CHUNK,
+                                                                        property="embedding"))
+                  if key.split("#", 1)[0] in allowed]
+        if len(ranked) >= k:
+            return ranked[:k]
+    return _ranked(session.search(query, k, type=CHUNK, property="embedding", where={"doc_id": ("in", ids)}))
+
+
+def _hydrate(session: Any, ranked: list[tuple[str, float]], with_vectors: bool) -> list[Record]:
+    """Records (chunk text, document metadata, score) for ranked chunk keys, in order."""
+    if not ranked:
+        return []
+    columns = ["chunk_id", "text", "doc_id", *(["embedding"] if with_vectors else [])]
+    rows = {row["chunk_id"]: row for row in session.get_many(CHUNK, [key for key, _ in ranked], columns).to_pylist()}
+    metadata = {r.id: r.metadata for r in get_records(session, [row["doc_id"] for row in rows.values()])}
     out = []
-    for row in rows:
-        if row["doc_id"] not in metadata:   # a chunk whose document is hidden or gone: not returned
+    for key, score in ranked:
+        row = rows.get(key)
+        if row is None or row["doc_id"] not in metadata:   # hidden or gone: never returned
             continue
-        vector_out = np.asarray(row["embedding"], dtype=np.float32) if with_vectors else None
-        out.append(Record(row["doc_id"], row["text"] or "", metadata[row["doc_id"]], vector_out,
-                          float(row["_score"])))
+        vector = np.asarray(row["embedding"], dtype=np.float32) if with_vectors else None
+        out.append(Record(row["doc_id"], row["text"] or "", metadata[row["doc_id"]], vector, float(score)))
     return out
 
 
