@@ -10,6 +10,7 @@ from knowledge.config import StoreConfig
 from knowledge.errors import KnowledgeError
 from knowledge.session import NodeRef, Session
 from knowledge.store import Store, open_store
+from knowledge.store import recover_store as recover
 from knowledge.store import restore_store as restore
 from knowledge.transaction import Transaction
 
@@ -25,5 +26,5 @@ def connect(address: str, token: str | None = None, tls: object = None, **option
 
 
 __all__ = ["ADMIN", "KnowledgeError", "NodeRef", "Principal", "Session", "Store", "StoreConfig",
-           "Transaction", "connect", "open", "open_store", "restore"]
+           "Transaction", "connect", "open", "open_store", "recover", "restore"]
 __version__ = "0.1.0"

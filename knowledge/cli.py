@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import knowledge
-from knowledge.errors import InvalidArgument, KnowledgeError
+from knowledge.errors import InvalidArgument, KnowledgeError, PermissionDenied
 from knowledge.ingest import BATCH_ROWS_DEFAULT, FORMATS, ingest_file
 
 EXIT_OK = 0
@@ -48,6 +48,13 @@ def _open(path: str) -> knowledge.Store:
     return knowledge.open(path, create=False)
 
 
+def _target(args: argparse.Namespace) -> Any:
+    """The store a read verb reads: the directory PATH, or a server (--server ADDR --token T)."""
+    from knowledge.server.cli_verbs import open_target
+
+    return open_target(args)
+
+
 def _key(store: knowledge.Store, type_name: str, key: str) -> str | int:
     """The command-line KEY as the node type's key type (int keys are parsed)."""
     node_type = store.schema.nodes.get(type_name)
@@ -67,7 +74,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
-    with _open(args.path) as store:
+    with _target(args) as store:
         if args.apply:
             with open(args.apply, encoding="utf-8") as f:
                 try:
@@ -98,13 +105,13 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _cmd_get(args: argparse.Namespace) -> int:
-    with _open(args.path) as store:
+    with _target(args) as store:
         _print_json(store.session().get(args.type, _key(store, args.type, args.key)))
     return EXIT_OK
 
 
 def _cmd_neighbors(args: argparse.Namespace) -> int:
-    with _open(args.path) as store:
+    with _target(args) as store:
         refs = store.session().neighbors(args.type, _key(store, args.type, args.key), edge_type=args.edge_type,
                                          direction=args.direction, limit=args.limit)
         _print_json([{"id": ref.id, "type": ref.type, "key": ref.key} for ref in refs])
@@ -112,9 +119,13 @@ def _cmd_neighbors(args: argparse.Namespace) -> int:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    with _open(args.path) as store:
+    with _target(args) as store:
         visible = store.session().stats()
-        _print_json({**store.stats(), "nodes": visible["nodes"], "edges": visible["edges"]})
+        try:
+            figures = store.stats()
+        except PermissionDenied:  # through a server with a non-admin token: the visible counts only
+            figures = {"lsn": visible["lsn"]}
+        _print_json({**figures, "nodes": visible["nodes"], "edges": visible["edges"]})
     return EXIT_OK
 
 
@@ -135,6 +146,12 @@ def _cmd_backup(args: argparse.Namespace) -> int:
 def _cmd_restore(args: argparse.Namespace) -> int:
     lsn = knowledge.restore(args.backup, args.dest)
     _print_json({"backup": args.backup, "store": args.dest, "lsn": lsn})
+    return EXIT_OK
+
+
+def _cmd_recover(args: argparse.Namespace) -> int:
+    report = knowledge.recover(args.src, args.dest, backup=args.backup)
+    _print_json({"source": args.src, "store": args.dest, **report})
     return EXIT_OK
 
 
@@ -321,11 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
                  ["knowledge init people.store"])
     p.add_argument("path", metavar="PATH", help="store directory (created if missing; must be empty if it exists)")
 
+    from knowledge.server.cli_verbs import add_commands, add_server_options
+
     p = _command(sub, "schema", _cmd_schema, "Print the schema as JSON; with --apply, apply a schema change first.",
                  ["knowledge schema people.store --apply schema.json",
                   '  where schema.json holds {"nodes": {"Person": {"key": "name", "properties": {"age": "int"}}},',
                   '                           "edges": {"KNOWS": {"source": "Person", "target": "Person"}}}'])
-    p.add_argument("path", metavar="PATH", help="store directory")
+    p.add_argument("path", metavar="PATH", nargs="?", help="store directory (or use --server)")
+    add_server_options(p)
     p.add_argument("--apply", metavar="FILE.json", help="schema change file ({'nodes': {...}, 'edges': {...}})")
 
     p = _command(sub, "ingest", _cmd_ingest,
@@ -345,14 +365,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = _command(sub, "get", _cmd_get, "Print one node's properties as JSON.",
-                 ["knowledge get people.store Person ada"])
-    p.add_argument("path", metavar="PATH", help="store directory")
+                 ["knowledge get people.store Person ada",
+                  "knowledge get --server 127.0.0.1:50051 --token kn_... Person ada"])
+    p.add_argument("path", metavar="PATH", nargs="?", help="store directory (or use --server)")
+    add_server_options(p)
     p.add_argument("type", metavar="TYPE", help="node type")
     p.add_argument("key", metavar="KEY", help="node key (parsed as int when the type's key is int)")
 
     p = _command(sub, "neighbors", _cmd_neighbors, "Print a node's neighbours as JSON [{id, type, key}].",
                  ["knowledge neighbors people.store Person ada --edge-type KNOWS --direction both"])
-    p.add_argument("path", metavar="PATH", help="store directory")
+    p.add_argument("path", metavar="PATH", nargs="?", help="store directory (or use --server)")
+    add_server_options(p)
     p.add_argument("type", metavar="TYPE", help="node type")
     p.add_argument("key", metavar="KEY", help="node key")
     p.add_argument("--edge-type", action="append", metavar="E", help="follow only this edge type (repeatable)")
@@ -360,8 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive_int, default=1000, metavar="N", help="at most N (default 1000)")
 
     p = _command(sub, "stats", _cmd_stats, "Print store figures and node/edge counts per type as JSON.",
-                 ["knowledge stats people.store"])
-    p.add_argument("path", metavar="PATH", help="store directory")
+                 ["knowledge stats people.store",
+                  "knowledge stats --server 127.0.0.1:50051 --token kn_...   # while a server holds the store"])
+    p.add_argument("path", metavar="PATH", nargs="?", help="store directory (or use --server)")
+    add_server_options(p)
 
     p = _command(sub, "checkpoint", _cmd_checkpoint,
                  "Fold the WAL into the tables, drop the WAL segments it covers and bring the vector indexes "
@@ -379,7 +404,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("backup", metavar="BACKUP", help="backup directory")
     p.add_argument("dest", metavar="DEST", help="new store directory (must not exist or be empty)")
 
+    p = _command(sub, "recover", _cmd_recover,
+                 "Rebuild a store whose state.duckdb is damaged from its WAL (plus a backup where a checkpoint "
+                 "dropped the WAL's start) into a new directory; print what was recovered, up to which LSN.",
+                 ["knowledge recover people.store people-recovered.store",
+                  "knowledge recover people.store people-recovered.store --backup backups/people-2024-06-01"])
+    p.add_argument("src", metavar="SRC", help="the damaged store directory (only read)")
+    p.add_argument("dest", metavar="DEST", help="new store directory (must not exist or be empty)")
+    p.add_argument("--backup", metavar="DIR", help="a backup whose tables reach the WAL's first LSN")
+
     _add_principal_commands(sub)
+    add_commands(sub, _command, _print_json, _jsonable, _positive_int)  # serve, search, retrieve, scan, export
     _add_bench_commands(sub)
 
     p = _command(sub, "demo", _cmd_demo,

@@ -53,6 +53,7 @@ class StoreConfig:
     traversal_nodes_max: int = 1_000_000
     overlay_edges_max: int = 65_536
     apply_delay_ms: int = 100
+    disk_free_bytes_min: int = 8 << 20  # commits are refused (StorageFull) below this much free space
     row_cache_rows_max: int = 10_000  # whole node rows kept for point reads; 0 turns the cache off
     audit: bool = False
     audit_entries_max: int = 100_000
@@ -66,6 +67,8 @@ class StoreConfig:
                 raise InvalidArgument(f"config {name} must be positive, got {getattr(self, name)}")
         if self.row_cache_rows_max < 0:
             raise InvalidArgument(f"config row_cache_rows_max must be >= 0, got {self.row_cache_rows_max}")
+        if self.disk_free_bytes_min < 0:
+            raise InvalidArgument(f"config disk_free_bytes_min must be >= 0, got {self.disk_free_bytes_min}")
         if self.wal_preallocate_bytes < 0:
             raise InvalidArgument(f"config wal_preallocate_bytes must be >= 0, got {self.wal_preallocate_bytes}")
         if self.value_bytes_max > self.transaction_bytes_max:

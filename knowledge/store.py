@@ -54,7 +54,8 @@ FORMAT = {"format": "knowledge-store", "version": 1}
 class Store:
     """An open store. Thread-safe; use `session(principal)` for reads and transactions."""
 
-    def __init__(self, path: str, *, create: bool = True, config: StoreConfig | None = None) -> None:
+    def __init__(self, path: str, *, create: bool = True, config: StoreConfig | None = None,
+                 allow_data_loss: bool = False) -> None:
         if not isinstance(path, str | os.PathLike):
             raise InvalidArgument(f"store path must be a str or path-like, got {type(path).__name__}")
         if config is not None and not isinstance(config, StoreConfig):
@@ -77,7 +78,8 @@ class Store:
             self._catalog_lock = threading.Lock()
             self._visibility_cache = VisibilityCache()
             self.audit = AuditLog(self.config.audit_entries_max) if self.config.audit else None
-            self.engine = Engine(self.path, self.config)  # a refused open closes what it opened
+            # a refused open closes what it opened
+            self.engine = Engine(self.path, self.config, allow_data_loss=allow_data_loss)
         except BaseException:
             self._lock.release()  # ... and holds no lock
             raise
@@ -338,9 +340,15 @@ class Store:
         return f"Store({self.path!r}, lsn={self.memory_lsn})"
 
 
-def open_store(path: str, *, create: bool = True, config: StoreConfig | None = None) -> Store:
-    """Open (or create) the store at `path`; replays the WAL tail. Raises StoreLocked, CorruptionError."""
-    return Store(path, create=create, config=config)
+def open_store(path: str, *, create: bool = True, config: StoreConfig | None = None,
+               allow_data_loss: bool = False) -> Store:
+    """Open (or create) the store at `path`; replays the WAL tail. Raises StoreLocked, CorruptionError.
+
+    A missing or shortened WAL segment, or a log that no longer joins the tables, refuses to open with a
+    CorruptionError naming the file and LSN range; `allow_data_loss=True` opens with what is left
+    instead (set-aside segments go to wal/quarantine/, and `stats()["recovery"]` says what was lost).
+    """
+    return Store(path, create=create, config=config, allow_data_loss=allow_data_loss)
 
 
 def restore_store(source: str, destination: str) -> int:
@@ -356,4 +364,14 @@ def restore_store(source: str, destination: str) -> int:
     return copy_backup(source, destination, verify)
 
 
-__all__ = ["Store", "is_store", "open_store", "restore_store"]
+def recover_store(source: str, destination: str, *, backup: str | None = None,
+                  config: StoreConfig | None = None) -> dict[str, Any]:
+    """Rebuild the store at `source` (whose state.duckdb is damaged) into a new store at `destination`
+    from its WAL, plus the tables of `backup` where a checkpoint dropped the WAL's start; return what
+    was recovered (`lsn`, `wal_first_lsn`, `wal_last_lsn`, `records_replayed`, `from_backup_lsn`,
+    `lsn_ranges_lost`). The source is only read. Raises CorruptionError, BackupError."""
+    from knowledge.storage.recover import recover_store as rebuild
+    return rebuild(source, destination, backup=backup, config=config)
+
+
+__all__ = ["Store", "is_store", "open_store", "recover_store", "restore_store"]

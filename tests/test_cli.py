@@ -250,7 +250,7 @@ def _subcommands() -> list[str]:
 
 def test_every_subcommand_is_there():
     assert _subcommands() == sorted(["init", "schema", "ingest", "get", "neighbors", "stats", "checkpoint",
-                                     "backup", "restore", "principal", "demo", "bench", "slo"])
+                                     "backup", "restore", "recover", "principal", "demo", "bench", "slo"])
 
 
 @pytest.mark.parametrize("command", [None, *_subcommands()])

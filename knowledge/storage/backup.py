@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from knowledge.errors import BackupError
 from knowledge.storage.engine import MARKER, is_store
 from knowledge.storage.wal.log import fsync_directory, list_segments
+from knowledge.storage.wal.manifest import manifest_path
 
 if TYPE_CHECKING:
     from knowledge.storage.state import EngineState
@@ -34,8 +35,13 @@ def _fsync_tree(root: str) -> None:
         fsync_directory(folder)
 
 
-def _prepare_destination(destination: str) -> str:
+def _prepare_destination(destination: str, store_path: str | None = None) -> str:
     destination = os.path.abspath(destination)
+    if store_path is not None:
+        store_real, target_real = os.path.realpath(store_path), os.path.realpath(destination)
+        if os.path.commonpath([store_real, target_real]) == store_real:
+            raise BackupError(f"destination {destination!r} is inside the store {store_path!r}: a backup must "
+                              f"live outside the directory it copies")
     if os.path.exists(destination) and (not os.path.isdir(destination) or os.listdir(destination)):
         raise BackupError(f"destination {destination!r} exists and is not an empty directory")
     parent = os.path.dirname(destination)
@@ -55,8 +61,9 @@ def _publish(staging: str, destination: str) -> None:
 
 def backup_store(engine: EngineState, destination: str) -> int:
     """Copy the store `engine` serves to `destination` consistently at one LSN (commits wait
-    meanwhile); return the LSN."""
-    staging = _prepare_destination(destination)
+    meanwhile); return the LSN. Refuses (BackupError) a destination inside the store or one that
+    exists and is not an empty directory."""
+    staging = _prepare_destination(destination, engine.path)
     try:
         with engine.stage_lock:
             lsn = engine.memory_lsn
@@ -74,6 +81,9 @@ def backup_store(engine: EngineState, destination: str) -> int:
                 target = os.path.join(staging, "wal", os.path.basename(segment.path))
                 with open(segment.path, "rb") as src, open(target, "wb") as dst:
                     shutil.copyfileobj(src, dst)
+            wal_manifest = manifest_path(os.path.join(engine.path, "wal"))
+            if os.path.isfile(wal_manifest):  # the segments' manifest, so the copy checks them on open
+                shutil.copyfile(wal_manifest, manifest_path(os.path.join(staging, "wal")))
         with open(os.path.join(staging, MANIFEST), "w") as f:
             f.write(f"lsn={lsn}\nepoch={engine.epoch}\n")
         _publish(staging, os.path.abspath(destination))

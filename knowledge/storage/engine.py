@@ -11,14 +11,17 @@ one Engine; the storage modules (loading, memory_apply, backup) take the Engine,
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import threading
 import time
 from typing import Any
 
+from knowledge.access.principal import Principal
+from knowledge.access.view_clock import ViewClock
 from knowledge.config import StoreConfig
-from knowledge.errors import KnowledgeError, StoreClosed, StorePoisoned
+from knowledge.errors import CorruptionError, KnowledgeError, StorageFull, StoreClosed, StorePoisoned
 from knowledge.index.graph import EdgeIndex
 from knowledge.index.indexer import IndexBuilder
 from knowledge.index.keyword import KeywordIndex
@@ -34,12 +37,15 @@ from knowledge.storage.resolve import Resolver, check_payload_size
 from knowledge.storage.row_cache import RowCache
 from knowledge.storage.schema import Schema
 from knowledge.storage.tables import Tables
+from knowledge.storage.view_record import seed_view_clock
 from knowledge.storage.wal import WriteAheadLog
 
 log = logging.getLogger("knowledge.store")
 APPLY_BATCH_RECORDS_MAX = 1024
 APPLY_BATCH_RECORDS_MIN = 256
 BUILD_ROUNDS_MAX = 4  # build_indexes: schedule-and-wait rounds before a last wait
+APPLY_RETRY_S_MIN = 0.05  # the applier's first retry after a full disk, doubling up to the max
+APPLY_RETRY_S_MAX = 2.0
 MARKER = "STORE"  # the file that makes a directory a store
 
 
@@ -51,9 +57,10 @@ def is_store(path: str) -> bool:
 class Engine:
     """The open state of a store directory (whose lock the caller holds) and its commit pipeline."""
 
-    def __init__(self, path: str, config: StoreConfig) -> None:
+    def __init__(self, path: str, config: StoreConfig, *, allow_data_loss: bool = False) -> None:
         self.path = path
         self.config = config
+        self.allow_data_loss = allow_data_loss
         try:
             self._open()
         except BaseException:
@@ -79,10 +86,16 @@ class Engine:
         self._readers_waiting = 0
         self._inflight_edges: dict[str, int] = {}
         self.memory_lsn = 0
+        self.applier_stalled: StorageFull | None = None  # the disk was full at the applier's last try
+        self._retry_s = 0.0
+        self._unapplied: collections.deque[tuple[int, int]] = collections.deque()  # (lsn, payload bytes)
+        self._unapplied_bytes = 0  # logged but not yet in DuckDB: room the applier will need
         self.tables = Tables(os.path.join(self.path, "state.duckdb"))
         self.wal = WriteAheadLog(os.path.join(self.path, "wal"), fsync=self.config.fsync,
                                  segment_bytes_max=self.config.segment_bytes_max,
-                                 preallocate_bytes=self.config.wal_preallocate_bytes)
+                                 preallocate_bytes=self.config.wal_preallocate_bytes,
+                                 allow_data_loss=self.allow_data_loss)
+        self._join_log_to_tables()
         self.schema = self.tables.schema
         self.directory = NodeDirectory()
         self.edges: dict[str, EdgeIndex] = {}
@@ -91,12 +104,57 @@ class Engine:
         self.keywords: dict[tuple[str, str], KeywordIndex] = {}
         self.indexer = IndexBuilder(self.state_lock)
         self.row_cache = RowCache(self.config.row_cache_rows_max)
+        self.view_clock = ViewClock()
+        self._view_seeded = False
         load_memory(self)
         replay(self)
+        saved = ViewClock.load(self.path, self.memory_lsn)  # what a clean close knew beyond the tables
+        if saved is not None:
+            self.view_clock.merge(saved)
         self.schedule_index_builds()
         self.epoch = max(self.wal.last_epoch, self.tables.applied_epoch, 1)
         self._applier = threading.Thread(target=self._apply_loop, name="knowledge-applier", daemon=True)
         self._applier.start()
+
+    def _join_log_to_tables(self) -> None:
+        """Refuse (unless data loss is allowed) a log that ends before the tables or starts after them:
+        records the tables hold or need would be missing from the log."""
+        applied, wal = self.tables.applied_lsn, self.wal
+        segments = [os.path.basename(seg.path) for seg in wal.segments]
+        if segments and wal.last_lsn < applied:
+            lost = (wal.last_lsn + 1, applied)
+            message = (f"the WAL ends at LSN {wal.last_lsn} but the tables hold records up to LSN {applied}: "
+                       f"the log lost records LSN {lost[0]}..{lost[1]}")
+            if not self.allow_data_loss:
+                raise CorruptionError(f"{message}; restore from a backup or open with allow_data_loss=True to "
+                                      f"continue the log after LSN {applied}", segment=segments[-1], lsn_range=lost)
+            log.warning("%s; the log is set aside and continues after LSN %d (allow_data_loss=True)",
+                        message, applied)
+            wal.set_aside_all()
+            wal.recovery.lsn_ranges_lost.append(list(lost))
+        elif segments and wal.first_lsn > applied + 1:
+            raise CorruptionError(f"the WAL starts at LSN {wal.first_lsn} but the tables stop at LSN {applied}: "
+                                  f"records LSN {applied + 1}..{wal.first_lsn - 1} are missing; restore from a "
+                                  f"backup", segment=segments[0], lsn_range=(applied + 1, wal.first_lsn - 1))
+
+    def check_space(self, incoming_bytes: int = 0) -> None:
+        """Raise StorageFull unless the store's file system has room for the configured reserve, the
+        incoming record (in the WAL, then DuckDB's WAL and table file), the records the applier has yet
+        to write, and a DuckDB checkpoint of its WAL."""
+        reserve = self.config.disk_free_bytes_min
+        if reserve <= 0:
+            return
+        stat = os.statvfs(self.path)
+        free = stat.f_bavail * stat.f_frsize
+        try:
+            duckdb_wal_bytes = os.stat(self.tables.path + ".wal").st_size
+        except OSError:
+            duckdb_wal_bytes = 0
+        needed = reserve + 3 * incoming_bytes + 2 * self._unapplied_bytes + duckdb_wal_bytes
+        if free < needed:
+            raise StorageFull(f"only {free} bytes free on the device holding {self.path} (the store keeps "
+                              f"{reserve} in reserve for its tables); the commit was not made: free space, then "
+                              f"retry", path=self.path)
 
     def snapshot_path(self, type_name: str, prop: str, kind: str = "vectors") -> str:
         """Where the snapshot of the (type, property) index of `kind` ("vectors", "keywords") lives."""
@@ -111,7 +169,11 @@ class Engine:
         """Under the stage lock: write the record (not yet durable) and stage what it changes."""
         payload = encode_ops(ops)
         check_payload_size(payload, self.config.transaction_bytes_max)
+        self.check_space(len(payload))
         lsn = self.wal.append(payload, self.epoch)
+        with self._applier_cv:
+            self._unapplied.append((lsn, len(payload)))
+            self._unapplied_bytes += len(payload)
         if resolver is not None:
             for type_name, keys, ids in resolver.staged.upserts:
                 self.directory.stage_upsert(type_name, keys, ids)
@@ -140,7 +202,7 @@ class Engine:
                 self._memory_turn.wait(0.5)
             try:
                 with self.state_lock:
-                    apply_memory(self, ops)
+                    apply_memory(self, ops, lsn)
                     for name in edge_types:
                         self._inflight_edges[name] -= 1
                     self.memory_lsn = lsn  # inside the state lock: a snapshot sees ops and LSN together
@@ -159,6 +221,17 @@ class Engine:
             self._queue.append((lsn, self.epoch, ops))
             if len(self._queue) >= APPLY_BATCH_RECORDS_MIN:
                 self._applier_cv.notify_all()
+
+    def view_lsn(self, principal: Principal, named: bool) -> int:
+        """The LSN of the last write `principal` could see (`knowledge/access/view_clock.py`); the first call
+        after an open adds what the tables' `_lsn` columns show."""
+        with self.state_lock:
+            if not self._view_seeded:
+                self.wait_applied(self.memory_lsn)
+                seed_view_clock(self.view_clock, self.tables, self.directory, list(self.schema.nodes),
+                                list(self.schema.edges))
+                self._view_seeded = True
+            return self.view_clock.lsn_for(principal, named)
 
     def fail(self, exc: BaseException) -> None:
         """Poison the store: every later call raises StorePoisoned until it is reopened."""
@@ -195,11 +268,36 @@ class Engine:
                 self._queue_since = time.monotonic()
             try:
                 self.tables.apply(batch)
+            except StorageFull as exc:  # durable in the WAL: retry until space is freed, serve reads meanwhile
+                if not self._stalled(batch, exc):
+                    return
+                continue
             except BaseException as exc:  # the WAL holds the records; reopening replays them
                 self.fail(exc)
                 return
             with self._applier_cv:
+                if self.applier_stalled is not None:
+                    log.warning("store %s: space freed, the table applier caught up", self.path)
+                self.applier_stalled = None
+                self._retry_s = 0.0
+                while self._unapplied and self._unapplied[0][0] <= batch[-1][0]:
+                    self._unapplied_bytes -= self._unapplied.popleft()[1]
                 self._applier_cv.notify_all()
+
+    def _stalled(self, batch: list[tuple[int, int, list[Op]]], exc: StorageFull) -> bool:
+        """Put a batch the full disk refused back in front and wait before the retry; False once closing
+        (the records stay in the WAL, and the next open applies them)."""
+        with self._applier_cv:
+            if self.applier_stalled is None:
+                log.warning("store %s: %s", self.path, exc)
+            self.applier_stalled = exc
+            self._queue[:0] = batch
+            self._applier_cv.notify_all()  # readers waiting on the tables learn of it
+            if self.closed:
+                return False
+            self._retry_s = min(APPLY_RETRY_S_MAX, max(APPLY_RETRY_S_MIN, 2 * self._retry_s))
+            self._applier_cv.wait(self._retry_s)
+            return not self.closed
 
     def wait_applied(self, lsn: int | None = None) -> None:
         """Block until DuckDB reflects every record up to `lsn` (default: everything committed now)."""
@@ -209,11 +307,19 @@ class Engine:
         with self._applier_cv:
             self._readers_waiting += 1
             self._applier_cv.notify_all()
+            stalled_until = None  # a stalled applier gets one retry (woken by this reader) before we give up
             try:
                 while self.tables.applied_lsn < target:
                     if self.failure is not None:
                         raise StorePoisoned("the table applier failed; reopen the store") from self.failure
-                    self._applier_cv.wait(0.5)
+                    stalled = self.applier_stalled
+                    if stalled is not None:
+                        now = time.monotonic()
+                        stalled_until = stalled_until or now + APPLY_RETRY_S_MAX + 0.5
+                        if now >= stalled_until:
+                            raise StorageFull(f"{stalled} (this read needs the tables up to LSN {target}; "
+                                              f"searches and graph reads go on)", path=stalled.path) from stalled
+                    self._applier_cv.wait(0.1 if stalled is not None else 0.5)
             finally:
                 self._readers_waiting -= 1
 
@@ -282,7 +388,8 @@ class Engine:
     def stats(self) -> dict[str, Any]:
         """Whole-store figures of the engine's parts."""
         return {"applied_lsn": self.tables.applied_lsn, "wal_first_lsn": self.wal.first_lsn,
-                "fsyncs": self.wal.fsync_count,
+                "fsyncs": self.wal.fsync_count, "recovery": self.wal.recovery.as_dict(),
+                "storage_full": self.applier_stalled is not None,
                 "row_cache": {"rows": len(self.row_cache), "hits": self.row_cache.hits,
                               "misses": self.row_cache.misses},
                 "index_builds": {"pending": self.indexer.pending(), "installed": self.indexer.installed,
@@ -316,6 +423,11 @@ class Engine:
             self._applier.join(timeout=30)
             if self.failure is None:
                 self._save_new_graphs()
+                if self.tables.applied_lsn == self.memory_lsn:
+                    try:
+                        self.view_clock.save(self.path, self.memory_lsn)
+                    except OSError as exc:  # the tables still give a lower bound (see view_clock.py)
+                        log.warning("could not save the view clock at close: %s", exc)
             self.wal.close()
             self.tables.close()
 

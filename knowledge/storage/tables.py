@@ -22,6 +22,7 @@ from knowledge.errors import (
     InvalidQuery,
     InvariantViolation,
     KnowledgeError,
+    StorageFull,
     StoreClosed,
     StoreLocked,
     invariant,
@@ -124,11 +125,15 @@ class Tables:
                 self._set_meta(con, "next_id", next_id)  # ids are never reused, even after a reopen
                 con.execute("COMMIT")
             except duckdb.Error as exc:
-                con.execute("ROLLBACK")
+                _rollback(con)
+                if is_disk_full_error(exc):
+                    raise StorageFull(f"no space left on the device holding {self.path} to apply WAL records "
+                                      f"{records[0][0]}..{records[-1][0]}; they are durable in the WAL and are "
+                                      f"applied once space is freed", path=self.path) from exc
                 raise ApplyError(f"applying WAL records {records[0][0]}..{records[-1][0]} to {self.path} failed: "
                                  f"{exc}", lsn=records[0][0]) from exc
             except BaseException:
-                con.execute("ROLLBACK")
+                _rollback(con)
                 raise
             self.schema = schema
             self.applied_lsn = records[-1][0]
@@ -240,7 +245,13 @@ class Tables:
 
     def checkpoint(self) -> None:
         with self.lock:
-            self.con.execute("CHECKPOINT")
+            try:
+                self.con.execute("CHECKPOINT")
+            except duckdb.Error as exc:
+                if is_disk_full_error(exc):
+                    raise StorageFull(f"no space left on the device holding {self.path} to checkpoint the "
+                                      f"tables (free space, then retry)", path=self.path) from exc
+                raise
 
     def close(self) -> None:
         with self.lock:
@@ -314,12 +325,29 @@ def translate(exc: duckdb.Error) -> KnowledgeError:
     return InvariantViolation(f"unexpected DuckDB error: {type(exc).__name__}: {reason}")
 
 
+def is_disk_full_error(exc: BaseException) -> bool:
+    """Whether a DuckDB error is the file system running out of space."""
+    text = str(exc)
+    return "No space left on device" in text or "Disk quota exceeded" in text
+
+
+def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+    """Roll back the open transaction, if DuckDB still holds one (a failed COMMIT already ended it)."""
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.TransactionException:
+        pass
+
+
 def _unreadable(path: str, exc: BaseException) -> KnowledgeError:
-    """The error for a table file DuckDB will not open: StoreLocked when another process holds DuckDB's
-    lock on it, CorruptionError otherwise."""
+    """The error for a table file DuckDB will not open: StorageFull when the disk has no room, StoreLocked
+    when another process holds DuckDB's lock on it, CorruptionError otherwise."""
     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if is_disk_full_error(exc):
+        return StorageFull(f"no space left on the device holding {path} to open the tables", path=path)
     if isinstance(exc, duckdb.IOException) and "lock" in reason.lower():
         return StoreLocked(os.path.dirname(path), None)
     return CorruptionError(f"cannot read the table file {path!r} ({reason}); it is damaged or not a "
-                           f"knowledge store file: restore the store from a backup (knowledge restore "
-                           f"BACKUP DEST)")
+                           f"knowledge store file: rebuild it from its WAL (knowledge recover SRC DEST) "
+                           f"or restore a backup (knowledge restore BACKUP DEST)", segment=os.path.basename(path),
+                           offset=0)

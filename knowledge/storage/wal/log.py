@@ -17,6 +17,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -26,7 +27,7 @@ from knowledge.errors import CorruptionError, StorageFull, StorePoisoned, invari
 from knowledge.storage.wal import record as frames
 from knowledge.storage.wal.manifest import Manifest, SegmentEntry, write_manifest
 from knowledge.storage.wal.record import Record
-from knowledge.storage.wal.recovery import RecoveryReport, is_disk_full, recover_log
+from knowledge.storage.wal.recovery import RecoveryReport, is_disk_full, recover_log, set_aside
 from knowledge.storage.wal.scan import Segment, fsync_directory, list_segments, scan_segment
 from knowledge.storage.wal.segments import segment_name
 
@@ -37,6 +38,17 @@ PREALLOCATE_BYTES = 4 << 20  # zeros written ahead of small appends
 PREALLOCATE_FRAME_BYTES_MAX = 256 << 10  # larger frames extend the file themselves (no double write)
 _ZEROS = bytes(1 << 20)
 _datasync = getattr(os, "fdatasync", os.fsync)  # fdatasync also flushes a changed file size
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    """pwrite all of `data` at `offset` (a short write continues; a full disk raises OSError ENOSPC)."""
+    view = memoryview(data)
+    done = 0
+    while done < len(data):
+        written = os.pwrite(fd, view[done:], offset + done)
+        if written <= 0:
+            raise OSError(errno.ENOSPC, "no progress writing the WAL")
+        done += written
 
 
 class WriteAheadLog:
@@ -100,6 +112,11 @@ class WriteAheadLog:
         return self._durable_lsn
 
     @property
+    def segments(self) -> list[Segment]:
+        """The segments held now, oldest first."""
+        return list(self._segments)
+
+    @property
     def first_lsn(self) -> int:
         """The oldest LSN still held (1 for an empty log)."""
         return self._segments[0].first_lsn if self._segments else self._last_lsn + 1
@@ -123,8 +140,7 @@ class WriteAheadLog:
                 try:
                     if self.preallocate_bytes and end > self._allocated_bytes and len(frame) <= PREALLOCATE_FRAME_BYTES_MAX:
                         self._preallocate(end)
-                    written = os.pwrite(self._fd, frame, self._segment_bytes)
-                    invariant(written == len(frame), "short WAL write")
+                    _write_all(self._fd, frame, self._segment_bytes)
                 except BaseException as exc:
                     self._undo_partial_write(exc)
                     raise
@@ -259,6 +275,18 @@ class WriteAheadLog:
                                       lsn_range=(first.first_lsn, self._last_lsn))
             self._last_lsn = self._durable_lsn = lsn
             self._last_epoch = epoch
+            self._write_manifest()
+
+    def set_aside_all(self) -> None:
+        """Move every segment into wal/quarantine/ (an operator-allowed recovery whose tables are ahead of
+        the log); the log is then empty and continues after `start_at`."""
+        with self._append_lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            self.recovery.quarantined += set_aside(self.directory, self._segments)
+            self._segments = []
+            self._segment_bytes = self._allocated_bytes = 0
             self._write_manifest()
 
     def close(self) -> None:

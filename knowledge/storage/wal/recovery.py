@@ -175,17 +175,22 @@ def _quarantine_after(directory: str, scanned: list[_Scanned], cut_lsn: int,
                       report: RecoveryReport) -> list[_Scanned]:
     """Move the segments from the first lost LSN on into wal/quarantine/; keep the prefix."""
     kept = [s for s in scanned if s.segment.first_lsn < cut_lsn]
-    moved = [s for s in scanned if s.segment.first_lsn >= cut_lsn]
-    if moved:
+    report.quarantined += set_aside(directory, [s.segment for s in scanned if s.segment.first_lsn >= cut_lsn])
+    return kept
+
+
+def set_aside(directory: str, segments: list[Segment]) -> list[str]:
+    """Move `segments` into wal/quarantine/ (kept for the operator, never read again); their names."""
+    names = []
+    if segments:
         target = os.path.join(directory, QUARANTINE_DIR)
         os.makedirs(target, exist_ok=True)
-        for item in moved:
-            name = os.path.basename(item.segment.path)
-            shutil.move(item.segment.path, os.path.join(target, name))
-            report.quarantined.append(name)
-            log.warning("WAL segment %s (LSN %d..%d) moved to %s: it follows lost records",
-                        name, item.segment.first_lsn, item.last_lsn, target)
-    return kept
+        for seg in segments:
+            name = os.path.basename(seg.path)
+            shutil.move(seg.path, os.path.join(target, name))
+            names.append(name)
+            log.warning("WAL segment %s moved to %s: the records it holds are not read again", name, target)
+    return names
 
 
 def _truncate_tail(item: _Scanned, report: RecoveryReport, fsync: bool) -> int:
