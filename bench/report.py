@@ -37,6 +37,8 @@ def publish_results(results: dict[str, Any], out_dir: str) -> None:
 
     plot_dir = os.path.join(common.RESULTS_DIR, "plots")
     os.makedirs(plot_dir, exist_ok=True)
+    for stale in [n for n in os.listdir(plot_dir) if n.endswith(".png")]:  # a plot this run has not made goes
+        os.unlink(os.path.join(plot_dir, stale))
     names = []
     for path in sorted(os.listdir(os.path.join(out_dir, "plots"))) if os.path.isdir(os.path.join(out_dir, "plots")) else []:
         shutil.copy(os.path.join(out_dir, "plots", path), os.path.join(plot_dir, path))
@@ -186,7 +188,7 @@ def _recall_qps(suite_results: dict[str, Any], plt: Any) -> list[tuple[str, Any]
             axis.set(title=f"{float(s):.1%} visible", xlabel="recall@10", ylabel="QPS", yscale="log")
             axis.grid(True, alpha=0.3)
         axes[0][-1].legend(fontsize=6)
-        figure.suptitle(f"vectors, {data['name']}: recall against QPS per selectivity")
+        figure.suptitle(f"vectors, {data['name']}: recall against QPS per selectivity", y=1.04)
         out.append((f"recall_qps_{key}", figure))
     return out
 

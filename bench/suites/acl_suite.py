@@ -105,7 +105,8 @@ def _bitmap_ms(store: Any) -> float:
 def render(result: dict[str, Any]) -> str:
     admin = result["admin"]
     lines = [f"{result['nodes']:,} nodes, {result['edges']:,} edges, {result['queries']} queries per cell; visibility "
-             f"bitmap cold build (3 labels): **{result['bitmap_build_ms']:.2f} ms**.", "",
+             f"bitmap of a principal not seen before (3 labels; the store keeps per-label bitmaps): "
+             f"**{result['bitmap_build_ms']:.2f} ms**.", "",
              "| visible | search p50 | vs admin | 2-hop p50 | vs admin |", "|---|---|---|---|---|",
              f"| admin | {admin['search']['p50_ms']:.3f} ms | 1.00x | {admin['traverse']['p50_ms']:.3f} ms | 1.00x |"]
     for level, data in result["levels"].items():
