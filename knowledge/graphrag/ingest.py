@@ -237,10 +237,10 @@ def _ingest_batch(session: Session, batch: list[Document], embedder: Embedder, s
     old = [d for d in changed if d.doc_id in existing]
     old_chunks = (_keys_of(session, session.scan(CHUNK, where={"doc_id": ("in", [d.doc_id for d in old])},
                                                  columns=[])) if old else [])
-    entity_rows, fresh = _entity_rows(session, chunks, embedder, embed_entities, report)
+    entity_rows, batch_vectors = _entity_rows(session, chunks, embedder, embed_entities, report)
     report.add_time("entities", time.perf_counter() - tick)
     tick = time.perf_counter()
-    synonym_rows = _synonym_rows(session, entity_rows, set(fresh), embedder.dimension, synonyms)
+    synonym_rows = _synonym_rows(session, batch_vectors, embedder.dimension, synonyms)
     report.add_time("synonyms", time.perf_counter() - tick)
     tick = time.perf_counter()
     with session.transaction() as tx:
@@ -333,9 +333,9 @@ def _attach_supplied(doc: Document, chunks: list[_Chunk]) -> None:
 
 
 def _entity_rows(session: Session, chunks: list[_Chunk], embedder: Embedder, embed_entities: bool | str,
-                 report: IngestReport) -> tuple[list[dict[str, Any]], list[str]]:
-    """Entity rows to upsert (new entities, and existing ones whose labels grow: label union) and the keys
-    of the new ones."""
+                 report: IngestReport) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Entity rows to upsert (new entities, and existing ones whose labels grow: label union) and the
+    embedding of every entity the chunks mention that has one (for synonym edges)."""
     wanted: dict[str, tuple[str, set[str]]] = {}
     types: dict[str, str] = {}
     for chunk in chunks:
@@ -345,7 +345,7 @@ def _entity_rows(session: Session, chunks: list[_Chunk], embedder: Embedder, emb
             if key in chunk.types:
                 types.setdefault(key, chunk.types[key])
     if not wanted:
-        return [], []
+        return [], {}
     columns = ["display", "embedding", *(["type"] if "type" in session.store.schema.nodes[ENTITY].properties else [])]
     stored = session.get_many(ENTITY, list(wanted), columns)
     current = {key: row for key, row in zip(_keys_of(session, stored), stored.to_pylist(), strict=True)}
@@ -370,7 +370,9 @@ def _entity_rows(session: Session, chunks: list[_Chunk], embedder: Embedder, emb
                 if row["name"] in by_key:
                     row["embedding"] = by_key[row["name"]]
     report.entities += len(fresh)
-    return rows, fresh
+    vectors_of = {key: row["embedding"] for key, row in current.items() if row["embedding"] is not None}
+    vectors_of.update((row["name"], row["embedding"]) for row in rows if row["embedding"] is not None)
+    return rows, vectors_of
 
 
 def _embed_names(embedder: Embedder, names: list[str], tolerant: bool) -> np.ndarray | None:
@@ -410,13 +412,12 @@ def _related_rows(chunks: list[_Chunk]) -> list[dict[str, Any]]:
              "weight": weight, "sentence": sentence} for src, dst, preds, chunk, weight, sentence in pairs.values()]
 
 
-def _synonym_rows(session: Session, entity_rows: list[dict[str, Any]], fresh_keys: set[str], dimension: int,
+def _synonym_rows(session: Session, batch_vectors: dict[str, Any], dimension: int,
                   config: SynonymConfig | None) -> list[dict[str, Any]]:
     """SYNONYM edges from this batch's new embedded entities to close stored (or new) ones."""
     if config is None:
         return []
-    fresh = {row["name"]: np.asarray(row["embedding"], dtype=np.float32) for row in entity_rows
-             if row["name"] in fresh_keys and row["embedding"] is not None}
+    fresh = {key: np.asarray(vector, dtype=np.float32) for key, vector in batch_vectors.items()}
     if not fresh:
         return []
     keys, matrix = stored_vectors(session, dimension)

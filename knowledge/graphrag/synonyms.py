@@ -1,9 +1,9 @@
 """Synonym edges (HippoRAG 2): SYNONYM edges between entities whose name embeddings are close.
 
-Built incrementally at ingest: each batch's new entities are compared with every stored entity that
-has an embedding and with each other; a pair whose cosine similarity is at least `threshold` gets an
+Built incrementally at ingest: the entities each batch mentions (new or not) are compared with every
+stored entity that has an embedding and with each other; a pair whose cosine similarity is at least `threshold` gets an
 undirected SYNONYM edge (stored once, from the smaller key to the larger; property `score`), at most
-`neighbours` a new entity, best first. Names with a digit are left out ("1963" and "1964" embed close
+`neighbours` per entity of the batch, best first. Names with a digit are left out ("1963" and "1964" embed close
 together, as do "World War I" and "World War II"). An edge is visible only when both its entities are
 (the store's rule for every edge), so the walk never crosses to an entity the reader cannot see.
 """
