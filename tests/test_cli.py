@@ -250,7 +250,8 @@ def _subcommands() -> list[str]:
 
 def test_every_subcommand_is_there():
     assert _subcommands() == sorted(["init", "schema", "ingest", "get", "neighbors", "stats", "checkpoint",
-                                     "backup", "restore", "recover", "principal", "demo", "bench", "slo"])
+                                     "backup", "restore", "recover", "principal", "demo", "bench", "slo",
+                                     "serve", "search", "retrieve", "scan", "export"])
 
 
 @pytest.mark.parametrize("command", [None, *_subcommands()])
