@@ -37,6 +37,11 @@ from knowledge.replication.storage import MemoryLog
 POLICIES = ("async", "sync(1)", "sync(2)", "zones(2)", "zones(2),degrade", "sync(1),degrade", "all")
 TRACE_LINES_SHOWN = 400
 READY_ROUNDS_MAX = 8  # Readies one input may lead to (each advance can free commit outcomes once)
+PROFILES: tuple[dict[str, float], ...] = (  # harsher runs in one dimension each, or the defaults
+    {}, {}, {"drop": 0.15, "delay_ticks_max": 8}, {"duplicate": 0.2, "delay_ticks_max": 6},
+    {"crash": 0.01, "crash_mid_ready": 0.05}, {"pause": 0.02, "partition": 0.03, "heal": 0.02},
+    {"lease_expiry": 0.02, "kv_cut": 0.02}, {"retention_records_max": 8},
+)
 NodeFactory = Callable[[NodeConfig, MemoryLog, random.Random], ReplicationNode]
 VARIANTS: dict[str, NodeFactory] = {
     "correct": lambda config, log, rng: ReplicationNode(config, log, log.durable_state(), rng),
@@ -69,6 +74,7 @@ class SimConfig:
     retention_records_max: int = 40
     deadline_ms: int = 300
     variant: str = "correct"
+    vary: bool = True  # the seed also picks a fault profile (PROFILES) over these rates
 
     def header(self) -> str:
         return "replay: " + json.dumps(asdict(self), sort_keys=True)
@@ -117,8 +123,11 @@ class Simulator:
     """The cluster, its network and its clients under one seeded random.Random."""
 
     def __init__(self, config: SimConfig) -> None:
-        self.config = config
+        self.requested = config  # what a replay line reproduces
         self.rng = random.Random(config.seed)
+        profile = self.rng.choice(PROFILES) if config.vary else {}
+        self.config = replace(config, **profile)  # type: ignore[arg-type]
+        self.profile = profile
         count = config.nodes or self.rng.choice((3, 3, 4, 5))
         zone_count = self.rng.choice((2, 3)) if count > 3 else 3
         self.zones = {f"n{i}": "abc"[i % zone_count] for i in range(count)}
@@ -144,6 +153,7 @@ class Simulator:
         self.writes = self.reads_checked = self.failovers = 0
         self.faults = True
         self.paused: dict[str, int] = {}  # node -> tick it resumes (a stop-the-world pause)
+        self._note(f"cluster {self.zones} policy {self.policy} faults {self.profile or 'default'}")
         for member in self.members.values():
             self._start(member)
 
@@ -159,9 +169,9 @@ class Simulator:
             self._check_converged()
         except (SafetyViolation, InvariantViolation) as exc:
             self._note(f"FAIL {type(exc).__name__}: {exc}")
-            raise SimulationFailure(self.config, f"{type(exc).__name__}: {exc}", self.formatted_trace()) from exc
+            raise SimulationFailure(self.requested, f"{type(exc).__name__}: {exc}", self.formatted_trace()) from exc
         stats = [m.node.stats for m in self.members.values() if m.node is not None]
-        return RunResult(self.config, str(self.policy), len(self.members), len(self.checker.acked),
+        return RunResult(self.requested, str(self.policy), len(self.members), len(self.checker.acked),
                          self.reads_checked, self.failovers, sum(s["snapshots_installed"] for s in stats),
                          sum(s["outcome_unknown"] for s in stats), sum(s["commits_degraded"] for s in stats),
                          self.formatted_trace())
