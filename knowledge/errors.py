@@ -145,6 +145,17 @@ class NotFound(KnowledgeError):
         super().__init__(f"no {type_name} node with key {key!r}")
 
 
+class NodeIdNotFound(NotFound):
+    """No node with this dense id for this session (`Session.ref`): absent and invisible read the same,
+    so the message names only the id, never a type or key."""
+
+    def __init__(self, node_id: int) -> None:
+        self.node_id = node_id
+        self.type_name = None  # type: ignore[assignment]
+        self.key = None
+        KnowledgeError.__init__(self, f"no node with id {node_id}")
+
+
 class PermissionDenied(KnowledgeError):
     """The session's principal lacks a grant the operation needs."""
 

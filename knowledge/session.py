@@ -21,9 +21,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from knowledge.access.audit import AuditEntry
+from knowledge.access.labels import readable_labels, with_readable_labels
 from knowledge.access.principal import Principal
 from knowledge.access.visibility import consistent_read, is_visible, visible_edges, visible_nodes
-from knowledge.errors import InvalidArgument, NotFound, PermissionDenied, StoreClosed, UnknownType
+from knowledge.errors import (
+    InvalidArgument,
+    NodeIdNotFound,
+    NotFound,
+    PermissionDenied,
+    StoreClosed,
+    UnknownType,
+)
 from knowledge.session_search import SessionSearch, where_sql
 from knowledge.storage.tables import edge_table, node_table, query_arrow, quote
 from knowledge.transaction import Transaction
@@ -52,10 +60,11 @@ class Session(SessionSearch):
     def __init__(self, store: StoreView, principal: Principal | str) -> None:
         self.store = store
         self._principal = principal
-        # (type=, property=) -> (schema it was resolved in, type name, index key, vector index, key type)
-        self._vector_properties: dict[tuple[str | None, str | None], tuple[Any, str, Any, Any, str]] = {}
+        # (type=, property=, admin) -> (schema it was resolved in, type name, index key, vector index, key type)
+        self._vector_properties: dict[tuple[str | None, str | None, bool], tuple[Any, str, Any, Any, str]] = {}
         # (principal, directory, its version, its capacity, bitmap) of the last visible()
         self._visible: tuple[Principal, Any, int, int, np.ndarray] | None = None
+        self._visible_view: tuple[np.ndarray, np.ndarray] | None = None  # (bitmap, what visible() hands out)
 
     @property
     def principal(self) -> Principal:
@@ -69,7 +78,24 @@ class Session(SessionSearch):
 
     # -- visibility ---------------------------------------------------------------------------
     def visible(self) -> np.ndarray:
-        """The visibility bitmap over node ids (read-only)."""
+        """The visibility bitmap over node ids (read-only): True at the nodes this principal may see.
+
+        An admin's covers every id; a non-admin's ends at its last visible id, so that nothing past it (how
+        many nodes it cannot see were created later, the directory's capacity) shows. Below it, False reads
+        the same for absent, deleted and invisible ids (dense ids have gaps: README, Security model)."""
+        bitmap = self._bitmap()
+        if self.principal.admin:
+            return bitmap
+        cached = self._visible_view
+        if cached is not None and cached[0] is bitmap:
+            return cached[1]
+        found = np.flatnonzero(bitmap)
+        view = bitmap[:int(found[-1]) + 1 if len(found) else 0]  # a read-only view of the read-only bitmap
+        self._visible_view = (bitmap, view)
+        return view
+
+    def _bitmap(self) -> np.ndarray:
+        """The whole visibility bitmap over node ids (read-only), for the session's own filtering."""
         principal, store = self.principal, self.store
         if store.engine.closed:
             raise StoreClosed(f"store {store.path!r} is closed: this session can no longer be used")
@@ -91,7 +117,7 @@ class Session(SessionSearch):
         self._node_type(type_name)
         _check_key(key)
         node = self.store.directory.id_of(type_name, key)
-        if not is_visible(self.visible(), node):
+        if not is_visible(self._bitmap(), node):
             raise NotFound(type_name, key)
         return node
 
@@ -133,7 +159,9 @@ class Session(SessionSearch):
         if table.num_rows == 0:
             raise NotFound(type_name, key)
         self._audit("get", [node])
-        return _decode_row(self._node_type(type_name), table.to_pylist()[0])
+        row = _decode_row(self._node_type(type_name), table.to_pylist()[0])
+        row["_labels"] = readable_labels(row["_labels"], self.principal)
+        return row
 
     @consistent_read
     def get_many(self, type_name: str, keys: Iterable[Any], columns: Iterable[str] | None = None) -> pa.Table:
@@ -142,10 +170,10 @@ class Session(SessionSearch):
         if isinstance(keys, str | bytes) or not isinstance(keys, Iterable):
             raise InvalidArgument(f"keys must be a list of node keys, got {type(keys).__name__}")
         keys = [_check_key(key) for key in keys]
-        visible = self.visible()
+        visible = self._bitmap()
         ids = [n for n in (self.store.directory.id_of(type_name, k) for k in keys) if is_visible(visible, n)]
         self._audit("get_many", ids)
-        return self._fetch(type_name, ids, self._columns(type_name, columns))
+        return with_readable_labels(self._fetch(type_name, ids, self._columns(type_name, columns)), self.principal)
 
     def _fetch(self, type_name: str, ids: list[int], columns: list[str]) -> pa.Table:
         """`_id`, `_labels` and `columns` of the nodes `ids` (already visibility-checked), in id order.
@@ -193,10 +221,15 @@ class Session(SessionSearch):
         finally:
             cursor.close()
 
+    @consistent_read
     def ref(self, node: int) -> NodeRef:
-        visible = self.visible()
-        if isinstance(node, bool) or not isinstance(node, int | np.integer) or not 0 <= node < len(visible):
-            raise InvalidArgument(f"no node with id {node!r}")
+        """The type and key of the node with dense id `node`; raises NodeIdNotFound when it is absent or
+        invisible (the same error, naming only the id), InvalidArgument for a non-integer or negative id."""
+        if isinstance(node, bool) or not isinstance(node, int | np.integer) or node < 0:
+            raise InvalidArgument(f"a node id is a non-negative int, got {node!r}")
+        node = int(node)
+        if not is_visible(self._bitmap(), node):
+            raise NodeIdNotFound(node)
         directory = self.store.directory
         return NodeRef(node, directory.type_names[directory.type_of[node]], directory.key_of[node])
 
@@ -220,7 +253,7 @@ class Session(SessionSearch):
         _check_direction(direction)
         _check_limit(limit)
         node = self._visible_id(type_name, key)
-        visible = self.visible()
+        visible = self._bitmap()
         found: list[np.ndarray] = []
         with self.store.state_lock:
             for name in self._edge_types(edge_type):
@@ -247,7 +280,7 @@ class Session(SessionSearch):
         if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= DEPTH_MAX:
             raise InvalidArgument(f"depth must be in 1..{DEPTH_MAX}, got {depth}")
         start = self._visible_id(type_name, key)
-        visible = self.visible()
+        visible = self._bitmap()
         names = self._edge_types(edge_type)
         seen = np.zeros(len(visible), dtype=bool)
         seen[start] = True
@@ -270,7 +303,7 @@ class Session(SessionSearch):
         self._audit("traverse", ids)
         directory = self.store.directory
         types = [directory.type_names[c] for c in directory.type_of[ids].tolist()]
-        return pa.table({"id": ids, "type": types, "key": pa.array(directory.key_of[ids].tolist()),
+        return pa.table({"id": ids, "type": types, "key": key_array(directory.key_of[ids].tolist()),
                          "depth": np.concatenate(depths)})
 
     def _expand(self, frontier: np.ndarray, names: list[str], direction: str) -> np.ndarray:
@@ -287,7 +320,7 @@ class Session(SessionSearch):
         """Every visible edge of the given types as arrays (src ids, dst ids, edge-type index into the list
         of types asked for), for graph algorithms (e.g. personalized PageRank) over the visible subgraph."""
         names = self._edge_types(edge_type)
-        visible = self.visible()
+        visible = self._bitmap()
         srcs, dsts, kinds = [], [], []
         with self.store.state_lock:
             for position, name in enumerate(names):
@@ -311,18 +344,21 @@ class Session(SessionSearch):
         with self.store.state_lock:
             lsn = self.store.memory_lsn
             self.store.wait_applied(lsn)
-            yield lsn
+            yield lsn if self.principal.admin else self._view_lsn()
 
     @consistent_read
     def edges(self, edge_type: str, limit: int | None = None) -> pa.Table:
         """Visible edges of one type: src/dst ids, keys and properties (Arrow)."""
         self._edge_types(edge_type)
         self.store.wait_applied()
-        visible_ids = pa.table({"id": pa.array(np.flatnonzero(self.visible()), type=pa.int64())})
+        visible_ids = pa.table({"id": pa.array(np.flatnonzero(self._bitmap()), type=pa.int64())})
         cursor = self.store.tables.cursor()
         try:
             cursor.register("_vis", visible_ids)
-            sql = (f"SELECT * EXCLUDE (_lsn) FROM {edge_table(edge_type)} WHERE _src IN (SELECT id FROM _vis) "
+            shown = [name for name, prop in self.store.schema.edges[edge_type].properties.items()
+                     if self.principal.admin or not prop.hidden]  # for a non-admin a hidden property does not exist
+            cols = ", ".join(["_src", "_dst", *(quote(name) for name in shown)])
+            sql = (f"SELECT {cols} FROM {edge_table(edge_type)} WHERE _src IN (SELECT id FROM _vis) "
                    f"AND _dst IN (SELECT id FROM _vis) ORDER BY _src, _dst")
             if limit is not None:
                 _check_limit(limit)
@@ -357,7 +393,7 @@ class Session(SessionSearch):
         cursor = self.store.tables.cursor()
         try:
             if not self.principal.admin:
-                visible = self.visible()
+                visible = self._bitmap()
                 code = self.store.directory.type_codes[type_name]
                 ids = np.flatnonzero(visible & (self.store.directory.type_of[:len(visible)] == code))
                 cursor.register("_vis", pa.table({"id": pa.array(ids, type=pa.int64())}))
@@ -372,13 +408,13 @@ class Session(SessionSearch):
                 sql += f" LIMIT {int(limit)}"
             table = query_arrow(cursor, sql, params)
             self._audit("scan", table.column("_id").to_numpy())
-            return table
+            return with_readable_labels(table, self.principal)
         finally:
             cursor.close()
 
     def count(self, type_name: str | None = None) -> int:
         """How many nodes (of one type) this principal can see."""
-        visible = self.visible()
+        visible = self._bitmap()
         if type_name is None:
             return int(np.count_nonzero(visible))
         self._node_type(type_name)
@@ -387,14 +423,19 @@ class Session(SessionSearch):
 
     def stats(self) -> dict[str, Any]:
         """Visible node counts per type and visible edge counts per type, with the LSN they reflect."""
-        visible = self.visible()
         with self.store.state_lock:
+            visible = self._bitmap()
             edges = {}
             for name, index in self.store.edges.items():
                 edges[name] = len(visible_edges(visible, *index.all_pairs())[0])
-        return {"lsn": self.store.memory_lsn,
-                "nodes": {name: self.count(name) for name in self.store.schema.nodes},
-                "edges": edges}
+            return {"lsn": self.store.memory_lsn if self.principal.admin else self._view_lsn(),
+                    "nodes": {name: self.count(name) for name in self.store.schema.nodes},
+                    "edges": edges}
+
+    def _view_lsn(self) -> int:
+        """For a non-admin, the LSN of the last write it could see: the store's LSN would count the writes it
+        cannot see. Its reads are still made at one store LSN; nothing it sees changed in between."""
+        return self.store.engine.view_lsn(self.principal, isinstance(self._principal, str))
 
     # -- writes -------------------------------------------------------------------------------
     def transaction(self) -> Transaction:
@@ -417,6 +458,27 @@ def _check_direction(direction: str) -> None:
 def _check_limit(limit: int) -> None:
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= LIMIT_MAX:
         raise InvalidArgument(f"limit must be an int in 1..{LIMIT_MAX}, got {limit!r}")
+
+
+def key_array(keys: list[Any]) -> pa.Array:
+    """Node keys as one Arrow column: string or int64 when they share a type, else a dense union of the two
+    (a walk from a str-keyed type may reach an int-keyed one); `to_pylist()` gives the keys back as they are."""
+    kinds = {type(key) for key in keys}
+    if kinds <= {str}:
+        return pa.array(keys, type=pa.string())
+    if kinds <= {int}:
+        return pa.array(keys, type=pa.int64())
+    strings = [key for key in keys if isinstance(key, str)]
+    ints = [key for key in keys if not isinstance(key, str)]
+    codes, offsets, seen = [], [], [0, 0]
+    for key in keys:
+        code = 0 if isinstance(key, str) else 1
+        codes.append(code)
+        offsets.append(seen[code])
+        seen[code] += 1
+    return pa.UnionArray.from_dense(pa.array(codes, type=pa.int8()), pa.array(offsets, type=pa.int32()),
+                                    [pa.array(strings, type=pa.string()), pa.array(ints, type=pa.int64())],
+                                    field_names=["str", "int"])
 
 
 def _decode_row(node_type: Any, row: dict[str, Any]) -> dict[str, Any]:

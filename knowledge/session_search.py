@@ -41,7 +41,7 @@ class SessionSearch:
     """Vector and keyword search over what the session's principal can see."""
 
     store: StoreView
-    _vector_properties: dict[tuple[str | None, str | None], tuple[Any, str, Any, Any, str]]
+    _vector_properties: dict[tuple[str | None, str | None, bool], tuple[Any, str, Any, Any, str]]
 
     # -- vector search ------------------------------------------------------------------------
     def search(self, vector: Any, k: int = 10, type: str | None = None, property: str | None = None,
@@ -51,7 +51,9 @@ class SessionSearch:
         Columns: `_id`, `_key`, `_score` (cosine/ip similarity, higher is better; l2 squared distance,
         lower is better), then the requested properties. The where-filter and the session's
         visibility form one mask applied before ranking: fewer than k rows come back only when
-        fewer than k nodes qualify. The plan taken is in the schema metadata (b"plan").
+        fewer than k nodes qualify. The plan taken is in the schema metadata (b"plan") for admins; a
+        non-admin's reads b"filtered" (b"empty" when nothing qualifies), since the plan depends on how many
+        rows it cannot see.
         Raises UnknownType, InvalidArgument (wrong dimension, NaN/inf, k out of 1..10000).
 
         The answer is as of one LSN, like every read. The where-filter's table query and faiss's CPU scan
@@ -77,6 +79,8 @@ class SessionSearch:
                 result = target[1].search_prepared(query, k, allowed)
             type_name, _, key_type = target
             ids, scores, plan = result
+            if not self.principal.admin:  # the plan taken depends on how many rows are hidden: not shown
+                plan = "filtered" if len(ids) else "empty"
             return self._ranked(type_name, ids, scores, columns, "search", plan, key_type)
 
     def _search_inputs(self, vector: Any, k: int, type_name: str | None, prop_name: str | None,
@@ -90,7 +94,7 @@ class SessionSearch:
             raise InvalidArgument(f"k must be an int in 1..{SEARCH_K_MAX}, got {k!r}")
         if columns is not None:
             self._columns(type_name, columns)
-        return target, query, self.visible()
+        return target, query, self._bitmap()
 
     @consistent_read
     def keyword_search(self, query: str, k: int = 10, type: str | None = None, property: str | None = None,
@@ -107,13 +111,15 @@ class SessionSearch:
             raise InvalidArgument(f"k must be an int in 1..{SEARCH_K_MAX}, got {k!r}")
         if type is not None:
             self._node_type(type)
+        admin, nodes = self.principal.admin, self.store.schema.nodes  # a hidden property does not exist for others
         candidates = [key for key in self.store.keywords
-                      if (type is None or key[0] == type) and (property is None or key[1] == property)]
+                      if (type is None or key[0] == type) and (property is None or key[1] == property)
+                      and (admin or (key[0] in nodes and not nodes[key[0]].properties[key[1]].hidden))]
         if len(candidates) != 1:
             raise InvalidArgument(f"{'no' if not candidates else 'several'} text properties match "
                                   f"{[f'{t}.{p}' for t, p in candidates]}; name type= and property=")
         type_name, _ = candidates[0]
-        allowed = self.visible()
+        allowed = self._bitmap()
         if where:
             allowed = allowed & self._where_mask(type_name, where, len(allowed))
         with self.store.state_lock:
@@ -147,7 +153,8 @@ class SessionSearch:
         "int"), remembered per (schema, index) (a schema is immutable: a change replaces it)."""
         store = self.store
         schema, vectors = store.schema, store.vectors
-        cached = self._vector_properties.get((type_name, prop_name))
+        cache_key = (type_name, prop_name, self.principal.admin)  # admins resolve among hidden properties too
+        cached = self._vector_properties.get(cache_key)
         if cached is not None and cached[0] is schema and vectors.get(cached[2]) is cached[3]:
             return cached[1], cached[3], cached[4]
         found_type, prop = self._vector_property(type_name, prop_name)
@@ -155,12 +162,14 @@ class SessionSearch:
         key_type = node_type.properties[node_type.key].type
         index_key = (found_type, prop.name)
         index = vectors[index_key]
-        self._vector_properties[(type_name, prop_name)] = (schema, found_type, index_key, index, key_type)
+        self._vector_properties[cache_key] = (schema, found_type, index_key, index, key_type)
         return found_type, index, key_type
 
     def _vector_property(self, type_name: str | None, prop_name: str | None) -> tuple[str, Any]:
+        admin = self.principal.admin  # for a non-admin a hidden property does not exist
         candidates = [(t, p) for t, nt in self.store.schema.nodes.items() for p in nt.vector_properties
-                      if (type_name is None or t == type_name) and (prop_name is None or p.name == prop_name)]
+                      if (type_name is None or t == type_name) and (prop_name is None or p.name == prop_name)
+                      and (admin or not p.hidden)]
         if type_name is not None:
             self._node_type(type_name)
         if not candidates:

@@ -187,7 +187,7 @@ def transaction(session: Session, world: World, kind: str, arg: Any) -> Any:
 # Each public Session method, and the cases (api names in `calls`) that exercise it.
 READS: dict[str, Callable[[Session, Any], Any]] = {
     "principal": lambda s, _: (s.principal.admin, sorted(s.principal.read)),
-    "visible": lambda s, _: sorted(node_name(s, n) for n in s.visible().tolist()),
+    "visible": lambda s, _: sorted(node_name(s, n) for n in np.flatnonzero(s.visible()).tolist()),
     "audit_log": lambda s, _: s.audit_log(),
     "get": lambda s, k: {k2: v for k2, v in s.get("Node", k).items() if k2 != "_id"},
     "get_item": lambda s, k: {k2: v for k2, v in s.get("Item", k).items() if k2 != "_id"},
@@ -346,14 +346,12 @@ def run_world(world_spec: dict[str, Any]) -> None:
         compare(store, "p", world, read)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: fixed after the layout refactor")
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(worlds())
 def test_no_read_reveals_invisible_nodes(world):
     run_world(world)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: fixed after the layout refactor")
 @pytest.mark.slow
 @settings(max_examples=110, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(worlds())
@@ -444,14 +442,12 @@ def run_corpus(corpus: dict[str, Any]) -> None:
 READS["get_entity"] = lambda s, k: {k2: v for k2, v in s.get("Entity", k, columns=["display"]).items() if k2 != "_id"}
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: fixed after the layout refactor")
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(corpora())
 def test_retrieve_reveals_no_invisible_document(corpus):
     run_corpus(corpus)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: fixed after the layout refactor")
 @pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(corpora())

@@ -16,16 +16,18 @@ from knowledge.storage.catalog import PREFIX as PRINCIPAL_PREFIX
 from knowledge.storage.ops import Op, OpKind
 from knowledge.storage.rows import NodeRows
 from knowledge.storage.schema import Schema
+from knowledge.storage.view_record import record_view
 
 if TYPE_CHECKING:
     from knowledge.storage.state import EngineState
 
 
-def apply_memory(engine: EngineState, ops: list[Op]) -> None:
-    """Apply durable ops to the in-memory state: directory, catalog, schema, adjacency, vector and keyword
-    indexes, row cache (under the engine's state lock, in LSN order)."""
+def apply_memory(engine: EngineState, ops: list[Op], lsn: int) -> None:
+    """Apply the durable ops of record `lsn` to the in-memory state: directory, catalog, schema, adjacency,
+    vector and keyword indexes, row cache, view clock (under the engine's state lock, in LSN order)."""
     directory = engine.directory
     for op in ops:
+        record_view(engine.view_clock, directory, op, lsn)  # first: the labels the op replaces are still there
         if op.kind == OpKind.META:
             if op.name.startswith(PRINCIPAL_PREFIX):
                 engine.catalog.apply(op.document)
