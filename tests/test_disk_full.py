@@ -185,3 +185,33 @@ def test_table_applier_out_of_space_waits_and_catches_up(small_disk):
     store.close()
     with knowledge.open(path) as reopened:
         assert reopened.session().scan("Doc").num_rows == len(acknowledged) + 1
+
+
+def test_reopen_while_full_with_the_tables_behind(small_disk):
+    """Killed with records only in the WAL, reopened on a full disk: the store opens (memory from the
+    WAL), graph and search reads work, table reads say StorageFull, and once space is freed all is there."""
+    path = str(small_disk / "store")
+    script = (
+        "import knowledge, os\n"
+        f"s = knowledge.open({path!r}, config=knowledge.StoreConfig(apply_delay_ms=60000, disk_free_bytes_min=0, wal_preallocate_bytes=0))\n"
+        "s.define_node_type('Doc', key='k', properties={'body': 'text'})\n"
+        "ses = s.session()\n"
+        "for i in range(300):\n"
+        "    with ses.transaction() as tx:\n"
+        f"        tx.upsert_nodes('Doc', [{{'k': f'd{{i}}', 'body': 'hello ' + os.urandom(2000).hex()}}])\n"
+        "os._exit(0)\n"  # no close: the tables never saw the 300 records
+    )
+    subprocess.run(["python", "-c", script], check=True, timeout=120)
+    filler = _fill(str(small_disk), 200 << 10)
+    store = knowledge.open(path, config=knowledge.StoreConfig(disk_free_bytes_min=0))
+    try:
+        session = store.session()
+        assert session.keyword_search("hello", k=3).num_rows == 3  # memory serves
+        assert session.count("Doc") == 300
+        with pytest.raises(StorageFull):
+            session.scan("Doc")
+        os.unlink(filler)
+        assert session.scan("Doc").num_rows == 300
+        assert not store.stats()["storage_full"]
+    finally:
+        store.close()

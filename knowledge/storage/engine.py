@@ -90,6 +90,7 @@ class Engine:
         self._retry_s = 0.0
         self._unapplied: collections.deque[tuple[int, int]] = collections.deque()  # (lsn, payload bytes)
         self._unapplied_bytes = 0  # logged but not yet in DuckDB: room the applier will need
+        self.replay_backlog: list[tuple[int, int, list[Op]]] = []  # set by replay() on a full disk
         self.tables = Tables(os.path.join(self.path, "state.duckdb"))
         self.wal = WriteAheadLog(os.path.join(self.path, "wal"), fsync=self.config.fsync,
                                  segment_bytes_max=self.config.segment_bytes_max,
@@ -113,6 +114,11 @@ class Engine:
             self.view_clock.merge(saved)
         self.schedule_index_builds()
         self.epoch = max(self.wal.last_epoch, self.tables.applied_epoch, 1)
+        if self.replay_backlog:  # the disk was full while replaying: the applier takes over, waiting for space
+            self._queue = self.replay_backlog
+            self.applier_stalled = StorageFull(f"the tables of {self.path} are behind the WAL (the disk was full "
+                                               f"at open)", path=self.path)
+            self.replay_backlog = []
         self._applier = threading.Thread(target=self._apply_loop, name="knowledge-applier", daemon=True)
         self._applier.start()
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow.compute as pc
 
+from knowledge.errors import StorageFull
 from knowledge.index.graph import EdgeIndex
 from knowledge.index.keyword import KeywordIndex
 from knowledge.index.snapshot_file import read_snapshot
@@ -109,19 +110,37 @@ def _vectors_from_table(engine: EngineState, type_name: str, prop: Any) -> Vecto
         index.upsert(table.column("_id").to_numpy(), flat.reshape(-1, prop.dimension))
     return index
 
+def _apply_or_defer(engine: EngineState, batch: list[tuple[int, int, list[Op]]]
+                    ) -> list[tuple[int, int, list[Op]]] | None:
+    """Apply a replayed batch to the tables; on a full disk return it for the background applier (which
+    waits for space) so that the store still opens and serves what memory holds."""
+    try:
+        engine.tables.apply(batch)
+    except StorageFull as exc:
+        log.warning("opening with the tables behind the WAL: %s", exc)
+        return list(batch)
+    return None
+
+
 def replay(engine: EngineState) -> None:
     applied = engine.tables.applied_lsn
     if engine.wal.last_lsn < applied:  # an empty log (a restore, or set aside): continue after the tables
         engine.wal.start_at(applied, engine.tables.applied_epoch)
     batch: list[tuple[int, int, list[Op]]] = []
+    deferred: list[tuple[int, int, list[Op]]] | None = None  # left to the applier: the disk was full
     for record in engine.wal.read_from(applied + 1):
         ops = decode_ops(record.payload, record.lsn)
         apply_memory(engine, ops, record.lsn)
+        if deferred is not None:
+            deferred.append((record.lsn, record.epoch, ops))
+            continue
         batch.append((record.lsn, record.epoch, ops))
         if len(batch) >= REPLAY_BATCH_RECORDS_MAX:
-            engine.tables.apply(batch)
+            deferred = _apply_or_defer(engine, batch)
             batch = []
-    engine.tables.apply(batch)
+    if deferred is None:
+        deferred = _apply_or_defer(engine, batch)
+    engine.replay_backlog = deferred or []
     engine.memory_lsn = engine.wal.last_lsn
     if engine.wal.last_lsn > applied:
         log.info("replayed WAL records %d..%d", applied + 1, engine.wal.last_lsn)

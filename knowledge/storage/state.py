@@ -13,6 +13,7 @@ from knowledge.index.keyword import KeywordIndex
 from knowledge.index.vectors import VectorIndex
 from knowledge.storage.catalog import Catalog
 from knowledge.storage.directory import NodeDirectory
+from knowledge.storage.ops import Op
 from knowledge.storage.row_cache import RowCache
 from knowledge.storage.schema import Schema
 from knowledge.storage.tables import Tables
@@ -34,6 +35,7 @@ class EngineState(Protocol):
     keywords: dict[tuple[str, str], KeywordIndex]
     row_cache: RowCache
     memory_lsn: int
+    replay_backlog: list[tuple[int, int, list[Op]]]
     epoch: int
     stage_lock: threading.Lock
 
