@@ -191,7 +191,7 @@ READS: dict[str, Callable[[Session, Any], Any]] = {
     "audit_log": lambda s, _: s.audit_log(),
     "get": lambda s, k: {k2: v for k2, v in s.get("Node", k).items() if k2 != "_id"},
     "get_item": lambda s, k: {k2: v for k2, v in s.get("Item", k).items() if k2 != "_id"},
-    "get_columns": lambda s, cols: s.get("Node", "n1", columns=cols),
+    "get_columns": lambda s, cols: {k: v for k, v in s.get("Node", "n1", columns=cols).items() if k != "_id"},
     "get_many": lambda s, _: (by_key(s.get_many("Node", KEYS).to_pylist()),
                               by_key(s.get_many("Item", ITEM_KEYS).to_pylist(), "n")),
     "ref": lambda s, _: refs(s),
