@@ -55,6 +55,7 @@ class PrimaryRole:
                          for r in node.config.replicas}
         self.pending: deque[tuple[int, int]] = deque()  # (lsn, deadline tick), in LSN order
         self.degraded = False
+        self.degraded_at_lsn = 0  # the primary's durable LSN when it last fell back to async
         self.policy_commit_lsn = node.commit_lsn
         self.dirty: set[str] = set(self.progress)
         self.resend_ticks = 3 * node.config.heartbeat_ticks
@@ -106,6 +107,7 @@ class PrimaryRole:
             if self.policy.degrade:
                 if not self.degraded:
                     self.degraded = True
+                    self.degraded_at_lsn = node.durable_lsn
                     node.stats["degrade_events"] += 1
                     node.emit("degraded", f"LSN {lsn} missed {self.policy}; committing async "
                                           f"(replicas at {self._matches_text()})")
@@ -116,7 +118,8 @@ class PrimaryRole:
                                        f"{self.policy} not met within {self.policy.deadline_ms} ms"))
         if self.degraded:
             self._advance_commit()
-            if self.policy_commit_lsn + node.config.recover_lag_records >= node.commit_lsn:
+            caught_up = self.policy_commit_lsn >= self.degraded_at_lsn  # not merely the degrade moment
+            if caught_up and self.policy_commit_lsn + node.config.recover_lag_records >= node.commit_lsn:
                 self.degraded = False
                 node.emit("recovered", f"{self.policy} holds again at LSN {self.policy_commit_lsn}")
         for replica, progress in self.progress.items():
@@ -186,8 +189,10 @@ class PrimaryRole:
         self.dirty.add(message.sender)
 
     def retain_needed(self) -> int:
-        """The oldest LSN some replica still needs from the WAL (past the snapshot ones)."""
-        needed = [p.match_lsn + 1 for p in self.progress.values() if p.snapshot is None]
+        """The oldest LSN some replica still needs from the WAL."""
+        # a replica being sent a snapshot needs the tail after it, or it would need another one
+        needed = [p.snapshot.lsn + 1 if p.snapshot is not None else p.match_lsn + 1
+                  for p in self.progress.values()]
         return min(needed, default=self.node.history.last_lsn + 1)
 
     def flush(self) -> None:

@@ -230,6 +230,39 @@ def test_degrade_falls_back_to_async_with_an_event_then_returns_to_the_policy():
     assert cluster.outcome(later) is None  # back under sync(1): waits for a replica again
 
 
+def test_a_degraded_primary_stays_async_until_a_replica_catches_up_without_flapping():
+    cluster = Cluster(THREE_ZONES, "sync(1),degrade,deadline=50ms", tick_ms=10)
+    cluster.elect("n0", 1)
+    cluster.isolate("n0")
+    first = cluster.write("n0", b"first")
+    cluster.tick(6)
+    assert cluster.outcome(first).degraded
+    tokens = [cluster.write("n0", b"w%d" % i) for i in range(10)]
+    cluster.tick(1)  # no deadline to wait for while degraded: committed once durable here
+    assert all(cluster.outcome(t) is not None and cluster.outcome(t).degraded for t in tokens)
+    assert cluster.node("n0").stats["degrade_events"] == 1
+    assert not any(event.kind == "recovered" for _, event in cluster.events)
+
+
+def test_a_snapshot_then_the_tail_under_continuous_writes_needs_one_snapshot():
+    cluster = Cluster(THREE_ZONES, "sync(1)", retention_records_max=6, batch_records_max=2,
+                      inflight_records_max=4)
+    cluster.elect("n0", 1)
+    cluster.crash("n2")
+    for i in range(20):
+        cluster.write("n0", b"a%d" % i)
+        cluster.deliver()
+    cluster.restart("n2")
+    cluster.node("n2").follow("n0")
+    cluster.drive("n2")
+    for i in range(30):  # writes keep coming while n2 installs the snapshot and takes the tail
+        cluster.write("n0", b"b%d" % i)
+        cluster.tick()
+    cluster.tick(10)
+    assert cluster.payloads("n2") == cluster.payloads("n0")
+    assert cluster.node("n2").stats["snapshots_installed"] == 1
+
+
 def test_zones2_keeps_committing_with_any_one_zone_cut_off():
     for lost in ("n1", "n2"):
         cluster = Cluster(THREE_ZONES, "zones(2)")
