@@ -78,7 +78,9 @@ class GraphParams:
     `graph_weight` * ln(PPR mass / max mass, floored at 1e-12) + `keyword_weight` * BM25 / max BM25,
     over the union of the vector and PPR candidates. Without a query vector: RRF of BM25 and PPR ranks.
     Walk weights: RELATED edges `related_weight` * their weight, SYNONYM edges `synonym_weight` * their
-    score (0 leaves them out), MENTIONS 1. BM25 = text score + `title_weight` * title score.
+    score (0 leaves them out), MENTIONS 1. BM25 = text score + `title_weight` * title score. The
+    `passage_seeds` top vector chunks also seed the walk, each with `passage_seed_weight` * cosine /
+    passage_seeds (HippoRAG 2's dense passage seeds; 0: off).
     """
 
     seed_chunks: int = 1
@@ -94,6 +96,8 @@ class GraphParams:
     related_weight: float = 1.0
     synonym_weight: float = 1.0
     title_weight: float = 1.0
+    passage_seeds: int = 0
+    passage_seed_weight: float = 0.05
 
 
 @dataclass
@@ -327,6 +331,10 @@ def _graph(state: _State, view: GraphView, rankings: dict[str, list[str]], ids: 
         node = view.chunk_by_key.get(key)
         if node is not None:
             personalization[node] += params.chunk_seed_weight / rank
+    for _, key, score in state.vector[:params.passage_seeds]:      # HippoRAG 2: dense scores seed passages
+        node = view.chunk_by_key.get(key)
+        if node is not None and score > 0:
+            personalization[node] += params.passage_seed_weight * float(score) / params.passage_seeds
     state.timed("seeds", tick)
     if personalization.sum() <= 0:
         return [(str(k), s) for k, s in rrf(rankings, K_RRF)], None, seeds

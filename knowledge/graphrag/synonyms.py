@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from knowledge.errors import InvalidArgument
 from knowledge.graphrag.schema import ENTITY
@@ -68,14 +69,11 @@ def stored_vectors(session: Any, dimension: int) -> tuple[list[str], np.ndarray]
     if ENTITY not in session.store.schema.nodes:
         return [], np.zeros((0, dimension), np.float32)
     table = session.scan(ENTITY, columns=["name", "embedding"])
-    keys: list[str] = []
-    rows: list[Any] = []
-    for key, vector in zip(table.column("name").to_pylist(), table.column("embedding").to_pylist(), strict=True):
-        if vector is not None:
-            keys.append(key)
-            rows.append(vector)
-    matrix = np.asarray(rows, dtype=np.float32).reshape(len(rows), dimension)
-    return keys, matrix
+    column = table.column("embedding").combine_chunks()
+    present = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    keys = [k for k, ok in zip(table.column("name").to_pylist(), present.tolist(), strict=True) if ok]
+    values = column.filter(pa.array(present)).flatten().to_numpy(zero_copy_only=False)
+    return keys, np.ascontiguousarray(values, dtype=np.float32).reshape(len(keys), dimension)
 
 
 def synonym_edges(fresh: Mapping[str, np.ndarray], stored_keys: list[str], stored: np.ndarray,
@@ -95,19 +93,20 @@ def synonym_edges(fresh: Mapping[str, np.ndarray], stored_keys: list[str], store
     pairs: dict[tuple[str, str], float] = {}
     for start in range(0, len(queries), BLOCK_ROWS):
         sims = queries[start:start + BLOCK_ROWS] @ matrix.T
-        for row in range(sims.shape[0]):
-            me = len(old) + start + row
-            sims[row, me] = -1.0
-            hits = np.flatnonzero(sims[row] >= config.threshold)
-            if not len(hits):
-                continue
-            if len(hits) > config.neighbours:
-                hits = hits[np.argsort(-sims[row, hits], kind="stable")[:config.neighbours]]
-            a = keys[me]
-            for j in hits.tolist():
-                b = keys[j]
-                pair = (a, b) if a < b else (b, a)
-                pairs[pair] = max(pairs.get(pair, 0.0), float(sims[row, j]))
+        block = np.arange(sims.shape[0])
+        sims[block, len(old) + start + block] = -1.0            # not a synonym of itself
+        rows, cols = np.nonzero(sims >= config.threshold)
+        if not len(rows):
+            continue
+        values = sims[rows, cols]
+        order = np.lexsort((-values, rows))                     # by row, best first within a row
+        rows, cols, values = rows[order], cols[order], values[order]
+        first = np.searchsorted(rows, rows, side="left")
+        keep = (np.arange(len(rows)) - first) < config.neighbours
+        for row, col, value in zip(rows[keep].tolist(), cols[keep].tolist(), values[keep].tolist(), strict=True):
+            a, b = keys[len(old) + start + row], keys[col]
+            pair = (a, b) if a < b else (b, a)
+            pairs[pair] = max(pairs.get(pair, 0.0), float(value))
     return [{"src": s, "dst": d, "score": round(score, 6)} for (s, d), score in pairs.items()]
 
 
