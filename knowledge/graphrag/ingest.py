@@ -72,7 +72,7 @@ from knowledge.graphrag.schema import (
     SYNONYM,
     ensure_schema,
 )
-from knowledge.graphrag.synonyms import SynonymConfig, stored_vectors, synonym_config, synonym_edges
+from knowledge.graphrag.synonyms import SynonymConfig, VectorPool, synonym_config, synonym_edges
 from knowledge.session import Session
 
 BATCH_SIZE = 256
@@ -172,6 +172,7 @@ def ingest(session: Session, documents: Iterable[Document], *, embedder: Embedde
     splitter = splitter or SentenceSplitter()
     extractor = extractor if extractor is not None else default_extractor()
     config = synonym_config(synonyms)
+    pool = VectorPool(session, embedder.dimension) if config is not None else None
     started = time.perf_counter()
     check_dimension(session.store, embedder)   # DimensionMismatch naming the embedder and Chunk vector[d]
     ensure_schema(session.store, embedder.dimension)
@@ -181,7 +182,7 @@ def ingest(session: Session, documents: Iterable[Document], *, embedder: Embedde
     show = progress if progress is not None else (sys.stderr.isatty() and count > PROGRESS_MIN_DOCUMENTS)
     with tqdm(total=count, unit="doc", disable=not show, desc="ingest") as bar:
         for batch in _batches(items, batch_size):
-            _ingest_batch(session, batch, embedder, splitter, extractor, embed_entities, config, report)
+            _ingest_batch(session, batch, embedder, splitter, extractor, embed_entities, config, pool, report)
             bar.update(len(batch))
     report.seconds = time.perf_counter() - started
     return report
@@ -213,7 +214,7 @@ def _keys_of(session: Session, table: Any) -> list[Any]:
 
 def _ingest_batch(session: Session, batch: list[Document], embedder: Embedder, splitter: Splitter,
                   extractor: Extractor, embed_entities: bool | str, synonyms: SynonymConfig | None,
-                  report: IngestReport) -> None:
+                  pool: VectorPool | None, report: IngestReport) -> None:
     tick = time.perf_counter()
     for doc in batch:
         _check(doc)
@@ -240,7 +241,7 @@ def _ingest_batch(session: Session, batch: list[Document], embedder: Embedder, s
     entity_rows, batch_vectors = _entity_rows(session, chunks, embedder, embed_entities, report)
     report.add_time("entities", time.perf_counter() - tick)
     tick = time.perf_counter()
-    synonym_rows = _synonym_rows(session, batch_vectors, embedder.dimension, synonyms)
+    synonym_rows = _synonym_rows(pool, batch_vectors, synonyms)
     report.add_time("synonyms", time.perf_counter() - tick)
     tick = time.perf_counter()
     with session.transaction() as tx:
@@ -412,7 +413,7 @@ def _related_rows(chunks: list[_Chunk]) -> list[dict[str, Any]]:
              "weight": weight, "sentence": sentence} for src, dst, preds, chunk, weight, sentence in pairs.values()]
 
 
-def _synonym_rows(session: Session, batch_vectors: dict[str, Any], dimension: int,
+def _synonym_rows(pool: VectorPool | None, batch_vectors: dict[str, Any],
                   config: SynonymConfig | None) -> list[dict[str, Any]]:
     """SYNONYM edges from this batch's new embedded entities to close stored (or new) ones."""
     if config is None:
@@ -420,8 +421,11 @@ def _synonym_rows(session: Session, batch_vectors: dict[str, Any], dimension: in
     fresh = {key: np.asarray(vector, dtype=np.float32) for key, vector in batch_vectors.items()}
     if not fresh:
         return []
-    keys, matrix = stored_vectors(session, dimension)
-    return synonym_edges(fresh, keys, matrix, config)
+    assert pool is not None
+    keys, matrix = pool.get()
+    rows = synonym_edges(fresh, keys, matrix, config)
+    pool.add(fresh)
+    return rows
 
 
 def delete_documents(session: Session, doc_ids: Iterable[str]) -> int:

@@ -76,6 +76,35 @@ def stored_vectors(session: Any, dimension: int) -> tuple[list[str], np.ndarray]
     return keys, np.ascontiguousarray(values, dtype=np.float32).reshape(len(keys), dimension)
 
 
+class VectorPool:
+    """The stored entities' vectors for one ingest() call: read once, then extended with each batch's
+    entities (so a batch costs a matrix product, not a scan of every stored entity)."""
+
+    def __init__(self, session: Any, dimension: int) -> None:
+        self.session = session
+        self.dimension = dimension
+        self.keys: list[str] | None = None
+        self._parts: list[np.ndarray] = []
+        self._known: set[str] = set()
+
+    def get(self) -> tuple[list[str], np.ndarray]:
+        if self.keys is None:
+            keys, matrix = stored_vectors(self.session, self.dimension)
+            self.keys, self._parts, self._known = keys, [matrix], set(keys)
+        if len(self._parts) > 1:
+            self._parts = [np.concatenate(self._parts)]
+        return self.keys, self._parts[0]
+
+    def add(self, vectors: Mapping[str, np.ndarray]) -> None:
+        self.get()
+        assert self.keys is not None
+        new = [k for k in vectors if k not in self._known]
+        if new:
+            self.keys.extend(new)
+            self._known.update(new)
+            self._parts.append(np.asarray([vectors[k] for k in new], dtype=np.float32).reshape(len(new), -1))
+
+
 def synonym_edges(fresh: Mapping[str, np.ndarray], stored_keys: list[str], stored: np.ndarray,
                   config: SynonymConfig) -> list[dict[str, Any]]:
     """SYNONYM edge rows {src, dst, score} between the new entities (`fresh`: key -> unit vector) and the
@@ -110,4 +139,4 @@ def synonym_edges(fresh: Mapping[str, np.ndarray], stored_keys: list[str], store
     return [{"src": s, "dst": d, "score": round(score, 6)} for (s, d), score in pairs.items()]
 
 
-__all__ = ["NEIGHBOURS", "THRESHOLD", "SynonymConfig", "stored_vectors", "synonym_config", "synonym_edges"]
+__all__ = ["NEIGHBOURS", "THRESHOLD", "SynonymConfig", "VectorPool", "stored_vectors", "synonym_config", "synonym_edges"]
