@@ -1,17 +1,24 @@
 """bench/retrieval: GraphRAG retrieval quality and latency on real data, per mode, against a plain
 vector-only baseline (numpy brute force over the same embeddings, outside the store) from the same run.
 
-    python bench/retrieval.py [--only musique,multihop] [--repeat 3] [--no-write]
+    python bench/retrieval.py [--only musique,multihop,2wiki] [--extractor default] [--synonyms 0.8]
+                              [--repeat 3] [--cache-dir DIR] [--split-seed 19] [--write-results]
 
-Data in KNOWLEDGE_BENCH_DATA (default /work/shared/data); embeddings from bench/embed_cache.py caches
-(~/.cache/knowledge-bench; nothing is embedded here: questions come from the caches too).
-- MuSiQue (HippoRAG release): 100 questions, 1,890-passage corpus, graph from the GPT-3.5 OpenIE triples;
-  gold = the `is_supporting` paragraphs of each question, matched by (title, text) to the corpus.
+Data in KNOWLEDGE_BENCH_DATA (default /work/shared/data); passage and question embeddings from
+bench/embed_cache.py caches in --cache-dir (~/.cache/knowledge-bench); entity names that the caches do
+not hold (the extractors' own names) are embedded once with the embed extra and kept in
+--cache-dir/entity_names_<model>.npz, so reruns embed nothing.
+`--extractor`: supplied (the data set's own entities/triples: MuSiQue's GPT-3.5 OpenIE output, MultiHop-RAG's
+capitalised phrases + source), default (knowledge.graphrag.default_extractor(): spaCy with the nlp extra,
+else rules), spacy, spacy-svo (with dependency-parse triples), rules, capitalized, none.
+- MuSiQue (HippoRAG release): 100 questions, 1,890-passage corpus; gold = the `is_supporting` paragraphs of
+  each question, matched by (title, text) to the corpus. The questions are split in two halves by a fixed
+  seed (--split-seed): graph parameters are tuned on the "tune" half only; both halves are reported.
 - MultiHop-RAG 500-query sample: corpus = the 438 unique evidence facts (title\\nfact) plus the 6,119
-  2Wiki passages as distractors; entities from a capitalised-phrase extractor plus each fact's source;
-  gold = the query's evidence facts. Hits@10 = any gold fact in the top 10 (queries with evidence).
-Writes bench/results/retrieval.json and the "GraphRAG retrieval (bench/retrieval.py)" section of
-bench/RESULTS.md.
+  2Wiki passages as distractors; gold = the query's evidence facts; per question type too (comparison).
+- 2wiki: the 6,119 2Wiki passages alone, no questions (none ship): ingestion throughput and graph shape.
+Writes bench/results/retrieval.json (unless --no-write) and, only with --write-results, the "GraphRAG
+retrieval (bench/retrieval.py)" section of bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import statistics
 import sys
@@ -33,12 +41,21 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 import common  # noqa: E402
 import embed_cache  # noqa: E402
+import ir_metrics  # noqa: E402  (recall@k, nDCG@k, MRR from ir-measures: the bench extra)
 
 import knowledge  # noqa: E402
-from knowledge.access.principal import Principal  # noqa: E402
+from knowledge import Principal  # noqa: E402
 from knowledge.embed import DEFAULT_MODEL_NAME, PrecomputedEmbedder  # noqa: E402
-from knowledge.graphrag import Document, GraphParams, SentenceSplitter, ingest, retrieve  # noqa: E402
-from knowledge.graphrag.extract import CapitalizedExtractor  # noqa: E402
+from knowledge.graphrag import (  # noqa: E402
+    CapitalizedExtractor,
+    Document,
+    GraphParams,
+    SentenceSplitter,
+    default_extractor,
+    extractor_by_name,
+    ingest,
+    retrieve,
+)
 
 DATA = embed_cache.DATA_DIR
 MODES = ("vector", "keyword", "hybrid", "graph")
@@ -50,13 +67,67 @@ SPLITTER = SentenceSplitter(max_tokens=2048, overlap_tokens=0)
 """Passage-level corpora: every passage is one chunk (the longest is ~1,400 approximate tokens)."""
 
 
+CACHE_DIR = embed_cache.DEFAULT_CACHE_DIR
+EXTRACTORS = ("supplied", "default", "spacy", "spacy-svo", "rules", "capitalized", "none")
+
+
 def _read(relative: str) -> Any:
     with open(os.path.join(DATA, relative), encoding="utf-8") as f:
         return json.load(f)
 
 
+class NameCache:
+    """An Embedder for texts outside the embed_cache caches (the extractors' entity names): vectors kept in
+    `cache_dir`/entity_names_<model>.npz, the rest embedded with the default embedder (the embed extra) and
+    added there on `save()`."""
+
+    def __init__(self, cache_dir: str) -> None:
+        self.name = DEFAULT_MODEL_NAME
+        self.dimension = 384
+        self.path = os.path.join(os.path.expanduser(cache_dir), "entity_names_all-MiniLM-L6-v2.npz")
+        self.vectors: dict[str, np.ndarray] = {}
+        self.added = 0
+        self.seconds = 0.0
+        if os.path.exists(self.path):
+            data = np.load(self.path, allow_pickle=False)
+            self.vectors = dict(zip(data["texts"].tolist(), data["vectors"], strict=True))
+        self._model: Any = None
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        missing = list(dict.fromkeys(t for t in texts if t not in self.vectors))
+        if missing:
+            start = time.perf_counter()
+            if self._model is None:
+                from knowledge.embed import default_embedder
+                self._model = default_embedder()
+            for text, vector in zip(missing, self._model.embed(missing), strict=True):
+                self.vectors[text] = vector
+            self.added += len(missing)
+            self.seconds += time.perf_counter() - start
+        return np.stack([self.vectors[t] for t in texts]).astype(np.float32) if texts else \
+            np.zeros((0, self.dimension), np.float32)
+
+    def save(self) -> None:
+        if not self.added:
+            return
+        texts = list(self.vectors)
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        tmp = self.path + ".tmp.npz"
+        np.savez(tmp, texts=np.array(texts), vectors=np.stack([self.vectors[t] for t in texts]))
+        os.replace(tmp, self.path)
+        self.added = 0
+
+
+def split_halves(ids: list[str], seed: int) -> dict[str, set[str]]:
+    """Question ids in two halves by a fixed seed: "tune" (parameters chosen on it) and "held-back"."""
+    order = sorted(ids)
+    random.Random(seed).shuffle(order)
+    half = len(order) // 2
+    return {"tune": set(order[:half]), "held-back": set(order[half:])}
+
+
 # -- data sets ------------------------------------------------------------------------------------
-def musique() -> dict[str, Any]:
+def musique(extractor: str, names: NameCache, cache_dir: str | None) -> dict[str, Any]:
     """Documents, questions (id, text, vector, gold doc ids) and the embedder for the MuSiQue store."""
     corpus = _read(embed_cache.MUSIQUE_CORPUS)
     questions = _read(embed_cache.MUSIQUE_QUESTIONS)
@@ -64,44 +135,50 @@ def musique() -> dict[str, Any]:
     where = {}
     for i, passage in enumerate(corpus):
         where.setdefault((passage["title"], passage["text"]), i)
-    docs = [Document(f"p{i}", p["text"], title=p["title"], labels=[LABEL], entities=list(o["extracted_entities"]),
-                     triples=[t for t in o["extracted_triples"] if isinstance(t, list)])
+    supplied = extractor == "supplied"
+    docs = [Document(f"p{i}", p["text"], title=p["title"], labels=[LABEL],
+                     entities=list(o["extracted_entities"]) if supplied else None,
+                     triples=[t for t in o["extracted_triples"] if isinstance(t, list)] if supplied else None)
             for i, (p, o) in enumerate(zip(corpus, openie, strict=True))]
-    _, passage_vectors = embed_cache.load("musique_passages")
-    q_ids, q_vectors = embed_cache.load("musique_questions")
-    e_names, e_vectors = embed_cache.load("musique_entities")
+    _, passage_vectors = embed_cache.load("musique_passages", cache_dir)
+    q_ids, q_vectors = embed_cache.load("musique_questions", cache_dir)
+    e_names, e_vectors = embed_cache.load("musique_entities", cache_dir)
     q_vector = dict(zip(q_ids, q_vectors, strict=True))
     items = []
     for q in questions:
         gold = [f"p{where[(p['title'], p['paragraph_text'])]}" for p in q["paragraphs"] if p["is_supporting"]]
-        items.append({"id": q["id"], "question": q["question"], "vector": q_vector[q["id"]], "gold": gold})
+        items.append({"id": q["id"], "question": q["question"], "vector": q_vector[q["id"]], "gold": gold,
+                      "type": q["id"].split("__")[0]})
     texts = [f"{p['title']}\n{p['text']}" for p in corpus] + list(e_names)
-    embedder = PrecomputedEmbedder.from_arrays(texts, np.concatenate([passage_vectors, e_vectors]),
+    embedder = PrecomputedEmbedder.from_arrays(texts, np.concatenate([passage_vectors, e_vectors]), names,
                                                name=DEFAULT_MODEL_NAME)
     return {"name": "musique", "docs": docs, "questions": items, "embedder": embedder,
             "corpus_keys": [d.doc_id for d in docs], "corpus_vectors": passage_vectors}
 
 
-def multihop() -> dict[str, Any]:
+def multihop(extractor: str, names: NameCache, cache_dir: str | None) -> dict[str, Any]:
     """MultiHop-RAG 500: facts + 2Wiki distractors as documents; queries with their gold facts."""
     truth = _read(embed_cache.MULTIHOP_TRUTH)
     queries = _read(embed_cache.MULTIHOP_QUERIES)["queries"]
-    fact_ids, fact_vectors = embed_cache.load("multihop_facts")
-    wiki_ids, wiki_vectors = embed_cache.load("2wiki_passages")
-    q_ids, q_vectors = embed_cache.load("multihop_questions")
+    fact_ids, fact_vectors = embed_cache.load("multihop_facts", cache_dir)
+    wiki_ids, wiki_vectors = embed_cache.load("2wiki_passages", cache_dir)
+    q_ids, q_vectors = embed_cache.load("multihop_questions", cache_dir)
     facts: dict[str, dict[str, Any]] = {}
     for t in truth.values():
         for e in t["evidence_list"]:
             facts.setdefault(e["fact"], e)
     fact_key = {fact: f"f{i}" for i, fact in enumerate(fact_ids)}
+    supplied = extractor == "supplied"
+    cap = CapitalizedExtractor()
     docs = [Document(fact_key[fact], fact, title=facts[fact]["title"], labels=[LABEL],
                      metadata={"source": facts[fact]["source"], "url": facts[fact]["url"]},
-                     entities=[facts[fact]["source"], *CapitalizedExtractor().extract(
-                         f"{facts[fact]['title']}. {fact}")[0]], triples=[])
+                     entities=[facts[fact]["source"], *cap.extract(f"{facts[fact]['title']}. {fact}")[0]]
+                     if supplied else None, triples=[] if supplied else None)
             for fact in fact_ids]
     wiki = _read(embed_cache.TWOWIKI_CORPUS)
     docs += [Document(f"w{i}", w["text"], title=w["title"], labels=[LABEL],
-                      entities=CapitalizedExtractor().extract(f"{w['title']}. {w['text']}")[0], triples=[])
+                      entities=cap.extract(f"{w['title']}. {w['text']}")[0] if supplied else None,
+                      triples=[] if supplied else None)
              for i, w in enumerate(wiki)]
     q_vector = dict(zip(q_ids, q_vectors, strict=True))
     items = []
@@ -112,8 +189,23 @@ def multihop() -> dict[str, Any]:
     texts = [f"{facts[f]['title']}\n{f}" for f in fact_ids] + [f"{w['title']}\n{w['text']}" for w in wiki]
     vectors = np.concatenate([fact_vectors, wiki_vectors])
     assert len(wiki_ids) == len(wiki)
-    embedder = PrecomputedEmbedder.from_arrays(texts, vectors, name=DEFAULT_MODEL_NAME)
+    embedder = PrecomputedEmbedder.from_arrays(texts, vectors, names, name=DEFAULT_MODEL_NAME)
     return {"name": "multihop", "docs": docs, "questions": items, "embedder": embedder,
+            "corpus_keys": [d.doc_id for d in docs], "corpus_vectors": vectors}
+
+
+def twowiki(extractor: str, names: NameCache, cache_dir: str | None) -> dict[str, Any]:
+    """The 2Wiki passages alone (no questions ship): ingestion throughput and graph shape only."""
+    wiki = _read(embed_cache.TWOWIKI_CORPUS)
+    _, vectors = embed_cache.load("2wiki_passages", cache_dir)
+    cap = CapitalizedExtractor()
+    supplied = extractor == "supplied"
+    docs = [Document(f"w{i}", w["text"], title=w["title"], labels=[LABEL],
+                     entities=cap.extract(f"{w['title']}. {w['text']}")[0] if supplied else None,
+                     triples=[] if supplied else None) for i, w in enumerate(wiki)]
+    texts = [f"{w['title']}\n{w['text']}" for w in wiki]
+    embedder = PrecomputedEmbedder.from_arrays(texts, vectors, names, name=DEFAULT_MODEL_NAME)
+    return {"name": "2wiki", "docs": docs, "questions": [], "embedder": embedder,
             "corpus_keys": [d.doc_id for d in docs], "corpus_vectors": vectors}
 
 
@@ -127,11 +219,30 @@ def quality(ranked: list[list[str]], golds: list[list[str]]) -> dict[str, float]
     top k), MRR (first gold) over the questions that have gold."""
     pairs = [(r, g) for r, g in zip(ranked, golds, strict=True) if g]
     out: dict[str, float] = {}
+    if not pairs:
+        return {"questions": 0}
     for cut in CUTS:
         out[f"recall@{cut}"] = statistics.mean(len(set(r[:cut]) & set(g)) / len(g) for r, g in pairs)
         out[f"hits@{cut}"] = statistics.mean(float(bool(set(r[:cut]) & set(g))) for r, g in pairs)
     out["mrr"] = statistics.mean(next((1 / (i + 1) for i, d in enumerate(r) if d in g), 0.0) for r, g in pairs)
     out["questions"] = len(pairs)
+    return out
+
+
+def grouped(data: dict[str, Any], ranked: list[list[str]], halves: dict[str, set[str]] | None) -> dict[str, Any]:
+    """quality() over all questions, each half (MuSiQue) and each question type (MultiHop-RAG)."""
+    questions = data["questions"]
+    golds = [q["gold"] for q in questions]
+    out: dict[str, Any] = quality(ranked, golds)
+    out["ir_measures"] = ir_metrics.measure(ranked, golds)   # the same figures from a library, and nDCG
+    groups: dict[str, list[int]] = {}
+    for i, q in enumerate(questions):
+        if halves is not None:
+            groups.setdefault("half:" + next(h for h, ids in halves.items() if q["id"] in ids), []).append(i)
+        if data["name"] == "multihop":
+            groups.setdefault("type:" + q["type"], []).append(i)
+    out["groups"] = {name: quality([ranked[i] for i in idx], [golds[i] for i in idx])
+                     for name, idx in sorted(groups.items())}
     return out
 
 
@@ -150,53 +261,73 @@ def baseline(data: dict[str, Any], k: int) -> tuple[list[list[str]], list[float]
     return ranked, times
 
 
+def build_store(data: dict[str, Any], path: str, extractor: str, synonyms: float | None) -> tuple[Any, dict]:
+    """Open a store at `path` and ingest the data set's documents with the chosen extractor."""
+    store = knowledge.open(path)
+    chosen = None if extractor in ("supplied", "default") else extractor_by_name(extractor)
+    start = time.perf_counter()
+    report = ingest(store.session(), data["docs"], embedder=data["embedder"], embed_entities="auto",
+                    splitter=SPLITTER, extractor=chosen, synonyms=synonyms, progress=False)
+    seconds = time.perf_counter() - start
+    embedding = report.timings.get("embed_chunks", 0.0) + report.timings.get("embed_entities", 0.0)
+    second = ingest(store.session(), data["docs"], embedder=data["embedder"], splitter=SPLITTER,
+                    extractor=chosen, synonyms=synonyms, progress=False)
+    info = {"seconds": seconds, "seconds_excluding_embedding": seconds - embedding,
+            "passages_per_s_excluding_embedding": report.documents / max(seconds - embedding, 1e-9),
+            "documents": report.documents, "chunks": report.chunks, "entities": report.entities,
+            "mentions": report.mentions, "relations": report.relations, "synonyms": report.synonyms,
+            "reingest_writes": second.written, "timings": report.timings,
+            "extractor": getattr(chosen, "name", "supplied" if extractor == "supplied" else
+                                 getattr(default_extractor(), "name", "?"))}
+    return store, info
+
+
+def evaluate(session: Any, data: dict[str, Any], mode: str, params: GraphParams | None = None,
+             k: int = 10) -> list[list[str]]:
+    """Ranked doc ids per question."""
+    return [[_doc(c.key) for c in retrieve(session, q["question"], k, mode, query_vector=q["vector"],
+                                           params=params).chunks] for q in data["questions"]]
+
+
 def run_dataset(data: dict[str, Any], workdir: str, repeat: int, options: dict[str, Any]) -> dict[str, Any]:
     path = os.path.join(workdir, f"{data['name']}.store")
-    with knowledge.open(path) as store:
-        start = time.perf_counter()
-        report = ingest(store.session(), data["docs"], embedder=data["embedder"], embed_entities="auto",
-                        splitter=SPLITTER, progress=False)
-        ingest_seconds = time.perf_counter() - start
-        second = ingest(store.session(), data["docs"], embedder=data["embedder"], splitter=SPLITTER,
-                        progress=False)
+    store, info = build_store(data, path, options["extractor"], options["synonyms"])
+    halves = split_halves([q["id"] for q in data["questions"]], options["seed"]) \
+        if data["name"] == "musique" else None
+    with store:
         session = store.session(READER)
-        stats = session.stats()
-        golds = [q["gold"] for q in data["questions"]]
-        out: dict[str, Any] = {"ingest": {"seconds": ingest_seconds, "documents": report.documents,
-                                          "chunks": report.chunks, "entities": report.entities,
-                                          "mentions": report.mentions, "relations": report.relations,
-                                          "reingest_writes": second.written, "timings": report.timings},
-                               "store": stats, "modes": {}}
+        out: dict[str, Any] = {"ingest": info, "store": session.stats(), "modes": {}}
+        if not data["questions"]:
+            return out
         ranked, times = baseline(data, 10)
-        times = times[1:]
-        out["modes"]["baseline (numpy vector)"] = {**quality(ranked, golds),
-                                                   "latency_ms": _latency({"total": times})}
+        out["modes"]["baseline (numpy vector)"] = {**grouped(data, ranked, halves),
+                                                   "latency_ms": _latency({"total": times[1:]})}
+        notes = 0
         for mode in MODES:
             runs: list[dict[str, float]] = []
             ranked = []
             for attempt in range(repeat):
                 for i, q in enumerate(data["questions"]):
-                    result = retrieve(session, q["question"], 10, mode, query_vector=q["vector"], **options)
+                    result = retrieve(session, q["question"], 10, mode, query_vector=q["vector"])
                     if attempt == 0:
                         ranked.append([_doc(c.key) for c in result.chunks])
+                        notes += bool(result.notes)
                     if attempt or i:        # the first call builds the per-LSN graph cache
                         runs.append(result.timings)
             stages = {s: [r.get(s, 0.0) for r in runs] for s in runs[0]} if runs else {}
             if stages:
                 stages["total_excl_embed"] = [r["total"] - r.get("embed", 0.0) for r in runs]
-            out["modes"][mode] = {**quality(ranked, golds), "latency_ms": _latency(stages)}
+            out["modes"][mode] = {**grouped(data, ranked, halves), "latency_ms": _latency(stages)}
+        out["results_with_notes"] = notes
         cold: list[float] = []  # the row cache is warm above (repeated questions); here it starts empty
         for _ in range(repeat):
             for q in data["questions"]:
                 store.row_cache.clear()
-                result = retrieve(session, q["question"], 10, "graph", query_vector=q["vector"], **options)
+                result = retrieve(session, q["question"], 10, "graph", query_vector=q["vector"])
                 cold.append(result.timings["total"] - result.timings.get("embed", 0.0))
         out["graph_cold_row_cache_ms"] = _latency({"total_excl_embed": cold})["total_excl_embed"]
-        out["sweep"] = {}
-        for name, params in SWEEP.items():       # quality only: what the graph-mode defaults were chosen from
-            ranked = [[_doc(c.key) for c in retrieve(session, q["question"], 10, "graph", query_vector=q["vector"],
-                                                      params=params).chunks] for q in data["questions"]]
-            out["sweep"][name] = quality(ranked, golds)
+        out["sweep"] = {name: grouped(data, evaluate(session, data, "graph", params), halves)
+                        for name, params in SWEEP.items()}
         return out
 
 
@@ -205,9 +336,11 @@ SWEEP = {
     "keyword_weight=0": GraphParams(keyword_weight=0.0),
     "keyword_weight=0.1": GraphParams(keyword_weight=0.1),
     "keyword_weight=0.3": GraphParams(keyword_weight=0.3),
+    "graph_weight=0.03": GraphParams(graph_weight=0.03),
+    "graph_weight=0.1": GraphParams(graph_weight=0.1),
     "seed_chunks=2": GraphParams(seed_chunks=2),
-    "seed_chunks=5": GraphParams(seed_chunks=5),
-    "entity_vector_weight=1 (entity seeds by embedding)": GraphParams(entity_vector_weight=1.0),
+    "synonym_weight=0 (no synonym edges)": GraphParams(synonym_weight=0.0),
+    "title_weight=0 (no title BM25)": GraphParams(title_weight=0.0),
     "name_weight=0 (no question-named seeds)": GraphParams(name_weight=0.0),
     "graph_weight=0 (no PPR: vector+BM25 score sum)": GraphParams(graph_weight=0.0),
 }
@@ -218,93 +351,117 @@ def _latency(stages: dict[str, list[float]]) -> dict[str, dict[str, float]]:
                     "p99": 1e3 * common.percentile(v, 0.99)} for stage, v in stages.items() if v}
 
 
+def _row(name: str, m: dict[str, Any]) -> str:
+    return (f"| {name} | {m.get('recall@2', 0):.3f} | {m.get('recall@5', 0):.3f} | {m.get('recall@10', 0):.3f} | "
+            f"{m.get('hits@10', 0):.3f} | {m.get('mrr', 0):.3f} |")
+
+
 def markdown(results: dict[str, Any], command: str) -> str:
     lines = [f"Command: `{command}`", "",
              f"Machine: {results['machine']}. Embeddings: {DEFAULT_MODEL_NAME} from bench/embed_cache.py "
              "caches (questions too, so latencies exclude the query embedding). Latency is per "
-             "`retrieve()` call through a non-admin session (one snapshot each), warm graph cache.", ""]
+             "`retrieve()` call through a non-admin session (one snapshot each), warm graph cache. "
+             f"Extractor: {results['extractor']}; synonym edges: {results['synonyms'] or 'off'}; MuSiQue halves by "
+             f"seed {results['seed']} (the graph defaults were tuned on the 'tune' half only).", ""]
     for name, data in results["datasets"].items():
         ing = data["ingest"]
         lines += [f"### {name}", "",
-                  f"Ingest: {ing['documents']:,} documents, {ing['chunks']:,} chunks, {ing['entities']:,} entities, "
-                  f"{ing['mentions']:,} mentions, {ing['relations']:,} relations in {ing['seconds']:.1f} s; "
+                  f"Ingest ({ing['extractor']}): {ing['documents']:,} documents, {ing['chunks']:,} chunks, "
+                  f"{ing['entities']:,} entities, {ing['mentions']:,} mentions, {ing['relations']:,} relations, "
+                  f"{ing['synonyms']:,} synonym edges in {ing['seconds']:.1f} s "
+                  f"({ing['passages_per_s_excluding_embedding']:.0f} passages/s excluding embedding); "
                   f"re-ingest wrote {ing['reingest_writes']} documents. 1-minute load average before/after: "
-                  f"{data['load_average_1min'][0]:.1f} / {data['load_average_1min'][1]:.1f} on {os.cpu_count()} "
-                  "CPUs (shared with other jobs: compare latencies with the numpy baseline of the same run).", "",
-                  "| mode | R@2 | R@5 | R@10 | Hits@10 | MRR | total p50 ms | p95 | p99 | p99 excl. embed |",
+                  f"{data['load_average_1min'][0]:.1f} / {data['load_average_1min'][1]:.1f} on {os.cpu_count()} CPUs.",
+                  ""]
+        if not data.get("modes"):
+            continue
+        lines += ["| mode | R@2 | R@5 | R@10 | Hits@10 | MRR | total p50 ms | p95 | p99 | p99 excl. embed |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for mode, m in data["modes"].items():
             total = m["latency_ms"].get("total", {})
             excl = m["latency_ms"].get("total_excl_embed", total).get("p99", float("nan"))
-            lines.append(f"| {mode} | {m['recall@2']:.3f} | {m['recall@5']:.3f} | {m['recall@10']:.3f} | "
-                         f"{m['hits@10']:.3f} | {m['mrr']:.3f} | {total.get('p50', 0):.2f} | "
-                         f"{total.get('p95', 0):.2f} | {total.get('p99', 0):.2f} | {excl:.2f} |")
+            lines.append(f"{_row(mode, m)} {total.get('p50', 0):.2f} | {total.get('p95', 0):.2f} | "
+                         f"{total.get('p99', 0):.2f} | {excl:.2f} |")
+        groups = sorted({g for m in data["modes"].values() for g in m.get("groups", {})})
+        if groups:
+            lines += ["", "By group (R@5 / R@10):", "", "| mode | " + " | ".join(groups) + " |",
+                      "|---|" + "---|" * len(groups)]
+            for mode, m in data["modes"].items():
+                cells = [f"{m['groups'][g].get('recall@5', 0):.3f} / {m['groups'][g].get('recall@10', 0):.3f}"
+                         if g in m["groups"] else "" for g in groups]
+                lines.append(f"| {mode} | " + " | ".join(cells) + " |")
         if data.get("sweep"):
-            lines += ["", "Graph-mode variants (quality only; the defaults were chosen from these on both sets):", "",
-                      "| graph params | R@2 | R@5 | R@10 | Hits@10 | MRR |", "|---|---|---|---|---|---|"]
-            lines += [f"| {name} | {m['recall@2']:.3f} | {m['recall@5']:.3f} | {m['recall@10']:.3f} | "
-                      f"{m['hits@10']:.3f} | {m['mrr']:.3f} |" for name, m in data["sweep"].items()]
+            lines += ["", "Graph-mode variants (quality only; R@5 on all / tune half / held-back half):", "",
+                      "| graph params | R@5 all | R@5 tune | R@5 held-back | R@10 held-back |", "|---|---|---|---|---|"]
+            for variant, m in data["sweep"].items():
+                g = m.get("groups", {})
+                tune, held = g.get("half:tune", {}), g.get("half:held-back", {})
+                lines.append(f"| {variant} | {m.get('recall@5', 0):.3f} | {tune.get('recall@5', 0):.3f} | "
+                             f"{held.get('recall@5', 0):.3f} | {held.get('recall@10', 0):.3f} |")
         graph = data["modes"].get("graph", {}).get("latency_ms", {})
         if graph:
             lines += ["", "Graph mode per stage (ms, p50 / p95 / p99): " + "; ".join(
                 f"{s} {v['p50']:.2f} / {v['p95']:.2f} / {v['p99']:.2f}" for s, v in graph.items())]
         cold = data.get("graph_cold_row_cache_ms")
         if cold:
-            lines += ["", "The table's latencies read chunk rows through a warm row cache (the questions repeat). "
-                      f"Graph mode with the row cache emptied before every call: p50 {cold['p50']:.2f} ms, "
-                      f"p95 {cold['p95']:.2f} ms, p99 {cold['p99']:.2f} ms (excluding the query embedding)."]
+            lines += ["", "Graph mode with the row cache emptied before every call: "
+                      f"p50 {cold['p50']:.2f} ms, p95 {cold['p95']:.2f} ms, p99 {cold['p99']:.2f} ms "
+                      "(excluding the query embedding)."]
         lines.append("")
-    lines += targets(results)
     return "\n".join(lines)
-
-
-def targets(results: dict[str, Any]) -> list[str]:
-    """The issue's targets, met or missed, from this run's figures."""
-    out = ["Targets:"]
-    musique = results["datasets"].get("musique")
-    if musique:
-        base = musique["modes"]["baseline (numpy vector)"]["recall@5"]
-        graph = musique["modes"]["graph"]
-        p99 = graph["latency_ms"]["total_excl_embed"]["p99"]
-        out.append(f"- MuSiQue graph R@5 {graph['recall@5']:.3f} vs vector-only {base:.3f}: "
-                   f"{100 * (graph['recall@5'] - base):+.1f} points (target +5): "
-                   f"{'met' if graph['recall@5'] >= base + 0.05 else 'missed'}")
-        out.append(f"- MuSiQue graph retrieve p99 excluding the query embedding {p99:.1f} ms (target <= 30 ms): "
-                   f"{'met' if p99 <= 30 else 'missed'}")
-    multihop = results["datasets"].get("multihop")
-    if multihop:
-        hits = multihop["modes"]["graph"]["hits@10"]
-        out.append(f"- MultiHop-RAG graph Hits@10 {hits:.3f} (target >= 0.75): {'met' if hits >= 0.75 else 'missed'}")
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default="musique,multihop")
+    parser.add_argument("--extractor", default="supplied", choices=EXTRACTORS)
+    parser.add_argument("--synonyms", type=float, default=0.8,
+                        help="SYNONYM edges between entity names with cosine >= this (ingest's default 0.8; 0: none)")
+    parser.add_argument("--cache-dir", default=CACHE_DIR, help="embedding caches (bench/embed_cache.py) and "
+                        "the entity-name vectors this script adds")
+    parser.add_argument("--split-seed", type=int, default=19, help="seed of the MuSiQue tune/held-back split")
     parser.add_argument("--repeat", type=int, default=3, help="passes over the questions per mode (all timed; "
                         "the first also gives the quality figures)")
-    parser.add_argument("--no-write", action="store_true", help="print only; do not write results")
+    parser.add_argument("--no-write", action="store_true", help="print only; write no JSON")
+    parser.add_argument("--write-results", action="store_true", help="also rewrite the RESULTS.md section")
     args = parser.parse_args(argv)
-    loaders = {"musique": musique, "multihop": multihop}
+    args.synonyms = args.synonyms or None
+    cache_dir = os.path.expanduser(args.cache_dir)
+    loaders = {"musique": musique, "multihop": multihop, "2wiki": twowiki}
+    names = NameCache(cache_dir)
     workdir = tempfile.mkdtemp(prefix="knowledge-bench-retrieval-")
-    results: dict[str, Any] = {"machine": common.machine(), "datasets": {}}
+    results: dict[str, Any] = {"machine": common.machine(), "extractor": args.extractor, "synonyms": args.synonyms,
+                               "seed": args.split_seed, "datasets": {}}
+    options = {"extractor": args.extractor, "synonyms": args.synonyms, "seed": args.split_seed}
     try:
         for name in [n.strip() for n in args.only.split(",") if n.strip()]:
-            data = loaders[name]()
+            data = loaders[name](args.extractor, names, cache_dir)
             load_before = os.getloadavg()[0]
-            results["datasets"][name] = out = run_dataset(data, workdir, args.repeat, {})
+            results["datasets"][name] = out = run_dataset(data, workdir, args.repeat, options)
+            names.save()
             out["load_average_1min"] = [load_before, os.getloadavg()[0]]
+            ing = out["ingest"]
+            print(f"{name:9} ingest {ing['documents']} docs {ing['entities']} entities {ing['relations']} relations "
+                  f"{ing['synonyms']} synonyms, {ing['passages_per_s_excluding_embedding']:.0f} passages/s "
+                  f"excl. embedding", flush=True)
             for mode, m in out["modes"].items():
-                total = m["latency_ms"].get("total", {})
-                print(f"{name:9} {mode:26} R@2 {m['recall@2']:.3f} R@5 {m['recall@5']:.3f} "
-                      f"R@10 {m['recall@10']:.3f} Hits@10 {m['hits@10']:.3f} MRR {m['mrr']:.3f} "
-                      f"p50 {total.get('p50', 0):.2f} ms p99 {total.get('p99', 0):.2f} ms", flush=True)
+                total = m["latency_ms"].get("total_excl_embed", m["latency_ms"].get("total", {}))
+                halves = " ".join(f"{g.split(':')[1]} {v['recall@5']:.3f}/{v['recall@10']:.3f}"
+                                  for g, v in m["groups"].items() if g.startswith("half:"))
+                print(f"{name:9} {mode:26} R@5 {m['recall@5']:.3f} R@10 {m['recall@10']:.3f} "
+                      f"Hits@10 {m['hits@10']:.3f} {halves} p99 {total.get('p99', 0):.2f} ms", flush=True)
     finally:
+        names.save()
         shutil.rmtree(workdir, ignore_errors=True)
+    command = "python bench/retrieval.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    tag = "" if args.extractor == "supplied" and args.synonyms is None else \
+        f"-{args.extractor}" + (f"-synonyms{args.synonyms}" if args.synonyms else "")
     if not args.no_write:
-        command = "python bench/retrieval.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        print(common.write_json("retrieval", results))
-        common.replace_section(os.path.join(HERE, "RESULTS.md"), SECTION, markdown(results, command.strip()))
+        print(common.write_json("retrieval" + tag, results))
+    if args.write_results:
+        section = SECTION if not tag else (f"GraphRAG retrieval, --extractor {args.extractor} --synonyms "
+                                           f"{args.synonyms or 0} (bench/retrieval.py)")
+        common.replace_section(os.path.join(HERE, "RESULTS.md"), section, markdown(results, command.strip()))
     return 0
 
 
