@@ -375,3 +375,21 @@ def test_cli_process_on_a_corrupt_store_prints_no_traceback(tmp_path):
     assert "Traceback" not in done.stderr
     assert done.stderr.startswith("error: ") and "state.duckdb" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_invalid_query_crosses_the_server_with_its_fields(tmp_path):
+    """Through a real server (loopback socket), the client raises the same InvalidQuery with its fields."""
+    from remote_fixture import ServedStore
+
+    served = ServedStore(str(tmp_path / "s.store"))
+    try:
+        served.store.define_node_type("Person", key="name", properties={"age": "int"})
+        client = served.client()
+        try:
+            exc = check(lambda: client.session().scan("Person", where={"age": (">", "abc")}), "InvalidQuery",
+                        "age", "abc")
+            assert (exc.property, exc.operator, exc.value) == ("age", ">", "abc")
+        finally:
+            client.close()
+    finally:
+        served.close()

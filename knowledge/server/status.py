@@ -23,7 +23,7 @@ DETAILS_KEY = "grpc-status-details-bin"
 PRIMARY_KEY = "knowledge-primary"
 DETAIL_TYPE_URL = "type.googleapis.com/knowledge.v1.ErrorDetail"
 FIELDS = ("type_name", "row", "field", "value", "key", "path", "holder_pid", "segment", "offset", "lsn",
-          "format", "primary", "detail")
+          "format", "primary", "detail", "property", "operator")
 MESSAGE_CHARS_MAX = 1000  # a status message longer than this is cut: trailers have a size cap (8 KiB by default)
 FIELD_CHARS_MAX = 256  # a str field of an error is cut to this many characters in the details
 FIELD_ITEMS_MAX = 32  # and a list field to this many items
