@@ -37,7 +37,11 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class Subscribe:
-    """A replica's state: its log's epochs up to last_lsn (all durable) and its applied LSN."""
+    """A replica's state: its log's epochs up to last_lsn (all durable) and its applied LSN.
+
+    `incarnation` is drawn anew each time the replica process starts and `sequence` counts its
+    Subscribes, so the primary can tell a delayed duplicate from a newer state.
+    """
 
     sender: str
     to: str
@@ -46,6 +50,8 @@ class Subscribe:
     last_lsn: int
     epochs: tuple[EpochStart, ...]
     applied_lsn: int
+    incarnation: int = 0
+    sequence: int = 0
 
 
 @dataclass(frozen=True, slots=True)

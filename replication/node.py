@@ -59,7 +59,8 @@ class ReplicationNode:
         self.config = config
         self.id = config.node_id
         self.storage = storage
-        self.rng = rng or random.Random(0)
+        # the only randomness: this process's incarnation (pass a seeded Random to be deterministic)
+        self.rng = rng if rng is not None else random.Random()
         self.epoch = restored.hard_state.epoch
         self.promised_to = restored.hard_state.promised_to
         self.history = EpochHistory(restored.epochs, restored.last_lsn)
@@ -83,6 +84,8 @@ class ReplicationNode:
         self._outcomes: list[CommitOutcome] = []
         self._events: list[Event] = []
         self._outstanding: Ready | None = None
+        self.incarnation = self.rng.getrandbits(48)  # tells this process's Subscribes from older ones
+        self._subscribe_sequence = 0
         self.stats: dict[str, int] = {"commits": 0, "commits_degraded": 0, "outcome_unknown": 0,
                                       "degrade_events": 0, "snapshots_sent": 0, "snapshots_installed": 0,
                                       "elections_won": 0, "step_downs": 0}
@@ -92,6 +95,8 @@ class ReplicationNode:
         """Handle one message addressed to this node (a duplicate or a stale one is harmless)."""
         self._check_idle()
         invariant(message.to == self.id, f"message for {message.to} delivered to {self.id}")
+        if message.sender not in self.config.zones or message.sender == self.id:
+            return  # not a member: the transport should not have let it through
         if message.epoch > self.epoch:
             self._adopt_epoch(message.epoch, f"saw epoch {message.epoch} from {message.sender}")
         getattr(self, _HANDLERS[type(message)])(message)
@@ -311,8 +316,10 @@ class ReplicationNode:
     def _send_subscribe(self) -> None:
         if self.primary_id is None or self.primary_id == self.id:
             return
+        self._subscribe_sequence += 1
         self.send(Subscribe(self.id, self.primary_id, self.epoch, self.config.zones[self.id],
-                            self.history.last_lsn, self.history.starts, self.applied_lsn))
+                            self.history.last_lsn, self.history.starts, self.applied_lsn,
+                            self.incarnation, self._subscribe_sequence))
 
     def _tick_replica(self) -> None:
         self._ticks_since_primary += 1

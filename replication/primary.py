@@ -41,6 +41,8 @@ class Progress:
     commit_sent: int = 0
     probe: bool = False  # ask whether the replica holds next_lsn - 1 (after a stall)
     heard: bool = False  # an ack or Subscribe came in this epoch (until then heartbeats probe)
+    incarnation: int = -1  # of the latest Subscribe handled, with its sequence
+    sequence: int = 0
 
 
 class PrimaryRole:
@@ -145,12 +147,18 @@ class PrimaryRole:
         progress = self.progress.get(message.sender)
         if progress is None:
             return
-        theirs = EpochHistory(message.epochs, message.last_lsn)
-        resume = node.history.divergence(theirs)
-        if resume < progress.match_lsn and progress.snapshot is None:
-            progress.probe = True  # older than what it acknowledged since (a delayed duplicate)
+        if message.incarnation == progress.incarnation and message.sequence <= progress.sequence:
+            progress.probe = True  # a delayed duplicate: ask where it stands instead
             self.dirty.add(message.sender)
             return
+        restarted = message.incarnation != progress.incarnation
+        progress.incarnation, progress.sequence = message.incarnation, message.sequence
+        theirs = EpochHistory(message.epochs, message.last_lsn)
+        resume = node.history.divergence(theirs)
+        if restarted:
+            progress.match_lsn = min(progress.match_lsn, resume)  # a new process: trust its report
+        else:
+            resume = max(resume, progress.match_lsn)  # it acknowledged more since it sent this
         progress.applied_lsn = message.applied_lsn
         progress.heard = True
         if resume < message.applied_lsn:
