@@ -32,7 +32,7 @@ from knowledge.errors import (
     StoreClosed,
     UnknownType,
 )
-from knowledge.session_search import SessionSearch, where_sql
+from knowledge.session_search import SessionSearch, key_array, where_sql
 from knowledge.storage.tables import edge_table, node_table, query_arrow, quote
 from knowledge.transaction import Transaction
 
@@ -458,27 +458,6 @@ def _check_direction(direction: str) -> None:
 def _check_limit(limit: int) -> None:
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= LIMIT_MAX:
         raise InvalidArgument(f"limit must be an int in 1..{LIMIT_MAX}, got {limit!r}")
-
-
-def key_array(keys: list[Any]) -> pa.Array:
-    """Node keys as one Arrow column: string or int64 when they share a type, else a dense union of the two
-    (a walk from a str-keyed type may reach an int-keyed one); `to_pylist()` gives the keys back as they are."""
-    kinds = {type(key) for key in keys}
-    if kinds <= {str}:
-        return pa.array(keys, type=pa.string())
-    if kinds <= {int}:
-        return pa.array(keys, type=pa.int64())
-    strings = [key for key in keys if isinstance(key, str)]
-    ints = [key for key in keys if not isinstance(key, str)]
-    codes, offsets, seen = [], [], [0, 0]
-    for key in keys:
-        code = 0 if isinstance(key, str) else 1
-        codes.append(code)
-        offsets.append(seen[code])
-        seen[code] += 1
-    return pa.UnionArray.from_dense(pa.array(codes, type=pa.int8()), pa.array(offsets, type=pa.int32()),
-                                    [pa.array(strings, type=pa.string()), pa.array(ints, type=pa.int64())],
-                                    field_names=["str", "int"])
 
 
 def _decode_row(node_type: Any, row: dict[str, Any]) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """Session searches: vector search (`search`) and BM25 keyword search (`keyword_search`), the where
-filters they share with scans, and the ranked `_id, _key, _score` Arrow tables they return.
+filters they share with scans, the ranked `_id, _key, _score` Arrow tables they return, and the key
+column of a traversal (`key_array`).
 
 `SessionSearch` is the search half of `knowledge.session.Session` (which inherits it); it relies on
 the session's `store`, `principal`, `visible()`, `_node_type`, `_columns`, `_fetch` and `_audit`.
@@ -228,6 +229,27 @@ def _ranked_table(ids: np.ndarray, keys: list[Any], scores: np.ndarray, key_type
         key_column = pa.array(keys, type=_STRING)
     return pa.Table.from_arrays([pa.Array.from_buffers(_INT64, count, [None, pa.py_buffer(ids)]), key_column,
                                  pa.Array.from_buffers(_FLOAT32, count, [None, pa.py_buffer(scores)])], schema=schema)
+
+
+def key_array(keys: list[Any]) -> pa.Array:
+    """Node keys as one Arrow column: string or int64 when they share a type, else a dense union of the two
+    (a walk from a str-keyed type may reach an int-keyed one); `to_pylist()` gives the keys back as they are."""
+    kinds = {type(key) for key in keys}
+    if kinds <= {str}:
+        return pa.array(keys, type=pa.string())
+    if kinds <= {int}:
+        return pa.array(keys, type=pa.int64())
+    strings = [key for key in keys if isinstance(key, str)]
+    ints = [key for key in keys if not isinstance(key, str)]
+    codes, offsets, seen = [], [], [0, 0]
+    for key in keys:
+        code = 0 if isinstance(key, str) else 1
+        codes.append(code)
+        offsets.append(seen[code])
+        seen[code] += 1
+    return pa.UnionArray.from_dense(pa.array(codes, type=pa.int8()), pa.array(offsets, type=pa.int32()),
+                                    [pa.array(strings, type=pa.string()), pa.array(ints, type=pa.int64())],
+                                    field_names=["str", "int"])
 
 
 def where_sql(node_type: Any, where: dict[str, Any], principal: Principal) -> tuple[list[str], list[Any]]:
