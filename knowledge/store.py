@@ -247,7 +247,13 @@ class Store:
 
     # -- commit pipeline ----------------------------------------------------------------------
     def commit(self, principal: Principal, items: list[tuple[str, str, Any]]) -> int:
-        """Resolve, log, fsync and apply one transaction's items; return its LSN."""
+        """Resolve, log, fsync and apply one transaction's items (as `Transaction` builds them: use a
+        transaction); return its LSN. Raises InvalidArgument for what no transaction builds."""
+        _check_principal(principal)
+        if not isinstance(items, list | tuple) or not all(
+                isinstance(item, tuple) and len(item) == 3 and item[0] in _COMMIT_ACTIONS for item in items):
+            raise InvalidArgument("items must be a transaction's (action, type, rows) triples: "
+                                  "use session.transaction()")
         with self.engine.stage_lock:
             self.engine.check_open()
             visible = None if principal.admin else self.visibility(principal, wait=False)
@@ -267,6 +273,7 @@ class Store:
     def visibility(self, principal: Principal, *, wait: bool = False) -> np.ndarray:
         """The bool bitmap over node ids that `principal` may see (cached per directory version):
         `knowledge/access/visibility.py:visibility_bitmap`."""
+        _check_principal(principal)
         engine = self.engine
         with engine.state_lock:
             if engine.failure is not None:
@@ -276,6 +283,8 @@ class Store:
     # -- maintenance ----------------------------------------------------------------------------
     def wait_applied(self, lsn: int | None = None) -> None:
         """Block until DuckDB reflects every record up to `lsn` (default: everything committed now)."""
+        if lsn is not None and (isinstance(lsn, bool) or not isinstance(lsn, int)):
+            raise InvalidArgument(f"lsn must be an int or None, got {lsn!r}")
         self.engine.wait_applied(lsn)
 
     def checkpoint(self) -> int:
@@ -338,6 +347,14 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({self.path!r}, lsn={self.memory_lsn})"
+
+
+_COMMIT_ACTIONS = frozenset(("upsert_nodes", "delete_nodes", "upsert_edges", "delete_edges"))
+
+
+def _check_principal(principal: Any) -> None:
+    if not isinstance(principal, Principal):
+        raise InvalidArgument(f"principal must be a knowledge.Principal, got {type(principal).__name__}")
 
 
 def open_store(path: str, *, create: bool = True, config: StoreConfig | None = None,
