@@ -277,6 +277,47 @@ def start_http(metrics: Metrics, listen: str, before_scrape: Callable[[], None] 
     return MetricsServer(server, thread)
 
 
+class ServerMetrics:
+    """A server's metrics: the registry, the recall sampler (when `recall_sample_fraction` > 0) and the HTTP
+    exporter (when `listen` is set; `start(store)` starts it, refreshing the store's figures per scrape).
+    The server calls `call(rpc)` around each handler, `searched(...)` after a search and `retrieved(result)`
+    after a retrieve. Raises InvalidArgument on a bad address or fraction."""
+
+    def __init__(self, listen: str | None = None, recall_sample_fraction: float = 0.0,
+                 logger: logging.Logger | None = None) -> None:
+        if listen is not None:
+            parse_listen(listen)
+        self.metrics = Metrics()
+        self.listen, self.logger = listen, logger
+        self.sampler = (RecallSampler(self.metrics, recall_sample_fraction) if recall_sample_fraction
+                        else RecallSampler(self.metrics, 0.0, queue_max=1))
+        self.exporter: MetricsServer | None = None
+
+    def start(self, store: Any) -> MetricsServer | None:
+        if self.listen is not None and self.exporter is None:
+            self.exporter = start_http(self.metrics, self.listen, lambda: self.metrics.update_from_store(store))
+        return self.exporter
+
+    def close(self) -> None:
+        if self.exporter is not None:
+            self.exporter.close()
+            self.exporter = None
+        self.sampler.close()
+
+    def call(self, rpc: str, **fields: Any) -> contextlib.AbstractContextManager[Call]:
+        return self.metrics.rpc(rpc, logger=self.logger, **fields)
+
+    def searched(self, session: Any, vector: Any, k: int, table: Any, **search: Any) -> None:
+        """Count the plan a search took and maybe sample it for recall (type=, property=, where=)."""
+        metadata = getattr(getattr(table, "schema", None), "metadata", None) or {}
+        if b"plan" in metadata:
+            self.metrics.observe_plan(metadata[b"plan"].decode())
+        self.sampler.offer(session, vector, k, table, **search)
+
+    def retrieved(self, result: Any) -> None:
+        self.metrics.observe_timings(getattr(result, "timings", {}) or {})
+
+
 # -- structured logs ---------------------------------------------------------------------------------------
 def new_request_id() -> str:
     return uuid.uuid4().hex[:16]
@@ -363,10 +404,19 @@ class RecallSampler:
         while self._queue.unfinished_tasks and time.monotonic() < deadline:
             time.sleep(0.01)
 
+    def close(self) -> None:
+        """Stop the background thread once the queued samples are measured."""
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
     def _work(self) -> None:
         log = logging.getLogger("knowledge.metrics")
         while True:
-            session, vector, k, ids, search = self._queue.get()
+            item = self._queue.get()
+            if item is None:
+                self._queue.task_done()
+                return
+            session, vector, k, ids, search = item
             try:
                 truth = self.exact(session, vector, k, **search)
                 want = set(truth[:k])

@@ -230,3 +230,34 @@ def test_recall_sampler_drops_when_full_and_rejects_bad_fractions():
     for bad in (-0.1, 1.5, True):
         with pytest.raises(InvalidArgument, match="fraction"):
             RecallSampler(metrics, fraction=bad)
+
+
+def test_server_metrics_wraps_calls_searches_and_retrieves(tmp_path):
+    from knowledge.metrics import ServerMetrics
+
+    store, vectors = make_store(tmp_path)
+    server_metrics = ServerMetrics("127.0.0.1:0", recall_sample_fraction=1.0)
+    try:
+        exporter = server_metrics.start(store)
+        session = store.session()
+        for i in range(5):
+            with server_metrics.call("Search"):
+                table = session.search(vectors[i], k=5, where={"group": 1})
+                server_metrics.searched(session, vectors[i], 5, table, where={"group": 1})
+        with pytest.raises(InvalidArgument), server_metrics.call("Search"):
+            session.search(vectors[0], k=0)
+        server_metrics.retrieved(type("Result", (), {"timings": {"embed": 0.001, "ppr": 0.002, "total": 0.01}})())
+        server_metrics.sampler.drain()
+        samples = scrape(exporter.url)
+        assert value(samples, "knowledge_rpc_requests_total", rpc="Search", code="OK") == 5
+        assert value(samples, "knowledge_rpc_errors_total", rpc="Search", code="INVALID_ARGUMENT") == 1
+        assert value(samples, "knowledge_search_plans_total") == 5
+        assert value(samples, "knowledge_search_recall_count") == 5
+        assert value(samples, "knowledge_search_recall_sum") == pytest.approx(5.0)  # flat search is exact
+        assert value(samples, "knowledge_stage_latency_seconds_count", stage="graph") == 1
+        assert value(samples, "knowledge_index_rows", index="Doc.emb") == 300
+    finally:
+        server_metrics.close()
+        store.close()
+    with pytest.raises(InvalidArgument):
+        ServerMetrics("nowhere")
