@@ -1,7 +1,13 @@
 """replication: commit latency and throughput under the commit policies async, sync(1), zones(2) and all,
 against local-only commits in the same run; failover time (primary killed -> writes accepted again) and
 acknowledged writes lost; replica lag in LSNs and ms under load; measured by bench/replication.py (issue
-14). Reports "not available" until bench/replication.py and the replication it drives exist."""
+14). Reports "not available" until bench/replication.py and the replication it drives exist.
+
+What this suite expects of `bench.replication.suite(quick, workdir) -> dict` (the report's plots and
+bench/slo.toml read these keys): `baseline` {name, description} (local-only commits), `ratios` {name: float},
+`commit_policies` {policy: latency series}, `failover` {"timeline": [{t_s, writes_per_s}], "events":
+[{t_s, name}], "acked_lost": int}, `lag` {"series": latency series of lag samples in ms, "samples":
+[{t_s, lag_ms, lag_lsn}]}; a latency series is bench.measure.series_ms(latencies_ms)."""
 
 from __future__ import annotations
 
