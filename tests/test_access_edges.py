@@ -315,3 +315,29 @@ def test_traverse_reaches_nodes_of_str_and_int_keys(tmp_path):
             assert [type(k) for k in back.column("key").to_pylist()].count(int) == 1
             assert session.traverse("Item", 7, depth=2).column("key").to_pylist() == [7]
             assert session.traverse("Doc", "d2", depth=2).column("key").to_pylist() == ["d2"]
+
+
+def test_view_clock_label_pairs_match_brute_force():
+    """The per-label bookkeeping behind a non-admin's LSN: every (source label, target label) pair of a batch
+    of edges, with its largest LSN, on the one-node-at-a-time path and the vectorised one (1 and 2 words)."""
+    from knowledge.access import view_clock
+
+    rng = np.random.default_rng(3)
+    for _ in range(150):
+        labels = int(rng.integers(1, 80))
+        bitmaps = {f"x{i}": rng.random(int(rng.integers(1, 200))) < 0.3 for i in range(labels)}
+        edges = int(rng.integers(1, 60))
+        src, dst, lsns = (rng.integers(0, 200, edges), rng.integers(0, 200, edges), rng.integers(1, 100, edges))
+        want: dict[tuple[str, str], int] = {}
+        for s, d, lsn in zip(src.tolist(), dst.tolist(), lsns.tolist(), strict=True):
+            for a, bits_a in bitmaps.items():
+                for b, bits_b in bitmaps.items():
+                    if s < len(bits_a) and bits_a[s] and d < len(bits_b) and bits_b[d]:
+                        want[(a, b)] = max(want.get((a, b), 0), lsn)
+        for small in (0, 64):
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(view_clock, "SMALL_BATCH", small)
+                assert view_clock.label_pairs(bitmaps, src, dst, lsns) == want
+                assert view_clock.label_pairs(bitmaps, src, dst) == set(want)
+                assert view_clock.labels_of_ids(bitmaps, src) == {
+                    a for a, bits in bitmaps.items() for s in src.tolist() if s < len(bits) and bits[s]}

@@ -19,6 +19,7 @@ tables' `_lsn` columns (`seed_nodes` / `seed_edges`). So after a crash the value
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Iterable
@@ -139,8 +140,17 @@ class ViewClock:
             pass
 
 
+SMALL_BATCH = 32  # up to this many ids (or edges), labels are looked up one node at a time
+
+
+def _labels_of(label_bitmaps: dict[str, np.ndarray], node: int) -> list[str]:
+    return [label for label, bitmap in label_bitmaps.items() if node < len(bitmap) and bitmap[node]]
+
+
 def labels_of_ids(label_bitmaps: dict[str, np.ndarray], ids: np.ndarray) -> set[str]:
     """Every label that some node of `ids` carries."""
+    if len(ids) <= SMALL_BATCH:
+        return {label for node in ids.tolist() for label in _labels_of(label_bitmaps, node)}
     found = set()
     for label, bitmap in label_bitmaps.items():
         inside = ids[ids < len(bitmap)]
@@ -155,6 +165,13 @@ def label_pairs(label_bitmaps: dict[str, np.ndarray], src: np.ndarray, dst: np.n
     a set, or with `lsns` (one per edge) a dict of each pair's largest LSN."""
     if not len(src):
         return {} if lsns is not None else set()
+    if len(src) <= SMALL_BATCH:
+        found: dict[tuple[str, str], int] = {}
+        for position, (source, target) in enumerate(zip(src.tolist(), dst.tolist(), strict=True)):
+            lsn = 0 if lsns is None else int(lsns[position])
+            for pair in itertools.product(_labels_of(label_bitmaps, source), _labels_of(label_bitmaps, target)):
+                found[pair] = max(found.get(pair, 0), lsn)
+        return found if lsns is not None else set(found)
     names = list(label_bitmaps)
     words = max((len(names) + 62) // 63, 1)
     codes = np.zeros((len(src), 2 * words), dtype=np.int64)  # source label bits, then target label bits
@@ -176,7 +193,7 @@ def label_pairs(label_bitmaps: dict[str, np.ndarray], src: np.ndarray, dst: np.n
     if lsns is not None:
         top = np.zeros(len(rows), dtype=np.int64)
         np.maximum.at(top, inverse, np.asarray(lsns, dtype=np.int64))
-    found: dict[tuple[str, str], int] = {}
+    found = {}
     for position, row in enumerate(rows):
         lsn = 0 if top is None else int(top[position])
         for source in _decode(row[:words], names):
