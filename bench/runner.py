@@ -70,7 +70,9 @@ def run_suites(names: list[str], quick: bool, peers: bool = True, command: str =
     context = suites.Context(quick=quick, workdir=workdir, peers=peers, smoke=smoke)
     results["machine"]["faiss_omp_threads"] = _single_threaded_faiss()
     try:
-        for name in [n for n in suites.ORDER if n in names]:
+        from bench.measure import progress
+
+        for name in progress([n for n in suites.ORDER if n in names], "bench: suites", position=0):
             results["suites"][name] = run_one(name, context)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
