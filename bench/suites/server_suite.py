@@ -70,7 +70,8 @@ def _one_caller(module: Any, workdir: str) -> dict[str, Any]:
         session = store.session("reader")
         for op in measure.progress(module.OPS, "server: embedded"):
             out["embedded"][op] = measure.series_ms(module.timed(session, op, work, counts[op]))
-    server = module.Server(path)
+    metrics_port = _free_port() if _serve_has_metrics() else None
+    server = module.Server(path) if metrics_port is None else _MetricsServer(path, metrics_port)
     errors = requests = 0
     try:
         with knowledge.connect(server.address, token=work["token"]) as client:
@@ -84,6 +85,8 @@ def _one_caller(module: Any, workdir: str) -> dict[str, Any]:
         commits = module.commit_latency(server.address, work["token"], QUICK_CALLS)
         out["remote"]["commit"] = measure.series_ms(commits)
         requests += len(commits)
+        if metrics_port is not None:
+            out["live_slo"] = _live_slo(f"http://127.0.0.1:{metrics_port}/metrics")
     finally:
         out["server_exit_code"] = server.stop()
     for op, series in out["remote"].items():
@@ -96,6 +99,57 @@ def _one_caller(module: Any, workdir: str) -> dict[str, Any]:
                        "store, same principal, in this process, in the same run"}
     out["command"] = "python -m bench server --quick"
     return out
+
+
+def _serve_has_metrics() -> bool:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "knowledge.cli", "serve", "--help"], capture_output=True, text=True,
+                          timeout=60)
+    return "--metrics" in done.stdout
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _MetricsServer:
+    """`knowledge serve` with `--metrics 127.0.0.1:PORT` (bench/server.py's Server, plus the exporter)."""
+
+    def __init__(self, path: str, metrics_port: int) -> None:
+        import subprocess
+        import sys
+
+        self.process = subprocess.Popen([sys.executable, "-m", "knowledge.cli", "serve", "--data", path, "--listen",
+                                         "127.0.0.1:0", "--metrics", f"127.0.0.1:{metrics_port}",
+                                         "--recall-sample", "0.2"],
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        line = self.process.stdout.readline() if self.process.stdout else ""
+        if not line.startswith("listening on "):
+            self.process.kill()
+            raise RuntimeError(f"knowledge serve did not start: {line!r}")
+        self.address = line.split()[2]
+
+    def stop(self) -> int:
+        import signal
+
+        self.process.send_signal(signal.SIGTERM)
+        self.process.communicate(timeout=120)
+        return self.process.returncode
+
+
+def _live_slo(url: str) -> list[dict[str, Any]]:
+    """bench/slo.toml's objectives judged from the live server's metrics endpoint, scraped once."""
+    from knowledge.slo import evaluate_metrics, load_slo, scrape
+
+    slo = load_slo(os.path.join(HERE, "slo.toml"))
+    return [{"objective": e.objective.name, "status": e.status, "measured": e.measured, "burn_rate": e.burn_rate}
+            for e in evaluate_metrics(slo, scrape(url), None, url)]
 
 
 def render(result: dict[str, Any]) -> str:
@@ -114,4 +168,11 @@ def render(result: dict[str, Any]) -> str:
                      f"{result['ratios'][f'{op}_server_vs_embedded_p50']:.2f}x |")
     lines.append(f"\n{result['requests']['errors']} errors in {result['requests']['requests']} calls; server exit "
                  f"code after SIGTERM {result['server_exit_code']}.")
+    if result.get("live_slo"):
+        lines += ["", "bench/slo.toml judged from the server's own Prometheus endpoint (`--metrics`, one scrape "
+                  "after these calls; recall from `--recall-sample 0.2`):", "",
+                  "| objective | status | measured | burn rate |", "|---|---|---|---|"]
+        for e in result["live_slo"]:
+            burn = "-" if e["burn_rate"] is None else f"{e['burn_rate']:.2f}"
+            lines.append(f"| {e['objective']} | {e['status']} | {e['measured']} | {burn} |")
     return "\n".join(lines)
