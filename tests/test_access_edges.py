@@ -293,6 +293,29 @@ def test_lsn_seen_by_a_non_admin_survives_a_reopen_without_counting_invisible_wr
         assert store.session().stats()["lsn"] == store.memory_lsn > seen
 
 
+def test_lsn_of_a_visible_delete_survives_a_clean_close_and_a_lost_clock_never_counts_invisible_writes(tmp_path):
+    """A delete leaves no row: a clean close keeps its LSN (the view clock's file); without that file (a crash)
+    the tables' `_lsn` columns give an older visible write, never a newer invisible one."""
+    import os
+
+    path = str(tmp_path / "s")
+    with _doc_store(path) as store:
+        with store.session().transaction() as tx:
+            tx.upsert_nodes("Doc", [{"id": "p2", "body": "last public upsert", "_labels": ["public"]}])
+        upserted = store.memory_lsn
+        store.session().transaction().delete_nodes("Doc", ["p5"]).commit()
+        deleted = store.memory_lsn
+        with store.session().transaction() as tx:
+            tx.upsert_nodes("Doc", [{"id": "s1", "body": "secret write", "_labels": [SECRET]}])
+        assert store.session(ALICE).stats()["lsn"] == deleted
+    with knowledge.open(path) as store:
+        with store.session(ALICE).snapshot() as lsn:
+            assert lsn == deleted
+    os.remove(os.path.join(path, "view_lsn.json"))  # as after a crash
+    with knowledge.open(path) as store:
+        assert store.session(ALICE).stats()["lsn"] == upserted < deleted < store.memory_lsn
+
+
 # -- 6. traversal over mixed key types -----------------------------------------------------------
 def test_traverse_reaches_nodes_of_str_and_int_keys(tmp_path):
     with knowledge.open(str(tmp_path / "s")) as store:
