@@ -109,7 +109,10 @@ def markdown(results: dict[str, Any], plots: list[str], plot_note: str | None, h
                 lines += [f"Baseline: {result['baseline']['name']}: {result['baseline']['description']}.", ""]
             module = suites.load(name)
             if hasattr(module, "render"):
-                lines += [module.render(result), ""]
+                try:
+                    lines += [module.render(result), ""]
+                except (KeyError, TypeError, ValueError) as error:  # a result the renderer does not know
+                    lines += [f"(no table: {type(error).__name__}: {error})", ""]
     if plots:
         lines += [f"{h} Plots", ""] + [f"![{os.path.basename(p)}]({p})" for p in plots] + [""]
     if plot_note:

@@ -86,16 +86,17 @@ def run_one(name: str, context: suites.Context) -> dict[str, Any]:
     """One suite's result: its own fields plus status, duration_s and the load before and after it."""
     load_before = machine.load()
     started = time.perf_counter()
-    module = suites.load(name)
     print(f"bench: {name} ...", file=sys.stderr, flush=True)
+    module = None
     try:
+        module = suites.load(name)
         out = module.run(context)
         out["status"] = "ok"
     except NotAvailable as reason:
         out = {"status": "not available", "reason": str(reason)}
     except Exception as error:  # a failing suite is reported; the others still run
         out = {"status": "error", "reason": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
-    out["about"] = (module.__doc__ or "").strip()
+    out["about"] = ((module.__doc__ if module else None) or "").strip()
     out["duration_s"] = round(time.perf_counter() - started, 2)
     out["load_before"], out["load_after"] = load_before, machine.load()
     print(f"bench: {name} {out['status']} in {out['duration_s']:.1f} s", file=sys.stderr, flush=True)
