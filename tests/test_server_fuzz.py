@@ -50,6 +50,7 @@ REQUESTS = st.one_of(
     st.builds(lambda ids: ("Refs", pb.RefsRequest(ids=ids)), st.lists(INTS, max_size=3)),
     st.builds(lambda v, k, t, w, c: ("Search", pb.SearchRequest(vector=v, k=k, type=t, where=w, columns=c)),
               VECTORS, INTS, TYPES, st.lists(CONDITIONS, max_size=2), COLUMNS),
+    st.builds(lambda b, k: ("Search", pb.SearchRequest(vector_f32=b, k=k)), st.binary(max_size=20), INTS),
     st.builds(lambda q, k, t, w: ("KeywordSearch", pb.KeywordSearchRequest(query=q, k=k, type=t, where=w)),
               TEXT, INTS, TYPES, st.lists(CONDITIONS, max_size=2)),
     st.builds(lambda q, k, m, v, b, p: ("Retrieve", pb.RetrieveRequest(question=q, k=k, mode=m, query_vector=v,

@@ -45,9 +45,12 @@ def _edge_types(edge_type: str | Iterable[str] | None) -> list[str]:
     return [edge_type] if isinstance(edge_type, str) else [str(e) for e in edge_type]
 
 
-def _vector(vector: Any, what: str) -> list[float]:
-    array = np.asarray(vector, dtype=np.float32).reshape(-1)
-    return array.tolist()
+def _packed(vector: Any) -> bytes:
+    """A vector as little-endian float32 bytes (the wire's cheap form of a query vector)."""
+    try:
+        return np.asarray(vector, dtype="<f4").reshape(-1).tobytes()
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"the query vector must be a sequence of numbers: {exc}") from None
 
 
 class RemoteSession:
@@ -166,7 +169,7 @@ class RemoteSession:
     def search(self, vector: Any, k: int = 10, type: str | None = None, property: str | None = None,
                where: dict[str, Any] | None = None, columns: Iterable[str] | None = None) -> pa.Table:
         """The k visible nodes nearest to `vector` that match `where`, best first (`_id`, `_key`, `_score`)."""
-        request = pb.SearchRequest(vector=_vector(vector, "the query vector"), k=_positive(k, "k"),
+        request = pb.SearchRequest(vector_f32=_packed(vector), k=_positive(k, "k"),
                                    type=type or "", property=property or "", where=wire.where_to_proto(where),
                                    columns=wire.columns_to_proto(columns))
         return self._table("Search", request)
@@ -195,7 +198,7 @@ class RemoteSession:
                                      candidates=0 if candidates is None else _positive(candidates, "candidates"),
                                      params_json=wire.params_to_json(params))
         if query_vector is not None:
-            request.query_vector.extend(_vector(query_vector, "query_vector"))
+            request.query_vector_f32 = _packed(query_vector)
         result = wire.result_from_json(self._call("Retrieve", request).result_json)
         for note in result.notes:
             warnings.warn(note, stacklevel=2)

@@ -75,7 +75,8 @@ class KnowledgeServer:
         self.store = store
         self.config = config or ServerConfig()
         self.owns_store = owns_store
-        self.calls = Calls(store, role or PrimaryRole(), self.config.principal_calls_max, self.config.cert_principals)
+        self.calls = Calls(store, role or PrimaryRole(), self.config.principal_calls_max, self.config.cert_principals,
+                           self.config.heavy_reads_max)
         self._stop = threading.Event()
         self._stopped = threading.Event()
         self.audit: PersistentAudit | None = None

@@ -118,18 +118,24 @@ class Gate:
 class Calls:
     """The per-server state the call wrapper needs: the store, the role, the limiter and the gate."""
 
-    def __init__(self, store: Any, role: Role, principal_calls_max: int, cert_principals: bool) -> None:
+    def __init__(self, store: Any, role: Role, principal_calls_max: int, cert_principals: bool,
+                 heavy_reads_max: int = 2) -> None:
         self.store = store
+        # Heavy reads (search, retrieve, scans) hold the store's state lock for much of their run and the GIL
+        # for the rest: more of them at once than the machine has cores gains no throughput, and every one
+        # queued on the state lock delays commits. Past the slots they wait here, releasing everything.
+        self.heavy_reads = threading.BoundedSemaphore(heavy_reads_max)
         self.role = role
         self.limiter = Limiter(principal_calls_max)
         self.gate = Gate()
         self.cert_principals = cert_principals
         self._local = threading.local()
 
-    def principal_name(self, context: grpc.ServicerContext) -> tuple[str, Any]:
+    def principal_name(self, context: grpc.ServicerContext, metadata: dict[str, Any] | None = None
+                       ) -> tuple[str, Any]:
         """(name, principal) of the caller, from its bearer token (or its certificate's common name)."""
-        metadata = context.invocation_metadata() or ()
-        header = next((v for k, v in metadata if k == AUTH_KEY), None)
+        metadata = call_metadata(context) if metadata is None else metadata
+        header = metadata.get(AUTH_KEY)
         if header is None:
             if self.cert_principals:
                 names = (context.auth_context() or {}).get("x509_common_name") or []
@@ -150,11 +156,12 @@ class Calls:
             raise Unauthenticated(f"unknown or revoked token: {TOKEN_HINT}") from None
         return principal.name, principal
 
-    def session(self, context: grpc.ServicerContext, name: str, principal: Any) -> Any:
+    def session(self, context: grpc.ServicerContext, name: str, principal: Any,
+                metadata: dict[str, Any] | None = None) -> Any:
         """The session the call runs in: the caller's, or (admins) the principal it acts as."""
-        metadata = context.invocation_metadata() or ()
-        acting = next((v for k, v in metadata if k == AS_KEY), None)
-        adhoc = next((v for k, v in metadata if k == AS_PRINCIPAL_KEY), None)
+        metadata = call_metadata(context) if metadata is None else metadata
+        acting = metadata.get(AS_KEY)
+        adhoc = metadata.get(AS_PRINCIPAL_KEY)
         if (acting or adhoc) and not principal.admin:
             raise PermissionDenied(f"only admins may act as another principal ({name!r} is not an admin)")
         if adhoc:
@@ -175,6 +182,14 @@ class Calls:
                              primary=primary)
 
 
+def call_metadata(context: grpc.ServicerContext) -> dict[str, Any]:
+    """The call's metadata as a dict (the first value of each key)."""
+    out: dict[str, Any] = {}
+    for key, value in context.invocation_metadata() or ():
+        out.setdefault(key, value)
+    return out
+
+
 def _adhoc_principal(text: str) -> Any:
     from knowledge import Principal
     try:
@@ -185,8 +200,8 @@ def _adhoc_principal(text: str) -> Any:
         raise InvalidArgument(f"{AS_PRINCIPAL_KEY} must be JSON {{name, read, write, admin}}: {exc}") from None
 
 
-def _pinned_lsn(context: grpc.ServicerContext) -> int | None:
-    value = next((v for k, v in context.invocation_metadata() or () if k == LSN_KEY), None)
+def _pinned_lsn(metadata: dict[str, Any]) -> int | None:
+    value = metadata.get(LSN_KEY)
     if value is None:
         return None
     try:
@@ -202,10 +217,11 @@ def _check_pinned(store: Any, lsn: int) -> None:
                             f"snapshot block); run the block again")
 
 
-def _run(method: Callable[..., Any], servicer: Any, request: Any, session: Any, context: Any, write: bool) -> Any:
+def _run(method: Callable[..., Any], servicer: Any, request: Any, session: Any, context: Any, write: bool,
+         metadata: dict[str, Any]) -> Any:
     """The handler itself; a read pinned to an LSN is checked to have been answered as of that LSN (reads
     are each consistent at one LSN, and LSNs only grow: equal before and after means that one)."""
-    pinned = None if write else _pinned_lsn(context)
+    pinned = None if write else _pinned_lsn(metadata)
     if pinned is None:
         return method(servicer, request, session, context)
     _check_pinned(session.store, pinned)
@@ -223,7 +239,15 @@ def _check_deadline(context: grpc.ServicerContext) -> None:
 _ARGUMENT_ERRORS = (TypeError, ValueError, OverflowError, UnicodeError)
 
 
-def handler(*, write: bool = False, admin: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def _heavy_slot(calls: Calls, context: grpc.ServicerContext) -> None:
+    remaining = context.time_remaining()
+    if not calls.heavy_reads.acquire(timeout=None if remaining is None else max(0.0, remaining)):
+        raise DeadlineExceeded("the call's deadline passed while it waited for a read slot (the server's "
+                               "--heavy-reads-max); give it more time or lower the load")
+
+
+def handler(*, write: bool = False, admin: bool = False,
+            heavy: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Wrap a servicer method `method(self, request, session, context)` with the checks every call needs."""
     def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(method)
@@ -236,16 +260,23 @@ def handler(*, write: bool = False, admin: bool = False) -> Callable[[Callable[.
                 status.abort(context, exc)
             try:
                 _check_deadline(context)
-                name, principal = calls.principal_name(context)
+                metadata = call_metadata(context)
+                name, principal = calls.principal_name(context, metadata)
                 calls.limiter.acquire(name)
                 try:
-                    session = calls.session(context, name, principal)
+                    session = calls.session(context, name, principal, metadata)
                     if admin and not session.principal.admin:
                         raise PermissionDenied(f"{method.__name__} needs an admin principal; "
                                                f"{session.principal.name!r} is not one")
                     if write:
                         calls.check_writable()
-                    return _run(method, self, request, session, context, write)
+                    if not heavy:
+                        return _run(method, self, request, session, context, write, metadata)
+                    _heavy_slot(calls, context)
+                    try:
+                        return _run(method, self, request, session, context, write, metadata)
+                    finally:
+                        calls.heavy_reads.release()
                 finally:
                     calls.limiter.release(name)
             except (KnowledgeError, *_ARGUMENT_ERRORS) as exc:

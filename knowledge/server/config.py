@@ -30,13 +30,14 @@ class ServerConfig:
     workers_max: int = 96
     calls_max: int = 512  # calls the server holds at once (running or queued); more get RESOURCE_EXHAUSTED
     principal_calls_max: int = 64  # calls one principal has in flight; more get RESOURCE_EXHAUSTED
+    heavy_reads_max: int = 2  # searches, retrievals, scans running at once; more wait (within their deadline)
     drain_s: float = 30.0  # on SIGTERM: how long in-flight calls may take to finish
     audit_file_bytes_max: int = 64 << 20
     audit_files_max: int = 16
     changes_poll_ms: int = 50  # a following change feed looks for new commits this often
 
     def __post_init__(self) -> None:
-        for name in ("message_bytes_max", "workers_max", "calls_max", "principal_calls_max",
+        for name in ("message_bytes_max", "workers_max", "calls_max", "principal_calls_max", "heavy_reads_max",
                      "audit_file_bytes_max", "audit_files_max", "changes_poll_ms"):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"server config {name} must be positive, got {getattr(self, name)}")

@@ -31,7 +31,14 @@ def _table(table: pa.Table) -> pb.TableReply:
     return pb.TableReply(arrow_ipc=wire.table_to_ipc(table))
 
 
-def _vector(values: Any, name: str) -> np.ndarray:
+def _vector(values: Any, packed: bytes, name: str) -> np.ndarray:
+    """A request's vector: `packed` (little-endian float32 bytes) when set, else the repeated floats."""
+    if packed:
+        if len(packed) % 4:
+            raise InvalidArgument(f"{name} bytes must be float32s (a multiple of 4 bytes), got {len(packed)} bytes")
+        if len(packed) > 4 * VECTOR_DIMENSION_MAX:
+            raise InvalidArgument(f"{name} has {len(packed) // 4} components; at most {VECTOR_DIMENSION_MAX}")
+        return np.frombuffer(packed, dtype="<f4")
     if len(values) > VECTOR_DIMENSION_MAX:
         raise InvalidArgument(f"{name} has {len(values)} components; at most {VECTOR_DIMENSION_MAX}")
     return np.asarray(values, dtype=np.float32)
@@ -48,7 +55,7 @@ class Reads:
         json_columns = [n for n, p in node_type.properties.items() if p.type == "json" and n in row]
         return wire.row_to_proto(row, json_columns)
 
-    @handler()
+    @handler(heavy=True)
     def GetMany(self, request: pb.GetManyRequest, session: Any, context: Any) -> pb.TableReply:
         if len(request.keys) > KEYS_PER_CALL_MAX:
             raise InvalidArgument(f"get_many takes at most {KEYS_PER_CALL_MAX} keys per call")
@@ -56,13 +63,13 @@ class Reads:
         columns = wire.columns_from_proto(request.columns, request.HasField("columns"))
         return _table(session.get_many(request.type, keys, columns))
 
-    @handler()
+    @handler(heavy=True)
     def Scan(self, request: pb.ScanRequest, session: Any, context: Any) -> pb.TableReply:
         columns = wire.columns_from_proto(request.columns, request.HasField("columns"))
         return _table(session.scan(request.type, where=wire.where_from_proto(request.where), columns=columns,
                                    limit=_int(request.limit, "limit")))
 
-    @handler()
+    @handler(heavy=True)
     def Edges(self, request: pb.EdgesRequest, session: Any, context: Any) -> pb.TableReply:
         return _table(session.edges(request.edge_type, limit=_int(request.limit, "limit")))
 
@@ -73,7 +80,7 @@ class Reads:
                                  limit=_int(request.limit, "limit", 1000))
         return _refs(refs)
 
-    @handler()
+    @handler(heavy=True)
     def Traverse(self, request: pb.TraverseRequest, session: Any, context: Any) -> pb.TableReply:
         return _table(session.traverse(request.type, wire.key_from_proto(request.key),
                                        edge_type=list(request.edge_types) or None,
@@ -99,33 +106,33 @@ class Reads:
         bitmap = session.visible()
         return pb.VisibleReply(packed_bits=np.packbits(bitmap).tobytes(), size=len(bitmap))
 
-    @handler()
+    @handler(heavy=True)
     def Adjacency(self, request: pb.AdjacencyRequest, session: Any, context: Any) -> pb.TableReply:
         src, dst, kind = session.adjacency(list(request.edge_types) or None)
         return _table(pa.table({"src": src, "dst": dst, "kind": kind}))
 
-    @handler()
+    @handler(heavy=True)
     def Search(self, request: pb.SearchRequest, session: Any, context: Any) -> pb.TableReply:
         columns = wire.columns_from_proto(request.columns, request.HasField("columns"))
-        return _table(session.search(_vector(request.vector, "the query vector"), k=int(request.k),
+        return _table(session.search(_vector(request.vector, request.vector_f32, "the query vector"), k=int(request.k),
                                      type=request.type or None, property=request.property or None,
                                      where=wire.where_from_proto(request.where), columns=columns))
 
-    @handler()
+    @handler(heavy=True)
     def KeywordSearch(self, request: pb.KeywordSearchRequest, session: Any, context: Any) -> pb.TableReply:
         columns = wire.columns_from_proto(request.columns, request.HasField("columns"))
         return _table(session.keyword_search(request.query, k=int(request.k), type=request.type or None,
                                              property=request.property or None,
                                              where=wire.where_from_proto(request.where), columns=columns))
 
-    @handler()
+    @handler(heavy=True)
     def Retrieve(self, request: pb.RetrieveRequest, session: Any, context: Any) -> pb.RetrieveReply:
         from knowledge.graphrag.retrieve import CANDIDATES, TOKEN_BUDGET
         options: dict[str, Any] = {"token_budget": _int(request.token_budget, "token_budget", TOKEN_BUDGET),
                                    "candidates": _int(request.candidates, "candidates", CANDIDATES),
                                    "params": wire.params_from_json(request.params_json)}
-        if len(request.query_vector):
-            options["query_vector"] = _vector(request.query_vector, "the query vector")
+        if len(request.query_vector) or request.query_vector_f32:
+            options["query_vector"] = _vector(request.query_vector, request.query_vector_f32, "the query vector")
         result = session.retrieve(request.question, k=int(request.k), mode=request.mode or "auto", **options)
         return pb.RetrieveReply(result_json=wire.result_to_json(result))
 

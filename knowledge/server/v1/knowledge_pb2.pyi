@@ -209,20 +209,22 @@ class AdjacencyRequest(_message.Message):
     def __init__(self, edge_types: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("vector", "k", "type", "property", "where", "columns")
+    __slots__ = ("vector", "k", "type", "property", "where", "columns", "vector_f32")
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     PROPERTY_FIELD_NUMBER: _ClassVar[int]
     WHERE_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_F32_FIELD_NUMBER: _ClassVar[int]
     vector: _containers.RepeatedScalarFieldContainer[float]
     k: int
     type: str
     property: str
     where: _containers.RepeatedCompositeFieldContainer[Condition]
     columns: Columns
-    def __init__(self, vector: _Optional[_Iterable[float]] = ..., k: _Optional[int] = ..., type: _Optional[str] = ..., property: _Optional[str] = ..., where: _Optional[_Iterable[_Union[Condition, _Mapping]]] = ..., columns: _Optional[_Union[Columns, _Mapping]] = ...) -> None: ...
+    vector_f32: bytes
+    def __init__(self, vector: _Optional[_Iterable[float]] = ..., k: _Optional[int] = ..., type: _Optional[str] = ..., property: _Optional[str] = ..., where: _Optional[_Iterable[_Union[Condition, _Mapping]]] = ..., columns: _Optional[_Union[Columns, _Mapping]] = ..., vector_f32: _Optional[bytes] = ...) -> None: ...
 
 class KeywordSearchRequest(_message.Message):
     __slots__ = ("query", "k", "type", "property", "where", "columns")
@@ -241,7 +243,7 @@ class KeywordSearchRequest(_message.Message):
     def __init__(self, query: _Optional[str] = ..., k: _Optional[int] = ..., type: _Optional[str] = ..., property: _Optional[str] = ..., where: _Optional[_Iterable[_Union[Condition, _Mapping]]] = ..., columns: _Optional[_Union[Columns, _Mapping]] = ...) -> None: ...
 
 class RetrieveRequest(_message.Message):
-    __slots__ = ("question", "k", "mode", "query_vector", "token_budget", "candidates", "params_json")
+    __slots__ = ("question", "k", "mode", "query_vector", "token_budget", "candidates", "params_json", "query_vector_f32")
     QUESTION_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -249,6 +251,7 @@ class RetrieveRequest(_message.Message):
     TOKEN_BUDGET_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
+    QUERY_VECTOR_F32_FIELD_NUMBER: _ClassVar[int]
     question: str
     k: int
     mode: str
@@ -256,7 +259,8 @@ class RetrieveRequest(_message.Message):
     token_budget: int
     candidates: int
     params_json: str
-    def __init__(self, question: _Optional[str] = ..., k: _Optional[int] = ..., mode: _Optional[str] = ..., query_vector: _Optional[_Iterable[float]] = ..., token_budget: _Optional[int] = ..., candidates: _Optional[int] = ..., params_json: _Optional[str] = ...) -> None: ...
+    query_vector_f32: bytes
+    def __init__(self, question: _Optional[str] = ..., k: _Optional[int] = ..., mode: _Optional[str] = ..., query_vector: _Optional[_Iterable[float]] = ..., token_budget: _Optional[int] = ..., candidates: _Optional[int] = ..., params_json: _Optional[str] = ..., query_vector_f32: _Optional[bytes] = ...) -> None: ...
 
 class RetrieveReply(_message.Message):
     __slots__ = ("result_json",)
