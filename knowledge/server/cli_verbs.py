@@ -108,7 +108,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = ServerConfig(listen=args.listen, tls_cert=args.tls_cert, tls_key=args.tls_key,
                           client_ca=args.client_ca, insecure=args.insecure, cert_principals=args.cert_principals,
                           message_bytes_max=args.message_bytes_max, workers_max=args.workers,
-                          principal_calls_max=args.principal_calls_max, drain_s=args.drain_s)
+                          principal_calls_max=args.principal_calls_max, heavy_reads_max=args.heavy_reads_max,
+                          drain_s=args.drain_s)
     return serve(args.data, config, audit=not args.no_audit)
 
 
@@ -219,6 +220,8 @@ def add_commands(sub: Any, command: Callable[..., argparse.ArgumentParser], prin
     p.add_argument("--workers", type=positive_int, default=96, metavar="N", help="handler threads (default 96)")
     p.add_argument("--principal-calls-max", type=positive_int, default=64, metavar="N",
                    help="calls in flight per principal before RESOURCE_EXHAUSTED (default 64)")
+    p.add_argument("--heavy-reads-max", type=positive_int, default=2, metavar="N",
+                   help="searches/retrievals/scans running at once; more wait (default 2)")
     p.add_argument("--drain-s", type=float, default=30.0, metavar="S", help="SIGTERM: time for calls in flight (30)")
     p.add_argument("--no-audit", action="store_true", help="do not keep the audit log (on by default when serving)")
 
