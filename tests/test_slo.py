@@ -270,3 +270,17 @@ def test_cli_bad_slo_file_is_a_clear_error(tmp_path):
     done = run_cli("slo", "check", str(tmp_path / "results.json"), "--slo", str(slo))
     assert done.returncode not in (0, 1) or "target" in done.stderr
     assert "target must be a fraction" in done.stderr
+
+
+def test_cli_over_judges_only_what_happened_in_between(tmp_path):
+    """Slow calls before the first scrape do not count with --over; nothing in between is no data."""
+    slo = tmp_path / "slo.toml"
+    slo.write_text(SLO)
+    _, server = served_metrics(slow=900, errors=0, recall=1.0)
+    try:
+        once = run_cli("slo", "check", server.url, "--slo", str(slo))
+        over = run_cli("slo", "check", server.url, "--slo", str(slo), "--over", "0.2")
+    finally:
+        server.close()
+    assert once.returncode == 1 and "VIOLATED  retrieve-p99" in once.stdout
+    assert over.returncode == 0 and "NO DATA   retrieve-p99" in over.stdout, over.stdout
