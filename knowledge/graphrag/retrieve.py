@@ -67,7 +67,8 @@ NO_ENTITIES_NOTE = ("graph mode found no entities the session can see (documents
 
 @dataclass(frozen=True)
 class GraphParams:
-    """Tuning of graph mode (defaults tuned on the MuSiQue sample; bench/retrieval.py, bench/RESULTS.md).
+    """Tuning of graph mode (defaults checked on the 'tune' half of the MuSiQue questions, split by seed 19,
+    with the default extractor; the held-back half is reported apart: bench/retrieval.py, bench/RESULTS.md).
 
     Seeds: `seed_chunks` top vector chunks (keyword chunks without a query vector) give their entities
     weight `chunk_entity_weight` / rank and themselves `chunk_seed_weight` / rank; an entity named in the
