@@ -294,6 +294,11 @@ class ServerMetrics:
         self.exporter: MetricsServer | None = None
 
     def start(self, store: Any) -> MetricsServer | None:
+        """Start the exporter (when `listen` is set) and time the store's WAL syncs (when its WAL says how)."""
+        wal = getattr(store, "wal", None)
+        if wal is not None and hasattr(wal, "on_sync"):
+            wal.on_sync = self.metrics.observe_fsync
+            self._wal = wal
         if self.listen is not None and self.exporter is None:
             self.exporter = start_http(self.metrics, self.listen, lambda: self.metrics.update_from_store(store))
         return self.exporter
@@ -302,6 +307,9 @@ class ServerMetrics:
         if self.exporter is not None:
             self.exporter.close()
             self.exporter = None
+        if getattr(self, "_wal", None) is not None:
+            self._wal.on_sync = None
+            self._wal = None
         self.sampler.close()
 
     def call(self, rpc: str, **fields: Any) -> contextlib.AbstractContextManager[Call]:
