@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-from knowledge.errors import CorruptionError, StorageFull, StorePoisoned, invariant
+from knowledge.errors import CorruptionError, InvalidArgument, StorageFull, StorePoisoned, invariant
 from knowledge.storage.wal import record as frames
 from knowledge.storage.wal.manifest import Manifest, SegmentEntry, write_manifest
 from knowledge.storage.wal.record import Record
@@ -122,7 +122,7 @@ class WriteAheadLog:
         return self._segments[0].first_lsn if self._segments else self._last_lsn + 1
 
     # -- writing ----------------------------------------------------------------------------
-    def append(self, payload: bytes, epoch: int) -> int:
+    def append(self, payload: bytes, epoch: int, timestamp_ns: int | None = None) -> int:
         """Write one record with the next LSN and return that LSN (not yet durable).
 
         Raises StorageFull (naming the segment) when the disk has no room; the log is then as before.
@@ -132,30 +132,101 @@ class WriteAheadLog:
             if epoch < self._last_epoch:
                 invariant(False, f"epoch went back from {self._last_epoch} to {epoch}")
             lsn = self._last_lsn + 1
-            frame = frames.encode_frame(lsn, epoch, time.time_ns(), payload)
-            try:
-                if self._fd < 0 or self._segment_bytes + len(frame) > self.segment_bytes_max and self._segment_bytes:
-                    self._roll(lsn)
-                end = self._segment_bytes + len(frame)
-                try:
-                    if self.preallocate_bytes and end > self._allocated_bytes and len(frame) <= PREALLOCATE_FRAME_BYTES_MAX:
-                        self._preallocate(end)
-                    _write_all(self._fd, frame, self._segment_bytes)
-                except BaseException as exc:
-                    self._undo_partial_write(exc)
-                    raise
-            except OSError as exc:
-                if is_disk_full(exc) and self._failed is None:
-                    where = self._segments[-1].path if self._segments else self.directory
-                    raise StorageFull(f"no space left on the device holding {where} for a {len(frame)}-byte WAL "
-                                      f"record; the commit was not made (free space, then retry)",
-                                      path=where) from exc
-                raise
-            self._segment_bytes = end
-            self._allocated_bytes = max(self._allocated_bytes, end)
-            self._last_lsn = lsn
-            self._last_epoch = epoch
+            self._write_frame(lsn, epoch, time.time_ns() if timestamp_ns is None else timestamp_ns, payload)
             return lsn
+
+    def append_record(self, lsn: int, epoch: int, timestamp_ns: int, payload: bytes) -> None:
+        """Write a record that arrives with its LSN, epoch and timestamp set (a replica's copy of the
+        primary's frame); not yet durable. InvalidArgument unless `lsn` is the next LSN and `epoch` is
+        not older than the last record's."""
+        with self._append_lock:
+            self._check_healthy()
+            if lsn != self._last_lsn + 1:
+                raise InvalidArgument(f"WAL record LSN {lsn} does not follow the log's last LSN {self._last_lsn}")
+            if epoch < self._last_epoch:
+                raise InvalidArgument(f"WAL record LSN {lsn} has epoch {epoch}, older than the log's last "
+                                      f"epoch {self._last_epoch}")
+            self._write_frame(lsn, epoch, timestamp_ns, payload)
+
+    def _write_frame(self, lsn: int, epoch: int, timestamp_ns: int, payload: bytes) -> None:
+        """Under the append lock: write the frame of record `lsn` at the live segment's end."""
+        frame = frames.encode_frame(lsn, epoch, timestamp_ns, payload)
+        try:
+            if self._fd < 0 or self._segment_bytes + len(frame) > self.segment_bytes_max and self._segment_bytes:
+                self._roll(lsn)
+            end = self._segment_bytes + len(frame)
+            try:
+                if self.preallocate_bytes and end > self._allocated_bytes and len(frame) <= PREALLOCATE_FRAME_BYTES_MAX:
+                    self._preallocate(end)
+                _write_all(self._fd, frame, self._segment_bytes)
+            except BaseException as exc:
+                self._undo_partial_write(exc)
+                raise
+        except OSError as exc:
+            if is_disk_full(exc) and self._failed is None:
+                where = self._segments[-1].path if self._segments else self.directory
+                raise StorageFull(f"no space left on the device holding {where} for a {len(frame)}-byte WAL "
+                                  f"record; the commit was not made (free space, then retry)",
+                                  path=where) from exc
+            raise
+        self._segment_bytes = end
+        self._allocated_bytes = max(self._allocated_bytes, end)
+        self._last_lsn = lsn
+        self._last_epoch = epoch
+
+    def truncate_after(self, lsn: int) -> int:
+        """Drop every record after `lsn` (a deposed primary's or a divergent replica's unacknowledged
+        tail) and make the cut durable; returns how many records went.
+
+        The manifest is rewritten first, then later segments are unlinked and the segment holding `lsn`
+        is cut: a crash in between leaves some dropped records in place (an unacknowledged tail that
+        replication truncates again), never a gap. InvalidArgument for an LSN below the retained log.
+        """
+        with self._append_lock:
+            self._check_healthy()
+            if lsn >= self._last_lsn:
+                return 0
+            if lsn < self.first_lsn - 1 or lsn < 0:
+                raise InvalidArgument(f"cannot truncate the WAL after LSN {lsn}: it holds LSN {self.first_lsn}.."
+                                      f"{self._last_lsn} only")
+            dropped = self._last_lsn - lsn
+            keep = [seg for seg in self._segments if seg.first_lsn <= lsn]
+            keep_live = keep[-1] if keep else None  # None: every record goes, the log continues after lsn
+            retired = self._segments[len(keep):]
+            end, epoch = 0, 0
+            if keep_live is not None:
+                records, _ = scan_segment(keep_live, is_last=True)
+                for offset, rec in records:
+                    if rec.lsn == lsn:
+                        end, epoch = offset + rec.frame_bytes, rec.epoch
+                        break
+                if end == 0:
+                    raise CorruptionError(f"record LSN {lsn} not found in its WAL segment",
+                                          segment=os.path.basename(keep_live.path), lsn=lsn)
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            self._segments = keep
+            if not keep:
+                self._last_lsn = lsn
+            self._write_manifest()
+            for seg in retired:
+                os.unlink(seg.path)
+            if keep_live is not None:
+                fd = os.open(keep_live.path, os.O_WRONLY)
+                os.ftruncate(fd, end)
+                if self.fsync_enabled:
+                    os.fsync(fd)
+                self._fd = fd
+                self._segment_bytes = self._allocated_bytes = end
+            else:
+                self._segment_bytes = self._allocated_bytes = 0
+            if self.fsync_enabled:
+                fsync_directory(self.directory)
+            self._last_lsn = lsn
+            self._durable_lsn = min(self._durable_lsn, lsn)
+            self._last_epoch = epoch
+            return dropped
 
     def _preallocate(self, end: int) -> None:
         """Write zeros from the allocated end to past `end`, within the segment's size cap."""
