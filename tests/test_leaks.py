@@ -386,9 +386,10 @@ def corpora(draw: Any) -> dict[str, Any]:
     for i in range(draw(st.integers(1, 5))):
         names = draw(st.lists(st.sampled_from(ENTITIES), min_size=1, max_size=3, unique=True))
         topic = draw(st.sampled_from(TOPICS))
-        # each relation stated by one document only: see test_a_relation_also_stated_in_an_invisible_document_...
-        triples = [(names[0], "relates to", other) for other in names[1:] if (names[0], other) not in stated]
-        stated.update((s, o) for s, _, o in triples)
+        # each entity pair related by one document only (either way round): GraphRAG keeps one RELATED edge per
+        # pair, see test_a_relation_also_stated_in_an_invisible_document_stays_visible
+        triples = [(names[0], "relates to", other) for other in names[1:] if frozenset((names[0], other)) not in stated]
+        stated.update(frozenset((s, o)) for s, _, o in triples)
         docs.append({"id": f"doc{i}", "text": f"{' and '.join(names)} discuss {topic} in memo number {i}.",
                      "labels": draw(st.lists(st.sampled_from(LABELS), unique=True, max_size=2)), "triples": triples})
     return {"docs": docs, "read": draw(st.lists(st.sampled_from(LABELS), unique=True, max_size=2))}
