@@ -415,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_principal_commands(sub)
     add_commands(sub, _command, _print_json, _jsonable, _positive_int)  # serve, search, retrieve, scan, export
+    from knowledge.server.mcp_server import add_mcp_command
+
+    add_mcp_command(sub, _command)
     _add_bench_commands(sub)
 
     p = _command(sub, "demo", _cmd_demo,
