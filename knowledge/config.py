@@ -56,6 +56,7 @@ class StoreConfig:
     disk_free_bytes_min: int = 8 << 20  # commits are refused (StorageFull) below this much free space
     row_cache_rows_max: int = 10_000  # whole node rows kept for point reads; 0 turns the cache off
     audit: bool = False
+    replicated: bool = False  # knowledge.replication drives it: open replays no WAL record past the tables
     audit_entries_max: int = 100_000
     vectors: VectorConfig = field(default_factory=VectorConfig)
 

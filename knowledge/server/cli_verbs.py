@@ -110,6 +110,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           message_bytes_max=args.message_bytes_max, workers_max=args.workers,
                           principal_calls_max=args.principal_calls_max, heavy_reads_max=args.heavy_reads_max,
                           drain_s=args.drain_s)
+    if getattr(args, "role", None):
+        from knowledge.server.replication_serve import serve_replicated
+        return serve_replicated(args, config)
     return serve(args.data, config, audit=not args.no_audit)
 
 
@@ -224,6 +227,13 @@ def add_commands(sub: Any, command: Callable[..., argparse.ArgumentParser], prin
                    help="searches/retrievals/scans running at once; more wait (default 2)")
     p.add_argument("--drain-s", type=float, default=30.0, metavar="S", help="SIGTERM: time for calls in flight (30)")
     p.add_argument("--no-audit", action="store_true", help="do not keep the audit log (on by default when serving)")
+    from knowledge.server.replication_serve import add_replication_options, cmd_promote
+    add_replication_options(p)
+    p = command(sub, "promote", lambda a: cmd_promote(a, print_json),
+                "Manual failover: make the replicated node at --server campaign to become the primary.",
+                ["knowledge promote --server 127.0.0.1:50052"])
+    p.add_argument("--server", required=True, metavar="ADDR", help="the node to promote (its serve --listen)")
+    p.add_argument("--epoch", type=positive_int, metavar="N", help="the epoch to campaign for (default: the next)")
 
     def read_verb(name: str, handler: Callable[..., int], summary: str, examples: list[str]) -> argparse.ArgumentParser:
         parser = command(sub, name, handler, summary, examples)

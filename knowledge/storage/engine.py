@@ -91,6 +91,7 @@ class Engine:
         self._unapplied: collections.deque[tuple[int, int]] = collections.deque()  # (lsn, payload bytes)
         self._unapplied_bytes = 0  # logged but not yet in DuckDB: room the applier will need
         self.replay_backlog: list[tuple[int, int, list[Op]]] = []  # set by replay() on a full disk
+        self.replicator: Any = None  # knowledge.replication's driver, when the store is replicated
         self.tables = Tables(os.path.join(self.path, "state.duckdb"))
         self.wal = WriteAheadLog(os.path.join(self.path, "wal"), fsync=self.config.fsync,
                                  segment_bytes_max=self.config.segment_bytes_max,
@@ -176,7 +177,10 @@ class Engine:
         payload = encode_ops(ops)
         check_payload_size(payload, self.config.transaction_bytes_max)
         self.check_space(len(payload))
-        lsn = self.wal.append(payload, self.epoch)
+        replicator = self.replicator  # replication: only its primary writes, in its epoch
+        epoch = self.epoch if replicator is None else replicator.writable_epoch()
+        timestamp_ns = time.time_ns()
+        lsn = self.wal.append(payload, epoch, timestamp_ns)
         with self._applier_cv:
             self._unapplied.append((lsn, len(payload)))
             self._unapplied_bytes += len(payload)
@@ -190,17 +194,22 @@ class Engine:
             self._inflight_edges[name] = self._inflight_edges.get(name, 0) + 1
         if any(op.kind == OpKind.SCHEMA for op in ops):
             self.schema = Schema.from_dict(ops[-1].document)
+        if replicator is not None:
+            replicator.proposed(lsn, epoch, timestamp_ns, payload, ops, edge_types)
         return lsn, ops, edge_types
 
     def finish(self, lsn: int, ops: list[Op], edge_types: set[str]) -> int:
         """Outside the stage lock: wait for durability (group commit: concurrent committers share an
         fsync), then apply to memory in LSN order. Readers never wait for an fsync and never see a
-        record before it is durable."""
+        record before it is durable. Under replication the record is applied (by apply_replicated) once
+        its commit policy holds, and this waits for that outcome."""
         try:
             self.wal.sync_to(lsn)
         except BaseException as exc:
             self.fail(exc)
             raise
+        if self.replicator is not None:
+            return self.replicator.wait_committed(lsn)
         with self._memory_turn:
             while self.memory_lsn != lsn - 1:
                 if self.failure is not None:
@@ -218,6 +227,28 @@ class Engine:
                 raise
             self._memory_turn.notify_all()
         return lsn
+
+    def apply_replicated(self, lsn: int, epoch: int, ops: list[Op], edge_types: set[str] | None = None) -> None:
+        """Apply committed record `lsn` (the next one) to memory and hand it to the DuckDB applier: the
+        replication driver's apply step, on a primary (edge_types: those finish() would release) and a
+        replica alike."""
+        with self._memory_turn:
+            if self.memory_lsn >= lsn:
+                return
+            if self.memory_lsn != lsn - 1:
+                raise StorePoisoned(f"replicated apply of LSN {lsn} after {self.memory_lsn}")
+            with self.state_lock:
+                apply_memory(self, ops, lsn)
+                for name in edge_types or ():
+                    self._inflight_edges[name] -= 1
+                self.memory_lsn = lsn
+                with self._applier_cv:
+                    if not self._queue:
+                        self._queue_since = time.monotonic()
+                    self._queue.append((lsn, epoch, ops))
+                    if len(self._queue) >= APPLY_BATCH_RECORDS_MIN:
+                        self._applier_cv.notify_all()
+            self._memory_turn.notify_all()
 
     def _enqueue(self, lsn: int, ops: list[Op]) -> None:
         """Hand a memory-applied record to the DuckDB applier."""

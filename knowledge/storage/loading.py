@@ -128,7 +128,9 @@ def replay(engine: EngineState) -> None:
         engine.wal.start_at(applied, engine.tables.applied_epoch)
     batch: list[tuple[int, int, list[Op]]] = []
     deferred: list[tuple[int, int, list[Op]]] | None = None  # left to the applier: the disk was full
-    for record in engine.wal.read_from(applied + 1):
+    # a replicated store applies nothing past its tables here: replication applies the rest once committed
+    until = applied if engine.config.replicated else None
+    for record in engine.wal.read_from(applied + 1, until_lsn=until):
         ops = decode_ops(record.payload, record.lsn)
         apply_memory(engine, ops, record.lsn)
         if deferred is not None:
@@ -141,6 +143,6 @@ def replay(engine: EngineState) -> None:
     if deferred is None:
         deferred = _apply_or_defer(engine, batch)
     engine.replay_backlog = deferred or []
-    engine.memory_lsn = engine.wal.last_lsn
-    if engine.wal.last_lsn > applied:
+    engine.memory_lsn = applied if engine.config.replicated else engine.wal.last_lsn
+    if engine.wal.last_lsn > applied and not engine.config.replicated:
         log.info("replayed WAL records %d..%d", applied + 1, engine.wal.last_lsn)

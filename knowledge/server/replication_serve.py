@@ -1,0 +1,132 @@
+"""`knowledge serve --role primary|replica`: a server whose store is replicated, and `knowledge promote`.
+
+Every node is started with the whole membership (`--members id=zone@host:port,...`, the replication
+addresses its peers reach it at; the node's own entry names its zone). The Replication service runs on
+the same gRPC server as knowledge.v1 (one port per node). A replica refuses writes with NotPrimary
+naming the primary's address; the primary's commits return once its commit policy holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import signal
+import sys
+import threading
+from typing import TYPE_CHECKING, Any, TextIO
+
+from knowledge.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from knowledge.replication.driver import Replicator
+    from knowledge.server.config import ServerConfig
+
+
+def parse_members(text: str) -> tuple[dict[str, str], dict[str, str]]:
+    """`id=zone@host:port,...` as (zones, addresses) by member id; InvalidArgument when malformed."""
+    zones: dict[str, str] = {}
+    addresses: dict[str, str] = {}
+    for item in (part.strip() for part in text.split(",")):
+        name, eq, rest = item.partition("=")
+        zone, at, address = rest.partition("@")
+        if not (eq and at and name and zone and address) or ":" not in address:
+            raise InvalidArgument(f"--members entry {item!r} must be ID=ZONE@HOST:PORT")
+        if name in zones:
+            raise InvalidArgument(f"--members names {name!r} twice")
+        zones[name], addresses[name] = zone, address
+    return zones, addresses
+
+
+class ReplicationRole:
+    """The server's Role (knowledge.server.calls): writes only where the Replicator takes them."""
+
+    def __init__(self, replicator: Replicator) -> None:
+        self.replicator = replicator
+
+    def primary_address(self) -> str | None:
+        return self.replicator.primary_address()
+
+
+def add_replication_options(parser: argparse.ArgumentParser) -> None:
+    """The serve verb's replication flags."""
+    group = parser.add_argument_group("replication")
+    group.add_argument("--role", choices=("primary", "replica"),
+                       help="replicate this store: start as the primary (campaigns) or as a replica")
+    group.add_argument("--zone", metavar="ZONE", help="this node's zone (must match its --members entry)")
+    group.add_argument("--commit-policy", default="async", metavar="P",
+                       help="async, sync(n), zones(k) or all, with ,degrade and ,deadline=500ms (default async)")
+    group.add_argument("--primary", metavar="ADDR", help="replica: the primary's replication address")
+    group.add_argument("--members", metavar="ID=ZONE@ADDR,...", help="every member, this node included")
+    group.add_argument("--node-id", metavar="ID", help="this node's member id (default: the member at --listen)")
+    group.add_argument("--tick-ms", type=int, default=10, metavar="MS", help="protocol tick (default 10)")
+
+
+def _node_id(args: argparse.Namespace, addresses: dict[str, str]) -> str:
+    if args.node_id:
+        if args.node_id not in addresses:
+            raise InvalidArgument(f"--node-id {args.node_id!r} is not among --members {sorted(addresses)}")
+        return str(args.node_id)
+    for name, address in addresses.items():
+        if address == args.listen:
+            return name
+    raise InvalidArgument(f"no --members entry has the address {args.listen!r}: give --node-id")
+
+
+def serve_replicated(args: argparse.Namespace, config: ServerConfig, *, out: TextIO = sys.stdout) -> int:
+    """Run `knowledge serve` with --role: open (or create) the replicated store, serve it until SIGTERM."""
+    import knowledge
+    from knowledge.replication.config import NodeConfig
+    from knowledge.replication.driver import Replicator
+    from knowledge.replication.policy import parse_policy
+    from knowledge.replication.transport import Links, handler
+    from knowledge.server.app import KnowledgeServer
+
+    if not args.members:
+        raise InvalidArgument("--role needs --members ID=ZONE@HOST:PORT,... (every member, this node included)")
+    zones, addresses = parse_members(args.members)
+    me = _node_id(args, addresses)
+    if args.zone is not None and args.zone != zones[me]:
+        raise InvalidArgument(f"--zone {args.zone!r} differs from {me}'s zone {zones[me]!r} in --members")
+    primary = None
+    if args.role == "replica" and args.primary:
+        primary = next((name for name, address in addresses.items() if address == args.primary), None)
+        if primary is None:
+            raise InvalidArgument(f"--primary {args.primary!r} is not the address of any of --members")
+    node_config = NodeConfig(me, zones, parse_policy(args.commit_policy), tick_ms=args.tick_ms)
+    store_config = dataclasses.replace(knowledge.StoreConfig(), audit=not args.no_audit, replicated=True)
+    store = knowledge.open(args.data, create=True, config=store_config)
+    links = Links(addresses, me)
+    try:
+        replicator = Replicator(store.engine, node_config, addresses, links.send)
+        server = KnowledgeServer(store, config, role=ReplicationRole(replicator), owns_store=True)
+    except BaseException:
+        links.close()
+        store.close()
+        raise
+    server.server.add_generic_rpc_handlers((handler(replicator),))
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.start()
+        replicator.start(primary=primary, campaign=args.role == "primary")
+        print(f"listening on {server.address} (replication {me} in zone {zones[me]}, {args.role}, policy "
+              f"{node_config.policy}, store {store.path})", file=out, flush=True)
+        while not stop.wait(0.5):
+            pass
+        print("draining: finishing calls in flight", file=out, flush=True)
+    finally:
+        replicator.close()
+        links.close()
+        server.stop()
+        for sig, handler_ in previous.items():
+            signal.signal(sig, handler_)
+    print("stopped", file=out, flush=True)
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace, print_json: Any) -> int:
+    """`knowledge promote --server ADDR`: make that node campaign for the next epoch (manual failover)."""
+    from knowledge.replication.transport import control
+    reply = control(args.server, "promote", epoch=args.epoch)
+    print_json(reply)
+    return 0

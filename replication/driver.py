@@ -1,0 +1,319 @@
+"""Replicator: drives one ReplicationNode over a store's engine and WAL on one thread.
+
+The store's commit path calls it (Engine.replicator): `writable_epoch()` under the stage lock before
+the WAL append (NotPrimary unless this node is the primary and its barrier is written), `proposed()`
+after it, and `wait_committed()` after the local fsync, which returns once the commit policy holds
+and the record is applied, or raises CommitOutcomeUnknown. Records are applied to the store only once
+committed (on the primary too), so a deposed primary truncates its unacknowledged tail without undoing
+anything. Messages arrive through `deliver()` (the transport's receive side) and leave through
+`send` callables per peer (transport.Links).
+
+One loop iteration, per README.md: with the engine's stage lock held, drain the proposals, feed
+messages, ticks and commands, take the Ready, persist the hard state, truncate and append the WAL;
+release the lock; fsync; send; apply committed records; resolve waiting commits; advance.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from knowledge.errors import CommitOutcomeUnknown, InvalidArgument, NotPrimary, StorePoisoned
+from knowledge.replication.config import NodeConfig
+from knowledge.replication.durable import HardStateFile, WalLog, restore
+from knowledge.replication.lsn import Position
+from knowledge.replication.messages import Message
+from knowledge.replication.node import ReplicationNode, Role
+from knowledge.replication.ready import COMMITTED, CommitOutcome, Ready
+from knowledge.storage.ops import decode_ops
+
+log = logging.getLogger("knowledge.replication")
+WAIT_MARGIN_S = 30.0  # a commit waits at most its policy's deadline plus this (the loop resolves it first)
+
+
+@dataclass
+class _Waiter:
+    done: threading.Event = field(default_factory=threading.Event)
+    outcome: CommitOutcome | None = None
+
+
+class Replicator:
+    """One node of a replicated store: its state machine, its durable state and its loop thread."""
+
+    def __init__(self, engine: Any, config: NodeConfig, addresses: dict[str, str],
+                 send: Callable[[str, Message], None]) -> None:
+        self.engine = engine
+        self.config = config
+        self.addresses = dict(addresses)
+        self.send = send
+        self.hard = HardStateFile(engine.path, fsync=engine.config.fsync)
+        restored = restore(engine.wal, self.hard.load(), engine.memory_lsn)
+        self.node = ReplicationNode(config, WalLog(engine.wal), restored)
+        self.lock = threading.Condition(threading.Lock())  # guards the queues below and `node` reads
+        self._inbox: collections.deque[Message] = collections.deque()
+        self._proposals: collections.deque[tuple[int, int, list[Any], set[str]]] = collections.deque()
+        self._commands: collections.deque[Callable[[], None]] = collections.deque()
+        self._pending: dict[int, tuple[list[Any], set[str]]] = {}  # own records not yet applied
+        self._waiters: dict[int, _Waiter] = {}
+        self._payloads: dict[int, bytes] = {}
+        self._writable = False
+        self._want_primary = False  # --role primary: campaign until this node is primary once
+        self._stop = threading.Event()
+        self.failure: BaseException | None = None
+        self.events: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=256)
+        self.counters: dict[str, int] = collections.Counter()
+        self._thread = threading.Thread(target=self._run, name=f"replication-{config.node_id}", daemon=True)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def start(self, *, primary: str | None = None, campaign: bool = False) -> Replicator:
+        """Start the loop; follow `primary` (a member id) or campaign to become primary."""
+        if primary is not None:
+            self.command(lambda: self.node.follow(primary))
+        self._want_primary = campaign
+        self.engine.replicator = self
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        with self.lock:
+            self.lock.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(10)
+        self.engine.replicator = None
+        for waiter in list(self._waiters.values()):
+            waiter.done.set()
+
+    # -- the store's commit path ------------------------------------------------------------------
+    def writable_epoch(self) -> int:
+        """The epoch to write in; NotPrimary (naming the primary's address) unless this node takes writes."""
+        if self.failure is not None:
+            raise StorePoisoned(f"replication failed: {self.failure}") from self.failure
+        if not self._writable:
+            raise NotPrimary(f"node {self.config.node_id} is not the primary (a {self.node.role.value} in epoch "
+                             f"{self.node.epoch})", primary=self.primary_address() or "")
+        return self.node.epoch
+
+    def proposed(self, lsn: int, epoch: int, timestamp_ns: int, payload: bytes, ops: list[Any],
+                 edge_types: set[str]) -> None:
+        """Under the stage lock, right after the WAL append of record `lsn`."""
+        with self.lock:
+            self._waiters[lsn] = _Waiter()
+            self._proposals.append((lsn, timestamp_ns, ops, edge_types))
+            self._payloads[lsn] = payload
+            self.lock.notify_all()
+
+    def wait_committed(self, lsn: int) -> int:
+        """Block until record `lsn` is committed by the policy and applied; its LSN. CommitOutcomeUnknown
+        when the deadline passed or the primary stepped down first."""
+        waiter = self._waiters.get(lsn)
+        if waiter is None:
+            raise CommitOutcomeUnknown(f"commit {lsn}: not tracked by replication", lsn=lsn)
+        waiter.done.wait(self.config.policy.deadline_ms / 1000 + WAIT_MARGIN_S)
+        outcome = waiter.outcome
+        if outcome is None:
+            raise CommitOutcomeUnknown(f"commit {lsn} outcome unknown: replication stopped or stalled", lsn=lsn)
+        return outcome.result().lsn
+
+    # -- reads ------------------------------------------------------------------------------------
+    def wait_readable(self, min_lsn: int | Position, timeout_s: float) -> bool:
+        """Wait (at most timeout_s) until a read that must see `min_lsn` may be served here."""
+        deadline = time.monotonic() + timeout_s
+        with self.lock:
+            while not self.node.can_read(min_lsn):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stop.is_set():
+                    return False
+                self.lock.wait(min(remaining, 0.1))
+        return True
+
+    # -- inputs from the transport and the operator ----------------------------------------------
+    def deliver(self, messages: list[Message]) -> None:
+        with self.lock:
+            for message in messages:
+                if message.to == self.config.node_id:
+                    self._inbox.append(message)
+            self.lock.notify_all()
+
+    def command(self, action: Callable[[], None]) -> None:
+        with self.lock:
+            self._commands.append(action)
+            self.lock.notify_all()
+
+    def promote(self, epoch: int | None = None) -> int:
+        """Manual failover: campaign for `epoch` (default: one past every epoch this node knows)."""
+        chosen = epoch if epoch is not None else max(self.node.epoch, self.engine.wal.last_epoch) + 1
+        if chosen <= self.node.epoch:
+            raise InvalidArgument(f"promote needs an epoch above {self.node.epoch}, got {chosen}")
+
+        def act() -> None:
+            if self.node.role is not Role.REPLICA:
+                self.node.step_down("promote")
+            self.node.campaign(max(chosen, self.node.epoch + 1))
+        self.command(act)
+        return chosen
+
+    def primary_address(self) -> str | None:
+        """None when this node takes writes; else the primary's address ("" when unknown)."""
+        if self._writable:
+            return None
+        primary = self.node.primary_id
+        return self.addresses.get(primary, "") if primary else ""
+
+    def status(self) -> dict[str, Any]:
+        node = self.node
+        with self.lock:
+            return {"node": node.id, "zone": self.config.zones[node.id], "role": node.role.value,
+                    "writable": self._writable, "epoch": node.epoch, "primary": node.primary_id,
+                    "last": str(node.last), "durable_lsn": node.durable_lsn, "applied_lsn": node.applied_lsn,
+                    "commit_lsn": node.commit_lsn, "policy": str(self.config.policy), "stats": dict(node.stats),
+                    "counters": dict(self.counters), "events": [list(e) for e in self.events],
+                    "failure": None if self.failure is None else str(self.failure)}
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def _run(self) -> None:
+        tick_s = self.config.tick_ms / 1000
+        next_tick = time.monotonic() + tick_s
+        try:
+            while not self._stop.is_set():
+                with self.lock:
+                    while (not self._stop.is_set() and not self._inbox and not self._proposals
+                           and not self._commands and time.monotonic() < next_tick):
+                        self.lock.wait(max(0.0, next_tick - time.monotonic()))
+                ticks = 0
+                now = time.monotonic()
+                if now >= next_tick:
+                    ticks = min(10, int((now - next_tick) / tick_s) + 1)
+                    next_tick = max(next_tick + ticks * tick_s, now)
+                self._iterate(ticks)
+        except BaseException as exc:  # noqa: BLE001 - a failed loop must not leave commits waiting silently
+            self.failure = exc
+            self._writable = False
+            log.exception("replication loop of %s failed", self.config.node_id)
+            with self.lock:
+                for waiter in self._waiters.values():
+                    waiter.done.set()
+
+    def _iterate(self, ticks: int) -> None:
+        engine, node = self.engine, self.node
+        with engine.stage_lock:
+            with self.lock:
+                proposals = list(self._proposals)
+                self._proposals.clear()
+                inbox = list(self._inbox)
+                self._inbox.clear()
+                commands = list(self._commands)
+                self._commands.clear()
+            for lsn, timestamp_ns, ops, edge_types in proposals:
+                self._propose(lsn, timestamp_ns, ops, edge_types)
+            for message in inbox:
+                node.step(message)
+            for action in commands:
+                action()
+            for _ in range(ticks):
+                node.tick()
+            if self._want_primary and node.role is Role.PRIMARY:
+                self._want_primary = False
+            elif self._want_primary and node.role is Role.REPLICA and node.primary_id is None:
+                node.campaign(max(node.epoch, engine.wal.last_epoch) + 1)
+            if not node.has_ready():
+                self._writable = node.role is Role.PRIMARY and self._writable
+                return
+            ready = node.ready()
+            self._persist(ready)
+            self._writable = node.role is Role.PRIMARY and (self._writable or engine.wal.last_lsn >= node.last.lsn)
+            if node.role is not Role.PRIMARY:
+                self._writable = False
+        last = ready.entries[-1].lsn if ready.entries else 0
+        if last:
+            engine.wal.sync_to(last)
+        for message in ready.messages:
+            self.send(message.to, message)
+        self._apply(ready)
+        self._resolve(ready)
+        with self.lock:
+            node.advance(ready)
+            self.lock.notify_all()
+
+    def _propose(self, lsn: int, timestamp_ns: int, ops: list[Any], edge_types: set[str]) -> None:
+        payload = self._payloads.pop(lsn)
+        try:
+            position = self.node.propose(payload, timestamp_ns)
+        except (NotPrimary, InvalidArgument) as exc:
+            log.warning("record %d not replicated (%s); cut from the WAL", lsn, exc)
+            self._cut_unknown(lsn, str(exc))
+            return
+        if position.lsn != lsn:
+            raise StorePoisoned(f"replication assigned LSN {position.lsn} to the WAL's record {lsn}")
+        self._pending[lsn] = (ops, edge_types)
+
+    def _cut_unknown(self, lsn: int, reason: str) -> None:
+        """A record the WAL took but the node did not (it stepped down meanwhile): drop it, outcome unknown."""
+        last = self.node.history.last_lsn
+        if self.engine.wal.last_lsn > last:
+            self.engine.wal.truncate_after(last)
+        self._finish(lsn, CommitOutcome(Position(0, lsn), "unknown", reason=reason))
+
+    def _persist(self, ready: Ready) -> None:
+        wal = self.engine.wal
+        if ready.hard_state is not None:
+            self.hard.save(ready.hard_state)
+        if ready.snapshot is not None:
+            raise StorePoisoned(f"node {self.config.node_id} needs a snapshot at {ready.snapshot.position}, "
+                                f"which this transport does not install yet")
+        if ready.truncate_after_lsn is not None and wal.last_lsn > ready.truncate_after_lsn:
+            wal.truncate_after(ready.truncate_after_lsn)
+            for lsn in [lsn for lsn in self._pending if lsn > ready.truncate_after_lsn]:
+                del self._pending[lsn]
+            self.counters["truncations"] += 1
+        for entry in ready.entries:
+            if entry.lsn <= wal.last_lsn:
+                continue  # the store's own commit: already in the WAL
+            wal.append_record(entry.lsn, entry.epoch, entry.timestamp_ns, entry.payload)
+
+    def _apply(self, ready: Ready) -> None:
+        engine = self.engine
+        first, through = engine.memory_lsn + 1, ready.apply_through_lsn
+        if through < first:
+            return
+        missing = [lsn for lsn in range(first, through + 1) if lsn not in self._pending]
+        decoded: dict[int, tuple[int, list[Any]]] = {}
+        if missing:
+            for record in engine.wal.read_from(missing[0], until_lsn=through):
+                if record.lsn not in self._pending:
+                    decoded[record.lsn] = (record.epoch, decode_ops(record.payload, record.lsn))
+        epoch_of = self.node.history.epoch_at
+        for lsn in range(first, through + 1):
+            if lsn in self._pending:
+                ops, edge_types = self._pending.pop(lsn)
+                engine.apply_replicated(lsn, epoch_of(lsn), ops, edge_types)
+            else:
+                epoch, ops = decoded[lsn]
+                engine.apply_replicated(lsn, epoch, ops)
+
+    def _resolve(self, ready: Ready) -> None:
+        for outcome in ready.outcomes:
+            self._finish(outcome.token.lsn, outcome)
+        for event in ready.events:
+            self.counters[event.kind] += 1
+            self.events.append((time.time(), event.kind, event.detail))
+            level = logging.WARNING if event.kind in ("degraded", "stepped_down", "snapshot_needed") else logging.INFO
+            log.log(level, "replication %s: %s (epoch %d): %s", self.config.node_id, event.kind, event.epoch,
+                    event.detail)
+        if self.node.role is not Role.PRIMARY:  # commits the node no longer tracks end as unknown
+            for lsn in list(self._waiters):
+                self._finish(lsn, CommitOutcome(Position(0, lsn), "unknown", reason="no longer primary"))
+
+    def _finish(self, lsn: int, outcome: CommitOutcome) -> None:
+        with self.lock:
+            waiter = self._waiters.pop(lsn, None)
+        if waiter is not None:
+            waiter.outcome = outcome
+            if outcome.status == COMMITTED and outcome.degraded:
+                self.counters["commits_degraded"] += 1
+            waiter.done.set()

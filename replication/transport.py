@@ -1,0 +1,171 @@
+"""The gRPC transport: log shipping as one client stream per directed link, plus a control call.
+
+Service `knowledge.replication.v1.Replication` (raw bytes, no generated code):
+- `Push` (client streaming): the sender streams frames (wire.py: a batch of messages each, Appends
+  carrying up to batch_records_max records) to the receiver, which hands them to its Replicator.
+  Each node keeps one outbound stream per peer (`Links`); every message queued while a frame was on
+  the wire goes into the next frame, so batching follows load. A broken stream is reopened after a
+  short pause; what was queued for it is dropped (the protocol resends on its ticks).
+- `Control` (unary, JSON): `status`, `promote` (manual failover), `wait` (a read-your-writes wait
+  for `min_lsn`, bounded by `timeout_s`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+
+from knowledge.errors import InvalidArgument, KnowledgeError, Unavailable
+from knowledge.replication import wire
+from knowledge.replication.lsn import Position
+from knowledge.replication.messages import Message
+
+log = logging.getLogger("knowledge.replication")
+SERVICE = "knowledge.replication.v1.Replication"
+PUSH = f"/{SERVICE}/Push"
+CONTROL = f"/{SERVICE}/Control"
+LINK_QUEUE_MAX = 4096  # messages waiting for one peer; past it the oldest are dropped (they are resent)
+RECONNECT_S = 0.2
+FRAME_MESSAGES_MAX = 64
+MESSAGE_BYTES_MAX = 64 << 20
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
+                   ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
+                   ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 500)]
+
+
+class _Link:
+    """The outbound stream to one peer, on its own thread."""
+
+    def __init__(self, peer: str, address: str) -> None:
+        self.peer = peer
+        self.address = address
+        self.queue: queue.Queue[Message | None] = queue.Queue()
+        self.stop = threading.Event()
+        self.sent_frames = 0
+        self.thread = threading.Thread(target=self._run, name=f"replication-link-{peer}", daemon=True)
+        self.thread.start()
+
+    def send(self, message: Message) -> None:
+        if self.queue.qsize() >= LINK_QUEUE_MAX:
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                pass
+        self.queue.put(message)
+
+    def _frames(self) -> Iterator[bytes]:
+        while not self.stop.is_set():
+            try:
+                first = self.queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < FRAME_MESSAGES_MAX:
+                try:
+                    item = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self.stop.set()
+                    break
+                batch.append(item)
+            self.sent_frames += 1
+            yield wire.encode(batch)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+            try:
+                push = channel.stream_unary(PUSH)
+                push(self._frames())
+            except grpc.RpcError as exc:
+                log.debug("replication link to %s (%s) broke: %s", self.peer, self.address, exc)
+            finally:
+                channel.close()
+            while not self.queue.empty():  # stale by now: the protocol resends what still matters
+                try:
+                    if self.queue.get_nowait() is None:
+                        return
+                except queue.Empty:
+                    break
+            self.stop.wait(RECONNECT_S)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.queue.put(None)
+
+
+class Links:
+    """Outbound streams to every peer: `send(peer, message)` never blocks."""
+
+    def __init__(self, addresses: dict[str, str], me: str) -> None:
+        self._links = {peer: _Link(peer, address) for peer, address in addresses.items() if peer != me}
+
+    def send(self, peer: str, message: Message) -> None:
+        link = self._links.get(peer)
+        if link is not None:
+            link.send(message)
+
+    def close(self) -> None:
+        for link in self._links.values():
+            link.close()
+
+
+def _reply(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc).encode()
+
+
+def handler(replicator: Any) -> grpc.GenericRpcHandler:
+    """The Replication service over `replicator`, to add to a grpc.Server before it starts."""
+
+    def push(frames: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        for frame in frames:
+            try:
+                replicator.deliver(wire.decode(frame))
+            except InvalidArgument as exc:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return b""
+
+    def control(request: bytes, context: grpc.ServicerContext) -> bytes:
+        try:
+            doc = json.loads(request or b"{}")
+            op = doc.get("op")
+            if op == "status":
+                return _reply(replicator.status())
+            if op == "promote":
+                return _reply({"epoch": replicator.promote(doc.get("epoch"))})
+            if op == "wait":
+                text = str(doc["min_lsn"])
+                token: int | Position = Position.parse(text) if "/" in text else int(text)
+                return _reply({"readable": replicator.wait_readable(token, float(doc.get("timeout_s", 5.0)))})
+            raise InvalidArgument(f"unknown replication control op {op!r} (status, promote, wait)")
+        except KnowledgeError as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{type(exc).__name__}: {exc}")
+        except (ValueError, KeyError, TypeError) as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad control request: {exc}")
+        return b""  # pragma: no cover - abort raises
+
+    return grpc.method_handlers_generic_handler(SERVICE, {
+        "Push": grpc.stream_unary_rpc_method_handler(push),
+        "Control": grpc.unary_unary_rpc_method_handler(control),
+    })
+
+
+def control(address: str, op: str, timeout_s: float = 10.0, **fields: Any) -> dict[str, Any]:
+    """Call Control on the node at `address` (the `knowledge promote` client); the reply as a dict."""
+    with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+        call = channel.unary_unary(CONTROL)
+        try:
+            return json.loads(call(json.dumps({"op": op, **fields}).encode(), timeout=timeout_s) or b"{}")
+        except grpc.RpcError as exc:
+            code = exc.code()
+            raise Unavailable(f"replication control {op} at {address} failed: "
+                                 f"{code.name if code else 'error'}: {exc.details()}") from None
