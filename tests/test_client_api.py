@@ -266,3 +266,27 @@ def test_arrow_and_pandas_rows(api_store):
     api_store.session().transaction().upsert_nodes("Person", rows).commit()  # > 64 rows, numpy vectors
     assert api_store.session().count("Person") == 82
     assert api_store.session().get("Person", "q3")["emb"] == pytest.approx([1.0, 3.0, 0.0])
+
+
+def test_the_remote_classes_have_the_embedded_methods():
+    """Every public Session and Transaction method exists on the remote classes with the same parameters
+    (retrieve spells out the options the embedded one passes on as **options)."""
+    import inspect
+
+    from knowledge.remote import RemoteSession, RemoteStore, RemoteTransaction
+
+    def public(cls):
+        return {name for name, _ in inspect.getmembers(cls) if not name.startswith("_")}
+
+    for embedded, remote in ((knowledge.Session, RemoteSession), (knowledge.Transaction, RemoteTransaction)):
+        assert public(embedded) <= public(remote), sorted(public(embedded) - public(remote))
+        for name in public(embedded) - {"retrieve"}:
+            member = getattr(embedded, name)
+            if callable(member) and not isinstance(member, property):
+                assert list(inspect.signature(member).parameters) == list(
+                    inspect.signature(getattr(remote, name)).parameters), name
+    store_api = {"session", "schema", "apply_schema", "define_node_type", "define_edge_type", "add_property",
+                 "create_principal", "grant", "revoke", "drop_principal", "principals", "issue_token",
+                 "revoke_tokens", "authenticate", "checkpoint", "backup", "build_indexes", "stats", "memory_lsn",
+                 "epoch", "position", "close"}
+    assert store_api <= public(knowledge.Store) & public(RemoteStore)

@@ -141,6 +141,18 @@ class RemoteStore:
         return json.loads(self._call("StoreStats", pb.StatsRequest()).json)
 
     @property
+    def epoch(self) -> int:
+        """The store's epoch (admins only)."""
+        return int(self.stats()["epoch"])
+
+    @property
+    def position(self) -> Any:
+        """The (epoch, LSN) of the last committed record visible to reads (admins only)."""
+        from knowledge.storage.position import Position
+        stats = self.stats()
+        return Position(int(stats["epoch"]), int(stats["lsn"]))
+
+    @property
     def memory_lsn(self) -> int:
         """The LSN of the last commit visible to reads on the server."""
         return self._call("GetSchema", pb.GetSchemaRequest()).lsn

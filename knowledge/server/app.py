@@ -165,6 +165,8 @@ def serve(data: str, config: ServerConfig, *, role: Role | None = None, audit: b
         print(INSECURE_WARNING, file=sys.stderr, flush=True)
         log.warning(INSECURE_WARNING)
     stop = threading.Event()
+    switch_s = sys.getswitchinterval()
+    sys.setswitchinterval(config.gil_switch_ms / 1000)
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.start()
@@ -178,5 +180,6 @@ def serve(data: str, config: ServerConfig, *, role: Role | None = None, audit: b
         server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        sys.setswitchinterval(switch_s)
     print("stopped", file=out, flush=True)
     return 0

@@ -210,8 +210,17 @@ def _pinned_lsn(metadata: dict[str, Any]) -> int | None:
         raise InvalidArgument(f"{LSN_KEY} metadata must be an LSN (an int), got {value!r}") from None
 
 
-def _check_pinned(store: Any, lsn: int) -> None:
-    now = store.memory_lsn
+def session_lsn(session: Any) -> int:
+    """The LSN a session is told: the store's for admins; for others that of the last write they could see
+    (Session's view LSN), so that invisible writes do not show through the wire either."""
+    if session.principal.admin:
+        return session.store.memory_lsn
+    view_lsn = getattr(session, "_view_lsn", None)
+    return view_lsn() if view_lsn is not None else session.stats()["lsn"]
+
+
+def _check_pinned(session: Any, lsn: int) -> None:
+    now = session_lsn(session)
     if now != lsn:
         raise SnapshotMoved(f"the store is at LSN {now}, not the snapshot's LSN {lsn} (a commit landed during the "
                             f"snapshot block); run the block again")
@@ -220,13 +229,14 @@ def _check_pinned(store: Any, lsn: int) -> None:
 def _run(method: Callable[..., Any], servicer: Any, request: Any, session: Any, context: Any, write: bool,
          metadata: dict[str, Any]) -> Any:
     """The handler itself; a read pinned to an LSN is checked to have been answered as of that LSN (reads
-    are each consistent at one LSN, and LSNs only grow: equal before and after means that one)."""
+    are each consistent at one LSN, and LSNs only grow: equal before and after means that one; for a
+    non-admin, the view LSN: only writes it could see move it)."""
     pinned = None if write else _pinned_lsn(metadata)
     if pinned is None:
         return method(servicer, request, session, context)
-    _check_pinned(session.store, pinned)
+    _check_pinned(session, pinned)
     reply = method(servicer, request, session, context)
-    _check_pinned(session.store, pinned)
+    _check_pinned(session, pinned)
     return reply
 
 

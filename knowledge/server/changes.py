@@ -4,7 +4,9 @@ Visibility of a record's rows is judged as of that record: an upserted node by t
 gives it, a deleted node by the labels this feed last saw it upserted with (a node the feed never saw is
 left out for non-admins, so a deletion reveals nothing), an edge by both endpoints (the labels the feed
 saw, else the node's current visibility). Hidden properties are dropped for non-admins; principal
-changes go to admins only, without token digests. Schema changes go to everyone (schemas are public).
+changes go to admins only, without token digests. Schema changes go to everyone (schemas are public). A
+non-admin gets no record of which nothing is visible to it (an empty record would tell that a write
+happened); admins get every record.
 """
 
 from __future__ import annotations
@@ -128,8 +130,10 @@ def stream(session: Any, after_lsn: int, follow: bool, stop: threading.Event, po
                 raise InvalidArgument(f"records after LSN {lsn} were dropped by a checkpoint meanwhile; "
                                       f"resume from a later LSN")
             for record in records:
-                yield feed.record(record)
+                change = feed.record(record)
                 lsn = record.lsn
+                if change.changes or session.principal.admin:  # a non-admin is not told of invisible writes
+                    yield change
         if not follow:
             return
         stop.wait(poll_s)

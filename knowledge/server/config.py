@@ -35,12 +35,16 @@ class ServerConfig:
     audit_file_bytes_max: int = 64 << 20
     audit_files_max: int = 16
     changes_poll_ms: int = 50  # a following change feed looks for new commits this often
+    gil_switch_ms: float = 1.0  # `knowledge serve` sets sys.setswitchinterval to this: a commit's thread gets
+    # the interpreter back sooner while reader threads compute (Python's default is 5 ms)
 
     def __post_init__(self) -> None:
         for name in ("message_bytes_max", "workers_max", "calls_max", "principal_calls_max", "heavy_reads_max",
                      "audit_file_bytes_max", "audit_files_max", "changes_poll_ms"):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"server config {name} must be positive, got {getattr(self, name)}")
+        if not 0 < self.gil_switch_ms <= 100:
+            raise InvalidArgument(f"server config gil_switch_ms must be in (0, 100], got {self.gil_switch_ms}")
         if self.drain_s < 0:
             raise InvalidArgument(f"server config drain_s must be >= 0, got {self.drain_s}")
         if (self.tls_cert is None) != (self.tls_key is None):

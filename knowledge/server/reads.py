@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from knowledge.errors import InvalidArgument
 from knowledge.server import wire
-from knowledge.server.calls import handler
+from knowledge.server.calls import handler, session_lsn
 from knowledge.server.v1 import knowledge_pb2 as pb
 
 KEYS_PER_CALL_MAX = 1_000_000
@@ -161,5 +161,4 @@ class Reads:
 
     @handler()
     def GetSchema(self, request: pb.GetSchemaRequest, session: Any, context: Any) -> pb.SchemaReply:
-        store = session.store
-        return pb.SchemaReply(schema_json=json.dumps(store.schema.to_dict()), lsn=store.memory_lsn)
+        return pb.SchemaReply(schema_json=json.dumps(session.store.schema.to_dict()), lsn=session_lsn(session))
