@@ -23,9 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from knowledge.errors import CommitOutcomeUnknown, InvalidArgument, NotPrimary, StorePoisoned
+from knowledge.errors import CommitOutcomeUnknown, InvalidArgument, NotPrimary, StorePoisoned, Unavailable
 from knowledge.replication.config import NodeConfig
 from knowledge.replication.durable import HardStateFile, WalLog, restore
+from knowledge.replication.election import Elector
 from knowledge.replication.lsn import Position
 from knowledge.replication.messages import Message
 from knowledge.replication.node import ReplicationNode, Role
@@ -33,6 +34,7 @@ from knowledge.replication.ready import COMMITTED, CommitOutcome, Ready
 from knowledge.storage.ops import decode_ops
 
 log = logging.getLogger("knowledge.replication")
+CYCLE_S = 0.25  # the Elector's period (its lease TTL is in whole seconds)
 WAIT_MARGIN_S = 30.0  # a commit waits at most its policy's deadline plus this (the loop resolves it first)
 
 
@@ -46,7 +48,8 @@ class Replicator:
     """One node of a replicated store: its state machine, its durable state and its loop thread."""
 
     def __init__(self, engine: Any, config: NodeConfig, addresses: dict[str, str],
-                 send: Callable[[str, Message], None]) -> None:
+                 send: Callable[[str, Message], None], *, kv: Any = None, ttl_s: int = 2,
+                 prefix: str = "/knowledge") -> None:
         self.engine = engine
         self.config = config
         self.addresses = dict(addresses)
@@ -67,6 +70,9 @@ class Replicator:
         self.failure: BaseException | None = None
         self.events: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=256)
         self.counters: dict[str, int] = collections.Counter()
+        # automatic failover: the Elector over a ConsensusKV (etcd), cycled from the loop every CYCLE_S
+        self.elector = Elector(self.node, kv, ttl=ttl_s, prefix=prefix) if kv is not None else None
+        self._next_cycle = 0.0
         self._thread = threading.Thread(target=self._run, name=f"replication-{config.node_id}", daemon=True)
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -74,7 +80,7 @@ class Replicator:
         """Start the loop; follow `primary` (a member id) or campaign to become primary."""
         if primary is not None:
             self.command(lambda: self.node.follow(primary))
-        self._want_primary = campaign
+        self._want_primary = campaign and self.elector is None
         self.engine.replicator = self
         self._thread.start()
         return self
@@ -147,6 +153,17 @@ class Replicator:
 
     def promote(self, epoch: int | None = None) -> int:
         """Manual failover: campaign for `epoch` (default: one past every epoch this node knows)."""
+        if self.elector is not None:  # through the consensus store: take the key and the next epoch there
+            done = threading.Event()
+            result: list[int | None] = []
+
+            def take() -> None:
+                result.append(self.elector.promote())  # type: ignore[union-attr]
+                done.set()
+            self.command(take)
+            if not done.wait(30) or result[0] is None:
+                raise Unavailable("promote: the consensus store refused the leader key or the next epoch")
+            return int(result[0])  # type: ignore[arg-type]
         chosen = epoch if epoch is not None else max(self.node.epoch, self.engine.wal.last_epoch) + 1
         if chosen <= self.node.epoch:
             raise InvalidArgument(f"promote needs an epoch above {self.node.epoch}, got {chosen}")
@@ -173,7 +190,8 @@ class Replicator:
                     "last": str(node.last), "durable_lsn": node.durable_lsn, "applied_lsn": node.applied_lsn,
                     "commit_lsn": node.commit_lsn, "policy": str(self.config.policy), "stats": dict(node.stats),
                     "counters": dict(self.counters), "events": [list(e) for e in self.events],
-                    "failure": None if self.failure is None else str(self.failure)}
+                    "failure": None if self.failure is None else str(self.failure),
+                    "elector": None if self.elector is None else self.elector.log[-10:]}
 
     # -- the loop -----------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -217,6 +235,9 @@ class Replicator:
                 action()
             for _ in range(ticks):
                 node.tick()
+            if self.elector is not None and time.monotonic() >= self._next_cycle:
+                self._next_cycle = time.monotonic() + CYCLE_S
+                self.elector.cycle(int(time.monotonic()))
             if self._want_primary and node.role is Role.PRIMARY:
                 self._want_primary = False
             elif self._want_primary and node.role is Role.REPLICA and node.primary_id is None:

@@ -128,6 +128,7 @@ class Cluster:
         self.ports = {n: free_port() for n in zones}
         self.proxies = {(a, b): Proxy(self.ports[b]) for a in zones for b in zones if a != b}
         self.procs: dict[str, subprocess.Popen[str]] = {}
+        self.extra_args: list[str] = []  # added to every node's command line (e.g. --etcd ADDR)
         for n in zones:
             shutil.copytree(os.path.join(root, "seed"), self.data(n))
 
@@ -145,7 +146,7 @@ class Cluster:
     def start(self, n: str, role: str, primary: str | None = None, policy: str | None = None) -> None:
         argv = [*knowledge_command(), "serve", "--data", self.data(n), "--listen", self.address(n), "--no-audit",
                 "--role", role, "--zone", self.zones[n], "--members", self.members(n),
-                "--commit-policy", policy or self.policy]
+                "--commit-policy", policy or self.policy, *self.extra_args]
         if primary is not None:
             argv += ["--primary", self.proxies[(n, primary)].address]
         log = open(os.path.join(self.root, f"{n}.log"), "a")  # noqa: SIM115 - the process owns it
@@ -281,3 +282,67 @@ def missing_keys(cluster: Cluster, node: str, keys: list[str]) -> list[str]:
         table = session.scan("Doc", columns=["name"])
         present = set(table.column("name").to_pylist())
     return [k for k in keys if k not in present]
+
+
+class Etcd:
+    """A real single-member etcd (Debian's etcd-server, /usr/bin/etcd) on free loopback ports."""
+
+    BINARY = "/usr/bin/etcd"
+
+    def __init__(self, root: str) -> None:
+        self.client_port, peer_port = free_port(), free_port()
+        self.address = f"127.0.0.1:{self.client_port}"
+        os.makedirs(root, exist_ok=True)
+        binary = self.BINARY if os.path.exists(self.BINARY) else shutil.which("etcd") or self.BINARY
+        self.log_path = os.path.join(root, "etcd.log")
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen(
+                [binary, "--name", "t", "--data-dir", os.path.join(root, "etcd-data"),
+                 "--listen-client-urls", f"http://{self.address}", "--advertise-client-urls", f"http://{self.address}",
+                 "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
+                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
+                 "--initial-cluster", f"t=http://127.0.0.1:{peer_port}"],
+                stdout=log, stderr=subprocess.STDOUT)
+        from knowledge.replication.etcd_kv import EtcdKV
+        kv = EtcdKV(self.address)
+        deadline = time.monotonic() + READY_S
+        while True:
+            try:
+                kv.get("/ready")
+                return
+            except KnowledgeError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"etcd did not start: {open(self.log_path).read()[-2000:]}") from None
+                time.sleep(0.2)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(30)
+
+
+def etcd_available() -> bool:
+    return os.path.exists(Etcd.BINARY) or shutil.which("etcd") is not None
+
+
+def primary_of(cluster: Cluster) -> str | None:
+    """The member that takes writes now (None when none does)."""
+    for n, proc in cluster.procs.items():
+        if proc.poll() is None:
+            try:
+                if cluster.writable(n):
+                    return n
+            except KnowledgeError:
+                continue
+    return None
+
+
+def wait_primary(cluster: Cluster, among: list[str] | None = None, timeout_s: float = 120.0) -> str:
+    """Wait until one of `among` (default: any member) takes writes; its id."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = primary_of(cluster)
+        if found is not None and (among is None or found in among):
+            return found
+        time.sleep(0.1)
+    raise AssertionError("no primary elected: " + "; ".join(f"{n}: {cluster._safe_status(n)}" for n in cluster.procs))

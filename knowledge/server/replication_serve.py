@@ -59,6 +59,9 @@ def add_replication_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--members", metavar="ID=ZONE@ADDR,...", help="every member, this node included")
     group.add_argument("--node-id", metavar="ID", help="this node's member id (default: the member at --listen)")
     group.add_argument("--tick-ms", type=int, default=10, metavar="MS", help="protocol tick (default 10)")
+    group.add_argument("--etcd", metavar="HOST:PORT", help="automatic failover through this etcd (leader key, lease)")
+    group.add_argument("--etcd-ttl", type=int, default=2, metavar="S", help="leader lease TTL in seconds (default 2)")
+    group.add_argument("--etcd-prefix", default="/knowledge", metavar="KEY", help="etcd key prefix (default /knowledge)")
 
 
 def _node_id(args: argparse.Namespace, addresses: dict[str, str]) -> str:
@@ -97,7 +100,12 @@ def serve_replicated(args: argparse.Namespace, config: ServerConfig, *, out: Tex
     store = knowledge.open(args.data, create=True, config=store_config)
     links = Links(addresses, me)
     try:
-        replicator = Replicator(store.engine, node_config, addresses, links.send)
+        kv = None
+        if args.etcd:
+            from knowledge.replication.etcd_kv import EtcdKV
+            kv = EtcdKV(args.etcd)
+        replicator = Replicator(store.engine, node_config, addresses, links.send, kv=kv, ttl_s=args.etcd_ttl,
+                                prefix=args.etcd_prefix)
         server = KnowledgeServer(store, config, role=ReplicationRole(replicator), owns_store=True)
     except BaseException:
         links.close()
