@@ -9,6 +9,7 @@ its message must say what was wrong. The CLI prints one `error: ...` line and ex
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import inspect
 import os
 import re
@@ -45,6 +46,7 @@ class WrongDimensionEmbedder(HashEmbedder):
 
 
 EMBED = HashEmbedder()
+HAVE_MCP = importlib.util.find_spec("mcp") is not None
 
 
 def _populate(store: knowledge.Store) -> None:
@@ -383,11 +385,14 @@ def _verbs(store_path: str, tmp: str) -> dict[str, list[str]]:
         "export": ["export", store_path, "P", os.path.join(tmp, "out.parquet")],
         "serve": ["serve", "--data", store_path, "--listen", "127.0.0.1:0"],
         "recover": ["recover", store_path, os.path.join(tmp, "recovered")],
+        **({"mcp": ["mcp", "--data", store_path, "--token", "x"]} if HAVE_MCP else {}),
     }
 
 
 CLI_NO_STORE = {"demo": "its --path is driven in test_every_verb_on_a_file",
-                "slo": "driven in test_slo_check_of_missing_files", "bench": "runs minutes; takes no store"}
+                "slo": "driven in test_slo_check_of_missing_files", "bench": "runs minutes; takes no store",
+                "promote": "driven in test_promote_without_a_server",
+                **({} if HAVE_MCP else {"mcp": "needs the mcp extra"})}
 
 
 def test_every_cli_verb_is_driven():
@@ -431,6 +436,10 @@ def test_every_verb_on_a_corrupt_store(tmp_path, capsys):
     commands = _verbs(path, str(tmp_path))
     del commands["recover"]  # rebuilding a store whose state.duckdb is damaged is what recover is for
     _cli_errors(commands, capsys, "state.duckdb")
+
+
+def test_promote_without_a_server(capsys):
+    _cli_errors({"promote": ["promote", "--server", "127.0.0.1:1"]}, capsys, "127.0.0.1:1")
 
 
 def test_slo_check_of_missing_files(tmp_path, capsys):

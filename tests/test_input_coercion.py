@@ -274,3 +274,11 @@ def test_vector_of_numeric_strings_is_rejected(store):
                  pa.table({"k": ["a"], "v": pa.array([["1.5", "2"]])})):
         error = _mismatch(store, "T", rows)
         assert (error.row, error.field) == (0, "v")
+
+
+@pytest.mark.parametrize(("prop", "values", "row"), [("f", [0.0, False], 1), ("i", [1, 2.5], 1), ("s", ["a", 1], 1)])
+def test_pandas_object_column_mixing_kinds_is_judged_per_value(store, prop, values, row):
+    """Arrow's pandas conversion would make [0.0, False] two doubles; such a column is judged value by value."""
+    frame = pd.DataFrame({"k": [f"mixed-{i}" for i in range(len(values))], prop: pd.Series(values, dtype=object)})
+    error = _mismatch(store, "T", frame)
+    assert (error.type_name, error.row, error.field) == ("T", row, prop)

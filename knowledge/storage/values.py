@@ -48,11 +48,15 @@ def to_table(rows: Rows, type_name: str) -> pa.Table | list[Mapping[str, Any]]:
 def _from_pandas(frame: Any, type_name: str) -> pa.Table | list[dict[str, Any]]:
     """A DataFrame as Arrow; one that Arrow cannot hold as typed columns (an object column mixing
     kinds) as dict rows, so that each value is judged as a dict row's would be."""
-    try:
-        return pa.Table.from_pandas(frame, preserve_index=False)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        pass
     import pandas as pd  # a DataFrame was given: pandas is there
+
+    mixed = any(pd.api.types.is_object_dtype(dtype) and _mixes_kinds(frame.iloc[:, position], pd)
+                for position, dtype in enumerate(frame.dtypes))
+    if not mixed:  # Arrow would turn [0.0, False] into doubles: a mixed object column is judged per value
+        try:
+            return pa.Table.from_pandas(frame, preserve_index=False)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            pass
 
     def plain(value: Any) -> Any:  # pandas' missing markers (NaN, NA, NaT) become None, as Arrow reads them
         if isinstance(value, list | tuple | dict | np.ndarray):
@@ -64,6 +68,13 @@ def _from_pandas(frame: Any, type_name: str) -> pa.Table | list[dict[str, Any]]:
         raise ValidationError("DataFrame has duplicate column names", type_name=type_name)
     columns = [[plain(value) for value in frame.iloc[:, position].tolist()] for position in range(len(names))]
     return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+
+
+def _mixes_kinds(column: Any, pd: Any) -> bool:
+    """Whether an object column holds values of more than one Python type (missing values aside)."""
+    kinds = {type(value) for value in column.tolist()
+             if isinstance(value, list | tuple | dict | np.ndarray) or not pd.isna(value)}
+    return len(kinds) > 1
 
 
 def mismatch(type_name: str, prop: Property, index: int, value: Any, exc: BaseException,
