@@ -56,7 +56,8 @@ class Replicator:
         self.send = send
         self.hard = HardStateFile(engine.path, fsync=engine.config.fsync)
         restored = restore(engine.wal, self.hard.load(), engine.memory_lsn)
-        self.node = ReplicationNode(config, WalLog(engine.wal), restored)
+        self.log = WalLog(engine.wal)
+        self.node = ReplicationNode(config, self.log, restored)
         self.lock = threading.Condition(threading.Lock())  # guards the queues below and `node` reads
         self._inbox: collections.deque[Message] = collections.deque()
         self._proposals: collections.deque[tuple[int, int, list[Any], set[str]]] = collections.deque()
@@ -65,6 +66,7 @@ class Replicator:
         self._waiters: dict[int, _Waiter] = {}
         self._payloads: dict[int, bytes] = {}
         self._writable = False
+        self._barrier: Position | None = None  # this primary's first record (its epoch's barrier)
         self._want_primary = False  # --role primary: campaign until this node is primary once
         self._stop = threading.Event()
         self.failure: BaseException | None = None
@@ -121,6 +123,8 @@ class Replicator:
         if waiter is None:
             raise CommitOutcomeUnknown(f"commit {lsn}: not tracked by replication", lsn=lsn)
         waiter.done.wait(self.config.policy.deadline_ms / 1000 + WAIT_MARGIN_S)
+        with self.lock:
+            self._waiters.pop(lsn, None)
         outcome = waiter.outcome
         if outcome is None:
             raise CommitOutcomeUnknown(f"commit {lsn} outcome unknown: replication stopped or stalled", lsn=lsn)
@@ -242,14 +246,13 @@ class Replicator:
                 self._want_primary = False
             elif self._want_primary and node.role is Role.REPLICA and node.primary_id is None:
                 node.campaign(max(node.epoch, engine.wal.last_epoch) + 1)
+            if node.role is not Role.PRIMARY:
+                self._writable = False  # under the stage lock: no store append after this
+                self._barrier = None
             if not node.has_ready():
-                self._writable = node.role is Role.PRIMARY and self._writable
                 return
             ready = node.ready()
             self._persist(ready)
-            self._writable = node.role is Role.PRIMARY and (self._writable or engine.wal.last_lsn >= node.last.lsn)
-            if node.role is not Role.PRIMARY:
-                self._writable = False
         last = ready.entries[-1].lsn if ready.entries else 0
         if last:
             engine.wal.sync_to(last)
@@ -259,6 +262,10 @@ class Replicator:
         self._resolve(ready)
         with self.lock:
             node.advance(ready)
+            # writes (and reads that must see every acknowledged write) only once the barrier committed:
+            # the inherited tail is then applied here
+            self._writable = (node.role is Role.PRIMARY and self._barrier is not None
+                              and self._barrier.epoch == node.epoch and node.applied_lsn >= self._barrier.lsn)
             self.lock.notify_all()
 
     def _propose(self, lsn: int, timestamp_ns: int, ops: list[Any], edge_types: set[str]) -> None:
@@ -289,24 +296,31 @@ class Replicator:
                                 f"which this transport does not install yet")
         if ready.truncate_after_lsn is not None and wal.last_lsn > ready.truncate_after_lsn:
             wal.truncate_after(ready.truncate_after_lsn)
+            self.log.forget_after(ready.truncate_after_lsn)
             for lsn in [lsn for lsn in self._pending if lsn > ready.truncate_after_lsn]:
                 del self._pending[lsn]
             self.counters["truncations"] += 1
         for entry in ready.entries:
-            if entry.lsn <= wal.last_lsn:
-                continue  # the store's own commit: already in the WAL
-            wal.append_record(entry.lsn, entry.epoch, entry.timestamp_ns, entry.payload)
+            if entry.lsn > wal.last_lsn:  # else the store's own commit: already in the WAL
+                wal.append_record(entry.lsn, entry.epoch, entry.timestamp_ns, entry.payload)
+                if not entry.payload and self.node.role is Role.PRIMARY and entry.epoch == self.node.epoch:
+                    self._barrier = entry.position
+            self.log.remember(entry)
 
     def _apply(self, ready: Ready) -> None:
         engine = self.engine
         first, through = engine.memory_lsn + 1, ready.apply_through_lsn
         if through < first:
             return
-        missing = [lsn for lsn in range(first, through + 1) if lsn not in self._pending]
         decoded: dict[int, tuple[int, list[Any]]] = {}
+        for lsn in range(first, through + 1):
+            entry = None if lsn in self._pending else self.log.get(lsn)
+            if entry is not None:
+                decoded[lsn] = (entry.epoch, decode_ops(entry.payload, lsn))
+        missing = [lsn for lsn in range(first, through + 1) if lsn not in self._pending and lsn not in decoded]
         if missing:
             for record in engine.wal.read_from(missing[0], until_lsn=through):
-                if record.lsn not in self._pending:
+                if record.lsn not in self._pending and record.lsn not in decoded:
                     decoded[record.lsn] = (record.epoch, decode_ops(record.payload, record.lsn))
         epoch_of = self.node.history.epoch_at
         for lsn in range(first, through + 1):
@@ -327,13 +341,14 @@ class Replicator:
             log.log(level, "replication %s: %s (epoch %d): %s", self.config.node_id, event.kind, event.epoch,
                     event.detail)
         if self.node.role is not Role.PRIMARY:  # commits the node no longer tracks end as unknown
-            for lsn in list(self._waiters):
-                self._finish(lsn, CommitOutcome(Position(0, lsn), "unknown", reason="no longer primary"))
+            for lsn, waiter in list(self._waiters.items()):
+                if not waiter.done.is_set():
+                    self._finish(lsn, CommitOutcome(Position(0, lsn), "unknown", reason="no longer primary"))
 
     def _finish(self, lsn: int, outcome: CommitOutcome) -> None:
-        with self.lock:
-            waiter = self._waiters.pop(lsn, None)
-        if waiter is not None:
+        with self.lock:  # the committer removes it (it may not be waiting yet)
+            waiter = self._waiters.get(lsn)
+        if waiter is not None and not waiter.done.is_set():
             waiter.outcome = outcome
             if outcome.status == COMMITTED and outcome.degraded:
                 self.counters["commits_degraded"] += 1

@@ -7,6 +7,7 @@ before any message that depends on it is sent. `WalLog` is the `LogReader` over 
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 from typing import Any
@@ -67,14 +68,52 @@ class HardStateFile:
 
 
 class WalLog:
-    """The protocol's `LogReader` over a store's `WriteAheadLog` (durable records only)."""
+    """The protocol's `LogReader` over a store's `WriteAheadLog` (durable records only).
+
+    The newest records are also kept in memory (`remember`, up to RECENT_RECORDS_MAX records or
+    RECENT_BYTES_MAX payload bytes): shipping and applying the tail then never rescans a segment file.
+    """
+
+    RECENT_RECORDS_MAX = 65_536
+    RECENT_BYTES_MAX = 64 << 20
 
     def __init__(self, wal: Any) -> None:
         self.wal = wal
+        self._recent: collections.OrderedDict[int, Entry] = collections.OrderedDict()
+        self._recent_bytes = 0
+
+    def remember(self, entry: Entry) -> None:
+        """Keep `entry` (the log's next record) in memory, dropping the oldest past the caps."""
+        if self._recent and next(reversed(self._recent)) != entry.lsn - 1:
+            self._recent.clear()
+            self._recent_bytes = 0
+        self._recent[entry.lsn] = entry
+        self._recent_bytes += len(entry.payload)
+        while len(self._recent) > self.RECENT_RECORDS_MAX or self._recent_bytes > self.RECENT_BYTES_MAX:
+            _, old = self._recent.popitem(last=False)
+            self._recent_bytes -= len(old.payload)
+
+    def forget_after(self, lsn: int) -> None:
+        """A truncation: the remembered records past `lsn` are gone."""
+        while self._recent and next(reversed(self._recent)) > lsn:
+            _, old = self._recent.popitem()
+            self._recent_bytes -= len(old.payload)
+
+    def get(self, lsn: int) -> Entry | None:
+        """Record `lsn` if it is remembered."""
+        return self._recent.get(lsn)
 
     def entries(self, first_lsn: int, last_lsn: int, bytes_max: int) -> list[Entry]:
         out: list[Entry] = []
         total = 0
+        if first_lsn in self._recent and last_lsn in self._recent:
+            for lsn in range(first_lsn, last_lsn + 1):
+                entry = self._recent[lsn]
+                if out and total + len(entry.payload) > bytes_max:
+                    break
+                out.append(entry)
+                total += len(entry.payload)
+            return out
         for record in self.wal.read_from(first_lsn, until_lsn=last_lsn):
             if out and total + len(record.payload) > bytes_max:
                 break
