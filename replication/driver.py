@@ -203,9 +203,9 @@ class Replicator:
         next_tick = time.monotonic() + tick_s
         try:
             while not self._stop.is_set():
-                with self.lock:
+                with self.lock:  # only this thread changes the node: has_ready() is safe to ask here
                     while (not self._stop.is_set() and not self._inbox and not self._proposals
-                           and not self._commands and time.monotonic() < next_tick):
+                           and not self._commands and not self.node.has_ready() and time.monotonic() < next_tick):
                         self.lock.wait(max(0.0, next_tick - time.monotonic()))
                 ticks = 0
                 now = time.monotonic()
