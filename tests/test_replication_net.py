@@ -11,7 +11,7 @@ import pytest
 from replication_cluster import Cluster, Writer, missing_keys, seed_store
 
 from knowledge.cli import main
-from knowledge.errors import CommitOutcomeUnknown, NotPrimary
+from knowledge.errors import CommitOutcomeUnknown, DeadlineExceeded, InvalidArgument, NotPrimary
 
 ZONES = {"a": "z1", "b": "z2", "c": "z3"}
 
@@ -111,3 +111,18 @@ def test_all_without_degrade_blocks_until_the_deadline(make_cluster):
     with pytest.raises(CommitOutcomeUnknown):
         _commit(cluster, "a", "blocked")
     assert time.monotonic() - started >= 1.0  # it waited for its deadline (a lower bound, never an upper one)
+
+
+def test_replica_read_with_min_lsn_waits_for_the_commit(make_cluster):
+    cluster = make_cluster("async")
+    cluster.isolate("b")  # async: the commit returns while b cannot have it
+    lsn = _commit(cluster, "a", "ryw")
+    with cluster.client("b") as client:
+        session = client.session()
+        with pytest.raises(DeadlineExceeded), session.min_lsn(lsn, timeout_s=0.5):
+            session.get("Doc", "ryw")
+        cluster.heal("b")
+        with session.min_lsn(lsn, timeout_s=60):
+            assert session.get("Doc", "ryw")["name"] == "ryw"  # read-your-writes on the replica
+        with pytest.raises(InvalidArgument), session.min_lsn("x/y"):
+            session.get("Doc", "ryw")

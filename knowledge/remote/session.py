@@ -92,6 +92,19 @@ class RemoteSession:
         finally:
             self._metadata = outer
 
+    @contextlib.contextmanager
+    def min_lsn(self, token: int | str, timeout_s: float = 5.0) -> Iterator[None]:
+        """Read-your-writes on a replica: every call in the block first waits (at most `timeout_s`) until
+        the server has applied commit `token` (the LSN a commit returned, or its "epoch/lsn" text), else
+        raises DeadlineExceeded."""
+        outer = self._metadata
+        self._metadata = (*outer, ("knowledge-min-lsn", str(token)),
+                          ("knowledge-min-lsn-timeout-ms", str(max(0, int(timeout_s * 1000)))))
+        try:
+            yield
+        finally:
+            self._metadata = outer
+
     # -- point reads --------------------------------------------------------------------------------------
     def get(self, type_name: str, key: Any, columns: Iterable[str] | None = None) -> dict[str, Any]:
         """The node's properties plus `_id` and `_labels`; raises NotFound when absent or invisible."""

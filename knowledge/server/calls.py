@@ -30,6 +30,9 @@ log = logging.getLogger("knowledge.server")
 AUTH_KEY = "authorization"
 AS_KEY = "knowledge-as"  # an admin acts as this catalog principal
 AS_PRINCIPAL_KEY = "knowledge-as-principal"  # an admin acts as this ad-hoc principal (JSON)
+MIN_LSN_KEY = "knowledge-min-lsn"  # a read waits (bounded) until this LSN or "epoch/lsn" token is applied here
+MIN_LSN_TIMEOUT_KEY = "knowledge-min-lsn-timeout-ms"  # how long it may wait (default MIN_LSN_TIMEOUT_MS)
+MIN_LSN_TIMEOUT_MS = 5000
 LSN_KEY = "knowledge-lsn"  # a read must be answered as of exactly this LSN (a remote snapshot() block)
 TOKEN_HINT = "issue one with `knowledge principal token DIR NAME` and send 'authorization: Bearer <token>'"
 
@@ -160,6 +163,8 @@ class Calls:
                 metadata: dict[str, Any] | None = None) -> Any:
         """The session the call runs in: the caller's, or (admins) the principal it acts as."""
         metadata = call_metadata(context) if metadata is None else metadata
+        if metadata.get(MIN_LSN_KEY):
+            self.wait_min_lsn(str(metadata[MIN_LSN_KEY]), metadata.get(MIN_LSN_TIMEOUT_KEY))
         acting = metadata.get(AS_KEY)
         adhoc = metadata.get(AS_PRINCIPAL_KEY)
         if (acting or adhoc) and not principal.admin:
@@ -174,6 +179,23 @@ class Calls:
                 raise InvalidArgument(f"no principal named {target!r} to act as")
             session = sessions[target] = self.store.session(target)
         return session
+
+    def wait_min_lsn(self, text: str, timeout_ms: str | None) -> None:
+        """Read-your-writes: wait until the commit token `text` ("lsn" or "epoch/lsn") may be read here;
+        DeadlineExceeded past the bound, InvalidArgument for a malformed token."""
+        epoch, sep, lsn = text.rpartition("/")
+        if not lsn.isdigit() or (sep and not epoch.isdigit()) or not (timeout_ms or "0").isdigit():
+            raise InvalidArgument(f"{MIN_LSN_KEY} must be an LSN or epoch/lsn and {MIN_LSN_TIMEOUT_KEY} whole "
+                                  f"milliseconds, got {text!r} and {timeout_ms!r}")
+        timeout_s = int(timeout_ms or MIN_LSN_TIMEOUT_MS) / 1000
+        wait = getattr(self.role, "wait_readable", None)
+        if wait is not None:
+            ready = wait(int(lsn) if not sep else (int(epoch), int(lsn)), timeout_s)
+        else:  # a lone server applies every commit before acknowledging it
+            ready = self.store.memory_lsn >= int(lsn)
+        if not ready:
+            raise DeadlineExceeded(f"this server has not applied {text} within {timeout_s:g} s (replica lag); "
+                                   f"retry, or read from the primary")
 
     def check_writable(self) -> None:
         primary = self.role.primary_address()

@@ -46,6 +46,11 @@ class ReplicationRole:
     def primary_address(self) -> str | None:
         return self.replicator.primary_address()
 
+    def wait_readable(self, token: int | tuple[int, int], timeout_s: float) -> bool:
+        """Read-your-writes on this node: wait until commit `token` (an LSN, or (epoch, lsn)) is applied here."""
+        from knowledge.replication.lsn import Position
+        return self.replicator.wait_readable(Position(*token) if isinstance(token, tuple) else token, timeout_s)
+
 
 def add_replication_options(parser: argparse.ArgumentParser) -> None:
     """The serve verb's replication flags."""
