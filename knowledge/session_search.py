@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import array
 import itertools
-import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
-from knowledge.access.principal import Principal
 from knowledge.access.visibility import consistent_read
-from knowledge.errors import InvalidArgument, InvalidQuery
-from knowledge.storage.tables import node_table, query_arrow, quote
-from knowledge.storage.values import convert_value
+from knowledge.errors import InvalidArgument
+from knowledge.session_where import Predicate, parse_where, predicate_sql, where_sql
+from knowledge.storage.tables import node_table, query_arrow
 
 if TYPE_CHECKING:
     from knowledge.views import StoreView
@@ -34,8 +32,9 @@ _INT64, _FLOAT32, _STRING = pa.int64(), pa.float32(), pa.string()
 _KEY_TYPES = {"str": _STRING, "int": _INT64}  # a key property's type -> the Arrow type of its values
 _INT64_DTYPE, _FLOAT32_DTYPE = np.dtype(np.int64), np.dtype(np.float32)
 RANKED_KEYS_BUILT_MAX = 256  # up to this many str keys, the key column's buffers are built in Python
-_RANKED_SCHEMAS: dict[tuple[str, str | None], pa.Schema] = {}
-_OPERATORS = {"=": "=", "==": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">=", "like": "LIKE"}
+_RANKED_SCHEMAS: dict[tuple[str, str | None, str | None], pa.Schema] = {}
+WHERE_MASKS_CACHED_MAX = 64  # where-filter masks kept per node type, until its next write
+__all__ = ["SessionSearch", "key_array", "where_sql"]
 
 
 class SessionSearch:
@@ -57,6 +56,11 @@ class SessionSearch:
         rows it cannot see.
         Raises UnknownType, InvalidArgument (wrong dimension, NaN/inf, k out of 1..10000).
 
+        When `where` is given, b"filter" in the schema metadata names how its mask was built: b"memory"
+        (the in-memory column indexes, as of the search's LSN) or b"duckdb" (a table query, for what they
+        cannot answer: like, contains, json, text and list[str] properties, non-finite float values). The
+        choice depends on the filter and the schema only, never on the rows.
+
         The answer is as of one LSN, like every read. The where-filter's table query and faiss's CPU scan
         run outside the store's state lock, so searches from several threads run them in parallel and
         commits do not wait for them; a commit that lands meanwhile makes the search run again under the
@@ -67,7 +71,11 @@ class SessionSearch:
         with state:
             target, query, visible = self._search_inputs(vector, k, type, property, columns)
             lsn = store.memory_lsn
-        matching = self._where_mask(target[0], where, len(visible)) if where else None  # a table query
+            predicate = parse_where(self._node_type(target[0]), where, self.principal) if where else None
+            matching = None if predicate is None else self._memory_mask(target[0], predicate, len(visible))
+        path = None if predicate is None else "memory" if matching is not None else "duckdb"
+        if predicate is not None and matching is None:
+            matching = self._duckdb_mask(target[0], predicate, len(visible))  # a table query, outside the lock
         job = None
         with state:
             if store.memory_lsn == lsn:
@@ -76,13 +84,16 @@ class SessionSearch:
         with state:
             if result is None or store.memory_lsn != lsn:  # a commit landed meanwhile, or too few found alone
                 target, query, visible = self._search_inputs(vector, k, type, property, columns)
-                allowed = visible & self._where_mask(target[0], where, len(visible)) if where else visible
+                allowed = visible
+                if where:
+                    mask, path = self._where_mask(target[0], where, len(visible))
+                    allowed = visible & mask
                 result = target[1].search_prepared(query, k, allowed)
             type_name, _, key_type = target
             ids, scores, plan = result
             if not self.principal.admin:  # the plan taken depends on how many rows are hidden: not shown
                 plan = "filtered" if len(ids) else "empty"
-            return self._ranked(type_name, ids, scores, columns, "search", plan, key_type)
+            return self._ranked(type_name, ids, scores, columns, "search", plan, key_type, path)
 
     def _search_inputs(self, vector: Any, k: int, type_name: str | None, prop_name: str | None,
                        columns: list[str] | None) -> tuple[tuple[str, Any, str], np.ndarray, np.ndarray]:
@@ -120,19 +131,22 @@ class SessionSearch:
             raise InvalidArgument(f"{'no' if not candidates else 'several'} text properties match "
                                   f"{[f'{t}.{p}' for t, p in candidates]}; name type= and property=")
         type_name, _ = candidates[0]
-        allowed = self._bitmap()
+        allowed, path = self._bitmap(), None
         if where:
-            allowed = allowed & self._where_mask(type_name, where, len(allowed))
+            mask, path = self._where_mask(type_name, where, len(allowed))
+            allowed = allowed & mask
         with self.store.state_lock:
             ids, scores = self.store.keywords[candidates[0]].search(query, k, allowed)
-        return self._ranked(type_name, ids, scores, columns, "search_keyword")
+        return self._ranked(type_name, ids, scores, columns, "search_keyword", where_path=path)
 
     def _ranked(self, type_name: str, ids: np.ndarray, scores: np.ndarray, columns: Iterable[str] | None,
-                api: str, plan: str | None = None, key_type: str | None = None) -> pa.Table:
+                api: str, plan: str | None = None, key_type: str | None = None,
+                where_path: str | None = None) -> pa.Table:
         """`_id`, `_key` (from the directory), `_score`, then the requested columns (from DuckDB, only when
-        some are requested) of ranked nodes; `plan`, when given, as the schema metadata b"plan"."""
+        some are requested) of ranked nodes; `plan` and `where_path`, when given, as the schema metadata
+        b"plan" and b"filter"."""
         chosen = self._columns(type_name, columns) if columns is not None else []
-        table = _ranked_table(ids, self.store.directory.key_of[ids].tolist(), scores, key_type, plan)
+        table = _ranked_table(ids, self.store.directory.key_of[ids].tolist(), scores, key_type, plan, where_path)
         if chosen:
             table = pa.Table.from_arrays([*table.columns, *self._property_columns(type_name, ids, chosen)],
                                          names=[*_RANKED_NAMES, *chosen], metadata=table.schema.metadata)
@@ -180,13 +194,29 @@ class SessionSearch:
                                   f"name type= and property=")
         return candidates[0]
 
-    def _where_mask(self, type_name: str, where: dict[str, Any], size: int) -> np.ndarray:
-        clauses, params = where_sql(self._node_type(type_name), where, self.principal)
+    def _where_mask(self, type_name: str, where: Any, size: int) -> tuple[np.ndarray, str]:
+        """The rows of `type_name` matching `where` (not yet ANDed with visibility) and how the mask was
+        built ("memory" or "duckdb")."""
+        predicate = parse_where(self._node_type(type_name), where, self.principal)
+        with self.store.state_lock:
+            mask = self._memory_mask(type_name, predicate, size)
+        if mask is not None:
+            return mask, "memory"
+        return self._duckdb_mask(type_name, predicate, size), "duckdb"
+
+    def _memory_mask(self, type_name: str, predicate: Predicate, size: int) -> np.ndarray | None:
+        """`predicate`'s mask from the in-memory column indexes (read-only, cached until the type's next
+        write), or None when they cannot answer it. Call under the state lock."""
+        columns = self.store.engine.columns.get(type_name)
+        return None if columns is None else columns.cached_mask(predicate, size, WHERE_MASKS_CACHED_MAX)
+
+    def _duckdb_mask(self, type_name: str, predicate: Predicate, size: int) -> np.ndarray:
+        """`predicate`'s mask from a table query."""
+        sql, params = predicate_sql(predicate)
         self.store.wait_applied()
         cursor = self.store.tables.cursor()
         try:
-            table = query_arrow(cursor, f"SELECT _id FROM {node_table(type_name)} WHERE {' AND '.join(clauses)}",
-                                params)
+            table = query_arrow(cursor, f"SELECT _id FROM {node_table(type_name)} WHERE {sql}", params)
         finally:
             cursor.close()
         mask = np.zeros(size, dtype=bool)
@@ -196,25 +226,26 @@ class SessionSearch:
 
 
 def _ranked_table(ids: np.ndarray, keys: list[Any], scores: np.ndarray, key_type: str | None,
-                  plan: str | None) -> pa.Table:
-    """The `_id, _key, _score` table (metadata b"plan" when `plan` is given).
+                  plan: str | None, where_path: str | None = None) -> pa.Table:
+    """The `_id, _key, _score` table (metadata b"plan" when `plan` is given, b"filter" when `where_path` is).
 
     With `key_type` (the key property's type), int64 ids, float32 scores and no missing key, the columns
     are built from their buffers against a cached schema. Directory keys of a "str" key are str and of
     an "int" key int (validated on write), so the table equals the one that type inference builds,
     which is what is built otherwise (with no rows, inference gives `_key` the null type).
     """
-    metadata = None if plan is None else {"plan": plan}
+    named = {name: value for name, value in (("plan", plan), ("filter", where_path)) if value is not None}
+    metadata = named or None
     if (key_type not in _KEY_TYPES or not keys or None in keys or ids.dtype is not _INT64_DTYPE
             or scores.dtype is not _FLOAT32_DTYPE or not (ids.flags.c_contiguous and scores.flags.c_contiguous)):
         return pa.Table.from_arrays([pa.array(ids), pa.array(keys), pa.array(scores)], names=_RANKED_NAMES,
                                     metadata=metadata)
-    schema = _RANKED_SCHEMAS.get((key_type, plan))
+    schema = _RANKED_SCHEMAS.get((key_type, plan, where_path))
     if schema is None:
         schema = pa.schema([pa.field("_id", _INT64), pa.field("_key", _KEY_TYPES[key_type]),
                             pa.field("_score", _FLOAT32)], metadata=metadata)
         if len(_RANKED_SCHEMAS) < RANKED_SCHEMAS_MAX:
-            _RANKED_SCHEMAS[(key_type, plan)] = schema
+            _RANKED_SCHEMAS[(key_type, plan, where_path)] = schema
     count = len(keys)  # ids, scores and int keys: zero-copy over numpy buffers, as pa.array makes them
     if key_type == "int":
         key_column = pa.Array.from_buffers(_INT64, count, [None, pa.py_buffer(np.array(keys, dtype=np.int64))])
@@ -250,68 +281,3 @@ def key_array(keys: list[Any]) -> pa.Array:
     return pa.UnionArray.from_dense(pa.array(codes, type=pa.int8()), pa.array(offsets, type=pa.int32()),
                                     [pa.array(strings, type=pa.string()), pa.array(ints, type=pa.int64())],
                                     field_names=["str", "int"])
-
-
-def where_sql(node_type: Any, where: dict[str, Any], principal: Principal) -> tuple[list[str], list[Any]]:
-    """SQL clauses and parameters for a `where` filter, every value checked against its property's type
-    first (the rules of a dict row's values), so a filter that does not fit raises InvalidQuery naming
-    the property, operator and value, never a DuckDB error."""
-    if not isinstance(where, Mapping):
-        raise InvalidQuery(f"where must be a dict mapping property names to a value or to (operator, value), "
-                           f"got {type(where).__name__}")
-    clauses: list[str] = []
-    params: list[Any] = []
-    for name, condition in where.items():
-        prop = node_type.properties.get(name)
-        if prop is None or (prop.hidden and not principal.admin):
-            raise InvalidQuery(f"node type {node_type.name!r} has no property {name!r}", property=name)
-        if prop.is_vector:
-            raise InvalidQuery(f"cannot filter on vector property {name!r}", property=name)
-        if isinstance(condition, tuple) and (len(condition) != 2 or not isinstance(condition[0], str)):
-            raise InvalidQuery(f"where {name!r}: a condition is a value or an (operator, value) pair, got "
-                               f"{condition!r}", property=name, value=condition)
-        operator, value = condition if isinstance(condition, tuple) else ("=", condition)
-        column = quote(name)
-        if operator == "in":
-            if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
-                raise InvalidQuery(f"where {name!r} in {value!r}: 'in' takes a list of values", property=name,
-                                   operator=operator, value=value)
-            values = [_where_value(node_type, prop, operator, item) for item in value]
-            clauses.append(f"{column} IN ({', '.join('?' for _ in values)})" if values else "FALSE")
-            params.extend(values)
-        elif operator == "contains":
-            if prop.type != "list[str]":
-                raise InvalidQuery(f"'contains' needs a list[str] property; {name!r} is {prop.type}", property=name,
-                                   operator=operator, value=value)
-            if not isinstance(value, str):
-                raise InvalidQuery(f"where {name!r} contains {value!r}: expected str, got {type(value).__name__}",
-                                   property=name, operator=operator, value=value)
-            clauses.append(f"list_contains({column}, ?)")
-            params.append(value)
-        elif operator in _OPERATORS:
-            if value is None:
-                clauses.append(f"{column} IS {'NOT ' if operator == '!=' else ''}NULL")
-                continue
-            if operator == "like" and prop.type not in ("str", "text"):
-                raise InvalidQuery(f"'like' needs a str or text property; {name!r} is {prop.type}", property=name,
-                                   operator=operator, value=value)
-            clauses.append(f"{column} {_OPERATORS[operator]} ?")
-            params.append(_where_value(node_type, prop, operator, value))
-        else:
-            raise InvalidQuery(f"unknown operator {operator!r} for {name!r}", property=name, operator=operator)
-    return clauses, params
-
-
-def _where_value(node_type: Any, prop: Any, operator: str, value: Any) -> Any:
-    """A filter value as the query parameter for `prop`; InvalidQuery when a dict row could not store it."""
-    if prop.type == "json":
-        try:
-            return json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise InvalidQuery(f"where {prop.name!r} {operator} {value!r}: not JSON ({exc})", property=prop.name,
-                               operator=operator, value=value) from None
-    try:
-        return convert_value(prop, value)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise InvalidQuery(f"where {prop.name!r} {operator} {value!r}: {exc} ({node_type.name}.{prop.name} is "
-                           f"{prop.type})", property=prop.name, operator=operator, value=value) from None

@@ -268,7 +268,8 @@ def test_fast_paths_give_what_the_general_path_gives(tmp_path, monkeypatch, metr
         monkeypatch.setattr(vectors_module, "_faiss_ranked", lambda rows, scores, row_ids, metric: None)
         ranked_table = session_module._ranked_table
         monkeypatch.setattr(session_module, "_ranked_table",
-                            lambda ids, keys, scores, key_type, plan: ranked_table(ids, keys, scores, None, plan))
+                            lambda ids, keys, scores, key_type, plan, *rest: ranked_table(ids, keys, scores, None, plan,
+                                                                                         *rest))
         general = run()
         assert len(fast) == len(general)
         for got, expected in zip(fast, general, strict=True):

@@ -22,6 +22,7 @@ from knowledge.access.principal import Principal
 from knowledge.access.view_clock import ViewClock
 from knowledge.config import StoreConfig
 from knowledge.errors import CorruptionError, KnowledgeError, StorageFull, StoreClosed, StorePoisoned
+from knowledge.index.columns import TypeColumns
 from knowledge.index.graph import EdgeIndex
 from knowledge.index.indexer import IndexBuilder
 from knowledge.index.keyword import KeywordIndex
@@ -104,6 +105,7 @@ class Engine:
         self.catalog = Catalog()
         self.vectors: dict[tuple[str, str], VectorIndex] = {}
         self.keywords: dict[tuple[str, str], KeywordIndex] = {}
+        self.columns: dict[str, TypeColumns] = {}  # where-filter column indexes per node type
         self.indexer = IndexBuilder(self.state_lock)
         self.row_cache = RowCache(self.config.row_cache_rows_max)
         self.view_clock = ViewClock()

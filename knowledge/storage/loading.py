@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from knowledge.errors import StorageFull
+from knowledge.index.columns import MEMORY_TYPES, TypeColumns
 from knowledge.index.graph import EdgeIndex
 from knowledge.index.keyword import KeywordIndex
 from knowledge.index.snapshot_file import read_snapshot
@@ -38,6 +39,7 @@ def load_memory(engine: EngineState) -> None:
             ids = table.column("_id").to_numpy()
             engine.directory.apply_upsert(name, ids, table.column("k").to_pylist(), table.column("_labels"))
     engine.directory.next_id = max(engine.directory.next_id, engine.tables.next_id)
+    _load_columns(engine, con)
     for name in engine.schema.edges:
         index = engine.edges[name] = EdgeIndex(engine.config.overlay_edges_max)
         pairs = con.execute(f'SELECT _src, _dst FROM "e_{name}"').fetchnumpy()
@@ -48,6 +50,16 @@ def load_memory(engine: EngineState) -> None:
     con.close()
     _load_vectors(engine)
     _load_keywords(engine)
+
+def _load_columns(engine: EngineState, con: Any) -> None:
+    """The in-memory column indexes of every node type from its table (the WAL tail is replayed after)."""
+    for name, node_type in engine.schema.nodes.items():
+        scalar = {prop.name: prop.type for prop in node_type.properties.values() if prop.type in MEMORY_TYPES}
+        columns = engine.columns[name] = TypeColumns(scalar)
+        selected = "".join(f', "{prop}"' for prop in scalar)
+        table = query_arrow(con, f"SELECT _id{selected} FROM {node_table(name)}")
+        if table.num_rows:
+            columns.upsert(table.column("_id").to_numpy(), {prop: table.column(prop).to_pylist() for prop in scalar})
 
 def _load_keywords(engine: EngineState) -> None:
     """Each keyword index from its snapshot plus the WAL up to the tables' LSN, else from the node

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from knowledge.index.columns import TypeColumns
 from knowledge.index.graph import EdgeIndex
 from knowledge.index.keyword import KeywordIndex
 from knowledge.index.vectors import VectorIndex
@@ -36,6 +37,8 @@ def apply_memory(engine: EngineState, ops: list[Op], lsn: int) -> None:
             engine.schema = Schema.from_dict(op.document)
             for name, node_type in engine.schema.nodes.items():
                 directory.ensure_type(name)
+                scalar = {prop.name: prop.type for prop in node_type.properties.values()}
+                engine.columns.setdefault(name, TypeColumns({})).ensure(scalar)
                 for prop in node_type.properties.values():
                     if prop.type == "text":
                         engine.keywords.setdefault((name, prop.name), KeywordIndex())
@@ -53,6 +56,7 @@ def apply_memory(engine: EngineState, ops: list[Op], lsn: int) -> None:
                                         rows.labels)
             apply_vectors(engine, [op])
             apply_keywords(engine, op)
+            apply_columns(engine, op)
         elif op.kind == OpKind.UPSERT_NODES:
             assert op.table is not None
             engine.row_cache.invalidate(op.name, op.table.column("_id").to_numpy())
@@ -61,12 +65,14 @@ def apply_memory(engine: EngineState, ops: list[Op], lsn: int) -> None:
                                    op.table.column(key).to_pylist(), op.table.column("_labels"))
             apply_vectors(engine, [op])
             apply_keywords(engine, op)
+            apply_columns(engine, op)
         elif op.kind == OpKind.DELETE_NODES:
             assert op.table is not None
             engine.row_cache.invalidate(op.name, op.table.column("_id").to_numpy())
             directory.apply_delete(op.name, op.table.column("_id").to_numpy())
             apply_vectors(engine, [op])
             apply_keywords(engine, op)
+            apply_columns(engine, op)
         elif op.kind in (OpKind.UPSERT_EDGES, OpKind.DELETE_EDGES):
             assert op.table is not None
             src = op.table.column("_src").to_numpy()
@@ -120,6 +126,25 @@ def _apply_vector_rows(engine: EngineState, rows: NodeRows, props: list[Any], on
         if present:
             index.upsert(np.array([node for node, _ in present], dtype=np.int64),
                          np.stack([value for _, value in present]))
+
+def apply_columns(engine: EngineState, op: Op) -> None:
+    """Feed a node upsert or delete to its type's in-memory column indexes (where-filter masks)."""
+    columns = engine.columns.get(op.name)
+    if columns is None:
+        return
+    if op.kind == OpKind.DELETE_NODES:
+        assert op.table is not None
+        columns.delete(op.table.column("_id").to_numpy())
+    elif op.rows is not None:
+        assert op.rows.ids is not None
+        names = op.rows.names
+        columns.upsert(np.array(op.rows.ids, dtype=np.int64),
+                       {name: op.rows.column(name) for name in columns.columns if name in names})
+    else:
+        assert op.table is not None
+        table = op.table
+        columns.upsert(table.column("_id").to_numpy(),
+                       {name: table.column(name).to_pylist() for name in columns.columns if name in table.column_names})
 
 def apply_keywords(engine: EngineState, op: Op, only: tuple[str, str] | None = None) -> None:
     """Feed a node upsert or delete to the keyword indexes of its type's text properties (or `only`)."""

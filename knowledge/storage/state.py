@@ -8,6 +8,7 @@ import threading
 from typing import Protocol
 
 from knowledge.config import StoreConfig
+from knowledge.index.columns import TypeColumns
 from knowledge.index.graph import EdgeIndex
 from knowledge.index.keyword import KeywordIndex
 from knowledge.index.vectors import VectorIndex
@@ -33,6 +34,7 @@ class EngineState(Protocol):
     catalog: Catalog
     vectors: dict[tuple[str, str], VectorIndex]
     keywords: dict[tuple[str, str], KeywordIndex]
+    columns: dict[str, TypeColumns]  # where-filter column indexes per node type
     row_cache: RowCache
     memory_lsn: int
     replay_backlog: list[tuple[int, int, list[Op]]]
