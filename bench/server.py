@@ -61,10 +61,10 @@ def corpus(docs: int, seed: int = 7) -> list[Any]:
 def build(path: str, docs: int) -> dict[str, Any]:
     import knowledge
     from knowledge.embed import HashingEmbedder
-    from knowledge.graphrag import ingest
+    from knowledge.graphrag import NoExtractor, ingest
     embedder = HashingEmbedder(DIMENSION)
     with knowledge.open(path) as store:
-        ingest(store.session(), corpus(docs), embedder=embedder)
+        ingest(store.session(), corpus(docs), embedder=embedder, extractor=NoExtractor(), synonyms=False)
         store.create_principal("reader", read=["public"], write=["public"])
         token = store.issue_token("reader")
         store.define_node_type("Note", key="name", properties={"n": "int"})
@@ -254,6 +254,8 @@ def measure(quick: bool, workdir: str, soak_s: float | None = None) -> dict[str,
     work = build(path, docs)
     results: dict[str, Any] = {"machine": machine(), "load_before": list(os.getloadavg()), "docs": docs,
                                "build_s": round(time.time() - started, 1), "embedded": {}, "remote": {}}
+    import faiss
+    faiss.omp_set_num_threads(1)  # as `knowledge serve` runs it (--faiss-threads 1): the same scan code
     with knowledge.open(path, create=False) as store:  # the embedded baseline, same principal, same calls
         session = store.session("reader")
         results["embedded"] = rounds(session, work, calls)
@@ -333,7 +335,8 @@ def markdown(results: dict[str, Any], summary: dict[str, Any], command: str) -> 
     lines = [f"Command: `{command}`. Machine: {results['machine']}; load average before {results['load_before']}, "
              f"after {results['load_after']} (a shared 2-core VM: other sessions' work runs alongside). Store: "
              f"{results['docs']} synthetic GraphRAG documents (384-d hashing embeddings), read as a non-admin "
-             f"principal; the server is `knowledge serve` in its own process with its defaults (audit log on); "
+             f"principal; the server is `knowledge serve` in its own process with its defaults (audit log on, faiss on "
+             f"one OpenMP thread per call, as the embedded baseline too); "
              f"clients in up to 8 processes.", "",
              f"Latency, one caller (embedded call vs the same call through the server, sequential; median of "
              f"{ROUNDS} interleaved rounds; the embedded baseline measured before and after the server phase, the "

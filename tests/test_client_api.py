@@ -22,7 +22,7 @@ from knowledge.errors import (
     TypeMismatch,
     UnknownType,
 )
-from knowledge.graphrag import Document, RetrievalResult, RetrievedChunk, ingest
+from knowledge.graphrag import Document, NoExtractor, RetrievalResult, RetrievedChunk, ingest
 
 BORN = dt.datetime(1815, 12, 10, 8, 30)
 
@@ -238,7 +238,7 @@ def test_retrieve_matches_across_backends(api_store):
     docs = [Document("bees", "Honey bees live in hives and make honey from nectar.", title="Bees", labels=["public"]),
             Document("rhine", "The Rhine flows through Switzerland to the North Sea.", title="Rhine", labels=["public"]),
             Document("memo", "Project Nightingale is a secret merger in Zurich.", title="Memo", labels=["secret"])]
-    ingest(api_store.session(), docs, embedder=embedder)
+    ingest(api_store.session(), docs, embedder=embedder, extractor=NoExtractor(), synonyms=False)
     api_store.create_principal("reader", read=["public"])
     result = api_store.session("reader").retrieve("where do honey bees live", k=2, mode="hybrid",
                                                   embedder=embedder, token_budget=200)

@@ -317,6 +317,12 @@ def test_audit_log_is_persisted_and_rotated(tmp_path):
         served.close()
 
 
+def test_a_taken_port_is_refused(served):
+    port = served.address.rpartition(":")[2]
+    with pytest.raises(Unavailable, match="in use"):
+        KnowledgeServer(served.store, ServerConfig(listen=f"127.0.0.1:{port}"))
+
+
 def test_unreachable_server_is_unavailable():
     with knowledge.connect("127.0.0.1:1", token="kn_x", timeout_s=2) as client, pytest.raises(Unavailable):
         client.session().count()

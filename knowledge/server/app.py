@@ -20,7 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from knowledge.errors import KnowledgeError
+from knowledge.errors import KnowledgeError, Unavailable
 from knowledge.server import status
 from knowledge.server.audit_files import PersistentAudit
 from knowledge.server.calls import Calls, PrimaryRole, Role
@@ -96,7 +96,14 @@ class KnowledgeServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
                                             self.server)
-        self.port = self._bind()
+        try:
+            self.port = self._bind()
+        except RuntimeError as exc:  # grpc's "Failed to bind"
+            self._unwrap_audit()
+            raise Unavailable(f"cannot listen on {self.config.listen!r} ({exc}): is the port in use?") from None
+        if not self.port:
+            self._unwrap_audit()
+            raise Unavailable(f"cannot listen on {self.config.listen!r}: is the port in use?")
         host = self.config.listen.rpartition(":")[0]
         self.address = f"{host}:{self.port}"
 
@@ -116,6 +123,13 @@ class KnowledgeServer:
                                                   require_client_auth=client_ca is not None)
         return self.server.add_secure_port(config.listen, credentials)
 
+    def _unwrap_audit(self) -> None:
+        """Close the audit files and give the store back its own audit ring."""
+        if self.audit is not None:
+            self.audit.close()
+            if self.store.audit is self.audit:
+                self.store.audit = self.audit.ring
+
     def start(self) -> KnowledgeServer:
         self.server.start()
         for name in ("", SERVICE_NAME):
@@ -133,8 +147,7 @@ class KnowledgeServer:
         self.server.stop(grace).wait()
         if not self.calls.gate.wait_idle(grace + 5):
             log.warning("%d calls still running after the drain; closing anyway", self.calls.gate.inflight)
-        if self.audit is not None:
-            self.audit.close()
+        self._unwrap_audit()
         if self.owns_store:
             self.store.close()
         self._stopped.set()
@@ -167,6 +180,7 @@ def serve(data: str, config: ServerConfig, *, role: Role | None = None, audit: b
     stop = threading.Event()
     switch_s = sys.getswitchinterval()
     sys.setswitchinterval(config.gil_switch_ms / 1000)
+    _set_faiss_threads(config.faiss_threads)
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.start()
@@ -183,3 +197,11 @@ def serve(data: str, config: ServerConfig, *, role: Role | None = None, audit: b
         sys.setswitchinterval(switch_s)
     print("stopped", file=out, flush=True)
     return 0
+
+
+def _set_faiss_threads(threads: int) -> None:
+    try:
+        import faiss
+    except ImportError:  # pragma: no cover - faiss-cpu is a core dependency
+        return
+    faiss.omp_set_num_threads(threads)

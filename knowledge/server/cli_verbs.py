@@ -109,6 +109,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           client_ca=args.client_ca, insecure=args.insecure, cert_principals=args.cert_principals,
                           message_bytes_max=args.message_bytes_max, workers_max=args.workers,
                           principal_calls_max=args.principal_calls_max, heavy_reads_max=args.heavy_reads_max,
+                          faiss_threads=args.faiss_threads,
                           drain_s=args.drain_s)
     if getattr(args, "role", None):
         from knowledge.server.replication_serve import serve_replicated
@@ -225,6 +226,8 @@ def add_commands(sub: Any, command: Callable[..., argparse.ArgumentParser], prin
                    help="calls in flight per principal before RESOURCE_EXHAUSTED (default 64)")
     p.add_argument("--heavy-reads-max", type=positive_int, default=2, metavar="N",
                    help="searches/retrievals/scans running at once; more wait (default 2)")
+    p.add_argument("--faiss-threads", type=positive_int, default=1, metavar="N",
+                   help="OpenMP threads per faiss call (default 1: calls run side by side instead)")
     p.add_argument("--drain-s", type=float, default=30.0, metavar="S", help="SIGTERM: time for calls in flight (30)")
     p.add_argument("--no-audit", action="store_true", help="do not keep the audit log (on by default when serving)")
     from knowledge.server.replication_serve import add_replication_options, cmd_promote

@@ -35,11 +35,13 @@ class ServerConfig:
     audit_file_bytes_max: int = 64 << 20
     audit_files_max: int = 16
     changes_poll_ms: int = 50  # a following change feed looks for new commits this often
+    faiss_threads: int = 1  # `knowledge serve` runs faiss on this many OpenMP threads per call: the server's
+    # parallelism is its concurrent calls (several calls each on a multi-thread team oversubscribe the cores)
     gil_switch_ms: float = 1.0  # `knowledge serve` sets sys.setswitchinterval to this: a commit's thread gets
     # the interpreter back sooner while reader threads compute (Python's default is 5 ms)
 
     def __post_init__(self) -> None:
-        for name in ("message_bytes_max", "workers_max", "calls_max", "principal_calls_max", "heavy_reads_max",
+        for name in ("message_bytes_max", "workers_max", "calls_max", "principal_calls_max", "heavy_reads_max", "faiss_threads",
                      "audit_file_bytes_max", "audit_files_max", "changes_poll_ms"):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"server config {name} must be positive, got {getattr(self, name)}")
