@@ -22,7 +22,7 @@ from bench import datasets, measure
 
 EF_SWEEP = (32, 64, 128, 256, 512)
 QUICK_EF_SWEEP = (32, 128, 512)
-QUICK_QUERIES = 30
+QUICK_QUERIES = 20
 
 
 @dataclass(frozen=True)

@@ -32,4 +32,12 @@ def run(context: Context) -> dict[str, Any]:
         raise NotAvailable(f"replication cannot be imported here: {error}") from error
     if not hasattr(module, "suite"):
         raise NotAvailable("bench/replication.py has no suite(quick, workdir) entry point yet")
+    if context.smoke:
+        raise NotAvailable("skipped at --smoke size: five three-node clusters take minutes to start")
     return module.suite(quick=context.quick, workdir=context.workdir)
+
+
+def render(result: dict[str, Any]) -> str:
+    import importlib
+
+    return importlib.import_module("bench.replication")._markdown(result)

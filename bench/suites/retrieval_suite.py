@@ -30,7 +30,7 @@ def run(context: Context) -> dict[str, Any]:
 
     bundle = demo.load_bundle()
     embedder = demo.load_embedder(bundle)
-    questions = bundle.questions[:context.pick(len(bundle.questions), 60, 8)]
+    questions = bundle.questions[:context.pick(len(bundle.questions), 40, 8)]
     golds = [{demo.doc_id(i) for i in q["supporting_idx"]} for q in questions]
     docs = demo.documents(bundle)
     if context.smoke:  # the gold passages of the few questions plus a few hundred others

@@ -57,7 +57,7 @@ def _run(context: Context) -> dict[str, Any]:
 
 def _data_sets(context: Context) -> dict[str, tuple[datasets.DataSet, str]]:
     if context.quick:
-        rows, queries = context.pick(None, (10_000, 100), (3_000, 20))
+        rows, queries = context.pick(None, (10_000, 60), (3_000, 20))
         synthetic = datasets.clustered(rows, queries, clusters=context.pick(300, 300, 50), seed=context.seed)
         real = datasets.minilm(queries_max=queries)
         return {"synthetic": (synthetic, "hnsw"), "real": (real, "auto")}
