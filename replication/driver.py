@@ -66,6 +66,7 @@ class Replicator:
         self._waiters: dict[int, _Waiter] = {}
         self._payloads: dict[int, bytes] = {}
         self._writable = False
+        self._retain_lsn = 1  # the node's last retain_from_lsn: WAL records below it are not needed by replicas
         self._barrier: Position | None = None  # this primary's first record (its epoch's barrier)
         self._want_primary = False  # --role primary: campaign until this node is primary once
         self._stop = threading.Event()
@@ -129,6 +130,10 @@ class Replicator:
         if outcome is None:
             raise CommitOutcomeUnknown(f"commit {lsn} outcome unknown: replication stopped or stalled", lsn=lsn)
         return outcome.result().lsn
+
+    def retain_from(self, lsn: int) -> int:
+        """The oldest LSN a checkpoint may keep the WAL from: `lsn`, or older while replicas still need it."""
+        return min(lsn, self._retain_lsn)
 
     # -- reads ------------------------------------------------------------------------------------
     def wait_readable(self, min_lsn: int | Position, timeout_s: float) -> bool:
@@ -260,6 +265,7 @@ class Replicator:
             self.send(message.to, message)
         self._apply(ready)
         self._resolve(ready)
+        self._retain_lsn = ready.retain_from_lsn
         with self.lock:
             node.advance(ready)
             # writes (and reads that must see every acknowledged write) only once the barrier committed:

@@ -12,7 +12,7 @@ import json
 import os
 from typing import Any
 
-from knowledge.errors import CorruptionError
+from knowledge.errors import CorruptionError, InvariantViolation
 from knowledge.replication.lsn import EpochHistory, EpochStart
 from knowledge.replication.messages import Entry
 from knowledge.replication.ready import DurableState, HardState
@@ -114,6 +114,9 @@ class WalLog:
                 out.append(entry)
                 total += len(entry.payload)
             return out
+        if first_lsn < self.wal.first_lsn:
+            raise InvariantViolation(f"WAL records from LSN {first_lsn} asked for, but the log starts at "
+                                     f"{self.wal.first_lsn}")
         for record in self.wal.read_from(first_lsn, until_lsn=last_lsn):
             if out and total + len(record.payload) > bytes_max:
                 break

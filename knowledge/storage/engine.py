@@ -392,7 +392,8 @@ class Engine:
                     write_snapshot(self.snapshot_path(type_name, prop, "keywords"), lsn, keywords.snapshot())
             with self.tables.lock:  # from now on a missing snapshot is worth a warning
                 self.tables.con.execute("INSERT OR REPLACE INTO _meta VALUES ('snapshots_lsn', ?)", [str(lsn)])
-            self.wal.remove_segments_before(lsn + 1)
+            keep_from = lsn + 1 if self.replicator is None else self.replicator.retain_from(lsn + 1)
+            self.wal.remove_segments_before(keep_from)  # replication keeps what lagging replicas still need
             return lsn
 
     def schedule_index_builds(self, *, tail_rows_max: int | None = None) -> int:
