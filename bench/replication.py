@@ -151,6 +151,83 @@ def _policy(root: str, policy: str, commits: int, clients: int, seconds: float, 
         cluster.close()
 
 
+def _embedded(root: str, policy: str | None, commits: int, threads: int, seconds: float) -> dict[str, Any]:
+    """The store in this process (no client RPC): local-only (policy None) or the primary of a cluster
+    whose two replicas are `knowledge serve --role replica` processes; sequential latency, then
+    `threads` concurrent committers sharing fsyncs and Appends (group commit)."""
+    import dataclasses
+    from concurrent import futures
+
+    import grpc
+
+    import knowledge
+    from knowledge.replication.config import NodeConfig
+    from knowledge.replication.driver import Replicator
+    from knowledge.replication.policy import parse_policy
+    from knowledge.replication.transport import Links, handler
+    from knowledge.server.replication_serve import parse_members
+
+    name = "embedded-" + (policy or "local").replace("(", "").replace(")", "")
+    cluster = Cluster(os.path.join(root, name), ZONES, policy or "async", seed_store)
+    config = dataclasses.replace(knowledge.StoreConfig(), replicated=policy is not None)
+    store = knowledge.open(cluster.data("a"), config=config)
+    cleanup: list[Any] = []
+    try:
+        if policy is not None:
+            cluster.start("b", "replica", primary="a")
+            cluster.start("c", "replica", primary="a")
+            cluster.wait_ready("b", "c")
+            zones, addresses = parse_members(cluster.members("a"))
+            links = Links(addresses, "a")
+            replicator = Replicator(store.engine, NodeConfig("a", zones, parse_policy(policy)), addresses, links.send)
+            server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+            server.add_generic_rpc_handlers((handler(replicator),))
+            server.add_insecure_port(cluster.address("a"))
+            server.start()
+            replicator.start(campaign=True)
+            cleanup = [lambda: server.stop(0), replicator.close, links.close]
+            deadline = time.monotonic() + 120
+            while replicator.primary_address() is not None and time.monotonic() < deadline:
+                time.sleep(0.05)
+        session = store.session()
+
+        def commit(key: str) -> None:
+            tx = session.transaction()
+            tx.upsert_nodes("Doc", [{"name": key, "n": 1}])
+            tx.commit()
+        latencies = []
+        for i in range(commits + 10):
+            start = time.perf_counter()
+            commit(f"s{i}")
+            if i >= 10:
+                latencies.append((time.perf_counter() - start) * 1000)
+        done = [0] * threads
+        stop = threading.Event()
+
+        def run(k: int) -> None:
+            i = 0
+            while not stop.is_set():
+                commit(f"g{k}-{i}")
+                i += 1
+                done[k] += 1
+        workers = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(threads)]
+        for w in workers:
+            w.start()
+        time.sleep(0.5)
+        before, start = sum(done), time.perf_counter()
+        time.sleep(seconds)
+        rate = (sum(done) - before) / (time.perf_counter() - start)
+        stop.set()
+        for w in workers:
+            w.join(60)
+        return {"latency": series_ms(latencies), "writes_per_s": rate, "fsyncs": store.engine.wal.fsync_count}
+    finally:
+        for action in cleanup:
+            action()
+        store.close()
+        cluster.close()
+
+
 def _failover(root: str, trials: int) -> dict[str, Any]:
     if not etcd_available():
         return {"available": False, "reason": "etcd-server is not installed"}
@@ -206,6 +283,8 @@ def suite(quick: bool = True, workdir: str | None = None) -> dict[str, Any]:
         load_before = os.getloadavg()[0]
         local = _local(root, commits, clients, seconds)
         policies = {p: _policy(root, p, commits, clients, seconds, lag_s if p == "sync(1)" else 0) for p in POLICIES}
+        embedded = {name: _embedded(root, policy, commits, 4 * clients, seconds)
+                    for name, policy in (("local", None), ("sync(1)", "sync(1)"))}
         failover = _failover(root, trials)
         load_after = os.getloadavg()[0]
     finally:
@@ -221,6 +300,7 @@ def suite(quick: bool = True, workdir: str | None = None) -> dict[str, Any]:
             "commit_policies": {"local": local["latency"], **{p: policies[p]["latency"] for p in POLICIES}},
             "writes_per_s": {"local": local["writes_per_s"], **{p: policies[p]["writes_per_s"] for p in POLICIES}},
             "added_p50_ms": {p: policies[p]["latency"]["p50_ms"] - base_p50 for p in POLICIES},
+            "embedded": embedded,
             "failover": failover, "lag": {"series": series_ms(lag), "samples": samples},
             "snapshot_transfer": {"available": False, "reason": "snapshot transfer is not implemented yet"},
             "sizes": {"commits": commits, "clients": clients, "seconds": seconds, "failover_trials": trials},
@@ -238,6 +318,13 @@ def _markdown(r: dict[str, Any]) -> str:
         added = "-" if name == "local" else f"{r['added_p50_ms'][name]:+.2f}"
         lines.append(f"| {name} | {series['p50_ms']:.2f} | {series['p99_ms']:.2f} | {added} | "
                      f"{r['writes_per_s'][name]:.0f} |")
+    e = r["embedded"]
+    lines += ["", f"The store in the benchmark's process (no client RPC), {r['sizes']['clients'] * 4} concurrent "
+              f"committers (group commit), replicas as processes:", "",
+              "| embedded | p50 ms | p99 ms | writes/s |", "|---|---|---|---|"]
+    for name, row in e.items():
+        lines.append(f"| {name} | {row['latency']['p50_ms']:.2f} | {row['latency']['p99_ms']:.2f} | "
+                     f"{row['writes_per_s']:.0f} |")
     f = r["failover"]
     lines.append("")
     if f.get("available"):
