@@ -235,8 +235,10 @@ def _failover(root: str, trials: int) -> dict[str, Any]:
     cluster = Cluster(os.path.join(root, "failover"), ZONES, "sync(1)", seed_store)
     cluster.extra_args = ["--etcd", etcd.address, "--etcd-ttl", "2"]
     times, lost, acked_total = [], 0, 0
-    timeline: list[dict[str, float]] = []
     events: list[dict[str, Any]] = []
+    acked_at: list[float] = []
+    timeline: list[dict[str, float]] = []
+    origin = time.monotonic()
     try:
         for n in ZONES:
             cluster.start(n, "replica")
@@ -250,6 +252,8 @@ def _failover(root: str, trials: int) -> dict[str, Any]:
             cluster.kill(primary)
             writer.finish()
             acked += writer.acked
+            acked_at += writer.acked_at
+            events.append({"t_s": round(killed_at - origin, 3), "name": f"trial {trial}: {primary} killed"})
             successor = wait_primary(cluster, [n for n in ZONES if n != primary])
             while True:  # writes accepted again: one commit returns on the successor
                 try:
@@ -261,12 +265,16 @@ def _failover(root: str, trials: int) -> dict[str, Any]:
                 except KnowledgeError:
                     time.sleep(0.05)
             times.append(time.monotonic() - killed_at)
-            events.append({"t_s": round(sum(times), 3), "name": f"trial {trial}: {primary} killed, {successor} took over"})
+            events.append({"t_s": round(time.monotonic() - origin, 3), "name": f"{successor} accepts writes"})
             lost = len(missing_keys(cluster, successor, acked))
             acked_total = len(acked)
             cluster.start(primary, "replica")
             cluster.wait_ready(primary)
-        timeline = [{"t_s": round(t, 3), "writes_per_s": 0.0} for t in times]
+        end = time.monotonic() - origin
+        bins = [0] * (int(end / 0.25) + 1)
+        for t in acked_at:
+            bins[min(len(bins) - 1, int((t - origin) / 0.25))] += 1
+        timeline = [{"t_s": round(i * 0.25, 2), "writes_per_s": count / 0.25} for i, count in enumerate(bins)]
     finally:
         cluster.close()
         etcd.close()

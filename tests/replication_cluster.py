@@ -237,6 +237,7 @@ class Writer:
         self.node = node
         self.prefix = prefix
         self.acked: list[str] = []
+        self.acked_at: list[float] = []  # time.monotonic() of each acknowledgement
         self.errors: list[str] = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -262,6 +263,7 @@ class Writer:
                     tx.upsert_nodes("Doc", [{"name": key, "n": i}])
                     tx.commit()
                     self.acked.append(key)
+                    self.acked_at.append(time.monotonic())
                 except KnowledgeError as exc:
                     self.errors.append(f"{type(exc).__name__}: {exc}"[:200])
                     time.sleep(0.05)
