@@ -33,6 +33,8 @@ def run(context: Context) -> dict[str, Any]:
     if not hasattr(module, "suite"):
         raise NotAvailable("bench/replication.py has no suite(quick, workdir) entry point yet")
     if context.smoke:
+        raise NotAvailable("skipped at --smoke size: three server processes per commit policy take minutes")
+    if context.smoke:
         raise NotAvailable("skipped at --smoke size: five three-node clusters take minutes to start")
     return module.suite(quick=context.quick, workdir=context.workdir)
 
