@@ -77,6 +77,12 @@ class KnowledgeServer:
         self.owns_store = owns_store
         self.calls = Calls(store, role or PrimaryRole(), self.config.principal_calls_max, self.config.cert_principals,
                            self.config.heavy_reads_max)
+        from knowledge.metrics import ServerMetrics, json_logging
+        if self.config.log_json and not any(getattr(h, "knowledge_json", False) for h in log.handlers):
+            json_logging(log).knowledge_json = True  # type: ignore[attr-defined]
+        self.metrics = ServerMetrics(self.config.metrics_listen, self.config.recall_sample_fraction,
+                                     logger=log if self.config.log_json else None)
+        self.calls.metrics = self.metrics
         self._stop = threading.Event()
         self._stopped = threading.Event()
         self.audit: PersistentAudit | None = None
@@ -132,6 +138,7 @@ class KnowledgeServer:
 
     def start(self) -> KnowledgeServer:
         self.server.start()
+        self.metrics.start(self.store)
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self
@@ -147,6 +154,7 @@ class KnowledgeServer:
         self.server.stop(grace).wait()
         if not self.calls.gate.wait_idle(grace + 5):
             log.warning("%d calls still running after the drain; closing anyway", self.calls.gate.inflight)
+        self.metrics.close()
         self._unwrap_audit()
         if self.owns_store:
             self.store.close()
@@ -187,6 +195,8 @@ def serve(data: str, config: ServerConfig, *, role: Role | None = None, audit: b
         mode = "mTLS" if config.client_ca else "TLS" if config.tls else "plaintext"
         print(f"listening on {server.address} ({mode}, store {store.path}, audit "
               f"{'on' if audit else 'off'})", file=out, flush=True)
+        if server.metrics.exporter is not None:
+            print(f"metrics on {server.metrics.exporter.url}", file=out, flush=True)
         while not stop.wait(0.5):
             pass
         print("draining: finishing calls in flight", file=out, flush=True)

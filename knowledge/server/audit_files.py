@@ -51,8 +51,10 @@ class PersistentAudit:
     def record(self, principal: str, api: str, node_ids: Iterable[int], lsn: int) -> None:
         ids = list(node_ids)
         self.ring.record(principal, api, ids, lsn)
+        from knowledge.metrics import current_request_id
         line = json.dumps({"timestamp_ns": time.time_ns(), "principal": principal, "api": api,
-                           "node_ids": ids[:IDS_PER_LINE_MAX], "node_count": len(ids), "lsn": lsn},
+                           "node_ids": ids[:IDS_PER_LINE_MAX], "node_count": len(ids), "lsn": lsn,
+                           "request_id": current_request_id()},
                           separators=(",", ":"))
         with self._lock:
             if self._file.closed:

@@ -132,6 +132,7 @@ class Calls:
         self.limiter = Limiter(principal_calls_max)
         self.gate = Gate()
         self.cert_principals = cert_principals
+        self.metrics: Any = None  # knowledge.metrics.ServerMetrics, set by KnowledgeServer
         self._local = threading.local()
 
     def principal_name(self, context: grpc.ServicerContext, metadata: dict[str, Any] | None = None
@@ -325,5 +326,22 @@ def handler(*, write: bool = False, admin: bool = False,
                                                      f"{type(exc).__name__}: {exc}"))
             finally:
                 calls.gate.leave()
-        return call
+        return _observed(method.__name__, call)
     return wrap
+
+
+def _observed(rpc: str, call: Callable[..., Any]) -> Callable[..., Any]:
+    """`call` timed and counted by its status code in the server's metrics (knowledge.metrics), if any."""
+    @functools.wraps(call)
+    def observed(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        metrics = getattr(self.calls, "metrics", None)
+        if metrics is None:
+            return call(self, request, context)
+        with metrics.call(rpc) as record:
+            try:
+                return call(self, request, context)
+            finally:
+                code = context.code() if hasattr(context, "code") else None
+                if code is not None:
+                    record.code = code.name
+    return observed

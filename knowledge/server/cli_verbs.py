@@ -110,7 +110,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           message_bytes_max=args.message_bytes_max, workers_max=args.workers,
                           principal_calls_max=args.principal_calls_max, heavy_reads_max=args.heavy_reads_max,
                           faiss_threads=args.faiss_threads,
-                          drain_s=args.drain_s)
+                          drain_s=args.drain_s, metrics_listen=args.metrics,
+                          recall_sample_fraction=args.recall_sample, log_json=args.log_json)
     if getattr(args, "role", None):
         from knowledge.server.replication_serve import serve_replicated
         return serve_replicated(args, config)
@@ -230,6 +231,10 @@ def add_commands(sub: Any, command: Callable[..., argparse.ArgumentParser], prin
                    help="OpenMP threads per faiss call (default 1: calls run side by side instead)")
     p.add_argument("--drain-s", type=float, default=30.0, metavar="S", help="SIGTERM: time for calls in flight (30)")
     p.add_argument("--no-audit", action="store_true", help="do not keep the audit log (on by default when serving)")
+    p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics")
+    p.add_argument("--recall-sample", type=float, default=0.0, metavar="F",
+                   help="re-run this share of searches exactly in the background; export their recall (0)")
+    p.add_argument("--log-json", action="store_true", help="one JSON log line per call, with its request id")
     from knowledge.server.replication_serve import add_replication_options, cmd_promote
     add_replication_options(p)
     p = command(sub, "promote", lambda a: cmd_promote(a, print_json),

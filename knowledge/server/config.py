@@ -34,7 +34,10 @@ class ServerConfig:
     drain_s: float = 30.0  # on SIGTERM: how long in-flight calls may take to finish
     audit_file_bytes_max: int = 64 << 20
     audit_files_max: int = 16
-    changes_poll_ms: int = 50  # a following change feed looks for new commits this often
+    changes_poll_ms: int = 50
+    metrics_listen: str | None = None  # HOST:PORT of the Prometheus exporter (knowledge.metrics); None: off
+    recall_sample_fraction: float = 0.0  # share of searches re-run exactly in the background (sampled recall)
+    log_json: bool = False  # one JSON log line per call, with its request id  # a following change feed looks for new commits this often
     faiss_threads: int = 1  # `knowledge serve` runs faiss on this many OpenMP threads per call: the server's
     # parallelism is its concurrent calls (several calls each on a multi-thread team oversubscribe the cores)
     gil_switch_ms: float = 1.0  # `knowledge serve` sets sys.setswitchinterval to this: a commit's thread gets
@@ -47,6 +50,11 @@ class ServerConfig:
                 raise InvalidArgument(f"server config {name} must be positive, got {getattr(self, name)}")
         if not 0 < self.gil_switch_ms <= 100:
             raise InvalidArgument(f"server config gil_switch_ms must be in (0, 100], got {self.gil_switch_ms}")
+        if not 0.0 <= self.recall_sample_fraction <= 1.0:
+            raise InvalidArgument(f"--recall-sample must be in [0, 1], got {self.recall_sample_fraction}")
+        if self.metrics_listen is not None:
+            from knowledge.metrics import parse_listen
+            parse_listen(self.metrics_listen)
         if self.drain_s < 0:
             raise InvalidArgument(f"server config drain_s must be >= 0, got {self.drain_s}")
         if (self.tls_cert is None) != (self.tls_key is None):

@@ -114,9 +114,13 @@ class Reads:
     @handler(heavy=True)
     def Search(self, request: pb.SearchRequest, session: Any, context: Any) -> pb.TableReply:
         columns = wire.columns_from_proto(request.columns, request.HasField("columns"))
-        return _table(session.search(_vector(request.vector, request.vector_f32, "the query vector"), k=int(request.k),
-                                     type=request.type or None, property=request.property or None,
-                                     where=wire.where_from_proto(request.where), columns=columns))
+        vector, where = _vector(request.vector, request.vector_f32, "the query vector"), wire.where_from_proto(request.where)
+        table = session.search(vector, k=int(request.k), type=request.type or None,
+                               property=request.property or None, where=where, columns=columns)
+        if self.calls.metrics is not None:  # the plan taken; maybe re-run exactly for sampled recall
+            self.calls.metrics.searched(session, vector, int(request.k), table, type=request.type or None,
+                                        property=request.property or None, where=where)
+        return _table(table)
 
     @handler(heavy=True)
     def KeywordSearch(self, request: pb.KeywordSearchRequest, session: Any, context: Any) -> pb.TableReply:
@@ -134,6 +138,8 @@ class Reads:
         if len(request.query_vector) or request.query_vector_f32:
             options["query_vector"] = _vector(request.query_vector, request.query_vector_f32, "the query vector")
         result = session.retrieve(request.question, k=int(request.k), mode=request.mode or "auto", **options)
+        if self.calls.metrics is not None:
+            self.calls.metrics.retrieved(result)  # per-stage latency
         return pb.RetrieveReply(result_json=wire.result_to_json(result))
 
     @handler()

@@ -21,7 +21,7 @@ import errno
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from knowledge.errors import CorruptionError, InvalidArgument, StorageFull, StorePoisoned, invariant
 from knowledge.storage.wal import record as frames
@@ -72,6 +72,7 @@ class WriteAheadLog:
         self._durable_lsn = 0
         self._failed: BaseException | None = None
         self.fsync_count = 0
+        self.on_sync: Callable[[float], None] | None = None  # told each sync's seconds (server metrics)
         self.recovery = RecoveryReport()
         os.makedirs(directory, exist_ok=True)
         self._recover(allow_data_loss)
@@ -289,8 +290,11 @@ class WriteAheadLog:
                 fd = os.dup(self._fd)  # a concurrent segment roll may close self._fd meanwhile
             try:
                 if self.fsync_enabled:
+                    started = time.perf_counter()
                     _datasync(fd)
                     self.fsync_count += 1
+                    if self.on_sync is not None:
+                        self.on_sync(time.perf_counter() - started)
             except OSError as exc:
                 self._failed = exc  # after a failed fsync the page cache state is unknown
                 raise StorePoisoned(f"WAL fsync failed: {exc}") from exc
