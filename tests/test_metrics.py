@@ -261,3 +261,76 @@ def test_server_metrics_wraps_calls_searches_and_retrieves(tmp_path):
         store.close()
     with pytest.raises(InvalidArgument):
         ServerMetrics("nowhere")
+
+
+def test_a_served_store_exports_metrics_and_request_ids(tmp_path):
+    """A real KnowledgeServer with --metrics: calls through knowledge.connect, counted by RPC and status code,
+    sampled recall, and the persisted audit log naming each read's request id."""
+    from remote_fixture import ServedStore
+
+    from knowledge.server import ServerConfig
+    from knowledge.server.audit_files import read_audit
+    from knowledge.slo import check
+
+    config = ServerConfig(listen="127.0.0.1:0", metrics_listen="127.0.0.1:0", recall_sample_fraction=1.0)
+    served = ServedStore(str(tmp_path / "s"), config, store_config=knowledge.StoreConfig(audit=True))
+    try:
+        served.store.define_node_type("Doc", key="id", properties={"emb": "vector[4]"})
+        served.store.session().transaction().upsert_nodes(
+            "Doc", [{"id": f"d{i}", "emb": [1.0, float(i), 0.5, 0.0], "_labels": ["public"]} for i in range(30)]).commit()
+        with served.client() as client:
+            session = client.session()
+            for i in range(6):
+                session.search([1.0, float(i), 0.5, 0.0], k=3)
+            with pytest.raises(NotFound):
+                session.get("Doc", "nobody")
+        served.server.metrics.sampler.drain()
+        url = served.server.metrics.exporter.url
+        samples = scrape(url)
+        assert value(samples, "knowledge_rpc_requests_total", rpc="Search", code="OK") == 6
+        assert value(samples, "knowledge_rpc_latency_seconds_count", rpc="Search") == 6
+        assert value(samples, "knowledge_rpc_errors_total", rpc="Get", code="NOT_FOUND") == 1
+        assert value(samples, "knowledge_search_plans_total") == 6
+        assert value(samples, "knowledge_search_recall_count") == 6
+        assert value(samples, "knowledge_search_recall_sum") == pytest.approx(6.0)
+        assert value(samples, "knowledge_index_rows", index="Doc.emb") == 30
+        assert value(samples, "knowledge_wal_fsync_seconds_count") >= 2  # the schema change and the rows
+        slo = tmp_path / "slo.toml"
+        slo.write_text('[[objectives]]\nname = "search"\nkind = "latency"\nthreshold_ms = 10000\ntarget = 0.9\n'
+                       'prometheus = { metric = "knowledge_rpc_latency_seconds", labels = { rpc = "Search" } }\n'
+                       '[[objectives]]\nname = "recall"\nkind = "recall"\ntarget = 0.9\n'
+                       'prometheus = { metric = "knowledge_search_recall" }\n')
+        report = check(url, str(slo))
+        assert [e.status for e in report.evaluations] == ["met", "met"]
+    finally:
+        served.close()
+    entries = [e for e in read_audit(str(tmp_path / "s" / "audit")) if e["api"] == "search"]
+    assert len(entries) == 6
+    ids = [e["request_id"] for e in entries]
+    assert all(isinstance(i, str) and len(i) == 16 for i in ids) and len(set(ids)) == 6
+
+
+def test_knowledge_serve_metrics_flag(tmp_path):
+    """`knowledge serve --metrics 127.0.0.1:0 --recall-sample 0.5 --log-json` prints where the exporter is;
+    a scrape answers; SIGTERM stops both."""
+    import signal
+    import subprocess
+    import sys
+
+    knowledge.open(str(tmp_path / "s")).close()
+    process = subprocess.Popen([sys.executable, "-m", "knowledge.cli", "serve", "--data", str(tmp_path / "s"),
+                                "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--recall-sample", "0.5",
+                                "--log-json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first, second = process.stdout.readline(), process.stdout.readline()
+        assert first.startswith("listening on "), first + process.stderr.read()
+        assert second.startswith("metrics on http://127.0.0.1:"), second
+        samples = scrape(second.split()[2])
+        assert "knowledge_wal_fsync_seconds_count" in samples and "knowledge_recall_samples_dropped_total" in samples
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=60)
+    assert process.returncode == 0
+    bad = subprocess.run([sys.executable, "-m", "knowledge.cli", "serve", "--data", str(tmp_path / "s"),
+                          "--recall-sample", "2"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "recall-sample" in bad.stderr
