@@ -6,8 +6,10 @@ stream resumes, unless the replica applied records the primary never had (degrad
 older epoch) or needs records the WAL no longer holds, when it is sent a snapshot instead.
 Heartbeats are empty Appends after the replica's match point (they always match) carrying the
 commit LSN, or after next_lsn - 1 until the replica was heard from in this epoch (a replica that
-does not hold it re-subscribes); an Append or ack lost on the way shows as a stall, after which an empty Append
-after next_lsn - 1 asks the replica whether it holds it (if not, it re-subscribes).
+does not hold it re-subscribes). An Append or ack lost on the way shows as a stall, after which an
+empty Append after next_lsn - 1 asks the replica whether it holds it (if not, it re-subscribes).
+A Subscribe of an older epoch only earns such a probe: an older primary may have rewritten the
+replica's tail since it was sent, and match_lsn never goes back.
 """
 
 from __future__ import annotations
@@ -146,6 +148,14 @@ class PrimaryRole:
         node = self.node
         progress = self.progress.get(message.sender)
         if progress is None:
+            return
+        if message.epoch < node.epoch:
+            # sent before the replica learned of this epoch: an older primary may have rewritten its
+            # tail since, so it proves nothing about the log now (trusted, it set match_lsn past the
+            # replica's log for good: resume-from-match, probe, Subscribe, forever). Ask instead;
+            # the reply carries this epoch and a replica that does not hold its prev re-subscribes.
+            progress.probe = True
+            self.dirty.add(message.sender)
             return
         if message.incarnation == progress.incarnation and message.sequence <= progress.sequence:
             progress.probe = True  # a delayed duplicate: ask where it stands instead

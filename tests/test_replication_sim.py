@@ -318,6 +318,49 @@ def test_a_deposed_primary_truncates_its_unacknowledged_tail_to_the_new_history(
         cluster.logs["n1"].last_lsn)
 
 
+def test_a_subscribe_from_an_older_epoch_cannot_pin_a_replica_past_its_log():
+    """Seed 9235's cause, scripted: n2 reports its log in epoch 1, an epoch-2 primary then rewrites
+    its tail, and the report reaches the epoch-3 primary late. Trusted, it set match_lsn past what
+    n2 holds, and every later Subscribe resumed from there: a resync storm, never converging."""
+    cluster = Cluster(THREE_ZONES, "sync(2)", heartbeat_ticks=2, primary_timeout_ticks=6)
+    cluster.elect("n0", 1)
+    cluster.write("n0", b"w1")
+    cluster.deliver()
+    cluster.isolate("n1")
+    cluster.write("n0", b"n0-tail-1")
+    cluster.write("n0", b"n0-tail-2")
+    cluster.deliver()
+    n2 = cluster.node("n2")
+    assert n2.last == Position(1, 4)
+    cluster.cut.add(frozenset(("n0", "n2")))
+    for _ in range(6):  # n2 misses its primary and re-subscribes in epoch 1: the message is delayed
+        n2.tick()
+        cluster.drive("n2")
+    stale = [m for m in cluster.queue if isinstance(m, Subscribe) and m.sender == "n2"][-1]
+    cluster.queue.remove(stale)
+    assert (stale.epoch, stale.last_lsn) == (1, 4)
+    cluster.elect("n1", 2)  # sync(2) over three nodes: a lone candidate wins
+    assert cluster.node("n1").role is Role.PRIMARY
+    cluster.write("n1", b"n1-tail")
+    cluster.cut = {frozenset(("n0", "n1")), frozenset(("n0", "n2"))}
+    cluster.tick(6)
+    assert n2.epoch == 2 and n2.history.epoch_at(4) == 2  # its epoch-1 tail is gone
+    cluster.elect("n0", 3)
+    assert cluster.node("n0").role is Role.PRIMARY
+    cluster.node("n0").step(stale)
+    cluster.drive("n0")
+    assert cluster.node("n0").primary.progress["n2"].match_lsn <= 2  # n2 holds only 1..2 of n0's log
+    cluster.heal()
+    cluster.tick(20)
+    assert cluster.node("n1").role is Role.REPLICA
+    primary_log = cluster.logs["n0"]
+    for replica in ("n1", "n2"):
+        log = cluster.logs[replica]
+        assert log.last_lsn == primary_log.last_lsn
+        assert log.prefix_hash(log.last_lsn) == primary_log.prefix_hash(primary_log.last_lsn)
+    assert cluster.payloads("n2") == [b"w1", b"n0-tail-1", b"n0-tail-2"]
+
+
 def test_the_most_advanced_replica_wins_and_holds_every_acknowledged_write():
     cluster = Cluster(THREE_ZONES, "sync(1)", campaign_ticks=10)
     cluster.elect("n0", 1)
@@ -459,6 +502,11 @@ def test_simulation_under_each_policy(policy):
     results = [sim.run_seed(10_000 + seed, policy=policy, **SHORT) for seed in range(8)]
     assert sum(r.failovers for r in results) > 0
 
+
+def test_seed_9235_converges_after_a_delayed_subscribe_of_an_older_epoch():
+    """The seed that found the resync storm above (n2 stuck at 85, the primary n0 at 160)."""
+    result = sim.run_seed(9235)
+    assert result.failovers > 0 and result.acked > 0
 
 @pytest.mark.slow
 def test_simulation_ten_thousand_seeds():
