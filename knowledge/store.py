@@ -238,7 +238,9 @@ class Store:
         """Add an optional property to an existing node or edge type."""
         if type_name in self.schema.nodes:
             node = self.schema.nodes[type_name]
-            return self.apply_schema({"nodes": {type_name: {"key": node.key, "properties": {name: spec}}}})
+            key_spec = self.schema.to_dict()["nodes"][type_name]["properties"][node.key]  # keeps an int key int
+            return self.apply_schema({"nodes": {type_name: {"key": node.key,
+                                                            "properties": {node.key: key_spec, name: spec}}}})
         if type_name in self.schema.edges:
             edge = self.schema.edges[type_name]
             return self.apply_schema({"edges": {type_name: {"source": list(edge.sources), "target": list(edge.targets),

@@ -225,7 +225,7 @@ class Engine:
                     self.memory_lsn = lsn  # inside the state lock: a snapshot sees ops and LSN together
                     self._enqueue(lsn, ops)
             except BaseException as exc:
-                self.fail(exc)
+                self.fail(exc, holding_memory_turn=True)  # fail() taking the lock again would deadlock
                 raise
             self._memory_turn.notify_all()
         return lsn
@@ -272,13 +272,17 @@ class Engine:
                 self._view_seeded = True
             return self.view_clock.lsn_for(principal, named)
 
-    def fail(self, exc: BaseException) -> None:
-        """Poison the store: every later call raises StorePoisoned until it is reopened."""
+    def fail(self, exc: BaseException, *, holding_memory_turn: bool = False) -> None:
+        """Poison the store: every later call raises StorePoisoned until it is reopened.
+        `holding_memory_turn`: the caller holds the memory-turn lock (not reentrant) already."""
         if self.failure is None:
             self.failure = exc
             log.error("store %s poisoned: %s", self.path, exc)
-        with self._memory_turn:
+        if holding_memory_turn:
             self._memory_turn.notify_all()
+        else:
+            with self._memory_turn:
+                self._memory_turn.notify_all()
         with self._applier_cv:
             self._applier_cv.notify_all()
 
