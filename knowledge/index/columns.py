@@ -76,8 +76,8 @@ class ColumnIndex:
 
     # -- maintenance ------------------------------------------------------------------------
     def _encode(self, value: Any) -> Any:
-        if self.prop_type == "timestamp":
-            return timestamp_micros(value)
+        if self.prop_type == "timestamp":  # validated rows carry int microseconds, Arrow rows datetimes
+            return value if isinstance(value, int) else timestamp_micros(value)
         if self.prop_type == "float":
             return math.inf if math.isnan(value) else float(value)
         return value
@@ -171,6 +171,9 @@ class ColumnIndex:
             code = self.dictionary.get(value)
             matched = self._codes_mask([] if code is None else [code])
             return matched if operator == "=" else self.valid & ~_fit(matched, len(self.valid))
+        if operator == "between":
+            low, high = value
+            return self._codes_mask([code for code, item in enumerate(self.decoded) if low <= item <= high])
         test = _COMPARE[operator]
         return self._codes_mask([code for code, item in enumerate(self.decoded) if test(item, value)])
 
