@@ -384,8 +384,10 @@ class Session(SessionSearch):
              limit: int | None = None) -> pa.Table:
         """Visible rows of one node type matching `where`, as Arrow (with `_id` and `_labels`).
 
-        `where` maps a property to a value (equality) or to (operator, value) with operator one of
-        = != < <= > >= like in contains (contains: a list[str] property holds the value).
+        `where` maps a property to a value (equality; None: IS NULL) or to (operator, value) with operator
+        one of = != < <= > >= like in contains between (contains: a list[str] property holds the value;
+        between: (low, high), both included; ("!=", None): IS NOT NULL); the key "$or" takes a list of such
+        dicts, any of which may hold (see knowledge.session_where).
         """
         chosen = self._columns(type_name, columns)
         clauses, params = where_sql(self._node_type(type_name), where or {}, self.principal)
