@@ -17,6 +17,9 @@ lag SLOs), wal_fsync_seconds, index_rows{index}, index_live_rows{index}, search_
 cache_requests_total{cache,result}, cache_hit_ratio{cache}, search_recall (histogram of sampled recall@k),
 search_recall_sampled (mean of the last RECALL_WINDOW samples), recall_samples_dropped_total. knowledge.slo
 reads the histograms and counters of an SLO file from a scrape.
+
+Over ~450 lines on purpose: every metric the server exports is declared here once (names,
+labels, buckets) beside the exporter and the recall sampler that feed them.
 """
 
 from __future__ import annotations

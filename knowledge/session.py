@@ -6,6 +6,10 @@ see every alive node). Edges are visible only when both endpoints are. Invisible
 indistinguishable: same NotFound error, same counts. Searches are inherited from
 `knowledge/session_search.py:SessionSearch`; GraphRAG retrieval is `knowledge.graphrag.retrieve`
 (`Session.retrieve` is a convenience that imports it when called).
+
+Over ~450 lines on purpose: each read method carries its own visibility check and argument checks
+next to it (so the filter every read passes is visible where the read is); searches already live
+in session_search.py.
 """
 
 from __future__ import annotations

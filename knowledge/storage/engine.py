@@ -7,6 +7,10 @@ memory in LSN order -> hand the record to the DuckDB applier, a background threa
 records into one DuckDB transaction. Every read that touches DuckDB first waits until DuckDB has
 applied everything committed before the read started (read-your-writes). `knowledge.store.Store` owns
 one Engine; the storage modules (loading, memory_apply, backup) take the Engine, never the Store.
+
+Over ~450 lines on purpose: the commit pipeline, the DuckDB applier (with its full-disk stall),
+the log-to-tables join at open and the replication hooks share the engine's locks and queues;
+splitting them would spread one locking protocol over several files.
 """
 
 from __future__ import annotations
