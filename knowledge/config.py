@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from knowledge.errors import InvalidArgument
+from knowledge.storage import crypto
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,8 +21,12 @@ class VectorConfig:
     kind: str = "auto"                 # "auto", "flat" or "hnsw"
     hnsw_m: int = 32
     ef_construction: int = 80
-    ef_search: int = 160
+    ef_search: int | None = None       # None: calibrated to recall_target on each graph; an int fixes efSearch
+                                       # (and the planner estimates costs instead of measuring them)
     ef_search_max: int = 2048
+    recall_target: float = 0.99        # recall@10 the calibrated HNSW plans must reach on the stored rows
+    calibration_queries: int = 200     # index rows sampled as calibration queries
+    recalibrate_growth: float = 0.2    # recalibrate once the graph's rows changed by this share
     gather_fraction: float = 0.05
     gather_rows_min: int = 4096
     device: str = "auto"               # exact scans on "cpu", "gpu", or the GPU when one is usable ("auto")
@@ -35,6 +43,12 @@ class VectorConfig:
             raise InvalidArgument(f"vector gpu_memory_fraction_max must be in (0, 1], not {self.gpu_memory_fraction_max!r}")
         if self.kind not in ("auto", "flat", "hnsw"):
             raise InvalidArgument(f"vector index kind must be auto, flat or hnsw, not {self.kind!r}")
+        if not 0 < self.recall_target <= 1:
+            raise InvalidArgument(f"vector recall_target must be in (0, 1], not {self.recall_target!r}")
+        if self.calibration_queries < 10 or self.recalibrate_growth <= 0:
+            raise InvalidArgument("vector calibration_queries must be >= 10 and recalibrate_growth > 0")
+        if self.ef_search is not None and not 1 <= self.ef_search <= self.ef_search_max:
+            raise InvalidArgument(f"vector ef_search must be None or in 1..ef_search_max, not {self.ef_search!r}")
         if not 0 < self.tombstone_fraction_max <= 1 or self.hnsw_tail_rows_max < 0:
             raise InvalidArgument("vector tombstone_fraction_max must be in (0, 1] and hnsw_tail_rows_max >= 0")
 
@@ -59,8 +73,34 @@ class StoreConfig:
     replicated: bool = False  # knowledge.replication drives it: open replays no WAL record past the tables
     audit_entries_max: int = 100_000
     vectors: VectorConfig = field(default_factory=VectorConfig)
+    # TTL (README "TTL and retention"): the clock deadlines are read against (seconds since the epoch; tests
+    # pass their own), and the background sweeper that deletes expired rows: how often it looks, how many
+    # rows one of its WAL records deletes at most, and its rate cap (0: the sweeper thread does not run;
+    # store.sweep_expired() still does).
+    clock: Callable[[], float] = field(default=time.time, repr=False, compare=False)
+    ttl_sweep_interval_s: float = 1.0
+    ttl_sweep_batch_rows: int = 1000
+    ttl_sweep_rows_per_s: float = 10_000.0
+    # Encryption at rest (AES-256-GCM of WAL segments, index snapshots and backups; README "Encryption at
+    # rest"): the current key as 32 bytes / 64 hex characters, or a file holding it, or a KMS-style callback
+    # `provider(key_id) -> key` with encryption_key_id naming the current key. Older keys (files written
+    # before a rotation) by id, or as a list of keys under their derived ids.
+    encryption_key: bytes | str | None = field(default=None, repr=False)
+    encryption_key_id: str | None = None
+    encryption_key_file: str | None = None
+    encryption_key_provider: Callable[[str], Any] | None = field(default=None, repr=False)
+    encryption_old_keys: Mapping[str, bytes | str] | Iterable[bytes | str] = field(default=(), repr=False)
+
+    def keyring(self) -> crypto.Keyring | None:
+        """The keys this config gives (None: the store is not encrypted); reads the key file or asks the
+        provider. InvalidArgument for a malformed key or two sources of the current key."""
+        return crypto.keyring_from(self.encryption_key, key_id=self.encryption_key_id,
+                                   key_file=self.encryption_key_file, provider=self.encryption_key_provider,
+                                   older=self.encryption_old_keys)
 
     def __post_init__(self) -> None:
+        if self.encryption_key is not None and self.encryption_key_provider is None:
+            self.keyring()  # a malformed key is refused here, not at open
         for name in ("segment_bytes_max", "value_bytes_max", "transaction_bytes_max",
                      "transaction_rows_max", "labels_per_node_max", "traversal_nodes_max",
                      "overlay_edges_max", "apply_delay_ms", "audit_entries_max"):
@@ -70,6 +110,11 @@ class StoreConfig:
             raise InvalidArgument(f"config row_cache_rows_max must be >= 0, got {self.row_cache_rows_max}")
         if self.disk_free_bytes_min < 0:
             raise InvalidArgument(f"config disk_free_bytes_min must be >= 0, got {self.disk_free_bytes_min}")
+        if not callable(self.clock):
+            raise InvalidArgument(f"config clock must be a callable returning seconds, got {self.clock!r}")
+        if not self.ttl_sweep_interval_s > 0 or self.ttl_sweep_batch_rows <= 0 or not self.ttl_sweep_rows_per_s >= 0:
+            raise InvalidArgument("config ttl_sweep_interval_s and ttl_sweep_batch_rows must be positive and "
+                                  "ttl_sweep_rows_per_s >= 0")
         if self.wal_preallocate_bytes < 0:
             raise InvalidArgument(f"config wal_preallocate_bytes must be >= 0, got {self.wal_preallocate_bytes}")
         if self.value_bytes_max > self.transaction_bytes_max:

@@ -6,6 +6,9 @@ generation and makes the result stale. An extension clones the installed graph f
 keep using the installed one meanwhile. Rows past the installed graph are searched exactly.
 A compaction of an index with a graph is a job too: it copies the live rows and builds their graph
 aside, and its install carries over the rows appended and the tombstones set meanwhile.
+A calibration (calibrate.py) is a job too, due once a graph is in and uncalibrated, or after its rows
+changed by `recalibrate_growth`: it measures the installed graph, which is never mutated, and the rows
+below it, and is dropped when another graph was installed meanwhile.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from knowledge.index.calibrate import Calibration, calibrate
 from knowledge.index.vectors import VectorIndex
 
 BUILD_CHUNK_ROWS = 8192  # rows added between checks of the stop flag
@@ -44,17 +48,48 @@ class HnswJob:
         return self.index.install_hnsw(graph, self.generation, self.end)
 
 
-def hnsw_job(index: VectorIndex, *, tail_rows_max: int | None = None) -> HnswJob | None:
+@dataclass
+class CalibrateJob:
+    """Calibrate `graph` (the index's installed graph) on rows [0, graph.ntotal) of `matrix`."""
+
+    index: VectorIndex
+    graph: faiss.Index
+    matrix: np.ndarray
+    live: np.ndarray  # a copy of the live flags of the graph's rows when the job was made
+
+    def run(self, stop: threading.Event) -> Calibration | None:
+        if stop.is_set():
+            return None
+        config = self.index.config
+        return calibrate(self.graph, self.matrix, self.live, self.index.metric,
+                         recall_target=config.recall_target, queries=config.calibration_queries,
+                         ef_search_max=config.ef_search_max, hnsw_m=config.hnsw_m,
+                         ef_construction=config.ef_construction)
+
+    def install(self, calibration: Calibration) -> bool:
+        return self.index.install_calibration(calibration, self.graph)
+
+
+def calibrate_job(index: VectorIndex) -> CalibrateJob | None:
+    """The calibration of the installed graph when one is due (`VectorIndex.calibration_due`), else None.
+    Call under the store's state lock."""
+    if not index.calibration_due() or index.hnsw is None:
+        return None
+    return CalibrateJob(index, index.hnsw, index.matrix, index.live[:index.hnsw_rows].copy())
+
+
+def hnsw_job(index: VectorIndex, *, tail_rows_max: int | None = None) -> HnswJob | CalibrateJob | None:
     """The job that brings the index's HNSW graph up to date, or None when none is due.
 
     Due: the index wants HNSW and has none, or more than `tail_rows_max` rows (default: the config's
-    hnsw_tail_rows_max) lie past the graph. Call under the store's state lock.
+    hnsw_tail_rows_max) lie past the graph; else the graph's calibration, when due. Call under the store's
+    state lock.
     """
     if not index.wants_hnsw():
         return None
     limit = index.config.hnsw_tail_rows_max if tail_rows_max is None else tail_rows_max
     if index.hnsw is not None and index.rows - index.hnsw_rows <= limit:
-        return None
+        return calibrate_job(index)
     start = index.hnsw_rows if index.hnsw is not None else 0
     return HnswJob(index, index.generation, index.hnsw, index.matrix, start, index.rows)
 

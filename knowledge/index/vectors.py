@@ -8,7 +8,11 @@ since are searched exactly and merged. Graphs are built and extended in the back
 `tombstone_fraction_max`, and with a graph the compaction runs aside too: the current graph serves
 until the compacted rows and their graph are swapped in.
 
-Planner, for an allowed-node mask (visibility & where-filter & has-vector):
+Planner, for an allowed-node mask (visibility & where-filter & has-vector). With a graph calibrated on its
+own rows (calibrate.py; VectorConfig.ef_search None, the default), the measured one: of the plans that meet
+`recall_target` on the stored rows (exact gather, exact masked scan in place, HNSW at the efSearch measured
+to reach the target at that share of rows), the one of least measured time (`plan_costs`). Otherwise
+(no graph, no calibration yet, or a fixed ef_search) the estimated one:
 - nothing filtered and no tombstones: the index as is (faiss flat or HNSW at ef_search);
 - when scanning the allowed rows costs less than a filtered index walk (estimated in distance
   computations: GATHER_COST_PER_ROW per gathered row vs efSearch * M for HNSW), scan them exactly:
@@ -19,7 +23,7 @@ Planner, for an allowed-node mask (visibility & where-filter & has-vector):
 Cosine vectors are stored normalised and searched by inner product; scores are similarities
 (higher is better) for cosine and ip, squared distances (lower is better) for l2.
 
-Why one module of ~500 lines: `VectorIndex` is one object whose row arrays, tombstones, HNSW graph and
+Why one module of ~580 lines: `VectorIndex` is one object whose row arrays, tombstones, HNSW graph and
 device copy every method reads together; the planner, the search paths, the background-build
 handshake and the snapshot each touch all of them, so splitting it would spread one invariant (the
 rows a search sees are the rows it ranks) over several files. Its parts that stand alone are apart:
@@ -40,9 +44,11 @@ import numpy as np
 
 from knowledge.config import VectorConfig
 from knowledge.errors import InvalidArgument
+from knowledge.index.calibrate import Calibration
 from knowledge.index.row_buffer import rows_copy
 from knowledge.index.snapshot_file import read_snapshot, write_snapshot
 from knowledge.index.vector_device import DeviceRows
+from knowledge.index.vector_scan import exact_top, faiss_knn
 from knowledge.kernels import gpu_available
 
 try:  # what np.einsum calls (optimize=False), without its dispatch wrapper: a fixed cost per query
@@ -54,6 +60,7 @@ log = logging.getLogger("knowledge.index.vectors")
 SNAPSHOT_VERSION = 2  # 2: snapshot_file framing, tombstones kept (the live array)
 GATHER_COST_PER_ROW = 4  # a gathered row costs a copy and a dot product; measured ~4 HNSW node visits
 GATHER_FRACTION_MAX = 0.015  # above this share of rows, a selector scan in place beats copying the rows out
+EF_SEARCH_UNCALIBRATED = 160  # efSearch of a graph not calibrated yet, when VectorConfig.ef_search is None
 SMALL_RESULT_ROWS = 64  # up to this k, a faiss result row is checked in Python (cheaper than numpy calls)
 
 
@@ -121,6 +128,7 @@ class VectorIndex:
         self.version = 0
         self._mask_cache: tuple | None = None
         self._hnsw_params: tuple[int, faiss.SearchParametersHNSW] | None = None  # (efSearch, params), unfiltered
+        self.calibration: Calibration | None = None  # of the current graph (calibrate.py), or None
         self.use_gpu = self.config.device == "gpu" or (self.config.device == "auto" and gpu_available()[0])
         self._device: DeviceRows | None = None  # the rows in GPU memory, while use_gpu
 
@@ -191,21 +199,24 @@ class VectorIndex:
                 return q / np.sqrt(_einsum("ij,ij->i", q, q))
         raise InvalidArgument("query vector has NaN or infinite components")
 
-    def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, str]:
-        """(node ids, scores, plan) of the best k rows whose node is allowed (allowed[node] True)."""
-        return self.search_prepared(self.prepare(query), k, allowed)
+    def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None,
+               force: str | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+        """(node ids, scores, plan) of the best k rows whose node is allowed (allowed[node] True); `force`
+        names the plan to take (as in `plan_search`)."""
+        return self.search_prepared(self.prepare(query), k, allowed, force)
 
-    def search_prepared(self, q: np.ndarray, k: int,
-                        allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, str]:
-        """`search` of a query that `prepare` or `query_vector` made."""
-        result = self.plan_search(q, k, allowed)()
+    def search_prepared(self, q: np.ndarray, k: int, allowed: np.ndarray | None,
+                        force: str | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+        """`search` of a query that `prepare` or `query_vector` made (`force`: as in `plan_search`)."""
+        result = (self.plan_search(q, k, allowed) if force is None else self.plan_search(q, k, allowed, force))()
         if result is None:  # the graph walk found fewer than k allowed rows: exact search of them all
             row_mask, selected = self._row_mask(allowed)
             result = self._exact_filtered(q, k, row_mask, selected)()
             assert result is not None
         return result
 
-    def plan_search(self, q: np.ndarray, k: int, allowed: np.ndarray | None) -> SearchJob:
+    def plan_search(self, q: np.ndarray, k: int, allowed: np.ndarray | None,
+                    force: str | None = None) -> SearchJob:
         """`search_prepared` in two steps, so that faiss's CPU scans can run outside the store's state lock.
 
         This call reads the index (make it under the lock) and runs every search that is not a faiss CPU
@@ -214,6 +225,10 @@ class VectorIndex:
         So the job may run while commits append rows, a compaction renumbers them or a build installs a
         graph, and still answers as of this call. It returns (node ids, scores, plan), or None when a graph
         walk found fewer than k allowed rows (then `search_prepared`, under the lock, searches exactly).
+
+        `force` ("gather", "scan" or "hnsw") takes that plan instead of the planner's choice (HNSW at the
+        calibrated efSearch; without a graph, "hnsw" scans). With a calibration (`calibrated()`) the planner
+        takes the plan of least measured cost among those meeting the recall target (`plan_costs`).
         """
         if self.live_count == 0 or k <= 0:
             return _done(np.zeros(0, np.int64), np.zeros(0, np.float32), "empty")
@@ -223,11 +238,63 @@ class VectorIndex:
         unfiltered = selected == self.rows
         if not unfiltered and self._on_device():  # one masked scan of the GPU copy: exact, no host gather
             return self._flat(q, k, row_mask, selected)
+        ef = None
+        if force is None and self.calibrated():
+            force, ef = self.choose_plan(selected, k)
+        if force is not None:  # a measured choice, or one a caller forces
+            if force == "gather":
+                return _done(*self._gather(q, k, row_mask), "gather")
+            if force == "hnsw" and self.hnsw is not None:
+                return self._hnsw(q, k, None if unfiltered else row_mask, selected, ef)
+            if force not in ("scan", "hnsw"):
+                raise InvalidArgument(f"plan must be gather, scan or hnsw, not {force!r}")
+            return self._flat(q, k, row_mask, selected)
         if not unfiltered and self._gather_is_cheaper(selected, k):
             return self._exact_filtered(q, k, row_mask, selected)
         if self.hnsw is not None:
             return self._hnsw(q, k, None if unfiltered else row_mask, selected)
         return self._flat(q, k, row_mask, selected)
+
+    # -- the measured planner -----------------------------------------------------------------
+    def calibrated(self) -> bool:
+        """Whether the planner follows measured costs: a graph with a calibration of it, efSearch not fixed."""
+        return self.hnsw is not None and self.calibration is not None and self.config.ef_search is None
+
+    def plan_costs(self, selected: int, k: int) -> dict[str, tuple[float, int | None]]:
+        """Estimated µs of each plan that meets the recall target for a search of `selected` allowed rows,
+        from the calibration: {"gather" | "scan" | "hnsw": (µs, efSearch for hnsw)}. Exact plans always
+        qualify; HNSW where the calibration found an efSearch reaching the target at this share of rows."""
+        assert self.calibration is not None
+        return self.calibration.plan_costs(selected, k, self.rows, self.hnsw_rows, self.config.ef_search_max)
+
+    def choose_plan(self, selected: int, k: int) -> tuple[str, int | None]:
+        """(the cheapest plan of `plan_costs`, its efSearch)."""
+        costs = self.plan_costs(selected, k)
+        name = min(costs, key=lambda plan: costs[plan][0])
+        return name, costs[name][1]
+
+    def calibration_due(self) -> bool:
+        """Whether the graph wants a (new) calibration: none yet, or its rows changed by recalibrate_growth."""
+        if self.hnsw is None or self.config.ef_search is not None:
+            return False
+        cal = self.calibration
+        return cal is None or abs(self.hnsw_rows - cal.graph_rows) > self.config.recalibrate_growth * cal.graph_rows
+
+    def install_calibration(self, calibration: Calibration, graph: faiss.Index) -> bool:
+        """Take `calibration` (measured on `graph`) if that graph is still the one searched. Under the lock."""
+        if graph is not self.hnsw:
+            return False
+        self.calibration = calibration
+        self.graph_unsaved = True  # saved with the graph, at the next checkpoint or close
+        self.version += 1
+        return True
+
+    def calibration_stats(self) -> dict[str, Any]:
+        """{"calibration": what `stats()` reports of it, with "in_use" (the planner follows it)}, or {} when
+        the index has none."""
+        if self.calibration is None:
+            return {}
+        return {"calibration": {**self.calibration.as_dict(), "in_use": self.calibrated()}}
 
     def _exact_filtered(self, q: np.ndarray, k: int, row_mask: np.ndarray, selected: int) -> SearchJob:
         """Exact search of the `selected` allowed rows: gathered and scanned when they are few (up to
@@ -241,7 +308,7 @@ class VectorIndex:
         """faiss's exhaustive search of the rows in place: every row (row_mask None), or the `selected` rows
         of `row_mask` through an IDSelectorBitmap. Asks one row past the k-th, widening while rows tie with
         it, so ties are ranked by node id as everywhere else."""
-        matrix, rows, dimension, metric = self.matrix, self.rows, self.dimension, self.metric
+        matrix, rows, metric = self.matrix, self.rows, self.metric
         row_ids = self.row_ids[:rows]
         bits = None if row_mask is None else np.packbits(row_mask, bitorder="little")
 
@@ -249,14 +316,7 @@ class VectorIndex:
             selector = None if bits is None else faiss.IDSelectorBitmap(rows, faiss.swig_ptr(bits))
             want = min(selected, k + 1)
             while True:
-                scores = np.empty(want, dtype=np.float32)
-                found = np.empty(want, dtype=np.int64)
-                args = (faiss.swig_ptr(q), faiss.swig_ptr(matrix), dimension, 1, rows, want,
-                        faiss.swig_ptr(scores), faiss.swig_ptr(found))
-                if metric == "l2":
-                    faiss.knn_L2sqr(*args, None, selector)
-                else:
-                    faiss.knn_inner_product(*args, selector)
+                scores, found = faiss_knn(q, matrix, rows, want, metric, selector)
                 values = scores.tolist()
                 if want >= selected or values[-1] != values[min(k, want) - 1]:
                     break
@@ -298,7 +358,8 @@ class VectorIndex:
         if self.hnsw is None:
             return selected <= self.config.gather_fraction * self.rows or selected < self.rows // 2
         fraction = selected / max(self.rows, 1)
-        ef = min(self.config.ef_search_max, max(k, self.config.ef_search / math.sqrt(fraction)))
+        ef_search = self.config.ef_search or EF_SEARCH_UNCALIBRATED
+        ef = min(self.config.ef_search_max, max(k, ef_search / math.sqrt(fraction)))
         return selected * GATHER_COST_PER_ROW <= ef * self.config.hnsw_m
 
     def _gather(self, q: np.ndarray, k: int, row_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -351,45 +412,30 @@ class VectorIndex:
 
     def _exact(self, q: np.ndarray, k: int, base: np.ndarray,
                mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(positions in `base`, scores) of the best k rows, exact, every row tied with the k-th included.
+        """(positions in `base`, scores) of the best k rows, exact, every row tied with the k-th included
+        (`vector_scan.exact_top`); ties are settled by node id in `_finish`."""
+        return exact_top(base, q, k, self.metric, mask)
 
-        A numpy scan, whose fixed cost per query is a fraction of the kernels' CPU twin's (which exists to
-        mirror the GPU path bit for bit); ties are settled by node id in `_finish`.
-        """
-        # einsum, not `base @ q`: OpenBLAS's threaded sgemv is several times slower for one query here
-        if self.metric == "l2":
-            scores = (np.einsum("ij,ij->i", base, base) - 2 * np.einsum("ij,j->i", base, q[0])
-                      + np.float32(q[0] @ q[0]))
-            order_scores = -scores
-        else:
-            scores = np.einsum("ij,j->i", base, q[0])
-            order_scores = scores
-        if mask is not None:
-            order_scores = np.where(mask, order_scores, -np.inf)
-        count = int(np.count_nonzero(np.isfinite(order_scores)))
-        if count == 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        if k < count:
-            kth = np.partition(order_scores, len(order_scores) - k)[len(order_scores) - k]
-            found = np.flatnonzero(order_scores >= kth)
-        else:
-            found = np.flatnonzero(np.isfinite(order_scores))
-        return found, scores[found].astype(np.float32)
-
-    def _hnsw(self, q: np.ndarray, k: int, row_mask: np.ndarray | None, selected: int) -> SearchJob:
-        """A search of the HNSW graph (filtered by `row_mask` when given) widened by 1/sqrt(selectivity);
-        rows appended since the graph was built (the tail) are searched exactly, now, and merged."""
+    def _hnsw(self, q: np.ndarray, k: int, row_mask: np.ndarray | None, selected: int,
+              ef: int | None = None) -> SearchJob:
+        """A search of the HNSW graph (filtered by `row_mask` when given) at efSearch `ef` (by default the
+        fixed or calibrated one, widened by 1/sqrt(selectivity)); rows appended since the graph was built
+        (the tail) are searched exactly, now, and merged."""
         assert self.hnsw is not None
         graph, covered, rows, metric = self.hnsw, self.hnsw_rows, self.rows, self.metric
         row_ids = self.row_ids[:rows]
         bits = selector = None
+        fraction = max(selected / max(rows, 1), 1e-6)
+        if ef is None and self.calibrated() and k <= self.config.ef_search_max:  # a forced HNSW plan
+            ef = self.plan_costs(selected, k).get("hnsw", (0.0, None))[1] or self.config.ef_search_max
+        base_ef = self.config.ef_search or (self.calibration.ef_search if self.calibration else None) \
+            or EF_SEARCH_UNCALIBRATED
         if row_mask is None and not (self.live_count < rows):
-            params = self._unfiltered_hnsw_params(max(self.config.ef_search, k))
+            params = self._unfiltered_hnsw_params(max(ef or base_ef, k))
         else:
             params = faiss.SearchParametersHNSW()
             mask = self.live[:rows] if row_mask is None else row_mask
-            fraction = max(selected / max(rows, 1), 1e-6)
-            params.efSearch = int(min(self.config.ef_search_max, max(k, self.config.ef_search / math.sqrt(fraction))))
+            params.efSearch = int(ef or min(self.config.ef_search_max, max(k, base_ef / math.sqrt(fraction))))
             bits = np.packbits(mask[:covered], bitorder="little")
             selector = faiss.IDSelectorBitmap(covered, faiss.swig_ptr(bits))  # bits and selector live in the job
             params.sel = selector
@@ -498,8 +544,9 @@ class VectorIndex:
         if self.hnsw is not None:
             arrays["hnsw"] = faiss.serialize_index(self.hnsw)
         np.savez(buffer, **arrays)
+        extra = {} if self.hnsw is None or self.calibration is None else {"calibration": self.calibration.as_dict()}
         write_snapshot(path, lsn, buffer.getvalue(), dimension=self.dimension, metric=self.metric,
-                       hnsw_rows=self.hnsw_rows, format=SNAPSHOT_VERSION)
+                       hnsw_rows=self.hnsw_rows, format=SNAPSHOT_VERSION, **extra)
         self.graph_unsaved = False
 
     @classmethod
@@ -528,4 +575,9 @@ class VectorIndex:
             index.hnsw_rows = int(header["hnsw_rows"])
             if index.hnsw.ntotal != index.hnsw_rows or index.hnsw_rows > index.rows:
                 raise ValueError(f"vector snapshot {path} holds a graph that does not match its rows")
+            if "calibration" in header:  # measured on this graph before; a damaged one is measured again
+                try:
+                    index.calibration = Calibration.from_dict(header["calibration"])
+                except (TypeError, ValueError, KeyError):
+                    log.warning("vector snapshot %s: calibration unreadable; the graph is calibrated again", path)
         return index, lsn

@@ -20,28 +20,34 @@ import logging
 import os
 import threading
 import time
+import weakref
 from typing import Any
 
 from knowledge.access.principal import Principal
 from knowledge.access.view_clock import ViewClock
 from knowledge.config import StoreConfig
-from knowledge.errors import CorruptionError, KnowledgeError, StorageFull, StoreClosed, StorePoisoned
+from knowledge.errors import CorruptionError, KnowledgeError, StorageFull, StoreClosed, StorePoisoned, invariant
 from knowledge.index.columns import TypeColumns
 from knowledge.index.graph import EdgeIndex
 from knowledge.index.indexer import IndexBuilder
 from knowledge.index.keyword import KeywordIndex
-from knowledge.index.snapshot_file import write_snapshot
+from knowledge.index.snapshot_file import use_keyring, write_snapshot
 from knowledge.index.vector_jobs import compaction, hnsw_job
 from knowledge.index.vectors import VectorIndex
 from knowledge.storage.catalog import Catalog
+from knowledge.storage.crypto import check_store_keys
 from knowledge.storage.directory import NodeDirectory
 from knowledge.storage.loading import load_memory, replay
 from knowledge.storage.memory_apply import apply_memory
 from knowledge.storage.ops import Op, OpKind, encode_ops
 from knowledge.storage.resolve import Resolver, check_payload_size
+from knowledge.storage.retention import compact
 from knowledge.storage.row_cache import RowCache
 from knowledge.storage.schema import Schema
+from knowledge.storage.sweeper import Sweeper
 from knowledge.storage.tables import Tables
+from knowledge.storage.ttl import ExpiryTracker
+from knowledge.storage.versions import ReadView, TablesAt, own, own_for
 from knowledge.storage.view_record import seed_view_clock
 from knowledge.storage.wal import WriteAheadLog
 
@@ -91,17 +97,24 @@ class Engine:
         self._readers_waiting = 0
         self._inflight_edges: dict[str, int] = {}
         self.memory_lsn = 0
+        self.memory_schema = Schema()  # the schema as of memory_lsn (`schema` runs ahead: it is staged)
+        self._view: ReadView | None = None  # the read view of memory_lsn, once a reader asked (versions.py)
+        self._table_waits: dict[int, list[weakref.ref[TablesAt]]] = {}  # snapshots to open when the tables get there
+        self._table_snapshots: weakref.WeakSet[TablesAt] = weakref.WeakSet()  # opened, closed at close()
         self.applier_stalled: StorageFull | None = None  # the disk was full at the applier's last try
         self._retry_s = 0.0
         self._unapplied: collections.deque[tuple[int, int]] = collections.deque()  # (lsn, payload bytes)
         self._unapplied_bytes = 0  # logged but not yet in DuckDB: room the applier will need
         self.replay_backlog: list[tuple[int, int, list[Op]]] = []  # set by replay() on a full disk
         self.replicator: Any = None  # knowledge.replication's driver, when the store is replicated
+        self.keyring = self.config.keyring()  # encryption at rest (None: files in plaintext)
+        check_store_keys(self.path, self.keyring)  # a missing or wrong key is refused before any file changes
+        use_keyring(os.path.join(self.path, "snapshots"), self.keyring)
         self.tables = Tables(os.path.join(self.path, "state.duckdb"))
         self.wal = WriteAheadLog(os.path.join(self.path, "wal"), fsync=self.config.fsync,
                                  segment_bytes_max=self.config.segment_bytes_max,
                                  preallocate_bytes=self.config.wal_preallocate_bytes,
-                                 allow_data_loss=self.allow_data_loss)
+                                 allow_data_loss=self.allow_data_loss, keyring=self.keyring)
         self._join_log_to_tables()
         self.schema = self.tables.schema
         self.directory = NodeDirectory()
@@ -110,12 +123,16 @@ class Engine:
         self.vectors: dict[tuple[str, str], VectorIndex] = {}
         self.keywords: dict[tuple[str, str], KeywordIndex] = {}
         self.columns: dict[str, TypeColumns] = {}  # where-filter column indexes per node type
-        self.indexer = IndexBuilder(self.state_lock)
+        self.indexer = IndexBuilder(self.state_lock, self._retarget)
         self.row_cache = RowCache(self.config.row_cache_rows_max)
         self.view_clock = ViewClock()
         self._view_seeded = False
+        self.ttl = ExpiryTracker(self.config.clock, self.state_lock)  # TTL policies and stamps (storage/ttl.py)
+        self.sweeper: Sweeper | None = None
+        self.last_compaction: dict[str, Any] = {}
         load_memory(self)
         replay(self)
+        self.memory_schema = self.schema
         saved = ViewClock.load(self.path, self.memory_lsn)  # what a clean close knew beyond the tables
         if saved is not None:
             self.view_clock.merge(saved)
@@ -128,6 +145,8 @@ class Engine:
             self.replay_backlog = []
         self._applier = threading.Thread(target=self._apply_loop, name="knowledge-applier", daemon=True)
         self._applier.start()
+        if self.config.ttl_sweep_rows_per_s > 0:
+            self.sweeper = Sweeper(self)  # deletes expired rows through the WAL (storage/sweeper.py)
 
     def _join_log_to_tables(self) -> None:
         """Refuse (unless data loss is allowed) a log that ends before the tables or starts after them:
@@ -191,10 +210,12 @@ class Engine:
             self._unapplied.append((lsn, len(payload)))
             self._unapplied_bytes += len(payload)
         if resolver is not None:
-            for type_name, keys, ids in resolver.staged.upserts:
-                self.directory.stage_upsert(type_name, keys, ids)
-            self.directory.stage_delete(resolver.staged.deletes)
-            self.directory.next_id = max(self.directory.next_id, resolver.staged.next_id)
+            with self.state_lock:  # a fork of the directory (versions.py) copies next_id: not meanwhile
+                directory = self.directory
+                for type_name, keys, ids in resolver.staged.upserts:
+                    directory.stage_upsert(type_name, keys, ids)
+                directory.stage_delete(resolver.staged.deletes)
+                directory.next_id = max(directory.next_id, resolver.staged.next_id)
         edge_types = {op.name for op in ops if op.kind in (OpKind.UPSERT_EDGES, OpKind.DELETE_EDGES)}
         for name in edge_types:
             self._inflight_edges[name] = self._inflight_edges.get(name, 0) + 1
@@ -223,7 +244,7 @@ class Engine:
                 self._memory_turn.wait(0.5)
             try:
                 with self.state_lock:
-                    apply_memory(self, ops, lsn)
+                    self._apply_memory(ops, lsn)
                     for name in edge_types:
                         self._inflight_edges[name] -= 1
                     self.memory_lsn = lsn  # inside the state lock: a snapshot sees ops and LSN together
@@ -244,7 +265,7 @@ class Engine:
             if self.memory_lsn != lsn - 1:
                 raise StorePoisoned(f"replicated apply of LSN {lsn} after {self.memory_lsn}")
             with self.state_lock:
-                apply_memory(self, ops, lsn)
+                self._apply_memory(ops, lsn)
                 for name in edge_types or ():
                     self._inflight_edges[name] -= 1
                 self.memory_lsn = lsn
@@ -256,6 +277,79 @@ class Engine:
                         self._applier_cv.notify_all()
             self._memory_turn.notify_all()
 
+    def _apply_memory(self, ops: list[Op], lsn: int) -> None:
+        """apply_memory of the next record, under the state lock: the read view of the LSN before it stays
+        as it is (its shared parts are forked first: versions.py), and the next reader gets a new one."""
+        self._view = None
+        own_for(self, ops)
+        apply_memory(self, ops, lsn)
+        for op in ops:
+            if op.kind == OpKind.SCHEMA:
+                self.memory_schema = Schema.from_dict(op.document)
+
+    def read_view(self) -> ReadView:
+        """The in-memory state as of `memory_lsn`, for reads without the state lock (`storage/versions.py`):
+        the same object for every reader until the next record is applied."""
+        view = self._view
+        if view is not None:
+            return view
+        with self.state_lock:
+            view = self._view
+            if view is None:
+                if not self._view_seeded:
+                    self._seed_view_clock()
+                view = self._view = ReadView(self)
+                with self._applier_cv:  # the applier opens the view's table snapshot when it gets there
+                    self._table_waits.setdefault(view.lsn, []).append(weakref.ref(view.tables))
+                    self._applier_cv.notify_all()
+            return view
+
+    def tables_at(self, holder: TablesAt) -> None:
+        """Block until `holder`'s table snapshot is open (the applier stops at its LSN until then)."""
+        if holder.cursor is not None:
+            return
+        self.wait_applied(holder.lsn)
+        with self._applier_cv:
+            if holder.cursor is None:
+                invariant(self.tables.applied_lsn == holder.lsn, f"the tables passed LSN {holder.lsn} before "
+                          f"its read view's snapshot was opened (at {self.tables.applied_lsn})")
+                self._open_tables(holder)
+
+    def _open_tables(self, holder: TablesAt) -> None:
+        """Open `holder`'s snapshot now (under the applier's lock, the tables at its LSN)."""
+        if self.closed:
+            raise StoreClosed(f"store {self.path!r} is closed")
+        holder.open(self.tables)
+        self._table_snapshots.add(holder)
+
+    def _serve_table_waits(self) -> int | None:
+        """Under the applier's lock: open the snapshots waiting at the tables' LSN; return the next LSN
+        the applier must stop at (None: none)."""
+        applied = self.tables.applied_lsn
+        for lsn in sorted(self._table_waits):
+            if lsn > applied:
+                return lsn
+            for ref in self._table_waits.pop(lsn):
+                holder = ref()
+                if holder is not None and holder.cursor is None and lsn == applied:
+                    self._open_tables(holder)
+        return None
+
+    def _retarget(self, key: Any, job: Any) -> None:
+        """Under the state lock, before a background job installs: aim it at the live (owned) index."""
+        if isinstance(key, tuple) and key and key[0] == "vectors" and hasattr(job, "index"):
+            index = own(self, "vectors", tuple(key[1:]))
+            if index is not None:
+                job.index = index
+
+    def _own_everything(self) -> None:
+        """Fork every part a read view shares (before a checkpoint rewrites indexes in place)."""
+        for kind in ("directory", "catalog", "view_clock"):
+            own(self, kind)
+        for kind in ("edges", "vectors", "keywords", "columns"):
+            for key in list(getattr(self, kind)):
+                own(self, kind, key)
+
     def _enqueue(self, lsn: int, ops: list[Op]) -> None:
         """Hand a memory-applied record to the DuckDB applier."""
         with self._applier_cv:
@@ -265,16 +359,23 @@ class Engine:
             if len(self._queue) >= APPLY_BATCH_RECORDS_MIN:
                 self._applier_cv.notify_all()
 
-    def view_lsn(self, principal: Principal, named: bool) -> int:
-        """The LSN of the last write `principal` could see (`knowledge/access/view_clock.py`); the first call
-        after an open adds what the tables' `_lsn` columns show."""
+    def view_lsn(self, principal: Principal, named: bool, view: ReadView | None = None) -> int:
+        """The LSN of the last write `principal` could see (`knowledge/access/view_clock.py`), as of `view`
+        (default: now); the first call after an open adds what the tables' `_lsn` columns show."""
+        if view is not None:  # seeded before any view was made; a view's clock is never written
+            return view.view_clock.lsn_for(principal, named)
         with self.state_lock:
             if not self._view_seeded:
-                self.wait_applied(self.memory_lsn)
-                seed_view_clock(self.view_clock, self.tables, self.directory, list(self.schema.nodes),
-                                list(self.schema.edges))
-                self._view_seeded = True
+                self._seed_view_clock()
             return self.view_clock.lsn_for(principal, named)
+
+    def _seed_view_clock(self) -> None:
+        """Add what the tables' `_lsn` columns show to the view clock (once per open; under the state lock)."""
+        self.wait_applied(self.memory_lsn)
+        clock = own(self, "view_clock")
+        seed_view_clock(clock, self.tables, self.directory, list(self.schema.nodes),
+                        [name for name, edge in self.schema.edges.items() if not edge.hidden])
+        self._view_seeded = True
 
     def fail(self, exc: BaseException, *, holding_memory_turn: bool = False) -> None:
         """Poison the store: every later call raises StorePoisoned until it is reopened.
@@ -311,6 +412,9 @@ class Engine:
                 if not self._queue and self.closed:
                     return
                 batch = self._queue[:APPLY_BATCH_RECORDS_MAX]
+                stop = self._serve_table_waits()  # a read view's table snapshot at `stop`: end the batch there
+                if stop is not None:
+                    batch = [record for record in batch if record[0] <= stop]
                 del self._queue[:len(batch)]
                 self._queue_since = time.monotonic()
             try:
@@ -329,6 +433,7 @@ class Engine:
                 self._retry_s = 0.0
                 while self._unapplied and self._unapplied[0][0] <= batch[-1][0]:
                     self._unapplied_bytes -= self._unapplied.popleft()[1]
+                self._serve_table_waits()
                 self._applier_cv.notify_all()
 
     def _stalled(self, batch: list[tuple[int, int, list[Op]]], exc: StorageFull) -> bool:
@@ -385,6 +490,8 @@ class Engine:
             self.tables.checkpoint()
             os.makedirs(os.path.join(self.path, "snapshots"), exist_ok=True)
             with self.state_lock:
+                self._own_everything()  # what follows rewrites indexes in place: read views keep theirs
+                self.last_compaction = compact(self)  # keyword indexes, TTL stamps, DuckDB space (retention.py)
                 for index in self.edges.values():
                     index.compact(self.directory.capacity, self.directory.alive)
                 for (type_name, prop), vectors in self.vectors.items():
@@ -443,7 +550,7 @@ class Engine:
                 "index_builds": {"pending": self.indexer.pending(), "installed": self.indexer.installed,
                                  "failed": self.indexer.failures},
                 "vector_indexes": {f"{t}.{p}": {"rows": v.rows, "live": v.live_count, "graph_rows": v.hnsw_rows,
-                                                    "device": v.scan_device}
+                                                    "device": v.scan_device, **v.calibration_stats()}
                                    for (t, p), v in self.vectors.items()}}
 
     def check_open(self) -> None:
@@ -457,6 +564,8 @@ class Engine:
         """Flush the table applier, stop the index builder and close the WAL and DuckDB."""
         if self.closed:
             return
+        if self.sweeper is not None:
+            self.sweeper.close()
         try:
             if self.failure is None:
                 try:
@@ -469,6 +578,10 @@ class Engine:
                 self.closed = True
                 self._applier_cv.notify_all()
             self._applier.join(timeout=30)
+            self._view = None
+            for holder in list(self._table_snapshots):  # read views' table snapshots end with the store
+                holder.close()
+            self._table_waits.clear()
             if self.failure is None:
                 self._save_new_graphs()
                 if self.tables.applied_lsn == self.memory_lsn:
