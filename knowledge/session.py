@@ -240,6 +240,8 @@ class Session(SessionSearch):
     # -- graph --------------------------------------------------------------------------------
     def _edge_types(self, edge_type: str | Iterable[str] | None) -> list[str]:
         edges = self.store.schema.edges
+        if not self.principal.admin:  # for a non-admin a hidden edge type does not exist
+            edges = {name: edge for name, edge in edges.items() if not edge.hidden}
         if edge_type is None:
             return list(edges)
         if not isinstance(edge_type, str) and (isinstance(edge_type, bytes) or not isinstance(edge_type, Iterable)):
@@ -432,8 +434,8 @@ class Session(SessionSearch):
         with self.store.state_lock:
             visible = self._bitmap()
             edges = {}
-            for name, index in self.store.edges.items():
-                edges[name] = len(visible_edges(visible, *index.all_pairs())[0])
+            for name in self._edge_types(None):
+                edges[name] = len(visible_edges(visible, *self.store.edges[name].all_pairs())[0])
             return {"lsn": self.store.memory_lsn if self.principal.admin else self._view_lsn(),
                     "nodes": {name: self.count(name) for name in self.store.schema.nodes},
                     "edges": edges}

@@ -1,13 +1,18 @@
 """The visible chunk–entity graph of one (store, LSN, principal), built through Session reads and cached.
 
-Nodes are the chunks and entities the session can see that take part in a visible MENTIONS, RELATED or
-SYNONYM edge. RELATED edges are kept only when the chunk that stated them (`chunk_id`) is visible too;
-SYNONYM edges are visible when both their entities are. Walk weights: MENTIONS 1, RELATED
+Nodes are the chunks and entities the session can see that take part in a visible MENTIONS, relation or
+SYNONYM edge. Relations come from the visible chunks' `relations` (one per entity pair and chunk; for a
+pair stated by several visible chunks, the first by chunk key speaks for it), so what a reader cannot see
+never shapes them; chunks written before Chunk.relations existed fall back to their RELATED edges (kept
+only when the chunk that stated them, `chunk_id`, is visible, and only for admins once RELATED is hidden:
+re-ingest such documents, e.g. with a new splitter or metadata, to give their chunks `relations`). SYNONYM edges are visible when both their
+entities are. Walk weights: MENTIONS 1, RELATED
 `related_weight` * its weight (1 when unset), SYNONYM `synonym_weight` * its score.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -108,17 +113,9 @@ def _edge_floats(table: Any, name: str, default: float) -> np.ndarray:
 def build_view(session: Session, related_weight: float = 1.0, synonym_weight: float = 1.0) -> GraphView:
     """Read the visible MENTIONS, RELATED and SYNONYM edges through the session and build the walk matrix."""
     m_src, m_dst, _ = session.adjacency([MENTIONS])
-    rel = session.edges(RELATED)
     chunk_ids = np.unique(m_src)
     chunk_keys = [session.ref(int(i)).key for i in chunk_ids]
-    visible_chunks = set(chunk_keys)
-    r_src = rel.column("_src").to_numpy().astype(np.int64)
-    r_dst = rel.column("_dst").to_numpy().astype(np.int64)
-    r_chunk = rel.column("chunk_id").to_pylist()
-    r_relation = rel.column("relation").to_pylist()
-    r_weight = _edge_floats(rel, "weight", 1.0)
-    keep = np.array([c in visible_chunks for c in r_chunk], dtype=bool) if len(r_chunk) else np.zeros(0, bool)
-    r_src, r_dst, r_weight = r_src[keep], r_dst[keep], r_weight[keep]
+    r_src, r_dst, r_weight, r_relation, r_chunk = _relations(session, chunk_ids, chunk_keys, m_src, m_dst)
     s_src = s_dst = np.zeros(0, np.int64)
     s_weight = np.zeros(0)
     if SYNONYM in session.store.schema.edges and synonym_weight > 0:
@@ -126,8 +123,6 @@ def build_view(session: Session, related_weight: float = 1.0, synonym_weight: fl
         s_src = syn.column("_src").to_numpy().astype(np.int64)
         s_dst = syn.column("_dst").to_numpy().astype(np.int64)
         s_weight = _edge_floats(syn, "score", 1.0)
-    r_chunk = [c for c, k in zip(r_chunk, keep, strict=True) if k]
-    r_relation = [r for r, k in zip(r_relation, keep, strict=True) if k]
     ids = np.unique(np.concatenate([m_src, m_dst, r_src, r_dst, s_src, s_dst]).astype(np.int64))
     n = len(ids)
     is_chunk = np.isin(ids, chunk_ids)
@@ -160,6 +155,55 @@ def build_view(session: Session, related_weight: float = 1.0, synonym_weight: fl
                      related=related, related_by_node=by_node, matcher=matcher,
                      entity_by_key={keys[p]: p for p in entity_pos.tolist()},
                      chunk_by_key={keys[p]: p for p in np.flatnonzero(is_chunk).tolist()}, synonyms=len(ss))
+
+
+def _relations(session: Session, chunk_ids: np.ndarray, chunk_keys: list[Any], m_src: np.ndarray,
+               m_dst: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], list[str]]:
+    """The visible relations as (src ids, dst ids, weights, relation texts, stating chunk keys): one per
+    unordered entity pair, from the first visible stating chunk by key (Chunk.relations), plus legacy
+    RELATED edges whose stating chunk is visible and has no Chunk.relations."""
+    stored: dict[Any, Any] = {}
+    if "relations" in session.store.schema.nodes[CHUNK].properties and len(chunk_keys):
+        table = session.get_many(CHUNK, chunk_keys, ["relations"])
+        stored = dict(zip(table.column("_id").to_pylist(), table.column("relations").to_pylist(), strict=True))
+    names: dict[tuple[int, str], int] = {}        # (chunk id, entity key) -> entity id, from MENTIONS
+    if stored:
+        keys = {int(i): session.ref(int(i)).key for i in np.unique(m_dst)}
+        names = {(int(c), keys[int(e)]): int(e) for c, e in zip(m_src.tolist(), m_dst.tolist(), strict=True)}
+    best: dict[frozenset[int], tuple[str, int, int, float, str]] = {}
+    for chunk, key in sorted(zip(chunk_ids.tolist(), chunk_keys, strict=True), key=lambda ck: str(ck[1])):
+        for row in _as_list(stored.get(chunk)):
+            s, o = names.get((chunk, row.get("src"))), names.get((chunk, row.get("dst")))
+            if s is None or o is None or s == o or frozenset((s, o)) in best:
+                continue
+            weight = row.get("weight")
+            best[frozenset((s, o))] = (str(key), s, o, 1.0 if weight is None else float(weight),
+                                       str(row.get("relation") or ""))
+    legacy = {key for cid, key in zip(chunk_ids.tolist(), chunk_keys, strict=True) if stored.get(cid) is None}
+    src: list[int] = []
+    dst: list[int] = []
+    weights: list[float] = []
+    relations: list[str] = []
+    chunks: list[str] = []
+    for key, s, o, weight, relation in best.values():
+        src.append(s), dst.append(o), weights.append(weight), relations.append(relation), chunks.append(key)
+    if legacy and (session.principal.admin or not session.store.schema.edges[RELATED].hidden):
+        rel = session.edges(RELATED)
+        r_weight = _edge_floats(rel, "weight", 1.0).tolist()
+        for s, o, chunk, relation, weight in zip(rel.column("_src").to_pylist(), rel.column("_dst").to_pylist(),
+                                                 rel.column("chunk_id").to_pylist(),
+                                                 rel.column("relation").to_pylist(), r_weight, strict=True):
+            if chunk in legacy and frozenset((s, o)) not in best:
+                src.append(s), dst.append(o), weights.append(weight), relations.append(relation)
+                chunks.append(chunk)
+    return (np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64), np.asarray(weights, dtype=np.float64),
+            relations, chunks)
+
+
+def _as_list(value: Any) -> list[dict[str, Any]]:
+    if isinstance(value, str):
+        value = json.loads(value)
+    return [row for row in value if isinstance(row, dict)] if isinstance(value, list) else []
 
 
 def _displays(session: Session, entity_keys: list[Any]) -> dict[Any, str]:

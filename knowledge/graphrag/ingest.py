@@ -21,10 +21,12 @@ union of the labels of every document whose ingestion mentioned it. Since a node
 shares a label with the reader's grants, a reader sees an entity iff a document the reader may read
 mentions it (or mentioned it: labels only grow; re-ingesting or deleting a document takes none away), so
 whoever sees a chunk sees every entity it mentions and an entity reveals nothing a readable document
-does not. A RELATED edge records the chunk that stated it (`chunk_id`, first stating chunk in a batch,
-later batches overwrite; its `relation` holds only that chunk's predicates); retrieval uses and shows a
-RELATED edge only when that chunk is visible, so a relation stated only in a document the reader cannot
-see is never used or shown, even between two visible entities.
+does not. Each chunk stores the relations it states (Chunk.relations, one per entity pair, under the
+chunk's labels); retrieval builds its relation graph from the chunks the reader can see (graphview.py),
+so a relation stated only in a document the reader cannot see is never used or shown, and one stated
+in a visible and in an invisible document reads as if the invisible one did not exist. RELATED edges
+are the graph-level summary for traversal: one per pair, from the first stating chunk of a batch (later
+batches overwrite), readable by whoever sees both entities (see README, Security model).
 
 Run ingestion with an admin session (or one that can read and write every label involved): entity
 labels are merged with what the session can read.
@@ -253,7 +255,8 @@ def _ingest_batch(session: Session, batch: list[Document], embedder: Embedder, s
         if chunks:
             tx.upsert_nodes(CHUNK, [{"chunk_id": c.key, "text": c.text, "position": c.position,
                                      "doc_id": c.doc.doc_id, "embedding": vectors[i], "title": c.doc.title,
-                                     "_labels": sorted(c.doc.labels)} for i, c in enumerate(chunks)])
+                                     "relations": chunk_relations(c), "_labels": sorted(c.doc.labels)}
+                                    for i, c in enumerate(chunks)])
             tx.upsert_edges(HAS_CHUNK, [{"src": c.doc.doc_id, "dst": c.key} for c in chunks])
         if entity_rows:
             tx.upsert_nodes(ENTITY, entity_rows)
@@ -385,6 +388,12 @@ def _embed_names(embedder: Embedder, names: list[str], tolerant: bool) -> np.nda
         raise
 
 
+def chunk_relations(chunk: _Chunk) -> list[dict[str, Any]]:
+    """The relations one chunk states, one per entity pair (its Chunk.relations): `src`, `dst`, `relation`,
+    `weight`, `sentence`, as `_related_rows` merges them within the chunk."""
+    return [{k: row[k] for k in ("src", "dst", "relation", "weight", "sentence")} for row in _related_rows([chunk])]
+
+
 def _related_rows(chunks: list[_Chunk]) -> list[dict[str, Any]]:
     """One RELATED edge per entity pair, from the first chunk relating it: that chunk's predicates joined
     by '; ' (never predicates of another chunk, whose labels may differ), the sum of its relations'
@@ -448,4 +457,4 @@ def delete_documents(session: Session, doc_ids: Iterable[str]) -> int:
     return len(found)
 
 
-__all__ = ["BATCH_SIZE", "Document", "IngestReport", "chunk_key", "content_hash", "delete_documents", "ingest"]
+__all__ = ["BATCH_SIZE", "Document", "IngestReport", "chunk_key", "chunk_relations", "content_hash", "delete_documents", "ingest"]

@@ -4,7 +4,12 @@ Entity -SYNONYM-> Entity (close name embeddings).
 Chunk.title (text) holds the document title, so the keyword index covers titles; Entity.type is the
 extractor's entity type (first seen); RELATED.weight counts how often the stating chunk related the two
 (co-occurring sentences), RELATED.sentence is the first sentence that did; SYNONYM.score is the cosine
-similarity of the two names' embeddings. Stores made before these properties existed get them added
+similarity of the two names' embeddings. Chunk.relations (json) lists the relations the chunk states, one
+`{src, dst, relation, weight, sentence}` per entity pair: it carries the chunk's labels, so retrieval
+builds the relation graph from the chunks the reader can see (RELATED edges hold one chunk's statement
+per pair, see ingest.py). RELATED is a hidden edge type: one edge per pair summarises chunks of
+possibly different labels, so only admins read it; everyone else reads relations through the chunks
+that state them (Chunk.relations) and retrieval. Stores made before these properties existed get them added
 (optional properties) by `ensure_schema`."""
 
 from __future__ import annotations
@@ -30,14 +35,15 @@ def graphrag_schema(dimension: int = DEFAULT_DIMENSION) -> dict[str, Any]:
             DOCUMENT: {"key": "doc_id", "properties": {"title": "str", "text": "text", "metadata": "json",
                                                        "content_hash": "str"}},
             CHUNK: {"key": "chunk_id", "properties": {"text": "text", "position": "int", "doc_id": "str",
-                                                      "embedding": vector, "title": "text"}},
+                                                      "embedding": vector, "title": "text",
+                                                      "relations": "json"}},
             ENTITY: {"key": "name", "properties": {"display": "str", "embedding": vector, "type": "str"}},
         },
         "edges": {
             HAS_CHUNK: {"source": DOCUMENT, "target": CHUNK, "properties": {}},
             MENTIONS: {"source": CHUNK, "target": ENTITY, "properties": {}},
-            RELATED: {"source": ENTITY, "target": ENTITY, "properties": {"relation": "str", "chunk_id": "str",
-                                                                         "weight": "float", "sentence": "str"}},
+            RELATED: {"source": ENTITY, "target": ENTITY, "hidden": True,
+                      "properties": {"relation": "str", "chunk_id": "str", "weight": "float", "sentence": "str"}},
             SYNONYM: {"source": ENTITY, "target": ENTITY, "properties": {"score": "float"}},
         },
     }

@@ -75,6 +75,9 @@ class ChangeFeed:
         table = op.arrow()
         if principal.admin:
             return table
+        edge_type = self.store.schema.edges.get(op.name)
+        if edge_type is None or edge_type.hidden:  # for a non-admin a hidden edge type does not exist
+            return table.slice(0, 0)
         now = self.session.visible()
 
         def seen(column: str) -> np.ndarray:

@@ -28,7 +28,8 @@ def apply_memory(engine: EngineState, ops: list[Op], lsn: int) -> None:
     vector and keyword indexes, row cache, view clock (under the engine's state lock, in LSN order)."""
     directory = engine.directory
     for op in ops:
-        record_view(engine.view_clock, directory, op, lsn)  # first: the labels the op replaces are still there
+        record_view(engine.view_clock, directory, op, lsn,  # first: the labels the op replaces are still there
+                    frozenset(name for name, edge in engine.schema.edges.items() if edge.hidden))
         if op.kind == OpKind.META:
             if op.name.startswith(PRINCIPAL_PREFIX):
                 engine.catalog.apply(op.document)

@@ -147,26 +147,33 @@ class NodeType:
 
 @dataclass(frozen=True, slots=True)
 class EdgeType:
-    """An edge type: allowed source and target node types and typed properties."""
+    """An edge type: allowed source and target node types and typed properties. A `hidden` edge type, like a
+    hidden property, does not exist for a non-admin: its edges are neither read, counted nor traversed."""
 
     name: str
     sources: tuple[str, ...]
     targets: tuple[str, ...]
     properties: dict[str, Property] = field(default_factory=dict)
+    hidden: bool = False
 
     @classmethod
     def build(cls, name: str, source: str | list[str], target: str | list[str],
-              properties: dict[str, Any] | None = None) -> EdgeType:
+              properties: dict[str, Any] | None = None, hidden: bool = False) -> EdgeType:
         sources = (source,) if isinstance(source, str) else tuple(source)
         targets = (target,) if isinstance(target, str) else tuple(target)
         if not sources or not targets:
             raise SchemaError(f"edge type {name!r} needs at least one source and one target type")
+        if not isinstance(hidden, bool):
+            raise SchemaError(f"edge type {name!r}: 'hidden' must be true or false, got {hidden!r}")
         return cls(check_name("edge type", name), sources, targets,
-                   _parse_properties(properties, RESERVED_EDGE_FIELDS))
+                   _parse_properties(properties, RESERVED_EDGE_FIELDS), hidden)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": list(self.sources), "target": list(self.targets),
-                "properties": {n: p.to_dict() for n, p in self.properties.items()}}
+        out: dict[str, Any] = {"source": list(self.sources), "target": list(self.targets),
+                               "properties": {n: p.to_dict() for n, p in self.properties.items()}}
+        if self.hidden:
+            out["hidden"] = True
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,7 +241,11 @@ def _edge_from_spec(name: str, spec: Any) -> EdgeType:
         return spec
     if not isinstance(spec, dict) or "source" not in spec or "target" not in spec:
         raise SchemaError(f"edge type {name!r}: expected a dict with 'source', 'target' and 'properties'")
-    return EdgeType.build(name, spec["source"], spec["target"], spec.get("properties"))
+    unknown = set(spec) - {"source", "target", "properties", "hidden"}
+    if unknown:
+        raise SchemaError(f"edge type {name!r}: unknown option(s) {sorted(unknown)}; expected source, target, "
+                          f"properties, hidden")
+    return EdgeType.build(name, spec["source"], spec["target"], spec.get("properties"), spec.get("hidden", False))
 
 
 def _merge_properties(owner: str, old: dict[str, Property], new: dict[str, Property],
@@ -267,5 +278,7 @@ def _merge_edge(old: EdgeType | None, new: EdgeType) -> EdgeType:
         return new
     sources = old.sources + tuple(s for s in new.sources if s not in old.sources)
     targets = old.targets + tuple(t for t in new.targets if t not in old.targets)
+    # hiding is one-way: a change may hide an edge type, and one that omits `hidden` leaves it hidden
     return EdgeType(old.name, sources, targets,
-                    _merge_properties(f"edge type {new.name!r}", old.properties, new.properties, True))
+                    _merge_properties(f"edge type {new.name!r}", old.properties, new.properties, True),
+                    old.hidden or new.hidden)

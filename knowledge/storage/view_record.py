@@ -18,9 +18,11 @@ if TYPE_CHECKING:
     from knowledge.storage.tables import Tables
 
 
-def record_view(clock: ViewClock, directory: NodeDirectory, op: Op, lsn: int) -> None:
+def record_view(clock: ViewClock, directory: NodeDirectory, op: Op, lsn: int,
+                hidden_edges: frozenset[str] = frozenset()) -> None:
     """Tell `clock` which labels (and endpoint label pairs) op `lsn` touches. Call it before applying the
-    op, so that the labels a node write replaces or a delete removes are still in the directory."""
+    op, so that the labels a node write replaces or a delete removes are still in the directory. Writes of
+    `hidden_edges` types touch nothing: no non-admin sees them."""
     if op.kind == OpKind.META:
         if op.name.startswith(PRINCIPAL_PREFIX):
             clock.principal(lsn, op.name[len(PRINCIPAL_PREFIX):])
@@ -40,7 +42,7 @@ def record_view(clock: ViewClock, directory: NodeDirectory, op: Op, lsn: int) ->
         replaced = inside[directory.type_of[inside] >= 0]
         if len(replaced):
             clock.node_labels(lsn, labels_of_ids(directory.labels, replaced))
-    elif op.kind in (OpKind.UPSERT_EDGES, OpKind.DELETE_EDGES):
+    elif op.kind in (OpKind.UPSERT_EDGES, OpKind.DELETE_EDGES) and op.name not in hidden_edges:
         assert op.table is not None
         clock.edge_labels(lsn, label_pairs(directory.labels, op.table.column("_src").to_numpy(),
                                            op.table.column("_dst").to_numpy()))
