@@ -70,6 +70,24 @@ class CorruptionError(KnowledgeError):
         super().__init__(message + where)
 
 
+class EncryptionKeyError(KnowledgeError):
+    """A file of an encrypted store cannot be read with the keys given; nothing was changed. `path` names
+    the file, `key_id` the key it is under (from its plaintext header)."""
+
+    def __init__(self, message: str, *, path: str | None = None, key_id: str | None = None) -> None:
+        self.path = path
+        self.key_id = key_id
+        super().__init__(message)
+
+
+class EncryptionKeyMissing(EncryptionKeyError):
+    """The file is encrypted under a key id the store was not given (or no key was given at all)."""
+
+
+class EncryptionKeyWrong(EncryptionKeyError):
+    """A key was given under the file's key id, but it is not the key the file was written with."""
+
+
 class StorageFull(KnowledgeError):
     """The file system holding the store has no room for a write: the commit was refused whole (nothing
     of it is acknowledged); reads go on, and writes are accepted again once space is freed."""
