@@ -243,6 +243,11 @@ class SnapshotMoved(Unavailable):
     the block's LSN; run the block again."""
 
 
+class SnapshotTransferFailed(Unavailable):
+    """A replication snapshot could not be taken, streamed or verified (a chunk or file checksum, a size,
+    a stream cut short); nothing of it was installed, and the replica asks again."""
+
+
 class NotPrimary(Unavailable):
     """A write reached a server that is not the primary; `primary` is the primary's address when known."""
 

@@ -11,6 +11,13 @@ anything. Messages arrive through `deliver()` (the transport's receive side) and
 One loop iteration, per README.md: with the engine's stage lock held, drain the proposals, feed
 messages, ticks and commands, take the Ready, persist the hard state, truncate and append the WAL;
 release the lock; fsync; send; apply committed records; resolve waiting commits; advance.
+
+Snapshots (snapshot.py): a primary takes the backup for each InstallSnapshot it sends just before
+sending it (its tables then stand exactly at the offered position) and serves it to the replica's fetch.
+A replica with a snapshot in its Ready fetches it (`fetch`, the transport's), closes its engine,
+installs the files and opens a new engine (`reopen` points the Store at it). A failed fetch leaves the
+store untouched and restarts the state machine from disk, as a crash would. `wal_retention_bytes_max`
+caps the WAL kept for lagging replicas (node.limit_retention); past it they are sent a snapshot.
 """
 
 from __future__ import annotations
@@ -23,19 +30,28 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from knowledge.errors import CommitOutcomeUnknown, InvalidArgument, NotPrimary, StorePoisoned, Unavailable
+from knowledge.errors import (
+    CommitOutcomeUnknown,
+    InvalidArgument,
+    NotPrimary,
+    StorePoisoned,
+    Unavailable,
+)
+from knowledge.replication.catchup import CatchUp
 from knowledge.replication.config import NodeConfig
 from knowledge.replication.durable import HardStateFile, WalLog, restore
 from knowledge.replication.election import Elector
 from knowledge.replication.lsn import Position
-from knowledge.replication.messages import Message
+from knowledge.replication.messages import InstallSnapshot, Message
 from knowledge.replication.node import ReplicationNode, Role
 from knowledge.replication.ready import COMMITTED, CommitOutcome, Ready
+from knowledge.replication.snapshot import SnapshotSource
 from knowledge.storage.ops import decode_ops
 
 log = logging.getLogger("knowledge.replication")
 CYCLE_S = 0.25  # the Elector's period (its lease TTL is in whole seconds)
 WAIT_MARGIN_S = 30.0  # a commit waits at most its policy's deadline plus this (the loop resolves it first)
+HOUSEKEEPING_S = 1.0  # how often the WAL byte limit is measured and unoffered snapshots removed
 
 
 @dataclass
@@ -44,16 +60,26 @@ class _Waiter:
     outcome: CommitOutcome | None = None
 
 
-class Replicator:
+class Replicator(CatchUp):
     """One node of a replicated store: its state machine, its durable state and its loop thread."""
 
     def __init__(self, engine: Any, config: NodeConfig, addresses: dict[str, str],
                  send: Callable[[str, Message], None], *, kv: Any = None, ttl_s: int = 2,
-                 prefix: str = "/knowledge") -> None:
+                 prefix: str = "/knowledge", fetch: Callable[[str, Position, str], int] | None = None,
+                 reopen: Callable[[Any], None] | None = None, wal_retention_bytes_max: int = 0) -> None:
+        if not isinstance(wal_retention_bytes_max, int) or wal_retention_bytes_max < 0:
+            raise InvalidArgument(f"wal_retention_bytes_max must be an int >= 0 (0: no limit), got "
+                                  f"{wal_retention_bytes_max!r}")
         self.engine = engine
         self.config = config
         self.addresses = dict(addresses)
         self.send = send
+        self.fetch = fetch
+        self.reopen = reopen
+        self.wal_retention_bytes_max = wal_retention_bytes_max
+        self.snapshots = SnapshotSource(engine.path)
+        self.snapshot_rates: collections.deque[dict[str, float]] = collections.deque(maxlen=16)
+        self._next_housekeeping = 0.0
         self.hard = HardStateFile(engine.path, fsync=engine.config.fsync)
         restored = restore(engine.wal, self.hard.load(), engine.memory_lsn)
         self.log = WalLog(engine.wal)
@@ -200,6 +226,7 @@ class Replicator:
                     "commit_lsn": node.commit_lsn, "policy": str(self.config.policy), "stats": dict(node.stats),
                     "counters": dict(self.counters), "events": [list(e) for e in self.events],
                     "failure": None if self.failure is None else str(self.failure),
+                    "retention_floor": node.retention_floor, "snapshots": list(self.snapshot_rates),
                     "elector": None if self.elector is None else self.elector.log[-10:]}
 
     # -- the loop -----------------------------------------------------------------------------------
@@ -242,6 +269,9 @@ class Replicator:
                 node.step(message)
             for action in commands:
                 action()
+            if time.monotonic() >= self._next_housekeeping:
+                self._next_housekeeping = time.monotonic() + HOUSEKEEPING_S
+                self._housekeep()
             for _ in range(ticks):
                 node.tick()
             if self.elector is not None and time.monotonic() >= self._next_cycle:
@@ -257,11 +287,22 @@ class Replicator:
             if not node.has_ready():
                 return
             ready = node.ready()
-            self._persist(ready)
+            if ready.hard_state is not None:
+                self.hard.save(ready.hard_state)
+            if ready.snapshot is None:
+                self._persist(ready)
+        if ready.snapshot is not None:
+            if not self._install_snapshot(ready.snapshot):
+                return
+            engine = self.engine
+            with engine.stage_lock:
+                self._persist(ready)
         last = ready.entries[-1].lsn if ready.entries else 0
         if last:
             engine.wal.sync_to(last)
         for message in ready.messages:
+            if isinstance(message, InstallSnapshot) and not self._offer(message):
+                continue
             self.send(message.to, message)
         self._apply(ready)
         self._resolve(ready)
@@ -294,12 +335,8 @@ class Replicator:
         self._finish(lsn, CommitOutcome(Position(0, lsn), "unknown", reason=reason))
 
     def _persist(self, ready: Ready) -> None:
+        """Truncate and append the WAL (the hard state and any snapshot are already in place)."""
         wal = self.engine.wal
-        if ready.hard_state is not None:
-            self.hard.save(ready.hard_state)
-        if ready.snapshot is not None:
-            raise StorePoisoned(f"node {self.config.node_id} needs a snapshot at {ready.snapshot.position}, "
-                                f"which this transport does not install yet")
         if ready.truncate_after_lsn is not None and wal.last_lsn > ready.truncate_after_lsn:
             wal.truncate_after(ready.truncate_after_lsn)
             self.log.forget_after(ready.truncate_after_lsn)
@@ -343,7 +380,8 @@ class Replicator:
         for event in ready.events:
             self.counters[event.kind] += 1
             self.events.append((time.time(), event.kind, event.detail))
-            level = logging.WARNING if event.kind in ("degraded", "stepped_down", "snapshot_needed") else logging.INFO
+            level = logging.WARNING if event.kind in ("degraded", "stepped_down", "snapshot_needed",
+                                                                "retention_limit") else logging.INFO
             log.log(level, "replication %s: %s (epoch %d): %s", self.config.node_id, event.kind, event.epoch,
                     event.detail)
         if self.node.role is not Role.PRIMARY:  # commits the node no longer tracks end as unknown

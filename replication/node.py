@@ -86,9 +86,10 @@ class ReplicationNode:
         self._outstanding: Ready | None = None
         self.incarnation = self.rng.getrandbits(48)  # tells this process's Subscribes from older ones
         self._subscribe_sequence = 0
+        self.retention_floor = 0  # the driver's limit (limit_retention): the WAL keeps no LSN below it
         self.stats: dict[str, int] = {"commits": 0, "commits_degraded": 0, "outcome_unknown": 0,
                                       "degrade_events": 0, "snapshots_sent": 0, "snapshots_installed": 0,
-                                      "elections_won": 0, "step_downs": 0}
+                                      "elections_won": 0, "step_downs": 0, "retention_limits": 0}
 
     # -- inputs -------------------------------------------------------------------------------
     def step(self, message: Message) -> None:
@@ -152,6 +153,23 @@ class ReplicationNode:
             if primary != self.primary_id:
                 self.primary_id = primary
                 self._send_subscribe()
+
+    def limit_retention(self, floor_lsn: int) -> None:
+        """The WAL may keep records only from `floor_lsn` on (the driver's byte limit): a replica that
+        still needs older ones gets a `retention_limit` event now and a snapshot when next sent to."""
+        self._check_idle()
+        if floor_lsn <= self.retention_floor:
+            return
+        self.retention_floor = floor_lsn
+        if self._primary is not None:
+            self._primary.note_retention(floor_lsn)
+
+    def forget_snapshot(self, replica: str) -> None:
+        """The driver could not produce the snapshot offered to `replica`: the next offer takes a new one."""
+        self._check_idle()
+        if self._primary is not None and replica in self._primary.progress:
+            self._primary.progress[replica].snapshot = None
+            self._primary.dirty.add(replica)
 
     def can_read(self, min_lsn: int | Position) -> bool:
         """Whether a read that must see `min_lsn` may be served here now.
@@ -406,7 +424,7 @@ class ReplicationNode:
     def _retain_from(self) -> int:
         floor = self.history.last_lsn + 1 - self.config.retention_records_max
         needed = self._primary.retain_needed() if self._primary is not None else floor
-        return max(self.first_lsn, min(self._apply_through() + 1, max(floor, needed)))
+        return max(self.first_lsn, min(self._apply_through() + 1, max(floor, self.retention_floor, needed)))
 
     def _check_idle(self) -> None:
         invariant(self._outstanding is None, "input between ready() and advance()")

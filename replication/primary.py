@@ -45,6 +45,7 @@ class Progress:
     heard: bool = False  # an ack or Subscribe came in this epoch (until then heartbeats probe)
     incarnation: int = -1  # of the latest Subscribe handled, with its sequence
     sequence: int = 0
+    cut_by_retention: bool = False  # the retention limit dropped records it still needs (told once)
 
 
 class PrimaryRole:
@@ -203,6 +204,7 @@ class PrimaryRole:
         progress.applied_lsn = max(progress.applied_lsn, message.applied_lsn)
         if progress.snapshot is not None and progress.match_lsn >= progress.snapshot.lsn:
             progress.snapshot = None
+            progress.cut_by_retention = False
         self._advance_commit()
         self.dirty.add(message.sender)
 
@@ -212,6 +214,18 @@ class PrimaryRole:
         needed = [p.snapshot.lsn + 1 if p.snapshot is not None else p.match_lsn + 1
                   for p in self.progress.values()]
         return min(needed, default=self.node.history.last_lsn + 1)
+
+    def note_retention(self, floor_lsn: int) -> None:
+        """The WAL keeps nothing below `floor_lsn` from now on: tell (once) of every replica cut off."""
+        node = self.node
+        for replica, progress in sorted(self.progress.items()):
+            needed = progress.snapshot.lsn + 1 if progress.snapshot is not None else progress.match_lsn + 1
+            if needed < floor_lsn and not progress.cut_by_retention:
+                progress.cut_by_retention = True
+                node.stats["retention_limits"] += 1
+                node.emit("retention_limit", f"{replica} needs LSN {needed} but the WAL retention limit keeps "
+                                             f"LSNs from {floor_lsn}: it will be sent a snapshot")
+                self.dirty.add(replica)
 
     def flush(self) -> None:
         """Build the messages for every replica that has something due (called by ready())."""
@@ -260,15 +274,18 @@ class PrimaryRole:
 
     def _offer_snapshot(self, replica: str, progress: Progress, reason: str) -> None:
         node = self.node
-        at = node.applied_lsn
-        position = Position(node.history.epoch_at(at), at)
+        if progress.snapshot is not None and progress.snapshot.lsn + 1 >= node.first_lsn:
+            position = progress.snapshot  # a re-offer names the same snapshot (a transfer may be under way)
+        else:
+            at = node.applied_lsn
+            position = Position(node.history.epoch_at(at), at)
         if progress.snapshot is None:
             node.emit("snapshot_needed", f"{replica}: {reason}; snapshot at {position}")
         progress.snapshot = position
         progress.snapshot_tick = node.now
         progress.last_sent_tick = node.now
         node.stats["snapshots_sent"] += 1
-        node.send(InstallSnapshot(node.id, replica, node.epoch, position, node.history.prefix(at),
+        node.send(InstallSnapshot(node.id, replica, node.epoch, position, node.history.prefix(position.lsn),
                                   node.commit_lsn))
 
     def _matches_text(self) -> str:

@@ -42,6 +42,12 @@ PROFILES: tuple[dict[str, float], ...] = (  # harsher runs in one dimension each
     {"crash": 0.01, "crash_mid_ready": 0.05}, {"pause": 0.02, "partition": 0.03, "heal": 0.02},
     {"lease_expiry": 0.02, "kv_cut": 0.02}, {"retention_records_max": 8},
 )
+# drawn from a second generator (so adding them left every other seed's run as it was): a WAL byte
+# limit that cuts lagging replicas off (they re-snapshot), and crashes while a snapshot is in transfer
+STORAGE_PROFILES: tuple[dict[str, float], ...] = (
+    {}, {}, {}, {"retention_bytes_max": 48, "crash_mid_snapshot": 0.3}, {"retention_bytes_max": 120},
+)
+RECORD_OVERHEAD_BYTES = 4  # the simulated WAL frame around each payload
 NodeFactory = Callable[[NodeConfig, MemoryLog, random.Random], ReplicationNode]
 VARIANTS: dict[str, NodeFactory] = {
     "correct": lambda config, log, rng: ReplicationNode(config, log, log.durable_state(), rng),
@@ -72,6 +78,8 @@ class SimConfig:
     ha_ticks: int = 3
     lease_ttl_ticks: int = 18
     retention_records_max: int = 40
+    retention_bytes_max: int = 0  # the WAL byte limit (0: none), enforced through node.limit_retention
+    crash_mid_snapshot: float = 0.0  # a replica dies while the snapshot streams in; its log is untouched
     deadline_ms: int = 300
     variant: str = "correct"
     vary: bool = True  # the seed also picks a fault profile (PROFILES) over these rates
@@ -126,6 +134,8 @@ class Simulator:
         self.requested = config  # what a replay line reproduces
         self.rng = random.Random(config.seed)
         profile = self.rng.choice(PROFILES) if config.vary else {}
+        if config.vary:
+            profile = {**profile, **random.Random(f"storage {config.seed}").choice(STORAGE_PROFILES)}
         self.config = replace(config, **profile)  # type: ignore[arg-type]
         self.profile = profile
         count = config.nodes or self.rng.choice((3, 3, 4, 5))
@@ -183,6 +193,7 @@ class Simulator:
             self._inject_faults()
         self._deliver()
         for member in self._live():
+            self._limit_retention(member)
             member.node.tick()  # type: ignore[union-attr]
             self._drive(member)
         if self.now % self.config.ha_ticks == 0:
@@ -217,6 +228,19 @@ class Simulator:
         self._note(f"start {member.id} at {member.node.last} epoch {member.node.epoch} "
                    f"applied {member.log.applied_lsn}")
 
+    def _limit_retention(self, member: _Member) -> None:
+        """The WAL byte limit: the oldest LSN whose records, to the end of the log, fit in it."""
+        limit = self.config.retention_bytes_max
+        if not limit or member.node is None:
+            return
+        log, total, floor = member.log, 0, member.log.last_lsn + 1
+        while floor > log.first_lsn:
+            total += len(log.records[floor - 2].payload) + RECORD_OVERHEAD_BYTES
+            if total > limit:
+                break
+            floor -= 1
+        member.node.limit_retention(floor)
+
     def _crash(self, member: _Member, why: str) -> None:
         member.node = member.elector = None
         self.paused.pop(member.id, None)
@@ -230,6 +254,12 @@ class Simulator:
             if node is None or not node.has_ready():
                 return
             ready = node.ready()
+            if (ready.snapshot is not None and self.config.crash_mid_snapshot and self.faults
+                    and self.rng.random() < self.config.crash_mid_snapshot):
+                # the transfer goes to a temporary copy, renamed into place only once complete: a crash
+                # before that leaves the log and the hard state as they were (this Ready is lost whole)
+                self._crash(member, f"mid snapshot transfer at {ready.snapshot.position}")
+                return
             member.log.persist(ready)
             if self.faults and self.rng.random() < self.config.crash_mid_ready:
                 self._crash(member, "after fsync, before sending")

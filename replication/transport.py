@@ -8,6 +8,11 @@ Service `knowledge.replication.v1.Replication` (raw bytes, no generated code):
   short pause; what was queued for it is dropped (the protocol resends on its ticks).
 - `Control` (unary, JSON): `status`, `promote` (manual failover), `wait` (a read-your-writes wait
   for `min_lsn`, bounded by `timeout_s`).
+- `Snapshot` (server streaming): a replica told to install a snapshot at (epoch, lsn) fetches the
+  primary's consistent backup at that position, in checksummed chunks (snapshot.py).
+
+Links, snapshot fetches and `control` use TLS when given a `LinkTLS` (the peers' CA, and this node's
+certificate and key for mTLS); the server side is the knowledge server's own port and credentials.
 """
 
 from __future__ import annotations
@@ -17,11 +22,12 @@ import logging
 import queue
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
-from knowledge.errors import InvalidArgument, KnowledgeError, Unavailable
+from knowledge.errors import InvalidArgument, KnowledgeError, SnapshotTransferFailed, Unavailable
 from knowledge.replication import wire
 from knowledge.replication.lsn import Position
 from knowledge.replication.messages import Message
@@ -30,6 +36,8 @@ log = logging.getLogger("knowledge.replication")
 SERVICE = "knowledge.replication.v1.Replication"
 PUSH = f"/{SERVICE}/Push"
 CONTROL = f"/{SERVICE}/Control"
+SNAPSHOT = f"/{SERVICE}/Snapshot"
+SNAPSHOT_TIMEOUT_S = 3600.0  # one whole snapshot transfer
 LINK_QUEUE_MAX = 4096  # messages waiting for one peer; past it the oldest are dropped (they are resent)
 RECONNECT_S = 0.2
 FRAME_MESSAGES_MAX = 64
@@ -39,12 +47,49 @@ CHANNEL_OPTIONS = [("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
                    ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 500)]
 
 
+@dataclass(frozen=True)
+class LinkTLS:
+    """TLS for the links to peers: the CA that signed their certificates (PEM bytes) and, for mTLS,
+    this node's certificate chain and key."""
+
+    ca: bytes
+    cert: bytes | None = None
+    key: bytes | None = None
+
+    @classmethod
+    def load(cls, ca: str, cert: str | None = None, key: str | None = None) -> LinkTLS:
+        """From PEM files; InvalidArgument naming a file that cannot be read."""
+        def read(path: str | None) -> bytes | None:
+            if path is None:
+                return None
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except OSError as exc:
+                raise InvalidArgument(f"cannot read TLS file {path!r}: {exc.strerror}") from None
+        if (cert is None) != (key is None):
+            raise InvalidArgument("a replication client certificate needs both its certificate and its key")
+        return cls(read(ca), read(cert), read(key))  # type: ignore[arg-type]
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(root_certificates=self.ca, private_key=self.key,
+                                            certificate_chain=self.cert)
+
+
+def open_channel(address: str, tls: LinkTLS | None = None) -> grpc.Channel:
+    """A channel to a peer's replication service: TLS when `tls` is given, else plaintext."""
+    if tls is None:
+        return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    return grpc.secure_channel(address, tls.credentials(), options=CHANNEL_OPTIONS)
+
+
 class _Link:
     """The outbound stream to one peer, on its own thread."""
 
-    def __init__(self, peer: str, address: str) -> None:
+    def __init__(self, peer: str, address: str, tls: LinkTLS | None = None) -> None:
         self.peer = peer
         self.address = address
+        self.tls = tls
         self.queue: queue.Queue[Message | None] = queue.Queue()
         self.stop = threading.Event()
         self.sent_frames = 0
@@ -82,7 +127,7 @@ class _Link:
 
     def _run(self) -> None:
         while not self.stop.is_set():
-            channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+            channel = open_channel(self.address, self.tls)
             try:
                 push = channel.stream_unary(PUSH)
                 push(self._frames())
@@ -106,8 +151,25 @@ class _Link:
 class Links:
     """Outbound streams to every peer: `send(peer, message)` never blocks."""
 
-    def __init__(self, addresses: dict[str, str], me: str) -> None:
-        self._links = {peer: _Link(peer, address) for peer, address in addresses.items() if peer != me}
+    def __init__(self, addresses: dict[str, str], me: str, tls: LinkTLS | None = None) -> None:
+        self.addresses = dict(addresses)
+        self.tls = tls
+        self._links = {peer: _Link(peer, address, tls) for peer, address in addresses.items() if peer != me}
+
+    def fetch_snapshot(self, peer: str, position: Position, store_path: str) -> int:
+        """Stream the snapshot at `position` from `peer` into the store's incoming folder (snapshot.receive);
+        the bytes received. SnapshotTransferFailed when the stream breaks or does not verify."""
+        from knowledge.replication.snapshot import receive
+        with open_channel(self.addresses[peer], self.tls) as channel:
+            call = channel.unary_stream(SNAPSHOT)
+            request = json.dumps({"epoch": position.epoch, "lsn": position.lsn}).encode()
+            try:
+                _, received = receive(call(request, timeout=SNAPSHOT_TIMEOUT_S), store_path, position)
+            except grpc.RpcError as exc:
+                code = exc.code()
+                raise SnapshotTransferFailed(f"snapshot at {position} from {peer}: "
+                                             f"{code.name if code else 'error'}: {exc.details()}") from None
+        return received
 
     def send(self, peer: str, message: Message) -> None:
         link = self._links.get(peer)
@@ -153,15 +215,28 @@ def handler(replicator: Any) -> grpc.GenericRpcHandler:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad control request: {exc}")
         return b""  # pragma: no cover - abort raises
 
+    def snapshot(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        try:
+            doc = json.loads(request or b"{}")
+            position = Position(int(doc["epoch"]), int(doc["lsn"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad snapshot request: {exc}")
+        try:
+            yield from replicator.snapshot_chunks(position)
+        except SnapshotTransferFailed as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+
     return grpc.method_handlers_generic_handler(SERVICE, {
         "Push": grpc.stream_unary_rpc_method_handler(push),
         "Control": grpc.unary_unary_rpc_method_handler(control),
+        "Snapshot": grpc.unary_stream_rpc_method_handler(snapshot),
     })
 
 
-def control(address: str, op: str, timeout_s: float = 10.0, **fields: Any) -> dict[str, Any]:
+def control(address: str, op: str, timeout_s: float = 10.0, tls: LinkTLS | None = None,
+            **fields: Any) -> dict[str, Any]:
     """Call Control on the node at `address` (the `knowledge promote` client); the reply as a dict."""
-    with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+    with open_channel(address, tls) as channel:
         call = channel.unary_unary(CONTROL)
         try:
             return json.loads(call(json.dumps({"op": op, **fields}).encode(), timeout=timeout_s) or b"{}")

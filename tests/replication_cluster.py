@@ -129,6 +129,8 @@ class Cluster:
         self.proxies = {(a, b): Proxy(self.ports[b]) for a in zones for b in zones if a != b}
         self.procs: dict[str, subprocess.Popen[str]] = {}
         self.extra_args: list[str] = []  # added to every node's command line (e.g. --etcd ADDR)
+        self.link_tls: Any = None  # a transport.LinkTLS when the nodes serve TLS (status calls use it)
+        self.client_tls: Any = None  # a knowledge.TLS for client() then
         for n in zones:
             shutil.copytree(os.path.join(root, "seed"), self.data(n))
 
@@ -158,7 +160,7 @@ class Cluster:
         for n in names or tuple(self.procs):
             while True:
                 try:
-                    control(self.address(n), "status", timeout_s=5)
+                    control(self.address(n), "status", timeout_s=5, tls=self.link_tls)
                     break
                 except KnowledgeError:
                     if self.procs[n].poll() is not None or time.monotonic() > deadline:
@@ -170,7 +172,7 @@ class Cluster:
             return f.read()[-4000:]
 
     def status(self, n: str) -> dict[str, Any]:
-        return control(self.address(n), "status", timeout_s=10)
+        return control(self.address(n), "status", timeout_s=10, tls=self.link_tls)
 
     def wait_for(self, what: str, predicate: Callable[[], bool], timeout_s: float = 120.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -210,7 +212,7 @@ class Cluster:
                 proxy.heal()
 
     def client(self, n: str, timeout_s: float = 60.0) -> Any:
-        return knowledge.connect(self.address(n), token=self.token, timeout_s=timeout_s)
+        return knowledge.connect(self.address(n), token=self.token, timeout_s=timeout_s, tls=self.client_tls)
 
     def close(self) -> None:
         for proc in self.procs.values():

@@ -242,6 +242,9 @@ def add_commands(sub: Any, command: Callable[..., argparse.ArgumentParser], prin
                 ["knowledge promote --server 127.0.0.1:50052"])
     p.add_argument("--server", required=True, metavar="ADDR", help="the node to promote (its serve --listen)")
     p.add_argument("--epoch", type=positive_int, metavar="N", help="the epoch to campaign for (default: the next)")
+    p.add_argument("--tls-ca", metavar="PEM", help="CA of the node's certificate: call it over TLS")
+    p.add_argument("--tls-cert", metavar="PEM", help="client certificate, for mTLS")
+    p.add_argument("--tls-key", metavar="PEM", help="client key, for mTLS")
 
     def read_verb(name: str, handler: Callable[..., int], summary: str, examples: list[str]) -> argparse.ArgumentParser:
         parser = command(sub, name, handler, summary, examples)

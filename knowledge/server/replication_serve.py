@@ -4,12 +4,17 @@ Every node is started with the whole membership (`--members id=zone@host:port,..
 addresses its peers reach it at; the node's own entry names its zone). The Replication service runs on
 the same gRPC server as knowledge.v1 (one port per node). A replica refuses writes with NotPrimary
 naming the primary's address; the primary's commits return once its commit policy holds.
+
+The links to peers (log shipping, snapshot fetches) use TLS with `--replication-ca` (the CA that signed
+the peers' certificates), presenting `--replication-cert/--replication-key` (default: this node's own
+`--tls-cert/--tls-key`) for mTLS; without it every peer must be on loopback, unless `--insecure`.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import signal
 import sys
 import threading
@@ -67,6 +72,13 @@ def add_replication_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--etcd", metavar="HOST:PORT", help="automatic failover through this etcd (leader key, lease)")
     group.add_argument("--etcd-ttl", type=int, default=2, metavar="S", help="leader lease TTL in seconds (default 2)")
     group.add_argument("--etcd-prefix", default="/knowledge", metavar="KEY", help="etcd key prefix (default /knowledge)")
+    group.add_argument("--wal-retention-max-bytes", type=int, default=0, metavar="N",
+                       help="WAL kept for lagging replicas at most this large; past it they re-snapshot (0: no limit)")
+    group.add_argument("--wal-segment-bytes", type=int, metavar="N", help="WAL segment size (default 64 MiB)")
+    group.add_argument("--replication-ca", metavar="PEM",
+                       help="CA of the peers' certificates: the links to peers use TLS")
+    group.add_argument("--replication-cert", metavar="PEM", help="client certificate on the links (default --tls-cert)")
+    group.add_argument("--replication-key", metavar="PEM", help="its key (default --tls-key)")
 
 
 def _node_id(args: argparse.Namespace, addresses: dict[str, str]) -> str:
@@ -80,12 +92,36 @@ def _node_id(args: argparse.Namespace, addresses: dict[str, str]) -> str:
     raise InvalidArgument(f"no --members entry has the address {args.listen!r}: give --node-id")
 
 
+def link_tls(args: argparse.Namespace, addresses: dict[str, str], me: str) -> Any:
+    """The LinkTLS for the links to peers, or None for plaintext (loopback peers only, unless --insecure)."""
+    from knowledge.replication.transport import LinkTLS
+    from knowledge.server.config import is_loopback, split_address
+    ca = getattr(args, "replication_ca", None)
+    cert = getattr(args, "replication_cert", None) or (getattr(args, "tls_cert", None) if ca else None)
+    key = getattr(args, "replication_key", None) or (getattr(args, "tls_key", None) if ca else None)
+    if ca:
+        return LinkTLS.load(ca, cert, key)
+    if getattr(args, "replication_cert", None) or getattr(args, "replication_key", None):
+        raise InvalidArgument("--replication-cert/--replication-key need --replication-ca")
+    if getattr(args, "tls_cert", None):
+        raise InvalidArgument("this node serves TLS (--tls-cert): give --replication-ca so its links to the "
+                              "peers (which serve TLS too) can verify them")
+    remote = [address for name, address in addresses.items()
+              if name != me and not is_loopback(split_address(address)[0])]
+    if remote and not getattr(args, "insecure", False):
+        raise InvalidArgument(f"refusing plaintext replication links to {remote}, which are not loopback "
+                              f"addresses: give --replication-ca (with --tls-cert/--tls-key), or force "
+                              f"plaintext with --insecure")
+    return None
+
+
 def serve_replicated(args: argparse.Namespace, config: ServerConfig, *, out: TextIO = sys.stdout) -> int:
     """Run `knowledge serve` with --role: open (or create) the replicated store, serve it until SIGTERM."""
     import knowledge
     from knowledge.replication.config import NodeConfig
     from knowledge.replication.driver import Replicator
     from knowledge.replication.policy import parse_policy
+    from knowledge.replication.snapshot import recover_incoming
     from knowledge.replication.transport import Links, handler
     from knowledge.server.app import KnowledgeServer
 
@@ -101,16 +137,27 @@ def serve_replicated(args: argparse.Namespace, config: ServerConfig, *, out: Tex
         if primary is None:
             raise InvalidArgument(f"--primary {args.primary!r} is not the address of any of --members")
     node_config = NodeConfig(me, zones, parse_policy(args.commit_policy), tick_ms=args.tick_ms)
+    tls = link_tls(args, addresses, me)
+    retention = getattr(args, "wal_retention_max_bytes", 0) or 0
+    if retention < 0:
+        raise InvalidArgument(f"--wal-retention-max-bytes must be >= 0, got {retention}")
     store_config = dataclasses.replace(knowledge.StoreConfig(), audit=not args.no_audit, replicated=True)
+    if getattr(args, "wal_segment_bytes", None):
+        store_config = dataclasses.replace(store_config, segment_bytes_max=args.wal_segment_bytes)
+    installed = recover_incoming(args.data) if os.path.isdir(args.data) else False  # a crash mid-install
     store = knowledge.open(args.data, create=True, config=store_config)
-    links = Links(addresses, me)
+    if installed and store.engine.wal.last_lsn > store.engine.memory_lsn:
+        store.engine.wal.truncate_after(store.engine.memory_lsn)
+    links = Links(addresses, me, tls)
     try:
         kv = None
         if args.etcd:
             from knowledge.replication.etcd_kv import EtcdKV
             kv = EtcdKV(args.etcd)
         replicator = Replicator(store.engine, node_config, addresses, links.send, kv=kv, ttl_s=args.etcd_ttl,
-                                prefix=args.etcd_prefix)
+                                prefix=args.etcd_prefix, fetch=links.fetch_snapshot,
+                                reopen=lambda engine: setattr(store, "engine", engine),
+                                wal_retention_bytes_max=retention)
         server = KnowledgeServer(store, config, role=ReplicationRole(replicator), owns_store=True)
     except BaseException:
         links.close()
@@ -139,7 +186,10 @@ def serve_replicated(args: argparse.Namespace, config: ServerConfig, *, out: Tex
 
 def cmd_promote(args: argparse.Namespace, print_json: Any) -> int:
     """`knowledge promote --server ADDR`: make that node campaign for the next epoch (manual failover)."""
-    from knowledge.replication.transport import control
-    reply = control(args.server, "promote", epoch=args.epoch)
+    from knowledge.replication.transport import LinkTLS, control
+    tls = None
+    if getattr(args, "tls_ca", None):
+        tls = LinkTLS.load(args.tls_ca, getattr(args, "tls_cert", None), getattr(args, "tls_key", None))
+    reply = control(args.server, "promote", epoch=args.epoch, tls=tls)
     print_json(reply)
     return 0
