@@ -83,6 +83,7 @@ class SimConfig:
     deadline_ms: int = 300
     variant: str = "correct"
     vary: bool = True  # the seed also picks a fault profile (PROFILES) over these rates
+    storage: bool = True  # ... and, with vary, a storage profile (STORAGE_PROFILES)
 
     def header(self) -> str:
         return "replay: " + json.dumps(asdict(self), sort_keys=True)
@@ -134,7 +135,7 @@ class Simulator:
         self.requested = config  # what a replay line reproduces
         self.rng = random.Random(config.seed)
         profile = self.rng.choice(PROFILES) if config.vary else {}
-        if config.vary:
+        if config.vary and config.storage:
             profile = {**profile, **random.Random(f"storage {config.seed}").choice(STORAGE_PROFILES)}
         self.config = replace(config, **profile)  # type: ignore[arg-type]
         self.profile = profile
