@@ -370,17 +370,18 @@ def open_store(path: str, *, create: bool = True, config: StoreConfig | None = N
     return Store(path, create=create, config=config, allow_data_loss=allow_data_loss)
 
 
-def restore_store(source: str, destination: str) -> int:
+def restore_store(source: str, destination: str, *, config: StoreConfig | None = None) -> int:
     """Copy the backup at `source` to a new store directory `destination`; return the LSN it holds.
 
     The copy is opened once (replaying its WAL) to prove it is a valid store before it is published.
-    Raises BackupError.
+    An encrypted backup needs the store's keys in `config` (encryption_key, ...). Raises BackupError
+    (EncryptionKeyMissing / EncryptionKeyWrong for keys that do not open it).
     """
     def verify(path: str) -> int:
-        with Store(path, create=False) as restored:
+        with Store(path, create=False, config=config) as restored:
             return restored.memory_lsn
 
-    return copy_backup(source, destination, verify)
+    return copy_backup(source, destination, verify, None if config is None else config.keyring())
 
 
 def recover_store(source: str, destination: str, *, backup: str | None = None,

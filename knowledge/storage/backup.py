@@ -4,6 +4,11 @@ Backup holds the commit path for the duration of the copy: it waits until the ta
 last committed LSN, checkpoints DuckDB, then copies the DuckDB file, the WAL segments and the
 marker into a temporary directory beside the destination, fsyncs it and renames it into place.
 A failed backup leaves no destination behind.
+
+An encrypted store's backup holds nothing in plaintext but the marker and the two manifests (LSNs):
+its WAL segments and index snapshots are copied as they lie (sealed), and its table file, plaintext
+in the store (README: Encryption at rest), is sealed under the current key as `state.duckdb.enc`
+(knowledge/storage/crypto.py:seal_file); restore and recover open it with the same keys.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ import shutil
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from knowledge.errors import BackupError
+from knowledge.errors import BackupError, CorruptionError, EncryptionKeyError
+from knowledge.storage import crypto
 from knowledge.storage.engine import MARKER, is_store
 from knowledge.storage.wal.log import fsync_directory, list_segments
 from knowledge.storage.wal.manifest import manifest_path
@@ -22,6 +28,23 @@ if TYPE_CHECKING:
     from knowledge.storage.state import EngineState
 
 MANIFEST = "BACKUP"
+TABLES = "state.duckdb"
+SEALED_TABLES = TABLES + ".enc"  # an encrypted store's table file, in its backups
+
+
+def holds_tables(path: str) -> bool:
+    """Whether the directory `path` holds a table file, plaintext or sealed."""
+    return os.path.isfile(os.path.join(path, TABLES)) or os.path.isfile(os.path.join(path, SEALED_TABLES))
+
+
+def copy_tables(backup: str, target: str, keyring: crypto.Keyring | None) -> None:
+    """Copy the backup's table file to the file `target`, opening it when it is sealed (a key not held:
+    EncryptionKeyMissing / EncryptionKeyWrong; a chunk that fails its GCM tag: CorruptionError)."""
+    sealed = os.path.join(backup, SEALED_TABLES)
+    if os.path.isfile(sealed):
+        crypto.unseal_file(sealed, target, keyring)
+    else:
+        shutil.copyfile(os.path.join(backup, TABLES), target)
 
 
 def _fsync_tree(root: str) -> None:
@@ -70,8 +93,12 @@ def backup_store(engine: EngineState, destination: str) -> int:
             engine.wait_applied(lsn)
             engine.tables.checkpoint()
             os.makedirs(os.path.join(staging, "wal"))
+            keyring = getattr(engine, "keyring", None)
             with engine.tables.lock:
-                shutil.copyfile(os.path.join(engine.path, "state.duckdb"), os.path.join(staging, "state.duckdb"))
+                if keyring is not None:  # the one file the store keeps in plaintext: sealed in the backup
+                    crypto.seal_file(os.path.join(engine.path, TABLES), os.path.join(staging, SEALED_TABLES), keyring)
+                else:
+                    shutil.copyfile(os.path.join(engine.path, TABLES), os.path.join(staging, TABLES))
             shutil.copyfile(os.path.join(engine.path, MARKER), os.path.join(staging, MARKER))
             snapshots = os.path.join(engine.path, "snapshots")
             if os.path.isdir(snapshots):  # index snapshots: written under the same lock, so consistent
@@ -86,6 +113,8 @@ def backup_store(engine: EngineState, destination: str) -> int:
                 shutil.copyfile(wal_manifest, manifest_path(os.path.join(staging, "wal")))
         with open(os.path.join(staging, MANIFEST), "w") as f:
             f.write(f"lsn={lsn}\nepoch={engine.epoch}\n")
+            if keyring is not None:
+                f.write(f"key_id={keyring.current_id}\n")
         _publish(staging, os.path.abspath(destination))
     except BackupError:
         raise
@@ -95,23 +124,31 @@ def backup_store(engine: EngineState, destination: str) -> int:
     return lsn
 
 
-def restore_store(source: str, destination: str, verify: Callable[[str], int]) -> int:
+def restore_store(source: str, destination: str, verify: Callable[[str], int],
+                  keyring: crypto.Keyring | None = None) -> int:
     """Copy the backup at `source` to a new store directory `destination`; return the LSN it holds.
 
     `verify(path)` opens the copy once (replaying its WAL) to prove it is a valid store before it is
     published, and returns the LSN it holds (`knowledge/store.py:restore_store` passes an open).
+    An encrypted backup needs its keys (`keyring`): a key not held raises EncryptionKeyMissing /
+    EncryptionKeyWrong naming the file, a sealed file that fails its GCM tag CorruptionError; the backup
+    is only read, and no destination is left behind.
     """
-    if not is_store(source) or not os.path.isfile(os.path.join(source, "state.duckdb")):
+    if not is_store(source) or not holds_tables(source):
         raise BackupError(f"{source!r} holds no backup (no STORE marker and state.duckdb)")
+    crypto.check_files(crypto.store_files(source) + [os.path.join(source, SEALED_TABLES)], keyring)
     staging = _prepare_destination(destination)
     try:
-        shutil.copytree(source, staging, ignore=shutil.ignore_patterns("LOCK", MANIFEST))
+        shutil.copytree(source, staging, ignore=shutil.ignore_patterns("LOCK", MANIFEST, SEALED_TABLES))
+        if os.path.isfile(os.path.join(source, SEALED_TABLES)):
+            copy_tables(source, os.path.join(staging, TABLES), keyring)
         lsn = verify(staging)
         os.unlink(os.path.join(staging, "LOCK"))
         _publish(staging, os.path.abspath(destination))
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(exc, BackupError):
+        if isinstance(exc, (BackupError, EncryptionKeyError)) or (
+                isinstance(exc, CorruptionError) and exc.segment == SEALED_TABLES):
             raise
         raise BackupError(f"restore from {source!r} failed: {exc}") from exc
     return lsn

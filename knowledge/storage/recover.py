@@ -14,7 +14,7 @@ from typing import Any
 
 from knowledge.config import StoreConfig
 from knowledge.errors import BackupError, CorruptionError, KnowledgeError
-from knowledge.storage.backup import _prepare_destination, _publish
+from knowledge.storage.backup import _prepare_destination, _publish, copy_tables, holds_tables
 from knowledge.storage.engine import MARKER, Engine, is_store
 from knowledge.storage.lock import DirectoryLock
 from knowledge.storage.tables import Tables
@@ -59,7 +59,8 @@ def _rebuild(source: str, staging: str, segments: list[Any], backup: str | None,
     if os.path.isfile(manifest_path(os.path.join(source, "wal"))):
         shutil.copyfile(manifest_path(os.path.join(source, "wal")), manifest_path(os.path.join(staging, "wal")))
     first = segments[0].first_lsn
-    from_backup = _tables_from_backup(backup, staging, first) if first > 1 or backup is not None else None
+    from_backup = (_tables_from_backup(backup, staging, first, config)
+                   if first > 1 or backup is not None else None)
     marker = os.path.join(source, MARKER)
     if os.path.isfile(marker):
         shutil.copyfile(marker, os.path.join(staging, MARKER))
@@ -82,17 +83,17 @@ def _rebuild(source: str, staging: str, segments: list[Any], backup: str | None,
     return report
 
 
-def _tables_from_backup(backup: str | None, staging: str, wal_first_lsn: int) -> int:
+def _tables_from_backup(backup: str | None, staging: str, wal_first_lsn: int, config: StoreConfig) -> int:
     """Copy a backup's table file into the new store; the LSN it holds, which must reach the WAL."""
     if backup is None:
         raise CorruptionError(f"the WAL starts at LSN {wal_first_lsn} (a checkpoint dropped the records before "
                               f"it): pass a backup taken at LSN {wal_first_lsn - 1} or later (--backup DIR) to "
                               f"recover from", lsn_range=(1, wal_first_lsn - 1))
     tables_file = os.path.join(backup, TABLES)
-    if not is_store(backup) or not os.path.isfile(tables_file):
+    if not is_store(backup) or not holds_tables(backup):
         raise BackupError(f"{backup!r} holds no backup (no STORE marker and {TABLES})")
     target = os.path.join(staging, TABLES)
-    shutil.copyfile(tables_file, target)
+    copy_tables(backup, target, config.keyring())  # an encrypted store's backup holds it sealed
     try:
         tables = Tables(target)
     except KnowledgeError as exc:

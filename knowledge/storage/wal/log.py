@@ -13,6 +13,10 @@ Guarantees:
   LSN range, and nothing is modified, unless the log is opened with allow_data_loss=True.
 - A full disk fails an append with StorageFull and leaves the log as it was: the next append works
   once space is freed.
+- With a keyring (knowledge/storage/crypto.py) every new segment is encrypted: a plaintext header
+  names its key id and salt, and each record's payload is sealed with AES-256-GCM under the segment's
+  own key and a fresh nonce. Segments under an older key (or plaintext ones) stay readable; the first
+  append after such a log is opened starts a new segment under the current key.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from knowledge.errors import CorruptionError, InvalidArgument, StorageFull, StorePoisoned, invariant
+from knowledge.storage import crypto
 from knowledge.storage.wal import record as frames
 from knowledge.storage.wal.manifest import Manifest, SegmentEntry, write_manifest
 from knowledge.storage.wal.record import Record
@@ -55,9 +60,14 @@ class WriteAheadLog:
     """The log in one directory. Thread-safe: appends serialise, syncs are shared."""
 
     def __init__(self, directory: str, *, fsync: bool = True, segment_bytes_max: int = SEGMENT_BYTES_MAX,
-                 preallocate_bytes: int = PREALLOCATE_BYTES, allow_data_loss: bool = False) -> None:
+                 preallocate_bytes: int = PREALLOCATE_BYTES, allow_data_loss: bool = False,
+                 keyring: crypto.Keyring | None = None) -> None:
         invariant(segment_bytes_max > 0 and preallocate_bytes >= 0, "WAL sizes must be positive")
         self.directory = directory
+        self.keyring = keyring
+        self._sealer: crypto.Sealer | None = None  # the live segment's, when it is encrypted
+        self._live_start = 0  # where the live segment's frames start (after its header, when encrypted)
+        self._roll_pending = False  # the live segment is not under the current key: the next append rolls
         self.fsync_enabled = fsync
         self.segment_bytes_max = segment_bytes_max
         self.preallocate_bytes = preallocate_bytes
@@ -79,7 +89,8 @@ class WriteAheadLog:
 
     # -- recovery ---------------------------------------------------------------------------
     def _recover(self, allow_data_loss: bool) -> None:
-        recovered = recover_log(self.directory, allow_data_loss=allow_data_loss, fsync=self.fsync_enabled)
+        recovered = recover_log(self.directory, allow_data_loss=allow_data_loss, fsync=self.fsync_enabled,
+                                keyring=self.keyring)
         self.recovery = recovered.report
         self._segments = recovered.segments
         self._last_lsn = self._durable_lsn = recovered.last_lsn
@@ -87,6 +98,38 @@ class WriteAheadLog:
         self._segment_bytes = self._allocated_bytes = recovered.live_bytes
         if self._segments:
             self._fd = os.open(self._segments[-1].path, os.O_WRONLY)
+            self._open_live(self._segments[-1], holds_records=recovered.last_lsn >= self._segments[-1].first_lsn)
+
+    def _open_live(self, live: Segment, *, holds_records: bool) -> None:
+        """Take up the live segment: append under its key when that is the current one; otherwise roll
+        at the next append, or (when it holds no record) give it a fresh header under the current key."""
+        self._sealer, self._live_start, self._roll_pending = None, 0, False
+        with open(live.path, "rb") as f:
+            prefix = f.read(crypto.FILE_HEADER_BYTES)
+        header = crypto.parse_header(prefix, live.path) if self._segment_bytes and crypto.is_encrypted(prefix) else None
+        if header is not None:
+            self._live_start = crypto.FILE_HEADER_BYTES
+        current = self.keyring.current_id if self.keyring is not None else None
+        if (header.key_id if header is not None else None) == current:
+            if header is not None and self.keyring is not None:
+                self._sealer = self.keyring.sealer(header, live.path)
+            return
+        if holds_records:
+            self._roll_pending = True
+            return
+        os.ftruncate(self._fd, 0)  # no record in it: nothing is lost by rewriting its header
+        self._sealer = self._write_header(self._fd)
+        self._segment_bytes = self._allocated_bytes = self._live_start = crypto.FILE_HEADER_BYTES if self._sealer else 0
+
+    def _write_header(self, fd: int) -> crypto.Sealer | None:
+        """Write an empty segment's header under the current key, durably; None when not encrypting."""
+        if self.keyring is None:
+            return None
+        sealer = self.keyring.new_sealer(crypto.KIND_WAL)
+        _write_all(fd, sealer.header.encode(), 0)
+        if self.fsync_enabled:
+            os.fsync(fd)
+        return sealer
 
     def _manifest(self) -> Manifest:
         """The manifest for the segments held now (sealed ones with their last LSN)."""
@@ -151,10 +194,19 @@ class WriteAheadLog:
 
     def _write_frame(self, lsn: int, epoch: int, timestamp_ns: int, payload: bytes) -> None:
         """Under the append lock: write the frame of record `lsn` at the live segment's end."""
-        frame = frames.encode_frame(lsn, epoch, timestamp_ns, payload)
+        overhead = crypto.SEAL_OVERHEAD if self.keyring is not None else 0
+        if len(payload) > frames.PAYLOAD_BYTES_MAX - overhead:
+            raise ValueError(f"payload of {len(payload)} bytes exceeds {frames.PAYLOAD_BYTES_MAX - overhead}")
+        frame_bytes = frames.HEADER_BYTES + len(payload) + overhead
+        frame = b""
         try:
-            if self._fd < 0 or self._segment_bytes + len(frame) > self.segment_bytes_max and self._segment_bytes:
+            if self._fd < 0 or self._roll_pending or (self._segment_bytes + frame_bytes > self.segment_bytes_max
+                                                       and self._segment_bytes > self._live_start):
                 self._roll(lsn)
+            if self._sealer is not None:
+                frame = frames.encode_sealed_frame(lsn, epoch, timestamp_ns, payload, self._sealer.seal, overhead)
+            else:
+                frame = frames.encode_frame(lsn, epoch, timestamp_ns, payload)
             end = self._segment_bytes + len(frame)
             try:
                 if self.preallocate_bytes and end > self._allocated_bytes and len(frame) <= PREALLOCATE_FRAME_BYTES_MAX:
@@ -166,7 +218,7 @@ class WriteAheadLog:
         except OSError as exc:
             if is_disk_full(exc) and self._failed is None:
                 where = self._segments[-1].path if self._segments else self.directory
-                raise StorageFull(f"no space left on the device holding {where} for a {len(frame)}-byte WAL "
+                raise StorageFull(f"no space left on the device holding {where} for a {frame_bytes}-byte WAL "
                                   f"record; the commit was not made (free space, then retry)",
                                   path=where) from exc
             raise
@@ -196,10 +248,11 @@ class WriteAheadLog:
             retired = self._segments[len(keep):]
             end, epoch = 0, 0
             if keep_live is not None:
-                records, _ = scan_segment(keep_live, is_last=True)
-                for offset, rec in records:
-                    if rec.lsn == lsn:
-                        end, epoch = offset + rec.frame_bytes, rec.epoch
+                records, valid_bytes = scan_segment(keep_live, is_last=True, keyring=self.keyring)
+                for index, (_, rec) in enumerate(records):
+                    if rec.lsn == lsn:  # the cut: where the next frame starts (sealed frames are longer)
+                        end = records[index + 1][0] if index + 1 < len(records) else valid_bytes
+                        epoch = rec.epoch
                         break
                 if end == 0:
                     raise CorruptionError(f"record LSN {lsn} not found in its WAL segment",
@@ -220,8 +273,10 @@ class WriteAheadLog:
                     os.fsync(fd)
                 self._fd = fd
                 self._segment_bytes = self._allocated_bytes = end
+                self._open_live(keep_live, holds_records=True)
             else:
-                self._segment_bytes = self._allocated_bytes = 0
+                self._segment_bytes = self._allocated_bytes = self._live_start = 0
+                self._sealer, self._roll_pending = None, False
             if self.fsync_enabled:
                 fsync_directory(self.directory)
             self._last_lsn = lsn
@@ -260,6 +315,7 @@ class WriteAheadLog:
             self._seal()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
+            sealer = self._write_header(fd)  # durable before the segment is listed: frames only follow it
             if self.fsync_enabled:
                 fsync_directory(self.directory)
             self._segments.append(Segment(first_lsn, path))
@@ -275,7 +331,9 @@ class WriteAheadLog:
         if self._fd >= 0:
             os.close(self._fd)
         self._fd = fd
-        self._segment_bytes = self._allocated_bytes = 0
+        self._segment_bytes = self._allocated_bytes = self._live_start = crypto.FILE_HEADER_BYTES if sealer else 0
+        self._sealer = sealer
+        self._roll_pending = False
 
     def sync_to(self, lsn: int) -> None:
         """Return once every record up to `lsn` is on stable storage (shares fsyncs)."""
@@ -317,7 +375,7 @@ class WriteAheadLog:
                 continue
             if seg.first_lsn > limit:
                 break
-            records, _ = scan_segment(seg, is_last=index == len(segments) - 1)
+            records, _ = scan_segment(seg, is_last=index == len(segments) - 1, keyring=self.keyring)
             for _, rec in records:
                 if rec.lsn > limit:
                     return
@@ -326,8 +384,12 @@ class WriteAheadLog:
 
     # -- retention --------------------------------------------------------------------------
     def remove_segments_before(self, lsn: int) -> int:
-        """Delete whole segments whose records are all below `lsn`; return how many went."""
+        """Delete whole segments whose records are all below `lsn`; return how many went. A live segment
+        under an older key (or in plaintext, when encrypting) that `lsn` covers is sealed first, and an
+        empty one under the current key begun, so that it can go too (a rotation's last step)."""
         with self._append_lock:
+            if self._roll_pending and self._segments and self._last_lsn < lsn and self._failed is None:
+                self._roll(self._last_lsn + 1)
             retired = []
             while len(self._segments) > 1 and self._segments[1].first_lsn <= lsn:
                 retired.append(self._segments.pop(0))
@@ -361,7 +423,9 @@ class WriteAheadLog:
                 self._fd = -1
             self.recovery.quarantined += set_aside(self.directory, self._segments)
             self._segments = []
-            self._segment_bytes = self._allocated_bytes = 0
+            self._segment_bytes = self._allocated_bytes = self._live_start = 0
+            self._sealer = None
+            self._roll_pending = False
             self._write_manifest()
 
     def close(self) -> None:

@@ -3,13 +3,15 @@
 Frame layout (little endian), 36-byte header then the payload:
     magic u32 | payload_bytes u32 | lsn u64 | epoch u64 | timestamp_ns u64 | crc32 u32
 The CRC covers the first 32 header bytes and the payload, so a damaged length, position or
-body is detected. Records never span segments.
+body is detected. Records never span segments. In an encrypted segment (knowledge/storage/crypto.py)
+the payload is sealed (nonce | AES-256-GCM ciphertext | tag) with the header as authenticated data.
 """
 
 from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 MAGIC = 0x4C574E4B  # b"KNWL" read little endian
@@ -53,6 +55,23 @@ def encode_frame(lsn: int, epoch: int, timestamp_ns: int, payload: bytes) -> byt
         raise ValueError(f"payload of {len(payload)} bytes exceeds {PAYLOAD_BYTES_MAX}")
     head = HEADER.pack(MAGIC, len(payload), lsn, epoch, timestamp_ns)
     return b"".join((head, CRC.pack(zlib.crc32(payload, zlib.crc32(head))), payload))
+
+
+def encode_sealed_frame(lsn: int, epoch: int, timestamp_ns: int, payload: bytes,
+                        seal: Callable[[bytes, bytes], bytes], overhead: int) -> bytes:
+    """The frame of an encrypted segment's record: the same header, whose length counts the sealed payload
+    (`seal(payload, aad)`, `overhead` bytes longer), with the header's first 32 bytes as the AAD; the CRC
+    covers the header and the sealed bytes, so torn tails are found exactly as in a plaintext segment."""
+    if len(payload) > PAYLOAD_BYTES_MAX - overhead:
+        raise ValueError(f"payload of {len(payload)} bytes exceeds {PAYLOAD_BYTES_MAX - overhead}")
+    head = HEADER.pack(MAGIC, len(payload) + overhead, lsn, epoch, timestamp_ns)
+    sealed = seal(payload, head)
+    return b"".join((head, CRC.pack(zlib.crc32(sealed, zlib.crc32(head))), sealed))
+
+
+def frame_aad(record: Record) -> bytes:
+    """The authenticated data of a sealed frame: its header's first 32 bytes (length, LSN, epoch, time)."""
+    return HEADER.pack(MAGIC, len(record.payload), record.lsn, record.epoch, record.timestamp_ns)
 
 
 def decode(buffer: bytes | memoryview, offset: int) -> Record:

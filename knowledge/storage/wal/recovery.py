@@ -11,6 +11,7 @@ import shutil
 from dataclasses import dataclass, field
 
 from knowledge.errors import CorruptionError
+from knowledge.storage import crypto
 from knowledge.storage.wal import record as frames
 from knowledge.storage.wal.manifest import Manifest, SegmentEntry, read_manifest, write_manifest
 from knowledge.storage.wal.scan import Segment, list_segments, scan_segment
@@ -78,12 +79,16 @@ class _Scanned:
     tail: bytes  # the bytes past the valid prefix
 
 
-def recover_log(directory: str, *, allow_data_loss: bool = False, fsync: bool = True) -> RecoveredLog:
-    """Check and open the log in `directory`; raise CorruptionError on a loss unless `allow_data_loss`."""
+def recover_log(directory: str, *, allow_data_loss: bool = False, fsync: bool = True,
+                keyring: crypto.Keyring | None = None) -> RecoveredLog:
+    """Check and open the log in `directory`; raise CorruptionError on a loss unless `allow_data_loss`.
+    A segment under a key the keyring lacks (or any encrypted one without a keyring) raises
+    EncryptionKeyMissing / EncryptionKeyWrong before anything in the directory is changed."""
+    crypto.check_files([seg.path for seg in list_segments(directory)], keyring)
     manifest = read_manifest(directory)
     segments = _drop_retired(list_segments(directory), manifest)
     losses = _missing_segments(segments, manifest)
-    scanned = [_scan(seg) for seg in segments]
+    scanned = [_scan(seg, keyring) for seg in segments]
     losses += _short_or_gapped(scanned, manifest)
     losses.sort(key=lambda loss: loss.first_lsn)
     report = RecoveryReport()
@@ -138,8 +143,9 @@ def _missing_segments(segments: list[Segment], manifest: Manifest | None) -> lis
     return losses
 
 
-def _scan(segment: Segment) -> _Scanned:
-    records, valid_bytes = scan_segment(segment, is_last=True)  # damage at a file's end is judged below
+def _scan(segment: Segment, keyring: crypto.Keyring | None) -> _Scanned:
+    # damage at a file's end is judged below
+    records, valid_bytes = scan_segment(segment, is_last=True, keyring=keyring)
     with open(segment.path, "rb") as f:
         f.seek(valid_bytes)
         tail = f.read()
@@ -202,7 +208,9 @@ def _truncate_tail(item: _Scanned, report: RecoveryReport, fsync: bool) -> int:
         if fsync:
             os.fsync(f.fileno())
     name = os.path.basename(item.segment.path)
-    if item.tail.strip(b"\x00"):
+    if item.valid_bytes == 0 and crypto.is_encrypted(item.tail):  # no record was ever written after it
+        log.info("WAL segment %s: cut a segment header that was never completed (%d bytes)", name, len(item.tail))
+    elif item.tail.strip(b"\x00"):
         magic = frames.HEADER.pack(frames.MAGIC, 0, 0, 0, 0)[:4]
         frames_dropped = max(1, item.tail.count(magic))
         first, last = item.last_lsn + 1, item.last_lsn + frames_dropped

@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from knowledge.errors import CorruptionError
+from knowledge.errors import CorruptionError, EncryptionKeyMissing
+from knowledge.storage import crypto
 from knowledge.storage.wal import record as frames
 from knowledge.storage.wal.record import Record
 from knowledge.storage.wal.segments import parse_segment_name
@@ -37,16 +38,43 @@ def list_segments(directory: str) -> list[Segment]:
     return sorted(found, key=lambda s: s.first_lsn)
 
 
-def scan_segment(segment: Segment, *, is_last: bool) -> tuple[list[tuple[int, Record]], int]:
-    """Decode a segment; return [(offset, record)] and the byte length of its valid prefix.
+def segment_sealer(data: bytes, path: str, *, is_last: bool,
+                   keyring: crypto.Keyring | None) -> tuple[int | None, crypto.Sealer | None]:
+    """Where a segment's frames start and, for an encrypted one, its sealer (key checked: a missing or
+    wrong key raises EncryptionKeyMissing / EncryptionKeyWrong naming the file). (None, None): the last
+    segment's header was being written when the process died, so it holds no record."""
+    if not crypto.is_encrypted(data):
+        return 0, None
+    try:
+        header = crypto.parse_header(data, path)
+    except CorruptionError:
+        if is_last and not data[crypto.FILE_HEADER_BYTES:].strip(b"\x00"):
+            return None, None  # frames follow only once the header is durable (WriteAheadLog._roll)
+        raise
+    if keyring is None:
+        raise EncryptionKeyMissing(f"WAL segment {path} is encrypted (key id {header.key_id!r}) and no encryption "
+                                   f"key was given: open the store with StoreConfig(encryption_key=...)",
+                                   path=path, key_id=header.key_id)
+    return crypto.FILE_HEADER_BYTES, keyring.sealer(header, path)
+
+
+def scan_segment(segment: Segment, *, is_last: bool,
+                 keyring: crypto.Keyring | None = None) -> tuple[list[tuple[int, Record]], int]:
+    """Decode a segment; return [(offset, record)] (plaintext payloads) and the byte length of its valid
+    prefix.
 
     Damage in the last segment that reaches the end of the file is a torn tail (the valid prefix
-    is returned); any other damage raises CorruptionError.
+    is returned); any other damage raises CorruptionError. In an encrypted segment a frame whose CRC
+    holds but whose GCM tag does not (altered, or a CRC recomputed over altered bytes) is CorruptionError
+    wherever it lies: a torn write cannot produce it.
     """
     with open(segment.path, "rb") as f:
         data = f.read()
+    start, sealer = segment_sealer(data, segment.path, is_last=is_last, keyring=keyring)
+    if start is None:
+        return [], 0
     out: list[tuple[int, Record]] = []
-    offset = 0
+    offset = start
     expected = segment.first_lsn
     name = os.path.basename(segment.path)
     while offset < len(data):
@@ -60,8 +88,12 @@ def scan_segment(segment: Segment, *, is_last: bool) -> tuple[list[tuple[int, Re
         if rec.lsn != expected:
             raise CorruptionError(f"record with LSN {rec.lsn} where {expected} was expected", segment=name,
                                   offset=offset, lsn=expected)
+        frame_bytes = rec.frame_bytes
+        if sealer is not None:
+            plain = sealer.open(rec.payload, frames.frame_aad(rec), segment.path, offset, rec.lsn)
+            rec = Record(rec.lsn, rec.epoch, rec.timestamp_ns, plain)
         out.append((offset, rec))
-        offset += rec.frame_bytes
+        offset += frame_bytes
         expected += 1
     return out, offset
 
