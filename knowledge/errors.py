@@ -230,6 +230,11 @@ class ResourceExhausted(KnowledgeError):
     """The server refused a call: too many in flight for this principal, or a message over its size cap."""
 
 
+class MessageTooLarge(ResourceExhausted, ValueTooLarge):
+    """A request (or reply) over a message size cap: the server's `--message-bytes-max`, or the client's
+    `knowledge.connect(message_bytes_max=...)`; the message names the cap, the size and the option."""
+
+
 class DeadlineExceeded(KnowledgeError):
     """A server call ran past its deadline; a write's outcome is unknown (read it back to know)."""
 

@@ -37,6 +37,7 @@ from knowledge.errors import (
     UnknownType,
 )
 from knowledge.session_search import SessionSearch, key_array, where_sql
+from knowledge.session_where import check_offset, cursor_after, with_page
 from knowledge.storage.tables import edge_table, node_table, query_arrow, quote
 from knowledge.transaction import Transaction
 
@@ -387,38 +388,48 @@ class Session(SessionSearch):
     # -- scans and counts ---------------------------------------------------------------------
     @consistent_read
     def scan(self, type_name: str, where: dict[str, Any] | None = None, columns: Iterable[str] | None = None,
-             limit: int | None = None) -> pa.Table:
-        """Visible rows of one node type matching `where`, as Arrow (with `_id` and `_labels`).
+             limit: int | None = None, offset: int = 0, cursor: str | None = None) -> pa.Table:
+        """Visible rows of one node type matching `where`, as Arrow (with `_id` and `_labels`), in id order.
 
         `where` maps a property to a value (equality; None: IS NULL) or to (operator, value) with operator
         one of = != < <= > >= like in contains between (contains: a list[str] property holds the value;
         between: (low, high), both included; ("!=", None): IS NOT NULL); the key "$or" takes a list of such
         dicts, any of which may hold (see knowledge.session_where).
+
+        Pages: at most `limit` rows, after skipping `offset` matching rows, after the row an opaque `cursor`
+        names. With any of these the result's schema metadata holds `next_cursor` (resumes after the last
+        row returned) and `has_more` (b"true" when more rows matched as of this read).
         """
         chosen = self._columns(type_name, columns)
         clauses, params = where_sql(self._node_type(type_name), where or {}, self.principal)
+        after, skip = cursor_after(cursor, type_name), check_offset(offset)
+        if limit is not None:
+            _check_limit(limit)
         self.store.wait_applied()
-        cursor = self.store.tables.cursor()
+        db = self.store.tables.cursor()
         try:
             if not self.principal.admin:
                 visible = self._bitmap()
                 code = self.store.directory.type_codes[type_name]
                 ids = np.flatnonzero(visible & (self.store.directory.type_of[:len(visible)] == code))
-                cursor.register("_vis", pa.table({"id": pa.array(ids, type=pa.int64())}))
+                db.register("_vis", pa.table({"id": pa.array(ids[ids > after], type=pa.int64())}))
                 clauses.append("_id IN (SELECT id FROM _vis)")
+            if after >= 0:
+                clauses.append(f"_id > {int(after)}")
             cols = ", ".join(["_id", "_labels", *(quote(c) for c in chosen)])
             sql = f"SELECT {cols} FROM {node_table(type_name)}"
             if clauses:
                 sql += " WHERE " + " AND ".join(clauses)
-            sql += " ORDER BY _id"
-            if limit is not None:
-                _check_limit(limit)
-                sql += f" LIMIT {int(limit)}"
-            table = query_arrow(cursor, sql, params)
+            sql += " ORDER BY _id" + ("" if limit is None else f" LIMIT {int(limit) + 1}") + f" OFFSET {skip}"
+            table = query_arrow(db, sql, params)
+            more = limit is not None and table.num_rows > limit
+            table = table.slice(0, limit) if more else table
             self._audit("scan", table.column("_id").to_numpy())
-            return with_readable_labels(table, self.principal)
+            table = with_readable_labels(table, self.principal)
+            paged = limit is not None or skip > 0 or cursor is not None
+            return with_page(table, type_name, after, more) if paged else table
         finally:
-            cursor.close()
+            db.close()
 
     def count(self, type_name: str | None = None) -> int:
         """How many nodes (of one type) this principal can see."""

@@ -15,16 +15,25 @@ operator and value, never a DuckDB error.
 Predicates: ("and", children), ("or", children), or a leaf (operator, property, property type, value)
 with operator one of = != < <= > >= like in contains between is_null not_null; `in` and `between`
 values are tuples. `knowledge.index.columns` answers them from memory where it can.
+
+Scan pages (`scan_cursor` / `cursor_after`): a scan's rows come in id order, and its opaque cursor names
+the type and the last id returned; the next page is the rows with a larger id. Ids are never reused and
+new nodes get larger ones, so paging is stable under concurrent inserts (they show up on later pages).
+A cursor holds nothing the reader did not see (the `_id` of a row it was given) and is not checked
+against the store: one naming an id that is hidden, deleted or never existed resumes after that id
+exactly as any other would, so it cannot tell them apart.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from knowledge.access.principal import Principal
-from knowledge.errors import InvalidQuery
+from knowledge.errors import InvalidArgument, InvalidQuery
 from knowledge.storage.tables import quote
 from knowledge.storage.values import convert_value
 
@@ -144,9 +153,61 @@ def predicate_sql(predicate: Predicate) -> tuple[str, list[Any]]:
 
 
 def where_sql(node_type: Any, where: Any, principal: Principal) -> tuple[list[str], list[Any]]:
-    """SQL clauses (ANDed) and parameters for a `where` filter (empty for an empty filter)."""
+    """SQL clauses (ANDed) and parameters for a `where` filter (empty for an empty filter); each clause is
+    parenthesised, so a top-level OR stays one term when the caller ANDs more clauses (visibility)."""
     predicate = parse_where(node_type, where, principal)
     if predicate == ("and", ()):
         return [], []
     sql, params = predicate_sql(predicate)
-    return [sql], params
+    return [f"({sql})"], params
+
+
+# -- scan pages ---------------------------------------------------------------------------------------
+CURSOR_PREFIX = "kc1."
+OFFSET_MAX = 1 << 62
+
+
+def scan_cursor(type_name: str, after_id: int) -> str:
+    """The opaque cursor of a scan of `type_name` resuming after node id `after_id` (-1: from the start)."""
+    payload = json.dumps([type_name, int(after_id)], separators=(",", ":")).encode()
+    return CURSOR_PREFIX + base64.urlsafe_b64encode(payload).decode().rstrip("=")
+
+
+def cursor_after(cursor: str | None, type_name: str) -> int:
+    """The node id a scan `cursor` resumes after (-1 for None or ""); InvalidArgument when it is no scan
+    cursor of `type_name` (never a question of what the store holds)."""
+    if cursor is None or cursor == "":
+        return -1
+    hint = "pass the next_cursor of a scan's result (schema metadata), or no cursor to start from the first row"
+    if not isinstance(cursor, str) or not cursor.startswith(CURSOR_PREFIX):
+        raise InvalidArgument(f"cursor {str(cursor)[:80]!r} is not a scan cursor: {hint}")
+    text = cursor[len(CURSOR_PREFIX):]
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except (ValueError, binascii.Error):
+        decoded = None
+    if not (isinstance(decoded, list) and len(decoded) == 2 and isinstance(decoded[0], str)
+            and type(decoded[1]) is int and -1 <= decoded[1] < OFFSET_MAX):
+        raise InvalidArgument(f"cursor {cursor[:80]!r} is not a scan cursor: {hint}")
+    if decoded[0] != type_name:
+        raise InvalidArgument(f"the cursor belongs to a scan of {decoded[0][:80]!r}, not of {type_name!r}: {hint}")
+    return decoded[1]
+
+
+def check_offset(offset: Any) -> int:
+    """A scan's `offset` (rows to skip); InvalidArgument unless an int >= 0."""
+    if offset is None:
+        return 0
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset < OFFSET_MAX:
+        raise InvalidArgument(f"offset must be an int >= 0, got {offset!r}")
+    return offset
+
+
+def with_page(table: Any, type_name: str, after: int, more: bool) -> Any:
+    """`table` (a scan page, in id order) with `next_cursor` and `has_more` in its schema metadata."""
+    ids = table.column("_id")
+    last = ids[len(ids) - 1].as_py() if len(ids) else after
+    metadata = dict(table.schema.metadata or {})
+    metadata[b"next_cursor"] = scan_cursor(type_name, last).encode()
+    metadata[b"has_more"] = b"true" if more else b"false"
+    return table.replace_schema_metadata(metadata)

@@ -290,3 +290,121 @@ def test_the_remote_classes_have_the_embedded_methods():
                  "revoke_tokens", "authenticate", "checkpoint", "backup", "build_indexes", "stats", "memory_lsn",
                  "epoch", "position", "close"}
     assert store_api <= public(knowledge.Store) & public(RemoteStore)
+
+
+def _page(table):
+    metadata = table.schema.metadata or {}
+    return table.column("name").to_pylist(), metadata.get(b"has_more"), metadata.get(b"next_cursor", b"").decode()
+
+
+def test_scan_pages_by_limit_offset_and_cursor(people):
+    """Pages in id order; next_cursor resumes after the last row returned, has_more says whether rows
+    followed as of the read; offset skips matching rows; unpaged scans carry no page metadata."""
+    from knowledge.session_where import scan_cursor
+
+    session = people.session()
+    everyone = session.scan("Person").column("name").to_pylist()
+    assert everyone == ["ada", "bob", "cy", "dee"] and session.scan("Person").schema.metadata is None
+    names, more, cursor = _page(session.scan("Person", limit=3))
+    assert names == ["ada", "bob", "cy"] and more == b"true"
+    names, more, cursor = _page(session.scan("Person", limit=3, cursor=cursor))
+    assert names == ["dee"] and more == b"false"
+    assert _page(session.scan("Person", limit=3, cursor=cursor))[:2] == ([], b"false")
+    assert _page(session.scan("Person", limit=2, offset=1))[:2] == (["bob", "cy"], b"true")
+    assert _page(session.scan("Person", offset=3))[:2] == (["dee"], b"false")
+    first = _page(session.scan("Person", limit=1))[2]
+    assert _page(session.scan("Person", limit=1, offset=1, cursor=first))[:2] == (["cy"], b"true")
+    assert _page(session.scan("Person", where={"age": (">", 30)}, limit=2))[:2] == (["ada", "bob"], b"true")
+    assert _page(session.scan("Person", cursor=""))[0] == everyone  # "" starts from the first row
+    reader = people.session("reader")  # pages of what the reader sees; the hidden cy is no row of any page
+    names, more, cursor = _page(reader.scan("Person", limit=2))
+    assert names == ["ada", "bob"] and more == b"true"
+    assert _page(reader.scan("Person", limit=2, cursor=cursor))[:2] == (["dee"], b"false")
+    cy = session.get("Person", "cy")["_id"]
+    assert _page(reader.scan("Person", cursor=scan_cursor("Person", cy)))[:2] == (["dee"], b"false")
+    for bad, message in (("nonsense", "is not a scan cursor"), ("kc1.AAAA", "is not a scan cursor"),
+                         (scan_cursor("Company", 0), "belongs to a scan of 'Company'")):
+        with pytest.raises(InvalidArgument, match=message):
+            session.scan("Person", cursor=bad)
+    for offset in (-1, 1.5, True):
+        with pytest.raises(InvalidArgument, match="offset must be an int >= 0"):
+            session.scan("Person", offset=offset)
+
+
+def test_scan_pages_under_concurrent_inserts_and_deletes(people):
+    """Paging while others write: every row present throughout comes exactly once, inserted rows come on
+    later pages (new ids are larger), a row deleted before its page never comes, and a cursor naming a
+    deleted row still resumes after it."""
+    session = people.session()
+    seen, cursor, written = [], None, 0
+    while True:
+        names, more, cursor = _page(session.scan("Person", limit=2, cursor=cursor))
+        seen += names
+        if written < 3:  # between pages: insert two rows, delete one not yet returned
+            with session.transaction() as tx:
+                tx.upsert_nodes("Person", [{"name": f"new{written}a", "age": 1}, {"name": f"new{written}b", "age": 2}])
+                if written == 0:
+                    tx.delete_nodes("Person", ["dee"])
+            written += 1
+        if more != b"true":
+            break
+    assert sorted(seen) == sorted(["ada", "bob", "cy", "new0a", "new0b", "new1a", "new1b", "new2a", "new2b"])
+    assert len(seen) == len(set(seen)) and "dee" not in seen
+    assert seen[:3] == ["ada", "bob", "cy"]  # id order: the old rows first
+    names, _, cursor = _page(session.scan("Person", limit=1, where={"name": "bob"}))
+    session.transaction().delete_nodes("Person", ["bob"]).commit()
+    assert _page(session.scan("Person", limit=1, cursor=cursor))[0] == ["cy"]
+
+
+WHERE_FORMS = [  # (filter, the names it matches)
+    ({"age": ("between", (30, 45))}, ["ada", "bob"]),
+    ({"age": ("between", [36, 36])}, ["ada"]),
+    ({"name": ("in", ["ada", "dee", "zed"])}, ["ada", "dee"]),
+    ({"score": None}, ["cy", "dee"]),
+    ({"score": ("!=", None)}, ["ada", "bob"]),
+    ({"born": (">=", BORN)}, ["ada"]),
+    ({"$or": [{"age": ("<", 30)}, {"name": "bob"}]}, ["bob", "cy"]),
+    ({"$or": [{"age": (">", 50)}, {"$or": [{"tags": ("contains", "eng")}, {"active": True, "score": 1.5}]}]},
+     ["ada", "bob", "dee"]),
+    ({"bio": ("like", "%engine%"), "$or": [{"score": None}, {"age": ("between", (39, 41))}]}, ["bob", "cy", "dee"]),
+    ({"$or": [{"age": None}, {"$or": [{"name": ("in", [])}]}]}, []),
+]
+
+
+@pytest.mark.parametrize(("where", "names"), WHERE_FORMS)
+def test_every_where_form_on_both_backends(people, where, names):
+    """scan, search and keyword_search take the same where-filters embedded and over the wire: $or (nested),
+    between, in, IS NULL / IS NOT NULL, timestamps."""
+    session = people.session()
+    assert session.scan("Person", where=where).column("name").to_pylist() == names
+    assert sorted(session.search([1.0, 0.0, 0.0], k=4, where=where).column("_key").to_pylist()) == names
+    matching = set(session.keyword_search("engine", k=4, type="Person").column("_key").to_pylist())
+    found = session.keyword_search("engine", k=4, type="Person", where=where).column("_key").to_pylist()
+    assert sorted(found) == [n for n in names if n in matching]
+    reader = people.session("reader")
+    assert reader.scan("Person", where=where).column("name").to_pylist() == [n for n in names if n != "cy"]
+
+
+@pytest.mark.parametrize(("where", "message"), [
+    ([("age", 3)], "where must be a dict mapping property names"),
+    ({"$or": {"age": 3}}, "'[$]or' takes a list of where-filters"),
+    ({"$or": []}, "needs at least one where-filter"),
+    ({"$or": [3]}, "where must be a dict mapping property names to a value or to .operator, value., got int"),
+    ({"age": (1, 2, 3)}, r"a condition is a value or an \(operator, value\) pair, got \(1, 2, 3\)"),
+    ({"age": ("between", (1,))}, r"'between' takes \(low, high\)"),
+    ({"age": ("between", (1, None))}, "needs two values"),
+    ({"$or": [{"age": 1}, {"height": 3}]}, "has no property 'height'"),
+    ({"$or": [{"ssn": "1"}]}, None),  # hidden: fine for the admin, no property for the reader
+    ({"age": (">", "abc")}, "age"),
+])
+def test_malformed_where_filters_fail_alike_on_both_backends(people, where, message):
+    if message is None:
+        assert people.session().scan("Person", where=where).column("name").to_pylist() == ["ada"]
+        with pytest.raises(InvalidArgument, match="has no property 'ssn'"):
+            people.session("reader").scan("Person", where=where)
+        return
+    with pytest.raises(InvalidArgument, match=message) as caught:
+        people.session().scan("Person", where=where)
+    assert type(caught.value).__name__ == "InvalidQuery"
+    with pytest.raises(InvalidArgument, match=message):
+        people.session().search([1.0, 0.0, 0.0], k=2, where=where)

@@ -5,6 +5,7 @@ reads run both as an admin acting as P and with P's own token."""
 
 from __future__ import annotations
 
+import re
 import tempfile
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 import test_leaks
 from hypothesis import HealthCheck, given, settings
 from remote_fixture import ServedStore
-from test_leaks import World, apply_change, compare, declare, worlds
+from test_leaks import World, apply_change, compare, declare, node_row, worlds
 
 # While the embedded leak test is marked xfail (a known core leak, issue 11), the same cases through the
 # server are expected to fail the same way; both marks go when the core is fixed.
@@ -71,3 +72,48 @@ def _embedded_marks(test):
 @given(worlds())
 def test_no_read_through_the_server_reveals_invisible_nodes(world):
     run_world_remote(world)
+
+
+def test_an_invisible_write_changes_nothing_a_reader_observes_through_the_server(tmp_path):
+    """Between two remote snapshot()/stats()/memory_lsn/scan-page calls of a non-admin, a write to nodes it
+    cannot see changes nothing it can observe: the same LSN (its view LSN, never the store's), a snapshot
+    block opened before the write goes on without SnapshotMoved, the same page cursors. A write it can see
+    moves the snapshot, and the SnapshotMoved message names only LSNs it was told."""
+    from knowledge.errors import SnapshotMoved
+
+    served = ServedStore(str(tmp_path / "store"))
+    try:
+        store = served.store
+        declare(store)
+        World({"n1": {"labels": ["a"], "tags": ["a"], "weight": 1}, "n2": {"labels": ["b"], "tags": ["b"], "weight": 2}},
+              {}, [], []).write(store)
+        store.create_principal("p", read=["a"])
+        with served.client(token=store.issue_token("p")) as own, served.client() as admin:
+            session = own.session()
+
+            def observed() -> tuple:
+                with session.snapshot() as lsn:
+                    page = session.scan("Node", limit=1)
+                    return (lsn, session.stats(), own.memory_lsn, session.count(),
+                            page.schema.metadata, page.column("key").to_pylist())
+
+            before = observed()
+            with session.snapshot() as pinned:
+                assert session.count() == 1
+                hidden = node_row("n3", {"labels": ["b"], "tags": ["b"], "weight": 3}, True)
+                lsn = admin.session().transaction().upsert_nodes("Node", [hidden]).commit()
+                assert lsn > pinned and admin.memory_lsn == lsn  # the store moved ...
+                assert session.count() == 1 and session.stats()["lsn"] == pinned  # ... the reader's view did not
+                admin.session().transaction().delete_nodes("Node", ["n2"]).commit()
+                assert session.get("Node", "n1")["key"] == "n1"
+            assert observed() == before
+            store_lsn = admin.memory_lsn
+            with pytest.raises(SnapshotMoved) as caught, session.snapshot() as pinned:
+                visible = node_row("n4", {"labels": ["a"], "tags": ["a"], "weight": 4}, True)
+                seen_lsn = admin.session().transaction().upsert_nodes("Node", [visible]).commit()
+                session.count()
+            named = {int(n) for n in re.findall(r"\d+", str(caught.value))}
+            assert named == {pinned, seen_lsn} and store_lsn not in named and pinned < store_lsn
+            assert observed()[0] == seen_lsn == session.stats()["lsn"]
+    finally:
+        served.close()

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 import knowledge
 from knowledge import Principal, Session
 from knowledge.errors import KnowledgeError
+from knowledge.session_where import scan_cursor
 
 LABELS = ["a", "b", "c"]
 KEYS = [f"n{i}" for i in range(10)]
@@ -184,6 +185,61 @@ def transaction(session: Session, world: World, kind: str, arg: Any) -> Any:
     return "ok"
 
 
+def scan_pages(session: Session, where: Any) -> Any:
+    """A scan paged two rows at a time through its cursors: (size, has_more) of each page, and the rows."""
+    pages, rows, cursor = [], [], None
+    while len(pages) <= len(KEYS):
+        table = session.scan("Node", where=where, limit=2, cursor=cursor)
+        metadata = table.schema.metadata
+        pages.append((table.num_rows, metadata[b"has_more"]))
+        rows += table.to_pylist()
+        cursor = metadata[b"next_cursor"].decode()
+        if metadata[b"has_more"] != b"true":
+            break
+    return pages, by_key(rows)
+
+
+def scan_offsets(session: Session, _: Any) -> Any:
+    """Pages by offset: (size, has_more) at several offsets, and the rows of consecutive offset pages."""
+    sizes = [(t.num_rows, t.schema.metadata[b"has_more"])
+             for t in (session.scan("Node", limit=3, offset=o) for o in (0, 1, 3, 9, 10))]
+    rows = [r for o in range(0, len(KEYS), 2) for r in session.scan("Node", limit=2, offset=o).to_pylist()]
+    return sizes, by_key(rows)
+
+
+def scan_after_every_id(session: Session, _: Any) -> Any:
+    """Scans resumed after every id up to past the last one: cursors naming visible, hidden, deleted and
+    unused ids alike. A hidden id must answer as the visible id before it does (ids differ between the
+    stores, so compare the distinct answers' sizes, the keys they hold, and any errors)."""
+    answers, errors = set(), set()
+    for node in range(-1, 70):
+        try:
+            table = session.scan("Node", cursor=scan_cursor("Node", node), limit=len(KEYS))
+            answers.add(tuple(sorted(table.column("key").to_pylist())))
+        except KnowledgeError as exc:
+            errors.add((type(exc).__name__, str(exc)))
+    return sorted(len(a) for a in answers), sorted({k for a in answers for k in a}), sorted(errors)
+
+
+def scan_forged(session: Session, cursor: Any) -> Any:
+    """A forged cursor (garbage, another type's, an out-of-range id) and bad offsets: the same errors."""
+    out = []
+    for call in (lambda: session.scan("Node", cursor=cursor), lambda: session.scan("Node", limit=1, offset=-1),
+                 lambda: session.scan("Item", limit=1, cursor=scan_cursor("Node", 0))):
+        try:
+            table = call()
+            out.append(by_key(table.to_pylist()))
+        except KnowledgeError as exc:
+            out.append((type(exc).__name__, str(exc)))
+    return out
+
+
+OR_FILTERS = [{"$or": [{"weight": ("between", (1, 2))}, {"tags": ("contains", "a")}]},
+              {"$or": [{"$or": [{"weight": 0}, {"weight": ("in", [4, 5])}]}, {"tags": ("contains", "c")}],
+               "body": ("like", "%word1%")},
+              {"$or": [{"weight": None}, {"weight": ("!=", None), "tags": ("contains", "b")}]}]
+
+
 # Each public Session method, and the cases (api names in `calls`) that exercise it.
 READS: dict[str, Callable[[Session, Any], Any]] = {
     "principal": lambda s, _: (s.principal.admin, sorted(s.principal.read)),
@@ -218,6 +274,12 @@ READS: dict[str, Callable[[Session, Any], Any]] = {
     "scan_tags": lambda s, label: by_key(s.scan("Node", where={"tags": ("contains", label)}).to_pylist()),
     "scan_hidden": lambda s, _: s.scan("Node", where={"note": "n"}),
     "scan_items": lambda s, _: by_key(s.scan("Item").to_pylist(), "n"),
+    "scan_or": lambda s, w: by_key(s.scan("Node", where=w).to_pylist()),
+    "scan_pages": scan_pages,
+    "scan_offsets": scan_offsets,
+    "scan_after_ids": scan_after_every_id,
+    "scan_forged": scan_forged,
+    "search_or": lambda s, w: ranked(s.search(embedding("n2"), k=len(KEYS), where=w), 3),
     "count": lambda s, _: (s.count("Node"), s.count("Item"), s.count()),
     "stats": lambda s, _: (s.stats()["nodes"], s.stats()["edges"]),
 }
@@ -226,10 +288,11 @@ COVERAGE: dict[str, list[str]] = {
     "get": ["get", "get_item", "get_columns"], "get_many": ["get_many"], "ref": ["ref", "visible", "edges"],
     "neighbors": ["out", "in", "both", "item_in"], "traverse": ["traverse", "traverse_item"],
     "adjacency": ["adjacency"], "snapshot": ["snapshot"], "edges": ["edges"],
-    "search": ["search", "search_all", "search_typed", "search_hidden"],
+    "search": ["search", "search_all", "search_typed", "search_hidden", "search_or"],
     "keyword_search": ["keyword", "keyword_typed", "keyword_hidden"],
     "retrieve": ["retrieve", "retrieve_graphrag"],  # the second: test_retrieve_reveals_no_invisible_document
-    "scan": ["scan", "scan_tags", "scan_hidden", "scan_items"], "count": ["count"], "stats": ["stats"],
+    "scan": ["scan", "scan_tags", "scan_hidden", "scan_items", "scan_or", "scan_pages", "scan_offsets",
+             "scan_after_ids", "scan_forged"], "count": ["count"], "stats": ["stats"],
     "transaction": ["tx_link", "tx_delete"],
 }
 
@@ -262,6 +325,10 @@ def calls() -> list[tuple[str, Any]]:
     for n in ITEM_KEYS:
         out += [("get_item", n), ("item_in", n), ("traverse_item", n)]
     out += [("scan", w) for w in (0, 3)] + [("scan_tags", label) for label in LABELS]
+    out += [(api, w) for w in OR_FILTERS for api in ("scan_or", "search_or")]
+    out += [("scan_pages", None), ("scan_pages", {"weight": (">=", 2)}), ("scan_pages", OR_FILTERS[0]),
+            ("scan_offsets", None), ("scan_after_ids", None)]
+    out += [("scan_forged", c) for c in ("garbage", "kc1.!!", scan_cursor("Node", 1 << 40), "")]
     out += [(api, embedding(key)) for key in KEYS[::3] for api in ("search", "search_all", "search_typed")]
     out += [("search_hidden", embedding("n1"))]
     out += [(api, q) for q in ("common", "word1 tag2", "word3", "tag0 common", "secret")

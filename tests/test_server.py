@@ -252,6 +252,48 @@ def test_per_principal_limit_and_message_size(served):
         server.stop(drain_s=1)
 
 
+def test_a_message_over_the_cap_says_what_to_fix(served):
+    """Over a real socket: a request over --message-bytes-max gets RESOURCE_EXHAUSTED from the server itself
+    naming the cap, the request's size and the option, with MessageTooLarge in the status details; the
+    client re-raises that class (a ResourceExhausted and a ValueTooLarge). A reply over the cap alike."""
+    from knowledge.errors import MessageTooLarge
+
+    cap = 256 << 10
+    server = KnowledgeServer(served.store, ServerConfig(listen="127.0.0.1:0", message_bytes_max=cap)).start()
+    channel = grpc.insecure_channel(server.address, options=[("grpc.max_send_message_length", 8 << 20)])
+    try:
+        stub, metadata = pb_grpc.KnowledgeStub(channel), [("authorization", f"Bearer {served.token}")]
+        request = pb.GetManyRequest(type="Doc", keys=[pb.Key(text="k" * 1000)] * 600)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.GetMany(request, metadata=metadata, timeout=30)
+        error = caught.value
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert f"{request.ByteSize()} bytes" in error.details() and f"max {cap} bytes" in error.details()
+        assert "--message-bytes-max" in error.details() and "split" in error.details()
+        details = dict(error.trailing_metadata())["grpc-status-details-bin"]
+        rpc_status = pb.RpcStatus.FromString(details)
+        detail = pb.ErrorDetail()
+        assert rpc_status.details[0].Unpack(detail) and detail.error_class == "MessageTooLarge"
+        with knowledge.connect(server.address, token=served.token) as client:
+            big = [{"name": f"big{i}", "body": "x" * 1000, "_labels": ["public"]} for i in range(400)]
+            with pytest.raises(MessageTooLarge, match=f"larger than max {cap} bytes") as raised:
+                client.session().transaction().upsert_nodes("Doc", big).commit()
+            assert isinstance(raised.value, ResourceExhausted) and isinstance(raised.value, ValueTooLarge)
+            assert "the Commit request is" in str(raised.value) and "--message-bytes-max" in str(raised.value)
+            assert client.session().count() == 10  # nothing of it was written
+            served.store.session().transaction().upsert_nodes("Doc", big).commit()
+            with pytest.raises(MessageTooLarge, match="the Scan reply would be .* bytes, larger than max"):
+                client.session().scan("Doc")
+            assert client.session().scan("Doc", limit=100).num_rows == 100  # a page fits
+            assert client.session().count() == 410
+        with knowledge.connect(server.address, token=served.token, message_bytes_max=64 << 10) as small:
+            with pytest.raises(MessageTooLarge, match="message_bytes_max"):  # the client's own send cap
+                small.session().get_many("Doc", [f"k{i:0>1000}" for i in range(100)])
+    finally:
+        channel.close()
+        server.stop(drain_s=1)
+
+
 def test_not_primary_names_the_primary(served):
     server = KnowledgeServer(served.store, ServerConfig(listen="127.0.0.1:0"),
                              role=ReplicaRole("primary.example:50051")).start()

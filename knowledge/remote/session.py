@@ -57,9 +57,14 @@ class RemoteSession:
     """A principal's view of the store behind a server (the token's principal, or one an admin acts as)."""
 
     def __init__(self, store: RemoteStore, principal: Any = None) -> None:
-        self.store = store
+        self._store = store
         self._connection = store._connection
         self._metadata = self._connection.metadata_as(principal)
+
+    @property
+    def store(self) -> RemoteStore:
+        """The RemoteStore this session reads through."""
+        return self._store
 
     def _call(self, method: str, request: Any) -> Any:
         return self._connection.call(method, request, self._metadata)
@@ -81,9 +86,10 @@ class RemoteSession:
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[int]:
-        """A group of reads as of one LSN (yields it). Over the network the store is not held: each read in
-        the block is checked on the server to be answered as of that LSN, and raises SnapshotMoved when a
-        commit landed meanwhile (run the block again). Writes inside the block are not pinned."""
+        """A group of reads as of one LSN (yields it: the store's for an admin, the view LSN for others, as
+        embedded). Over the network the store is not held: each read in the block is checked on the server to
+        be answered as of that LSN, and raises SnapshotMoved when a commit the principal can see landed
+        meanwhile (run the block again; writes it cannot see move nothing). Writes inside are not pinned."""
         lsn = self._call("GetSchema", pb.GetSchemaRequest()).lsn
         outer = self._metadata
         self._metadata = (*outer, ("knowledge-lsn", str(lsn)))
@@ -118,10 +124,19 @@ class RemoteSession:
         return self._table("GetMany", request)
 
     def scan(self, type_name: str, where: dict[str, Any] | None = None, columns: Iterable[str] | None = None,
-             limit: int | None = None) -> pa.Table:
-        """Visible rows of one node type matching `where`, as Arrow (with `_id` and `_labels`)."""
+             limit: int | None = None, offset: int = 0, cursor: str | None = None) -> pa.Table:
+        """Visible rows of one node type matching `where`, as Arrow (with `_id` and `_labels`), in id order;
+        paged by `limit`, `offset` and an opaque `cursor` as knowledge.Session.scan is (`next_cursor` and
+        `has_more` in the result's schema metadata)."""
+        if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= wire.INT64_MAX:
+            raise InvalidArgument(f"offset must be an int >= 0, got {offset!r}")
+        if cursor is not None and not isinstance(cursor, str):
+            raise InvalidArgument(f"cursor {str(cursor)[:80]!r} is not a scan cursor: pass the next_cursor of a "
+                                  f"scan's result (schema metadata), or no cursor to start from the first row")
         request = pb.ScanRequest(type=type_name, where=wire.where_to_proto(where),
-                                 columns=wire.columns_to_proto(columns), limit=_limit(limit))
+                                 columns=wire.columns_to_proto(columns), limit=_limit(limit), offset=offset)
+        if cursor is not None:
+            request.cursor = cursor
         return self._table("Scan", request)
 
     def edges(self, edge_type: str, limit: int | None = None) -> pa.Table:

@@ -26,6 +26,7 @@ from knowledge.server.audit_files import PersistentAudit
 from knowledge.server.calls import Calls, PrimaryRole, Role
 from knowledge.server.changes import stream
 from knowledge.server.config import ServerConfig
+from knowledge.server.message_cap import MessageCap, transport_limit
 from knowledge.server.reads import Reads
 from knowledge.server.v1 import knowledge_pb2 as pb
 from knowledge.server.v1 import knowledge_pb2_grpc as pb_grpc
@@ -94,8 +95,9 @@ class KnowledgeServer:
         limit = self.config.message_bytes_max
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self.config.workers_max, thread_name_prefix="knowledge-rpc"),
-            maximum_concurrent_rpcs=self.config.calls_max,
-            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
+            maximum_concurrent_rpcs=self.config.calls_max, interceptors=[MessageCap(limit)],
+            options=[("grpc.max_receive_message_length", transport_limit(limit)),
+                     ("grpc.max_send_message_length", limit),
                      ("grpc.so_reuseport", 0)])
         pb_grpc.add_KnowledgeServicer_to_server(Servicer(self.calls, self.config, self._stop), self.server)
         self.health = health.HealthServicer()

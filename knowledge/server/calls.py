@@ -243,10 +243,16 @@ def session_lsn(session: Any) -> int:
 
 
 def _check_pinned(session: Any, lsn: int) -> None:
+    """SnapshotMoved unless the session's LSN is still `lsn`; a non-admin's error names only its view LSN,
+    never the store's."""
     now = session_lsn(session)
-    if now != lsn:
+    if now == lsn:
+        return
+    if session.principal.admin:
         raise SnapshotMoved(f"the store is at LSN {now}, not the snapshot's LSN {lsn} (a commit landed during the "
                             f"snapshot block); run the block again")
+    raise SnapshotMoved(f"what this principal sees moved to LSN {now}, past the snapshot's LSN {lsn} (a commit it "
+                        f"can see landed during the snapshot block); run the block again")
 
 
 def _run(method: Callable[..., Any], servicer: Any, request: Any, session: Any, context: Any, write: bool,

@@ -66,8 +66,11 @@ class Reads:
     @handler(heavy=True)
     def Scan(self, request: pb.ScanRequest, session: Any, context: Any) -> pb.TableReply:
         columns = wire.columns_from_proto(request.columns, request.HasField("columns"))
+        if request.offset < 0:
+            raise InvalidArgument(f"offset must be an int >= 0, got {request.offset}")
         return _table(session.scan(request.type, where=wire.where_from_proto(request.where), columns=columns,
-                                   limit=_int(request.limit, "limit")))
+                                   limit=_int(request.limit, "limit"), offset=int(request.offset),
+                                   cursor=request.cursor if request.HasField("cursor") else None))
 
     @handler(heavy=True)
     def Edges(self, request: pb.EdgesRequest, session: Any, context: Any) -> pb.TableReply:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from typing import Any
 
 import grpc
@@ -158,6 +159,17 @@ def _build(cls: type[BaseException], message: str, fields: dict[str, Any]) -> Ba
     return exc
 
 
+def transport_too_large(message: str) -> str:
+    """gRPC's own "Sent/Received message larger than max (N vs. M)" in words: which cap, and how to raise it."""
+    found = re.search(r"\((\d+) vs\. (\d+)\)", message)
+    sizes = f"{found.group(1)} bytes, larger than max {found.group(2)} bytes" if found else "larger than max"
+    side = ("this client's send cap or, for a reply, the server's" if message.lower().startswith("sent") else
+            "the server's transport cap for a request, or this client's for a reply")
+    return (f"a message of {sizes} ({side}): split the call (smaller write batches, fewer keys, a scan's "
+            f"limit=) or raise the cap: `knowledge serve --message-bytes-max N` on the server, "
+            f"knowledge.connect(..., message_bytes_max=N) on the client")
+
+
 def exception_from(error: grpc.RpcError) -> BaseException:
     """The exception a failed call stands for: the server's own class when it said so."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
@@ -172,7 +184,6 @@ def exception_from(error: grpc.RpcError) -> BaseException:
             fields["primary"] = detail.primary
         return _build(CLASSES[detail.error_class], message, fields)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "message larger than max" in message.lower():
-        return _build(errors.ValueTooLarge, f"{message}: split the batch (the server's message cap is "
-                                            f"--message-bytes-max)", {})
+        return _build(errors.MessageTooLarge, transport_too_large(message), {})
     cls = _FALLBACK.get(code, errors.KnowledgeError)
     return _build(cls, f"{code.name}: {message}", {})

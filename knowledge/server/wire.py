@@ -12,11 +12,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from knowledge.errors import InvalidArgument, ValidationError
+from knowledge.errors import InvalidArgument, InvalidQuery, ValidationError
 from knowledge.server.v1 import knowledge_pb2 as pb
 
 _IPC_OPTIONS = pa.ipc.IpcWriteOptions()
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+WHERE_DEPTH_MAX = 32  # nested "$or" levels a request may carry
 
 
 # -- keys ------------------------------------------------------------------------------------------
@@ -65,37 +66,88 @@ def loads(text: str, what: str) -> Any:
 
 
 # -- where and columns --------------------------------------------------------------------------------
+# A where-filter travels as Conditions that nest through "$or" (see the Condition message): the client
+# encodes every form the embedded API takes, malformed ones included, and the server rebuilds the same
+# Python value, so the embedded parser (knowledge.session_where) judges it and raises the same errors.
+OR_KEY = "$or"
+NOT_A_FILTER = ("where must be a dict mapping property names to a value or to (operator, value), "
+                "got {kind}")  # knowledge.session_where.parse_where's message
+
+
+def _value_json(name: Any, value: Any) -> str:
+    try:
+        return dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidQuery(f"where {name!r} {value!r}: {exc}", property=name, value=value) from None
+
+
+def _condition_to_proto(name: Any, condition: Any) -> pb.Condition:
+    if name == OR_KEY:
+        if isinstance(condition, str | bytes | Mapping) or not isinstance(condition, Iterable):
+            return pb.Condition(property=OR_KEY, value_json=_value_json(name, condition))
+        return pb.Condition(property=OR_KEY, operator="or", any_of=[_filter_to_proto(b) for b in condition])
+    if not isinstance(name, str):
+        raise InvalidQuery(f"where names property {name!r}, which is not a str", property=name)
+    if isinstance(condition, tuple):
+        if len(condition) == 2 and isinstance(condition[0], str):
+            return pb.Condition(property=name, operator=condition[0], value_json=_value_json(name, condition[1]))
+        return pb.Condition(property=name, as_tuple=True, value_json=_value_json(name, list(condition)))
+    return pb.Condition(property=name, operator="=", value_json=_value_json(name, condition))
+
+
+def _filter_to_proto(branch: Any) -> pb.Filter:
+    if isinstance(branch, Mapping):
+        return pb.Filter(all=[_condition_to_proto(n, c) for n, c in branch.items()])
+    return pb.Filter(other_json=_value_json(OR_KEY, branch))
+
+
 def where_to_proto(where: Mapping[str, Any] | None) -> list[pb.Condition]:
+    """A where-filter (any form knowledge.Session.scan/search accept: comparisons, in, between, IS NULL,
+    nested "$or") as Conditions."""
     if not where:
         return []
     if not isinstance(where, Mapping):
-        raise InvalidArgument(f"where must be a dict of property -> value or (operator, value), got {where!r}")
-    out = []
-    for name, condition in where.items():
-        if isinstance(condition, tuple):
-            if len(condition) != 2:
-                raise InvalidArgument(f"where[{name!r}] must be (operator, value), got {condition!r}")
-            operator, value = condition
-        else:
-            operator, value = "=", condition
-        try:
-            text = dumps(value)
-        except TypeError as exc:
-            raise InvalidArgument(f"where[{name!r}]: {exc}") from None
-        out.append(pb.Condition(property=str(name), operator=str(operator), value_json=text))
-    return out
+        raise InvalidQuery(NOT_A_FILTER.format(kind=type(where).__name__))
+    return [_condition_to_proto(name, condition) for name, condition in where.items()]
 
 
-def where_from_proto(conditions: Iterable[pb.Condition]) -> dict[str, Any] | None:
+def _condition_from_proto(condition: pb.Condition, depth: int) -> Any:
+    if condition.property == OR_KEY and condition.operator == "or":
+        return [_filter_from_proto(branch, depth + 1) for branch in condition.any_of]
+    value = loads(condition.value_json, f"the where value of {condition.property!r}")
+    if condition.as_tuple:
+        if not isinstance(value, list):
+            raise InvalidArgument(f"where {condition.property!r}: as_tuple takes a JSON array, got {value!r}")
+        return tuple(value)
+    if condition.property == OR_KEY:
+        return value
+    if condition.operator == "in" and not isinstance(value, list):
+        raise InvalidArgument(f"where {condition.property!r} 'in' takes a JSON array, got {value!r}")
+    if condition.operator == "between" and isinstance(value, list):
+        value = tuple(value)  # the documented (low, high) form, as errors quote it
+    return (condition.operator or "=", value)
+
+
+def _filter_from_proto(branch: pb.Filter, depth: int) -> Any:
+    if depth > WHERE_DEPTH_MAX:
+        raise InvalidArgument(f"where nests {OR_KEY!r} more than {WHERE_DEPTH_MAX} deep")
+    if branch.other_json:
+        return loads(branch.other_json, f"a {OR_KEY!r} branch")
+    return _conditions_from_proto(branch.all, depth)
+
+
+def _conditions_from_proto(conditions: Iterable[pb.Condition], depth: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for condition in conditions:
         if condition.property in out:
             raise InvalidArgument(f"where names property {condition.property!r} twice")
-        value = loads(condition.value_json, f"the where value of {condition.property!r}")
-        if condition.operator == "in" and not isinstance(value, list):
-            raise InvalidArgument(f"where {condition.property!r} 'in' takes a JSON array, got {value!r}")
-        out[condition.property] = (condition.operator or "=", value)
-    return out or None
+        out[condition.property] = _condition_from_proto(condition, depth)
+    return out
+
+
+def where_from_proto(conditions: Iterable[pb.Condition]) -> dict[str, Any] | None:
+    """The where-filter the client sent (None when empty)."""
+    return _conditions_from_proto(conditions, 0) or None
 
 
 def columns_to_proto(columns: Iterable[str] | None) -> pb.Columns:

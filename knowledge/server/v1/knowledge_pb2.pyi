@@ -27,14 +27,26 @@ class NodeRef(_message.Message):
     def __init__(self, id: _Optional[int] = ..., type: _Optional[str] = ..., key: _Optional[_Union[Key, _Mapping]] = ...) -> None: ...
 
 class Condition(_message.Message):
-    __slots__ = ("property", "operator", "value_json")
+    __slots__ = ("property", "operator", "value_json", "any_of", "as_tuple")
     PROPERTY_FIELD_NUMBER: _ClassVar[int]
     OPERATOR_FIELD_NUMBER: _ClassVar[int]
     VALUE_JSON_FIELD_NUMBER: _ClassVar[int]
+    ANY_OF_FIELD_NUMBER: _ClassVar[int]
+    AS_TUPLE_FIELD_NUMBER: _ClassVar[int]
     property: str
     operator: str
     value_json: str
-    def __init__(self, property: _Optional[str] = ..., operator: _Optional[str] = ..., value_json: _Optional[str] = ...) -> None: ...
+    any_of: _containers.RepeatedCompositeFieldContainer[Filter]
+    as_tuple: bool
+    def __init__(self, property: _Optional[str] = ..., operator: _Optional[str] = ..., value_json: _Optional[str] = ..., any_of: _Optional[_Iterable[_Union[Filter, _Mapping]]] = ..., as_tuple: _Optional[bool] = ...) -> None: ...
+
+class Filter(_message.Message):
+    __slots__ = ("all", "other_json")
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    OTHER_JSON_FIELD_NUMBER: _ClassVar[int]
+    all: _containers.RepeatedCompositeFieldContainer[Condition]
+    other_json: str
+    def __init__(self, all: _Optional[_Iterable[_Union[Condition, _Mapping]]] = ..., other_json: _Optional[str] = ...) -> None: ...
 
 class Columns(_message.Message):
     __slots__ = ("all", "names")
@@ -129,16 +141,20 @@ class TableReply(_message.Message):
     def __init__(self, arrow_ipc: _Optional[bytes] = ...) -> None: ...
 
 class ScanRequest(_message.Message):
-    __slots__ = ("type", "where", "columns", "limit")
+    __slots__ = ("type", "where", "columns", "limit", "offset", "cursor")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     WHERE_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
     type: str
     where: _containers.RepeatedCompositeFieldContainer[Condition]
     columns: Columns
     limit: int
-    def __init__(self, type: _Optional[str] = ..., where: _Optional[_Iterable[_Union[Condition, _Mapping]]] = ..., columns: _Optional[_Union[Columns, _Mapping]] = ..., limit: _Optional[int] = ...) -> None: ...
+    offset: int
+    cursor: str
+    def __init__(self, type: _Optional[str] = ..., where: _Optional[_Iterable[_Union[Condition, _Mapping]]] = ..., columns: _Optional[_Union[Columns, _Mapping]] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., cursor: _Optional[str] = ...) -> None: ...
 
 class EdgesRequest(_message.Message):
     __slots__ = ("edge_type", "limit")

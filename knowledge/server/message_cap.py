@@ -1,0 +1,97 @@
+"""The server's message size cap, answered in words: a request over `ServerConfig.message_bytes_max`
+gets RESOURCE_EXHAUSTED naming the cap, the request's size and the option that raises it, with
+MessageTooLarge in its status details (gRPC's own check answers a bare "Received message larger than
+max (N vs. M)" that no client can act on).
+
+A reply over the cap gets the same, naming the reply and how to ask for less.
+
+gRPC's transport limit is set above the cap (`transport_limit`), and an interceptor wraps every unary
+request's deserializer so that it measures the raw bytes first: over the cap it returns an `Oversized`
+marker instead of parsing them, and the method answers MessageTooLarge without running. A request even
+above the transport limit is refused by gRPC itself; knowledge.remote words that answer the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from knowledge.errors import MessageTooLarge
+from knowledge.server import status
+
+TRANSPORT_FACTOR = 4  # the transport accepts this many times the cap (at least TRANSPORT_SLACK_BYTES more)
+TRANSPORT_SLACK_BYTES = 16 << 20
+TRANSPORT_BYTES_MAX = (1 << 31) - 1  # gRPC's own ceiling
+
+
+def transport_limit(cap: int) -> int:
+    """gRPC's receive limit for a server whose cap is `cap` bytes: room to measure what is over the cap."""
+    return min(TRANSPORT_BYTES_MAX, max(cap * TRANSPORT_FACTOR, cap + TRANSPORT_SLACK_BYTES))
+
+
+def too_large(what: str, size: int, cap: int) -> MessageTooLarge:
+    """The error of a request `size` bytes long to a server capped at `cap` bytes."""
+    return MessageTooLarge(
+        f"the {what} request is {size} bytes, larger than max {cap} bytes, the server's message cap: split it "
+        f"(smaller write batches, fewer keys or rows per call) or raise the cap on the server with "
+        f"`knowledge serve --message-bytes-max N` (ServerConfig.message_bytes_max; a client sending more than "
+        f"64 MiB also needs knowledge.connect(message_bytes_max=N))")
+
+
+def reply_too_large(what: str, size: int, cap: int) -> MessageTooLarge:
+    """The error of a reply `size` bytes long from a server capped at `cap` bytes."""
+    return MessageTooLarge(
+        f"the {what} reply would be {size} bytes, larger than max {cap} bytes, the server's message cap: ask "
+        f"for less (a scan's limit= and cursor=, fewer keys, fewer columns) or raise the cap on the server with "
+        f"`knowledge serve --message-bytes-max N` (a client receiving more than 64 MiB also needs "
+        f"knowledge.connect(message_bytes_max=N))")
+
+
+@dataclass(frozen=True, slots=True)
+class Oversized:
+    """What a request's deserializer returns for bytes over the cap (instead of the parsed message)."""
+
+    size: int
+
+
+class MessageCap(grpc.ServerInterceptor):
+    """Answers requests over `cap` bytes with MessageTooLarge (see the module)."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+
+    def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        handler = continuation(details)
+        if handler is None or handler.request_streaming or handler.request_deserializer is None:
+            return handler
+        cap, parse = self.cap, handler.request_deserializer
+        what = str(details.method).rpartition("/")[2] or "the"
+
+        def deserialize(data: bytes) -> Any:
+            return Oversized(len(data)) if len(data) > cap else parse(data)
+
+        def guarded(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+            def run(request: Any, context: grpc.ServicerContext) -> Any:
+                if isinstance(request, Oversized):
+                    status.abort(context, too_large(what, request.size, cap))
+                reply = behavior(request, context)
+                size = reply.ByteSize() if hasattr(reply, "ByteSize") else 0
+                if size > cap:
+                    status.abort(context, reply_too_large(what, size, cap))
+                return reply
+            return run
+
+        if handler.unary_unary is not None:
+            return handler._replace(request_deserializer=deserialize, unary_unary=guarded(handler.unary_unary))
+        if handler.unary_stream is not None:
+            inner = handler.unary_stream
+
+            def stream(request: Any, context: grpc.ServicerContext) -> Any:
+                if isinstance(request, Oversized):
+                    status.abort(context, too_large(what, request.size, cap))
+                yield from inner(request, context)
+            return handler._replace(request_deserializer=deserialize, unary_stream=stream)
+        return handler
