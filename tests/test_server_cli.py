@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -114,6 +115,36 @@ def test_read_verbs_through_the_server(served, capsys, tmp_path):
     code, _, err = cli(capsys, "get", "--server", server.address, path, "Doc", "d1")
     assert code == 1 and "not both" in err
     assert server.stop()[0] == 0
+
+
+def test_scan_pages_and_where_forms_in_the_cli(served, capsys, tmp_path):
+    """`knowledge scan --limit/--offset/--cursor` pages in id order, on a directory and through a server;
+    the next page's cursor is printed on stderr; --where takes between, null and $or."""
+    path, server, token = served
+    remote = ["--server", server.address, "--token", token]
+    names, cursor, pages = [], None, 0
+    while True:
+        code, out, err = cli(capsys, "scan", *remote, "Doc", "--limit", "4", "--columns", "n",
+                             *(["--cursor", cursor] if cursor else []))
+        assert code == 0
+        names += [r["n"] for r in json.loads(out)]
+        cursor = re.search(r"next page: --cursor (\S+)", err).group(1)
+        pages += 1
+        if "more rows follow" not in err:
+            break
+    assert names == list(range(6)) and pages == 2
+    code, out, err = cli(capsys, "scan", *remote, "Doc", "--offset", "4", "--columns", "n")
+    assert [r["n"] for r in json.loads(out)] == [4, 5] and "no more rows yet" in err
+    where = '{"$or": [{"n": ["between", [1, 2]]}, {"$or": [{"n": ["in", [5]]}, {"tags": null}]}]}'
+    rows = json.loads(cli(capsys, "scan", *remote, "Doc", "--where", where, "--columns", "n")[1])
+    assert [r["n"] for r in rows] == [1, 2, 5]
+    code, out, err = cli(capsys, "scan", *remote, "Doc", "--cursor", "bogus")
+    assert code == 1 and "not a scan cursor" in err
+    assert server.stop()[0] == 0
+    code, out, err = cli(capsys, "scan", path, "Doc", "--limit", "2", "--offset", "1", "--where", where)
+    assert code == 0 and [r["n"] for r in json.loads(out)] == [2, 5] and "no more rows yet" in err
+    code, _, err = cli(capsys, "scan", path, "Doc", "--offset", "-1")
+    assert code == 1 and "offset" in err
 
 
 def test_new_verbs_on_a_directory(tmp_path, capsys):

@@ -69,21 +69,31 @@ def _json_arg(text: str | None, what: str) -> Any:
         raise InvalidArgument(f"{what} is not valid JSON ({exc}): {text[:80]!r}") from None
 
 
+WHERE_OPERATORS = ("=", "==", "!=", "<", "<=", ">", ">=", "like", "in", "contains", "between")
+
+
+def _where_json(value: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, condition in value.items():
+        if name == "$or" and isinstance(condition, list):
+            out[name] = [_where_json(b) if isinstance(b, dict) else b for b in condition]
+        elif isinstance(condition, list) and len(condition) == 2 and isinstance(condition[0], str) \
+                and condition[0] in WHERE_OPERATORS:
+            out[name] = (condition[0], condition[1])
+        else:
+            out[name] = condition
+    return out
+
+
 def where_arg(text: str | None) -> dict[str, Any] | None:
-    """--where JSON: {"age": [">", 30], "name": "ada"}: a two-item [operator, value] list is a comparison."""
+    """--where JSON: {"age": [">", 30], "name": "ada"}: a two-item [operator, value] list is a comparison
+    (["between", [1, 9]] a range); null is IS NULL; "$or" takes a list of such objects."""
     value = _json_arg(text, "--where")
     if value is None:
         return None
     if not isinstance(value, dict):
         raise InvalidArgument('--where must be a JSON object, e.g. {"age": [">", 30]}')
-    out = {}
-    for name, condition in value.items():
-        if isinstance(condition, list) and len(condition) == 2 and isinstance(condition[0], str) \
-                and condition[0] in ("=", "==", "!=", "<", "<=", ">", ">=", "like", "in", "contains"):
-            out[name] = (condition[0], condition[1])
-        else:
-            out[name] = condition
-    return out
+    return _where_json(value)
 
 
 def _columns(text: str | None) -> list[str] | None:
@@ -148,10 +158,17 @@ def cmd_retrieve(args: argparse.Namespace, print_json: Callable[[Any], None]) ->
 
 
 def cmd_scan(args: argparse.Namespace, print_json: Callable[[Any], None]) -> int:
+    """The rows as a JSON array; a paged scan (--limit, --offset, --cursor) also prints, on stderr, the
+    cursor of the next page and whether more rows follow."""
     with open_target(args) as store:
         table = store.session().scan(args.type, where=where_arg(args.where), columns=_columns(args.columns),
-                                     limit=args.limit)
+                                     limit=args.limit, offset=args.offset, cursor=args.cursor)
         print_json(table.to_pylist())
+    metadata = table.schema.metadata or {}
+    if b"next_cursor" in metadata:
+        more = metadata.get(b"has_more") == b"true"
+        print(f"next page: --cursor {metadata[b'next_cursor'].decode()} "
+              f"({'more rows follow' if more else 'no more rows yet'})", file=sys.stderr)
     return 0
 
 
@@ -276,9 +293,11 @@ def add_commands(sub: Any, command: Callable[..., argparse.ArgumentParser], prin
     p.add_argument("--context", action="store_true", help="print only the context text")
 
     for name, summary, examples in (
-            ("scan", "Print the visible rows of one node type matching --where as JSON.",
+            ("scan", "Print the visible rows of one node type matching --where as JSON (in id order, paged).",
              ["knowledge scan people.store Person --where '{\"age\": [\">\", 30]}' --columns age",
-              "knowledge scan --server 127.0.0.1:50051 --token kn_... Person --limit 10"]),
+              "knowledge scan people.store Person --where '{\"$or\": [{\"age\": [\"between\", [30, 40]]}, "
+              "{\"age\": null}]}'",
+              "knowledge scan --server 127.0.0.1:50051 --token kn_... Person --limit 10 --cursor kc1..."]),
             ("export", "Write the visible rows of one node type to Parquet, JSONL or CSV.",
              ["knowledge export people.store Person people.parquet",
               "knowledge export --server 127.0.0.1:50051 --token kn_... Person adults.csv --where '{\"age\": [\">=\", 18]}'"])):
@@ -292,6 +311,9 @@ def add_commands(sub: Any, command: Callable[..., argparse.ArgumentParser], prin
         p.add_argument("--where", metavar="JSON", help='filter, e.g. {"age": [">", 30]}')
         p.add_argument("--columns", metavar="A,B", help="properties to include (default all)")
         p.add_argument("--limit", type=positive_int, metavar="N", help="at most N rows")
+        if name == "scan":
+            p.add_argument("--offset", type=int, default=0, metavar="N", help="skip N matching rows (default 0)")
+            p.add_argument("--cursor", metavar="C", help="resume after the page that printed `next page: --cursor C`")
 
 
 def main_error(message: str) -> int:
