@@ -417,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backup", metavar="DIR", help="a backup whose tables reach the WAL's first LSN")
 
     _add_principal_commands(sub)
+    from knowledge.cli_ttl import add_ttl_command
+
+    add_ttl_command(sub, _command, _print_json)  # ttl set | drop | show | sweep
     add_commands(sub, _command, _print_json, _jsonable, _positive_int)  # serve, search, retrieve, scan, export
     from knowledge.server.mcp_server import add_mcp_command
 

@@ -97,6 +97,15 @@ class StorageFull(KnowledgeError):
         super().__init__(message)
 
 
+class CompactionFailed(KnowledgeError):
+    """A checkpoint could not rewrite the table file to reclaim space (`knowledge/storage/retention.py`): the
+    old file is kept as it was, nothing is lost, and a later checkpoint tries again."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        self.path = path
+        super().__init__(message)
+
+
 class SchemaError(KnowledgeError):
     """A schema declaration or change is invalid or incompatible with the stored data."""
 

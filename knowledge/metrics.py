@@ -15,7 +15,8 @@ rpc_errors_total{rpc,code}, stage_latency_seconds{stage}, replication_lag_lsn{re
 replication_lag_seconds{replica}, replication_lag_observed_seconds{replica} (a histogram of lag samples, for
 lag SLOs), wal_fsync_seconds, index_rows{index}, index_live_rows{index}, search_plans_total{plan},
 cache_requests_total{cache,result}, cache_hit_ratio{cache}, search_recall (histogram of sampled recall@k),
-search_recall_sampled (mean of the last RECALL_WINDOW samples), recall_samples_dropped_total. knowledge.slo
+search_recall_sampled (mean of the last RECALL_WINDOW samples), recall_samples_dropped_total,
+ttl_expired_rows_total{kind}, ttl_expired_pending_rows, ttl_sweeper_lag_seconds, storage_bytes{structure,state}. knowledge.slo
 reads the histograms and counters of an SLO file from a scrape.
 
 Over ~450 lines on purpose: every metric the server exports is declared here once (names,
@@ -127,8 +128,17 @@ class Metrics:
                                  registry=r)
         self.recall_dropped = Counter(f"{n}_recall_samples_dropped_total", "samples dropped: the queue was full",
                                       registry=r)
+        self.ttl_expired = Counter(f"{n}_ttl_expired_rows_total", "rows the TTL sweeper deleted", ["kind"],
+                                   registry=r)
+        self.ttl_pending = Gauge(f"{n}_ttl_expired_pending_rows", "nodes past their deadline, not yet deleted",
+                                 registry=r)
+        self.ttl_lag = Gauge(f"{n}_ttl_sweeper_lag_seconds", "how long the oldest undeleted expired node has been "
+                             "past its deadline", registry=r)
+        self.storage_bytes = Gauge(f"{n}_storage_bytes", "bytes per structure, live or dead (store.stats()['space'])",
+                                   ["structure", "state"], registry=r)
         self._recent: deque[float] = deque(maxlen=RECALL_WINDOW)
         self._cache_seen: dict[str, tuple[int, int]] = {}
+        self._ttl_seen: dict[str, int] = {}
         self._lock = threading.Lock()
 
     # -- calls -------------------------------------------------------------------------------------------
@@ -206,11 +216,33 @@ class Metrics:
             self.index_rows.labels(name).set(index.get("rows", 0))
             self.index_live.labels(name).set(index.get("live", 0))
             self.index_graph.labels(name).set(index.get("graph_rows") or 0)
+        self._update_ttl(stats)
         cache = stats.get("row_cache")
         if cache:
             with self._lock:
                 seen = self._cache_seen.get("row", (0, 0))
             self.observe_cache("row", max(0, cache["hits"] - seen[0]), max(0, cache["misses"] - seen[1]))
+
+    def _update_ttl(self, stats: dict[str, Any]) -> None:
+        """TTL and retention figures from `store.stats()`: expired rows (counted up by the increase since the
+        last call), pending expired nodes, sweeper lag, live and dead bytes per structure."""
+        ttl = stats.get("ttl")
+        if ttl:
+            for kind, field in (("nodes", "expired_total"), ("edges", "expired_edges_total")):
+                total = int(ttl.get(field, 0))
+                with self._lock:
+                    seen = self._ttl_seen.get(kind, 0)
+                    self._ttl_seen[kind] = total
+                if total > seen:
+                    self.ttl_expired.labels(kind).inc(total - seen)
+            self.ttl_pending.set(ttl.get("expired_pending", 0))
+            self.ttl_lag.set(ttl.get("sweeper_lag_s", 0.0))
+        for structure, figures in (stats.get("space") or {}).items():
+            parts = figures.values() if figures and "live_bytes" not in figures else [figures]
+            live = sum(part.get("live_bytes", 0) for part in parts if isinstance(part, dict))
+            dead = sum(part.get("dead_bytes", 0) for part in parts if isinstance(part, dict))
+            self.storage_bytes.labels(structure, "live").set(live)
+            self.storage_bytes.labels(structure, "dead").set(dead)
 
     # -- recall ------------------------------------------------------------------------------------------
     def observe_recall(self, recall: float) -> None:

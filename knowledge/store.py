@@ -6,6 +6,7 @@ order -> return the LSN, DuckDB brought up to date by a background applier.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import threading
@@ -16,7 +17,7 @@ import numpy as np
 
 from knowledge.access.audit import AuditLog
 from knowledge.access.principal import ADMIN, Principal
-from knowledge.access.visibility import VisibilityCache, visible_edges
+from knowledge.access.visibility import VisibilityCache, live_nodes, visible_edges
 from knowledge.config import StoreConfig
 from knowledge.errors import (
     InvalidArgument,
@@ -37,8 +38,12 @@ from knowledge.storage.lock import DirectoryLock
 from knowledge.storage.ops import Op, OpKind
 from knowledge.storage.position import Position
 from knowledge.storage.resolve import Resolver
+from knowledge.storage.retention import space
 from knowledge.storage.schema import Schema
+from knowledge.storage.sweeper import sweep_all
 from knowledge.storage.tables import Tables
+from knowledge.storage.ttl import POLICY_PREFIX as TTL_POLICY_PREFIX
+from knowledge.storage.ttl import policy_document, stamp_ops
 from knowledge.storage.wal import WriteAheadLog
 
 if TYPE_CHECKING:
@@ -99,7 +104,9 @@ class Store:
 
     @property
     def directory(self) -> NodeDirectory:
-        return self.engine.directory
+        engine = self.engine
+        engine.ttl.refresh(engine.directory, engine.columns)  # expiry is part of visibility (storage/ttl.py)
+        return engine.directory
 
     @property
     def edges(self) -> dict[str, EdgeIndex]:
@@ -248,6 +255,38 @@ class Store:
         raise SchemaError(f"no node or edge type {type_name!r}")
 
     # -- commit pipeline ----------------------------------------------------------------------
+    # -- TTL -------------------------------------------------------------------------------------
+    def set_ttl(self, type_name: str, expire_after: str | float | dt.timedelta | None, *,
+                on: str | None = None) -> int:
+        """Expire the rows of a node or edge type `expire_after` ("7d", "12h", "30m", seconds or a timedelta)
+        after their `on` property (a timestamp, or int/float seconds since the epoch) or, without `on`, after
+        their last write (rows written before the policy count from now). `expire_after=None` removes the
+        policy. A WAL record like a schema change; returns its LSN. Raises UnknownType, SchemaError,
+        InvalidArgument."""
+        with self.engine.stage_lock:
+            self.engine.check_open()
+            document = policy_document(self.schema, type_name, expire_after, on, self.config.clock(),
+                                       self.engine.ttl.policies.get(type_name))
+            if document.get("dropped") and type_name not in self.engine.ttl.policies:
+                return self.memory_lsn
+            staged = self.engine.append([Op(OpKind.META, TTL_POLICY_PREFIX + type_name, document=document)], None)
+        return self.engine.finish(*staged)
+
+    def ttl(self) -> dict[str, dict[str, Any]]:
+        """The TTL policies by type: kind ("node"/"edge"), expire_after_s, on, set_at (epoch seconds)."""
+        self.engine.check_open()
+        with self.state_lock:
+            return self.engine.ttl.describe()
+
+    def sweep_expired(self, *, rows_max: int | None = None) -> dict[str, int]:
+        """Delete every row past its deadline now, in WAL records of at most `rows_max` rows (default
+        `StoreConfig.ttl_sweep_batch_rows`), as the background sweeper does; return the totals (nodes,
+        entities, edges, records, lsn)."""
+        if rows_max is not None and (isinstance(rows_max, bool) or not isinstance(rows_max, int) or rows_max <= 0):
+            raise InvalidArgument(f"rows_max must be a positive int, got {rows_max!r}")
+        self.engine.check_open()
+        return sweep_all(self.engine, rows_max=rows_max)
+
     def commit(self, principal: Principal, items: list[tuple[str, str, Any]]) -> int:
         """Resolve, log, fsync and apply one transaction's items (as `Transaction` builds them: use a
         transaction); return its LSN. Raises InvalidArgument for what no transaction builds."""
@@ -263,12 +302,17 @@ class Store:
             resolver = Resolver(self.schema, self.directory, self.edges, principal, visible, inflight)
             ops: list[Op] = []
             for action, type_name, data in items:
+            deadlines: list[tuple[str, Any]] = []  # explicit `_expires_at` values (storage/ttl.py)
                 op = getattr(resolver, action)(type_name, data)
+                if action == "expire_nodes":
+                    deadlines.append((type_name, data))
+                    continue
                 if op is not None:
                     ops.append(op)
             if not ops:
                 return self.memory_lsn
             staged = self.engine.append(ops, resolver)
+            ops = stamp_ops(self.engine.ttl, ops, resolver, deadlines, self.config.clock())
         return self.engine.finish(*staged)
 
     # -- visibility ---------------------------------------------------------------------------
@@ -325,15 +369,24 @@ class Store:
         if self.engine.closed:
             raise StoreClosed(f"store {self.path!r} is closed")
         with self.state_lock:  # the counts and the LSN together
-            alive = self.directory.alive
-            nodes = {name: self.directory.count(name) for name in self.schema.nodes}
+            alive = live_nodes(self.directory)  # alive and not expired (storage/ttl.py)
+            type_of = self.directory.type_of[:len(alive)][alive]
+            codes = self.directory.type_codes
+            nodes = {name: int(np.count_nonzero(type_of == codes[name])) if name in codes else 0
+                     for name in self.schema.nodes}
             edges = {name: len(visible_edges(alive, *index.all_pairs())[0]) for name, index in self.edges.items()}
             lsn = self.memory_lsn
         return {"path": self.path, "lsn": lsn, "epoch": self.epoch, "position": str(self.position),
-                **self.engine.stats(), "nodes": nodes, "edges": edges}
+                **self.engine.stats(), "nodes": nodes, "edges": edges, "ttl": ttl_stats, "space": space_stats}
 
     def close(self) -> None:
         """Flush the table applier, close the WAL and DuckDB and release the directory lock."""
+            ttl = self.engine.ttl
+            expired = self.engine.directory.expired
+            ttl_stats = {"policies": ttl.describe(), "expired_pending": 0 if expired is None else int(expired.sum()),
+                         "expired_total": ttl.swept_nodes, "expired_edges_total": ttl.swept_edges,
+                         "sweeper_lag_s": ttl.lag_s()}
+            space_stats = space(self.engine)
         if self.engine.closed:
             return
         try:
@@ -351,7 +404,7 @@ class Store:
         return f"Store({self.path!r}, lsn={self.memory_lsn})"
 
 
-_COMMIT_ACTIONS = frozenset(("upsert_nodes", "delete_nodes", "upsert_edges", "delete_edges"))
+_COMMIT_ACTIONS = frozenset(("upsert_nodes", "delete_nodes", "upsert_edges", "delete_edges", "expire_nodes"))
 
 
 def _check_principal(principal: Any) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 
 from knowledge.errors import InvalidArgument, TransactionClosed, UnknownType
 from knowledge.storage.rows import is_small, node_rows
+from knowledge.storage.ttl import split_deadlines
 from knowledge.storage.values import Rows, edge_batch, node_batch
 
 if TYPE_CHECKING:
@@ -82,12 +83,24 @@ class Transaction:
         return self
 
     def upsert_nodes(self, type_name: str, rows: Rows) -> Transaction:
-        """Insert or replace nodes (by key). Missing optional properties become null."""
+        """Insert or replace nodes (by key). Missing optional properties become null. A row's `_expires_at`
+        (a datetime, or seconds since the epoch) is its own deadline (storage/ttl.py)."""
         node_type = self._node_type(type_name)
         config = self.session.store.config
+        try:
+            rows, deadlines = split_deadlines(rows)
+        except BaseException:
+            self._end(_VOIDED)
+            raise
         if is_small(rows):  # a few dict rows: same checks, no Arrow until the table applier
-            return self._add("upsert_nodes", type_name, lambda: node_rows(node_type, rows, config))
-        return self._add("upsert_nodes", type_name, lambda: node_batch(node_type, rows, config))
+            self._add("upsert_nodes", type_name, lambda: node_rows(node_type, rows, config))
+        else:
+            self._add("upsert_nodes", type_name, lambda: node_batch(node_type, rows, config))
+        if deadlines is not None:
+            batch = self.items[-1][2]
+            keys = batch.column(node_type.key) if hasattr(batch, "names") else batch.column(node_type.key).to_pylist()
+            self.items.append(("expire_nodes", type_name, (keys, deadlines)))
+        return self
 
     def delete_nodes(self, type_name: str, keys: Iterable[Any]) -> Transaction:
         """Delete nodes by key, with their edges; absent keys are ignored."""

@@ -251,7 +251,7 @@ def _subcommands() -> list[str]:
 def test_every_subcommand_is_there():
     assert _subcommands() == sorted(["init", "schema", "ingest", "get", "neighbors", "stats", "checkpoint",
                                      "backup", "restore", "recover", "principal", "demo", "bench", "slo",
-                                     "serve", "search", "retrieve", "scan", "export", "mcp", "promote"])
+                                     "serve", "search", "retrieve", "scan", "export", "mcp", "promote", "ttl"])
 
 
 @pytest.mark.parametrize("command", [None, *_subcommands()])

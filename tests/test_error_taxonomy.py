@@ -385,6 +385,10 @@ def _verbs(store_path: str, tmp: str) -> dict[str, list[str]]:
         "export": ["export", store_path, "P", os.path.join(tmp, "out.parquet")],
         "serve": ["serve", "--data", store_path, "--listen", "127.0.0.1:0"],
         "recover": ["recover", store_path, os.path.join(tmp, "recovered")],
+        "ttl set": ["ttl", "set", store_path, "P", "7d"],
+        "ttl drop": ["ttl", "drop", "--data", store_path, "P"],
+        "ttl show": ["ttl", "show", store_path],
+        "ttl sweep": ["ttl", "sweep", "--data", store_path],
         **({"mcp": ["mcp", "--data", store_path, "--token", "x"]} if HAVE_MCP else {}),
     }
 

@@ -40,7 +40,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
              "knowledge.transaction", "knowledge.ingest", "knowledge.ingest_formats", "knowledge.embed")),
     ("graphrag", ("knowledge.graphrag",)),
     ("service", ("knowledge.server", "knowledge.remote", "knowledge.adapters", "knowledge.slo")),
-    ("cli", ("knowledge.cli", "knowledge.demo", "knowledge.data")),
+    ("cli", ("knowledge.cli", "knowledge.cli_ttl", "knowledge.demo", "knowledge.data")),
 ]
 
 # (importer, imported) -> why it may break the rules.

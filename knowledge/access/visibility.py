@@ -1,7 +1,8 @@
 """The visibility rule: the one filter every read passes.
 
-A node is visible to a principal iff it is alive and the principal is admin or shares a label with
-the principal's read grants (unlabelled nodes: admins only). An edge is visible iff both of its
+A node is visible to a principal iff it is alive, not past its TTL deadline (`knowledge/storage/ttl.py`:
+an expired node reads as deleted from the moment it expires, before the sweeper deletes it), and the
+principal is admin or shares a label with the principal's read grants (unlabelled nodes: admins only). An edge is visible iff both of its
 endpoints are. Invisible and absent read the same. The rule works on a bool bitmap over dense node
 ids, computed once per (principal, directory version, capacity) and cached; sessions pass every read
 through it (`knowledge/session.py`, `knowledge/search.py`).
@@ -28,13 +29,14 @@ class LabelDirectory(Protocol):
     alive: np.ndarray
     capacity: int
     version: int
+    expired: np.ndarray | None  # nodes past their TTL deadline (None: none); its changes move `version`
 
     def label_bitmap(self, label: str) -> np.ndarray | None: ...
 
 
 def visibility_bitmap(directory: LabelDirectory, principal: Principal) -> np.ndarray:
     """The read-only bool bitmap over node ids that `principal` may see in `directory`."""
-    alive = directory.alive
+    alive = live_nodes(directory)
     if principal.admin:
         bitmap = alive
     else:
@@ -46,6 +48,18 @@ def visibility_bitmap(directory: LabelDirectory, principal: Principal) -> np.nda
         bitmap &= alive
     bitmap.setflags(write=False)
     return bitmap
+
+
+def live_nodes(directory: LabelDirectory) -> np.ndarray:
+    """The bitmap of nodes that exist for every reader: alive and not expired."""
+    alive = directory.alive
+    expired = getattr(directory, "expired", None)
+    if expired is None:
+        return alive
+    n = min(len(alive), len(expired))
+    out = alive.copy()
+    out[:n] &= ~expired[:n]
+    return out
 
 
 class VisibilityCache:

@@ -40,6 +40,7 @@ class NodeDirectory:
         self.labels: dict[str, np.ndarray] = {}
         self.next_id = 0
         self.version = 0  # bumped by every change of liveness or labels
+        self.expired: np.ndarray | None = None  # nodes past their TTL deadline, not yet deleted (storage/ttl.py)
 
     # -- types --------------------------------------------------------------------------------
     def ensure_type(self, name: str) -> int:

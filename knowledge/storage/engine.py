@@ -41,7 +41,7 @@ from knowledge.storage.loading import load_memory, replay
 from knowledge.storage.memory_apply import apply_memory
 from knowledge.storage.ops import Op, OpKind, encode_ops
 from knowledge.storage.resolve import Resolver, check_payload_size
-from knowledge.storage.retention import compact
+from knowledge.storage.retention import compact, retire_live_segment
 from knowledge.storage.row_cache import RowCache
 from knowledge.storage.schema import Schema
 from knowledge.storage.sweeper import Sweeper
@@ -531,6 +531,7 @@ class Engine:
         self.schedule_index_builds(tail_rows_max=0)
         if not wait:
             return True
+            retire_live_segment(self.wal)  # the live segment goes too once covered (retention.py)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         for _ in range(BUILD_ROUNDS_MAX):  # a compaction can leave a tail that one more build covers
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())

@@ -19,6 +19,7 @@ from knowledge.index.vectors import VectorIndex
 from knowledge.storage.memory_apply import apply_keywords, apply_memory, apply_vectors
 from knowledge.storage.ops import Op, OpKind, decode_ops
 from knowledge.storage.tables import node_table, query_arrow
+from knowledge.storage.ttl import load_ttl
 
 if TYPE_CHECKING:
     from knowledge.storage.state import EngineState
@@ -47,6 +48,7 @@ def load_memory(engine: EngineState) -> None:
             index.add(np.asarray(pairs["_src"], dtype=np.int64), np.asarray(pairs["_dst"], dtype=np.int64),
                       engine.directory.capacity)
             index.compact(engine.directory.capacity, engine.directory.alive)
+    load_ttl(engine.ttl, con)
     con.close()
     _load_vectors(engine)
     _load_keywords(engine)

@@ -17,6 +17,8 @@ from knowledge.storage.catalog import PREFIX as PRINCIPAL_PREFIX
 from knowledge.storage.ops import Op, OpKind
 from knowledge.storage.rows import NodeRows
 from knowledge.storage.schema import Schema
+from knowledge.storage.ttl import POLICY_PREFIX as TTL_POLICY_PREFIX
+from knowledge.storage.ttl import STAMP_PREFIX as TTL_STAMP_PREFIX
 from knowledge.storage.view_record import record_view
 
 if TYPE_CHECKING:
@@ -33,6 +35,10 @@ def apply_memory(engine: EngineState, ops: list[Op], lsn: int) -> None:
         if op.kind == OpKind.META:
             if op.name.startswith(PRINCIPAL_PREFIX):
                 engine.catalog.apply(op.document)
+            elif op.name.startswith(TTL_POLICY_PREFIX):
+                engine.ttl.apply_policy(op.name, op.document)
+            elif op.name.startswith(TTL_STAMP_PREFIX):
+                engine.ttl.apply_stamp(op.name, op.document)
         elif op.kind == OpKind.SCHEMA:
             engine.row_cache.clear()
             engine.schema = Schema.from_dict(op.document)

@@ -18,6 +18,7 @@ from knowledge.storage.ops import Op
 from knowledge.storage.row_cache import RowCache
 from knowledge.storage.schema import Schema
 from knowledge.storage.tables import Tables
+from knowledge.storage.ttl import ExpiryTracker
 from knowledge.storage.wal import WriteAheadLog
 
 
@@ -36,6 +37,7 @@ class EngineState(Protocol):
     keywords: dict[tuple[str, str], KeywordIndex]
     columns: dict[str, TypeColumns]  # where-filter column indexes per node type
     row_cache: RowCache
+    ttl: ExpiryTracker  # TTL policies and stamps (knowledge/storage/ttl.py)
     memory_lsn: int
     replay_backlog: list[tuple[int, int, list[Op]]]
     epoch: int

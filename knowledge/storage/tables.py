@@ -30,6 +30,7 @@ from knowledge.errors import (
 from knowledge.storage.ops import Op, OpKind
 from knowledge.storage.rows import NodeRows
 from knowledge.storage.schema import Property, Schema
+from knowledge.storage.ttl import STAMP_PREFIX, apply_stamp_sql, has_table
 
 _SQL_TYPES = {"str": "VARCHAR", "text": "VARCHAR", "json": "VARCHAR", "int": "BIGINT", "float": "DOUBLE",
               "bool": "BOOLEAN", "timestamp": "TIMESTAMPTZ", "list[str]": "VARCHAR[]"}
@@ -73,6 +74,7 @@ class Tables:
             self.applied_lsn = int(self.meta("applied_lsn", "0") or 0)
             self.applied_epoch = int(self.meta("applied_epoch", "0") or 0)
             self.next_id = int(self.meta("next_id", "0") or 0)
+            self.has_ttl = has_table(self.con, "_ttl")  # TTL stamps exist: node deletes drop theirs
         except (duckdb.Error, ValueError, KeyError, TypeError) as exc:  # unreadable meta: a damaged file
             self.con.close()
             raise _unreadable(path, exc) from exc
@@ -112,6 +114,9 @@ class Tables:
                             self._migrate(con, schema, target)
                             self._set_meta(con, "schema", json.dumps(target.to_dict()))
                             schema = target
+                        elif op.kind == OpKind.META and op.name.startswith(STAMP_PREFIX):
+                            apply_stamp_sql(con, op)  # TTL stamps: knowledge/storage/ttl.py
+                            self.has_ttl = True
                         elif op.kind == OpKind.META:
                             self._set_meta(con, op.name, json.dumps(op.document))
                         else:
@@ -175,6 +180,8 @@ class Tables:
         if op.kind == OpKind.DELETE_NODES:
             ids = op.table.column("_id")
             self._delete_ids(con, node_table(op.name), "_id", ids)
+            if self.has_ttl:
+                self._delete_ids(con, "_ttl", "id", ids)
             for edge_name, edge_type in schema.edges.items():
                 if op.name in edge_type.sources:
                     self._delete_ids(con, edge_table(edge_name), "_src", ids)
