@@ -443,3 +443,43 @@ def test_wal_torn_tail_truncate_and_replica_append(tmp_path):
     for segment in list_segments(directory):
         with open(segment.path, "rb") as f:
             assert SECRETS[0] not in f.read()
+
+
+def test_segment_header_torn_by_a_crash_mid_roll(tmp_path):
+    """A crash while a new segment's header was being written leaves a short file: it holds no record,
+    so the open cuts it and gives it a whole header; every record before it stays."""
+    directory = str(tmp_path / "wal")
+    keyring = crypto.Keyring(KEY_A, "a")
+    wal = WriteAheadLog(directory, keyring=keyring)
+    for i in range(5):
+        wal.append(b"record %d" % i, epoch=1)
+    wal.sync_to(5)
+    wal.close()
+    header = keyring.new_header(crypto.KIND_WAL).encode()
+    torn = os.path.join(directory, "0000000000000006.wal")
+    with open(torn, "wb") as f:
+        f.write(header[:30])
+    reopened = WriteAheadLog(directory, keyring=keyring)
+    assert reopened.recovery.truncated_count == 0 and reopened.last_lsn == 5
+    assert reopened.append(b"after", epoch=1) == 6
+    reopened.sync_to(6)
+    reopened.close()
+    assert crypto.read_header(torn) is not None
+    again = WriteAheadLog(directory, keyring=keyring)
+    assert [r.payload for r in again.read_from(1)] == [b"record %d" % i for i in range(5)] + [b"after"]
+    again.close()
+
+
+def test_recover_rebuilds_an_encrypted_store_from_its_wal(tmp_path):
+    path = str(tmp_path / "s.store")
+    with knowledge.open(path, config=_config()) as store:
+        _populate(store)
+        expected = store.session().scan("Doc").sort_by("_id").to_pylist()
+    os.remove(os.path.join(path, "state.duckdb"))  # the plaintext table file lost: the sealed WAL rebuilds it
+    with pytest.raises(EncryptionKeyMissing):
+        knowledge.recover(path, str(tmp_path / "r0"))
+    assert not os.path.exists(tmp_path / "r0")
+    report = knowledge.recover(path, str(tmp_path / "r1"), config=_config())
+    assert report["lsn"] >= 2
+    with knowledge.open(str(tmp_path / "r1"), config=_config()) as store:
+        assert store.session().scan("Doc").sort_by("_id").to_pylist() == expected
