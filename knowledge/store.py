@@ -254,7 +254,6 @@ class Store:
                                                             "properties": {name: spec}}}})
         raise SchemaError(f"no node or edge type {type_name!r}")
 
-    # -- commit pipeline ----------------------------------------------------------------------
     # -- TTL -------------------------------------------------------------------------------------
     def set_ttl(self, type_name: str, expire_after: str | float | dt.timedelta | None, *,
                 on: str | None = None) -> int:
@@ -287,6 +286,7 @@ class Store:
         self.engine.check_open()
         return sweep_all(self.engine, rows_max=rows_max)
 
+    # -- commit pipeline ----------------------------------------------------------------------
     def commit(self, principal: Principal, items: list[tuple[str, str, Any]]) -> int:
         """Resolve, log, fsync and apply one transaction's items (as `Transaction` builds them: use a
         transaction); return its LSN. Raises InvalidArgument for what no transaction builds."""
@@ -301,18 +301,18 @@ class Store:
             inflight = self.engine.inflight_edge_types()
             resolver = Resolver(self.schema, self.directory, self.edges, principal, visible, inflight)
             ops: list[Op] = []
-            for action, type_name, data in items:
             deadlines: list[tuple[str, Any]] = []  # explicit `_expires_at` values (storage/ttl.py)
-                op = getattr(resolver, action)(type_name, data)
+            for action, type_name, data in items:
                 if action == "expire_nodes":
                     deadlines.append((type_name, data))
                     continue
+                op = getattr(resolver, action)(type_name, data)
                 if op is not None:
                     ops.append(op)
             if not ops:
                 return self.memory_lsn
-            staged = self.engine.append(ops, resolver)
             ops = stamp_ops(self.engine.ttl, ops, resolver, deadlines, self.config.clock())
+            staged = self.engine.append(ops, resolver)
         return self.engine.finish(*staged)
 
     # -- visibility ---------------------------------------------------------------------------
@@ -376,17 +376,17 @@ class Store:
                      for name in self.schema.nodes}
             edges = {name: len(visible_edges(alive, *index.all_pairs())[0]) for name, index in self.edges.items()}
             lsn = self.memory_lsn
-        return {"path": self.path, "lsn": lsn, "epoch": self.epoch, "position": str(self.position),
-                **self.engine.stats(), "nodes": nodes, "edges": edges, "ttl": ttl_stats, "space": space_stats}
-
-    def close(self) -> None:
-        """Flush the table applier, close the WAL and DuckDB and release the directory lock."""
             ttl = self.engine.ttl
             expired = self.engine.directory.expired
             ttl_stats = {"policies": ttl.describe(), "expired_pending": 0 if expired is None else int(expired.sum()),
                          "expired_total": ttl.swept_nodes, "expired_edges_total": ttl.swept_edges,
                          "sweeper_lag_s": ttl.lag_s()}
             space_stats = space(self.engine)
+        return {"path": self.path, "lsn": lsn, "epoch": self.epoch, "position": str(self.position),
+                **self.engine.stats(), "nodes": nodes, "edges": edges, "ttl": ttl_stats, "space": space_stats}
+
+    def close(self) -> None:
+        """Flush the table applier, close the WAL and DuckDB and release the directory lock."""
         if self.engine.closed:
             return
         try:
