@@ -2,7 +2,7 @@
 
     python -m bench [SUITES ...] [--quick | --smoke] [--out DIR] [--no-peers] [--publish]
 
-SUITES: any of ingest vectors acl retrieval server replication (default: all). --quick sizes every suite
+SUITES: any of ingest vectors acl retrieval server replication lifecycle (default: all). --quick sizes every suite
 for CI (the whole run in under 5 minutes on a 2-core VM). --out DIR (default bench/out) receives
 results.json (schema "knowledge-bench/1", checked by knowledge.slo.validate_results), report.md and
 plots/*.png (plots need the `bench` extra's matplotlib; without it they are skipped with a note).

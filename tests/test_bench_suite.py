@@ -20,7 +20,7 @@ sys.path.insert(0, REPO)
 
 from bench import datasets, measure, peers, report, runner  # noqa: E402
 
-SUITES = ("ingest", "vectors", "acl", "retrieval", "server", "replication")
+SUITES = ("ingest", "vectors", "acl", "retrieval", "server", "replication", "lifecycle")
 
 
 @pytest.fixture(scope="module")

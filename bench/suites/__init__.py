@@ -25,7 +25,7 @@ class Context:
         return smoke if self.smoke else quick if self.quick else full
 
 
-ORDER = ("ingest", "vectors", "acl", "retrieval", "server", "replication")
+ORDER = ("ingest", "vectors", "acl", "retrieval", "server", "replication", "lifecycle")
 """Every suite, in the order they run."""
 
 
