@@ -22,6 +22,7 @@ Guarantees:
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import threading
 import time
@@ -38,6 +39,7 @@ from knowledge.storage.wal.segments import segment_name
 
 __all__ = ["Segment", "WriteAheadLog", "fsync_directory", "list_segments", "scan_segment"]
 
+log = logging.getLogger("knowledge.wal")
 SEGMENT_BYTES_MAX = 64 << 20
 PREALLOCATE_BYTES = 4 << 20  # zeros written ahead of small appends
 PREALLOCATE_FRAME_BYTES_MAX = 256 << 10  # larger frames extend the file themselves (no double write)
@@ -375,7 +377,7 @@ class WriteAheadLog:
                 continue
             if seg.first_lsn > limit:
                 break
-            records, _ = scan_segment(seg, is_last=index == len(segments) - 1, keyring=self.keyring)
+            records, _ = scan_segment(seg, is_last=index == len(segments) - 1, keyring=self.keyring, from_lsn=lsn)
             for _, rec in records:
                 if rec.lsn > limit:
                     return
@@ -389,7 +391,10 @@ class WriteAheadLog:
         empty one under the current key begun, so that it can go too (a rotation's last step)."""
         with self._append_lock:
             if self._roll_pending and self._segments and self._last_lsn < lsn and self._failed is None:
-                self._roll(self._last_lsn + 1)
+                try:
+                    self._roll(self._last_lsn + 1)
+                except OSError as exc:  # the old segment stays (and its key stays needed); nothing is lost
+                    log.warning("WAL: could not start a segment under the current key at a checkpoint: %s", exc)
             retired = []
             while len(self._segments) > 1 and self._segments[1].first_lsn <= lsn:
                 retired.append(self._segments.pop(0))

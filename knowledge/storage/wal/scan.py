@@ -58,15 +58,16 @@ def segment_sealer(data: bytes, path: str, *, is_last: bool,
     return crypto.FILE_HEADER_BYTES, keyring.sealer(header, path)
 
 
-def scan_segment(segment: Segment, *, is_last: bool,
-                 keyring: crypto.Keyring | None = None) -> tuple[list[tuple[int, Record]], int]:
+def scan_segment(segment: Segment, *, is_last: bool, keyring: crypto.Keyring | None = None,
+                 from_lsn: int = 0) -> tuple[list[tuple[int, Record]], int]:
     """Decode a segment; return [(offset, record)] (plaintext payloads) and the byte length of its valid
     prefix.
 
     Damage in the last segment that reaches the end of the file is a torn tail (the valid prefix
     is returned); any other damage raises CorruptionError. In an encrypted segment a frame whose CRC
     holds but whose GCM tag does not (altered, or a CRC recomputed over altered bytes) is CorruptionError
-    wherever it lies: a torn write cannot produce it.
+    wherever it lies: a torn write cannot produce it. Records below `from_lsn` are checked (CRC, order)
+    but left out, and not decrypted (for a reader that starts at `from_lsn`).
     """
     with open(segment.path, "rb") as f:
         data = f.read()
@@ -89,6 +90,10 @@ def scan_segment(segment: Segment, *, is_last: bool,
             raise CorruptionError(f"record with LSN {rec.lsn} where {expected} was expected", segment=name,
                                   offset=offset, lsn=expected)
         frame_bytes = rec.frame_bytes
+        if rec.lsn < from_lsn:
+            offset += frame_bytes
+            expected += 1
+            continue
         if sealer is not None:
             plain = sealer.open(rec.payload, frames.frame_aad(rec), segment.path, offset, rec.lsn)
             rec = Record(rec.lsn, rec.epoch, rec.timestamp_ns, plain)
