@@ -4,10 +4,12 @@ Measures, in one run: single-row commit latency and group-commit throughput (man
 through the gRPC client for a local-only server (the baseline: `knowledge serve` without replication)
 and for the policies async, sync(1), zones(2) and all; replica lag under load (LSNs behind, and the ms
 until the replica has applied what the primary had committed at the sample); failover through a real
-etcd (primary SIGKILLed -> a commit accepted again on the successor) and acknowledged writes lost.
-Snapshot transfer is not implemented yet and is reported as such.
+etcd (primary SIGKILLed -> a commit accepted again on the successor) and acknowledged writes lost;
+snapshot transfer: a new replica (empty directory) joins after the primary's WAL retention limit let a
+checkpoint drop the log, so it is sent a snapshot; its rate (MB/s, the replica's fetch: backup stream,
+checksums, fsync) against a local copy of the same store directory in the same run (the baseline).
 
-    python -m bench.replication [--quick] [--write-results]
+    python -m bench.replication [--quick] [--write-results] [--snapshot-only]
 """
 
 from __future__ import annotations
@@ -283,6 +285,72 @@ def _failover(root: str, trials: int) -> dict[str, Any]:
             "timeline": timeline, "events": events}
 
 
+def _copy_rate(source: str, target: str) -> tuple[int, float]:
+    """(bytes, seconds) to copy `source` to `target` and fsync every file: the local-disk baseline."""
+    start = time.perf_counter()
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("LOCK"))
+    size = 0
+    for folder, _, names in os.walk(target):
+        for name in names:
+            path = os.path.join(folder, name)
+            size += os.path.getsize(path)
+            fd = os.open(path, os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
+    return size, time.perf_counter() - start
+
+
+def _snapshot(root: str, docs: int, runs: int) -> dict[str, Any]:
+    """Snapshot transfer to a new replica, `runs` times (its directory emptied before each)."""
+    cluster = Cluster(os.path.join(root, "snapshot"), ZONES, "async", seed_store)  # c: a replica throughout
+    # small segments and a 1-byte limit: the checkpoint keeps only the live segment, so a new member needs a snapshot
+    cluster.extra_args = ["--wal-segment-bytes", str(256 << 10), "--wal-retention-max-bytes", "1"]
+    transfers: list[dict[str, float]] = []
+    copies: list[float] = []
+    try:
+        shutil.rmtree(cluster.data("b"))
+        cluster.start("a", "primary")
+        cluster.start("c", "replica", primary="a")
+        cluster.wait_ready("a", "c")
+        cluster.wait_for("a primary", lambda: cluster.writable("a"))
+        with cluster.client("a") as client:
+            session = client.session()
+            for first in range(0, docs, 1000):
+                tx = session.transaction()
+                tx.upsert_nodes("Doc", [{"name": f"s{i}", "n": i} for i in range(first, min(docs, first + 1000))])
+                tx.commit()
+            client.checkpoint()
+        for run in range(runs):
+            shutil.rmtree(cluster.data("b"), ignore_errors=True)
+            cluster.start("b", "replica", primary="a")
+            cluster.wait_ready("b")
+            cluster.wait_for("b to install the snapshot", lambda: bool(cluster.status("b")["snapshots"]), 600)
+            transfers.append(cluster.status("b")["snapshots"][-1])
+            cluster.kill("b")
+            size, seconds = _copy_rate(cluster.data("a"), os.path.join(root, f"copy{run}"))
+            copies.append(size / 1e6 / seconds)
+            shutil.rmtree(os.path.join(root, f"copy{run}"), ignore_errors=True)
+    finally:
+        cluster.close()
+    rates = sorted(t["mb_per_s"] for t in transfers)
+    copies.sort()
+    return {"available": True, "docs": docs, "runs": runs, "transfers": transfers,
+            "mb_per_s_median": rates[len(rates) // 2], "bytes": transfers[-1]["bytes"],
+            "install_s_median": sorted(t["total_s"] - t["fetch_s"] for t in transfers)[len(transfers) // 2],
+            "local_copy_mb_per_s_median": copies[len(copies) // 2],
+            "ratio_to_local_copy": rates[len(rates) // 2] / copies[len(copies) // 2]}
+
+
+def _snapshot_line(t: dict[str, Any]) -> str:
+    if not t.get("available"):
+        return f"Snapshot transfer rate: not measured ({t.get('reason')})."
+    return (f"Snapshot transfer to a new replica ({t['docs']} docs, {t['bytes'] / 1e6:.1f} MB; median of "
+            f"{t['runs']} runs): {t['mb_per_s_median']:.1f} MB/s over gRPC (chunks checked, files fsynced), "
+            f"then {t['install_s_median']:.2f} s to install and reopen; a local copy of the same store "
+            f"directory with fsync in the same run: {t['local_copy_mb_per_s_median']:.1f} MB/s "
+            f"(ratio {t['ratio_to_local_copy']:.2f}).")
+
+
 def suite(quick: bool = True, workdir: str | None = None) -> dict[str, Any]:
     """Run everything (small sizes when quick); the result shape bench/suites/replication_suite.py reads."""
     commits, clients, seconds, lag_s, trials = (100, 16, 3.0, 3.0, 2) if quick else (400, 64, 8.0, 8.0, 10)
@@ -294,6 +362,7 @@ def suite(quick: bool = True, workdir: str | None = None) -> dict[str, Any]:
         embedded = {name: _embedded(root, policy, commits, 4 * clients, seconds)
                     for name, policy in (("local", None), ("sync(1)", "sync(1)"))}
         failover = _failover(root, trials)
+        snapshot = _snapshot(root, 20_000 if quick else 200_000, 3)
         load_after = os.getloadavg()[0]
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -310,7 +379,7 @@ def suite(quick: bool = True, workdir: str | None = None) -> dict[str, Any]:
             "added_p50_ms": {p: policies[p]["latency"]["p50_ms"] - base_p50 for p in POLICIES},
             "embedded": embedded,
             "failover": failover, "lag": {"series": series_ms(lag), "samples": samples},
-            "snapshot_transfer": {"available": False, "reason": "snapshot transfer is not implemented yet"},
+            "snapshot_transfer": snapshot,
             "sizes": {"commits": commits, "clients": clients, "seconds": seconds, "failover_trials": trials},
             "load": {"before": load_before, "after": load_after}, "machine": machine()}
 
@@ -345,7 +414,7 @@ def _markdown(r: dict[str, Any]) -> str:
     if lag.get("count"):
         lines.append(f"Replica lag under one writer (sync(1)): p50 {lag['p50_ms']:.1f} ms, p99 {lag['p99_ms']:.1f} ms "
                      f"({lag['count']} samples; max {max(s['lag_lsn'] for s in r['lag']['samples'])} LSNs behind).")
-    lines.append("Snapshot transfer rate: not measured (snapshot transfer is not implemented yet).")
+    lines.append(_snapshot_line(r.get("snapshot_transfer", {})))
     return "\n".join(lines)
 
 
@@ -353,7 +422,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--write-results", action="store_true")
+    parser.add_argument("--snapshot-only", action="store_true", help="measure the snapshot transfer only")
     args = parser.parse_args()
+    if args.snapshot_only:
+        root = tempfile.mkdtemp(prefix="bench-replication-")
+        try:
+            load = os.getloadavg()[0]
+            t = _snapshot(root, 20_000 if args.quick else 200_000, 3)
+            t["load"] = {"before": load, "after": os.getloadavg()[0]}
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        import json
+        print(json.dumps(t, indent=1))
+        print(_snapshot_line(t))
+        return
     results = suite(quick=args.quick)
     publish("replication", "Replication (bench/replication.py)", results, _markdown(results), args.write_results)
 
