@@ -48,9 +48,9 @@ def _expired_edges(engine: Any, now: float, limit: int) -> list[tuple[str, np.nd
                 params = [policy.expire_after_s, now, limit]
             elif stamped:
                 sql = (f"SELECT e._src, e._dst FROM {table} e LEFT JOIN _ttl_edges t ON t.type = ? AND "
-                       f"t.src = e._src AND t.dst = e._dst WHERE coalesce(t.written_at, ?) + ? <= ? "
-                       f"ORDER BY 1, 2 LIMIT ?")
-                params = [name, policy.set_at, policy.expire_after_s, now, limit]
+                       f"t.src = e._src AND t.dst = e._dst WHERE greatest(coalesce(t.written_at, ?), ?) + ? <= ? "
+                       f"ORDER BY 1, 2 LIMIT ?")  # the later of the last write and the policy's setting
+                params = [name, policy.set_at, policy.set_at, policy.expire_after_s, now, limit]
             else:
                 sql = f"SELECT e._src, e._dst FROM {table} e WHERE ? + ? <= ? ORDER BY 1, 2 LIMIT ?"
                 params = [policy.set_at, policy.expire_after_s, now, limit]
@@ -94,6 +94,8 @@ def sweep_once(engine: Any, now: float | None = None, rows_max: int | None = Non
     done = {"nodes": 0, "entities": 0, "edges": 0, "lsn": 0}
     if not tracker.policies and not tracker.explicit_types:
         return done
+    if engine.replicator is not None:
+        engine.replicator.writable_epoch()  # NotPrimary on a replica: its primary sweeps, it reads expiry alone
     with engine.stage_lock:
         engine.check_open()
         last = engine.wal.last_lsn

@@ -180,7 +180,7 @@ class ExpiryTracker:
         self.swept_edges = 0
         self.last_sweep_at: float | None = None
         self._lock = lock if lock is not None else threading.RLock()  # the engine's state lock
-        self._seen: tuple[int, int, int] = (-1, -1, -1)  # (directory version, own version, capacity) of the mask
+        self._seen: tuple[int, int, int, int] = (-1, -1, -1, -1)  # (directory, its version, own version, capacity)
         self._next = math.inf  # the earliest deadline still ahead when the mask was computed
         self._oldest = math.inf  # the earliest deadline among the expired nodes of the mask
 
@@ -276,7 +276,7 @@ class ExpiryTracker:
                     directory.version += 1
             return
         now = self.clock() if now is None else now
-        if (directory.version, self.version, directory.capacity) == self._seen and now < self._next:
+        if (id(directory), directory.version, self.version, directory.capacity) == self._seen and now < self._next:
             return
         with self._lock:
             deadlines = self.deadlines(directory, columns)
@@ -291,7 +291,7 @@ class ExpiryTracker:
             if not (old is None and mask is None) and (old is None or mask is None or not np.array_equal(old, mask)):
                 directory.expired = mask
                 directory.version += 1
-            self._seen = (directory.version, self.version, directory.capacity)
+            self._seen = (id(directory), directory.version, self.version, directory.capacity)
 
     def expired_ids(self, directory: NodeDirectory, columns: dict[str, Any], now: float) -> np.ndarray:
         """The live node ids past their deadline at `now`, in id order."""
