@@ -17,7 +17,7 @@ import numpy as np
 
 from knowledge.access.audit import AuditLog
 from knowledge.access.principal import ADMIN, Principal
-from knowledge.access.visibility import VisibilityCache, live_nodes, visible_edges
+from knowledge.access.visibility import VisibilityCache, live_nodes, visible_edges, with_expired
 from knowledge.config import StoreConfig
 from knowledge.errors import (
     InvalidArgument,
@@ -298,6 +298,8 @@ class Store:
         with self.engine.stage_lock:
             self.engine.check_open()
             visible = None if principal.admin else self.visibility(principal, wait=False)
+            if visible is not None and self.engine.directory.expired is not None:  # storage/ttl.py
+                visible = with_expired(self.engine.directory, principal)
             inflight = self.engine.inflight_edge_types()
             resolver = Resolver(self.schema, self.directory, self.edges, principal, visible, inflight)
             ops: list[Op] = []

@@ -572,3 +572,24 @@ def test_metrics_report_expiry_and_sweeper_lag(tmp_path):
         assert 'knowledge_ttl_expired_rows_total{kind="nodes"} 4.0' in text
         assert "knowledge_ttl_expired_pending_rows 0.0" in text and "knowledge_ttl_sweeper_lag_seconds 0.0" in text
         assert 'knowledge_storage_bytes{state="live",structure="tables"}' in text
+
+
+def test_a_writer_replaces_an_expired_node_before_the_sweep(tmp_path):
+    clock = Clock()
+    with open_store(tmp_path / "s", clock) as store:
+        logs_schema(store)
+        store.create_principal("agent", read=["agent"], write=["agent"])
+        agent = store.session("agent")
+        agent.transaction().upsert_nodes("AgentLog", [{"name": "summary", "msg": "v1", "_labels": ["agent"],
+                                                       "_expires_at": T0 + 5}]).commit()
+        clock.now = T0 + 5
+        with pytest.raises(NotFound):
+            agent.get("AgentLog", "summary")
+        agent.transaction().upsert_nodes("AgentLog", [{"name": "summary", "msg": "v2", "_labels": ["agent"]}]).commit()
+        assert agent.get("AgentLog", "summary")["msg"] == "v2"  # rewritten: no deadline of its own any more
+        assert store.sweep_expired()["nodes"] == 0
+        agent.transaction().upsert_nodes("AgentLog", [{"name": "other", "_labels": ["agent"],
+                                                       "_expires_at": T0 + 6}]).commit()
+        clock.now = T0 + 6
+        agent.transaction().delete_nodes("AgentLog", ["other"]).commit()  # deleting an expired node: fine too
+        assert store.directory.count("AgentLog") == 1

@@ -62,6 +62,26 @@ def live_nodes(directory: LabelDirectory) -> np.ndarray:
     return out
 
 
+def with_expired(directory: LabelDirectory, principal: Principal) -> np.ndarray:
+    """The bitmap `principal` may see in `directory` as if nothing had expired: what a writer resolves keys
+    against, so that it replaces (or deletes) an expired node not yet deleted as it would a live one."""
+    return visibility_bitmap(_Unexpired(directory), principal)
+
+
+class _Unexpired:
+    """A directory as the visibility rule sees it with nothing expired."""
+
+    def __init__(self, directory: LabelDirectory) -> None:
+        self._directory = directory
+        self.alive = directory.alive
+        self.capacity = directory.capacity
+        self.version = directory.version
+        self.expired = None
+
+    def label_bitmap(self, label: str) -> np.ndarray | None:
+        return self._directory.label_bitmap(label)
+
+
 class VisibilityCache:
     """The last VISIBILITY_CACHE_MAX bitmaps, by (principal, directory version, capacity). Not locked:
     the store calls it under its state lock."""
