@@ -593,3 +593,23 @@ def test_a_writer_replaces_an_expired_node_before_the_sweep(tmp_path):
         clock.now = T0 + 6
         agent.transaction().delete_nodes("AgentLog", ["other"]).commit()  # deleting an expired node: fine too
         assert store.directory.count("AgentLog") == 1
+
+
+def test_expires_at_from_an_ingested_file(tmp_path, capsys):
+    import json
+
+    from knowledge.cli import main
+
+    path = str(tmp_path / "s")
+    with knowledge.open(path) as store:
+        logs_schema(store)
+    rows = tmp_path / "logs.jsonl"
+    rows.write_text("\n".join(json.dumps(r) for r in [
+        {"name": "gone", "_expires_at": "2001-01-01T00:00:00Z"}, {"name": "kept", "_expires_at": "2999-01-01T00:00:00+00:00"},
+        {"name": "plain"}]) + "\n")
+    assert main(["ingest", path, "AgentLog", str(rows), "--quiet"]) == 0
+    with knowledge.open(path) as store:
+        assert names(store.session().scan("AgentLog")) == ["kept", "plain"]
+    rows.write_text(json.dumps({"name": "bad", "_expires_at": "next week"}) + "\n")
+    assert main(["ingest", path, "AgentLog", str(rows), "--quiet"]) == 1
+    assert "_expires_at" in capsys.readouterr().err

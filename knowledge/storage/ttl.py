@@ -66,7 +66,8 @@ def parse_duration(value: str | int | float | dt.timedelta) -> float:
 
 
 def epoch_seconds(value: Any, what: str = "_expires_at") -> float | None:
-    """A deadline as seconds since the epoch: a datetime (naive is UTC), or epoch seconds; None stays None."""
+    """A deadline as seconds since the epoch: a datetime or ISO 8601 string (naive is UTC), or epoch seconds;
+    None stays None."""
     if value is None:
         return None
     if isinstance(value, dt.datetime):
@@ -77,8 +78,13 @@ def epoch_seconds(value: Any, what: str = "_expires_at") -> float | None:
         return float(value)
     if hasattr(value, "to_pydatetime"):  # a pandas Timestamp
         return epoch_seconds(value.to_pydatetime(), what)
-    raise InvalidArgument(f"{what} must be a datetime or seconds since the epoch, got {type(value).__name__} "
-                          f"{value!r}")
+    if isinstance(value, str):  # ISO 8601, as JSONL and CSV files carry it
+        try:
+            return epoch_seconds(dt.datetime.fromisoformat(value), what)
+        except ValueError:
+            pass
+    raise InvalidArgument(f"{what} must be a datetime, an ISO 8601 string or seconds since the epoch, got "
+                          f"{type(value).__name__} {value!r}")
 
 
 EXPIRES_FIELD = "_expires_at"
