@@ -131,7 +131,8 @@ def test_store_reports_keeps_and_redoes_the_calibration(tmp_path):
     stats = store.stats()["vector_indexes"]["Doc.v"]["calibration"]
     assert stats is not None and stats["in_use"] and stats["graph_rows"] == 4000
     assert stats["recall"] >= 0.99 and stats["recall_target"] == 0.99 and stats["ef_search"] >= K
-    assert {"flat_us", "gather_us", "scan_us", "filtered", "hnsw_us", "seconds"} <= set(stats)
+    assert {"timings", "filtered", "seconds", "hnsw_m", "ef_construction"} <= set(stats)
+    assert stats["timings"][0]["fraction"] == 1.0 and stats["timings"][0]["hnsw_us"] > 0
     session = store.session()
     hits = 0
     for q in queries:

@@ -9,14 +9,16 @@ exact top k (numpy over every row) is the truth. Measured, at the recall target:
   largest down: the efSearch that reaches the target there and its median time; the descent stops where
   filtered HNSW no longer beats both exact plans (its cost only grows, theirs only shrinks, as the share
   falls) or cannot reach the target by ef_search_max;
-- the exact plans' costs, fitted as fixed + per-row: a gather (the allowed rows copied out and scanned
-  with numpy) per allowed row, and faiss's masked scan of the rows in place per allowed row (its fixed
-  part covers the bitmap and the test of every row), and the unfiltered exhaustive scan.
-Times are medians of single queries in microseconds, on the machine and load of the moment.
+- then every plan timed at each of TIMED_FRACTIONS, query by query in turn (so that the machine's load
+  weighs on all alike): a gather (the allowed rows copied out and scanned with numpy), faiss's masked
+  scan of the rows in place (at share 1 the unfiltered scan), and HNSW at the efSearch found there.
+Times are medians of single queries in microseconds, on the machine and load of the moment; the planner
+interpolates them between shares (`Calibration.plan_costs`).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from bisect import bisect_left
@@ -29,22 +31,36 @@ import numpy as np
 from knowledge.index.vector_scan import exact_top, faiss_knn
 
 EF_LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
-FRACTIONS = (0.8, 0.5, 0.25, 0.1, 0.05, 0.025, 0.01)
+FRACTIONS = (0.8, 0.5, 0.25, 0.1, 0.05, 0.025, 0.01)  # shares of rows at which filtered HNSW is calibrated
+TIMED_FRACTIONS = (1.0, *FRACTIONS, 0.0025)  # shares at which every plan is timed
+GATHER_FRACTION_MAX = 0.25  # above this share, copying the rows out never beats scanning them in place
 CONFIDENCE_Z = 1.645  # recall counts as met when its one-sided 95% lower bound over the sample's queries is
-TIMED_QUERIES = 24  # queries timed per exact-plan measurement
+PROBE_QUERIES = 8  # queries timing the exact plans before filtered HNSW is calibrated at a share
+TIMED_QUERIES = 24  # queries timing every plan at each share
 TRUTH_CHUNK_ROWS = 32_768  # rows scored at once when computing the exact answers
 
 
 @dataclass(frozen=True)
 class FilteredPoint:
     """Filtered HNSW at one share of the rows: the efSearch meeting the target (None: not by ef_search_max,
-    or not before a search cost more than an exact plan), the recall and median µs at it (or at the last
-    efSearch tried)."""
+    or not before a search cost more than an exact plan), and the recall at it (or at the last tried)."""
 
     fraction: float
     ef_search: int | None
     recall: float
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Median µs of each plan at one share of the rows, timed query by query in turn so that the machine's
+    load weighs on all alike: gather (None: not timed, as it cannot win at this share), masked scan in
+    place (at share 1, the unfiltered scan) and HNSW at `ef_search` (None: it does not meet the target)."""
+
+    fraction: float
+    gather_us: float | None
+    scan_us: float
     hnsw_us: float | None
+    ef_search: int | None
 
 
 @dataclass(frozen=True)
@@ -56,87 +72,70 @@ class Calibration:
     k: int
     queries: int
     ef_search: int | None  # unfiltered efSearch meeting the target; None: not reached by ef_search_max
-    recall: float          # recall@k at ef_search (or at ef_search_max when not reached)
-    hnsw_us: float | None
-    flat_us: float         # unfiltered exhaustive scan
-    gather_us: tuple[float, float]  # (fixed, per allowed row)
-    scan_us: tuple[float, float]    # masked scan in place: (fixed, per allowed row)
+    recall: float          # recall@k at ef_search (or at ef_search_max when not reached): lower 95% bound
     filtered: tuple[FilteredPoint, ...] = field(default_factory=tuple)
+    timings: tuple[Timing, ...] = field(default_factory=tuple)  # by share, largest first
     hnsw_m: int = 0
     ef_construction: int = 0
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["filtered"] = [asdict(p) for p in self.filtered]
-        return out
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
         values = dict(data)
         values["filtered"] = tuple(FilteredPoint(**p) for p in values.get("filtered", ()))
-        values["gather_us"] = tuple(values["gather_us"])
-        values["scan_us"] = tuple(values["scan_us"])
+        values["timings"] = tuple(Timing(**t) for t in values.get("timings", ()))
         return cls(**values)
 
-    def filtered_point(self, fraction: float) -> FilteredPoint | None:
-        """The calibrated point that covers a filter allowing `fraction` of the rows: the one at the largest
-        calibrated share at or below it (a smaller share needs a wider search, so this errs towards recall);
-        None when the fraction lies below every point at which filtered HNSW met the target."""
-        below = [p for p in self.filtered if p.fraction <= fraction * (1 + 1e-9)]
-        if not below:
-            return None
-        point = max(below, key=lambda p: p.fraction)
-        return point if point.ef_search is not None else None
-
-    def gather_cost(self, selected: int) -> float:
-        return self.gather_us[0] + self.gather_us[1] * selected
-
-    def scan_cost(self, selected: int, rows: int) -> float:
-        fixed = self.scan_us[0] * rows / max(self.graph_rows, 1)
-        return fixed + self.scan_us[1] * selected
-
+    def _interpolated(self, fraction: float, name: str) -> float:
+        """The µs of exact plan `name` at `fraction`, log-log interpolated between the timed shares (and
+        proportional to the share past the largest, flat below the smallest)."""
+        field_name = f"{name}_us"
+        points = sorted((t.fraction, getattr(t, field_name)) for t in self.timings
+                        if getattr(t, field_name) is not None)
+        if not points:
+            return math.inf
+        if fraction <= points[0][0]:
+            return points[0][1]
+        for (f0, us0), (f1, us1) in itertools.pairwise(points):
+            if f0 <= fraction <= f1:
+                w = math.log(fraction / f0) / math.log(f1 / f0)
+                return math.exp((1 - w) * math.log(max(us0, 1e-3)) + w * math.log(max(us1, 1e-3)))
+        top_fraction, top_us = points[-1]
+        return top_us * fraction / top_fraction
 
     def plan_costs(self, selected: int, k: int, rows: int, graph_rows: int,
                    ef_search_max: int) -> dict[str, tuple[float, int | None]]:
         """Estimated µs of each plan meeting the recall target for a search of `selected` allowed rows of an
         index of `rows` rows, `graph_rows` of them in the graph: {"gather" | "scan" | "hnsw": (µs, efSearch
-        for hnsw)}. Exact plans always qualify; HNSW where an efSearch reached the target at this share."""
+        for hnsw)}. Exact plans always qualify; HNSW at the efSearch and time measured at the largest timed
+        share at or below this one (a smaller share needs a wider search: this errs towards recall)."""
         rows = max(rows, 1)
-        costs: dict[str, tuple[float, int | None]] = {}
-        if selected == rows:
-            costs["scan"] = (self.flat_us * rows / max(self.graph_rows, 1), None)
-        else:
-            costs["gather"] = (self.gather_cost(selected), None)
-            costs["scan"] = (self.scan_cost(selected, rows), None)
         fraction = selected / rows
-        if selected == rows:  # every row allowed, none dead
-            ef, us = self.ef_search or 0, self.hnsw_us or math.inf
-        else:  # a selector: as measured at the nearest calibrated share below this one
-            point = self.filtered_point(fraction)
-            ef, us = (0, math.inf) if point is None or point.hnsw_us is None else (point.ef_search or 0, point.hnsw_us)
-        if ef and k > self.k:  # a longer answer needs a proportionally wider search at the same recall
+        growth = rows / max(self.graph_rows, 1)
+        costs: dict[str, tuple[float, int | None]] = {"scan": (self._interpolated(fraction, "scan") * growth, None)}
+        if selected < rows:
+            costs["gather"] = (self._interpolated(fraction, "gather") * growth, None)
+        eligible = [t for t in self.timings if (t.fraction == 1) == (selected == rows)
+                    and t.fraction <= fraction * (1 + 1e-9)]
+        point = max(eligible, key=lambda t: t.fraction) if eligible else None
+        if point is None or point.ef_search is None or point.hnsw_us is None:
+            return costs
+        ef, us = point.ef_search, point.hnsw_us
+        if k > self.k:  # a longer answer needs a proportionally wider search at the same recall
             widened = ladder_at_least(ef * k // self.k)
             ef, us = widened, us * widened / ef
-        if ef and ef <= ef_search_max:
-            tail = (rows - graph_rows) * fraction  # rows past the graph, searched exactly too
-            costs["hnsw"] = (us + (self.gather_cost(int(tail)) if tail >= 1 else 0.0), max(ef, k))
+        if ef <= ef_search_max:
+            tail = int((rows - graph_rows) * fraction)  # rows past the graph, searched exactly too
+            tail_us = self._interpolated(tail / rows, "gather") if tail else 0.0
+            costs["hnsw"] = (us + (tail_us if math.isfinite(tail_us) else 0.0), max(ef, k))
         return costs
 
 
 def _median_us(times: list[float]) -> float:
     return float(np.median(times)) * 1e6 if times else math.inf
-
-
-def _fit(points: list[tuple[int, float]]) -> tuple[float, float]:
-    """(fixed, per unit) of a least-squares line through (units, µs), both kept >= 0."""
-    x = np.array([p[0] for p in points], dtype=np.float64)
-    y = np.array([p[1] for p in points], dtype=np.float64)
-    if len(points) < 2 or np.ptp(x) == 0:
-        return 0.0, float(y.mean() / max(x.mean(), 1))
-    slope, intercept = np.polyfit(x, y, 1)
-    slope = max(float(slope), 0.0)
-    return max(float(intercept), 0.0), slope
 
 
 class _Truth:
@@ -228,21 +227,39 @@ def _ef_for_target(graph: faiss.Index, truth: _Truth, answers: list[set[int]], t
     return ladder[high], recall, us
 
 
-def _time_exact(truth: _Truth, mask: np.ndarray, queries: int) -> tuple[float, float]:
-    """(gather µs, masked scan µs) medians of exact searches of the rows `mask` allows."""
+def _timed(truth: _Truth, mask: np.ndarray | None, gather: bool, hnsw: tuple[faiss.Index, int] | None,
+           queries: int) -> tuple[float | None, float, float | None]:
+    """(gather µs, scan µs, HNSW µs) medians at one mask (None: every row), each query run by each plan in
+    turn; gather and HNSW are timed only when asked (`hnsw`: the graph and its efSearch)."""
     matrix, rows, metric, k = truth.matrix, truth.rows, truth.metric, truth.k
-    gathers, scans = [], []
+    times: tuple[list[float], list[float], list[float]] = ([], [], [])
+    params = None
+    if hnsw is not None:
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = hnsw[1]
     for i in range(min(queries, len(truth.sample))):
         q = truth.queries[i:i + 1]
+        if gather and mask is not None:
+            start = time.perf_counter()
+            exact_top(matrix[np.flatnonzero(mask)], q, k, metric)
+            times[0].append(time.perf_counter() - start)
         start = time.perf_counter()
-        chosen = np.flatnonzero(mask)
-        exact_top(matrix[chosen], q, k, metric)
-        gathers.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        bits = np.packbits(mask, bitorder="little")
-        faiss_knn(q, matrix, rows, k + 1, metric, faiss.IDSelectorBitmap(rows, faiss.swig_ptr(bits)))
-        scans.append(time.perf_counter() - start)
-    return _median_us(gathers), _median_us(scans)
+        bits = selector = None
+        if mask is not None:
+            bits = np.packbits(mask, bitorder="little")
+            selector = faiss.IDSelectorBitmap(rows, faiss.swig_ptr(bits))
+        faiss_knn(q, matrix, rows, k + 1, metric, selector)
+        times[1].append(time.perf_counter() - start)
+        if hnsw is not None and params is not None:
+            start = time.perf_counter()
+            if mask is not None:
+                bits = np.packbits(mask, bitorder="little")
+                selector = faiss.IDSelectorBitmap(rows, faiss.swig_ptr(bits))
+                params.sel = selector
+            hnsw[0].search(q, k, params=params)
+            times[2].append(time.perf_counter() - start)
+    return (_median_us(times[0]) if times[0] else None, _median_us(times[1]),
+            _median_us(times[2]) if times[2] else None)
 
 
 def calibrate(graph: faiss.Index, matrix: np.ndarray, live: np.ndarray, metric: str, *, recall_target: float,
@@ -260,50 +277,46 @@ def calibrate(graph: faiss.Index, matrix: np.ndarray, live: np.ndarray, metric: 
     sample = np.sort(rng.choice(live_rows, size=min(queries, len(live_rows) // 2), replace=False))
     truth = _Truth(matrix, rows, live, sample, metric, k)
     draw = rng.random(rows)
+    masks = {fraction: live & (draw < fraction) for fraction in TIMED_FRACTIONS if fraction < 1}
+    everything = None if bool(live.all()) else live  # tombstones: unfiltered searches select the live rows
+    masks[1.0] = everything  # type: ignore[assignment]
 
-    flat_times = []
-    for i in range(min(TIMED_QUERIES, len(sample))):
-        start = time.perf_counter()
-        faiss_knn(truth.queries[i:i + 1], matrix, rows, k + 1, metric)
-        flat_times.append(time.perf_counter() - start)
-    flat_us = _median_us(flat_times)
-    gather_points, scan_points = [], []
-    for fraction in (0.2, 0.05, 0.01):
-        mask = live & (draw < fraction)
-        gather, scan = _time_exact(truth, mask, TIMED_QUERIES)
-        selected = int(np.count_nonzero(mask))
-        gather_points.append((selected, gather))
-        scan_points.append((selected, scan))
-    gather_us, scan_us = _fit(gather_points), _fit(scan_points)
-
-    everything = live if bool(live.all()) else None
-    answers = truth.top(None)
     selector_all = None
-    if everything is None:  # tombstones: the unfiltered path searches through a selector of the live rows
+    if everything is not None:
         bits_all = np.packbits(live, bitorder="little")
         selector_all = faiss.IDSelectorBitmap(rows, faiss.swig_ptr(bits_all))
-    ef, recall, hnsw_us = _ef_for_target(graph, truth, answers, recall_target, k, ef_search_max, selector_all,
-                                         math.inf)
+    ef, recall, _ = _ef_for_target(graph, truth, truth.top(None), recall_target, k, ef_search_max, selector_all,
+                                   math.inf)
+    efs: dict[float, int | None] = {1.0: ef}
     points: list[FilteredPoint] = []
     ef_floor = ef or k
     for fraction in FRACTIONS:
-        mask = live & (draw < fraction)
-        selected = int(np.count_nonzero(mask))
-        if selected < 2 * k:
+        mask = masks[fraction]
+        if int(np.count_nonzero(mask)) < 2 * k:
             break
+        gather_us, scan_us, _ = _timed(truth, mask, fraction <= GATHER_FRACTION_MAX, None, PROBE_QUERIES)
+        exact_cost = min(scan_us, gather_us or math.inf)
         bits = np.packbits(mask, bitorder="little")
         selector = faiss.IDSelectorBitmap(rows, faiss.swig_ptr(bits))
-        exact_cost = min(gather_us[0] + gather_us[1] * selected, scan_us[0] + scan_us[1] * selected)
         point_ef, point_recall, point_us = _ef_for_target(graph, truth, truth.top(mask), recall_target, ef_floor,
-                                                          ef_search_max, selector, exact_cost)
-        points.append(FilteredPoint(fraction, point_ef, point_recall, point_us))
-        if point_ef is None or (point_us is not None and point_us > exact_cost):
+                                                          ef_search_max, selector, 1.5 * exact_cost)
+        points.append(FilteredPoint(fraction, point_ef, point_recall))
+        efs[fraction] = point_ef
+        if point_ef is None or (point_us is not None and point_us > 1.5 * exact_cost):
             break  # below this share exact plans win, and HNSW only gets harder
         ef_floor = point_ef
+    timings = []
+    for fraction in TIMED_FRACTIONS:
+        mask = masks[fraction]
+        if mask is not None and int(np.count_nonzero(mask)) < 1:
+            break
+        point_ef = efs.get(fraction)
+        gather_us, scan_us, hnsw_us = _timed(truth, mask, fraction <= GATHER_FRACTION_MAX,
+                                             None if point_ef is None else (graph, point_ef), TIMED_QUERIES)
+        timings.append(Timing(fraction, gather_us, scan_us, hnsw_us, point_ef))
     return Calibration(graph_rows=rows, recall_target=recall_target, k=k, queries=len(sample), ef_search=ef,
-                       recall=recall, hnsw_us=hnsw_us if ef else None, flat_us=flat_us, gather_us=gather_us,
-                       scan_us=scan_us, filtered=tuple(points), hnsw_m=hnsw_m, ef_construction=ef_construction,
-                       seconds=time.perf_counter() - started)
+                       recall=recall, filtered=tuple(points), timings=tuple(timings), hnsw_m=hnsw_m,
+                       ef_construction=ef_construction, seconds=time.perf_counter() - started)
 
 
 def ladder_at_least(ef: int) -> int:

@@ -40,10 +40,17 @@ def exact_top(base: np.ndarray, q: np.ndarray, k: int, metric: str,
     return found, scores[found].astype(np.float32)
 
 
+# faiss runs an unfiltered scan of one query on OpenMP threads, which a loaded machine stalls (10x slower at
+# load 6 on 2 CPUs: bench/RESULTS.md), and a selected scan on the calling thread; select every row instead
+_EVERY_ROW = faiss.IDSelectorAll()
+
+
 def faiss_knn(q: np.ndarray, matrix: np.ndarray, rows: int, want: int, metric: str,
               selector: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """(scores, row numbers) of faiss's exhaustive search of rows [0, rows) of `matrix` for one query, best
-    first, `want` long (padded with row -1), skipping rows `selector` (an faiss IDSelector) leaves out."""
+    first, `want` long (padded with row -1), skipping rows `selector` (an faiss IDSelector) leaves out.
+    Runs on the calling thread (without a selector, through one that selects every row)."""
+    selector = _EVERY_ROW if selector is None else selector
     scores = np.empty(want, dtype=np.float32)
     found = np.empty(want, dtype=np.int64)
     args = (faiss.swig_ptr(q), faiss.swig_ptr(matrix), matrix.shape[1], 1, rows, want,
