@@ -93,6 +93,7 @@ class CatchUp:
             engine.wal.truncate_after(position.lsn)
         if engine.memory_lsn != position.lsn:
             raise StorePoisoned(f"the snapshot at {position} opened at LSN {engine.memory_lsn}")
+        engine.wal.on_sync = getattr(old.wal, "on_sync", None)  # the server's fsync metric follows the new WAL
         engine.replicator = self
         self.engine = engine
         self.log = WalLog(engine.wal)  # type: ignore[attr-defined]
