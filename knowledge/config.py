@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -9,6 +10,8 @@ from typing import Any
 
 from knowledge.errors import InvalidArgument
 from knowledge.storage import crypto
+
+KEY_FILE_ENV = "KNOWLEDGE_ENCRYPTION_KEY_FILE"  # the key file a config naming no key uses (CLI, server)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,10 +96,14 @@ class StoreConfig:
 
     def keyring(self) -> crypto.Keyring | None:
         """The keys this config gives (None: the store is not encrypted); reads the key file or asks the
-        provider. InvalidArgument for a malformed key or two sources of the current key."""
-        return crypto.keyring_from(self.encryption_key, key_id=self.encryption_key_id,
-                                   key_file=self.encryption_key_file, provider=self.encryption_key_provider,
-                                   older=self.encryption_old_keys)
+        provider. InvalidArgument for a malformed key or two sources of the current key. A config naming no
+        key takes the key file $KNOWLEDGE_ENCRYPTION_KEY_FILE when set (so the CLI and `knowledge serve`
+        open encrypted stores)."""
+        key_file = self.encryption_key_file
+        if key_file is None and self.encryption_key is None and self.encryption_key_provider is None:
+            key_file = os.environ.get(KEY_FILE_ENV) or None
+        return crypto.keyring_from(self.encryption_key, key_id=self.encryption_key_id, key_file=key_file,
+                                   provider=self.encryption_key_provider, older=self.encryption_old_keys)
 
     def __post_init__(self) -> None:
         if self.encryption_key is not None and self.encryption_key_provider is None:

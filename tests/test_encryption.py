@@ -496,3 +496,26 @@ def test_recover_rebuilds_an_encrypted_store_from_its_wal(tmp_path):
     assert report["lsn"] >= 2
     with knowledge.open(str(tmp_path / "r1"), config=_config()) as store:
         assert store.session().scan("Doc").sort_by("_id").to_pylist() == expected
+
+
+def test_key_file_with_ids_rotates_and_the_cli_reads_it_from_the_environment(tmp_path):
+    path = str(tmp_path / "s.store")
+    key_file = tmp_path / "keys"
+    key_file.write_text(f"a {KEY_A.hex()}\n")
+    with knowledge.open(path, config=StoreConfig(encryption_key_file=str(key_file))) as store:
+        _populate(store)
+    key_file.write_text(f"# current first\nb {KEY_B.hex()}\na {KEY_A.hex()}  # before the rotation\n")
+    with knowledge.open(path, config=StoreConfig(encryption_key_file=str(key_file))) as store:
+        _populate(store, 1, tag="b")
+    assert {crypto.read_header(s.path).key_id for s in list_segments(os.path.join(path, "wal"))} == {"a", "b"}
+    env = {k: v for k, v in os.environ.items() if k != "KNOWLEDGE_ENCRYPTION_KEY_FILE"}
+    cli = [sys.executable, "-m", "knowledge.cli", "stats", path]
+    refused = subprocess.run(cli, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert refused.returncode == 1 and "error:" in refused.stderr and "is encrypted" in refused.stderr
+    env["KNOWLEDGE_ENCRYPTION_KEY_FILE"] = str(key_file)
+    done = subprocess.run(cli, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["nodes"]["Doc"] == 21
+    key_file.write_text("b not-a-key\n")
+    with pytest.raises(InvalidArgument, match="keys"):
+        StoreConfig(encryption_key_file=str(key_file)).keyring()

@@ -243,11 +243,13 @@ def keyring_from(key: Any = None, *, key_id: str | None = None, key_file: str | 
             raise InvalidArgument("encryption_old_keys / encryption_key_id given without a current encryption key")
         return None
     if key_file is not None:
-        try:
-            with open(key_file, "rb") as f:
-                key = f.read()
-        except OSError as exc:
-            raise InvalidArgument(f"cannot read the encryption key file {key_file!r}: {exc.strerror}") from exc
+        key, file_id, file_older = read_key_file(key_file)
+        if file_id is not None:
+            if key_id is not None and key_id != file_id:
+                raise InvalidArgument(f"encryption_key_id {key_id!r} differs from the current key's id {file_id!r} "
+                                      f"in {key_file}")
+            key_id = file_id
+        older_keys = {**file_older, **older_keys}
     elif key is None:
         if key_id is None:
             raise InvalidArgument("an encryption_key_provider needs encryption_key_id: the id of the current key")
@@ -256,6 +258,32 @@ def keyring_from(key: Any = None, *, key_id: str | None = None, key_file: str | 
         if key is None:
             raise InvalidArgument(f"the encryption key provider has no key for the current id {key_id!r}")
     return Keyring(_key_bytes(key, "encryption key"), key_id, older_keys, provider)
+
+
+def read_key_file(path: str) -> tuple[bytes, str | None, dict[str, bytes]]:
+    """(current key, its id or None, older keys by id) from a key file: 32 raw bytes, one key as hex or
+    base64, or lines `ID KEY` (hex or base64; `#` starts a comment), the first line the current key."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read the encryption key file {path!r}: {exc.strerror}") from exc
+    if len(raw) == KEY_BYTES:
+        return raw, None, {}
+    try:
+        lines = [line.split("#", 1)[0].split() for line in raw.decode("ascii").splitlines()]
+    except UnicodeDecodeError:
+        raise InvalidArgument(f"encryption key file {path!r} holds neither 32 raw bytes nor text") from None
+    lines = [words for words in lines if words]
+    if len(lines) == 1 and len(lines[0]) == 1:
+        return _key_bytes(lines[0][0], f"the key in {path}"), None, {}
+    if not lines or any(len(words) != 2 for words in lines):
+        raise InvalidArgument(f"encryption key file {path!r} must hold one key, or lines `ID KEY` (the first the "
+                              f"current key)")
+    keys = {_valid_key_id(words[0], f"a key id in {path}"): _key_bytes(words[1], f"key {words[0]!r} in {path}")
+            for words in lines}
+    current = lines[0][0]
+    return keys.pop(current), current, keys
 
 
 def _older(older: Mapping[str, Any] | Iterable[Any]) -> dict[str, bytes]:
