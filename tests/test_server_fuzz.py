@@ -26,8 +26,15 @@ INTS = st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1) | st.sampled_f
 FLOATS = st.floats(allow_nan=True, allow_infinity=True, width=32)
 KEYS = st.builds(lambda t: pb.Key(text=t), TEXT) | st.builds(lambda i: pb.Key(integer=i), INTS) | st.just(pb.Key())
 OPERATORS = st.sampled_from(["=", "!=", "<", ">", "like", "in", "contains", "", "~", "DROP TABLE", "in"])
-CONDITIONS = st.builds(pb.Condition, property=st.sampled_from(["n", "body", "emb", "nope", "_id", ""]),
-                       operator=OPERATORS, value_json=TEXT | st.sampled_from(["1", "[1, 2]", '"a"', "{}"]))
+LEAF_CONDITIONS = st.builds(pb.Condition, property=st.sampled_from(["n", "body", "emb", "nope", "_id", "", "$or"]),
+                            operator=OPERATORS | st.just("between"), as_tuple=st.booleans(),
+                            value_json=TEXT | st.sampled_from(["1", "[1, 2]", '"a"', "{}", "null", "[null, 3]"]))
+CONDITIONS = st.recursive(LEAF_CONDITIONS, lambda inner: st.builds(  # "$or" of filters, nested
+    lambda branches: pb.Condition(property="$or", operator="or", any_of=branches),
+    st.lists(st.builds(pb.Filter, all=st.lists(inner, max_size=3), other_json=st.sampled_from(["", "3", "{"])),
+             max_size=3)), max_leaves=8)
+CURSORS = st.none() | TEXT | st.sampled_from(["kc1.WyJEb2MiLDNd", "kc1.WyJEb2MiLC01XQ", "kc1.WyJOb3BlIiwxXQ",
+                                              "kc1.", "kc1.WyJEb2MiLDkyMjMzNzIwMzY4NTQ3NzU4MDdd"])
 COLUMNS = st.builds(pb.Columns, all=st.booleans(), names=st.lists(st.sampled_from(["n", "body", "nope", "", "_id"]),
                                                                    max_size=3))
 VECTORS = st.lists(FLOATS, max_size=6) | st.just([0.0] * 70_000) | st.just([0.5] * 300_000)  # the last: > 1 MiB
@@ -39,8 +46,9 @@ ROWS = st.one_of(st.builds(pb.Rows, json=TEXT | st.sampled_from(['[{"name": 1}]'
 REQUESTS = st.one_of(
     st.builds(lambda t, k, c: ("Get", pb.GetRequest(type=t, key=k, columns=c)), TYPES, KEYS, COLUMNS),
     st.builds(lambda t, ks: ("GetMany", pb.GetManyRequest(type=t, keys=ks)), TYPES, st.lists(KEYS, max_size=4)),
-    st.builds(lambda t, w, c, n: ("Scan", pb.ScanRequest(type=t, where=w, columns=c, limit=n)), TYPES,
-              st.lists(CONDITIONS, max_size=3), COLUMNS, INTS),
+    st.builds(lambda t, w, c, n, o, cursor: ("Scan", pb.ScanRequest(type=t, where=w, columns=c, limit=n, offset=o,
+                                                                     cursor=cursor)),
+              TYPES, st.lists(CONDITIONS, max_size=3), COLUMNS, INTS, INTS, CURSORS),
     st.builds(lambda t, k, d, n, e: ("Neighbors", pb.NeighborsRequest(type=t, key=k, direction=d, limit=n,
                                                                        edge_types=e)),
               TYPES, KEYS, st.sampled_from(["out", "in", "both", "up", ""]), INTS,
