@@ -232,7 +232,8 @@ class Replicator(CatchUp):
         with self.lock:
             return {"node": node.id, "zone": self.config.zones[node.id], "role": node.role.value,
                     "writable": self._writable, "epoch": node.epoch, "primary": node.primary_id,
-                    "last": str(node.last), "durable_lsn": node.durable_lsn, "applied_lsn": node.applied_lsn,
+                    "last": str(node.last), "durable_lsn": node.durable_lsn,
+                    "applied_lsn": min(node.applied_lsn, self.engine.memory_lsn),  # in the store reads see
                     "commit_lsn": node.commit_lsn, "policy": str(self.config.policy), "stats": dict(node.stats),
                     "counters": dict(self.counters), "events": [list(e) for e in self.events],
                     "failure": None if self.failure is None else str(self.failure),

@@ -78,6 +78,7 @@ class ReplicationNode:
         self._campaign: _Campaign | None = None
         self._hard_dirty = False
         self._snapshot: InstallSnapshot | None = None
+        self._installing = False  # a snapshot was accepted; reads wait until its Ready is carried out
         self._truncate: int | None = None
         self._staged: list[Entry] = []
         self._outbox: list[Message] = []
@@ -178,9 +179,12 @@ class ReplicationNode:
         token names; with a bare LSN, applied that far. The two differ only after a degraded or
         async commit was lost in a failover, where a bare LSN can name a record that is gone.
         """
+        applied = self.applied_lsn  # read before the flag (see _on_snapshot): a driver reads from other threads
+        if self._installing:
+            return False  # the store is replaced only when the Ready is carried out
         if isinstance(min_lsn, Position):
-            return self.applied_lsn >= min_lsn.lsn and self.history.matches(min_lsn)
-        return self.applied_lsn >= min_lsn
+            return applied >= min_lsn.lsn and self.history.matches(min_lsn)
+        return applied >= min_lsn
 
     # -- output -------------------------------------------------------------------------------
     def has_ready(self) -> bool:
@@ -210,6 +214,7 @@ class ReplicationNode:
         """Acknowledge that `ready` was carried out: its records are durable and applied."""
         invariant(ready is self._outstanding, "advance() with a Ready that is not the outstanding one")
         self._outstanding = None
+        self._installing = False
         self.durable_lsn = self.history.last_lsn
         invariant(ready.apply_through_lsn >= self.applied_lsn, "applied LSN went back")
         self.applied_lsn = ready.apply_through_lsn
@@ -312,6 +317,7 @@ class ReplicationNode:
                                                or self.applied_lsn <= self.synced_lsn):
             self._send_subscribe()  # a stale or needless offer: resume from what we hold
             return
+        self._installing = True  # first: a concurrent can_read sees it before the new applied LSN
         self._snapshot = message
         self._staged, self._truncate = [], None
         self.history = EpochHistory(message.epochs, position.lsn)

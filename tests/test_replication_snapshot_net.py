@@ -92,3 +92,42 @@ def test_a_replica_killed_mid_snapshot_restarts_resnapshots_and_catches_up(clust
     assert missing_keys(cluster, "a", acked) == []
     assert cluster.log("b").count("fetching the snapshot") >= 2  # once cut by the kill, once installed
     assert cluster.status("a")["counters"].get("snapshot_needed", 0) >= 1
+
+
+def test_retention_keeps_the_wal_a_lagging_replica_needs_up_to_the_limit_then_it_resnapshots(cluster):
+    cluster.start("a", "primary")
+    cluster.start("b", "replica", primary="a")
+    cluster.start("c", "replica", primary="a")
+    cluster.wait_ready()
+    cluster.wait_for("a to be primary", lambda: cluster.writable("a"))
+    acked = _load(cluster, "a", 2, 50, "warm")
+    cluster.wait_for("b to follow", lambda: cluster.status("b")["applied_lsn"] >= cluster.status("a")["commit_lsn"])
+
+    # b down, a few writes (well under the limit), a checkpoint: the WAL b needs is kept, it catches up from it
+    cluster.kill("b")
+    acked += _load(cluster, "a", 3, 50, "small")
+    with cluster.client("a") as client:
+        client.checkpoint()
+    assert cluster.status("a")["counters"].get("retention_limit", 0) == 0
+    cluster.start("b", "replica", primary="a")
+    cluster.wait_ready("b")
+    cluster.wait_for("b to catch up from the WAL",
+                     lambda: cluster.status("b")["applied_lsn"] >= cluster.status("a")["commit_lsn"])
+    assert cluster.status("b")["counters"].get("snapshots_installed", 0) == 0
+    assert cluster.status("a")["counters"].get("snapshot_needed", 0) == 0
+
+    # b down again, writes past the limit and a checkpoint: b is cut off (logged, counted) and re-snapshots
+    cluster.kill("b")
+    acked += _load(cluster, "a", 60, 200, "big")
+    with cluster.client("a") as client:
+        client.checkpoint()
+    a = cluster.status("a")
+    assert a["counters"].get("retention_limit", 0) == 1, a["counters"]
+    assert "retention_limit" in cluster.log("a") and "b needs LSN" in cluster.log("a")
+    cluster.start("b", "replica", primary="a")
+    cluster.wait_ready("b")
+    cluster.wait_for("b to re-snapshot and catch up",
+                     lambda: cluster.status("b")["applied_lsn"] >= cluster.status("a")["commit_lsn"], timeout_s=180)
+    assert cluster.status("b")["counters"].get("snapshots_installed", 0) == 1
+    assert missing_keys(cluster, "b", acked) == []
+    assert cluster.status("c")["counters"].get("snapshots_installed", 0) == 0  # c kept up: never cut off
