@@ -257,6 +257,7 @@ def test_a_message_over_the_cap_says_what_to_fix(served):
     naming the cap, the request's size and the option, with MessageTooLarge in the status details; the
     client re-raises that class (a ResourceExhausted and a ValueTooLarge). A reply over the cap alike."""
     from knowledge.errors import MessageTooLarge
+    from knowledge.server.message_cap import transport_limit
 
     cap = 256 << 10
     server = KnowledgeServer(served.store, ServerConfig(listen="127.0.0.1:0", message_bytes_max=cap)).start()
@@ -286,6 +287,9 @@ def test_a_message_over_the_cap_says_what_to_fix(served):
                 client.session().scan("Doc")
             assert client.session().scan("Doc", limit=100).num_rows == 100  # a page fits
             assert client.session().count() == 410
+            beyond = transport_limit(cap) + (1 << 20)  # past what the transport buffers: gRPC's own refusal, worded
+            with pytest.raises(MessageTooLarge, match="larger than max .*--message-bytes-max"):
+                client.session().get_many("Doc", ["k" * 1000] * (beyond // 1000))
         with knowledge.connect(server.address, token=served.token, message_bytes_max=64 << 10) as small:
             with pytest.raises(MessageTooLarge, match="message_bytes_max"):  # the client's own send cap
                 small.session().get_many("Doc", [f"k{i:0>1000}" for i in range(100)])

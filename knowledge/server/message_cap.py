@@ -22,7 +22,8 @@ import grpc
 from knowledge.errors import MessageTooLarge
 from knowledge.server import status
 
-TRANSPORT_FACTOR = 4  # the transport accepts this many times the cap (at least TRANSPORT_SLACK_BYTES more)
+TRANSPORT_FACTOR = 2  # the transport accepts this many times the cap (at least TRANSPORT_SLACK_BYTES more): what it
+# buffers per call before the cap is checked, so kept small
 TRANSPORT_SLACK_BYTES = 16 << 20
 TRANSPORT_BYTES_MAX = (1 << 31) - 1  # gRPC's own ceiling
 
