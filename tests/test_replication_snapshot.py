@@ -15,6 +15,7 @@ from knowledge.errors import SnapshotTransferFailed
 from knowledge.replication import snapshot
 from knowledge.replication.config import NodeConfig
 from knowledge.replication.lsn import Position
+from knowledge.replication.messages import Entry
 from knowledge.replication.node import ReplicationNode
 from knowledge.replication.policy import parse_policy
 from knowledge.replication.ready import DurableState
@@ -200,3 +201,22 @@ def test_the_wal_byte_limit_cuts_a_lagging_replica_off_with_an_event_then_a_snap
     assert "snapshot_needed" in [e.kind for r in readies for e in r.events]
     node.limit_retention(25)  # told once per cut, not on every tightening
     assert node.stats["retention_limits"] == 1
+
+
+def test_a_replica_serves_no_read_while_its_snapshot_is_being_installed():
+    from knowledge.replication.lsn import EpochStart
+    from knowledge.replication.messages import InstallSnapshot
+    zones = {"a": "z1", "b": "z2"}
+    log = MemoryLog()
+    node = ReplicationNode(NodeConfig("b", zones, parse_policy("async")), log, DurableState.empty())
+    node.follow("a")
+    list(_drive(node, log))
+    records = tuple(Entry(lsn, 1, b"" if lsn == 1 else b"x") for lsn in range(1, 6))
+    node.step(InstallSnapshot("a", "b", 1, Position(1, 5), (EpochStart(1, 1),), 5, data=records))
+    assert not node.can_read(1) and not node.can_read(Position(1, 5))  # accepted, not yet installed
+    ready = node.ready()
+    assert ready.snapshot is not None and not node.can_read(1)
+    log.persist(ready)
+    log.apply(ready)
+    node.advance(ready)
+    assert node.can_read(Position(1, 5)) and node.applied_lsn == 5
