@@ -293,12 +293,13 @@ def measure(quick: bool, workdir: str, soak_s: float | None = None) -> dict[str,
     return results
 
 
-def _embedded_commits(store: Any, count: int) -> list[float]:
+def _embedded_commits(store: Any, count: int, prefix: str = "e") -> list[float]:
     session = store.session("reader")
     out = []
     for i in range(count):
         start = time.perf_counter()
-        session.transaction().upsert_nodes("Note", [{"name": f"e{i}", "n": i, "_labels": ["public"]}]).commit()
+        session.transaction().upsert_nodes("Note", [{"name": f"{prefix}{time.time_ns()}-{i}", "n": i,
+                                                     "_labels": ["public"]}]).commit()
         out.append((time.perf_counter() - start) * 1e3)
     return out
 
@@ -378,6 +379,109 @@ def markdown(results: dict[str, Any], summary: dict[str, Any], command: str) -> 
     return "\n".join(lines)
 
 
+# -- concurrent readers (issue 13 point 3): the two scaling targets alone, repeated ------------------------
+def _threads(target: Any, count: int) -> list[threading.Thread]:
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def embedded_concurrency(path: str, work: dict[str, Any], duration_s: float, calls: int) -> dict[str, Any]:
+    """In one process: search throughput of 1 vs 8 threads (each its own session), and commit latency idle
+    vs while 8 threads retrieve (each retrieval a snapshot block)."""
+    import knowledge
+    out: dict[str, Any] = {}
+    with knowledge.open(path, create=False) as store:
+        for session in (store.session("reader"),):  # warm up
+            for i in range(20):
+                operation(session, "search", work, i)
+                operation(session, "retrieve", work, i)
+        for clients in (1, 8):
+            counts = [0] * clients
+            end = time.time() + duration_s
+
+            def search(index: int, counts: list[int] = counts, end: float = end) -> None:
+                session, i = store.session("reader"), index * 97
+                while time.time() < end:
+                    operation(session, "search", work, i)
+                    counts[index] += 1
+                    i += 1
+
+            for thread in _threads(search, clients):
+                thread.join()
+            out[f"search_{clients}_ops_per_s"] = round(sum(counts) / duration_s, 1)
+        out["commit_idle"] = stats_ms(_embedded_commits(store, calls))
+        stop, retrieved = threading.Event(), [0]
+
+        def retrieve(index: int) -> None:
+            session, i = store.session("reader"), index * 97
+            while not stop.is_set():
+                operation(session, "retrieve", work, i)
+                retrieved[0] += 1
+                i += 1
+
+        readers = _threads(retrieve, 8)
+        time.sleep(0.5)
+        started, before = time.time(), retrieved[0]
+        out["commit_loaded"] = stats_ms(_embedded_commits(store, calls, prefix="l"))
+        out["commit_loaded"]["retrieves_per_s"] = round((retrieved[0] - before) / (time.time() - started), 1)
+        stop.set()
+        for thread in readers:
+            thread.join()
+    out["search_8_over_1"] = round(out["search_8_ops_per_s"] / out["search_1_ops_per_s"], 2)
+    out["commit_p99_loaded_over_idle"] = round(out["commit_loaded"]["p99_ms"] / out["commit_idle"]["p99_ms"], 2)
+    return out
+
+
+def server_concurrency(address: str, work: dict[str, Any], duration_s: float, calls: int) -> dict[str, Any]:
+    """Through the server: search throughput of 1 vs 8 clients; commit latency idle vs while 8 clients
+    retrieve."""
+    out: dict[str, Any] = {}
+    for clients in (1, 8):
+        out[f"search_{clients}"] = run_clients(address, work, ["search"], clients, duration_s)
+    out["commit_idle"] = stats_ms(commit_latency(address, work["token"], calls))
+    loaded: dict[str, Any] = {}
+    reading = threading.Event()
+    background = threading.Thread(target=lambda: loaded.update(
+        run_clients(address, work, ["retrieve"], 8, 3 * duration_s, on_start=reading.set)))
+    background.start()
+    if not reading.wait(300):
+        raise RuntimeError("the 8 retrieving clients did not start")
+    time.sleep(0.5)
+    out["commit_loaded"] = stats_ms(commit_latency(address, work["token"], calls))
+    out["commit_loaded"]["readers_still_running"] = background.is_alive()
+    background.join()
+    out["commit_loaded"]["retrieves_per_s"] = loaded["retrieve"]["ops_per_s"]
+    out["errors"] = sum(out[f"search_{n}"]["errors"] for n in (1, 8)) + loaded["errors"]
+    out["search_8_over_1"] = round(out["search_8"]["search"]["ops_per_s"] / out["search_1"]["search"]["ops_per_s"], 2)
+    out["commit_p99_loaded_over_idle"] = round(out["commit_loaded"]["p99_ms"] / out["commit_idle"]["p99_ms"], 2)
+    return out
+
+
+def concurrency(quick: bool, workdir: str, repeats: int) -> dict[str, Any]:
+    """`repeats` runs of both scaling targets, embedded and through the server, with the medians."""
+    docs, calls, duration_s = (300, 100, 3.0) if quick else (2000, 300, 8.0)
+    path = os.path.join(workdir, "server-bench.store")
+    work = build(path, docs)
+    import faiss
+    faiss.omp_set_num_threads(1)  # as `knowledge serve` runs it
+    results: dict[str, Any] = {"machine": machine(), "docs": docs, "repeats": repeats, "embedded": [], "server": [],
+                               "load": [list(os.getloadavg())]}
+    for _ in range(repeats):
+        results["embedded"].append(embedded_concurrency(path, work, duration_s, calls))
+        server = Server(path)
+        try:
+            results["server"].append(server_concurrency(server.address, work, duration_s, calls))
+        finally:
+            server.stop()
+        results["load"].append(list(os.getloadavg()))
+    for side in ("embedded", "server"):
+        for figure in ("search_8_over_1", "commit_p99_loaded_over_idle"):
+            results[f"{side}_{figure}_median"] = statistics.median(run[figure] for run in results[side])
+    return results
+
+
 def suite(quick: bool, workdir: str) -> dict[str, Any]:
     """The `server` suite of `python -m bench`: this benchmark's results and summary."""
     results = measure(quick, workdir)
@@ -390,8 +494,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small store, short runs (about a minute)")
     parser.add_argument("--soak-s", type=float, help="soak duration (default 60 s, 10 s with --quick)")
     parser.add_argument("--write-results", action="store_true", help="write bench/results/server.json and RESULTS.md")
+    parser.add_argument("--concurrency", type=int, metavar="RUNS",
+                        help="only the concurrent-reader targets (search 8 vs 1, commit p99 loaded vs idle), "
+                             "embedded and through the server, RUNS times; prints JSON with the medians")
     args = parser.parse_args(argv)
     workdir = tempfile.mkdtemp(prefix="kbench-server-")
+    if args.concurrency:
+        import json
+        try:
+            print(json.dumps(concurrency(args.quick, workdir, args.concurrency), indent=1))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return 0
     try:
         results = measure(args.quick, workdir, args.soak_s)
     finally:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -27,7 +28,7 @@ import pyarrow.compute as pc
 from knowledge.access.audit import AuditEntry
 from knowledge.access.labels import readable_labels, with_readable_labels
 from knowledge.access.principal import Principal
-from knowledge.access.visibility import consistent_read, is_visible, visible_edges, visible_nodes
+from knowledge.access.visibility import is_visible, visible_edges, visible_nodes
 from knowledge.errors import (
     InvalidArgument,
     NodeIdNotFound,
@@ -36,7 +37,8 @@ from knowledge.errors import (
     StoreClosed,
     UnknownType,
 )
-from knowledge.session_search import SessionSearch, key_array, where_sql
+from knowledge.session_pin import PinnedStore
+from knowledge.session_search import SessionSearch, key_array, pinned_read, where_sql
 from knowledge.session_where import check_offset, cursor_after, with_page
 from knowledge.storage.tables import edge_table, node_table, query_arrow, quote
 from knowledge.transaction import Transaction
@@ -82,6 +84,7 @@ class Session(SessionSearch):
         return self._principal
 
     # -- visibility ---------------------------------------------------------------------------
+    @pinned_read
     def visible(self) -> np.ndarray:
         """The visibility bitmap over node ids (read-only): True at the nodes this principal may see.
 
@@ -156,7 +159,7 @@ class Session(SessionSearch):
         return self.store.audit.query(principal, api, node_id, limit)
 
     # -- point reads --------------------------------------------------------------------------
-    @consistent_read
+    @pinned_read
     def get(self, type_name: str, key: Any, columns: Iterable[str] | None = None) -> dict[str, Any]:
         """The node's properties plus `_id` and `_labels`; raises NotFound when absent or invisible."""
         node = self._visible_id(type_name, key)
@@ -168,7 +171,7 @@ class Session(SessionSearch):
         row["_labels"] = readable_labels(row["_labels"], self.principal)
         return row
 
-    @consistent_read
+    @pinned_read
     def get_many(self, type_name: str, keys: Iterable[Any], columns: Iterable[str] | None = None) -> pa.Table:
         """Rows of the visible nodes among `keys` (absent or invisible keys are skipped)."""
         self._node_type(type_name)
@@ -198,7 +201,7 @@ class Session(SessionSearch):
         parts = list(found.values())
         if missing or not ids:
             self.store.wait_applied()
-            fetched = self._fetch_rows(type_name, missing, ["_id", "_labels", *cached_columns])
+            fetched = self._fetch_rows(type_name, missing, ["_id", "_labels", "_lsn", *cached_columns])
             cache.put(type_name, fetched, token)
             if not found:
                 return fetched.select(wanted)
@@ -226,7 +229,7 @@ class Session(SessionSearch):
         finally:
             cursor.close()
 
-    @consistent_read
+    @pinned_read
     def ref(self, node: int) -> NodeRef:
         """The type and key of the node with dense id `node`; raises NodeIdNotFound when it is absent or
         invisible (the same error, naming only the id), InvalidArgument for a non-integer or negative id."""
@@ -253,7 +256,7 @@ class Session(SessionSearch):
                 raise UnknownType(f"unknown edge type {name!r}", type_name=name)
         return names
 
-    @consistent_read
+    @pinned_read
     def neighbors(self, type_name: str, key: Any, edge_type: str | Iterable[str] | None = None,
                   direction: Direction = "out", limit: int = 1000) -> list[NodeRef]:
         """Visible neighbours of a visible node, ordered by id; raises NotFound, InvalidArgument."""
@@ -274,7 +277,7 @@ class Session(SessionSearch):
         self._audit("neighbors", ids)
         return [self.ref(n) for n in ids.tolist()]
 
-    @consistent_read
+    @pinned_read
     def traverse(self, type_name: str, key: Any, edge_type: str | Iterable[str] | None = None,
                  direction: Direction = "out", depth: int = 2, limit: int = 10_000) -> pa.Table:
         """Breadth-first k-hop walk from a visible node through visible nodes only.
@@ -323,6 +326,7 @@ class Session(SessionSearch):
                 parts.append(index.expand(frontier, False)[1])
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
+    @pinned_read
     def adjacency(self, edge_type: str | Iterable[str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every visible edge of the given types as arrays (src ids, dst ids, edge-type index into the list
         of types asked for), for graph algorithms (e.g. personalized PageRank) over the visible subgraph."""
@@ -342,18 +346,27 @@ class Session(SessionSearch):
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[int]:
-        """Hold the store at one LSN for a group of reads (yields that LSN).
+        """Hold this thread's reads at one LSN for a group of reads (yields that LSN).
 
-        Commits that finish meanwhile wait to become visible until the block ends, so keep it short
-        (a retrieval, not a user interaction). Reads inside see exactly the yielded LSN.
+        Reads inside (in this thread) see exactly the yielded LSN: they all read one read view
+        (`knowledge/storage/versions.py:ReadView`), holding no lock, so other threads read in parallel and
+        commits go on (and are visible outside the block) meanwhile. A view kept long holds the memory of
+        what commits replaced since, and of its DuckDB snapshot: keep the block to a retrieval, not a user
+        interaction.
         """
-        self.store.engine.check_open()
-        with self.store.state_lock:
-            lsn = self.store.memory_lsn
-            self.store.wait_applied(lsn)
-            yield lsn if self.principal.admin else self._view_lsn()
+        real = self._real_store
+        real.engine.check_open()
+        pins, me = self._pins, threading.get_ident()
+        outer = pins.get(me)
+        if outer is None:  # its tables asked for at once: a read inside may need them
+            pins[me] = PinnedStore(real, real.engine.read_view(tables=True))
+        try:
+            yield self._view().lsn if self.principal.admin else self._view_lsn()
+        finally:
+            if outer is None:
+                del pins[me]
 
-    @consistent_read
+    @pinned_read
     def edges(self, edge_type: str, limit: int | None = None) -> pa.Table:
         """Visible edges of one type: src/dst ids, keys and properties (Arrow)."""
         self._edge_types(edge_type)
@@ -386,7 +399,7 @@ class Session(SessionSearch):
         return retrieve(self, question, k, mode, **options)
 
     # -- scans and counts ---------------------------------------------------------------------
-    @consistent_read
+    @pinned_read
     def scan(self, type_name: str, where: dict[str, Any] | None = None, columns: Iterable[str] | None = None,
              limit: int | None = None, offset: int = 0, cursor: str | None = None) -> pa.Table:
         """Visible rows of one node type matching `where`, as Arrow (with `_id` and `_labels`), in id order.
@@ -431,6 +444,7 @@ class Session(SessionSearch):
         finally:
             db.close()
 
+    @pinned_read
     def count(self, type_name: str | None = None) -> int:
         """How many nodes (of one type) this principal can see."""
         visible = self._bitmap()
@@ -440,6 +454,7 @@ class Session(SessionSearch):
         code = self.store.directory.type_codes[type_name]
         return int(np.count_nonzero(visible & (self.store.directory.type_of[:len(visible)] == code)))
 
+    @pinned_read
     def stats(self) -> dict[str, Any]:
         """Visible node counts per type and visible edge counts per type, with the LSN they reflect."""
         with self.store.state_lock:
@@ -454,7 +469,7 @@ class Session(SessionSearch):
     def _view_lsn(self) -> int:
         """For a non-admin, the LSN of the last write it could see: the store's LSN would count the writes it
         cannot see. Its reads are still made at one store LSN; nothing it sees changed in between."""
-        return self.store.engine.view_lsn(self.principal, isinstance(self._principal, str))
+        return self._real_store.engine.view_lsn(self.principal, isinstance(self._principal, str), self._view())
 
     # -- writes -------------------------------------------------------------------------------
     def transaction(self) -> Transaction:

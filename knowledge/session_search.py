@@ -10,17 +10,20 @@ Every search is filtered by the session's visibility bitmap before ranking and a
 from __future__ import annotations
 
 import array
+import functools
 import itertools
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+import threading
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
 
-from knowledge.access.visibility import consistent_read
 from knowledge.errors import InvalidArgument
+from knowledge.session_pin import PinnedStore
 from knowledge.session_where import Predicate, parse_where, predicate_sql, where_sql
 from knowledge.storage.tables import node_table, query_arrow
+from knowledge.storage.versions import ReadView, SnapshotCursor, TablesPassed
 
 if TYPE_CHECKING:
     from knowledge.views import StoreView
@@ -34,16 +37,66 @@ _INT64_DTYPE, _FLOAT32_DTYPE = np.dtype(np.int64), np.dtype(np.float32)
 RANKED_KEYS_BUILT_MAX = 256  # up to this many str keys, the key column's buffers are built in Python
 _RANKED_SCHEMAS: dict[tuple[str, str | None, str | None], pa.Schema] = {}
 WHERE_MASKS_CACHED_MAX = 64  # where-filter masks kept per node type, until its next write
-__all__ = ["SessionSearch", "key_array", "where_sql"]
+__all__ = ["SessionSearch", "key_array", "pinned_read", "where_sql"]
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def pinned_read(method: _F) -> _F:
+    """Run a session read at one read view (`knowledge/storage/versions.py:ReadView`): the view of the
+    store's LSN when it starts, or the enclosing `snapshot()`'s, so its visibility check and everything it
+    then reads belong to one LSN. It holds no lock: reads run in parallel and commits go on meanwhile."""
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        pins, me = self._pins, threading.get_ident()
+        if me in pins:
+            return method(self, *args, **kwargs)
+        real = self._real_store
+        view = real.engine.read_view()
+        for again in (False, True):
+            pins[me] = PinnedStore(real, view)
+            try:
+                return method(self, *args, **kwargs)
+            except TablesPassed:  # the tables were asked for too late: again, with them asked for at once
+                if again:
+                    raise
+                view = real.engine.read_view(tables=True)
+            finally:
+                del pins[me]
+        raise AssertionError("unreachable")
+    return wrapper  # type: ignore[return-value]
 
 
 class SessionSearch:
     """Vector and keyword search over what the session's principal can see."""
 
-    store: StoreView
+    _real_store: StoreView
     _vector_properties: dict[tuple[str | None, str | None, bool], tuple[Any, str, Any, Any, str]]
+    _pins: dict[int, PinnedStore]  # thread id -> the store as its current read (or snapshot) is pinned to
+
+    @property
+    def store(self) -> StoreView:
+        """The session's store; inside a read or `snapshot()`, as of its read view (`knowledge/session_pin.py`)."""
+        pinned = self._pins.get(threading.get_ident())
+        return self._real_store if pinned is None else pinned  # type: ignore[return-value]
+
+    @store.setter
+    def store(self, store: StoreView) -> None:
+        self._real_store = store
+        self._pins = {}
+
+    def _view(self) -> ReadView:
+        """The read view this thread's read is pinned to, else the store's current one."""
+        pinned = self._pins.get(threading.get_ident())
+        return pinned.view if pinned is not None else self._real_store.engine.read_view()
+
+    def _tables_cursor(self) -> SnapshotCursor:
+        """A cursor on the tables as of the read view's LSN (close it when done; one user at a time)."""
+        view = self._view()
+        self._real_store.engine.tables_at(view.tables)
+        return SnapshotCursor(view.tables)
 
     # -- vector search ------------------------------------------------------------------------
+    @pinned_read
     def search(self, vector: Any, k: int = 10, type: str | None = None, property: str | None = None,
                where: dict[str, Any] | None = None, columns: Iterable[str] | None = None) -> pa.Table:
         """The k visible nodes nearest to `vector` that match `where`, best first, as Arrow.
@@ -61,44 +114,24 @@ class SessionSearch:
         cannot answer: like, contains, json, text and list[str] properties, non-finite float values). The
         choice depends on the filter and the schema only, never on the rows.
 
-        The answer is as of one LSN, like every read. The where-filter's table query and faiss's CPU scan
-        run outside the store's state lock, so searches from several threads run them in parallel and
-        commits do not wait for them; a commit that lands meanwhile makes the search run again under the
-        lock (inside `snapshot()`, the lock is held throughout).
+        The answer is as of one LSN, like every read: the search runs at one read view, holding no lock, so
+        searches from several threads run in parallel (faiss's scans and DuckDB's where-filter queries
+        release the GIL) and commits do not wait for them.
         """
-        store, state = self.store, self.store.state_lock
-        columns = None if columns is None else list(columns)  # read twice (checked, then fetched)
-        with state:
-            target, query, visible = self._search_inputs(vector, k, type, property, columns)
-            lsn = store.memory_lsn
-            predicate = parse_where(self._node_type(target[0]), where, self.principal) if where else None
-            matching = None if predicate is None else self._memory_mask(target[0], predicate, len(visible))
-        path = None if predicate is None else "memory" if matching is not None else "duckdb"
-        if predicate is not None and matching is None:
-            matching = self._duckdb_mask(target[0], predicate, len(visible))  # a table query, outside the lock
-        job = None
-        with state:
-            if store.memory_lsn == lsn:
-                job = target[1].plan_search(query, k, visible if matching is None else visible & matching)
-        result = None if job is None else job()  # the scan
-        with state:
-            if result is None or store.memory_lsn != lsn:  # a commit landed meanwhile, or too few found alone
-                target, query, visible = self._search_inputs(vector, k, type, property, columns)
-                allowed = visible
-                if where:
-                    mask, path = self._where_mask(target[0], where, len(visible))
-                    allowed = visible & mask
-                result = target[1].search_prepared(query, k, allowed)
-            type_name, _, key_type = target
-            ids, scores, plan = result
-            if not self.principal.admin:  # the plan taken depends on how many rows are hidden: not shown
-                plan = "filtered" if len(ids) else "empty"
-            return self._ranked(type_name, ids, scores, columns, "search", plan, key_type, path)
+        columns = None if columns is None else list(columns)
+        target, query, visible = self._search_inputs(vector, k, type, property, columns)
+        allowed, path = visible, None
+        if where:
+            mask, path = self._where_mask(target[0], where, len(visible))
+            allowed = visible & mask
+        ids, scores, plan = target[1].search_prepared(query, k, allowed)
+        if not self.principal.admin:  # the plan taken depends on how many rows are hidden: not shown
+            plan = "filtered" if len(ids) else "empty"
+        return self._ranked(target[0], ids, scores, columns, "search", plan, target[2], path)
 
     def _search_inputs(self, vector: Any, k: int, type_name: str | None, prop_name: str | None,
                        columns: list[str] | None) -> tuple[tuple[str, Any, str], np.ndarray, np.ndarray]:
-        """(`_search_target`, the prepared query, the visibility bitmap) of a search, its arguments checked.
-        Call under the state lock."""
+        """(`_search_target`, the prepared query, the visibility bitmap) of a search, its arguments checked."""
         target = self._search_target(type_name, prop_name)
         type_name, index, _ = target
         query = index.query_vector(vector)
@@ -108,7 +141,7 @@ class SessionSearch:
             self._columns(type_name, columns)
         return target, query, self._bitmap()
 
-    @consistent_read
+    @pinned_read
     def keyword_search(self, query: str, k: int = 10, type: str | None = None, property: str | None = None,
                        where: dict[str, Any] | None = None, columns: Iterable[str] | None = None) -> pa.Table:
         """The k visible nodes whose `text` property best matches `query` (BM25), best first, as Arrow.
@@ -123,8 +156,9 @@ class SessionSearch:
             raise InvalidArgument(f"k must be an int in 1..{SEARCH_K_MAX}, got {k!r}")
         if type is not None:
             self._node_type(type)
-        admin, nodes = self.principal.admin, self.store.schema.nodes  # a hidden property does not exist for others
-        candidates = [key for key in self.store.keywords
+        view = self._view()
+        admin, nodes = self.principal.admin, view.schema.nodes  # a hidden property does not exist for others
+        candidates = [key for key in view.keywords
                       if (type is None or key[0] == type) and (property is None or key[1] == property)
                       and (admin or (key[0] in nodes and not nodes[key[0]].properties[key[1]].hidden))]
         if len(candidates) != 1:
@@ -135,8 +169,7 @@ class SessionSearch:
         if where:
             mask, path = self._where_mask(type_name, where, len(allowed))
             allowed = allowed & mask
-        with self.store.state_lock:
-            ids, scores = self.store.keywords[candidates[0]].search(query, k, allowed)
+        ids, scores = view.keywords[candidates[0]].search(query, k, allowed)
         return self._ranked(type_name, ids, scores, columns, "search_keyword", where_path=path)
 
     def _ranked(self, type_name: str, ids: np.ndarray, scores: np.ndarray, columns: Iterable[str] | None,
@@ -146,7 +179,7 @@ class SessionSearch:
         some are requested) of ranked nodes; `plan` and `where_path`, when given, as the schema metadata
         b"plan" and b"filter"."""
         chosen = self._columns(type_name, columns) if columns is not None else []
-        table = _ranked_table(ids, self.store.directory.key_of[ids].tolist(), scores, key_type, plan, where_path)
+        table = _ranked_table(ids, self._view().directory.key_of[ids].tolist(), scores, key_type, plan, where_path)
         if chosen:
             table = pa.Table.from_arrays([*table.columns, *self._property_columns(type_name, ids, chosen)],
                                          names=[*_RANKED_NAMES, *chosen], metadata=table.schema.metadata)
@@ -166,8 +199,8 @@ class SessionSearch:
     def _search_target(self, type_name: str | None, prop_name: str | None) -> tuple[str, Any, str]:
         """The node type `_vector_property` finds, its vector index and its key property's type ("str" or
         "int"), remembered per (schema, index) (a schema is immutable: a change replaces it)."""
-        store = self.store
-        schema, vectors = store.schema, store.vectors
+        view = self._view()
+        schema, vectors = view.schema, view.vectors
         cache_key = (type_name, prop_name, self.principal.admin)  # admins resolve among hidden properties too
         cached = self._vector_properties.get(cache_key)
         if cached is not None and cached[0] is schema and vectors.get(cached[2]) is cached[3]:
@@ -182,7 +215,7 @@ class SessionSearch:
 
     def _vector_property(self, type_name: str | None, prop_name: str | None) -> tuple[str, Any]:
         admin = self.principal.admin  # for a non-admin a hidden property does not exist
-        candidates = [(t, p) for t, nt in self.store.schema.nodes.items() for p in nt.vector_properties
+        candidates = [(t, p) for t, nt in self._view().schema.nodes.items() for p in nt.vector_properties
                       if (type_name is None or t == type_name) and (prop_name is None or p.name == prop_name)
                       and (admin or not p.hidden)]
         if type_name is not None:
@@ -198,23 +231,21 @@ class SessionSearch:
         """The rows of `type_name` matching `where` (not yet ANDed with visibility) and how the mask was
         built ("memory" or "duckdb")."""
         predicate = parse_where(self._node_type(type_name), where, self.principal)
-        with self.store.state_lock:
-            mask = self._memory_mask(type_name, predicate, size)
+        mask = self._memory_mask(type_name, predicate, size)
         if mask is not None:
             return mask, "memory"
         return self._duckdb_mask(type_name, predicate, size), "duckdb"
 
     def _memory_mask(self, type_name: str, predicate: Predicate, size: int) -> np.ndarray | None:
         """`predicate`'s mask from the in-memory column indexes (read-only, cached until the type's next
-        write), or None when they cannot answer it. Call under the state lock."""
-        columns = self.store.engine.columns.get(type_name)
+        write), or None when they cannot answer it."""
+        columns = self._view().columns.get(type_name)
         return None if columns is None else columns.cached_mask(predicate, size, WHERE_MASKS_CACHED_MAX)
 
     def _duckdb_mask(self, type_name: str, predicate: Predicate, size: int) -> np.ndarray:
         """`predicate`'s mask from a table query."""
         sql, params = predicate_sql(predicate)
-        self.store.wait_applied()
-        cursor = self.store.tables.cursor()
+        cursor = self._tables_cursor()
         try:
             table = query_arrow(cursor, f"SELECT _id FROM {node_table(type_name)} WHERE {sql}", params)
         finally:

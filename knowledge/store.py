@@ -82,6 +82,7 @@ class Store:
                     json.dump(FORMAT, f)
             self._catalog_lock = threading.Lock()
             self._visibility_cache = VisibilityCache()
+            self._visibility_lock = threading.Lock()  # readers of several threads share the cache
             self.audit = AuditLog(self.config.audit_entries_max) if self.config.audit else None
             # a refused open closes what it opened
             self.engine = Engine(self.path, self.config, allow_data_loss=allow_data_loss)
@@ -134,7 +135,7 @@ class Store:
 
     @property
     def state_lock(self) -> threading.RLock:
-        """Held by a read for its visibility check and fetch, and by commits applying to memory."""
+        """Held by commits applying to memory (and by a read view being made); session reads hold none."""
         return self.engine.state_lock
 
     @property
@@ -318,14 +319,18 @@ class Store:
         return self.engine.finish(*staged)
 
     # -- visibility ---------------------------------------------------------------------------
-    def visibility(self, principal: Principal, *, wait: bool = False) -> np.ndarray:
-        """The bool bitmap over node ids that `principal` may see (cached per directory version):
-        `knowledge/access/visibility.py:visibility_bitmap`."""
+    def visibility(self, principal: Principal, *, wait: bool = False,
+                   directory: NodeDirectory | None = None) -> np.ndarray:
+        """The bool bitmap over node ids that `principal` may see (cached per directory version) in
+        `directory` (a read view's; default: the live one): `knowledge/access/visibility.py:visibility_bitmap`."""
         _check_principal(principal)
         engine = self.engine
-        with engine.state_lock:
-            if engine.failure is not None:
-                raise StorePoisoned(f"store {self.path!r} failed ({engine.failure}); reopen it to recover")
+        if engine.failure is not None:
+            raise StorePoisoned(f"store {self.path!r} failed ({engine.failure}); reopen it to recover")
+        if directory is not None:  # a read view's: never written, no state lock needed
+            with self._visibility_lock:
+                return self._visibility_cache.bitmap(directory, principal)
+        with engine.state_lock, self._visibility_lock:
             return self._visibility_cache.bitmap(engine.directory, principal)
 
     # -- maintenance ----------------------------------------------------------------------------

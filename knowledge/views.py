@@ -43,8 +43,9 @@ class StoreView(Protocol):
     state_lock: threading.RLock
     memory_lsn: int
 
-    def visibility(self, principal: Principal, *, wait: bool = False) -> np.ndarray:
-        """The bitmap over node ids that `principal` may see."""
+    def visibility(self, principal: Principal, *, wait: bool = False,
+                   directory: NodeDirectory | None = None) -> np.ndarray:
+        """The bitmap over node ids that `principal` may see (in `directory`: default the live one)."""
         ...
 
     def wait_applied(self, lsn: int | None = None) -> None:

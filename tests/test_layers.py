@@ -36,7 +36,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("storage", ("knowledge.storage",)),
     ("replication", ("knowledge.replication",)),
     ("api", ("knowledge", "knowledge.store", "knowledge.views", "knowledge.session", "knowledge.session_search",
-             "knowledge.session_where",
+             "knowledge.session_pin", "knowledge.session_where",
              "knowledge.transaction", "knowledge.ingest", "knowledge.ingest_formats", "knowledge.embed")),
     ("graphrag", ("knowledge.graphrag",)),
     ("service", ("knowledge.server", "knowledge.remote", "knowledge.adapters", "knowledge.slo")),

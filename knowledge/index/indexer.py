@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -26,8 +26,10 @@ class Job(Protocol):
 class IndexBuilder:
     """One worker thread running index jobs, one queued job per key."""
 
-    def __init__(self, state_lock: AbstractContextManager[Any]) -> None:
+    def __init__(self, state_lock: AbstractContextManager[Any],
+                 retarget: Callable[[Hashable, Any], None] | None = None) -> None:
         self._state_lock = state_lock
+        self._retarget = retarget  # under the lock, before install: point the job at the live index
         self._cv = threading.Condition()
         self._queued: dict[Hashable, Job] = {}
         self._running: Hashable | None = None
@@ -81,6 +83,8 @@ class IndexBuilder:
                 result = job.run(self._stop)
                 if result is not None and not self._stop.is_set():
                     with self._state_lock:
+                        if self._retarget is not None:
+                            self._retarget(key, job)
                         if job.install(result):
                             self.installed += 1
             except Exception:  # noqa: BLE001 - a failed build leaves the index as it was (still correct)

@@ -27,7 +27,7 @@ Candidates considered:
 How it works:
 
 - per term, an int32 (3, capacity) numpy array of postings (doc id, tf, generation), doubled
-  when full; the most recent postings of a term wait in a small flat Python list (at most 32)
+  when full; the most recent postings of a term wait in a small flat tuple (at most 32 postings)
   and move to the array in one block, which keeps a one-document upsert at O(its tokens) with a
   few list appends per token instead of numpy calls;
 - per doc id, numpy arrays of length, liveness and generation, plus each live doc's term ids;
@@ -147,7 +147,7 @@ class KeywordIndex:
         # (3, capacity) int32 arrays, or None; recent postings wait in a flat Python list per term
         # ([doc, tf, gen, doc, tf, gen, ...]) and move to the array in blocks (cheap single upserts)
         self._post: list[np.ndarray | None] = []
-        self._pend: list[list[int] | None] = []
+        self._pend: list[tuple[int, ...] | None] = []
         self._used: list[int] = []   # postings in the array (live + dead) per term
         self._dead: list[int] = []   # tombstoned postings (array + pending) per term
         # per doc id
@@ -238,9 +238,10 @@ class KeywordIndex:
                     tid = self._new_term(term)
                 block = pend[tid]
                 if block is None:
-                    pend[tid] = [doc, tf, gen]
-                else:
+                    pend[tid] = (doc, tf, gen)
+                else:  # a new tuple: a read view's fork may share the old block (storage/versions.py)
                     block += (doc, tf, gen)
+                    pend[tid] = block
                     if len(block) >= _PENDING_MAX:
                         self._flush(tid)
                 tids.append(tid)
@@ -348,7 +349,9 @@ class KeywordIndex:
                 raise KeywordIndexError(f"search: mask must be a 1-D numpy bool array over doc ids, got {got}")
         empty = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
         tokens = self._tokenize(query)
-        tids = list(dict.fromkeys(t for t in (self._vocab.get(tok) for tok in tokens) if t is not None))
+        terms_known = len(self._post)  # a term added after a read view's fork is absent from it
+        tids = list(dict.fromkeys(t for t in (self._vocab.get(tok) for tok in tokens)
+                                  if t is not None and t < terms_known))
         if not tids or self._count == 0:
             return empty
         # Corpus statistics, and per query term its postings plus which of them count (live and

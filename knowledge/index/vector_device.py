@@ -9,6 +9,7 @@ CuPy is imported only when a copy is first made.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ class DeviceRows:
         self.rows = 0
         self.array: Any | None = None  # CuPy [capacity, dimension] float32
         self._mask: tuple[np.ndarray, Any] | None = None  # (host mask, its device copy), the last one sent
+        self.lock = threading.RLock()  # a sync and the scan after it, one reader at a time
 
     @property
     def capacity(self) -> int:

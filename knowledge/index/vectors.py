@@ -392,7 +392,9 @@ class VectorIndex:
             return False
         if self._device is None:
             self._device = DeviceRows(self.dimension, self.config.gpu_memory_fraction_max)
-        if self._device.sync(self.matrix, self.rows, self.generation):
+        with self._device.lock:
+            synced = self._device.sync(self.matrix, self.rows, self.generation)
+        if synced:
             return True
         log.warning("vector index of %d x %d float32 rows exceeds %.0f%% of GPU memory "
                     "(VectorConfig.gpu_memory_fraction_max): its exact scans now run on the CPU",
@@ -405,8 +407,11 @@ class VectorIndex:
         """(row numbers, scores) of the best k of `rows` (every row when None; `mask` over every row), exact,
         every row tied with the k-th included: on the GPU copy of the rows when there is one."""
         if self._on_device():
-            assert self._device is not None
-            return self._device.exact(q, k, self.kernel_metric, rows, mask)
+            device = self._device
+            assert device is not None
+            with device.lock:  # read views' forks of this index share the copy: sync to this one's rows
+                if device.sync(self.matrix, self.rows, self.generation):
+                    return device.exact(q, k, self.kernel_metric, rows, mask)
         found, scores = self._exact(q, k, self.matrix[:self.rows] if rows is None else self.matrix[rows], mask)
         return (found if rows is None else rows[found]), scores
 

@@ -40,6 +40,7 @@ class NodeDirectory:
         self.labels: dict[str, np.ndarray] = {}
         self.next_id = 0
         self.version = 0  # bumped by every change of liveness or labels
+        self.former: dict[str, dict[Any, list[int]]] = {}  # type -> deleted key -> the ids it had (read views)
         self.expired: np.ndarray | None = None  # nodes past their TTL deadline, not yet deleted (storage/ttl.py)
 
     # -- types --------------------------------------------------------------------------------
@@ -81,7 +82,14 @@ class NodeDirectory:
 
     def stage_upsert(self, type_name: str, keys: list[Any], ids: np.ndarray | list[int]) -> None:
         mapping = self.ids[type_name]
-        mapping.update(zip(keys, ids.tolist() if isinstance(ids, np.ndarray) else ids, strict=True))
+        ids = ids.tolist() if isinstance(ids, np.ndarray) else ids
+        if self.pending_deletes:  # a key re-created while its delete is in flight: its old id stays findable
+            former = self.former.setdefault(type_name, {})
+            for key, node in zip(keys, ids, strict=True):
+                old = mapping.get(key)
+                if old is not None and old != node:
+                    former.setdefault(key, []).append(old)
+        mapping.update(zip(keys, ids, strict=True))
 
     def stage_delete(self, ids: list[int]) -> None:
         self.pending_deletes.update(ids)
@@ -90,9 +98,14 @@ class NodeDirectory:
     def id_of(self, type_name: str, key: Any) -> int | None:
         """The applied id of (type, key), or None when no such live node."""
         node = self.ids.get(type_name, {}).get(key)
-        if node is None or node >= len(self.type_of) or self.type_of[node] != self.type_codes[type_name]:
-            return None
-        return node
+        code = self.type_codes.get(type_name)
+        if node is not None and node < len(self.type_of) and self.type_of[node] == code:
+            return node
+        former = self.former.get(type_name)  # a read view older than the key's delete (storage/versions.py)
+        for old in former.get(key, ()) if former else ():
+            if old < len(self.type_of) and self.type_of[old] == code:
+                return old
+        return None
 
     def apply_upsert(self, type_name: str, ids: np.ndarray, keys: list[Any], labels: pa.Array) -> None:
         code = self.ensure_type(type_name)
@@ -168,12 +181,13 @@ class NodeDirectory:
         ids = ids[(ids < len(self.type_of))]
         ids = ids[self.type_of[ids] == code]
         mapping = self.ids[type_name]
+        former = self.former.setdefault(type_name, {})
         for node in ids.tolist():
             key = self.key_of[node]
             if mapping.get(key) == node:
+                former.setdefault(key, []).append(node)  # before the key goes: a read view may still see it
                 del mapping[key]
-        self.type_of[ids] = ABSENT
-        self.key_of[ids] = None
+        self.type_of[ids] = ABSENT  # key_of keeps the keys of dead ids (never reused): read views share it
         self._set_labels(ids, None)
 
     def labels_of(self, node: int) -> list[str]:

@@ -26,7 +26,14 @@ from typing import Any
 from knowledge.access.principal import Principal
 from knowledge.access.view_clock import ViewClock
 from knowledge.config import StoreConfig
-from knowledge.errors import CorruptionError, KnowledgeError, StorageFull, StoreClosed, StorePoisoned, invariant
+from knowledge.errors import (
+    CorruptionError,
+    KnowledgeError,
+    StorageFull,
+    StoreClosed,
+    StorePoisoned,
+    invariant,
+)
 from knowledge.index.columns import TypeColumns
 from knowledge.index.graph import EdgeIndex
 from knowledge.index.indexer import IndexBuilder
@@ -47,7 +54,7 @@ from knowledge.storage.schema import Schema
 from knowledge.storage.sweeper import Sweeper
 from knowledge.storage.tables import Tables
 from knowledge.storage.ttl import ExpiryTracker
-from knowledge.storage.versions import ReadView, TablesAt, own, own_for
+from knowledge.storage.versions import ReadView, TablesAt, TablesPassed, own, own_for
 from knowledge.storage.view_record import seed_view_clock
 from knowledge.storage.wal import WriteAheadLog
 
@@ -133,6 +140,7 @@ class Engine:
         load_memory(self)
         replay(self)
         self.memory_schema = self.schema
+        self._taken_lsn = self.tables.applied_lsn  # the last LSN the table applier took into a batch
         saved = ViewClock.load(self.path, self.memory_lsn)  # what a clean close knew beyond the tables
         if saved is not None:
             self.view_clock.merge(saved)
@@ -287,11 +295,12 @@ class Engine:
             if op.kind == OpKind.SCHEMA:
                 self.memory_schema = Schema.from_dict(op.document)
 
-    def read_view(self) -> ReadView:
+    def read_view(self, *, tables: bool = False) -> ReadView:
         """The in-memory state as of `memory_lsn`, for reads without the state lock (`storage/versions.py`):
-        the same object for every reader until the next record is applied."""
+        the same object for every reader until the next record is applied. `tables`: ask for its table
+        snapshot now (then it is sure to come; asked later, the applier may have gone past it)."""
         view = self._view
-        if view is not None:
+        if view is not None and (not tables or view.tables.wanted):
             return view
         with self.state_lock:
             view = self._view
@@ -299,15 +308,28 @@ class Engine:
                 if not self._view_seeded:
                     self._seed_view_clock()
                 view = self._view = ReadView(self)
-                with self._applier_cv:  # the applier opens the view's table snapshot when it gets there
-                    self._table_waits.setdefault(view.lsn, []).append(weakref.ref(view.tables))
-                    self._applier_cv.notify_all()
+            if tables:
+                self._want_tables(view.tables)
             return view
 
+    def _want_tables(self, holder: TablesAt) -> None:
+        """Ask for `holder`'s table snapshot: the applier stops at its LSN until it is open. Raises
+        TablesPassed when the tables are past it already."""
+        with self._applier_cv:
+            if holder.wanted or holder.cursor is not None:
+                return
+            if self._taken_lsn > holder.lsn:  # the applier took (or applied) records past it
+                raise TablesPassed(holder.lsn)
+            holder.wanted = True
+            self._table_waits.setdefault(holder.lsn, []).append(weakref.ref(holder))
+            self._applier_cv.notify_all()
+
     def tables_at(self, holder: TablesAt) -> None:
-        """Block until `holder`'s table snapshot is open (the applier stops at its LSN until then)."""
+        """Block until `holder`'s table snapshot is open (the applier stops at its LSN until then); raises
+        TablesPassed when it was not asked for in time (see `read_view`)."""
         if holder.cursor is not None:
             return
+        self._want_tables(holder)
         self.wait_applied(holder.lsn)
         with self._applier_cv:
             if holder.cursor is None:
@@ -338,12 +360,14 @@ class Engine:
     def _retarget(self, key: Any, job: Any) -> None:
         """Under the state lock, before a background job installs: aim it at the live (owned) index."""
         if isinstance(key, tuple) and key and key[0] == "vectors" and hasattr(job, "index"):
+            self._view = None  # unless a reader holds it, the view dies: nothing to fork for it
             index = own(self, "vectors", tuple(key[1:]))
             if index is not None:
                 job.index = index
 
     def _own_everything(self) -> None:
         """Fork every part a read view shares (before a checkpoint rewrites indexes in place)."""
+        self._view = None  # unless a reader holds it, the view dies: nothing to fork for it
         for kind in ("directory", "catalog", "view_clock"):
             own(self, kind)
         for kind in ("edges", "vectors", "keywords", "columns"):
@@ -416,6 +440,7 @@ class Engine:
                 if stop is not None:
                     batch = [record for record in batch if record[0] <= stop]
                 del self._queue[:len(batch)]
+                self._taken_lsn = max(self._taken_lsn, batch[-1][0])
                 self._queue_since = time.monotonic()
             try:
                 self.tables.apply(batch)
