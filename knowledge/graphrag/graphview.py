@@ -72,7 +72,8 @@ class GraphView:
 
 def cache_key(session: Session, lsn: int, weights: tuple[float, float] = (1.0, 1.0)) -> tuple[Any, ...]:
     principal = session.principal
-    return (id(session.store), session.store.path if hasattr(session.store, "path") else None, lsn,
+    store = session.store  # inside a snapshot a per-read wrapper: its engine names the open store
+    return (id(getattr(store, "engine", store)), store.path if hasattr(store, "path") else None, lsn,
             principal.name, principal.admin, frozenset(principal.read), weights)
 
 
@@ -111,11 +112,11 @@ def _edge_floats(table: Any, name: str, default: float) -> np.ndarray:
 
 
 def build_view(session: Session, related_weight: float = 1.0, synonym_weight: float = 1.0) -> GraphView:
-    """Read the visible MENTIONS, RELATED and SYNONYM edges through the session and build the walk matrix."""
+    """Read the visible MENTIONS and SYNONYM edges and the visible chunks' relations through the session and
+    build the walk matrix."""
     m_src, m_dst, _ = session.adjacency([MENTIONS])
     chunk_ids = np.unique(m_src)
     chunk_keys = [session.ref(int(i)).key for i in chunk_ids]
-    r_src, r_dst, r_weight, r_relation, r_chunk = _relations(session, chunk_ids, chunk_keys, m_src, m_dst)
     s_src = s_dst = np.zeros(0, np.int64)
     s_weight = np.zeros(0)
     if SYNONYM in session.store.schema.edges and synonym_weight > 0:
@@ -123,7 +124,7 @@ def build_view(session: Session, related_weight: float = 1.0, synonym_weight: fl
         s_src = syn.column("_src").to_numpy().astype(np.int64)
         s_dst = syn.column("_dst").to_numpy().astype(np.int64)
         s_weight = _edge_floats(syn, "score", 1.0)
-    ids = np.unique(np.concatenate([m_src, m_dst, r_src, r_dst, s_src, s_dst]).astype(np.int64))
+    ids = np.unique(np.concatenate([m_src, m_dst, s_src, s_dst]).astype(np.int64))
     n = len(ids)
     is_chunk = np.isin(ids, chunk_ids)
     keys: list[Any] = [None] * n
@@ -138,7 +139,7 @@ def build_view(session: Session, related_weight: float = 1.0, synonym_weight: fl
     ms, md = ms[order], md[order]
     offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(ms, minlength=n), out=offsets[1:])
-    rs, rd = np.searchsorted(ids, r_src), np.searchsorted(ids, r_dst)
+    rs, rd, r_weight, r_relation, r_chunk = _relations(session, ids, keys, is_chunk, ms, md, offsets)
     ss, sd = np.searchsorted(ids, s_src), np.searchsorted(ids, s_dst)
     weights = np.concatenate([np.ones(len(ms)), related_weight * r_weight, synonym_weight * s_weight])
     transition = Transition(n, np.concatenate([ms, rs, ss]), np.concatenate([md, rd, sd]), weights)
@@ -157,47 +158,44 @@ def build_view(session: Session, related_weight: float = 1.0, synonym_weight: fl
                      chunk_by_key={keys[p]: p for p in np.flatnonzero(is_chunk).tolist()}, synonyms=len(ss))
 
 
-def _relations(session: Session, chunk_ids: np.ndarray, chunk_keys: list[Any], m_src: np.ndarray,
-               m_dst: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], list[str]]:
-    """The visible relations as (src ids, dst ids, weights, relation texts, stating chunk keys): one per
+def _relations(session: Session, ids: np.ndarray, keys: list[Any], is_chunk: np.ndarray, ms: np.ndarray,
+               md: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], list[str]]:
+    """The visible relations in local ids as (src, dst, weights, relation texts, stating chunk keys): one per
     unordered entity pair, from the first visible stating chunk by key (Chunk.relations), plus legacy
     RELATED edges whose stating chunk is visible and has no Chunk.relations."""
-    stored: dict[Any, Any] = {}
-    if "relations" in session.store.schema.nodes[CHUNK].properties and len(chunk_keys):
-        table = session.get_many(CHUNK, chunk_keys, ["relations"])
-        stored = dict(zip(table.column("_id").to_pylist(), table.column("relations").to_pylist(), strict=True))
-    names: dict[tuple[int, str], int] = {}        # (chunk id, entity key) -> entity id, from MENTIONS
-    if stored:
-        keys = {int(i): session.ref(int(i)).key for i in np.unique(m_dst)}
-        names = {(int(c), keys[int(e)]): int(e) for c, e in zip(m_src.tolist(), m_dst.tolist(), strict=True)}
+    chunks = np.flatnonzero(is_chunk).tolist()
+    stored: dict[int, Any] = {}
+    if "relations" in session.store.schema.nodes[CHUNK].properties and chunks:
+        table = session.get_many(CHUNK, [keys[c] for c in chunks], ["relations"])
+        local = np.searchsorted(ids, table.column("_id").to_numpy()).tolist()
+        stored = dict(zip(local, table.column("relations").to_pylist(), strict=True))
     best: dict[frozenset[int], tuple[str, int, int, float, str]] = {}
-    for chunk, key in sorted(zip(chunk_ids.tolist(), chunk_keys, strict=True), key=lambda ck: str(ck[1])):
-        for row in _as_list(stored.get(chunk)):
-            s, o = names.get((chunk, row.get("src"))), names.get((chunk, row.get("dst")))
+    for chunk in sorted(chunks, key=lambda c: str(keys[c])):
+        rows = _as_list(stored.get(chunk))
+        if not rows:
+            continue
+        named = {keys[e]: e for e in md[offsets[chunk]:offsets[chunk + 1]].tolist()}  # the chunk's entities
+        for row in rows:
+            s, o = named.get(row.get("src")), named.get(row.get("dst"))
             if s is None or o is None or s == o or frozenset((s, o)) in best:
                 continue
             weight = row.get("weight")
-            best[frozenset((s, o))] = (str(key), s, o, 1.0 if weight is None else float(weight),
+            best[frozenset((s, o))] = (str(keys[chunk]), s, o, 1.0 if weight is None else float(weight),
                                        str(row.get("relation") or ""))
-    legacy = {key for cid, key in zip(chunk_ids.tolist(), chunk_keys, strict=True) if stored.get(cid) is None}
-    src: list[int] = []
-    dst: list[int] = []
-    weights: list[float] = []
-    relations: list[str] = []
-    chunks: list[str] = []
-    for key, s, o, weight, relation in best.values():
-        src.append(s), dst.append(o), weights.append(weight), relations.append(relation), chunks.append(key)
+    out = [(s, o, weight, relation, key) for key, s, o, weight, relation in best.values()]
+    legacy = {keys[c] for c in chunks if stored.get(c) is None}
     if legacy and (session.principal.admin or not session.store.schema.edges[RELATED].hidden):
         rel = session.edges(RELATED)
-        r_weight = _edge_floats(rel, "weight", 1.0).tolist()
-        for s, o, chunk, relation, weight in zip(rel.column("_src").to_pylist(), rel.column("_dst").to_pylist(),
-                                                 rel.column("chunk_id").to_pylist(),
-                                                 rel.column("relation").to_pylist(), r_weight, strict=True):
-            if chunk in legacy and frozenset((s, o)) not in best:
-                src.append(s), dst.append(o), weights.append(weight), relations.append(relation)
-                chunks.append(chunk)
-    return (np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64), np.asarray(weights, dtype=np.float64),
-            relations, chunks)
+        src, dst = rel.column("_src").to_numpy(), rel.column("_dst").to_numpy()
+        ls, ld = np.minimum(np.searchsorted(ids, src), len(ids) - 1), np.minimum(np.searchsorted(ids, dst), len(ids) - 1)
+        present = ((ids[ls] == src) & (ids[ld] == dst)).tolist() if len(ids) else [False] * len(src)
+        for s, o, ok, chunk, relation, weight in zip(ls.tolist(), ld.tolist(), present, rel.column("chunk_id").to_pylist(),
+                                                     rel.column("relation").to_pylist(),
+                                                     _edge_floats(rel, "weight", 1.0).tolist(), strict=True):
+            if ok and chunk in legacy and frozenset((s, o)) not in best:
+                out.append((s, o, weight, relation, chunk))
+    return (np.asarray([r[0] for r in out], dtype=np.int64), np.asarray([r[1] for r in out], dtype=np.int64),
+            np.asarray([r[2] for r in out], dtype=np.float64), [r[3] for r in out], [r[4] for r in out])
 
 
 def _as_list(value: Any) -> list[dict[str, Any]]:
