@@ -2,8 +2,8 @@
 
 Layout: magic `KSNP` | header_bytes u32 | header JSON {"version", "lsn", "bytes", "crc", ...} | body.
 The CRC32 covers the body; a file that fails any check reads as ValueError, so the caller rebuilds.
-Written with a keyring, that whole layout is sealed (AES-256-GCM, knowledge/storage/crypto.py) behind
-the plaintext file header of an encrypted file (key id, key check value, salt; authenticated as AAD):
+Written with a keyring, that whole layout is sealed (AES-256-GCM, knowledge/storage/crypto.py: the
+plaintext file header of an encrypted file, with key id, key check value and salt, then 1 MiB chunks):
 a sealed file whose GCM tag fails reads as ValueError too (rebuilt from the tables), one under a key
 the keyring lacks raises EncryptionKeyMissing / EncryptionKeyWrong.
 """
@@ -46,10 +46,8 @@ def write_snapshot(path: str, lsn: int, body: bytes, *, keyring: crypto.Keyring 
                         separators=(",", ":")).encode()
     parts = [MAGIC + _LENGTH.pack(len(header)) + header, body]
     keyring = _keyring_for(path, keyring)
-    if keyring is not None:
-        sealer = keyring.new_sealer(crypto.KIND_SNAPSHOT)
-        head = sealer.header.encode()
-        parts = [head, sealer.seal(b"".join(parts), head)]
+    if keyring is not None:  # sealed in 1 MiB chunks: any size (one AES-GCM call takes at most 2 GiB)
+        parts = [crypto.seal_bytes(b"".join(parts), keyring, crypto.KIND_SNAPSHOT)]
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
         for part in parts:
@@ -92,8 +90,8 @@ def _unseal(path: str, data: bytes, keyring: crypto.Keyring | None) -> bytes:
     if keyring is None:
         raise EncryptionKeyMissing(f"index snapshot {path} is encrypted (key id {header.key_id!r}) and no "
                                    f"encryption key was given", path=path, key_id=header.key_id)
-    sealer = keyring.sealer(header, path)
+    keyring.require(header, path)  # a key not held raises; damage below reads as ValueError (a rebuild)
     try:
-        return sealer.open(memoryview(data)[crypto.FILE_HEADER_BYTES:], data[:crypto.FILE_HEADER_BYTES], path)
+        return crypto.open_bytes(data, keyring, path)
     except CorruptionError as exc:  # rebuilt from the tables, with the warning naming the file
         raise ValueError(str(exc)) from None

@@ -19,13 +19,14 @@ import base64
 import binascii
 import hashlib
 import hmac
+import io
 import os
 import re
 import struct
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -346,49 +347,70 @@ def _chunk_aad(header: bytes, index: int, last: bool) -> bytes:
 def seal_file(source: str, target: str, keyring: Keyring, kind: int = KIND_BACKUP) -> None:
     """Write `source` encrypted to `target`: the file header, then chunks of up to 1 MiB, each sealed with
     its index and a last-chunk flag as AAD (so a chunk moved, dropped or cut off is found)."""
-    sealer = keyring.new_sealer(kind)
-    header = sealer.header.encode()
     with open(source, "rb") as src, open(target, "wb") as dst:
-        dst.write(header)
-        index, chunk = 0, src.read(CHUNK_BYTES)
-        while True:
-            following = src.read(CHUNK_BYTES) if chunk else b""
-            last = not following
-            dst.write(_CHUNK.pack(len(chunk), last))
-            dst.write(sealer.seal(chunk, _chunk_aad(header, index, last)))
-            if last:
-                break
-            index, chunk = index + 1, following
+        seal_stream(src, dst, keyring, kind)
 
 
 def unseal_file(source: str, target: str, keyring: Keyring | None) -> None:
     """Write the plaintext of the file `seal_file` made at `source` to `target`. EncryptionKeyMissing /
     EncryptionKeyWrong for a key not held; CorruptionError naming `source` for a chunk that fails its GCM
     tag or a file cut short."""
-    name = os.path.basename(source)
     with open(source, "rb") as src, open(target, "wb") as dst:
-        header_bytes = src.read(FILE_HEADER_BYTES)
-        header = parse_header(header_bytes, source)
-        if keyring is None:
-            raise EncryptionKeyMissing(f"{source} is encrypted (key id {header.key_id!r}) and no encryption key was "
-                                       f"given", path=source, key_id=header.key_id)
-        sealer = keyring.sealer(header, source)
-        index, offset = 0, FILE_HEADER_BYTES
-        while True:
-            head = src.read(_CHUNK.size)
-            if len(head) < _CHUNK.size:
-                raise CorruptionError(f"encrypted file {source} ends before its last chunk", segment=name,
-                                      offset=offset)
-            size, last = _CHUNK.unpack(head)
-            sealed = src.read(size + SEAL_OVERHEAD)
-            if len(sealed) < size + SEAL_OVERHEAD:
-                raise CorruptionError(f"encrypted file {source} ends inside chunk {index}", segment=name,
-                                      offset=offset)
-            dst.write(sealer.open(sealed, _chunk_aad(header_bytes, index, bool(last)), source, offset))
-            offset += _CHUNK.size + len(sealed)
-            if last:
-                break
-            index += 1
-        if src.read(1):
-            raise CorruptionError(f"encrypted file {source} has bytes after its last chunk", segment=name,
-                                  offset=offset)
+        open_stream(src, dst, keyring, source)
+
+
+def seal_bytes(data: bytes, keyring: Keyring, kind: int) -> bytes:
+    """`data` as `seal_file` would write it (any size: a single AES-GCM call takes at most 2 GiB)."""
+    out = io.BytesIO()
+    seal_stream(io.BytesIO(data), out, keyring, kind)
+    return out.getvalue()
+
+
+def open_bytes(data: bytes, keyring: Keyring | None, path: str) -> bytes:
+    """The plaintext of what `seal_bytes` made (read from `path`, which errors name)."""
+    out = io.BytesIO()
+    open_stream(io.BytesIO(data), out, keyring, path)
+    return out.getvalue()
+
+
+def seal_stream(src: BinaryIO, dst: BinaryIO, keyring: Keyring, kind: int) -> None:
+    """Copy `src` to `dst` sealed: the file header under the current key, then the chunks."""
+    sealer = keyring.new_sealer(kind)
+    header = sealer.header.encode()
+    dst.write(header)
+    index, chunk = 0, src.read(CHUNK_BYTES)
+    while True:
+        following = src.read(CHUNK_BYTES) if chunk else b""
+        last = not following
+        dst.write(_CHUNK.pack(len(chunk), last))
+        dst.write(sealer.seal(chunk, _chunk_aad(header, index, last)))
+        if last:
+            break
+        index, chunk = index + 1, following
+
+
+def open_stream(src: BinaryIO, dst: BinaryIO, keyring: Keyring | None, path: str) -> None:
+    """Copy the plaintext of the sealed stream `src` to `dst` (errors name `path`)."""
+    name = os.path.basename(path)
+    header_bytes = src.read(FILE_HEADER_BYTES)
+    header = parse_header(header_bytes, path)
+    if keyring is None:
+        raise EncryptionKeyMissing(f"{path} is encrypted (key id {header.key_id!r}) and no encryption key was "
+                                   f"given", path=path, key_id=header.key_id)
+    sealer = keyring.sealer(header, path)
+    index, offset = 0, FILE_HEADER_BYTES
+    while True:
+        head = src.read(_CHUNK.size)
+        if len(head) < _CHUNK.size:
+            raise CorruptionError(f"encrypted file {path} ends before its last chunk", segment=name, offset=offset)
+        size, last = _CHUNK.unpack(head)
+        sealed = src.read(size + SEAL_OVERHEAD)
+        if len(sealed) < size + SEAL_OVERHEAD:
+            raise CorruptionError(f"encrypted file {path} ends inside chunk {index}", segment=name, offset=offset)
+        dst.write(sealer.open(sealed, _chunk_aad(header_bytes, index, bool(last)), path, offset))
+        offset += _CHUNK.size + len(sealed)
+        if last:
+            break
+        index += 1
+    if src.read(1):
+        raise CorruptionError(f"encrypted file {path} has bytes after its last chunk", segment=name, offset=offset)
