@@ -129,6 +129,7 @@ class VectorIndex:
         self._mask_cache: tuple | None = None
         self._hnsw_params: tuple[int, faiss.SearchParametersHNSW] | None = None  # (efSearch, params), unfiltered
         self.calibration: Calibration | None = None  # of the current graph (calibrate.py), or None
+        self._consecutive: tuple[tuple[int, int], int | None] | None = None  # ((version, rows), first node id)
         self.use_gpu = self.config.device == "gpu" or (self.config.device == "auto" and gpu_available()[0])
         self._device: DeviceRows | None = None  # the rows in GPU memory, while use_gpu
 
@@ -338,14 +339,31 @@ class VectorIndex:
             return self._mask_cache[2], self._mask_cache[3]
         row_mask = self.live[:self.rows]
         if allowed is not None:
-            nodes = self.row_ids[:self.rows]
-            inside = nodes < len(allowed)
-            row_mask = row_mask & inside & allowed[np.where(inside, nodes, 0)]
+            first = self._consecutive_from()
+            if first is not None and first + self.rows <= len(allowed):  # row i is node first + i: a slice
+                row_mask = row_mask & allowed[first:first + self.rows]
+            else:
+                nodes = self.row_ids[:self.rows]
+                inside = nodes < len(allowed)
+                row_mask = row_mask & inside & allowed[np.where(inside, nodes, 0)]
         selected = int(np.count_nonzero(row_mask))
         if allowed is not None and not allowed.flags.writeable:  # a cached visibility bitmap: reusable
             row_mask.flags.writeable = False  # shared by later searches (and their GPU copy of it)
             self._mask_cache = (cache_key, allowed, row_mask, selected)
         return row_mask, selected
+
+    def _consecutive_from(self) -> int | None:
+        """The node id of row 0 when rows hold consecutive node ids (row i is node row_ids[0] + i, as after
+        an ingest with no updates), else None; checked once per index version."""
+        cached = self._consecutive
+        if cached is not None and cached[0] == (self.version, self.rows):
+            return cached[1]
+        nodes = self.row_ids[:self.rows]
+        first = int(nodes[0]) if self.rows else 0
+        consecutive = self.rows > 0 and int(nodes[-1]) - first == self.rows - 1 and bool(
+            (np.diff(nodes) == 1).all())
+        self._consecutive = ((self.version, self.rows), first if consecutive else None)
+        return first if consecutive else None
 
     def _gather_is_cheaper(self, selected: int, k: int) -> bool:
         """Exact scan of the selected rows vs a filtered index search, in distance computations.
