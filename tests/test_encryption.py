@@ -519,3 +519,21 @@ def test_key_file_with_ids_rotates_and_the_cli_reads_it_from_the_environment(tmp
     key_file.write_text("b not-a-key\n")
     with pytest.raises(InvalidArgument, match="keys"):
         StoreConfig(encryption_key_file=str(key_file)).keyring()
+
+
+def test_sealed_chunks_moved_or_cut_are_found(tmp_path):
+    """A sealed file (a snapshot, a backup's table file) is 1 MiB chunks, each bound to its index and
+    to whether it is the last: chunks swapped, a last chunk dropped, or bytes appended are CorruptionError."""
+    keyring = crypto.Keyring(KEY_A, "a")
+    data = os.urandom(3 * crypto.CHUNK_BYTES + 100)
+    sealed = crypto.seal_bytes(data, keyring, crypto.KIND_SNAPSHOT)
+    assert crypto.open_bytes(sealed, keyring, "x.snap") == data
+    chunk = struct.calcsize("<IB") + crypto.CHUNK_BYTES + crypto.SEAL_OVERHEAD
+    start = crypto.FILE_HEADER_BYTES
+    first, second = sealed[start:start + chunk], sealed[start + chunk:start + 2 * chunk]
+    swapped = sealed[:start] + second + first + sealed[start + 2 * chunk:]
+    for damaged in (swapped, sealed[:start + 3 * chunk], sealed + b"\0"):
+        with pytest.raises(CorruptionError, match="x.snap"):
+            crypto.open_bytes(damaged, keyring, "x.snap")
+    with pytest.raises(EncryptionKeyWrong):
+        crypto.open_bytes(sealed, crypto.Keyring(KEY_B, "a"), "x.snap")
