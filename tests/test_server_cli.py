@@ -147,6 +147,33 @@ def test_scan_pages_and_where_forms_in_the_cli(served, capsys, tmp_path):
     assert code == 1 and "offset" in err
 
 
+def test_export_through_a_server_pages_past_its_message_cap(tmp_path, capsys, monkeypatch):
+    """A scan whose reply is over the server's --message-bytes-max fails saying so; export pages through
+    scan cursors (halving its pages while they are over the cap) and writes every row once."""
+    from knowledge.server import cli_verbs
+
+    path = str(tmp_path / "store")
+    token = prepare(path)
+    with knowledge.open(path, create=False) as store:
+        store.session().transaction().upsert_nodes("Doc", [{"name": f"big{i:03}", "body": "x" * 1000,
+                                                            "_labels": ["public"]} for i in range(300)]).commit()
+    server = Serve(path, "--message-bytes-max", str(64 << 10))
+    try:
+        remote = ["--server", server.address, "--token", token]
+        code, _, err = cli(capsys, "scan", *remote, "Doc")
+        assert code == 1 and "--message-bytes-max" in err and "larger than max 65536 bytes" in err
+        monkeypatch.setattr(cli_verbs, "EXPORT_PAGE_ROWS", 256)  # over the cap: halved to 128, then 64 rows
+        out_file = str(tmp_path / "all.jsonl")
+        code, out, _ = cli(capsys, "export", *remote, "Doc", out_file)
+        assert code == 0 and json.loads(out)["rows"] == 306
+        lines = [json.loads(line) for line in open(out_file).read().splitlines()]
+        assert len({row["_id"] for row in lines}) == 306
+        code, out, _ = cli(capsys, "export", *remote, "Doc", out_file, "--limit", "150")
+        assert code == 0 and json.loads(out)["rows"] == 150
+    finally:
+        assert server.stop()[0] == 0
+
+
 def test_new_verbs_on_a_directory(tmp_path, capsys):
     path = str(tmp_path / "store")
     prepare(path)

@@ -211,11 +211,37 @@ def write_table(table: Any, path: str, fmt: str, jsonable: Callable[[Any], Any])
         raise
 
 
+EXPORT_PAGE_ROWS = 10_000  # rows per scan page of an export (halved while a page is over a message cap)
+
+
+def export_rows(session: Any, type_name: str, where: Any, columns: Any, limit: int | None) -> Any:
+    """The rows an export writes, fetched page by page through scan cursors (so an export through a server
+    is not bound by its message cap); each row comes once; rows written meanwhile may or may not come."""
+    import pyarrow as pa
+
+    from knowledge.errors import MessageTooLarge
+    pages, cursor, rows, page_rows = [], None, 0, EXPORT_PAGE_ROWS
+    while limit is None or rows < limit:
+        want = page_rows if limit is None else min(page_rows, limit - rows)
+        try:
+            page = session.scan(type_name, where=where, columns=columns, limit=want, cursor=cursor)
+        except MessageTooLarge:
+            if page_rows == 1:
+                raise
+            page_rows = max(1, page_rows // 2)
+            continue
+        pages.append(page.replace_schema_metadata(None))
+        rows += page.num_rows
+        cursor = page.schema.metadata[b"next_cursor"].decode()
+        if page.schema.metadata[b"has_more"] != b"true":
+            break
+    return pa.concat_tables(pages, promote_options="permissive")
+
+
 def cmd_export(args: argparse.Namespace, print_json: Callable[[Any], None], jsonable: Callable[[Any], Any]) -> int:
     fmt = export_format(args.out, args.format)
     with open_target(args) as store:
-        table = store.session().scan(args.type, where=where_arg(args.where), columns=_columns(args.columns),
-                                     limit=args.limit)
+        table = export_rows(store.session(), args.type, where_arg(args.where), _columns(args.columns), args.limit)
     write_table(table, args.out, fmt, jsonable)
     print_json({"type": args.type, "rows": table.num_rows, "file": args.out, "format": fmt})
     return 0
