@@ -421,10 +421,20 @@ def test_plaintext_store_turns_encrypted(tmp_path):
     path = str(tmp_path / "s.store")
     with knowledge.open(path) as store:
         _populate(store)
+    with knowledge.open(path) as store:
+        store.checkpoint()  # plaintext snapshots
     with knowledge.open(path, config=_config()) as store:  # plaintext segments read; new ones sealed
         _populate(store, 2, tag="sealed")
         assert store.session().scan("Doc").num_rows == 22
+        store.backup(path + ".backup")  # the plaintext segment and snapshots are sealed in the copy
         store.checkpoint()
+    for name in _files(path + ".backup"):
+        with open(name, "rb") as f:
+            data = f.read()
+        assert not any(secret in data for secret in SECRETS), name
+    assert knowledge.restore(path + ".backup", str(tmp_path / "restored"), config=_config()) > 0
+    with knowledge.open(str(tmp_path / "restored"), config=_config()) as restored:
+        assert restored.session().scan("Doc").num_rows == 22
     headers = [crypto.read_header(s.path) for s in list_segments(os.path.join(path, "wal"))]
     assert headers and all(h is not None and h.key_id == "a" for h in headers)
 

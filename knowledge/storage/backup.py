@@ -6,7 +6,8 @@ marker into a temporary directory beside the destination, fsyncs it and renames 
 A failed backup leaves no destination behind.
 
 An encrypted store's backup holds nothing in plaintext but the marker and the two manifests (LSNs):
-its WAL segments and index snapshots are copied as they lie (sealed), and its table file, plaintext
+its WAL segments and index snapshots are copied as they lie (sealed; any still in plaintext from before
+the store was encrypted are sealed in the copy), and its table file, plaintext
 in the store (README: Encryption at rest), is sealed under the current key as `state.duckdb.enc`
 (knowledge/storage/crypto.py:seal_file); restore and recover open it with the same keys.
 """
@@ -21,7 +22,8 @@ from typing import TYPE_CHECKING
 from knowledge.errors import BackupError, CorruptionError, EncryptionKeyError
 from knowledge.storage import crypto
 from knowledge.storage.engine import MARKER, is_store
-from knowledge.storage.wal.log import fsync_directory, list_segments
+from knowledge.storage.wal import record as frames
+from knowledge.storage.wal.log import Segment, fsync_directory, list_segments, scan_segment
 from knowledge.storage.wal.manifest import manifest_path
 
 if TYPE_CHECKING:
@@ -82,6 +84,28 @@ def _publish(staging: str, destination: str) -> None:
     fsync_directory(os.path.dirname(destination))
 
 
+def _seal_segment(segment: Segment, target: str, keyring: crypto.Keyring, *, is_last: bool) -> None:
+    """Copy a plaintext WAL segment (written before the store was encrypted) sealed under the current key."""
+    records, _ = scan_segment(segment, is_last=is_last)
+    sealer = keyring.new_sealer(crypto.KIND_WAL)
+    with open(target, "wb") as dst:
+        dst.write(sealer.header.encode())
+        for _, rec in records:
+            dst.write(frames.encode_sealed_frame(rec.lsn, rec.epoch, rec.timestamp_ns, rec.payload, sealer.seal,
+                                                 crypto.SEAL_OVERHEAD))
+
+
+def _seal_plaintext_snapshots(directory: str, keyring: crypto.Keyring) -> None:
+    """Seal, in the backup's copy, the snapshots written before the store was encrypted."""
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        if crypto.read_header(path) is None:
+            with open(path, "rb") as f:
+                data = f.read()
+            with open(path, "wb") as f:
+                f.write(crypto.seal_bytes(data, keyring, crypto.KIND_SNAPSHOT))
+
+
 def backup_store(engine: EngineState, destination: str) -> int:
     """Copy the store `engine` serves to `destination` consistently at one LSN (commits wait
     meanwhile); return the LSN. Refuses (BackupError) a destination inside the store or one that
@@ -90,10 +114,10 @@ def backup_store(engine: EngineState, destination: str) -> int:
     try:
         with engine.stage_lock:
             lsn = engine.memory_lsn
+            keyring = getattr(engine, "keyring", None)
             engine.wait_applied(lsn)
             engine.tables.checkpoint()
             os.makedirs(os.path.join(staging, "wal"))
-            keyring = getattr(engine, "keyring", None)
             with engine.tables.lock:
                 if keyring is not None:  # the one file the store keeps in plaintext: sealed in the backup
                     crypto.seal_file(os.path.join(engine.path, TABLES), os.path.join(staging, SEALED_TABLES), keyring)
@@ -104,8 +128,14 @@ def backup_store(engine: EngineState, destination: str) -> int:
             if os.path.isdir(snapshots):  # index snapshots: written under the same lock, so consistent
                 shutil.copytree(snapshots, os.path.join(staging, "snapshots"),
                                 ignore=shutil.ignore_patterns("*.tmp"))
-            for segment in list_segments(os.path.join(engine.path, "wal")):
+                if keyring is not None:
+                    _seal_plaintext_snapshots(os.path.join(staging, "snapshots"), keyring)
+            segments = list_segments(os.path.join(engine.path, "wal"))
+            for index, segment in enumerate(segments):
                 target = os.path.join(staging, "wal", os.path.basename(segment.path))
+                if keyring is not None and crypto.read_header(segment.path) is None:
+                    _seal_segment(segment, target, keyring, is_last=index == len(segments) - 1)
+                    continue
                 with open(segment.path, "rb") as src, open(target, "wb") as dst:
                     shutil.copyfileobj(src, dst)
             wal_manifest = manifest_path(os.path.join(engine.path, "wal"))
