@@ -116,7 +116,7 @@ def build_view(session: Session, related_weight: float = 1.0, synonym_weight: fl
     build the walk matrix."""
     m_src, m_dst, _ = session.adjacency([MENTIONS])
     chunk_ids = np.unique(m_src)
-    chunk_keys = [session.ref(int(i)).key for i in chunk_ids]
+    chunk_keys = _keys(session, chunk_ids)
     s_src = s_dst = np.zeros(0, np.int64)
     s_weight = np.zeros(0)
     if SYNONYM in session.store.schema.edges and synonym_weight > 0:
@@ -129,7 +129,7 @@ def build_view(session: Session, related_weight: float = 1.0, synonym_weight: fl
     is_chunk = np.isin(ids, chunk_ids)
     keys: list[Any] = [None] * n
     entity_pos = np.flatnonzero(~is_chunk)
-    entity_keys = [session.ref(int(i)).key for i in ids[entity_pos]]
+    entity_keys = _keys(session, ids[entity_pos])
     for pos, k in zip(np.flatnonzero(is_chunk).tolist(), chunk_keys, strict=True):
         keys[pos] = k
     for pos, k in zip(entity_pos.tolist(), entity_keys, strict=True):
@@ -198,6 +198,15 @@ def _relations(session: Session, ids: np.ndarray, keys: list[Any], is_chunk: np.
             np.asarray([r[2] for r in out], dtype=np.float64), [r[3] for r in out], [r[4] for r in out])
 
 
+def _keys(session: Session, ids: np.ndarray) -> list[Any]:
+    """The keys of node ids the session has just read as visible (edge endpoints): from the store's directory
+    as the session reads it (one gather), else one `ref` each."""
+    directory = getattr(session.store, "directory", None)
+    if directory is None or not hasattr(directory, "key_of"):
+        return [session.ref(int(i)).key for i in ids]
+    return directory.key_of[np.asarray(ids, dtype=np.int64)].tolist()
+
+
 def _as_list(value: Any) -> list[dict[str, Any]]:
     if isinstance(value, str):
         value = json.loads(value)
@@ -208,7 +217,7 @@ def _displays(session: Session, entity_keys: list[Any]) -> dict[Any, str]:
     if not entity_keys or "display" not in session.store.schema.nodes[ENTITY].properties:
         return {}
     table = session.get_many(ENTITY, entity_keys, ["display"])
-    keys = [session.ref(i).key for i in table.column("_id").to_pylist()]
+    keys = _keys(session, table.column("_id").to_numpy())
     return dict(zip(keys, table.column("display").to_pylist(), strict=True))
 
 
