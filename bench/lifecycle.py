@@ -9,7 +9,8 @@ It is checkpointed (everything in its files), then the store's clock moves on, t
 indexes and graph compacted, WAL segments dropped). Baseline, same run: store B, built with the surviving
 10% alone (the same rows, edges and policy), checkpointed. The figure is size(A) / size(B) (target <= 1.3x),
 with both sizes as the bytes of every file in the store directory; median of --runs. Also: A's size before
-expiry, the sweep's rows/s and the checkpoint's seconds, and `store.stats()["space"]` of A after.
+expiry, the sweep's rows/s and the checkpoint's seconds, `store.stats()["space"]` of A after, and what a
+policy costs writes (bulk ingest and single-row commits of a type with a policy against one without).
 """
 
 from __future__ import annotations
@@ -126,6 +127,36 @@ def one_run(rows: int, dim: int, seed: int, workdir: str) -> dict[str, Any]:
             "sweep_rows_per_s": swept["nodes"] / sweep_s, "checkpoint_s": checkpoint_s, "space": space}
 
 
+def write_cost(rows: int, commits: int, workdir: str) -> dict[str, float]:
+    """What a TTL policy costs writes: bulk ingest seconds and single-row commit p50 (fsync on), a type
+    with a policy (each write carries its stamp) against the same type without one, in the same run."""
+    import pyarrow as pa
+
+    out: dict[str, float] = {}
+    for policy in (False, True):
+        store = knowledge.open(os.path.join(workdir, f"writes-{policy}"), config=StoreConfig(ttl_sweep_rows_per_s=0))
+        try:
+            store.define_node_type("Log", key="name", properties={"msg": "text", "n": "int"})
+            if policy:
+                store.set_ttl("Log", "7d")
+            session = store.session()
+            started = time.perf_counter()
+            for start in range(0, rows, BATCH):
+                names = [f"r{i}" for i in range(start, min(rows, start + BATCH))]
+                session.transaction().upsert_nodes("Log", pa.table({"name": names, "msg": ["a log line"] * len(names),
+                                                                   "n": list(range(len(names)))})).commit()
+            out[f"ingest_s_{'ttl' if policy else 'plain'}"] = time.perf_counter() - started
+            latencies = []
+            for i in range(commits):
+                started = time.perf_counter()
+                session.transaction().upsert_nodes("Log", [{"name": f"c{i}", "msg": "one more", "n": i}]).commit()
+                latencies.append(time.perf_counter() - started)
+            out[f"commit_p50_us_{'ttl' if policy else 'plain'}"] = statistics.median(latencies) * 1e6
+        finally:
+            store.close()
+    return out
+
+
 def run(rows: int, dim: int, runs: int) -> dict[str, Any]:
     """The figures of `runs` runs and their medians."""
     results = []
@@ -133,10 +164,14 @@ def run(rows: int, dim: int, runs: int) -> dict[str, Any]:
         workdir = tempfile.mkdtemp(prefix="kbench-lifecycle-")
         try:
             results.append(one_run(rows, dim, 7 + index, workdir))
+            results[-1].update(write_cost(rows, 200, workdir))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     med = {key: statistics.median(r[key] for r in results) for key in (
-        "full_bytes", "expired_bytes", "alone_bytes", "ratio", "ratio_closed", "sweep_rows_per_s", "checkpoint_s")}
+        "full_bytes", "expired_bytes", "alone_bytes", "ratio", "ratio_closed", "sweep_rows_per_s", "checkpoint_s",
+        "ingest_s_plain", "ingest_s_ttl", "commit_p50_us_plain", "commit_p50_us_ttl")}
+    med["ingest_ratio"] = statistics.median(r["ingest_s_ttl"] / r["ingest_s_plain"] for r in results)
+    med["commit_ratio"] = statistics.median(r["commit_p50_us_ttl"] / r["commit_p50_us_plain"] for r in results)
     return {"rows": rows, "dim": dim, "runs": runs, "median": med, "runs_detail": results,
             "load": os.getloadavg()}
 
@@ -162,6 +197,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"| the same after close | | {med['ratio_closed']:.2f}x |")
     print(f"| survivors alone (baseline), checkpointed | {med['alone_bytes'] / mib:.2f} MiB | 1.00x |")
     print(f"sweep: {med['sweep_rows_per_s']:,.0f} rows/s; checkpoint with compaction: {med['checkpoint_s']:.2f} s")
+    print(f"writes with a TTL policy vs without (same run): bulk ingest of {args.rows:,} rows "
+          f"{med['ingest_s_ttl']:.2f} s vs {med['ingest_s_plain']:.2f} s ({med['ingest_ratio']:.2f}x); single-row "
+          f"commit p50 {med['commit_p50_us_ttl']:.0f} us vs {med['commit_p50_us_plain']:.0f} us "
+          f"({med['commit_ratio']:.2f}x)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2, default=str)

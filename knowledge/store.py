@@ -384,10 +384,9 @@ class Store:
             edges = {name: len(visible_edges(alive, *index.all_pairs())[0]) for name, index in self.edges.items()}
             lsn = self.memory_lsn
             ttl = self.engine.ttl
-            expired = self.engine.directory.expired
-            ttl_stats = {"policies": ttl.describe(), "expired_pending": 0 if expired is None else int(expired.sum()),
-                         "expired_total": ttl.swept_nodes, "expired_edges_total": ttl.swept_edges,
-                         "sweeper_lag_s": ttl.lag_s()}
+            pending, lag_s = ttl.pending(self.directory)
+            ttl_stats = {"policies": ttl.describe(), "expired_pending": pending, "expired_total": ttl.swept_nodes,
+                         "expired_edges_total": ttl.swept_edges, "sweeper_lag_s": lag_s}
             space_stats = space(self.engine)
         return {"path": self.path, "lsn": lsn, "epoch": self.epoch, "position": str(self.position),
                 **self.engine.stats(), "nodes": nodes, "edges": edges, "ttl": ttl_stats, "space": space_stats}

@@ -25,5 +25,6 @@ def run(context: Context) -> dict[str, Any]:
                                                   "expired_checkpointed": median["expired_bytes"],
                                                   "survivors_alone": median["alone_bytes"]},
             "ratios": {"expired_checkpointed": median["ratio"], "expired_closed": median["ratio_closed"],
-                       "all_rows": median["full_bytes"] / median["alone_bytes"]},
+                       "all_rows": median["full_bytes"] / median["alone_bytes"],
+                       "ingest_with_ttl": median["ingest_ratio"], "commit_with_ttl": median["commit_ratio"]},
             "sweep_rows_per_s": median["sweep_rows_per_s"], "checkpoint_s": median["checkpoint_s"]}

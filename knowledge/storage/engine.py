@@ -134,7 +134,8 @@ class Engine:
         self.row_cache = RowCache(self.config.row_cache_rows_max)
         self.view_clock = ViewClock()
         self._view_seeded = False
-        self.ttl = ExpiryTracker(self.config.clock, self.state_lock)  # TTL policies and stamps (storage/ttl.py)
+        self.ttl = ExpiryTracker(self.config.clock, self.state_lock,  # TTL policies and deadlines (storage/ttl.py)
+                                 lambda: (self.directory, self.columns))
         self.sweeper: Sweeper | None = None
         self.last_compaction: dict[str, Any] = {}
         load_memory(self)

@@ -38,7 +38,7 @@ def apply_memory(engine: EngineState, ops: list[Op], lsn: int) -> None:
             elif op.name.startswith(TTL_POLICY_PREFIX):
                 engine.ttl.apply_policy(op.name, op.document)
             elif op.name.startswith(TTL_STAMP_PREFIX):
-                engine.ttl.apply_stamp(op.name, op.document)
+                engine.ttl.apply_stamp(op.name, op.document, engine.columns)
         elif op.kind == OpKind.SCHEMA:
             engine.row_cache.clear()
             engine.schema = Schema.from_dict(op.document)

@@ -17,6 +17,7 @@ are compacted by the checkpoint itself.
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
 from typing import Any
@@ -31,7 +32,7 @@ log = logging.getLogger("knowledge.store")
 POSTING_BYTES = 12  # (doc, tf, generation) int32, as knowledge/index/keyword.py keeps them
 TERM_BYTES = 100  # a vocabulary entry (the term, its id, its lists), as keyword.py estimates it
 EDGE_BYTES = 16  # an edge in the forward and the reverse CSR (int64 each)
-REWRITE_BYTES_MIN = 1 << 20  # below this much dead space a rewrite is not worth it
+REWRITE_BYTES_MIN = 256 << 10  # below this much dead space (one DuckDB block) a rewrite is not worth it
 ROLL_BYTES_MIN = 256 << 10  # a live WAL segment this big on disk is sealed at checkpoint, so it can go
 _rename = os.replace  # (a test makes it fail)
 
@@ -158,15 +159,27 @@ def compact(engine: Any) -> dict[str, Any]:
         con.execute("CHECKPOINT")
     usage = _tables_space(engine)
     share = _dead_share(usage["live_bytes"], usage["dead_bytes"])
-    readers = [h for h in getattr(engine, "_table_snapshots", ()) if getattr(h, "cursor", None) is not None]
+    wanted = usage["dead_bytes"] >= REWRITE_BYTES_MIN and share >= limit
+    readers = _open_snapshots(engine) if wanted else 0
     if readers:  # read views hold DuckDB transactions on this file (versions.py): rewrite at a later checkpoint
-        done["tables_rewrite_deferred"] = len(readers)
-    elif usage["dead_bytes"] >= REWRITE_BYTES_MIN and share >= limit:
+        done["tables_rewrite_deferred"] = readers
+    elif wanted:
         rewrite_tables(tables)
         done["tables_rewritten"] = True
         done["tables_bytes_before"] = usage["file_bytes"]
         done["tables_bytes_after"] = _file_bytes(tables.path)
     return done
+
+
+def _open_snapshots(engine: Any) -> int:
+    """How many read views hold a DuckDB transaction on the tables (`knowledge/storage/versions.py`); views
+    nobody holds any more but a reference cycle keeps are collected first (their transactions end)."""
+    def count() -> int:
+        return sum(1 for h in list(getattr(engine, "_table_snapshots", ())) if getattr(h, "cursor", None) is not None)
+
+    if count():
+        gc.collect()
+    return count()
 
 
 def rewrite_tables(tables: Any) -> None:

@@ -170,25 +170,36 @@ def _grown(array: np.ndarray, size: int, fill: float) -> np.ndarray:
 
 
 class ExpiryTracker:
-    """Policies and node stamps in memory, and the mask of nodes past their deadline (see the module).
+    """Policies and node deadlines in memory, and the mask of nodes past their deadline (see the module).
 
-    Changed under the engine's state lock (as records are applied); `refresh` may run from any read.
+    `deadline` holds every node's deadline by id (inf: none), kept up to date as records are applied (under
+    the engine's state lock): a stamp sets its ids', a policy change recomputes them all (lazily, from the
+    live state that `live()` returns). A node's id and type never change, so one array serves the live
+    directory and every read view's. `refresh` hands a directory the mask of the ids whose deadline has
+    passed: the same array object for all until a deadline passes or a stamp changes a bit, so it costs a
+    comparison with the next deadline most of the time. The mask keeps the bits of deleted ids (visibility
+    takes `alive` with it).
     """
 
-    def __init__(self, clock: Callable[[], float], lock: Any = None) -> None:
+    def __init__(self, clock: Callable[[], float], lock: Any = None,
+                 live: Callable[[], tuple[NodeDirectory, dict[str, Any]]] | None = None) -> None:
         self.clock = clock
+        self.live = live
         self.policies: dict[str, TtlPolicy] = {}
         self.written = np.zeros(0, dtype=np.float64)   # last write time per node id (NaN: before any stamp)
         self.explicit = np.zeros(0, dtype=np.float64)  # an explicit `_expires_at` per node id (inf: none)
+        self.deadline = np.zeros(0, dtype=np.float64)  # the deadline per node id (inf: none)
         self.explicit_types: set[str] = set()  # types some node of which was given an explicit deadline
         self.version = 0  # bumped by every policy or stamp applied
         self.swept_nodes = 0  # nodes (and entities) the sweeper deleted since open
         self.swept_edges = 0
         self.last_sweep_at: float | None = None
         self._lock = lock if lock is not None else threading.RLock()  # the engine's state lock
-        self._seen: tuple[int, int, int, int] = (-1, -1, -1, -1)  # (directory, its version, own version, capacity)
-        self._next = math.inf  # the earliest deadline still ahead when the mask was computed
-        self._oldest = math.inf  # the earliest deadline among the expired nodes of the mask
+        self._stale = True  # a policy changed (or nothing computed yet): every deadline is recomputed
+        self._changed: list[np.ndarray] = []  # ids whose deadline a stamp changed since the last refresh
+        self._mask: np.ndarray | None = None  # the ids past their deadline at `_mask_at` (None: none)
+        self._mask_at = -math.inf
+        self._next = math.inf  # the earliest deadline after `_mask_at`
 
     @property
     def active(self) -> bool:
@@ -199,7 +210,7 @@ class ExpiryTracker:
         policy = self.policies.get(type_name)
         return policy if policy is not None and policy.kind == "node" else None
 
-    # -- applying records ------------------------------------------------------------------------
+    # -- applying records (under the engine's state lock) ------------------------------------------
     def apply_policy(self, name: str, document: dict[str, Any]) -> None:
         type_name = name[len(POLICY_PREFIX):]
         if document.get("dropped"):
@@ -207,112 +218,165 @@ class ExpiryTracker:
         else:
             self.policies[type_name] = TtlPolicy.from_dict(document)
         self.version += 1
+        self._stale = True
 
-    def apply_stamp(self, name: str, document: dict[str, Any]) -> None:
+    def apply_stamp(self, name: str, document: dict[str, Any], columns: dict[str, Any] | None = None) -> None:
+        """A stamp of record `name` (applied after the upserts of its record, so `columns` holds their values)."""
         if document.get("edges"):
             return  # edge stamps live in the tables only: the sweeper reads them there
         ids = np.asarray(document["ids"], dtype=np.int64)
         if not len(ids):
             return
-        top = int(ids.max()) + 1
-        self.written = _grown(self.written, top, math.nan)
-        self.explicit = _grown(self.explicit, top, math.inf)
+        type_name = name[len(STAMP_PREFIX):]
+        self._grow(int(ids.max()) + 1)
         self.written[ids] = float(document["at"])
         deadlines = document.get("exp")
         if deadlines is None:
             self.explicit[ids] = math.inf
         else:
             self.explicit[ids] = [math.inf if d is None else float(d) for d in deadlines]
-            self.explicit_types.add(name[len(STAMP_PREFIX):])
+            self.explicit_types.add(type_name)
         self.version += 1
+        if not self._stale:
+            self.deadline[ids] = self._deadlines_of(type_name, ids, columns or {})
+            self._changed.append(ids)
 
     def load(self, ids: np.ndarray, written: np.ndarray, explicit: np.ndarray, types: set[str]) -> None:
         """The stamps the tables hold (at open)."""
         if len(ids):
-            top = int(ids.max()) + 1
-            self.written = _grown(self.written, top, math.nan)
-            self.explicit = _grown(self.explicit, top, math.inf)
+            self._grow(int(ids.max()) + 1)
             self.written[ids] = written
             self.explicit[ids] = explicit
         self.explicit_types |= types
         self.version += 1
+        self._stale = True
+
+    def _grow(self, size: int) -> None:
+        self.written = _grown(self.written, size, math.nan)
+        self.explicit = _grown(self.explicit, size, math.inf)
+        self.deadline = _grown(self.deadline, size, math.inf)
 
     # -- deadlines ---------------------------------------------------------------------------------
-    def deadlines(self, directory: NodeDirectory, columns: dict[str, Any]) -> np.ndarray:
-        """The deadline (epoch seconds, inf: never) of every node id below the directory's capacity."""
-        size = directory.capacity
-        out = np.full(size, math.inf)
-        type_of = directory.type_of
-        for type_name, policy in self.policies.items():
-            code = directory.type_codes.get(type_name)
-            if policy.kind != "node" or code is None:
-                continue
-            ids = np.flatnonzero(type_of == code)
-            if not len(ids):
-                continue
+    def _deadlines_of(self, type_name: str, ids: np.ndarray, columns: dict[str, Any]) -> np.ndarray:
+        """The deadlines of `ids` (all of `type_name`): their own `_expires_at`, else their type's policy."""
+        out = np.full(len(ids), math.inf)
+        policy = self.node_policy(type_name)
+        if policy is not None:
             if policy.on is not None:
                 column = columns[type_name].columns.get(policy.on) if type_name in columns else None
-                base = np.full(len(ids), math.inf)
                 if column is not None:
                     inside = ids < len(column.values)
                     known = np.zeros(len(ids), dtype=bool)
                     known[inside] = column.valid[ids[inside]]
                     values = column.values[ids[known]].astype(np.float64)
-                    base[known] = values / 1e6 if column.prop_type == "timestamp" else values
-            else:
-                base = np.full(len(ids), policy.set_at)  # the later of the last write and the policy's setting
+                    out[known] = (values / 1e6 if column.prop_type == "timestamp" else values) + policy.expire_after_s
+            else:  # the later of the last write and the policy's setting
                 inside = ids < len(self.written)
+                base = np.full(len(ids), policy.set_at)
                 base[inside] = np.fmax(self.written[ids[inside]], policy.set_at)
-            out[ids] = base + policy.expire_after_s
-        if self.explicit_types and len(self.explicit):
-            n = min(size, len(self.explicit))
-            given = self.explicit[:n]
-            out[:n] = np.where(np.isfinite(given), given, out[:n])  # a node's own deadline wins over its type's
-        out[~directory.alive[:size]] = math.inf
-        return out
+                out = base + policy.expire_after_s
+        inside = ids < len(self.explicit)
+        given = np.full(len(ids), math.inf)
+        given[inside] = self.explicit[ids[inside]]
+        return np.where(np.isfinite(given), given, out)  # a node's own deadline wins over its type's
 
-    def refresh(self, directory: NodeDirectory, columns: dict[str, Any], now: float | None = None) -> None:
-        """Bring `directory.expired` (the mask visibility takes out) up to the clock: recomputed when a record
-        changed the directory or the stamps, or a deadline passed; the directory's version moves only when
-        the mask changed (so visibility caches stay valid otherwise)."""
-        if not self.active:
+    def _recompute(self, directory: NodeDirectory, columns: dict[str, Any]) -> None:
+        """Every deadline, from the live directory and columns."""
+        self.deadline = np.full(max(directory.capacity, len(self.deadline)), math.inf)
+        type_of = directory.type_of
+        for type_name in set(self.policies) | self.explicit_types:
+            code = directory.type_codes.get(type_name)
+            if code is None:
+                continue
+            ids = np.flatnonzero(type_of == code)
+            if len(ids):
+                self.deadline[ids] = self._deadlines_of(type_name, ids, columns)
+        self._stale = False
+        self._changed = []
+        self._mask_at = -math.inf  # the mask is rebuilt below
+
+    def refresh(self, directory: NodeDirectory, columns: dict[str, Any] | None = None, now: float | None = None) -> None:
+        """Bring `directory.expired` (the mask visibility takes out) up to the clock; the directory's version
+        moves only when its mask changes, so visibility caches stay valid otherwise."""
+        if not self.active and self._mask is None and not self._stale:
             if directory.expired is not None:
                 with self._lock:
                     directory.expired = None
                     directory.version += 1
             return
         now = self.clock() if now is None else now
-        if (id(directory), directory.version, self.version, directory.capacity) == self._seen and now < self._next:
-            return
-        with self._lock:
-            deadlines = self.deadlines(directory, columns)
-            mask = deadlines <= now
-            ahead = deadlines[~mask]
+        if self._stale or self._changed or now >= self._next or now < self._mask_at:
+            with self._lock:
+                self._update(now)
+        mask = self._mask
+        if directory.expired is not mask:
+            with self._lock:
+                if directory.expired is not mask:
+                    directory.expired = mask
+                    directory.version += 1
+
+    def _update(self, now: float) -> None:
+        """Under the lock: the deadlines and the mask as of `now`."""
+        if self._stale:
+            if self.live is None:
+                return
+            self._recompute(*self.live())
+        deadline = self.deadline
+        if self._changed and self._mask_at <= now < self._next:  # a few stamped ids: patch the mask
+            ids = self._changed[0] if len(self._changed) == 1 else np.concatenate(self._changed)
+            values = deadline[ids]
+            due = values <= now
+            if not due.all():
+                self._next = min(self._next, float(values[~due].min()))
+            old = self._mask
+            if old is None:
+                changed = bool(due.any())
+            else:
+                inside = ids < len(old)
+                had = np.zeros(len(ids), dtype=bool)
+                had[inside] = old[ids[inside]]
+                changed = bool((had != due).any())
+            if changed:
+                mask = np.zeros(len(deadline), dtype=bool) if old is None else _grown_mask(old, len(deadline))
+                mask[ids] = due
+                self._mask = mask if mask.any() else None
+        else:
+            expired = deadline <= now
+            ahead = deadline[~expired]
             self._next = float(ahead.min()) if len(ahead) else math.inf
-            passed = deadlines[mask]
-            self._oldest = float(passed.min()) if len(passed) else math.inf
-            old = directory.expired
-            if len(passed) == 0:
-                mask = None
-            if not (old is None and mask is None) and (old is None or mask is None or not np.array_equal(old, mask)):
-                directory.expired = mask
-                directory.version += 1
-            self._seen = (id(directory), directory.version, self.version, directory.capacity)
+            self._mask = expired if expired.any() else None
+        self._mask_at = now
+        self._changed = []
 
     def expired_ids(self, directory: NodeDirectory, columns: dict[str, Any], now: float) -> np.ndarray:
-        """The live node ids past their deadline at `now`, in id order."""
+        """The live node ids past their deadline at `now`, in id order (call under the state lock)."""
         if not self.active:
             return np.zeros(0, dtype=np.int64)
-        return np.flatnonzero(self.deadlines(directory, columns) <= now).astype(np.int64)
+        if self._stale:
+            self._recompute(directory, columns)
+        n = min(len(self.deadline), directory.capacity)
+        return np.flatnonzero((self.deadline[:n] <= now) & directory.alive[:n]).astype(np.int64)
 
-    def lag_s(self, now: float | None = None) -> float:
-        """How long the oldest expired node not yet deleted has been past its deadline (0 when none)."""
-        now = self.clock() if now is None else now
-        return max(0.0, now - self._oldest) if math.isfinite(self._oldest) else 0.0
+    def pending(self, directory: NodeDirectory) -> tuple[int, float]:
+        """(live nodes past their deadline and not yet deleted, how long the oldest of them has been)."""
+        mask = self._mask
+        if mask is None:
+            return 0, 0.0
+        n = min(len(mask), directory.capacity, len(self.deadline))
+        due = mask[:n] & directory.alive[:n]
+        if not due.any():
+            return 0, 0.0
+        return int(np.count_nonzero(due)), max(0.0, self.clock() - float(self.deadline[:n][due].min()))
 
     def describe(self) -> dict[str, Any]:
         return {name: {"kind": p.kind, "expire_after_s": p.expire_after_s, "on": p.on, "set_at": p.set_at}
                 for name, p in sorted(self.policies.items())}
+
+
+def _grown_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    out = np.zeros(max(size, len(mask)), dtype=bool)
+    out[:len(mask)] = mask
+    return out
 
 
 # -- stamps (written by Store.commit, under the stage lock) -------------------------------------------------
@@ -337,6 +401,8 @@ def stamp_ops(tracker: ExpiryTracker, ops: list[Op], resolver: Resolver,
             ids = list(op.rows.ids) if op.rows is not None and op.rows.ids is not None else \
                 op.arrow().column("_id").to_pylist()
             document: dict[str, Any] = {"ids": ids, "at": now}
+            if not op.may_replace:
+                document["fresh"] = True  # every id is new: the tables have no stamp of it to replace
             slot = given.get(op.name)
             if slot is not None or op.name in tracker.explicit_types:
                 document["exp"] = [None if slot is None else slot.get(node) for node in ids]
@@ -379,7 +445,8 @@ def apply_stamp_sql(con: duckdb.DuckDBPyConnection, op: Op) -> None:
                       "expires_at": pa.array(deadlines, type=pa.float64())})
     con.register("_stamp", batch)
     try:
-        con.execute("DELETE FROM _ttl WHERE id IN (SELECT id FROM _stamp)")
+        if not document.get("fresh"):
+            con.execute("DELETE FROM _ttl WHERE id IN (SELECT id FROM _stamp)")
         con.execute("INSERT INTO _ttl SELECT * FROM _stamp")
     finally:
         con.unregister("_stamp")
