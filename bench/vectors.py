@@ -213,7 +213,8 @@ def raw_same_index(index, base) -> tuple:
     unfiltered case: the store's HNSW object, or an IndexFlatIP of the same rows."""
     if index.hnsw is not None:
         params = faiss.SearchParametersHNSW()
-        params.efSearch = index.config.ef_search
+        calibrated = index.calibration.ef_search if index.calibration is not None else None
+        params.efSearch = index.config.ef_search or calibrated or 160  # the efSearch the store searches at
         return (lambda q: index.hnsw.search(q[None, :], K, params=params)), {"ef": params.efSearch}
     flat = faiss.IndexFlatIP(base.shape[1])
     flat.add(base)
