@@ -92,7 +92,7 @@ def fuzzed(tmp_path_factory):
     server = KnowledgeServer(store, ServerConfig(listen="127.0.0.1:0", message_bytes_max=MESSAGE_BYTES_MAX)).start()
     channel = grpc.insecure_channel(server.address, options=[("grpc.max_send_message_length", 64 << 20)])
     state = {"stub": pb_grpc.KnowledgeStub(channel), "metadata": [("authorization", f"Bearer {token}")],
-             "acknowledged": set(), "codes": {}}
+             "acknowledged": set(), "codes": {}, "channel": channel}
     yield state
     health = health_pb2_grpc.HealthStub(channel)
     assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
@@ -144,3 +144,30 @@ def test_nan_and_huge_values(fuzzed):
         with pytest.raises(grpc.RpcError) as caught:
             getattr(stub, type(request).__name__.removesuffix("Request"))(request, metadata=metadata, timeout=30)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """One length-delimited protobuf field, by hand (the stubs refuse to build what this test sends)."""
+    size, varint = len(payload), b""
+    while True:
+        byte, size = size & 0x7F, size >> 7
+        varint += bytes([byte | 0x80 if size else byte])
+        if not size:
+            return bytes([(number << 3) | 2]) + varint + payload
+
+
+def test_undecodable_requests_get_invalid_argument(fuzzed):
+    """Bytes that are no request message (garbage, a where nested past protobuf's depth limit) are answered
+    INVALID_ARGUMENT saying so, not gRPC's INTERNAL "Exception deserializing request!"."""
+    stub = fuzzed["stub"]
+    scan = fuzzed["channel"].unary_unary("/knowledge.v1.Knowledge/Scan", request_serializer=lambda raw: raw,
+                               response_deserializer=pb.TableReply.FromString)
+    condition = _field(1, b"n") + _field(2, b"=") + _field(3, b"1")
+    for _ in range(200):
+        condition = _field(1, b"$or") + _field(2, b"or") + _field(4, _field(1, condition))
+    for raw in (b"\xff\xff\xff", _field(1, b"Doc") + _field(2, condition), b"\x0a\x05ab"):
+        with pytest.raises(grpc.RpcError) as caught:
+            scan(raw, metadata=fuzzed["metadata"], timeout=30)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+        assert "is not a valid knowledge.v1.Knowledge message" in caught.value.details()
+    assert stub.Count(pb.CountRequest(type="Doc"), metadata=fuzzed["metadata"], timeout=30).count >= 20

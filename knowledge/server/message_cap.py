@@ -3,7 +3,9 @@ gets RESOURCE_EXHAUSTED naming the cap, the request's size and the option that r
 MessageTooLarge in its status details (gRPC's own check answers a bare "Received message larger than
 max (N vs. M)" that no client can act on).
 
-A reply over the cap gets the same, naming the reply and how to ask for less.
+A reply over the cap gets the same, naming the reply and how to ask for less. The same deserializer turns
+bytes that are no valid request message (garbage, nesting past protobuf's depth limit) into INVALID_ARGUMENT
+saying so, where gRPC would answer INTERNAL "Exception deserializing request!".
 
 gRPC's transport limit is set above the cap (`transport_limit`), and an interceptor wraps every unary
 request's deserializer so that it measures the raw bytes first: over the cap it returns an `Oversized`
@@ -19,7 +21,7 @@ from typing import Any
 
 import grpc
 
-from knowledge.errors import MessageTooLarge
+from knowledge.errors import InvalidArgument, MessageTooLarge
 from knowledge.server import status
 
 TRANSPORT_FACTOR = 2  # the transport accepts this many times the cap (at least TRANSPORT_SLACK_BYTES more): what it
@@ -52,6 +54,13 @@ def reply_too_large(what: str, size: int, cap: int) -> MessageTooLarge:
 
 
 @dataclass(frozen=True, slots=True)
+class Undecodable:
+    """What a request's deserializer returns for bytes that do not parse as the request message."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Oversized:
     """What a request's deserializer returns for bytes over the cap (instead of the parsed message)."""
 
@@ -59,7 +68,8 @@ class Oversized:
 
 
 class MessageCap(grpc.ServerInterceptor):
-    """Answers requests over `cap` bytes with MessageTooLarge (see the module)."""
+    """Answers requests (and replies) over `cap` bytes with MessageTooLarge, and requests that do not
+    parse with InvalidArgument (see the module)."""
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
@@ -69,15 +79,28 @@ class MessageCap(grpc.ServerInterceptor):
         if handler is None or handler.request_streaming or handler.request_deserializer is None:
             return handler
         cap, parse = self.cap, handler.request_deserializer
-        what = str(details.method).rpartition("/")[2] or "the"
+        service, _, what = str(details.method).strip("/").rpartition("/")
 
         def deserialize(data: bytes) -> Any:
-            return Oversized(len(data)) if len(data) > cap else parse(data)
+            if len(data) > cap:
+                return Oversized(len(data))
+            try:
+                return parse(data)
+            except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and kin: the caller's bytes
+                return Undecodable(f"{type(exc).__name__}: {exc}")
+
+        def refuse(request: Any, context: grpc.ServicerContext) -> None:
+            if isinstance(request, Oversized):
+                status.abort(context, too_large(what, request.size, cap))
+            if isinstance(request, Undecodable):
+                status.abort(context, InvalidArgument(
+                    f"the {what} request is not a valid {service} message ({request.reason[:200]}): send it "
+                    f"with stubs generated from its .proto (knowledge.v1: "
+                    f"knowledge/server/proto/knowledge/v1/knowledge.proto)"))
 
         def guarded(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
             def run(request: Any, context: grpc.ServicerContext) -> Any:
-                if isinstance(request, Oversized):
-                    status.abort(context, too_large(what, request.size, cap))
+                refuse(request, context)
                 reply = behavior(request, context)
                 size = reply.ByteSize() if hasattr(reply, "ByteSize") else 0
                 if size > cap:
@@ -91,8 +114,7 @@ class MessageCap(grpc.ServerInterceptor):
             inner = handler.unary_stream
 
             def stream(request: Any, context: grpc.ServicerContext) -> Any:
-                if isinstance(request, Oversized):
-                    status.abort(context, too_large(what, request.size, cap))
+                refuse(request, context)
                 yield from inner(request, context)
             return handler._replace(request_deserializer=deserialize, unary_stream=stream)
         return handler
