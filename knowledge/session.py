@@ -66,6 +66,7 @@ class Session(SessionSearch):
 
     def __init__(self, store: StoreView, principal: Principal | str) -> None:
         self.store = store
+        self._pins: dict[int, Any] = {}  # thread id -> its read's PinnedStore (session_search.py:_at)
         self._principal = principal
         # (type=, property=, admin) -> (schema it was resolved in, type name, index key, vector index, key type)
         self._vector_properties: dict[tuple[str | None, str | None, bool], tuple[Any, str, Any, Any, str]] = {}
@@ -77,7 +78,7 @@ class Session(SessionSearch):
     def principal(self) -> Principal:
         """The principal as of now: a named principal's grants are looked up on every call."""
         if isinstance(self._principal, str):
-            principal = self.store.catalog.principals.get(self._principal)
+            principal = self._at.catalog.principals.get(self._principal)
             if principal is None:
                 raise PermissionDenied(f"principal {self._principal!r} no longer exists")
             return principal
@@ -104,7 +105,7 @@ class Session(SessionSearch):
 
     def _bitmap(self) -> np.ndarray:
         """The whole visibility bitmap over node ids (read-only), for the session's own filtering."""
-        principal, store = self.principal, self.store
+        principal, store = self.principal, self._at
         if store.engine.closed:
             raise StoreClosed(f"store {store.path!r} is closed: this session can no longer be used")
         directory, cached = store.directory, self._visible
@@ -116,7 +117,7 @@ class Session(SessionSearch):
         return bitmap
 
     def _node_type(self, type_name: str) -> Any:
-        node_type = self.store.schema.nodes.get(type_name)
+        node_type = self._at.schema.nodes.get(type_name)
         if node_type is None:
             raise UnknownType(f"unknown node type {type_name!r}", type_name=type_name)
         return node_type
@@ -124,7 +125,7 @@ class Session(SessionSearch):
     def _visible_id(self, type_name: str, key: Any) -> int:
         self._node_type(type_name)
         _check_key(key)
-        node = self.store.directory.id_of(type_name, key)
+        node = self._at.directory.id_of(type_name, key)
         if not is_visible(self._bitmap(), node):
             raise NotFound(type_name, key)
         return node
@@ -143,20 +144,20 @@ class Session(SessionSearch):
         return chosen
 
     def _audit(self, api: str, node_ids: Any) -> None:
-        audit = self.store.audit
+        audit = self._at.audit
         if audit is not None:
             ids = node_ids.tolist() if isinstance(node_ids, np.ndarray) else list(node_ids)
-            audit.record(self.principal.name, api, ids, self.store.memory_lsn)
+            audit.record(self.principal.name, api, ids, self._at.memory_lsn)
 
     def audit_log(self, principal: str | None = None, api: str | None = None, node_id: int | None = None,
                   limit: int = 1000) -> list[AuditEntry]:
         """Audit entries, newest first (admins only; empty when auditing is off)."""
-        self.store.engine.check_open()
+        self._at.engine.check_open()
         if not self.principal.admin:
             raise PermissionDenied("the audit log is readable by admins only")
-        if self.store.audit is None:
+        if self._at.audit is None:
             return []
-        return self.store.audit.query(principal, api, node_id, limit)
+        return self._at.audit.query(principal, api, node_id, limit)
 
     # -- point reads --------------------------------------------------------------------------
     @pinned_read
@@ -179,7 +180,7 @@ class Session(SessionSearch):
             raise InvalidArgument(f"keys must be a list of node keys, got {type(keys).__name__}")
         keys = [_check_key(key) for key in keys]
         visible = self._bitmap()
-        ids = [n for n in (self.store.directory.id_of(type_name, k) for k in keys) if is_visible(visible, n)]
+        ids = [n for n in (self._at.directory.id_of(type_name, k) for k in keys) if is_visible(visible, n)]
         self._audit("get_many", ids)
         return with_readable_labels(self._fetch(type_name, ids, self._columns(type_name, columns)), self.principal)
 
@@ -189,18 +190,18 @@ class Session(SessionSearch):
         Reads that want no vector column go through the row cache, which holds rows without their
         vectors (large, and fetched for search results only); the rest come from DuckDB.
         """
-        cache = self.store.row_cache
+        cache = self._at.row_cache
         token = cache.token()  # before the DuckDB read: a write applied after it keeps this read out
         wanted = ["_id", "_labels", *columns]
         cached_columns = self._cached_columns(type_name) if cache.rows_max else None
         if cached_columns is None or not set(columns) <= set(cached_columns):
-            self.store.wait_applied()
+            self._at.wait_applied()
             return self._fetch_rows(type_name, ids, wanted)
         found = cache.get_many(type_name, ids)
         missing = [node for node in ids if node not in found]
         parts = list(found.values())
         if missing or not ids:
-            self.store.wait_applied()
+            self._at.wait_applied()
             fetched = self._fetch_rows(type_name, missing, ["_id", "_labels", "_lsn", *cached_columns])
             cache.put(type_name, fetched, token)
             if not found:
@@ -218,7 +219,7 @@ class Session(SessionSearch):
     def _fetch_rows(self, type_name: str, ids: list[int], columns: list[str]) -> pa.Table:
         """`columns` of the rows of `ids` from DuckDB, in id order."""
         cols = ", ".join(quote(c) for c in columns)
-        cursor = self.store.tables.cursor()
+        cursor = self._at.tables.cursor()
         try:
             if len(ids) == 1:
                 return query_arrow(cursor, f"SELECT {cols} FROM {node_table(type_name)} WHERE _id = ?", ids)
@@ -238,12 +239,12 @@ class Session(SessionSearch):
         node = int(node)
         if not is_visible(self._bitmap(), node):
             raise NodeIdNotFound(node)
-        directory = self.store.directory
+        directory = self._at.directory
         return NodeRef(node, directory.type_names[directory.type_of[node]], directory.key_of[node])
 
     # -- graph --------------------------------------------------------------------------------
     def _edge_types(self, edge_type: str | Iterable[str] | None) -> list[str]:
-        edges = self.store.schema.edges
+        edges = self._at.schema.edges
         if not self.principal.admin:  # for a non-admin a hidden edge type does not exist
             edges = {name: edge for name, edge in edges.items() if not edge.hidden}
         if edge_type is None:
@@ -265,9 +266,9 @@ class Session(SessionSearch):
         node = self._visible_id(type_name, key)
         visible = self._bitmap()
         found: list[np.ndarray] = []
-        with self.store.state_lock:
+        with self._at.state_lock:
             for name in self._edge_types(edge_type):
-                index = self.store.edges[name]
+                index = self._at.edges[name]
                 if direction in ("out", "both"):
                     found.append(index.neighbours(node, True))
                 if direction in ("in", "both"):
@@ -297,7 +298,7 @@ class Session(SessionSearch):
         order, depths = [np.array([start], dtype=np.int64)], [np.zeros(1, dtype=np.int64)]
         frontier = order[0]
         total = 1
-        with self.store.state_lock:
+        with self._at.state_lock:
             for level in range(1, depth + 1):
                 if total >= limit or not len(frontier):
                     break
@@ -311,7 +312,7 @@ class Session(SessionSearch):
                 frontier = nxt
         ids = np.concatenate(order)
         self._audit("traverse", ids)
-        directory = self.store.directory
+        directory = self._at.directory
         types = [directory.type_names[c] for c in directory.type_of[ids].tolist()]
         return pa.table({"id": ids, "type": types, "key": key_array(directory.key_of[ids].tolist()),
                          "depth": np.concatenate(depths)})
@@ -319,7 +320,7 @@ class Session(SessionSearch):
     def _expand(self, frontier: np.ndarray, names: list[str], direction: str) -> np.ndarray:
         parts = []
         for name in names:
-            index = self.store.edges[name]
+            index = self._at.edges[name]
             if direction in ("out", "both"):
                 parts.append(index.expand(frontier, True)[1])
             if direction in ("in", "both"):
@@ -333,9 +334,9 @@ class Session(SessionSearch):
         names = self._edge_types(edge_type)
         visible = self._bitmap()
         srcs, dsts, kinds = [], [], []
-        with self.store.state_lock:
+        with self._at.state_lock:
             for position, name in enumerate(names):
-                src, dst = visible_edges(visible, *self.store.edges[name].all_pairs())
+                src, dst = visible_edges(visible, *self._at.edges[name].all_pairs())
                 srcs.append(src)
                 dsts.append(dst)
                 kinds.append(np.full(len(src), position, dtype=np.int16))
@@ -354,7 +355,7 @@ class Session(SessionSearch):
         what commits replaced since, and of its DuckDB snapshot: keep the block to a retrieval, not a user
         interaction.
         """
-        real = self._real_store
+        real = self.store
         real.engine.check_open()
         pins, me = self._pins, threading.get_ident()
         outer = pins.get(me)
@@ -370,12 +371,12 @@ class Session(SessionSearch):
     def edges(self, edge_type: str, limit: int | None = None) -> pa.Table:
         """Visible edges of one type: src/dst ids, keys and properties (Arrow)."""
         self._edge_types(edge_type)
-        self.store.wait_applied()
+        self._at.wait_applied()
         visible_ids = pa.table({"id": pa.array(np.flatnonzero(self._bitmap()), type=pa.int64())})
-        cursor = self.store.tables.cursor()
+        cursor = self._at.tables.cursor()
         try:
             cursor.register("_vis", visible_ids)
-            shown = [name for name, prop in self.store.schema.edges[edge_type].properties.items()
+            shown = [name for name, prop in self._at.schema.edges[edge_type].properties.items()
                      if self.principal.admin or not prop.hidden]  # for a non-admin a hidden property does not exist
             cols = ", ".join(["_src", "_dst", *(quote(name) for name in shown)])
             sql = (f"SELECT {cols} FROM {edge_table(edge_type)} WHERE _src IN (SELECT id FROM _vis) "
@@ -418,13 +419,14 @@ class Session(SessionSearch):
         after, skip = cursor_after(cursor, type_name), check_offset(offset)
         if limit is not None:
             _check_limit(limit)
-        self.store.wait_applied()
-        db = self.store.tables.cursor()
+        self._at.wait_applied()
+        db = self._at.tables.cursor()
         try:
-            if not self.principal.admin or self.store.directory.expired is not None:  # expired: storage/ttl.py
+            if not self.principal.admin or (self._at.directory.expired is not None  # (refreshed: storage/ttl.py)
+                                            and self._at.engine.ttl.live_expired):  # expired rows: filter
                 visible = self._bitmap()
-                code = self.store.directory.type_codes[type_name]
-                ids = np.flatnonzero(visible & (self.store.directory.type_of[:len(visible)] == code))
+                code = self._at.directory.type_codes[type_name]
+                ids = np.flatnonzero(visible & (self._at.directory.type_of[:len(visible)] == code))
                 db.register("_vis", pa.table({"id": pa.array(ids[ids > after], type=pa.int64())}))
                 clauses.append("_id IN (SELECT id FROM _vis)")
             if after >= 0:
@@ -451,25 +453,25 @@ class Session(SessionSearch):
         if type_name is None:
             return int(np.count_nonzero(visible))
         self._node_type(type_name)
-        code = self.store.directory.type_codes[type_name]
-        return int(np.count_nonzero(visible & (self.store.directory.type_of[:len(visible)] == code)))
+        code = self._at.directory.type_codes[type_name]
+        return int(np.count_nonzero(visible & (self._at.directory.type_of[:len(visible)] == code)))
 
     @pinned_read
     def stats(self) -> dict[str, Any]:
         """Visible node counts per type and visible edge counts per type, with the LSN they reflect."""
-        with self.store.state_lock:
+        with self._at.state_lock:
             visible = self._bitmap()
             edges = {}
             for name in self._edge_types(None):
-                edges[name] = len(visible_edges(visible, *self.store.edges[name].all_pairs())[0])
-            return {"lsn": self.store.memory_lsn if self.principal.admin else self._view_lsn(),
-                    "nodes": {name: self.count(name) for name in self.store.schema.nodes},
+                edges[name] = len(visible_edges(visible, *self._at.edges[name].all_pairs())[0])
+            return {"lsn": self._at.memory_lsn if self.principal.admin else self._view_lsn(),
+                    "nodes": {name: self.count(name) for name in self._at.schema.nodes},
                     "edges": edges}
 
     def _view_lsn(self) -> int:
         """For a non-admin, the LSN of the last write it could see: the store's LSN would count the writes it
         cannot see. Its reads are still made at one store LSN; nothing it sees changed in between."""
-        return self._real_store.engine.view_lsn(self.principal, isinstance(self._principal, str), self._view())
+        return self.store.engine.view_lsn(self.principal, isinstance(self._principal, str), self._view())
 
     # -- writes -------------------------------------------------------------------------------
     def transaction(self) -> Transaction:

@@ -1,12 +1,13 @@
 """The store as a pinned session read sees it: the parts of one read view, the rest the store's own.
 
 A session read (`knowledge/session_search.py:pinned_read`) and a `Session.snapshot()` block pin the
-current `knowledge/storage/versions.py:ReadView`; while pinned, the session's `store` is a `PinnedStore`
-over it, so every `session.store.directory`, `.edges`, `.vectors`, `.keywords`, `.schema`, `.catalog`,
-`.memory_lsn` a read (or GraphRAG code inside a snapshot) touches is as of the view's LSN; `.tables` hands
-out cursors on the view's DuckDB snapshot, `.row_cache` serves rows only while no write came since the
-view, `.wait_applied()` waits for that snapshot, and `.state_lock` is a no-op (nothing to hold: the view
-never changes). Anything else (`commit`, `audit`, `config`, ...) is the store's.
+current `knowledge/storage/versions.py:ReadView`; while pinned, the session's `_at` (what its reads go
+through; `session.store` stays the store itself) is a `PinnedStore` over it, so every `.directory`,
+`.edges`, `.vectors`, `.keywords`, `.schema`, `.catalog`, `.memory_lsn` a read touches is as of the
+view's LSN; `.tables` hands out cursors on the view's DuckDB snapshot, `.row_cache` serves only rows
+written at or before the view, `.wait_applied()` waits for that snapshot, and `.state_lock` is a no-op
+(nothing to hold: the view never changes). Anything else (`commit`, `audit`, `config`, ...) is the
+store's.
 """
 
 from __future__ import annotations

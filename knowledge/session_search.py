@@ -50,7 +50,7 @@ def pinned_read(method: _F) -> _F:
         pins, me = self._pins, threading.get_ident()
         if me in pins:
             return method(self, *args, **kwargs)
-        real = self._real_store
+        real = self.store
         view = real.engine.read_view()
         for again in (False, True):
             pins[me] = PinnedStore(real, view)
@@ -69,30 +69,27 @@ def pinned_read(method: _F) -> _F:
 class SessionSearch:
     """Vector and keyword search over what the session's principal can see."""
 
-    _real_store: StoreView
+    store: StoreView
     _vector_properties: dict[tuple[str | None, str | None, bool], tuple[Any, str, Any, Any, str]]
     _pins: dict[int, PinnedStore]  # thread id -> the store as its current read (or snapshot) is pinned to
 
     @property
-    def store(self) -> StoreView:
-        """The session's store; inside a read or `snapshot()`, as of its read view (`knowledge/session_pin.py`)."""
+    def _at(self) -> StoreView:
+        """The store as this thread's read (or `snapshot()`) sees it: as of its read view
+        (`knowledge/session_pin.py:PinnedStore`); outside a read, the store itself. Reads go through it, never
+        through `store` (the store itself, always)."""
         pinned = self._pins.get(threading.get_ident())
-        return self._real_store if pinned is None else pinned  # type: ignore[return-value]
-
-    @store.setter
-    def store(self, store: StoreView) -> None:
-        self._real_store = store
-        self._pins = {}
+        return self.store if pinned is None else pinned  # type: ignore[return-value]
 
     def _view(self) -> ReadView:
         """The read view this thread's read is pinned to, else the store's current one."""
         pinned = self._pins.get(threading.get_ident())
-        return pinned.view if pinned is not None else self._real_store.engine.read_view()
+        return pinned.view if pinned is not None else self.store.engine.read_view()
 
     def _tables_cursor(self) -> SnapshotCursor:
         """A cursor on the tables as of the read view's LSN (close it when done; one user at a time)."""
         view = self._view()
-        self._real_store.engine.tables_at(view.tables)
+        self.store.engine.tables_at(view.tables)
         return SnapshotCursor(view.tables)
 
     # -- vector search ------------------------------------------------------------------------

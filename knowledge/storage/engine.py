@@ -306,7 +306,7 @@ class Engine:
         with self.state_lock:
             view = self._view
             if view is None:
-                if not self._view_seeded:
+                if not self._view_seeded and self.tables.applied_lsn >= self.memory_lsn:  # no wait for the tables
                     self._seed_view_clock()
                 view = self._view = ReadView(self)
             if tables:
@@ -387,12 +387,13 @@ class Engine:
     def view_lsn(self, principal: Principal, named: bool, view: ReadView | None = None) -> int:
         """The LSN of the last write `principal` could see (`knowledge/access/view_clock.py`), as of `view`
         (default: now); the first call after an open adds what the tables' `_lsn` columns show."""
-        if view is not None:  # seeded before any view was made; a view's clock is never written
+        if view is not None and view.seeded:  # a view's clock is never written
             return view.view_clock.lsn_for(principal, named)
         with self.state_lock:
             if not self._view_seeded:
                 self._seed_view_clock()
-            return self.view_clock.lsn_for(principal, named)
+            lsn = self.view_clock.lsn_for(principal, named)
+        return lsn if view is None else min(lsn, view.lsn)  # a view made before the clock could be seeded
 
     def _seed_view_clock(self) -> None:
         """Add what the tables' `_lsn` columns show to the view clock (once per open; under the state lock)."""

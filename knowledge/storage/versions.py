@@ -133,6 +133,7 @@ class ReadView:
         self.directory: NodeDirectory = engine.directory
         self.catalog: Catalog = engine.catalog
         self.view_clock: ViewClock = engine.view_clock
+        self.seeded: bool = engine._view_seeded  # the clock holds what the tables' `_lsn` columns show
         self.edges: dict[str, EdgeIndex] = dict(engine.edges)
         self.vectors: dict[tuple[str, str], VectorIndex] = dict(engine.vectors)
         self.keywords: dict[tuple[str, str], KeywordIndex] = dict(engine.keywords)
