@@ -299,7 +299,7 @@ class Store:
         with self.engine.stage_lock:
             self.engine.check_open()
             visible = None if principal.admin else self.visibility(principal, wait=False)
-            if visible is not None and self.engine.directory.expired is not None:  # storage/ttl.py
+            if visible is not None and self.directory.expired is not None and self.engine.ttl.live_expired:  # ttl.py
                 visible = with_expired(self.engine.directory, principal)
             inflight = self.engine.inflight_edge_types()
             resolver = Resolver(self.schema, self.directory, self.edges, principal, visible, inflight)

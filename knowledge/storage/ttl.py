@@ -200,6 +200,8 @@ class ExpiryTracker:
         self._mask: np.ndarray | None = None  # the ids past their deadline at `_mask_at` (None: none)
         self._mask_at = -math.inf
         self._next = math.inf  # the earliest deadline after `_mask_at`
+        self.live_expired = False  # some live node may be in the mask (never False while one is: a hint for
+        # callers that take a cheaper path when nothing live expired; it can stay True after the sweep)
 
     @property
     def active(self) -> bool:
@@ -340,13 +342,22 @@ class ExpiryTracker:
                 mask = np.zeros(len(deadline), dtype=bool) if old is None else _grown_mask(old, len(deadline))
                 mask[ids] = due
                 self._mask = mask if mask.any() else None
+                self.live_expired = self.live_expired or bool(due.any())
         else:
             expired = deadline <= now
             ahead = deadline[~expired]
             self._next = float(ahead.min()) if len(ahead) else math.inf
             self._mask = expired if expired.any() else None
+            self.live_expired = self._mask is not None and self._any_live(self._mask)
         self._mask_at = now
         self._changed = []
+
+    def _any_live(self, mask: np.ndarray) -> bool:
+        if self.live is None:
+            return True
+        alive = self.live()[0].alive
+        n = min(len(alive), len(mask))
+        return bool((mask[:n] & alive[:n]).any())
 
     def expired_ids(self, directory: NodeDirectory, columns: dict[str, Any], now: float) -> np.ndarray:
         """The live node ids past their deadline at `now`, in id order (call under the state lock)."""
