@@ -251,6 +251,10 @@ STORE_CASES = {
     "revoke_tokens of nobody": (lambda s: s.revoke_tokens("nobody"), "InvalidArgument", ["nobody"]),
     "authenticate an int": (lambda s: s.authenticate(5), "PermissionDenied", ["token"]),
     "audit_log as alice": (lambda s: s.session("alice").audit_log(), "PermissionDenied", ["admin"]),
+    "set_ttl on an unknown type": (lambda s: s.set_ttl("Nope", "7d"), "UnknownType", ["Nope"]),
+    "set_ttl of a bad duration": (lambda s: s.set_ttl("Person", "a while"), "InvalidArgument", ["expire_after"]),
+    "set_ttl on a text property": (lambda s: s.set_ttl("Person", "7d", on="bio"), "SchemaError", ["bio"]),
+    "sweep_expired of 0 rows": (lambda s: s.sweep_expired(rows_max=0), "InvalidArgument", ["rows_max"]),
 }
 
 
@@ -311,6 +315,7 @@ CLOSED_STORE_CALLS = {
     "checkpoint": lambda s: s.checkpoint(), "define_node_type": lambda s: s.define_node_type("Q", key="k"),
     "build_indexes": lambda s: s.build_indexes(), "backup": lambda s: s.backup("elsewhere"),
     "create_principal": lambda s: s.create_principal("carol"),
+    "ttl": lambda s: s.ttl(), "set_ttl": lambda s: s.set_ttl("Person", "7d"), "sweep_expired": lambda s: s.sweep_expired(),
 }
 
 
