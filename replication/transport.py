@@ -185,10 +185,23 @@ def _reply(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc).encode()
 
 
-def handler(replicator: Any) -> grpc.GenericRpcHandler:
-    """The Replication service over `replicator`, to add to a grpc.Server before it starts."""
+def peer_name(context: grpc.ServicerContext) -> str | None:
+    """The common name of the caller's verified client certificate (mTLS), None without one."""
+    names = context.auth_context().get("x509_common_name") or []
+    return names[0].decode() if names else None
+
+
+def handler(replicator: Any, peers: frozenset[str] | None = None) -> grpc.GenericRpcHandler:
+    """The Replication service over `replicator`, to add to a grpc.Server before it starts. With `peers`
+    (certificate common names), only callers presenting one of them (mTLS) are served."""
+
+    def admit(context: grpc.ServicerContext) -> None:
+        if peers is not None and peer_name(context) not in peers:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"replication is served to the certificates "
+                                                             f"{sorted(peers)} only, not {peer_name(context)!r}")
 
     def push(frames: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        admit(context)
         for frame in frames:
             try:
                 replicator.deliver(wire.decode(frame))
@@ -197,6 +210,7 @@ def handler(replicator: Any) -> grpc.GenericRpcHandler:
         return b""
 
     def control(request: bytes, context: grpc.ServicerContext) -> bytes:
+        admit(context)
         try:
             doc = json.loads(request or b"{}")
             op = doc.get("op")
@@ -216,6 +230,7 @@ def handler(replicator: Any) -> grpc.GenericRpcHandler:
         return b""  # pragma: no cover - abort raises
 
     def snapshot(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        admit(context)
         try:
             doc = json.loads(request or b"{}")
             position = Position(int(doc["epoch"]), int(doc["lsn"]))

@@ -81,6 +81,7 @@ def _error(capsys, argv: list[str]) -> str:
     ("a=z1@{me},b=z2@127.0.0.1:1", ["--replication-cert", "{cert}"], ["--replication-ca"]),
     ("a=z1@{me},b=z2@127.0.0.1:1", ["--replication-ca", "{missing}"], ["cannot read", "missing.pem"]),
     ("a=z1@{me},b=z2@127.0.0.1:1", ["--wal-retention-max-bytes", "-1"], ["--wal-retention-max-bytes"]),
+    ("a=z1@{me},b=z2@127.0.0.1:1", ["--replication-peers", "node"], ["--replication-peers", "--client-ca"]),
 ])
 def test_insecure_or_incomplete_link_settings_are_refused(tmp_path, capsys, members, extra, words):
     ca = CertificateAuthority(str(tmp_path))
@@ -93,3 +94,23 @@ def test_insecure_or_incomplete_link_settings_are_refused(tmp_path, capsys, memb
             *(x.format(**fill) for x in extra)]
     line = _error(capsys, argv)
     assert all(word in line for word in words), line
+
+
+def test_replication_peers_admit_only_the_named_certificates(tls_cluster):
+    cluster = tls_cluster
+    operator_cert, operator_key = cluster.ca.issue("operator")
+    cluster.extra_args += ["--replication-peers", "node,operator"]
+    cluster.link_tls = LinkTLS.load(cluster.ca.path, operator_cert, operator_key)
+    cluster.start("a", "primary")
+    cluster.start("b", "replica", primary="a")
+    cluster.wait_ready()
+    cluster.wait_for("a to be primary", lambda: cluster.writable("a"))
+    with cluster.client("a") as client:  # the knowledge service still takes the tester's certificate
+        tx = client.session().transaction()
+        tx.upsert_nodes("Doc", [{"name": "p1", "n": 1}])
+        lsn = tx.commit()  # sync(1) over the links: the nodes' own certificate ("node") is admitted
+    cluster.wait_for("b to apply it", lambda: cluster.status("b")["applied_lsn"] >= lsn)
+    tester_cert, tester_key = cluster.ca.issue("tester")  # signed by the same CA, but not a named peer
+    with pytest.raises(Unavailable, match="PERMISSION_DENIED"):
+        control(cluster.address("a"), "status", timeout_s=5, tls=LinkTLS.load(cluster.ca.path, tester_cert,
+                                                                                 tester_key))

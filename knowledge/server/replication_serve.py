@@ -79,6 +79,8 @@ def add_replication_options(parser: argparse.ArgumentParser) -> None:
                        help="CA of the peers' certificates: the links to peers use TLS")
     group.add_argument("--replication-cert", metavar="PEM", help="client certificate on the links (default --tls-cert)")
     group.add_argument("--replication-key", metavar="PEM", help="its key (default --tls-key)")
+    group.add_argument("--replication-peers", metavar="CN,...",
+                       help="with --client-ca: serve replication (and promote/status) only to these certificate names")
 
 
 def _node_id(args: argparse.Namespace, addresses: dict[str, str]) -> str:
@@ -138,6 +140,11 @@ def serve_replicated(args: argparse.Namespace, config: ServerConfig, *, out: Tex
             raise InvalidArgument(f"--primary {args.primary!r} is not the address of any of --members")
     node_config = NodeConfig(me, zones, parse_policy(args.commit_policy), tick_ms=args.tick_ms)
     tls = link_tls(args, addresses, me)
+    peers = None
+    if getattr(args, "replication_peers", None):
+        if not getattr(args, "client_ca", None):
+            raise InvalidArgument("--replication-peers needs --client-ca (mTLS: callers must present certificates)")
+        peers = frozenset(name.strip() for name in args.replication_peers.split(",") if name.strip())
     retention = getattr(args, "wal_retention_max_bytes", 0) or 0
     if retention < 0:
         raise InvalidArgument(f"--wal-retention-max-bytes must be >= 0, got {retention}")
@@ -163,7 +170,7 @@ def serve_replicated(args: argparse.Namespace, config: ServerConfig, *, out: Tex
         links.close()
         store.close()
         raise
-    server.server.add_generic_rpc_handlers((handler(replicator),))
+    server.server.add_generic_rpc_handlers((handler(replicator, peers),))
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
