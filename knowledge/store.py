@@ -22,7 +22,6 @@ from knowledge.config import StoreConfig
 from knowledge.errors import (
     InvalidArgument,
     NotADirectory,
-    SchemaError,
     StoreClosed,
     StoreNotFound,
     StorePoisoned,
@@ -244,16 +243,7 @@ class Store:
 
     def add_property(self, type_name: str, name: str, spec: str | dict[str, Any]) -> int:
         """Add an optional property to an existing node or edge type."""
-        if type_name in self.schema.nodes:
-            node = self.schema.nodes[type_name]
-            key_spec = self.schema.to_dict()["nodes"][type_name]["properties"][node.key]  # keeps an int key int
-            return self.apply_schema({"nodes": {type_name: {"key": node.key,
-                                                            "properties": {node.key: key_spec, name: spec}}}})
-        if type_name in self.schema.edges:
-            edge = self.schema.edges[type_name]
-            return self.apply_schema({"edges": {type_name: {"source": list(edge.sources), "target": list(edge.targets),
-                                                            "properties": {name: spec}}}})
-        raise SchemaError(f"no node or edge type {type_name!r}")
+        return self.apply_schema(self.schema.property_change(type_name, name, spec))
 
     # -- TTL -------------------------------------------------------------------------------------
     def set_ttl(self, type_name: str, expire_after: str | float | dt.timedelta | None, *,

@@ -70,6 +70,11 @@ def test_schema_round_trips(people):
         people.define_node_type("Person", key="age")
     people.add_property("Person", "nick", "str")
     assert "nick" in people.schema.nodes["Person"].properties
+    people.add_property("Company", "founded", "int")  # an int key stays int (embedded and remote alike)
+    assert people.schema.nodes["Company"].properties["cid"].type == "int"
+    assert "founded" in people.schema.nodes["Company"].properties
+    people.add_property("KNOWS", "note", "str")
+    assert "note" in people.schema.edges["KNOWS"].properties
 
 
 def test_get_returns_typed_properties(people):

@@ -9,7 +9,6 @@ from typing import Any
 
 import pyarrow as pa
 
-from knowledge.errors import SchemaError
 from knowledge.remote.channel import Connection
 from knowledge.remote.session import RemoteSession
 from knowledge.server import wire
@@ -80,15 +79,8 @@ class RemoteStore:
                                                     "properties": properties or {}}}})
 
     def add_property(self, type_name: str, name: str, spec: str | dict[str, Any]) -> int:
-        schema = self.schema
-        if type_name in schema.nodes:
-            node = schema.nodes[type_name]
-            return self.apply_schema({"nodes": {type_name: {"key": node.key, "properties": {name: spec}}}})
-        if type_name in schema.edges:
-            edge = schema.edges[type_name]
-            return self.apply_schema({"edges": {type_name: {"source": list(edge.sources), "target": list(edge.targets),
-                                                            "properties": {name: spec}}}})
-        raise SchemaError(f"no node or edge type {type_name!r}")
+        """Add an optional property to an existing node or edge type."""
+        return self.apply_schema(self.schema.property_change(type_name, name, spec))
 
     # -- principals -----------------------------------------------------------------------------------
     def _principal(self, method: str, name: str, read: Iterable[str] = (), write: Iterable[str] = (),

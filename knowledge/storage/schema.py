@@ -195,6 +195,19 @@ class Schema:
     def node_type(self, name: str) -> NodeType:
         return self.nodes[name]
 
+    def property_change(self, type_name: str, name: str, spec: str | dict[str, Any]) -> dict[str, Any]:
+        """The schema change that adds the optional property `name` (`spec`) to the node or edge type
+        `type_name`, restating what must stay (a node type's key with its type, an edge type's endpoints)."""
+        if type_name in self.nodes:
+            node = self.nodes[type_name]
+            key_spec = node.properties[node.key].to_dict()  # keeps an int key int
+            return {"nodes": {type_name: {"key": node.key, "properties": {node.key: key_spec, name: spec}}}}
+        if type_name in self.edges:
+            edge = self.edges[type_name]
+            return {"edges": {type_name: {"source": list(edge.sources), "target": list(edge.targets),
+                                          "properties": {name: spec}}}}
+        raise SchemaError(f"no node or edge type {type_name!r}")
+
     def evolve(self, change: dict[str, Any], populated: frozenset[str]) -> Schema:
         """Return the schema after `change` ({"nodes": {...}, "edges": {...}}) or raise SchemaError.
 
