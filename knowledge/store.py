@@ -37,7 +37,7 @@ from knowledge.storage.lock import DirectoryLock
 from knowledge.storage.ops import Op, OpKind
 from knowledge.storage.position import Position
 from knowledge.storage.resolve import Resolver
-from knowledge.storage.retention import space
+from knowledge.storage.retention import space, tables_space
 from knowledge.storage.schema import Schema
 from knowledge.storage.sweeper import sweep_all
 from knowledge.storage.tables import Tables
@@ -377,7 +377,8 @@ class Store:
             pending, lag_s = ttl.pending(self.directory)
             ttl_stats = {"policies": ttl.describe(), "expired_pending": pending, "expired_total": ttl.swept_nodes,
                          "expired_edges_total": ttl.swept_edges, "sweeper_lag_s": lag_s}
-            space_stats = space(self.engine)
+            space_stats = space(self.engine, tables=False)
+        space_stats = {"tables": tables_space(self.engine), **space_stats}  # DuckDB's figures without the state lock
         return {"path": self.path, "lsn": lsn, "epoch": self.epoch, "position": str(self.position),
                 **self.engine.stats(), "nodes": nodes, "edges": edges, "ttl": ttl_stats, "space": space_stats}
 

@@ -86,9 +86,15 @@ def keyword_space(index: KeywordIndex) -> tuple[int, int]:
     return live, dead * POSTING_BYTES + dead_terms * TERM_BYTES
 
 
-def space(engine: Any) -> dict[str, Any]:
-    """Live and dead bytes per structure (call under the state lock)."""
-    out: dict[str, Any] = {"tables": _tables_space(engine)}
+def tables_space(engine: Any) -> dict[str, int]:
+    """Live and dead bytes of the DuckDB tables (takes the tables' lock; not the state lock)."""
+    return _tables_space(engine)
+
+
+def space(engine: Any, *, tables: bool = True) -> dict[str, Any]:
+    """Live and dead bytes per structure (call under the state lock; `tables=False` leaves out the DuckDB
+    figures, for `tables_space` outside it)."""
+    out: dict[str, Any] = {"tables": _tables_space(engine)} if tables else {}
     wal_bytes = _dir_bytes(os.path.join(engine.path, "wal"))
     out["wal"] = {"live_bytes": wal_bytes, "dead_bytes": 0}
     vectors = {}
@@ -242,4 +248,4 @@ def _rewrite(tables: Any) -> None:
     log.info("rewrote %s to reclaim the space of deleted rows", tables.path)
 
 
-__all__ = ["compact", "retire_live_segment", "rewrite_tables", "space"]
+__all__ = ["compact", "retire_live_segment", "rewrite_tables", "space", "tables_space"]
