@@ -13,7 +13,7 @@ import pytest
 import knowledge
 from knowledge.config import VectorConfig
 from knowledge.errors import InvalidArgument
-from knowledge.index.calibrate import EF_LADDER, Calibration, _hnsw_run, _Truth, calibrate
+from knowledge.index.calibrate import EF_LADDER, Calibration, _fresh_like, _hnsw_run, _Truth, calibrate
 from knowledge.index.vector_jobs import CalibrateJob, hnsw_job
 from knowledge.index.vectors import VectorIndex
 
@@ -79,8 +79,10 @@ def test_calibrated_ef_meets_the_target_on_fresh_queries(calibrated):
     if cal.ef_search > EF_LADDER[0]:
         previous = EF_LADDER[EF_LADDER.index(cal.ef_search) - 1]
         live = index.live[:index.rows]
-        sample = np.sort(np.random.default_rng(0).choice(np.flatnonzero(live), cal.queries, replace=False))
-        truth = _Truth(index.matrix, index.rows, live, sample, "cosine", K)
+        rng = np.random.default_rng(0)  # as calibrate() draws its sample and its fresh-like queries
+        sample = np.sort(rng.choice(np.flatnonzero(live), cal.queries, replace=False))
+        queries = _fresh_like(index.matrix, index.rows, live, sample, "cosine", K, rng)
+        truth = _Truth(index.matrix, index.rows, live, sample, "cosine", K, queries)
         below, _ = _hnsw_run(index.hnsw, truth, truth.top(None), previous)
         assert below < 0.99
 
