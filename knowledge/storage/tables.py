@@ -30,7 +30,7 @@ from knowledge.errors import (
 from knowledge.storage.ops import Op, OpKind
 from knowledge.storage.rows import NodeRows
 from knowledge.storage.schema import Property, Schema
-from knowledge.storage.ttl import STAMP_PREFIX, apply_stamp_sql, has_table
+from knowledge.storage.ttl import STAMP_PREFIX, StampBatch, has_table
 
 _SQL_TYPES = {"str": "VARCHAR", "text": "VARCHAR", "json": "VARCHAR", "int": "BIGINT", "float": "DOUBLE",
               "bool": "BOOLEAN", "timestamp": "TIMESTAMPTZ", "list[str]": "VARCHAR[]"}
@@ -102,8 +102,14 @@ class Tables:
             schema = self.schema
             try:
                 run: list[tuple[int, Op]] = []  # consecutive plain inserts into one table: one INSERT
+                stamps = StampBatch()
                 for lsn, _, ops in records:
                     for op in ops:
+                        if op.kind == OpKind.META and op.name.startswith(STAMP_PREFIX):
+                            stamps.add(op)  # TTL stamps, written at the batch's end: knowledge/storage/ttl.py
+                            continue
+                        if op.kind == OpKind.DELETE_NODES and stamps and op.table is not None:
+                            stamps.forget(op.table.column("_id"))
                         if run and not _joins_run(run, op):
                             self._insert_run(con, run)
                             run = []
@@ -114,21 +120,20 @@ class Tables:
                             self._migrate(con, schema, target)
                             self._set_meta(con, "schema", json.dumps(target.to_dict()))
                             schema = target
-                        elif op.kind == OpKind.META and op.name.startswith(STAMP_PREFIX):
-                            apply_stamp_sql(con, op)  # TTL stamps: knowledge/storage/ttl.py
-                            self.has_ttl = True
                         elif op.kind == OpKind.META:
                             self._set_meta(con, op.name, json.dumps(op.document))
                         else:
                             self._apply_data(con, lsn, op, schema)
                 if run:
                     self._insert_run(con, run)
+                stamps.flush(con)
                 next_id = max([self.next_id] + [_top_id(op) + 1 for _, _, ops in records for op in ops
                                                 if op.kind == OpKind.UPSERT_NODES])
                 self._set_meta(con, "applied_lsn", records[-1][0])
                 self._set_meta(con, "applied_epoch", records[-1][1])
                 self._set_meta(con, "next_id", next_id)  # ids are never reused, even after a reopen
                 con.execute("COMMIT")
+                self.has_ttl = self.has_ttl or bool(stamps.nodes)  # `_ttl` exists: node deletes drop their stamps
             except duckdb.Error as exc:
                 _rollback(con)
                 if is_disk_full_error(exc):

@@ -426,41 +426,70 @@ def stamp_ops(tracker: ExpiryTracker, ops: list[Op], resolver: Resolver,
     return ops + stamps if stamps else ops
 
 
-# -- the tables' side (called by knowledge/storage/tables.py inside its apply transaction) ------------------
-def apply_stamp_sql(con: duckdb.DuckDBPyConnection, op: Op) -> None:
-    """Write a stamp into `_ttl` / `_ttl_edges` (created on first use), replacing the rows it restamps."""
-    document = op.document
-    if document.get("edges"):
-        con.execute("CREATE TABLE IF NOT EXISTS _ttl_edges (type VARCHAR NOT NULL, src BIGINT NOT NULL, "
-                    "dst BIGINT NOT NULL, written_at DOUBLE NOT NULL)")
-        n = len(document["src"])
-        batch = pa.table({"type": pa.array([op.name[len(STAMP_PREFIX):]] * n, type=pa.string()),
-                          "src": pa.array(document["src"], type=pa.int64()),
-                          "dst": pa.array(document["dst"], type=pa.int64()),
-                          "written_at": pa.array([float(document["at"])] * n, type=pa.float64())})
+# -- the tables' side (knowledge/storage/tables.py, inside its apply transaction) --------------------------
+class StampBatch:
+    """The stamps of one batch of records, written to `_ttl` / `_ttl_edges` (created on first use) by one
+    DELETE and one INSERT per table at the end of the batch, so that stamps do not split the batch's runs of
+    inserts; a later stamp of an id wins, and a node deleted later in the batch keeps none."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[int, tuple[str, float, float | None]] = {}
+        self.edges: dict[tuple[str, int, int], float] = {}
+        self.replaces = False  # some stamped id may have a row already
+
+    def __bool__(self) -> bool:
+        return bool(self.nodes or self.edges)
+
+    def add(self, op: Op) -> None:
+        document = op.document
+        type_name = op.name[len(STAMP_PREFIX):]
+        at = float(document["at"])
+        if document.get("edges"):
+            for src, dst in zip(document["src"], document["dst"], strict=True):
+                self.edges[(type_name, src, dst)] = at
+            return
+        deadlines = document.get("exp") or [None] * len(document["ids"])
+        for node, deadline in zip(document["ids"], deadlines, strict=True):
+            self.nodes[node] = (type_name, at, deadline)
+        self.replaces = self.replaces or not document.get("fresh")
+
+    def forget(self, ids: Any) -> None:
+        """Nodes deleted after their stamp in this batch."""
+        if self.nodes:
+            for node in ids.to_pylist() if hasattr(ids, "to_pylist") else list(ids):
+                self.nodes.pop(node, None)
+
+    def flush(self, con: duckdb.DuckDBPyConnection) -> None:
+        if self.nodes:
+            con.execute("CREATE TABLE IF NOT EXISTS _ttl (id BIGINT NOT NULL, type VARCHAR NOT NULL, "
+                        "written_at DOUBLE NOT NULL, expires_at DOUBLE)")
+            rows = list(self.nodes.values())
+            batch = pa.table({"id": pa.array(list(self.nodes), type=pa.int64()),
+                              "type": pa.array([r[0] for r in rows], type=pa.string()),
+                              "written_at": pa.array([r[1] for r in rows], type=pa.float64()),
+                              "expires_at": pa.array([r[2] for r in rows], type=pa.float64())})
+            self._write(con, "_ttl", batch, "DELETE FROM _ttl WHERE id IN (SELECT id FROM _stamp)"
+                        if self.replaces else None)
+        if self.edges:
+            con.execute("CREATE TABLE IF NOT EXISTS _ttl_edges (type VARCHAR NOT NULL, src BIGINT NOT NULL, "
+                        "dst BIGINT NOT NULL, written_at DOUBLE NOT NULL)")
+            keys = list(self.edges)
+            batch = pa.table({"type": pa.array([k[0] for k in keys], type=pa.string()),
+                              "src": pa.array([k[1] for k in keys], type=pa.int64()),
+                              "dst": pa.array([k[2] for k in keys], type=pa.int64()),
+                              "written_at": pa.array(list(self.edges.values()), type=pa.float64())})
+            self._write(con, "_ttl_edges", batch, "DELETE FROM _ttl_edges t USING _stamp s WHERE t.type = s.type "
+                        "AND t.src = s.src AND t.dst = s.dst")
+
+    @staticmethod
+    def _write(con: duckdb.DuckDBPyConnection, table: str, batch: pa.Table, delete: str | None) -> None:
         con.register("_stamp", batch)
         try:
-            con.execute("DELETE FROM _ttl_edges t USING _stamp s WHERE t.type = s.type AND t.src = s.src "
-                        "AND t.dst = s.dst")
-            con.execute("INSERT INTO _ttl_edges SELECT * FROM _stamp")
+            if delete is not None:
+                con.execute(delete)
+            con.execute(f"INSERT INTO {table} SELECT * FROM _stamp")
         finally:
             con.unregister("_stamp")
-        return
-    con.execute("CREATE TABLE IF NOT EXISTS _ttl (id BIGINT NOT NULL, type VARCHAR NOT NULL, "
-                "written_at DOUBLE NOT NULL, expires_at DOUBLE)")
-    n = len(document["ids"])
-    deadlines = document.get("exp") or [None] * n
-    batch = pa.table({"id": pa.array(document["ids"], type=pa.int64()),
-                      "type": pa.array([op.name[len(STAMP_PREFIX):]] * n, type=pa.string()),
-                      "written_at": pa.array([float(document["at"])] * n, type=pa.float64()),
-                      "expires_at": pa.array(deadlines, type=pa.float64())})
-    con.register("_stamp", batch)
-    try:
-        if not document.get("fresh"):
-            con.execute("DELETE FROM _ttl WHERE id IN (SELECT id FROM _stamp)")
-        con.execute("INSERT INTO _ttl SELECT * FROM _stamp")
-    finally:
-        con.unregister("_stamp")
 
 
 def has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
@@ -479,5 +508,5 @@ def load_ttl(tracker: ExpiryTracker, con: duckdb.DuckDBPyConnection) -> None:
                  np.asarray(rows["e"], dtype=np.float64), {t for (t,) in explicit_types})
 
 
-__all__ = ["EXPIRES_FIELD", "POLICY_PREFIX", "STAMP_PREFIX", "ExpiryTracker", "TtlPolicy", "apply_stamp_sql", "epoch_seconds",
+__all__ = ["EXPIRES_FIELD", "POLICY_PREFIX", "STAMP_PREFIX", "ExpiryTracker", "StampBatch", "TtlPolicy", "epoch_seconds",
            "load_ttl", "parse_duration", "policy_document", "split_deadlines", "stamp_ops"]
