@@ -21,6 +21,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,7 @@ PUSH = f"/{SERVICE}/Push"
 CONTROL = f"/{SERVICE}/Control"
 SNAPSHOT = f"/{SERVICE}/Snapshot"
 SNAPSHOT_TIMEOUT_S = 3600.0  # one whole snapshot transfer
+SNAPSHOT_STALL_S = 30.0  # a snapshot stream with no message for this long is cancelled (a vanished primary)
 LINK_QUEUE_MAX = 4096  # messages waiting for one peer; past it the oldest are dropped (they are resent)
 RECONNECT_S = 0.2
 FRAME_MESSAGES_MAX = 64
@@ -161,14 +163,30 @@ class Links:
         the bytes received. SnapshotTransferFailed when the stream breaks or does not verify."""
         from knowledge.replication.snapshot import receive
         with open_channel(self.addresses[peer], self.tls) as channel:
-            call = channel.unary_stream(SNAPSHOT)
             request = json.dumps({"epoch": position.epoch, "lsn": position.lsn}).encode()
+            stream = channel.unary_stream(SNAPSHOT)(request, timeout=SNAPSHOT_TIMEOUT_S)
+            heard = [time.monotonic()]
+            done = threading.Event()
+
+            def watch() -> None:  # the replica's loop waits on this call: never for a primary that vanished
+                while not done.wait(1.0):
+                    if time.monotonic() - heard[0] > SNAPSHOT_STALL_S:
+                        stream.cancel()
+                        return
+
+            def messages() -> Iterator[bytes]:
+                for message in stream:
+                    heard[0] = time.monotonic()
+                    yield message
+            threading.Thread(target=watch, name=f"snapshot-watch-{peer}", daemon=True).start()
             try:
-                _, received = receive(call(request, timeout=SNAPSHOT_TIMEOUT_S), store_path, position)
+                _, received = receive(messages(), store_path, position)
             except grpc.RpcError as exc:
                 code = exc.code()
                 raise SnapshotTransferFailed(f"snapshot at {position} from {peer}: "
                                              f"{code.name if code else 'error'}: {exc.details()}") from None
+            finally:
+                done.set()
         return received
 
     def send(self, peer: str, message: Message) -> None:

@@ -220,3 +220,40 @@ def test_a_replica_serves_no_read_while_its_snapshot_is_being_installed():
     log.apply(ready)
     node.advance(ready)
     assert node.can_read(Position(1, 5)) and node.applied_lsn == 5
+
+
+def test_a_stalled_snapshot_stream_is_cancelled_and_leaves_no_folder(tmp_path, served, monkeypatch):
+    """A primary that stops sending mid-stream (over a real gRPC socket) does not hold the replica forever."""
+    import threading
+    from concurrent import futures
+
+    import grpc
+
+    from knowledge.replication import transport
+    source, position, _ = served
+    release = threading.Event()
+
+    class Stalling:
+        def snapshot_chunks(self, at):
+            chunks = source.chunks(at, chunk_bytes=4096)
+            yield next(chunks)
+            yield next(chunks)
+            release.wait(30)  # the primary hangs (a SIGSTOP, a vanished host)
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((transport.handler(Stalling()),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    monkeypatch.setattr(transport, "SNAPSHOT_STALL_S", 1.5)
+    links = transport.Links({"a": f"127.0.0.1:{port}", "b": "127.0.0.1:1"}, "b")
+    replica = str(tmp_path / "replica")
+    _store(replica, 3, prefix="old")
+    try:
+        with pytest.raises(SnapshotTransferFailed, match="CANCELLED"):
+            links.fetch_snapshot("a", position, replica)
+    finally:
+        release.set()
+        links.close()
+        server.stop(0)
+    assert not os.path.exists(os.path.join(replica, snapshot.PARTIAL))
+    assert _names(replica) == {"old0", "old1", "old2"}
