@@ -350,3 +350,64 @@ def test_graph_mode_with_the_real_model(tmp_path):
         result = s.session(PUBLIC).retrieve("In which city is Alice Smith's employer based?", k=3,
                                             mode="graph", embedder=embedder)
         assert "zurich#0" in result.keys and all(c.doc_id != "secret" for c in result.chunks)
+
+
+# -- graph-mode ranking options (issue 19) ------------------------------------------------------
+def _by_key(result):
+    return {c.key: c for c in result.chunks}
+
+
+def test_mass_floor_bounds_the_penalty_of_chunks_the_walk_does_not_reach(store):
+    session = store.session(PUBLIC)
+    question = "Where do honey bees make honey?"      # seeds in the bees component only
+    hard = _by_key(retrieve(session, question, k=100, mode="graph", embedder=EMBED))
+    soft = _by_key(retrieve(session, question, k=100, mode="graph", embedder=EMBED,
+                            params=GraphParams(mass_floor=0.05)))
+    unreached = [key for key, c in hard.items() if "graph" not in c.ranks]
+    assert unreached and "bees#0" not in unreached
+    expected = GraphParams().graph_weight * (np.log(0.05) - np.log(1e-12))
+    for key in unreached:
+        assert soft[key].score - hard[key].score == pytest.approx(expected)
+    assert soft["bees#0"].score == pytest.approx(hard["bees#0"].score)       # reached: unchanged
+    assert min(hard[k].score for k in unreached) < hard["bees#0"].score - 1.0   # the hard floor buries them
+
+
+def test_keyword_floor_applies_to_the_best_bm25_chunks_only(store):
+    session = store.session(PUBLIC)
+    question = "Do honey bees need an engineer?"          # seeds: the bees component; BM25 also finds acme
+    params = GraphParams(chunk_entity_weight=0.0, chunk_seed_weight=0.0, name_weight=1.0)
+    hard = _by_key(retrieve(session, question, k=100, mode="graph", embedder=EMBED, params=params))
+    keyword = _by_key(retrieve(session, question, k=100, mode="keyword"))
+    soft = _by_key(retrieve(session, question, k=100, mode="graph", embedder=EMBED,
+                            params=GraphParams(chunk_entity_weight=0.0, chunk_seed_weight=0.0, name_weight=1.0,
+                                               keyword_floor=0.05, keyword_floor_top=100)))
+    lifted = GraphParams().graph_weight * (np.log(0.05) - np.log(1e-12))
+    changed = 0
+    for key, c in hard.items():
+        if "graph" in c.ranks:
+            continue
+        delta = soft[key].score - c.score
+        if key in keyword:
+            assert delta == pytest.approx(lifted)
+            changed += 1
+        else:
+            assert delta == pytest.approx(0.0)
+    assert changed and "acme#0" in keyword and "graph" not in hard["acme#0"].ranks
+
+
+def test_hybrid_weight_fuses_the_graph_ranking_with_the_hybrid_ranking(store):
+    session = store.session(PUBLIC)
+    question = "Which company employs Alice Smith and where is it?"
+    graph = [c.key for c in retrieve(session, question, k=100, mode="graph", embedder=EMBED).chunks]
+    hybrid = [c.key for c in retrieve(session, question, k=100, mode="hybrid", embedder=EMBED).chunks]
+    expected = rrf({"graph": graph, "hybrid": hybrid}, 60, {"graph": 1.0, "hybrid": 0.7})
+    fused = retrieve(session, question, k=100, mode="graph", embedder=EMBED, params=GraphParams(hybrid_weight=0.7))
+    assert [c.key for c in fused.chunks] == [key for key, _ in expected]
+    assert [c.score for c in fused.chunks] == pytest.approx([score for _, score in expected])
+
+
+@pytest.mark.parametrize("bad", [{"mass_floor": 0.0}, {"mass_floor": 2.0}, {"keyword_floor": -1.0},
+                                 {"hybrid_weight": -0.5}, {"keyword_floor_top": -1}, {"keyword_floor_top": 1.5}])
+def test_bad_graph_params_are_rejected(store, bad):
+    with pytest.raises(InvalidArgument, match=next(iter(bad))):
+        retrieve(store.session(PUBLIC), "Acme", 5, "graph", embedder=EMBED, params=GraphParams(**bad))

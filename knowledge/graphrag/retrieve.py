@@ -17,7 +17,9 @@ Graph mode (HippoRAG-style; the defaults are GraphParams()):
 3. ranking: over the vector, BM25 and PPR candidates, score = cosine(question, chunk) + 0.05 * ln(PPR
    mass relative to the best chunk's) + 0.2 * BM25 relative to the best BM25 score: question similarity,
    boosted by closeness to the seeds (a chunk the walk does not reach is pushed below the reached ones)
-   and by literal term matches. Without a query vector: RRF of the BM25 and PPR rankings.
+   and by literal term matches. Without a query vector: RRF of the BM25 and PPR rankings. Opt-in
+   (GraphParams): a softer floor on the walk's penalty (`mass_floor`, `keyword_floor` for the best BM25
+   chunks) and RRF with the hybrid ranking (`hybrid_weight`), for keyword-heavy corpora such as news.
 
 Why one module of ~500 lines: the modes share one pipeline state (`_State`: candidates, scores,
 timings, notes) and one snapshot, and the result assembly (chunks, documents, entities, edges, the
@@ -81,7 +83,12 @@ class GraphParams:
     Walk weights: RELATED edges `related_weight` * their weight, SYNONYM edges `synonym_weight` * their
     score (0 leaves them out), MENTIONS 1. BM25 = text score + `title_weight` * title score. The
     `passage_seeds` top vector chunks also seed the walk, each with `passage_seed_weight` * cosine /
-    passage_seeds (HippoRAG 2's dense passage seeds; 0: off).
+    passage_seeds (HippoRAG 2's dense passage seeds; 0: off). `hybrid_weight` > 0: the final ranking is the
+    RRF of that score ranking (weight 1) and hybrid mode's ranking (weight `hybrid_weight`), so BM25 and
+    the plain cosine keep their say on keyword-heavy questions (0: the score ranking alone). The relative
+    PPR mass is floored at `mass_floor` (1e-12: a chunk the walk does not reach falls below every reached
+    one; e.g. 0.05 caps the walk's penalty at graph_weight * ln 0.05 = -0.15), and at `keyword_floor` for
+    the `keyword_floor_top` best BM25 chunks (0: none), so a strong literal match is not buried by the walk.
     """
 
     seed_chunks: int = 1
@@ -99,6 +106,10 @@ class GraphParams:
     title_weight: float = 1.0
     passage_seeds: int = 0
     passage_seed_weight: float = 0.05
+    hybrid_weight: float = 0.0
+    mass_floor: float = MASS_FLOOR
+    keyword_floor: float = MASS_FLOOR
+    keyword_floor_top: int = 0
 
 
 @dataclass
@@ -194,6 +205,18 @@ def _check_args(question: Any, k: Any, mode: Any, token_budget: Any) -> None:
         raise InvalidArgument(f"token_budget must be a positive int, got {token_budget!r}")
 
 
+def _check_params(params: GraphParams) -> None:
+    for name in ("mass_floor", "keyword_floor"):
+        value = getattr(params, name)
+        if not (isinstance(value, (int, float)) and 0 < value <= 1):
+            raise InvalidArgument(f"GraphParams.{name} must be in (0, 1], got {value!r}")
+    if not (isinstance(params.hybrid_weight, (int, float)) and params.hybrid_weight >= 0):
+        raise InvalidArgument(f"GraphParams.hybrid_weight must be >= 0, got {params.hybrid_weight!r}")
+    if isinstance(params.keyword_floor_top, bool) or not isinstance(params.keyword_floor_top, int) \
+            or params.keyword_floor_top < 0:
+        raise InvalidArgument(f"GraphParams.keyword_floor_top must be an int >= 0, got {params.keyword_floor_top!r}")
+
+
 def retrieve(session: Session, question: str, k: int = 10, mode: str = "auto", embedder: Embedder | None = None,
              token_budget: int = TOKEN_BUDGET, *, query_vector: Any = None, candidates: int = CANDIDATES,
              params: GraphParams | None = None) -> RetrievalResult:
@@ -215,6 +238,8 @@ def retrieve(session: Session, question: str, k: int = 10, mode: str = "auto", e
         raise InvalidArgument(f"candidates must be a positive int, got {candidates!r}")
     if params is not None and not isinstance(params, GraphParams):
         raise InvalidArgument(f"params must be a GraphParams or None, got {type(params).__name__}")
+    if params is not None:
+        _check_params(params)
     if embedder is not None and not callable(getattr(embedder, "embed", None)):
         raise InvalidArgument(f"embedder must be an Embedder (with embed(texts)), got {type(embedder).__name__}")
     if CHUNK not in session.store.schema.nodes:
@@ -271,8 +296,8 @@ def _run(state: _State, mode: str, lsn: int, params: GraphParams
         state.cosine = {key: float(score) for _, key, score in _rows(table)}
         state.vector = _rows(table)[:state.candidates]
         state.timed("vector", tick)
-    need_keyword = mode in ("keyword", "hybrid") or (mode == "graph" and (state.query is None
-                                                                            or params.keyword_weight > 0))
+    need_keyword = mode in ("keyword", "hybrid") or (mode == "graph" and (
+        state.query is None or params.keyword_weight > 0 or params.hybrid_weight > 0 or params.keyword_floor_top > 0))
     if need_keyword:
         tick = time.perf_counter()
         state.keyword = keyword_rows(session, state.question, state.candidates, params.title_weight)
@@ -352,6 +377,11 @@ def _graph(state: _State, view: GraphView, rankings: dict[str, list[str]], ids: 
         fused = [(str(key), score) for key, score in rrf(rankings, K_RRF)]
     else:
         fused = _score_fusion(state, view, mass, rankings["graph"], params)
+        if params.hybrid_weight > 0:
+            hybrid = {name: rankings[name] for name in ("vector", "keyword") if name in rankings}
+            fused = [(str(key), score) for key, score in rrf(
+                {"graph": [key for key, _ in fused], "hybrid": [key for key, _ in rrf(hybrid, K_RRF)]},
+                K_RRF, {"graph": 1.0, "hybrid": params.hybrid_weight})]
     state.timed("rank", tick)
     return fused, mass, seeds
 
@@ -376,11 +406,13 @@ def _score_fusion(state: _State, view: GraphView, mass: np.ndarray, graph_keys: 
     top_mass = float(mass[view.is_chunk].max()) or 1.0
     bm25 = {key: float(score) for _, key, score in state.keyword}
     top_bm25 = max(bm25.values(), default=0.0) or 1.0
+    lexical = {key for _, key, _ in state.keyword[:params.keyword_floor_top]}
     scores = []
     for key, cos in cosine.items():
         node = view.chunk_by_key.get(key)
         relative = float(mass[node]) / top_mass if node is not None else 0.0
-        score = cos + params.graph_weight * math.log(max(relative, MASS_FLOOR))
+        floor = max(params.mass_floor, params.keyword_floor) if key in lexical else params.mass_floor
+        score = cos + params.graph_weight * math.log(max(relative, floor))
         if params.keyword_weight:
             score += params.keyword_weight * bm25.get(key, 0.0) / top_bm25
         scores.append((key, score))
