@@ -338,3 +338,36 @@ def invariant(condition: bool, message: str) -> None:
     """Raise InvariantViolation when condition is false (works under python -O)."""
     if not condition:
         raise InvariantViolation(message)
+
+
+# -- the status an error answers over gRPC (knowledge/server/status.py) and is counted under (metrics) ---
+# Most specific first: the first class an error is an instance of decides its code.
+STATUS_CODES: tuple[tuple[type[KnowledgeError], str], ...] = (
+    (Unauthenticated, "UNAUTHENTICATED"),
+    (PermissionDenied, "PERMISSION_DENIED"),
+    (NotFound, "NOT_FOUND"),
+    (NotPrimary, "FAILED_PRECONDITION"),
+    (ResourceExhausted, "RESOURCE_EXHAUSTED"),
+    (DeadlineExceeded, "DEADLINE_EXCEEDED"),
+    (Unavailable, "UNAVAILABLE"),
+    (StoreClosed, "UNAVAILABLE"),
+    (StorePoisoned, "UNAVAILABLE"),
+    (ValidationError, "INVALID_ARGUMENT"),
+    (InvalidArgument, "INVALID_ARGUMENT"),
+    (SchemaError, "INVALID_ARGUMENT"),
+    (EmbedderUnavailable, "FAILED_PRECONDITION"),
+    (BackupError, "FAILED_PRECONDITION"),
+    (StoreLocked, "FAILED_PRECONDITION"),
+    (StoreNotFound, "FAILED_PRECONDITION"),
+    (EncryptionKeyError, "FAILED_PRECONDITION"),
+    (CorruptionError, "DATA_LOSS"),
+)
+
+
+def status_of(error: BaseException) -> str:
+    """The gRPC status code name `error` answers with: that of the first class of STATUS_CODES it is an
+    instance of, else INTERNAL."""
+    for cls, code in STATUS_CODES:
+        if isinstance(error, cls):
+            return code
+    return "INTERNAL"

@@ -42,7 +42,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 
-from knowledge.errors import InvalidArgument, KnowledgeError
+from knowledge.errors import InvalidArgument, KnowledgeError, status_of
 
 LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                      2.5, 5.0, 10.0)
@@ -56,17 +56,14 @@ STAGE_OF = {"embed": "embed", "vector": "vector", "keyword": "keyword", "fuse": 
             "seeds": "graph", "ppr": "graph", "rank": "graph", "fetch": "fetch", "context": "fetch",
             "assemble": "fetch"}
 """How retrieve()'s timing keys fold into the five exported stages ("total" is the RPC itself)."""
-STATUS_OF = {"InvalidArgument": "INVALID_ARGUMENT", "ValidationError": "INVALID_ARGUMENT", "SchemaError":
-             "FAILED_PRECONDITION", "NotFound": "NOT_FOUND", "UnknownType": "NOT_FOUND", "PermissionDenied":
-             "PERMISSION_DENIED", "Unauthenticated": "UNAUTHENTICATED", "ResourceExhausted": "RESOURCE_EXHAUSTED",
-             "DeadlineExceeded": "DEADLINE_EXCEEDED", "Unavailable": "UNAVAILABLE", "StoreClosed": "UNAVAILABLE"}
+
 
 _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("knowledge_request_id", default=None)
 
 
 def status_code(error: BaseException | None) -> str:
     """The gRPC status code name a call ending with `error` answers (OK for None): the nearest KnowledgeError
-    class in STATUS_OF, else INTERNAL; a grpc.RpcError's own code."""
+    class in knowledge.errors.STATUS_CODES, else INTERNAL; a grpc.RpcError's own code."""
     if error is None:
         return "OK"
     code = getattr(error, "code", None)
@@ -75,10 +72,7 @@ def status_code(error: BaseException | None) -> str:
             return str(code().name)
         except Exception:  # not a grpc error after all
             pass
-    for cls in type(error).__mro__:
-        if cls.__name__ in STATUS_OF:
-            return STATUS_OF[cls.__name__]
-    return "INTERNAL"
+    return status_of(error)
 
 
 class Call:

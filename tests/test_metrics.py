@@ -137,8 +137,19 @@ def test_status_codes_of_errors():
     assert status_code(None) == "OK"
     assert status_code(NotFound("Person", "x")) == "NOT_FOUND"
     assert status_code(knowledge.errors.Unauthenticated("x")) == "UNAUTHENTICATED"
-    assert status_code(knowledge.errors.UnknownType("x")) == "NOT_FOUND"
+    assert status_code(knowledge.errors.UnknownType("x")) == "INVALID_ARGUMENT"  # a SchemaError, as the client gets it
     assert status_code(RuntimeError("boom")) == "INTERNAL"
+    assert status_code(knowledge.errors.EncryptionKeyWrong("x", path="p")) == "FAILED_PRECONDITION"
+
+
+def test_metrics_count_errors_under_the_code_the_client_gets():
+    """One table (knowledge.errors.STATUS_CODES) for the status a server answers and the one metrics count."""
+    from knowledge.server.status import status_code as grpc_code
+
+    for cls in (knowledge.errors.SchemaError, knowledge.errors.InvalidArgument, knowledge.errors.StoreClosed,
+                knowledge.errors.CorruptionError, knowledge.errors.EmbedderUnavailable, knowledge.errors.KnowledgeError):
+        error = cls.__new__(cls)
+        assert status_code(error) == grpc_code(error).name, cls.__name__
 
 
 def test_json_logs_carry_the_request_id():

@@ -29,27 +29,6 @@ MESSAGE_CHARS_MAX = 1000  # a status message longer than this is cut: trailers h
 FIELD_CHARS_MAX = 256  # a str field of an error is cut to this many characters in the details
 FIELD_ITEMS_MAX = 32  # and a list field to this many items
 
-# Most specific first: the first class an error is an instance of decides its code.
-_CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
-    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
-    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
-    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
-    (errors.NotPrimary, grpc.StatusCode.FAILED_PRECONDITION),
-    (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
-    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
-    (errors.StoreClosed, grpc.StatusCode.UNAVAILABLE),
-    (errors.StorePoisoned, grpc.StatusCode.UNAVAILABLE),
-    (errors.ValidationError, grpc.StatusCode.INVALID_ARGUMENT),
-    (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
-    (errors.SchemaError, grpc.StatusCode.INVALID_ARGUMENT),
-    (EmbedderUnavailable, grpc.StatusCode.FAILED_PRECONDITION),
-    (errors.BackupError, grpc.StatusCode.FAILED_PRECONDITION),
-    (errors.StoreLocked, grpc.StatusCode.FAILED_PRECONDITION),
-    (errors.StoreNotFound, grpc.StatusCode.FAILED_PRECONDITION),
-    (errors.CorruptionError, grpc.StatusCode.DATA_LOSS),
-    (errors.KnowledgeError, grpc.StatusCode.INTERNAL),
-]
 
 # What a status without an ErrorDetail (from the transport, or another server) becomes on the client.
 _FALLBACK: dict[grpc.StatusCode, type[Exception]] = {
@@ -81,11 +60,8 @@ CLASSES = _registry()
 
 
 def status_code(exc: BaseException) -> grpc.StatusCode:
-    """The gRPC status code of `exc` (INTERNAL for anything the table does not name)."""
-    for cls, code in _CODES:
-        if isinstance(exc, cls):
-            return code
-    return grpc.StatusCode.INTERNAL
+    """The gRPC status code of `exc` (knowledge.errors.STATUS_CODES; INTERNAL for anything it does not name)."""
+    return getattr(grpc.StatusCode, errors.status_of(exc))
 
 
 def _jsonable(value: Any) -> Any:
