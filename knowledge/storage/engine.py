@@ -535,6 +535,7 @@ class Engine:
             with self.tables.lock:  # from now on a missing snapshot is worth a warning
                 self.tables.con.execute("INSERT OR REPLACE INTO _meta VALUES ('snapshots_lsn', ?)", [str(lsn)])
             keep_from = lsn + 1 if self.replicator is None else self.replicator.retain_from(lsn + 1)
+            retire_live_segment(self.wal)  # the live segment goes too once covered (retention.py)
             self.wal.remove_segments_before(keep_from)  # replication keeps what lagging replicas still need
             return lsn
 
@@ -558,7 +559,6 @@ class Engine:
         self.schedule_index_builds(tail_rows_max=0)
         if not wait:
             return True
-            retire_live_segment(self.wal)  # the live segment goes too once covered (retention.py)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         for _ in range(BUILD_ROUNDS_MAX):  # a compaction can leave a tail that one more build covers
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
