@@ -4,7 +4,8 @@ some share of allowed rows, the plan it picks runs within 1.2x of the fastest pl
 Every plan is forced at each share and timed here, in rounds taken in turn (medians, so a noisy stretch of
 the shared machine slows all plans alike); a share whose comparison fails is measured again before the
 test fails. A plan meets the target when its recall@10 on fresh queries reaches recall_target minus the
-sampling allowance. Through the store, the admin's result metadata names the plan taken."""
+sampling allowance; when the measurements keep disagreeing with the choice, the index is calibrated once
+more (its timings may come from a noisy stretch) before the test fails. Through the store, the admin's result metadata names the plan taken."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import pytest
 import knowledge
 from knowledge.config import VectorConfig
 from knowledge.errors import InvalidArgument
-from knowledge.index.vector_jobs import hnsw_job
+from knowledge.index.vector_jobs import CalibrateJob, hnsw_job
 from knowledge.index.vectors import VectorIndex
 
 DIM = 96
@@ -88,8 +89,11 @@ def test_planner_picks_within_tolerance_of_the_fastest_plan_meeting_the_target(i
     for share in SHARES:
         allowed = None if share == 1.0 else draw < share
         selected = ROWS if allowed is None else int(allowed.sum())
-        chosen, _ = index.choose_plan(selected, K)
-        for _attempt in range(ATTEMPTS):
+        for attempt in range(2 * ATTEMPTS):
+            if attempt == ATTEMPTS:  # the calibration itself may have been timed in a noisy stretch: redo it
+                job = CalibrateJob(index, index.hnsw, index.matrix, index.live[:index.hnsw_rows].copy())
+                assert job.install(job.run(threading.Event()))
+            chosen, _ = index.choose_plan(selected, K)
             measured = measure(index, queries, allowed)
             qualified = {plan: us for plan, (us, recall) in measured.items() if recall >= target}
             assert qualified, f"no plan met the recall target at share {share}: {measured}"
