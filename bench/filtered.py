@@ -281,8 +281,8 @@ def calibration_summary(store: knowledge.Store) -> tuple[str, dict[str, Any] | N
     if cal is None:
         return "none", None
     filtered = ", ".join(f"{p.fraction:g}: {p.ef_search or '-'}" for p in cal.filtered)
-    return (f"unfiltered efSearch {cal.ef_search} (recall lower bound {cal.recall:.3f} on {cal.queries} of the "
-            f"index's own rows), filtered efSearch by share {{{filtered}}}", cal.as_dict())
+    return (f"unfiltered efSearch {cal.ef_search} (recall lower bound {cal.recall:.3f} on {cal.queries} queries made "
+            f"from the index's own rows), filtered efSearch by share {{{filtered}}}", cal.as_dict())
 
 
 def main() -> None:
