@@ -68,6 +68,8 @@ SPLITTER = SentenceSplitter(max_tokens=2048, overlap_tokens=0)
 
 
 CACHE_DIR = embed_cache.DEFAULT_CACHE_DIR
+NO_DISTRACTORS = False
+"""--no-distractors: MultiHop-RAG's corpus is its 438 evidence facts alone (a reduced run)."""
 EXTRACTORS = ("supplied", "default", "spacy", "spacy-svo", "rules", "capitalized", "none")
 
 
@@ -175,7 +177,7 @@ def multihop(extractor: str, names: NameCache, cache_dir: str | None) -> dict[st
                      entities=[facts[fact]["source"], *cap.extract(f"{facts[fact]['title']}. {fact}")[0]]
                      if supplied else None, triples=[] if supplied else None)
             for fact in fact_ids]
-    wiki = _read(embed_cache.TWOWIKI_CORPUS)
+    wiki = [] if NO_DISTRACTORS else _read(embed_cache.TWOWIKI_CORPUS)
     docs += [Document(f"w{i}", w["text"], title=w["title"], labels=[LABEL],
                       entities=cap.extract(f"{w['title']}. {w['text']}")[0] if supplied else None,
                       triples=[] if supplied else None)
@@ -187,8 +189,8 @@ def multihop(extractor: str, names: NameCache, cache_dir: str | None) -> dict[st
         items.append({"id": q["id"], "question": q["question"], "vector": q_vector[q["id"]],
                       "gold": list(dict.fromkeys(gold)), "type": q["question_type"]})
     texts = [f"{facts[f]['title']}\n{f}" for f in fact_ids] + [f"{w['title']}\n{w['text']}" for w in wiki]
-    vectors = np.concatenate([fact_vectors, wiki_vectors])
-    assert len(wiki_ids) == len(wiki)
+    vectors = np.concatenate([fact_vectors, wiki_vectors[:len(wiki)]])
+    assert NO_DISTRACTORS or len(wiki_ids) == len(wiki)
     embedder = PrecomputedEmbedder.from_arrays(texts, vectors, names, name=DEFAULT_MODEL_NAME)
     return {"name": "multihop", "docs": docs, "questions": items, "embedder": embedder,
             "corpus_keys": [d.doc_id for d in docs], "corpus_vectors": vectors}
@@ -343,6 +345,10 @@ SWEEP = {
     "title_weight=0 (no title BM25)": GraphParams(title_weight=0.0),
     "name_weight=0 (no question-named seeds)": GraphParams(name_weight=0.0),
     "graph_weight=0 (no PPR: vector+BM25 score sum)": GraphParams(graph_weight=0.0),
+    "passage_seeds=5 (HippoRAG 2 dense passage seeds)": GraphParams(passage_seeds=5),
+    "hybrid_weight=0.5 (RRF with the hybrid ranking)": GraphParams(hybrid_weight=0.5),
+    "mass_floor=0.05 (walk penalty capped)": GraphParams(mass_floor=0.05),
+    "keyword_floor=0.01, keyword_floor_top=3": GraphParams(keyword_floor=0.01, keyword_floor_top=3),
 }
 
 
@@ -422,10 +428,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split-seed", type=int, default=19, help="seed of the MuSiQue tune/held-back split")
     parser.add_argument("--repeat", type=int, default=3, help="passes over the questions per mode (all timed; "
                         "the first also gives the quality figures)")
+    parser.add_argument("--no-distractors", action="store_true", help="MultiHop-RAG without the 6,119 2Wiki "
+                        "distractor passages (its 438 evidence facts alone: a reduced run)")
     parser.add_argument("--no-write", action="store_true", help="print only; write no JSON")
     parser.add_argument("--write-results", action="store_true", help="also rewrite the RESULTS.md section")
     args = parser.parse_args(argv)
     args.synonyms = args.synonyms or None
+    global NO_DISTRACTORS
+    NO_DISTRACTORS = args.no_distractors
     cache_dir = os.path.expanduser(args.cache_dir)
     loaders = {"musique": musique, "multihop": multihop, "2wiki": twowiki}
     names = NameCache(cache_dir)
@@ -447,9 +457,14 @@ def main(argv: list[str] | None = None) -> int:
             for mode, m in out["modes"].items():
                 total = m["latency_ms"].get("total_excl_embed", m["latency_ms"].get("total", {}))
                 halves = " ".join(f"{g.split(':')[1]} {v['recall@5']:.3f}/{v['recall@10']:.3f}"
-                                  for g, v in m["groups"].items() if g.startswith("half:"))
+                                  for g, v in m["groups"].items() if g.startswith("half:") or "comparison" in g)
                 print(f"{name:9} {mode:26} R@5 {m['recall@5']:.3f} R@10 {m['recall@10']:.3f} "
                       f"Hits@10 {m['hits@10']:.3f} {halves} p99 {total.get('p99', 0):.2f} ms", flush=True)
+            for variant, m in out.get("sweep", {}).items():
+                groups = " ".join(f"{g.split(':')[1]} {v['recall@5']:.3f}/{v['recall@10']:.3f}"
+                                  for g, v in m["groups"].items() if g.startswith("half:") or "comparison" in g)
+                print(f"{name:9} graph {variant:48} R@5 {m['recall@5']:.3f} R@10 {m['recall@10']:.3f} {groups}",
+                      flush=True)
     finally:
         names.save()
         shutil.rmtree(workdir, ignore_errors=True)
