@@ -128,6 +128,9 @@ def test_commits_during_a_scan_never_mix_two_lsns(world, monkeypatch, filtered):
             era += 1
             writer.transaction().upsert_nodes("Doc", era_rows(era, vectors)).commit()
             commits[0] += 1
+            # paced (a commit every few ms, still several per search): an unpaced writer keeps the table
+            # applier behind, and a search reading columns waits for it (a cost bench/server.py measures)
+            stop.wait(0.005)
 
     def read(seed: int):
         rng = np.random.default_rng(seed)
