@@ -333,9 +333,10 @@ def test_change_feed_is_filtered_by_visibility(served):
         store.session().transaction().upsert_nodes("Doc", [{"name": "live", "_labels": ["public"]}]).commit()
         follower.join(10)
         assert [row["name"] for r in got for c in r.changes for row in c.table.to_pylist()] == ["live"]
+    store.set_ttl("Doc", "30d")
     with served.client() as admin:
         kinds = {c.kind for r in admin.changes(after_lsn=0) for c in r.changes}
-        assert {"schema", "upsert_nodes", "delete_nodes", "principal"} <= kinds
+        assert {"schema", "upsert_nodes", "delete_nodes", "principal", "ttl"} <= kinds
         with pytest.raises(InvalidArgument):
             list(admin.changes(after_lsn=-1))
 

@@ -23,6 +23,9 @@ from knowledge.errors import InvalidArgument, Unavailable
 from knowledge.server import wire
 from knowledge.server.v1 import knowledge_pb2 as pb
 
+META_KINDS = (("principal:", "principal"), ("ttl:", "ttl"))
+"""The change-feed kind of a META record, by the prefix of its name (storage/catalog.py, storage/ttl.py)."""
+
 KNOWN_NODES_MAX = 1_000_000  # labels remembered per feed (oldest forgotten first)
 
 
@@ -96,9 +99,10 @@ class ChangeFeed:
             if kind == "schema":
                 out.changes.add(kind="schema", type=op.name, document_json=json.dumps(op.document))
             elif kind == "meta":
-                if principal.admin:
+                if principal.admin:  # principal: a grant change (tokens left out); ttl: a TTL policy; meta: other
                     document = {k: v for k, v in op.document.items() if k != "tokens"}
-                    out.changes.add(kind="principal", type=op.name, document_json=json.dumps(document))
+                    meta = next((name for prefix, name in META_KINDS if op.name.startswith(prefix)), "meta")
+                    out.changes.add(kind=meta, type=op.name, document_json=json.dumps(document))
             else:
                 table = {"upsert_nodes": self._node_upserts, "delete_nodes": self._node_deletes}.get(
                     kind, self._edges)(op, principal)
