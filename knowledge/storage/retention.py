@@ -130,9 +130,9 @@ def retire_live_segment(wal: Any) -> None:
     and takes at least ROLL_BYTES_MIN on disk (its preallocated zeros included), so that the records the
     checkpoint covers leave the disk with it; the WAL rolls
     at retention only once every record of the segment is covered (`WriteAheadLog.remove_segments_before`)."""
-    holds_records = getattr(wal, "_segment_bytes", 0) > getattr(wal, "_live_start", 0)
-    if holds_records and getattr(wal, "_allocated_bytes", 0) >= ROLL_BYTES_MIN and hasattr(wal, "_roll_pending"):
-        wal._roll_pending = True  # noqa: SLF001 - the WAL's own "roll at retention" flag
+    roll = getattr(wal, "roll_next_append", None)  # a WriteAheadLog (replication's test doubles have none)
+    if roll is not None:
+        roll(ROLL_BYTES_MIN)
 
 
 def _dead_share(live: int, dead: int) -> float:

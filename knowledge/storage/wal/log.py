@@ -337,6 +337,16 @@ class WriteAheadLog:
         self._sealer = sealer
         self._roll_pending = False
 
+    def roll_next_append(self, bytes_min: int = 0) -> bool:
+        """Have the next append start a new segment when the live one holds records and takes at least
+        `bytes_min` on disk (preallocated zeros included), so that once its records are covered
+        `remove_segments_before` can drop it; returns whether a roll was asked for."""
+        with self._append_lock:
+            if self._segment_bytes > self._live_start and self._allocated_bytes >= bytes_min:
+                self._roll_pending = True
+                return True
+            return False
+
     def sync_to(self, lsn: int) -> None:
         """Return once every record up to `lsn` is on stable storage (shares fsyncs)."""
         if self._durable_lsn >= lsn:
