@@ -28,7 +28,7 @@ from typing import Any
 
 from knowledge.errors import BackupError, SnapshotTransferFailed
 from knowledge.replication.lsn import Position
-from knowledge.storage.backup import MANIFEST, backup_store
+from knowledge.storage.backup import MANIFEST, backup_store, fsync_tree
 from knowledge.storage.engine import MARKER
 from knowledge.storage.wal.log import fsync_directory
 
@@ -148,14 +148,7 @@ def receive(stream: Iterable[bytes], store_path: str, position: Position) -> tup
         if MARKER not in names:
             raise SnapshotTransferFailed(f"the snapshot at {position} holds no {MARKER} marker")
         os.rename(os.path.join(partial, MARKER + ".incoming"), os.path.join(partial, MARKER))
-        for folder, _, files in os.walk(partial):
-            for name in files:
-                fd = os.open(os.path.join(folder, name), os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            fsync_directory(folder)
+        fsync_tree(partial)
         os.rename(partial, complete)
         fsync_directory(store_path)
     except BaseException:

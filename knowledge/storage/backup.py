@@ -49,7 +49,8 @@ def copy_tables(backup: str, target: str, keyring: crypto.Keyring | None) -> Non
         shutil.copyfile(os.path.join(backup, TABLES), target)
 
 
-def _fsync_tree(root: str) -> None:
+def fsync_tree(root: str) -> None:
+    """fsync every file below `root`, then each folder (so a rename of `root` publishes durable contents)."""
     for folder, _, files in os.walk(root):
         for name in files:
             fd = os.open(os.path.join(folder, name), os.O_RDONLY)
@@ -77,7 +78,7 @@ def _prepare_destination(destination: str, store_path: str | None = None) -> str
 
 
 def _publish(staging: str, destination: str) -> None:
-    _fsync_tree(staging)
+    fsync_tree(staging)
     if os.path.isdir(destination):
         os.rmdir(destination)
     os.rename(staging, destination)
