@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from knowledge.index.arrays import grown
+
 MEMORY_TYPES = ("str", "int", "float", "bool", "timestamp")  # property types indexed here
 MEMORY_OPERATORS = ("=", "!=", "<", "<=", ">", ">=", "in", "between", "is_null", "not_null")
 BITMAP_VALUES_MAX = 64  # a dictionary column keeps per-value bitmaps up to this many distinct values
@@ -31,12 +33,6 @@ _INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
-def _grown(array: np.ndarray, size: int, fill: Any) -> np.ndarray:
-    if size <= len(array):
-        return array
-    out = np.full(max(size, 2 * len(array), 1024), fill, dtype=array.dtype)
-    out[:len(array)] = array
-    return out
 
 
 def _fit(mask: np.ndarray, size: int) -> np.ndarray:
@@ -87,18 +83,18 @@ class ColumnIndex:
         if not len(ids):
             return
         top = int(ids.max()) + 1
-        self.valid = _grown(self.valid, top, False)
+        self.valid = grown(self.valid, top, False)
         present = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
         self.valid[ids] = present
         self.version += 1
         if self.numeric:
-            self.values = _grown(self.values, top, 0)
+            self.values = grown(self.values, top, 0)
             self._sorted = None
             encoded = [self._encode(v) for v in values if v is not None]
             if encoded:
                 self.values[ids[present]] = np.array(encoded, dtype=self.values.dtype)
             return
-        self.codes = _grown(self.codes, top, -1)
+        self.codes = grown(self.codes, top, -1)
         new = np.fromiter((self._code(v) for v in values), dtype=np.int32, count=len(values))
         if self.bitmaps is not None:
             old = self.codes[ids]
@@ -107,7 +103,7 @@ class ColumnIndex:
         self.codes[ids] = new
         if self.bitmaps is not None:
             for code in np.unique(new[new >= 0]).tolist():
-                bitmap = self.bitmaps[code] = _grown(self.bitmaps.get(code, np.zeros(0, dtype=bool)), top, False)
+                bitmap = self.bitmaps[code] = grown(self.bitmaps.get(code, np.zeros(0, dtype=bool)), top, False)
                 bitmap[ids[new == code]] = True
 
     def _code(self, value: Any) -> int:
@@ -239,7 +235,7 @@ class TypeColumns:
         if not len(ids):
             return
         self._masks.clear()
-        self.live = _grown(self.live, int(ids.max()) + 1, False)
+        self.live = grown(self.live, int(ids.max()) + 1, False)
         self.live[ids] = True
         for name, index in self.columns.items():
             values = columns.get(name)

@@ -14,17 +14,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from knowledge.index.arrays import grown
+
 ABSENT = -1
 SMALL_BATCH = 64  # below this, plain Python beats an Arrow kernel call
 
 
-def _grow(array: np.ndarray, size: int, fill: Any) -> np.ndarray:
-    if size <= len(array):
-        return array
-    capacity = max(size, 2 * len(array), 1024)
-    out = np.full(capacity, fill, dtype=array.dtype)
-    out[:len(array)] = array
-    return out
 
 
 class NodeDirectory:
@@ -111,8 +106,8 @@ class NodeDirectory:
         code = self.ensure_type(type_name)
         top = int(ids.max()) + 1 if len(ids) else 0
         self.next_id = max(self.next_id, top)
-        self.type_of = _grow(self.type_of, top, ABSENT)
-        self.key_of = _grow(self.key_of, top, None)
+        self.type_of = grown(self.type_of, top, ABSENT)
+        self.key_of = grown(self.key_of, top, None)
         self.type_of[ids] = code
         self.key_of[ids] = np.array(keys, dtype=object) if keys else []
         mapping = self.ids[type_name]
@@ -125,8 +120,8 @@ class NodeDirectory:
         code = self.ensure_type(type_name)
         top = max(ids) + 1 if ids else 0
         self.next_id = max(self.next_id, top)
-        self.type_of = _grow(self.type_of, top, ABSENT)
-        self.key_of = _grow(self.key_of, top, None)
+        self.type_of = grown(self.type_of, top, ABSENT)
+        self.key_of = grown(self.key_of, top, None)
         mapping = self.ids[type_name]
         type_of, key_of = self.type_of, self.key_of
         replaced = False
@@ -146,7 +141,7 @@ class NodeDirectory:
     def _label_bitmap_for_write(self, label: str) -> np.ndarray:
         bitmap = self.labels.get(label)
         if bitmap is None or len(bitmap) < len(self.type_of):
-            bitmap = self.labels[label] = _grow(bitmap if bitmap is not None else np.zeros(0, dtype=bool),
+            bitmap = self.labels[label] = grown(bitmap if bitmap is not None else np.zeros(0, dtype=bool),
                                                 len(self.type_of), False)
         return bitmap
 
@@ -170,7 +165,7 @@ class NodeDirectory:
                 encoded = pc.dictionary_encode(flat)
                 codes = encoded.indices.to_numpy()
                 for code, label in enumerate(encoded.dictionary.to_pylist()):
-                    bitmap = _grow(self.labels.get(label, np.zeros(0, dtype=bool)), len(self.type_of), False)
+                    bitmap = grown(self.labels.get(label, np.zeros(0, dtype=bool)), len(self.type_of), False)
                     bitmap[owners[codes == code]] = True
                     self.labels[label] = bitmap
         self.version += 1
@@ -197,4 +192,4 @@ class NodeDirectory:
         bitmap = self.labels.get(label)
         if bitmap is None:
             return None
-        return _grow(bitmap, len(self.type_of), False)[:len(self.type_of)]
+        return grown(bitmap, len(self.type_of), False)[:len(self.type_of)]

@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from knowledge.errors import InvalidArgument, SchemaError, UnknownType
+from knowledge.index.arrays import grown
 from knowledge.storage.ops import Op, OpKind
 
 if TYPE_CHECKING:
@@ -161,12 +162,6 @@ def policy_document(schema: Schema, type_name: str, expire_after: Any, on: str |
     return TtlPolicy(type_name, kind, seconds, on, float(now if previous is None else previous.set_at)).to_dict()
 
 
-def _grown(array: np.ndarray, size: int, fill: float) -> np.ndarray:
-    if size <= len(array):
-        return array
-    out = np.full(max(size, 2 * len(array), 1024), fill, dtype=array.dtype)
-    out[:len(array)] = array
-    return out
 
 
 class ExpiryTracker:
@@ -254,9 +249,9 @@ class ExpiryTracker:
         self._stale = True
 
     def _grow(self, size: int) -> None:
-        self.written = _grown(self.written, size, math.nan)
-        self.explicit = _grown(self.explicit, size, math.inf)
-        self.deadline = _grown(self.deadline, size, math.inf)
+        self.written = grown(self.written, size, math.nan)
+        self.explicit = grown(self.explicit, size, math.inf)
+        self.deadline = grown(self.deadline, size, math.inf)
 
     # -- deadlines ---------------------------------------------------------------------------------
     def _deadlines_of(self, type_name: str, ids: np.ndarray, columns: dict[str, Any]) -> np.ndarray:
