@@ -200,11 +200,18 @@ class ReplicationNode:
         self._check_idle()
         if self._primary is not None:
             self._primary.flush()
+        messages, early = self._outbox, 0
+        if self.role is Role.PRIMARY and not (self._hard_dirty or self._snapshot or self._truncate is not None):
+            # a primary's Appends may leave before its own fsync (they are counted for commit only from
+            # advance() on, when durable_lsn covers them): first, in their order; the rest after the fsync
+            appends = [message for message in messages if isinstance(message, Append)]
+            messages, early = appends + [m for m in messages if not isinstance(m, Append)], len(appends)
         ready = Ready(
             hard_state=HardState(self.epoch, self.promised_to) if self._hard_dirty else None,
             snapshot=self._snapshot, truncate_after_lsn=self._truncate, entries=tuple(self._staged),
-            messages=tuple(self._outbox), apply_through_lsn=self._apply_through(),
-            retain_from_lsn=self._retain_from(), outcomes=tuple(self._outcomes), events=tuple(self._events))
+            messages=tuple(messages), apply_through_lsn=self._apply_through(),
+            retain_from_lsn=self._retain_from(), outcomes=tuple(self._outcomes), events=tuple(self._events),
+            early_messages=early)
         self._hard_dirty, self._snapshot, self._truncate = False, None, None
         self._staged, self._outbox, self._outcomes, self._events = [], [], [], []
         self._outstanding = ready

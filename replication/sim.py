@@ -2,10 +2,10 @@
 
 One seed fixes everything: the cluster (3-5 nodes in 2-3 zones), the commit policy (unless given)
 and every fault: message delays (so reorders), drops, duplicates, crashes (some between a Ready's
-fsync and its sends), restarts from the durable log, partitions (some bridged by one node),
-stop-the-world pauses longer than a lease, nodes cut off from the consensus store and early lease
-expiry. Clients write to whichever nodes are primary and read on any node with
-min_lsn. The invariants of sim_check.py are checked after every tick; a calm phase at the end
+fsync and its sends, some between a primary's early Appends and its own fsync), restarts from the
+durable log, partitions (some bridged by one node), stop-the-world pauses longer than a lease, nodes
+cut off from the consensus store and early lease expiry. Clients write to whichever nodes are
+primary and read on any node with min_lsn. The invariants of sim_check.py are checked after every tick; a calm phase at the end
 (faults healed) checks that the cluster converges. A failure raises SimulationFailure whose text
 holds the replay line and the trace; `replay(text)` reruns it.
 
@@ -134,6 +134,7 @@ class Simulator:
     def __init__(self, config: SimConfig) -> None:
         self.requested = config  # what a replay line reproduces
         self.rng = random.Random(config.seed)
+        self.early_rng = random.Random(f"early {config.seed}")  # crashes between early sends and the fsync
         profile = self.rng.choice(PROFILES) if config.vary else {}
         if config.vary and config.storage:
             profile = {**profile, **random.Random(f"storage {config.seed}").choice(STORAGE_PROFILES)}
@@ -261,11 +262,18 @@ class Simulator:
                 # before that leaves the log and the hard state as they were (this Ready is lost whole)
                 self._crash(member, f"mid snapshot transfer at {ready.snapshot.position}")
                 return
+            early = ready.early_messages
+            for message in ready.messages[:early]:  # a primary's Appends go out before its own fsync
+                self._send(member, message)
+            if early and ready.entries and self.faults and self.early_rng.random() < self.config.crash_mid_ready:
+                # the replicas may get records this node never made durable: they were not acknowledged
+                self._crash(member, f"after sending {early} Appends, before their fsync")
+                return
             member.log.persist(ready)
             if self.faults and self.rng.random() < self.config.crash_mid_ready:
                 self._crash(member, "after fsync, before sending")
                 return
-            for message in ready.messages:
+            for message in ready.messages[early:]:
                 self._send(member, message)
             member.log.apply(ready)
             for event in ready.events:

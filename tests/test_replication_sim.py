@@ -195,6 +195,43 @@ def test_sync1_acknowledges_only_after_a_replica_holds_the_record_durably():
     assert cluster.node("n1").can_read(token.lsn) and cluster.logs["n1"].applied_lsn >= token.lsn
 
 
+def test_a_primary_ships_before_its_own_fsync_but_counts_itself_only_once_durable():
+    """Appends go out early (ready.early_messages), overlapping the replicas' fsyncs with the primary's;
+    a replica's ack still waits for its fsync. A primary that dies before its fsync loses records the
+    replicas hold: they were never acknowledged, and the most advanced replica's election keeps them."""
+    cluster = Cluster(THREE_ZONES, "sync(1)", campaign_ticks=10)
+    cluster.elect("n0", 1)
+    cluster.tick(3)
+    first = cluster.write("n0", b"first")
+    cluster.deliver()
+    assert cluster.outcome(first).status == COMMITTED
+    primary = cluster.node("n0")
+    token = primary.propose(b"early")
+    ready = primary.ready()
+    early = ready.messages[:ready.early_messages]
+    assert early and all(isinstance(m, Append) and m.entries[-1].lsn == token.lsn for m in early)
+    assert all(not isinstance(m, Append) for m in ready.messages[ready.early_messages:])
+    cluster.queue.extend(early)  # sent; then n0 dies before the fsync: its log never gets the record
+    cluster.crash("n0")
+    replica = cluster.node("n1")
+    replica.step(early[0] if early[0].to == "n1" else early[1])
+    reply = replica.ready()
+    assert reply.early_messages == 0 and any(isinstance(m, AppendAck) for m in reply.messages)
+    cluster.logs["n1"].persist(reply)
+    cluster.queue.extend(reply.messages)
+    replica.advance(reply)
+    cluster.deliver()  # n2 stores it too; the acks find n0 down
+    assert cluster.outcome(token) is None  # never acknowledged
+    cluster.restart("n0")
+    assert b"early" not in cluster.payloads("n0") and b"early" in cluster.payloads("n1")
+    cluster.elect("n0", 2)  # less advanced than both replicas: they refuse it
+    cluster.tick(12)
+    assert cluster.node("n0").role is Role.REPLICA
+    cluster.elect("n1", 3)
+    cluster.tick(10)
+    assert cluster.payloads("n0") == cluster.payloads("n1") == cluster.payloads("n2") == [b"first", b"early"]
+
+
 def test_a_missed_deadline_is_outcome_unknown_never_a_silent_success():
     cluster = Cluster(THREE_ZONES, "sync(1),deadline=50ms", tick_ms=10)
     cluster.elect("n0", 1)
