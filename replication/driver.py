@@ -10,7 +10,8 @@ anything. Messages arrive through `deliver()` (the transport's receive side) and
 
 One loop iteration, per README.md: with the engine's stage lock held, drain the proposals, feed
 messages, ticks and commands, take the Ready, persist the hard state, truncate and append the WAL;
-release the lock; fsync; send; apply committed records; resolve waiting commits; advance.
+release the lock; send a primary's Appends (while its fsync runs); fsync; send the rest; apply committed
+records; resolve waiting commits; advance.
 
 Snapshots (snapshot.py): a primary takes the backup for each InstallSnapshot it sends just before
 sending it (its tables then stand exactly at the offered position) and serves it to the replica's fetch.
@@ -81,13 +82,20 @@ class Replicator(CatchUp):
         self.snapshot_rates: collections.deque[dict[str, float]] = collections.deque(maxlen=16)
         self._next_housekeeping = 0.0
         self._sent: dict[str, collections.OrderedDict[int, float]] = {}  # per replica: last LSN sent -> when
+        # profile (status()["profile"]): per ack, send -> processed and send -> arrived (ms); on a replica,
+        # an Append's arrival -> its ack sent (ms)
         self.ack_rtt_ms: collections.deque[float] = collections.deque(maxlen=1024)
+        self.ack_wire_ms: collections.deque[float] = collections.deque(maxlen=1024)
+        self.replica_ms: collections.deque[float] = collections.deque(maxlen=1024)
+        self._arrived: collections.OrderedDict[tuple[str, int], float] = collections.OrderedDict()
         self.hard = HardStateFile(engine.path, fsync=engine.config.fsync)
         restored = restore(engine.wal, self.hard.load(), engine.memory_lsn)
         self.log = WalLog(engine.wal)
         self.node = ReplicationNode(config, self.log, restored)
         self.lock = threading.Condition(threading.Lock())  # guards the queues below and `node` reads
-        self._inbox: collections.deque[Message] = collections.deque()
+        # one iteration at a time: the loop thread's, or one that a receiving thread runs itself (deliver)
+        self._turn = threading.Lock()
+        self._inbox: collections.deque[tuple[Message, float]] = collections.deque()  # with its arrival
         self._proposals: collections.deque[tuple[int, int, list[Any], set[str]]] = collections.deque()
         self._commands: collections.deque[Callable[[], None]] = collections.deque()
         self._pending: dict[int, tuple[list[Any], set[str]]] = {}  # own records not yet applied
@@ -122,6 +130,8 @@ class Replicator(CatchUp):
             self.lock.notify_all()
         if self._thread.is_alive():
             self._thread.join(10)
+        if self._turn.acquire(timeout=10):  # an iteration a receiving thread runs ends first
+            self._turn.release()
         self.engine.replicator = None
         for waiter in list(self._waiters.values()):
             waiter.done.set()
@@ -177,11 +187,26 @@ class Replicator(CatchUp):
 
     # -- inputs from the transport and the operator ----------------------------------------------
     def deliver(self, messages: list[Message]) -> None:
+        """Queue messages from the transport, then carry them through an iteration on this thread unless
+        one runs already (the loop thread takes them then): a commit's critical path (the replica's append,
+        fsync and ack; the primary's handling of the ack) then skips the hop to the loop thread."""
+        now = time.perf_counter()
         with self.lock:
             for message in messages:
                 if message.to == self.config.node_id:
-                    self._inbox.append(message)
+                    self._inbox.append((message, now))
             self.lock.notify_all()
+        if self.failure is not None or self._stop.is_set() or not self._thread.is_alive():
+            return
+        if not self._turn.acquire(blocking=False):
+            return
+        try:
+            if self.failure is None and not self._stop.is_set():
+                self._iterate(0)
+        except BaseException as exc:  # noqa: BLE001 - as the loop's: poison, never leave commits waiting
+            self._fail(exc)
+        finally:
+            self._turn.release()
 
     def command(self, action: Callable[[], None]) -> None:
         with self.lock:
@@ -220,12 +245,24 @@ class Replicator(CatchUp):
         return self.addresses.get(primary, "") if primary else ""
 
     def _profile(self) -> dict[str, float]:
-        """Where commit time goes: the WAL fsync (mean ms, records per fsync) and the ack round trip (p50 ms)."""
+        """Where commit time goes: the WAL fsync (mean ms, records per fsync), the ack round trip (p50 ms: to
+        the ack's handling, and to its arrival), a replica's Append arrival -> ack sent (p50 ms)."""
         fsyncs = self.counters["fsyncs"]
-        rtts = sorted(self.ack_rtt_ms)
+
+        def p50(values: collections.deque[float]) -> float:
+            for _ in range(10):  # the loop thread appends meanwhile: a copy may need a retry
+                try:
+                    ordered = sorted(values)
+                    break
+                except RuntimeError:
+                    continue
+            else:
+                return 0.0
+            return ordered[len(ordered) // 2] if ordered else 0.0
         return {"fsync_ms_mean": self.counters["fsync_us"] / 1000 / fsyncs if fsyncs else 0.0,
                 "records_per_fsync": self.counters["records_synced"] / fsyncs if fsyncs else 0.0,
-                "ack_rtt_ms_p50": rtts[len(rtts) // 2] if rtts else 0.0, "ack_rtt_samples": len(rtts)}
+                "ack_rtt_ms_p50": p50(self.ack_rtt_ms), "ack_rtt_samples": len(self.ack_rtt_ms),
+                "ack_arrival_ms_p50": p50(self.ack_wire_ms), "replica_ack_ms_p50": p50(self.replica_ms)}
 
     def status(self) -> dict[str, Any]:
         node = self.node
@@ -246,24 +283,33 @@ class Replicator(CatchUp):
         tick_s = self.config.tick_ms / 1000
         next_tick = time.monotonic() + tick_s
         try:
-            while not self._stop.is_set():
-                with self.lock:  # only this thread changes the node: has_ready() is safe to ask here
+            while not self._stop.is_set() and self.failure is None:
+                with self._turn:  # the node changes only within a turn: has_ready() is safe to ask here
+                    busy = self.node.has_ready()
+                with self.lock:
                     while (not self._stop.is_set() and not self._inbox and not self._proposals
-                           and not self._commands and not self.node.has_ready() and time.monotonic() < next_tick):
+                           and not self._commands and not busy and time.monotonic() < next_tick):
                         self.lock.wait(max(0.0, next_tick - time.monotonic()))
                 ticks = 0
                 now = time.monotonic()
                 if now >= next_tick:
                     ticks = min(10, int((now - next_tick) / tick_s) + 1)
                     next_tick = max(next_tick + ticks * tick_s, now)
-                self._iterate(ticks)
+                with self._turn:
+                    if self.failure is None:
+                        self._iterate(ticks)
         except BaseException as exc:  # noqa: BLE001 - a failed loop must not leave commits waiting silently
-            self.failure = exc
-            self._writable = False
-            log.exception("replication loop of %s failed", self.config.node_id)
-            with self.lock:
-                for waiter in self._waiters.values():
-                    waiter.done.set()
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        """An iteration failed: the node stops taking writes and every waiting commit ends (outcome unknown)."""
+        self.failure = exc
+        self._writable = False
+        log.error("replication loop of %s failed", self.config.node_id, exc_info=exc)
+        with self.lock:
+            for waiter in self._waiters.values():
+                waiter.done.set()
+            self.lock.notify_all()
 
     def _iterate(self, ticks: int) -> None:
         engine, node = self.engine, self.node
@@ -277,9 +323,13 @@ class Replicator(CatchUp):
                 self._commands.clear()
             for lsn, timestamp_ns, ops, edge_types in proposals:
                 self._propose(lsn, timestamp_ns, ops, edge_types)
-            for message in inbox:
+            for message, arrived in inbox:
                 if isinstance(message, AppendAck):
-                    self._note_ack(message)
+                    self._note_ack(message, arrived)
+                elif isinstance(message, Append) and message.entries:
+                    self._arrived[(message.sender, message.entries[-1].lsn)] = arrived
+                    while len(self._arrived) > 256:
+                        self._arrived.popitem(last=False)
                 node.step(message)
             for action in commands:
                 action()
@@ -311,6 +361,8 @@ class Replicator(CatchUp):
             engine = self.engine
             with engine.stage_lock:
                 self._persist(ready)
+        early = ready.early_messages  # a primary's Appends: sent while its own fsync runs (ready.py)
+        self._send_all(ready.messages[:early])
         last = ready.entries[-1].lsn if ready.entries else 0
         if last:
             started = time.perf_counter()
@@ -318,16 +370,7 @@ class Replicator(CatchUp):
             self.counters["fsyncs"] += 1
             self.counters["fsync_us"] += int((time.perf_counter() - started) * 1e6)
             self.counters["records_synced"] += len(ready.entries)
-        now = time.perf_counter()
-        for message in ready.messages:
-            if isinstance(message, InstallSnapshot) and not self._offer(message):
-                continue
-            if isinstance(message, Append) and message.entries:
-                sent = self._sent.setdefault(message.to, collections.OrderedDict())
-                sent[message.entries[-1].lsn] = now
-                while len(sent) > 256:
-                    sent.popitem(last=False)
-            self.send(message.to, message)
+        self._send_all(ready.messages[early:])
         self._apply(ready)
         self._resolve(ready)
         self._retain_lsn = ready.retain_from_lsn
@@ -339,8 +382,25 @@ class Replicator(CatchUp):
                               and self._barrier.epoch == node.epoch and node.applied_lsn >= self._barrier.lsn)
             self.lock.notify_all()
 
-    def _note_ack(self, message: AppendAck) -> None:
-        """Profile: the round trip from sending records to the ack that covers them (replica fsync included)."""
+    def _send_all(self, messages: tuple[Message, ...]) -> None:
+        now = time.perf_counter()
+        for message in messages:
+            if isinstance(message, InstallSnapshot) and not self._offer(message):
+                continue
+            if isinstance(message, Append) and message.entries:
+                sent = self._sent.setdefault(message.to, collections.OrderedDict())
+                sent[message.entries[-1].lsn] = now
+                while len(sent) > 256:
+                    sent.popitem(last=False)
+            elif isinstance(message, AppendAck) and self._arrived:
+                arrived = self._arrived.pop((message.to, message.match_lsn), None)
+                if arrived is not None:
+                    self.replica_ms.append((now - arrived) * 1000)
+            self.send(message.to, message)
+
+    def _note_ack(self, message: AppendAck, arrived: float) -> None:
+        """Profile: the round trip from sending records to the ack that covers them (replica fsync included),
+        to its arrival and to its handling here."""
         sent = self._sent.get(message.sender)
         while sent:
             lsn, at = next(iter(sent.items()))
@@ -349,6 +409,7 @@ class Replicator(CatchUp):
             sent.popitem(last=False)
             if lsn == message.match_lsn:
                 self.ack_rtt_ms.append((time.perf_counter() - at) * 1000)
+                self.ack_wire_ms.append((arrived - at) * 1000)
 
     def _propose(self, lsn: int, timestamp_ns: int, ops: list[Any], edge_types: set[str]) -> None:
         payload = self._payloads.pop(lsn)
