@@ -153,6 +153,125 @@ def _policy(root: str, policy: str, commits: int, clients: int, seconds: float, 
         cluster.close()
 
 
+def _open_primary(cluster: Cluster, policy: str) -> tuple[Any, Any, list[Any]]:
+    """Node a of `cluster` as an embedded primary (the store in this process, its Replication service on
+    a's port), b and c as `knowledge serve --role replica` processes: (store, replicator, cleanup actions)."""
+    import dataclasses
+    from concurrent import futures
+
+    import grpc
+
+    import knowledge
+    from knowledge.replication.config import NodeConfig
+    from knowledge.replication.driver import Replicator
+    from knowledge.replication.policy import parse_policy
+    from knowledge.replication.transport import Links, handler
+    from knowledge.server.replication_serve import parse_members
+
+    store = knowledge.open(cluster.data("a"), config=dataclasses.replace(knowledge.StoreConfig(), replicated=True))
+    cluster.start("b", "replica", primary="a")
+    cluster.start("c", "replica", primary="a")
+    cluster.wait_ready("b", "c")
+    zones, addresses = parse_members(cluster.members("a"))
+    links = Links(addresses, "a")
+    replicator = Replicator(store.engine, NodeConfig("a", zones, parse_policy(policy)), addresses, links.send)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    server.add_generic_rpc_handlers((handler(replicator),))
+    server.add_insecure_port(cluster.address("a"))
+    server.start()
+    replicator.start(campaign=True)
+    deadline = time.monotonic() + 120
+    while replicator.primary_address() is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return store, replicator, [lambda: server.stop(0), replicator.close, links.close, store.close]
+
+
+def _commit_rate(commit: Any, threads: int, seconds: float, prefix: str) -> float:
+    """Commits/s of `threads` concurrent committers calling commit(key) for `seconds` (after 0.5 s warm-up)."""
+    done = [0] * threads
+    stop = threading.Event()
+
+    def run(k: int) -> None:
+        i = 0
+        while not stop.is_set():
+            commit(f"{prefix}{k}-{i}")
+            i += 1
+            done[k] += 1
+    workers = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(threads)]
+    for w in workers:
+        w.start()
+    time.sleep(0.5)
+    before, start = sum(done), time.perf_counter()
+    time.sleep(seconds)
+    rate = (sum(done) - before) / (time.perf_counter() - start)
+    stop.set()
+    for w in workers:
+        w.join(60)
+    return rate
+
+
+def _interleaved(root: str, policy: str, commits: int, threads: int, seconds: float, rounds: int) -> dict[str, Any]:
+    """Embedded local-only and embedded `policy` primary (replicas as processes, direct loopback links) open
+    side by side in this process: single-row commits alternate between them (so machine noise hits both
+    alike), then `rounds` alternating throughput phases of `threads` committers each."""
+    import knowledge
+    from knowledge.replication.transport import control
+
+    cluster = Cluster(os.path.join(root, "interleaved"), ZONES, policy, seed_store, direct=True)
+    local_path = os.path.join(root, "interleaved-local")
+    shutil.copytree(cluster.data("a"), local_path)
+    local = knowledge.open(local_path)
+    cleanup: list[Any] = [local.close]
+    try:
+        store, replicator, actions = _open_primary(cluster, policy)
+        cleanup = actions + cleanup
+        sessions = {"local": local.session(), policy: store.session()}
+
+        def committer(name: str) -> Any:
+            session = sessions[name]
+
+            def commit(key: str) -> None:
+                tx = session.transaction()
+                tx.upsert_nodes("Doc", [{"name": key, "n": 1}])
+                tx.commit()
+            return commit
+        commit = {name: committer(name) for name in sessions}
+        latencies: dict[str, list[float]] = {name: [] for name in sessions}
+        added: list[float] = []
+        for i in range(commits + 10):
+            pair = {}
+            for name in ((policy, "local") if i % 2 else ("local", policy)):
+                start = time.perf_counter()
+                commit[name](f"s{i}")
+                pair[name] = (time.perf_counter() - start) * 1000
+            if i >= 10:
+                for name, ms in pair.items():
+                    latencies[name].append(ms)
+                added.append(pair[policy] - pair["local"])
+        profile = {"primary": replicator.status()["profile"],
+                   "replica": control(cluster.address("b"), "status")["profile"]}
+        rates: dict[str, list[float]] = {name: [] for name in sessions}
+        cpu_ms: dict[str, list[float]] = {name: [] for name in sessions}  # this process's CPU per commit
+        fsyncs_before = store.engine.wal.fsync_count
+        for r in range(rounds):
+            for name in ((policy, "local") if r % 2 else ("local", policy)):
+                cpu, wall = time.process_time(), time.perf_counter()
+                rates[name].append(_commit_rate(commit[name], threads, seconds, f"g{r}-"))
+                cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+                cpu_ms[name].append(cpu * 1000 / max(1.0, rates[name][-1] * wall))
+        profile["group_commit"] = replicator.status()["profile"]
+        profile["group_commit_fsyncs"] = store.engine.wal.fsync_count - fsyncs_before
+        return {"latency": {name: series_ms(values) for name, values in latencies.items()},
+                "added_ms": series_ms(added), "writes_per_s": rates,
+                "writes_per_s_median": {name: sorted(v)[len(v) // 2] for name, v in rates.items()},
+                "cpu_ms_per_commit": cpu_ms,
+                "profile": profile, "threads": threads}
+    finally:
+        for action in cleanup:
+            action()
+        cluster.close()
+
+
 def _embedded(root: str, policy: str | None, commits: int, threads: int, seconds: float) -> dict[str, Any]:
     """The store in this process (no client RPC): local-only (policy None) or the primary of a cluster
     whose two replicas are `knowledge serve --role replica` processes; sequential latency, then

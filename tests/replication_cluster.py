@@ -117,10 +117,13 @@ class Proxy:
 
 class Cluster:
     """Members `zones` (id -> zone), each a `knowledge serve --role` process over a copy of one seed store;
-    peer links go through `proxies[(sender, receiver)]`."""
+    peer links go through `proxies[(sender, receiver)]` (a Python TCP forwarder in this process, for cuts and
+    delays), or straight to the peer's port with `direct=True` (benchmarks: no forwarder's hops in the figures)."""
 
-    def __init__(self, root: str, zones: dict[str, str], policy: str, seed: Callable[[str], str]) -> None:
+    def __init__(self, root: str, zones: dict[str, str], policy: str, seed: Callable[[str], str],
+                 direct: bool = False) -> None:
         self.root = root
+        self.direct = direct
         self.zones = dict(zones)
         self.policy = policy
         os.makedirs(root, exist_ok=True)
@@ -140,17 +143,20 @@ class Cluster:
     def address(self, n: str) -> str:
         return f"127.0.0.1:{self.ports[n]}"
 
+    def link(self, n: str, m: str) -> str:
+        """The address node n reaches peer m at: through the proxy n -> m, or m's own with `direct`."""
+        return self.address(m) if m == n or self.direct else self.proxies[(n, m)].address
+
     def members(self, n: str) -> str:
-        """Node n's view: itself at its real address, every peer through the proxy n -> peer."""
-        return ",".join(f"{m}={z}@{self.address(m) if m == n else self.proxies[(n, m)].address}"
-                        for m, z in self.zones.items())
+        """Node n's view: itself at its real address, every peer through the proxy n -> peer (or direct)."""
+        return ",".join(f"{m}={z}@{self.link(n, m)}" for m, z in self.zones.items())
 
     def start(self, n: str, role: str, primary: str | None = None, policy: str | None = None) -> None:
         argv = [*knowledge_command(), "serve", "--data", self.data(n), "--listen", self.address(n), "--no-audit",
                 "--role", role, "--zone", self.zones[n], "--members", self.members(n),
                 "--commit-policy", policy or self.policy, *self.extra_args]
         if primary is not None:
-            argv += ["--primary", self.proxies[(n, primary)].address]
+            argv += ["--primary", self.link(n, primary)]
         log = open(os.path.join(self.root, f"{n}.log"), "a")  # noqa: SIM115 - the process owns it
         self.procs[n] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, text=True)
         log.close()
