@@ -196,6 +196,17 @@ class Replicator(CatchUp):
                 if message.to == self.config.node_id:
                     self._inbox.append((message, now))
             self.lock.notify_all()
+        self._iterate_here()
+
+    def ship(self, lsn: int) -> None:
+        """The committer of record `lsn`, before its own fsync (Engine.finish): run an iteration on this
+        thread unless one runs already, so the record's Appends leave at once, before the fsync, with no
+        hop to the loop thread (which takes the record otherwise). Never raises: a failure poisons
+        replication, and wait_committed reports it."""
+        self._iterate_here()
+
+    def _iterate_here(self) -> None:
+        """One iteration on the calling thread when no other runs (else the loop thread, notified, does it)."""
         if self.failure is not None or self._stop.is_set() or not self._thread.is_alive():
             return
         if not self._turn.acquire(blocking=False):

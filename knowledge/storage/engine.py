@@ -239,6 +239,8 @@ class Engine:
         fsync), then apply to memory in LSN order. Readers never wait for an fsync and never see a
         record before it is durable. Under replication the record is applied (by apply_replicated) once
         its commit policy holds, and this waits for that outcome."""
+        if self.replicator is not None:
+            self.replicator.ship(lsn)  # its Appends leave before this fsync (replication/driver.py)
         try:
             self.wal.sync_to(lsn)
         except BaseException as exc:
