@@ -32,6 +32,9 @@ class VectorConfig:
     recalibrate_growth: float = 0.2    # recalibrate once the graph's rows changed by this share
     gather_fraction: float = 0.05
     gather_rows_min: int = 4096
+    gathered_cache_fraction: float = 0.5  # a filter searched again at one version scans a contiguous copy of
+                                          # its rows (each at most 1/4 of them): copies kept up to this share
+                                          # of the index's rows (0: none)
     device: str = "auto"               # exact scans on "cpu", "gpu", or the GPU when one is usable ("auto")
     gpu_memory_fraction_max: float = 0.5  # an index's rows go to the GPU only within this share of its memory
     gpu_rows_min: int = 32_768         # with device "auto", smaller indexes scan on the CPU (a GPU search
@@ -48,6 +51,8 @@ class VectorConfig:
             raise InvalidArgument(f"vector index kind must be auto, flat or hnsw, not {self.kind!r}")
         if not 0 < self.recall_target <= 1:
             raise InvalidArgument(f"vector recall_target must be in (0, 1], not {self.recall_target!r}")
+        if not 0 <= self.gathered_cache_fraction <= 1:
+            raise InvalidArgument(f"vector gathered_cache_fraction must be in [0, 1], not {self.gathered_cache_fraction!r}")
         if self.calibration_queries < 10 or self.recalibrate_growth <= 0:
             raise InvalidArgument("vector calibration_queries must be >= 10 and recalibrate_growth > 0")
         if self.ef_search is not None and not 1 <= self.ef_search <= self.ef_search_max:

@@ -37,6 +37,7 @@ _INT64_DTYPE, _FLOAT32_DTYPE = np.dtype(np.int64), np.dtype(np.float32)
 RANKED_KEYS_BUILT_MAX = 256  # up to this many str keys, the key column's buffers are built in Python
 _RANKED_SCHEMAS: dict[tuple[str, str | None, str | None], pa.Schema] = {}
 WHERE_MASKS_CACHED_MAX = 64  # where-filter masks kept per node type, until its next write
+WHERE_ALLOWED_CACHED_MAX = 8  # (visibility & where mask) bitmaps kept per session, while both are current
 __all__ = ["SessionSearch", "key_array", "pinned_read", "where_sql"]
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -72,6 +73,7 @@ class SessionSearch:
     store: StoreView
     _vector_properties: dict[tuple[str | None, str | None, bool], tuple[Any, str, Any, Any, str]]
     _pins: dict[int, PinnedStore]  # thread id -> the store as its current read (or snapshot) is pinned to
+    _where_allowed: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None  # _allowed_by
 
     @property
     def _at(self) -> StoreView:
@@ -120,7 +122,7 @@ class SessionSearch:
         allowed, path = visible, None
         if where:
             mask, path = self._where_mask(target[0], where, len(visible))
-            allowed = visible & mask
+            allowed = self._allowed_by(visible, mask)
         ids, scores, plan = target[1].search_prepared(query, k, allowed)
         if not self.principal.admin:  # the plan taken depends on how many rows are hidden: not shown
             plan = "filtered" if len(ids) else "empty"
@@ -223,6 +225,25 @@ class SessionSearch:
             raise InvalidArgument(f"several vector properties match ({[f'{t}.{p.name}' for t, p in candidates]}); "
                                   f"name type= and property=")
         return candidates[0]
+
+    def _allowed_by(self, visible: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """`visible & mask`; read-only and kept (WHERE_ALLOWED_CACHED_MAX of them, per session) when both are
+        (a cached visibility bitmap and a cached where mask), so a repeated filter hands the vector index the
+        same bitmap, whose row mask, row numbers and gathered rows it keeps."""
+        key = (id(visible), id(mask))
+        cache = self._where_allowed
+        if cache is None:
+            cache = self._where_allowed = {}
+        found = cache.get(key)
+        if found is not None and found[0] is visible and found[1] is mask:
+            return found[2]
+        allowed = visible & mask
+        if not visible.flags.writeable and not mask.flags.writeable:
+            allowed.flags.writeable = False
+            if len(cache) >= WHERE_ALLOWED_CACHED_MAX:
+                cache.pop(next(iter(cache), None), None)
+            cache[key] = (visible, mask, allowed)
+        return allowed
 
     def _where_mask(self, type_name: str, where: Any, size: int) -> tuple[np.ndarray, str]:
         """The rows of `type_name` matching `where` (not yet ANDed with visibility) and how the mask was

@@ -52,8 +52,9 @@ def recall_at(index: VectorIndex, queries: np.ndarray, allowed: np.ndarray | Non
         if allowed is not None:
             scores = np.where(allowed, scores, -np.inf)
         truth = set(np.argsort(-scores)[:K].tolist())
-        mask = np.ones(index.rows, bool) if allowed is None else allowed
-        found, _, _ = index._hnsw(q[None, :], K, None if allowed is None else mask, int(mask.sum()), ef)()
+        entry = None if allowed is None else index._mask_entry(allowed)
+        selected = index.rows if entry is None else entry.selected
+        found, _, _ = index._hnsw(q[None, :], K, entry, selected, ef)()
         hits += len(truth & set(found.tolist()))
     return hits / (K * len(queries))
 

@@ -144,4 +144,11 @@ def test_store_search_takes_the_measured_plan(tmp_path):
             if where is None and expected == "flat-filtered":
                 expected = "flat"
             assert table.schema.metadata[b"plan"].decode() == expected
-        assert session.search(queries[0], k=K, where={"b": ("<", 2)}).schema.metadata[b"plan"] == b"gather"
+        # the same filter again at the same LSN: its rows are copied out once and scanned as one block
+        session.search(queries[1], k=K, where={"b": ("<", 200)})
+        again = session.search(queries[1], k=K, where={"b": ("<", 200)})
+        assert index.choose_plan(2400, K, block=True)[0] == "block"  # the cheapest plan once the copy is made
+        assert again.schema.metadata[b"plan"] == b"gather-cached"
+        keys = np.flatnonzero(np.arange(len(rows)) % 1000 < 200)
+        truth = keys[np.argsort(-(rows[keys] @ (queries[1] / np.linalg.norm(queries[1]))))[:K]]
+        assert again.column("_key").to_pylist() == truth.tolist()

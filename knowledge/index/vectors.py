@@ -20,10 +20,15 @@ to reach the target at that share of rows), the one of least measured time (`pla
   rows in place with an IDSelectorBitmap (on a GPU: one masked scan of its copy of the rows);
 - otherwise: faiss with an IDSelectorBitmap, HNSW's ef widened by 1/sqrt(selectivity) so recall holds;
   when HNSW returns fewer than k allowed rows the search falls back to the exact gather.
+A read-only allowed bitmap (a cached visibility bitmap, or visibility & a cached where mask) keeps its row
+mask per index version (`_RowMask`); from its second search the allowed rows, up to BLOCK_FRACTION_MAX of
+them, are copied into one contiguous block (within `gathered_cache_fraction` of the rows for all blocks),
+and an exact search scans that block (plan "gather-cached", the measured "block" cost) instead of
+gathering again or scanning the rows in place through a selector.
 Cosine vectors are stored normalised and searched by inner product; scores are similarities
 (higher is better) for cosine and ip, squared distances (lower is better) for l2.
 
-Why one module of ~580 lines: `VectorIndex` is one object whose row arrays, tombstones, HNSW graph and
+Why one module of ~700 lines: `VectorIndex` is one object whose row arrays, tombstones, HNSW graph and
 device copy every method reads together; the planner, the search paths, the background-build
 handshake and the snapshot each touch all of them, so splitting it would spread one invariant (the
 rows a search sees are the rows it ranks) over several files. Its parts that stand alone are apart:
@@ -36,6 +41,7 @@ import io
 import itertools
 import logging
 import math
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -44,7 +50,7 @@ import numpy as np
 
 from knowledge.config import VectorConfig
 from knowledge.errors import InvalidArgument
-from knowledge.index.calibrate import Calibration
+from knowledge.index.calibrate import BLOCK_FRACTION_MAX, Calibration
 from knowledge.index.row_buffer import rows_copy
 from knowledge.index.snapshot_file import read_snapshot, write_snapshot
 from knowledge.index.vector_device import DeviceRows
@@ -62,6 +68,8 @@ GATHER_COST_PER_ROW = 4  # a gathered row costs a copy and a dot product; measur
 GATHER_FRACTION_MAX = 0.015  # above this share of rows, a selector scan in place beats copying the rows out
 EF_SEARCH_UNCALIBRATED = 160  # efSearch of a graph not calibrated yet, when VectorConfig.ef_search is None
 SMALL_RESULT_ROWS = 64  # up to this k, a faiss result row is checked in Python (cheaper than numpy calls)
+MASK_ENTRIES_MAX = 8  # row masks of read-only allowed bitmaps kept per index version (with their gathered rows)
+BLOCK_USES_MIN = 2  # a filter's rows are copied into a contiguous block from its second search at one version
 
 
 SearchJob = Callable[[], "tuple[np.ndarray, np.ndarray, str] | None"]
@@ -100,6 +108,33 @@ def _finish(rows: np.ndarray, scores: np.ndarray, row_ids: np.ndarray, metric: s
     return nodes[order], scores[order].astype(np.float32)
 
 
+class _RowMask:
+    """The rows a search may rank for one allowed bitmap (live and allowed), how many, and what is kept of
+    them while the bitmap is reused at one index version: the row numbers, the packed bits of a selector,
+    and a contiguous copy of the rows (`block`, with their node ids), made from the second search on."""
+
+    __slots__ = ("allowed", "mask", "selected", "uses", "rows", "bits", "block", "block_ids")
+
+    def __init__(self, allowed: np.ndarray | None, mask: np.ndarray, selected: int) -> None:
+        self.allowed, self.mask, self.selected, self.uses = allowed, mask, selected, 1
+        self.rows: np.ndarray | None = None
+        self.bits: dict[int, np.ndarray] = {}
+        self.block: np.ndarray | None = None
+        self.block_ids: np.ndarray | None = None
+
+    def row_numbers(self) -> np.ndarray:
+        if self.rows is None:
+            self.rows = np.flatnonzero(self.mask)
+        return self.rows
+
+    def packed(self, count: int) -> np.ndarray:
+        """The first `count` rows' bits, packed as faiss's IDSelectorBitmap reads them."""
+        bits = self.bits.get(count)
+        if bits is None:
+            bits = self.bits[count] = np.packbits(self.mask[:count], bitorder="little")
+        return bits
+
+
 def _grow_rows(array: np.ndarray, rows: int) -> np.ndarray:
     if rows <= len(array):
         return array
@@ -126,7 +161,8 @@ class VectorIndex:
         self.generation = 0  # bumped when rows are renumbered (compaction): older HNSW builds no longer fit
         self.graph_unsaved = False  # an HNSW graph was installed after the last snapshot
         self.version = 0
-        self._mask_cache: tuple | None = None
+        self._mask_cache: dict[tuple[int, int, int], _RowMask] | None = None  # None: empty (a fork starts so)
+        self._cache_lock = threading.Lock()  # guards _mask_cache's entries and their blocks
         self._hnsw_params: tuple[int, faiss.SearchParametersHNSW] | None = None  # (efSearch, params), unfiltered
         self.calibration: Calibration | None = None  # of the current graph (calibrate.py), or None
         self._consecutive: tuple[tuple[int, int], int | None] | None = None  # ((version, rows), first node id)
@@ -211,8 +247,7 @@ class VectorIndex:
         """`search` of a query that `prepare` or `query_vector` made (`force`: as in `plan_search`)."""
         result = (self.plan_search(q, k, allowed) if force is None else self.plan_search(q, k, allowed, force))()
         if result is None:  # the graph walk found fewer than k allowed rows: exact search of them all
-            row_mask, selected = self._row_mask(allowed)
-            result = self._exact_filtered(q, k, row_mask, selected)()
+            result = self._exact_filtered(q, k, self._mask_entry(allowed))()
             assert result is not None
         return result
 
@@ -233,44 +268,52 @@ class VectorIndex:
         """
         if self.live_count == 0 or k <= 0:
             return _done(np.zeros(0, np.int64), np.zeros(0, np.float32), "empty")
-        row_mask, selected = self._row_mask(allowed)
+        entry = self._mask_entry(allowed)
+        row_mask, selected = entry.mask, entry.selected
         if selected == 0:
             return _done(np.zeros(0, np.int64), np.zeros(0, np.float32), "empty")
         unfiltered = selected == self.rows
         if not unfiltered and self._on_device():  # one masked scan of the GPU copy: exact, no host gather
             return self._flat(q, k, row_mask, selected)
+        block = None if unfiltered else self._block(entry)
         ef = None
         if force is None and self.calibrated():
-            force, ef = self.choose_plan(selected, k)
+            force, ef = self.choose_plan(selected, k, block is not None)
+        if block is not None and force in ("block", "gather", None) and (
+                force is not None or self._gather_is_cheaper(selected, k)):
+            return self._scan_rows(q, k, block, len(block), entry.block_ids, None, selected, "gather-cached")
         if force is not None:  # a measured choice, or one a caller forces
             if force == "gather":
-                return _done(*self._gather(q, k, row_mask), "gather")
+                return _done(*self._gather(q, k, entry), "gather")
             if force == "hnsw" and self.hnsw is not None:
-                return self._hnsw(q, k, None if unfiltered else row_mask, selected, ef)
+                return self._hnsw(q, k, None if unfiltered else entry, selected, ef)
             if force not in ("scan", "hnsw"):
                 raise InvalidArgument(f"plan must be gather, scan or hnsw, not {force!r}")
-            return self._flat(q, k, row_mask, selected)
+            return self._flat(q, k, row_mask, selected, entry)
         if not unfiltered and self._gather_is_cheaper(selected, k):
-            return self._exact_filtered(q, k, row_mask, selected)
+            return self._exact_filtered(q, k, entry)
         if self.hnsw is not None:
-            return self._hnsw(q, k, None if unfiltered else row_mask, selected)
-        return self._flat(q, k, row_mask, selected)
+            return self._hnsw(q, k, None if unfiltered else entry, selected)
+        return self._flat(q, k, row_mask, selected, entry)
 
     # -- the measured planner -----------------------------------------------------------------
     def calibrated(self) -> bool:
         """Whether the planner follows measured costs: a graph with a calibration of it, efSearch not fixed."""
         return self.hnsw is not None and self.calibration is not None and self.config.ef_search is None
 
-    def plan_costs(self, selected: int, k: int) -> dict[str, tuple[float, int | None]]:
+    def plan_costs(self, selected: int, k: int, block: bool = False) -> dict[str, tuple[float, int | None]]:
         """Estimated µs of each plan that meets the recall target for a search of `selected` allowed rows,
-        from the calibration: {"gather" | "scan" | "hnsw": (µs, efSearch for hnsw)}. Exact plans always
-        qualify; HNSW where the calibration found an efSearch reaching the target at this share of rows."""
+        from the calibration: {"gather" | "scan" | "hnsw" | "block": (µs, efSearch for hnsw)}. Exact plans
+        always qualify ("block", the scan of the rows gathered already, only when `block`); HNSW where the
+        calibration found an efSearch reaching the target at this share of rows."""
         assert self.calibration is not None
-        return self.calibration.plan_costs(selected, k, self.rows, self.hnsw_rows, self.config.ef_search_max)
+        return self.calibration.plan_costs(selected, k, self.rows, self.hnsw_rows, self.config.ef_search_max,
+                                           block=block)
 
-    def choose_plan(self, selected: int, k: int) -> tuple[str, int | None]:
-        """(the cheapest plan of `plan_costs`, its efSearch)."""
-        costs = self.plan_costs(selected, k)
+    def choose_plan(self, selected: int, k: int, block: bool = False) -> tuple[str, int | None]:
+        """(the cheapest plan of `plan_costs`, its efSearch); `block`: the allowed rows are gathered already
+        (a "block" plan: one scan of their contiguous copy)."""
+        costs = self.plan_costs(selected, k, block)
         name = min(costs, key=lambda plan: costs[plan][0])
         return name, costs[name][1]
 
@@ -297,21 +340,29 @@ class VectorIndex:
             return {}
         return {"calibration": {**self.calibration.as_dict(), "in_use": self.calibrated()}}
 
-    def _exact_filtered(self, q: np.ndarray, k: int, row_mask: np.ndarray, selected: int) -> SearchJob:
-        """Exact search of the `selected` allowed rows: gathered and scanned when they are few (up to
+    def _exact_filtered(self, q: np.ndarray, k: int, entry: _RowMask) -> SearchJob:
+        """Exact search of the allowed rows: gathered and scanned when they are few (up to
         GATHER_FRACTION_MAX of the rows), else one faiss scan of the rows in place that skips the others."""
-        if selected <= GATHER_FRACTION_MAX * self.rows or self._on_device():
-            return _done(*self._gather(q, k, row_mask), "gather")
-        return self._exhaustive(q, k, row_mask, selected, "flat-filtered")
+        if entry.selected <= GATHER_FRACTION_MAX * self.rows or self._on_device():
+            return _done(*self._gather(q, k, entry), "gather")
+        return self._exhaustive(q, k, entry.mask, entry.selected, "flat-filtered", entry)
 
     def _exhaustive(self, q: np.ndarray, k: int, row_mask: np.ndarray | None, selected: int,
-                    plan: str) -> SearchJob:
+                    plan: str, entry: _RowMask | None = None) -> SearchJob:
         """faiss's exhaustive search of the rows in place: every row (row_mask None), or the `selected` rows
-        of `row_mask` through an IDSelectorBitmap. Asks one row past the k-th, widening while rows tie with
-        it, so ties are ranked by node id as everywhere else."""
-        matrix, rows, metric = self.matrix, self.rows, self.metric
-        row_ids = self.row_ids[:rows]
-        bits = None if row_mask is None else np.packbits(row_mask, bitorder="little")
+        of `row_mask` through an IDSelectorBitmap (its bits kept in `entry`, the mask's cache entry)."""
+        rows = self.rows
+        bits = None
+        if row_mask is not None:
+            bits = entry.packed(rows) if entry is not None else np.packbits(row_mask, bitorder="little")
+        return self._scan_rows(q, k, self.matrix, rows, self.row_ids[:rows], bits, selected, plan)
+
+    def _scan_rows(self, q: np.ndarray, k: int, matrix: np.ndarray, rows: int, row_ids: np.ndarray,
+                   bits: np.ndarray | None, selected: int, plan: str) -> SearchJob:
+        """faiss's exhaustive search of rows [0, rows) of `matrix` (node ids `row_ids`), all of them or those
+        whose bit is set in `bits` (`selected` of them). Asks one row past the k-th, widening while rows tie
+        with it, so ties are ranked by node id as everywhere else."""
+        metric = self.metric
 
         def run() -> tuple[np.ndarray, np.ndarray, str]:
             selector = None if bits is None else faiss.IDSelectorBitmap(rows, faiss.swig_ptr(bits))
@@ -332,11 +383,24 @@ class VectorIndex:
         return run
 
     def _row_mask(self, allowed: np.ndarray | None) -> tuple[np.ndarray, int]:
-        """Rows that are live and whose node is allowed, and how many; cached per (bitmap, index version)."""
+        """Rows that are live and whose node is allowed, and how many (`_mask_entry`)."""
+        entry = self._mask_entry(allowed)
+        return entry.mask, entry.selected
+
+    def _mask_entry(self, allowed: np.ndarray | None) -> _RowMask:
+        """The rows that are live and whose node is allowed, as a `_RowMask`; kept (MASK_ENTRIES_MAX of them,
+        the least recently used going first) per (bitmap, index version) when the bitmap is read-only (a
+        cached visibility bitmap or where-filter mask) or None (every row)."""
         cache_key = (id(allowed), self.version, self.rows)
-        if allowed is not None and self._mask_cache is not None and self._mask_cache[0] == cache_key \
-                and self._mask_cache[1] is allowed:
-            return self._mask_cache[2], self._mask_cache[3]
+        reusable = allowed is None or not allowed.flags.writeable
+        if reusable:
+            with self._cache_lock:
+                cache = self._mask_cache
+                entry = None if cache is None else cache.get(cache_key)
+                if entry is not None and entry.allowed is allowed:
+                    entry.uses += 1
+                    cache[cache_key] = cache.pop(cache_key)  # the most recently used last
+                    return entry
         row_mask = self.live[:self.rows]
         if allowed is not None:
             first = self._consecutive_from()
@@ -346,11 +410,36 @@ class VectorIndex:
                 nodes = self.row_ids[:self.rows]
                 inside = nodes < len(allowed)
                 row_mask = row_mask & inside & allowed[np.where(inside, nodes, 0)]
-        selected = int(np.count_nonzero(row_mask))
-        if allowed is not None and not allowed.flags.writeable:  # a cached visibility bitmap: reusable
-            row_mask.flags.writeable = False  # shared by later searches (and their GPU copy of it)
-            self._mask_cache = (cache_key, allowed, row_mask, selected)
-        return row_mask, selected
+        entry = _RowMask(allowed, row_mask, int(np.count_nonzero(row_mask)))
+        if reusable:
+            if allowed is not None:
+                row_mask.flags.writeable = False  # shared by later searches (and their GPU copy of it)
+            with self._cache_lock:
+                cache = self._mask_cache
+                if cache is None or any(key[1:] != cache_key[1:] for key in cache):  # another version: all stale
+                    cache = self._mask_cache = {}
+                cache[cache_key] = entry
+                while len(cache) > MASK_ENTRIES_MAX:
+                    cache.pop(next(iter(cache)))
+        return entry
+
+    def _block(self, entry: _RowMask) -> np.ndarray | None:
+        """A contiguous copy of the entry's rows, made on its BLOCK_USES_MIN-th search when they are at most
+        BLOCK_FRACTION_MAX of the rows and the copies kept stay within `gathered_cache_fraction` of the
+        rows (None otherwise): one scan of it replaces a gather (copy, then scan) or a masked scan."""
+        if entry.block is not None or entry.uses < BLOCK_USES_MIN or entry.selected > BLOCK_FRACTION_MAX * self.rows:
+            return entry.block
+        with self._cache_lock:
+            cache = self._mask_cache or {}
+            if all(other is not entry for other in cache.values()):
+                return None  # not kept (a writable bitmap, or evicted): a copy would be used once
+            held = sum(len(other.block) for other in cache.values() if other.block is not None)
+            if held + entry.selected > self.config.gathered_cache_fraction * self.rows:
+                return None
+        rows = entry.row_numbers()
+        entry.block_ids = self.row_ids[rows]
+        entry.block = np.ascontiguousarray(self.matrix[rows])
+        return entry.block
 
     def _consecutive_from(self) -> int | None:
         """The node id of row 0 when rows hold consecutive node ids (row i is node row_ids[0] + i, as after
@@ -380,11 +469,12 @@ class VectorIndex:
         ef = min(self.config.ef_search_max, max(k, ef_search / math.sqrt(fraction)))
         return selected * GATHER_COST_PER_ROW <= ef * self.config.hnsw_m
 
-    def _gather(self, q: np.ndarray, k: int, row_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        found, scores = self._exact_rows(q, k, np.flatnonzero(row_mask))
+    def _gather(self, q: np.ndarray, k: int, entry: _RowMask) -> tuple[np.ndarray, np.ndarray]:
+        found, scores = self._exact_rows(q, k, entry.row_numbers())
         return _finish(found, scores, self.row_ids, self.metric, k)
 
-    def _flat(self, q: np.ndarray, k: int, row_mask: np.ndarray, selected: int) -> SearchJob:
+    def _flat(self, q: np.ndarray, k: int, row_mask: np.ndarray, selected: int,
+              entry: _RowMask | None = None) -> SearchJob:
         """Exact search of every row (`selected` of them allowed by `row_mask`): the GPU copy of the rows, or
         faiss's exhaustive search of the rows themselves (no copy of them in a faiss index) on the CPU."""
         unfiltered = selected == self.rows
@@ -392,7 +482,7 @@ class VectorIndex:
         if self._on_device():
             found, scores = self._exact_rows(q, k, None, None if unfiltered else row_mask)
             return _done(*_finish(found, scores, self.row_ids, self.metric, k), plan)
-        return self._exhaustive(q, k, None if unfiltered else row_mask, selected, plan)
+        return self._exhaustive(q, k, None if unfiltered else row_mask, selected, plan, entry)
 
     @property
     def scan_device(self) -> str:
@@ -439,14 +529,15 @@ class VectorIndex:
         (`vector_scan.exact_top`); ties are settled by node id in `_finish`."""
         return exact_top(base, q, k, self.metric, mask)
 
-    def _hnsw(self, q: np.ndarray, k: int, row_mask: np.ndarray | None, selected: int,
+    def _hnsw(self, q: np.ndarray, k: int, entry: _RowMask | None, selected: int,
               ef: int | None = None) -> SearchJob:
-        """A search of the HNSW graph (filtered by `row_mask` when given) at efSearch `ef` (by default the
+        """A search of the HNSW graph (filtered by `entry`'s row mask when given) at efSearch `ef` (by default the
         fixed or calibrated one, widened by 1/sqrt(selectivity)); rows appended since the graph was built
         (the tail) are searched exactly, now, and merged."""
         assert self.hnsw is not None
         graph, covered, rows, metric = self.hnsw, self.hnsw_rows, self.rows, self.metric
         row_ids = self.row_ids[:rows]
+        row_mask = None if entry is None else entry.mask
         bits = selector = None
         fraction = max(selected / max(rows, 1), 1e-6)
         if ef is None and self.calibrated() and k <= self.config.ef_search_max:  # a forced HNSW plan
@@ -457,9 +548,8 @@ class VectorIndex:
             params = self._unfiltered_hnsw_params(max(ef or base_ef, k))
         else:
             params = faiss.SearchParametersHNSW()
-            mask = self.live[:rows] if row_mask is None else row_mask
             params.efSearch = int(ef or min(self.config.ef_search_max, max(k, base_ef / math.sqrt(fraction))))
-            bits = np.packbits(mask[:covered], bitorder="little")
+            bits = np.packbits(self.live[:covered], bitorder="little") if entry is None else entry.packed(covered)
             selector = faiss.IDSelectorBitmap(covered, faiss.swig_ptr(bits))  # bits and selector live in the job
             params.sel = selector
         tail: tuple[np.ndarray, np.ndarray] | None = None
