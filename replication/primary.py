@@ -132,7 +132,8 @@ class PrimaryRole:
                 progress.probe = True  # an Append or its ack was lost: ask (a Subscribe resyncs)
                 progress.progress_tick = node.now
                 self.dirty.add(replica)
-            if node.now - progress.last_sent_tick >= node.config.heartbeat_ticks:
+            if (node.now - progress.last_sent_tick >= node.config.heartbeat_ticks
+                    or progress.commit_sent < node.commit_lsn):  # a commit notice held back (_send_to)
                 self.dirty.add(replica)
 
     def abandon(self, reason: str) -> None:
@@ -263,7 +264,10 @@ class PrimaryRole:
             progress.next_lsn = entries[-1].lsn + 1
             sent = True
         due = node.now - progress.last_sent_tick >= config.heartbeat_ticks
-        if not sent and (due or progress.commit_sent < node.commit_lsn):
+        # a new commit LSN alone earns an empty Append once per tick at most: under load the next Append
+        # carries it, and each notice would cost a frame and an ack each way per commit
+        notice = progress.commit_sent < node.commit_lsn and progress.last_sent_tick < node.now
+        if not sent and (due or notice):
             after = progress.match_lsn if progress.heard else progress.next_lsn - 1
             node.send(Append(node.id, replica, node.epoch, Position(node.history.epoch_at(after), after),
                              (), node.commit_lsn))
