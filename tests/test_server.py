@@ -351,6 +351,7 @@ def test_audit_log_is_persisted_and_rotated(tmp_path):
             for _ in range(250):
                 reader.session().get("Doc", "d1")
             reader.session().scan("Doc")
+        assert served.server.audit.flush(10)  # the writer thread writes what was recorded within audit_flush_ms
         directory = os.path.join(served.path, "audit")
         entries = read_audit(directory)
         files = audit_files(directory)

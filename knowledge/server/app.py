@@ -90,7 +90,8 @@ class KnowledgeServer:
         if getattr(store, "audit", None) is not None:
             self.audit = PersistentAudit(store.audit, os.path.join(store.path, "audit"),
                                          file_bytes_max=self.config.audit_file_bytes_max,
-                                         files_max=self.config.audit_files_max)
+                                         files_max=self.config.audit_files_max,
+                                         flush_ms=self.config.audit_flush_ms)
             store.audit = self.audit
         limit = self.config.message_bytes_max
         self.server = grpc.server(

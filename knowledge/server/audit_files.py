@@ -1,7 +1,15 @@
 """The audit log, persisted while serving: every entry the store's audit ring records is also appended
 as one JSON line to `DATA/audit/audit-NNNNNN.jsonl`, rotated at `file_bytes_max`, keeping the newest
-`files_max` files. Lines are flushed to the OS as they are written (a crash of the server process loses
-none; a power loss may lose the last moments, as the log is not fsynced per read).
+`files_max` files.
+
+The reading call only queues its entry (and records it in the ring, which `audit_log()` queries at once); a
+writer thread formats what is queued and appends it in one write, flushed to the OS, at least every
+`flush_ms` (`ServerConfig.audit_flush_ms`, 10 ms by default), so a read pays no file write and no JSON
+encoding. Durability: `flush()` returns once everything recorded before it is in the files; `close()` (the
+server's stop, so a SIGTERM drain too) writes every queued entry before it returns. A crash of the server
+process (SIGKILL, OOM) loses at most the entries of the last `flush_ms`; a power loss may lose the last
+moments, as the files are not fsynced. `flush_ms=0` writes each entry in the reading call, as before (a
+crash of the process then loses none).
 """
 
 from __future__ import annotations
@@ -16,6 +24,8 @@ from typing import Any
 
 FILE_PATTERN = re.compile(r"^audit-(\d{6})\.jsonl$")
 IDS_PER_LINE_MAX = 1000
+FLUSH_MS = 10.0
+NAMES_CACHED_MAX = 4096  # principal and API names kept JSON-encoded
 
 
 def audit_file_name(number: int) -> str:
@@ -30,39 +40,115 @@ def audit_files(directory: str) -> list[str]:
     return [os.path.join(directory, n) for n in names]
 
 
-class PersistentAudit:
-    """Wraps the store's audit ring (same `record`, `query`, `len`) and writes each entry to files too."""
+_Pending = tuple[int, str, str, list[int], int, "str | None"]  # (timestamp_ns, principal, api, ids, lsn, request id)
 
-    def __init__(self, ring: Any, directory: str, *, file_bytes_max: int, files_max: int) -> None:
+
+class PersistentAudit:
+    """Wraps the store's audit ring (same `record`, `query`, `len`) and writes each entry to files too:
+    queued by `record`, written by a writer thread within `flush_ms` (0: in `record` itself)."""
+
+    def __init__(self, ring: Any, directory: str, *, file_bytes_max: int, files_max: int,
+                 flush_ms: float = FLUSH_MS) -> None:
         self.ring = ring
         self.directory = directory
         self.file_bytes_max = file_bytes_max
         self.files_max = files_max
-        self._lock = threading.Lock()
+        self.flush_s = max(0.0, flush_ms) / 1000
+        self._lock = threading.Lock()  # the file, its rotation and `_written`
+        self._queue_lock = threading.Condition(threading.Lock())  # `_queue`, `_queued`, `_closed`
+        self._queue: list[_Pending] = []
+        self._queued = 0  # entries queued since the start (the last one's number)
+        self._written = 0  # entries written to the files since the start
+        self._written_cv = threading.Condition(self._lock)
+        self._closed = False
+        self._flush_wanted = False  # flush() asks the writer not to wait out `flush_s`
+        self._json_names: dict[str, str] = {}  # principal or API name -> its JSON text
         os.makedirs(directory, exist_ok=True)
         existing = audit_files(directory)
         self._number = int(FILE_PATTERN.match(os.path.basename(existing[-1])).group(1)) if existing else 1
         self._file = open(os.path.join(directory, audit_file_name(self._number)), "a", encoding="utf-8")
+        self._writer: threading.Thread | None = None
+        if self.flush_s > 0:
+            self._writer = threading.Thread(target=self._write_loop, name="knowledge-audit-writer", daemon=True)
+            self._writer.start()
 
     @property
     def ids_per_entry_max(self) -> int:
         return getattr(self.ring, "ids_per_entry_max", IDS_PER_LINE_MAX)
 
     def record(self, principal: str, api: str, node_ids: Iterable[int], lsn: int) -> None:
-        ids = list(node_ids)
+        ids = node_ids if isinstance(node_ids, list) else list(node_ids)
         self.ring.record(principal, api, ids, lsn)
         from knowledge.metrics import current_request_id
-        line = json.dumps({"timestamp_ns": time.time_ns(), "principal": principal, "api": api,
-                           "node_ids": ids[:IDS_PER_LINE_MAX], "node_count": len(ids), "lsn": lsn,
-                           "request_id": current_request_id()},
-                          separators=(",", ":"))
-        with self._lock:
-            if self._file.closed:
+        entry = (time.time_ns(), principal, api, ids, lsn, current_request_id())
+        if self._writer is None:
+            with self._lock:
+                self._write([entry])
+            return
+        with self._queue_lock:
+            if self._closed:
                 return
-            self._file.write(line + "\n")
-            self._file.flush()
+            self._queue.append(entry)
+            self._queued += 1
+            if len(self._queue) == 1:  # the writer sleeps on an empty queue
+                self._queue_lock.notify()
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait until every entry recorded before this call is in the files (flushed to the OS); False when
+        `timeout_s` passed first."""
+        with self._queue_lock:
+            target = self._queued
+            self._flush_wanted = True
+            self._queue_lock.notify_all()
+        with self._written_cv:
+            return self._written_cv.wait_for(lambda: self._written >= target or self._file.closed, timeout_s)
+
+    def _write_loop(self) -> None:
+        """Sleep until an entry is queued, gather for `flush_s` (cut short by `flush()` and `close()`), write
+        the batch; until closed."""
+        queue_lock = self._queue_lock
+        while True:
+            with queue_lock:
+                while not self._queue and not self._closed:
+                    queue_lock.wait()
+                queue_lock.wait_for(lambda: self._closed or self._flush_wanted, self.flush_s)
+                batch, self._queue = self._queue, []
+                self._flush_wanted = False
+                closed = self._closed
+            if batch:
+                with self._lock:
+                    self._write(batch)
+            if closed:
+                return
+
+    def _json_name(self, name: str) -> str:
+        text = self._json_names.get(name)
+        if text is None:
+            text = json.dumps(name)
+            if len(self._json_names) < NAMES_CACHED_MAX:
+                self._json_names[name] = text
+        return text
+
+    def _write(self, batch: list[_Pending]) -> None:
+        """Append `batch` as JSON lines (under `_lock`), flushed to the OS, rotating as the file fills."""
+        if self._file.closed:
+            return
+        name = self._json_name
+        lines = []
+        for timestamp_ns, principal, api, ids, lsn, request_id in batch:
+            shown = ids if len(ids) <= IDS_PER_LINE_MAX else ids[:IDS_PER_LINE_MAX]
+            rid = "null" if request_id is None else json.dumps(request_id)
+            lines.append(f'{{"timestamp_ns":{timestamp_ns},"principal":{name(principal)},"api":{name(api)},'
+                         f'"node_ids":[{",".join(map(str, shown))}],"node_count":{len(ids)},"lsn":{lsn},'
+                         f'"request_id":{rid}}}\n')
+        for line in lines:  # rotation is checked per line, as when each was written alone
+            self._file.write(line)
             if self._file.tell() >= self.file_bytes_max:
+                self._file.flush()
                 self._rotate()
+        self._file.flush()
+        self._written += len(batch)
+        self._written_cv.notify_all()
 
     def _rotate(self) -> None:
         self._file.close()
@@ -78,9 +164,19 @@ class PersistentAudit:
         return len(self.ring)
 
     def close(self) -> None:
+        """Write every queued entry, then close the files (later records reach the ring only)."""
+        with self._queue_lock:
+            self._closed = True
+            self._queue_lock.notify_all()
+        if self._writer is not None and self._writer is not threading.current_thread():
+            self._writer.join()
         with self._lock:
+            if self._queue:  # recorded after the writer's last batch (or with no writer)
+                batch, self._queue = self._queue, []
+                self._write(batch)
             if not self._file.closed:
                 self._file.close()
+            self._written_cv.notify_all()
 
 
 def read_audit(directory: str) -> list[dict[str, Any]]:

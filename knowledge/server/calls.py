@@ -343,11 +343,9 @@ def _observed(rpc: str, call: Callable[..., Any]) -> Callable[..., Any]:
         metrics = getattr(self.calls, "metrics", None)
         if metrics is None:
             return call(self, request, context)
-        with metrics.call(rpc) as record:
-            try:
-                return call(self, request, context)
-            finally:
-                code = context.code() if hasattr(context, "code") else None
-                if code is not None:
-                    record.code = code.name
+
+        def code() -> str | None:
+            answered = context.code() if hasattr(context, "code") else None
+            return None if answered is None else answered.name
+        return metrics.run(rpc, code, call, self, request, context)
     return observed

@@ -119,7 +119,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           client_ca=args.client_ca, insecure=args.insecure, cert_principals=args.cert_principals,
                           message_bytes_max=args.message_bytes_max, workers_max=args.workers,
                           principal_calls_max=args.principal_calls_max, heavy_reads_max=args.heavy_reads_max,
-                          faiss_threads=args.faiss_threads,
+                          faiss_threads=args.faiss_threads, audit_flush_ms=args.audit_flush_ms,
                           drain_s=args.drain_s, metrics_listen=args.metrics,
                           recall_sample_fraction=args.recall_sample, log_json=args.log_json)
     if getattr(args, "role", None):
@@ -274,6 +274,9 @@ def add_commands(sub: Any, command: Callable[..., argparse.ArgumentParser], prin
                    help="OpenMP threads per faiss call (default 1: calls run side by side instead)")
     p.add_argument("--drain-s", type=float, default=30.0, metavar="S", help="SIGTERM: time for calls in flight (30)")
     p.add_argument("--no-audit", action="store_true", help="do not keep the audit log (on by default when serving)")
+    p.add_argument("--audit-flush-ms", type=float, default=10.0, metavar="MS",
+                   help="audit entries reach DATA/audit/ within MS (batched by a writer thread; 0: written by each "
+                        "read itself, so a crash of the server loses none) (10)")
     p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics")
     p.add_argument("--recall-sample", type=float, default=0.0, metavar="F",
                    help="re-run this share of searches exactly in the background; export their recall (0)")

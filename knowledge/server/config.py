@@ -34,6 +34,8 @@ class ServerConfig:
     drain_s: float = 30.0  # on SIGTERM: how long in-flight calls may take to finish
     audit_file_bytes_max: int = 64 << 20
     audit_files_max: int = 16
+    audit_flush_ms: float = 10.0  # audit entries reach the files within this long (a writer thread batches them);
+    # 0: each in the reading call (see knowledge/server/audit_files.py for what a crash may lose)
     changes_poll_ms: int = 50
     metrics_listen: str | None = None  # HOST:PORT of the Prometheus exporter (knowledge.metrics); None: off
     recall_sample_fraction: float = 0.0  # share of searches re-run exactly in the background (sampled recall)
@@ -55,6 +57,8 @@ class ServerConfig:
         if self.metrics_listen is not None:
             from knowledge.metrics import parse_listen
             parse_listen(self.metrics_listen)
+        if not 0 <= self.audit_flush_ms <= 60_000:
+            raise InvalidArgument(f"server config audit_flush_ms must be in [0, 60000], got {self.audit_flush_ms}")
         if self.drain_s < 0:
             raise InvalidArgument(f"server config drain_s must be >= 0, got {self.drain_s}")
         if (self.tls_cert is None) != (self.tls_key is None):
