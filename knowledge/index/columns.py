@@ -6,7 +6,8 @@ live rows, all dense over node ids. A `ColumnIndex` is either numeric (int, floa
 microseconds; a float NaN is stored as +inf, which compares like DuckDB's NaN against every finite
 value) or dictionary-encoded (str, bool: an int32 code per row, -1 for NULL, with one bitmap per
 value while the column has few distinct values). Ranges on a numeric column use a sorted (value, id)
-array, rebuilt lazily after changes, when they select few rows, else a dense comparison.
+array, rebuilt lazily after changes, when they select few rows (or leave out few: those are cleared
+from the valid rows), else a dense comparison.
 
 Predicates are the normalised trees of `knowledge.session_where`: ("and", children), ("or", children)
 or a leaf (operator, property, property type, value). `TypeColumns.mask` answers them with NULL
@@ -28,7 +29,8 @@ from knowledge.index.arrays import grown
 MEMORY_TYPES = ("str", "int", "float", "bool", "timestamp")  # property types indexed here
 MEMORY_OPERATORS = ("=", "!=", "<", "<=", ">", ">=", "in", "between", "is_null", "not_null")
 BITMAP_VALUES_MAX = 64  # a dictionary column keeps per-value bitmaps up to this many distinct values
-SORTED_FRACTION = 1 / 32  # a range selecting fewer rows than this share of them scatters from the sorted array
+SORTED_FRACTION = 1 / 8  # a range selecting (or leaving out) fewer rows than this share of them scatters from the
+# sorted array (100k rows: scattering 10k ids took 9 µs, a dense comparison and its AND 14 µs)
 _INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
@@ -201,8 +203,15 @@ class ColumnIndex:
             start = 0 if low is None else int(np.searchsorted(values, low, "right" if low_open else "left"))
             stop = len(values) if high is None else int(np.searchsorted(values, high,
                                                                          "left" if high_open else "right"))
-            if stop - start < max(len(self.valid), 1) * SORTED_FRACTION:
+            few = max(len(self.valid), 1) * SORTED_FRACTION
+            if stop - start < few:
                 return self._range(low, low_open, high, high_open, size)
+            if len(values) - (stop - start) < few:  # nearly every valid row: clear the few outside the range
+                _, ids = self._sorted
+                out = self.valid.copy()
+                out[ids[:start]] = False
+                out[ids[stop:]] = False
+                return out
         out = self.valid.copy()
         if low is not None:
             out &= (self.values > low) if low_open else (self.values >= low)
