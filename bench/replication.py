@@ -135,7 +135,8 @@ def _lag(cluster: Cluster, seconds: float) -> tuple[list[float], list[dict[str, 
 
 
 def _policy(root: str, policy: str, commits: int, clients: int, seconds: float, lag_s: float) -> dict[str, Any]:
-    cluster = Cluster(os.path.join(root, policy.replace("(", "").replace(")", "")), ZONES, policy, seed_store)
+    cluster = Cluster(os.path.join(root, policy.replace("(", "").replace(")", "")), ZONES, policy, seed_store,
+                      direct=True)
     try:
         cluster.start("a", "primary")
         cluster.start("b", "replica", primary="a")
@@ -210,6 +211,13 @@ def _commit_rate(commit: Any, threads: int, seconds: float, prefix: str) -> floa
     return rate
 
 
+def _process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _interleaved(root: str, policy: str, commits: int, threads: int, seconds: float, rounds: int) -> dict[str, Any]:
     """Embedded local-only and embedded `policy` primary (replicas as processes, direct loopback links) open
     side by side in this process: single-row commits alternate between them (so machine noise hits both
@@ -250,6 +258,22 @@ def _interleaved(root: str, policy: str, commits: int, threads: int, seconds: fl
                 added.append(pair[policy] - pair["local"])
         profile = {"primary": replicator.status()["profile"],
                    "replica": control(cluster.address("b"), "status")["profile"]}
+        rtts = []
+        for _ in range(50):  # a bare gRPC unary round trip to a replica, for scale
+            start = time.perf_counter()
+            control(cluster.address("b"), "wait", min_lsn=0)  # readable at once: no wait
+            rtts.append((time.perf_counter() - start) * 1000)
+        profile["grpc_unary_rtt"] = series_ms(rtts)
+        # CPU per sequential commit, in separate phases: this process (committer, loop, gRPC threads)
+        # and replica b's process (the other replica does the same work)
+        cpu_sequential: dict[str, float] = {}
+        for name in ("local", policy):
+            replica_before, cpu = _process_cpu_s(cluster.procs["b"].pid), time.process_time()
+            for i in range(commits):
+                commit[name](f"c{name}{i}")
+            cpu_sequential[name] = (time.process_time() - cpu) * 1000 / commits
+            if name == policy:
+                cpu_sequential["replica"] = (_process_cpu_s(cluster.procs["b"].pid) - replica_before) * 1000 / commits
         rates: dict[str, list[float]] = {name: [] for name in sessions}
         cpu_ms: dict[str, list[float]] = {name: [] for name in sessions}  # this process's CPU per commit
         fsyncs_before = store.engine.wal.fsync_count
@@ -264,7 +288,7 @@ def _interleaved(root: str, policy: str, commits: int, threads: int, seconds: fl
         return {"latency": {name: series_ms(values) for name, values in latencies.items()},
                 "added_ms": series_ms(added), "writes_per_s": rates,
                 "writes_per_s_median": {name: sorted(v)[len(v) // 2] for name, v in rates.items()},
-                "cpu_ms_per_commit": cpu_ms,
+                "cpu_ms_per_commit": cpu_ms, "cpu_ms_per_sequential_commit": cpu_sequential,
                 "profile": profile, "threads": threads}
     finally:
         for action in cleanup:
@@ -272,101 +296,11 @@ def _interleaved(root: str, policy: str, commits: int, threads: int, seconds: fl
         cluster.close()
 
 
-def _embedded(root: str, policy: str | None, commits: int, threads: int, seconds: float) -> dict[str, Any]:
-    """The store in this process (no client RPC): local-only (policy None) or the primary of a cluster
-    whose two replicas are `knowledge serve --role replica` processes; sequential latency, then
-    `threads` concurrent committers sharing fsyncs and Appends (group commit)."""
-    import dataclasses
-    from concurrent import futures
-
-    import grpc
-
-    import knowledge
-    from knowledge.replication.config import NodeConfig
-    from knowledge.replication.driver import Replicator
-    from knowledge.replication.policy import parse_policy
-    from knowledge.replication.transport import Links, handler
-    from knowledge.server.replication_serve import parse_members
-
-    name = "embedded-" + (policy or "local").replace("(", "").replace(")", "")
-    cluster = Cluster(os.path.join(root, name), ZONES, policy or "async", seed_store)
-    config = dataclasses.replace(knowledge.StoreConfig(), replicated=policy is not None)
-    store = knowledge.open(cluster.data("a"), config=config)
-    cleanup: list[Any] = []
-    try:
-        if policy is not None:
-            cluster.start("b", "replica", primary="a")
-            cluster.start("c", "replica", primary="a")
-            cluster.wait_ready("b", "c")
-            zones, addresses = parse_members(cluster.members("a"))
-            links = Links(addresses, "a")
-            replicator = Replicator(store.engine, NodeConfig("a", zones, parse_policy(policy)), addresses, links.send)
-            server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-            server.add_generic_rpc_handlers((handler(replicator),))
-            server.add_insecure_port(cluster.address("a"))
-            server.start()
-            replicator.start(campaign=True)
-            cleanup = [lambda: server.stop(0), replicator.close, links.close]
-            deadline = time.monotonic() + 120
-            while replicator.primary_address() is not None and time.monotonic() < deadline:
-                time.sleep(0.05)
-        session = store.session()
-
-        def commit(key: str) -> None:
-            tx = session.transaction()
-            tx.upsert_nodes("Doc", [{"name": key, "n": 1}])
-            tx.commit()
-        latencies = []
-        for i in range(commits + 10):
-            start = time.perf_counter()
-            commit(f"s{i}")
-            if i >= 10:
-                latencies.append((time.perf_counter() - start) * 1000)
-        profile: dict[str, Any] = {}
-        if policy is not None:  # where a sequential commit's time goes, and one bare gRPC round trip to a replica
-            from knowledge.replication.transport import control
-            profile["sequential"] = replicator.status()["profile"]
-            rtts = []
-            for _ in range(50):
-                start = time.perf_counter()
-                control(cluster.address("b"), "wait", min_lsn=0)  # readable at once: no wait
-                rtts.append((time.perf_counter() - start) * 1000)
-            profile["grpc_unary_rtt"] = series_ms(rtts)
-        done = [0] * threads
-        stop = threading.Event()
-
-        def run(k: int) -> None:
-            i = 0
-            while not stop.is_set():
-                commit(f"g{k}-{i}")
-                i += 1
-                done[k] += 1
-        workers = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(threads)]
-        for w in workers:
-            w.start()
-        time.sleep(0.5)
-        before, start = sum(done), time.perf_counter()
-        time.sleep(seconds)
-        rate = (sum(done) - before) / (time.perf_counter() - start)
-        stop.set()
-        for w in workers:
-            w.join(60)
-        if policy is not None:
-            profile["group_commit"] = replicator.status()["profile"]  # cumulative over both phases
-        return {"latency": series_ms(latencies), "writes_per_s": rate, "fsyncs": store.engine.wal.fsync_count,
-                "profile": profile}
-    finally:
-        for action in cleanup:
-            action()
-        store.close()
-        cluster.close()
-
-
 def _failover(root: str, trials: int) -> dict[str, Any]:
     if not etcd_available():
         return {"available": False, "reason": "etcd-server is not installed"}
     etcd = Etcd(os.path.join(root, "etcd"))
-    cluster = Cluster(os.path.join(root, "failover"), ZONES, "sync(1)", seed_store)
+    cluster = Cluster(os.path.join(root, "failover"), ZONES, "sync(1)", seed_store, direct=True)
     cluster.extra_args = ["--etcd", etcd.address, "--etcd-ttl", "2"]
     times, lost, acked_total = [], 0, 0
     events: list[dict[str, Any]] = []
@@ -434,7 +368,7 @@ def _copy_rate(source: str, target: str) -> tuple[int, float]:
 
 def _snapshot(root: str, docs: int, runs: int) -> dict[str, Any]:
     """Snapshot transfer to a new replica, `runs` times (its directory emptied before each)."""
-    cluster = Cluster(os.path.join(root, "snapshot"), ZONES, "async", seed_store)  # c: a replica throughout
+    cluster = Cluster(os.path.join(root, "snapshot"), ZONES, "async", seed_store, direct=True)  # c: a replica
     # small segments and a 1-byte limit: the checkpoint keeps only the live segment, so a new member needs a snapshot
     cluster.extra_args = ["--wal-segment-bytes", str(256 << 10), "--wal-retention-max-bytes", "1"]
     transfers: list[dict[str, float]] = []
@@ -491,8 +425,7 @@ def suite(quick: bool = True, workdir: str | None = None) -> dict[str, Any]:
         load_before = os.getloadavg()[0]
         local = _local(root, commits, clients, seconds)
         policies = {p: _policy(root, p, commits, clients, seconds, lag_s if p == "sync(1)" else 0) for p in POLICIES}
-        embedded = {name: _embedded(root, policy, commits, 4 * clients, seconds)
-                    for name, policy in (("local", None), ("sync(1)", "sync(1)"))}
+        embedded = _interleaved(root, "sync(1)", commits, 4 * clients, seconds, 3 if quick else 5)
         failover = _failover(root, trials)
         snapshot = _snapshot(root, 20_000 if quick else 200_000, 3)
         load_after = os.getloadavg()[0]
@@ -528,21 +461,27 @@ def _markdown(r: dict[str, Any]) -> str:
         lines.append(f"| {name} | {series['p50_ms']:.2f} | {series['p99_ms']:.2f} | {added} | "
                      f"{r['writes_per_s'][name]:.0f} |")
     e = r["embedded"]
-    lines += ["", f"The store in the benchmark's process (no client RPC), {r['sizes']['clients'] * 4} concurrent "
-              f"committers (group commit), replicas as processes:", "",
-              "| embedded | p50 ms | p99 ms | writes/s |", "|---|---|---|---|"]
-    for name, row in e.items():
-        lines.append(f"| {name} | {row['latency']['p50_ms']:.2f} | {row['latency']['p99_ms']:.2f} | "
-                     f"{row['writes_per_s']:.0f} |")
-    p = e.get("sync(1)", {}).get("profile", {})
-    if p.get("sequential"):
-        seq, rtt = p["sequential"], p["grpc_unary_rtt"]
-        lines += ["", f"Where a sequential embedded sync(1) commit's {e['sync(1)']['latency']['p50_ms']:.2f} ms p50 "
-                  f"goes (local-only p50 {e['local']['latency']['p50_ms']:.2f} ms): primary WAL fsync mean "
-                  f"{seq['fsync_ms_mean']:.2f} ms; Append -> AppendAck round trip (replica append + fsync + two "
-                  f"stream hops) p50 {seq['ack_rtt_ms_p50']:.2f} ms; a bare gRPC unary round trip to a replica "
-                  f"p50 {rtt['p50_ms']:.2f} ms in the same run. Under group commit: "
-                  f"{p['group_commit']['records_per_fsync']:.1f} records per fsync."]
+    lat, cpu, rates = e["latency"], e["cpu_ms_per_sequential_commit"], e["writes_per_s"]
+    lines += ["", f"The store in the benchmark's process (no client RPC), replicas as processes on direct loopback "
+              f"links; a local-only store open beside it, single-row commits alternating between the two "
+              f"({r['sizes']['commits']} each), then {len(rates['local'])} alternating {r['sizes']['seconds']} s "
+              f"phases of {e['threads']} concurrent committers (group commit):", "",
+              "| embedded | p50 ms | p99 ms | writes/s (median; each phase) | CPU ms per commit (sequential; "
+              "group commit) |", "|---|---|---|---|---|"]
+    for name in ("local", "sync(1)"):
+        lines.append(f"| {name} | {lat[name]['p50_ms']:.2f} | {lat[name]['p99_ms']:.2f} | "
+                     f"{e['writes_per_s_median'][name]:.0f} ({', '.join(f'{x:.0f}' for x in rates[name])}) | "
+                     f"{cpu[name]:.2f}; {', '.join(f'{x:.2f}' for x in e['cpu_ms_per_commit'][name])} |")
+    p = e["profile"]
+    lines += ["", f"sync(1) adds p50 {e['added_ms']['p50_ms']:.2f} ms per commit (paired with the local commit "
+              f"before or after it; p99 {e['added_ms']['p99_ms']:.2f}). Where it goes: primary WAL fsync mean "
+              f"{p['primary']['fsync_ms_mean']:.2f} ms (the Appends leave before it); Append -> AppendAck "
+              f"p50 {p['primary']['ack_rtt_ms_p50']:.2f} ms (to the ack's arrival "
+              f"{p['primary']['ack_arrival_ms_p50']:.2f}), of which the replica's Append arrival -> ack sent "
+              f"(append, fsync) p50 {p['replica']['replica_ack_ms_p50']:.2f} ms; a bare gRPC unary round trip "
+              f"p50 {p['grpc_unary_rtt']['p50_ms']:.2f} ms. A replica process spends {cpu['replica']:.2f} ms CPU "
+              f"per sequential commit. Under group commit: {p['group_commit']['records_per_fsync']:.1f} records "
+              f"per primary fsync."]
     f = r["failover"]
     lines.append("")
     if f.get("available"):

@@ -372,8 +372,8 @@ class Replicator(CatchUp):
             engine = self.engine
             with engine.stage_lock:
                 self._persist(ready)
-        early = ready.early_messages  # a primary's Appends: sent while its own fsync runs (ready.py)
-        self._send_all(ready.messages[:early])
+        early = ready.messages[:ready.early_messages]  # a primary's Appends: sent while its fsync runs (ready.py)
+        self._send_all(tuple(m for m in early if m.entries))  # type: ignore[attr-defined]
         last = ready.entries[-1].lsn if ready.entries else 0
         if last:
             started = time.perf_counter()
@@ -381,9 +381,11 @@ class Replicator(CatchUp):
             self.counters["fsyncs"] += 1
             self.counters["fsync_us"] += int((time.perf_counter() - started) * 1e6)
             self.counters["records_synced"] += len(ready.entries)
-        self._send_all(ready.messages[early:])
+        self._send_all(ready.messages[ready.early_messages:])
         self._apply(ready)
         self._resolve(ready)
+        # empty Appends (heartbeats, probes, commit notices) once the committers are answered
+        self._send_all(tuple(m for m in early if not m.entries))  # type: ignore[attr-defined]
         self._retain_lsn = ready.retain_from_lsn
         with self.lock:
             node.advance(ready)
