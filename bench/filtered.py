@@ -44,9 +44,11 @@ def timed_us(function: Any, count: int) -> list[float]:
     return out
 
 
-def build(directory: str, data: Any, labels: list[list[str]], bucket: np.ndarray) -> tuple[knowledge.Store, dict]:
-    """The store with every row, its HNSW graph built and calibrated; (store, build figures in seconds)."""
-    store = knowledge.open(directory, config=knowledge.StoreConfig(vectors=VectorConfig(kind="hnsw")))
+def build(directory: str, data: Any, labels: list[list[str]], bucket: np.ndarray,
+          graph: dict[str, int]) -> tuple[knowledge.Store, dict]:
+    """The store with every row, its HNSW graph (`graph`: VectorConfig's hnsw_m and ef_construction when
+    given) built and calibrated; (store, build figures in seconds)."""
+    store = knowledge.open(directory, config=knowledge.StoreConfig(vectors=VectorConfig(kind="hnsw", **graph)))
     store.define_node_type("Doc", key="n", properties={"n": "int", "bucket": "int", "kind": "str",
                                                       "v": {"type": f"vector[{data.dimension}]", "metric": "cosine"}})
     step = 5000
@@ -135,6 +137,16 @@ def methods(store: knowledge.Store, data: Any, handles: dict[str, Any], number: 
             return table.column("_key").to_pylist(), (table.schema.metadata or {}).get(b"plan", b"").decode()
         return run
 
+    index = store.vectors[("Doc", "v")]
+    graph_ef = index.plan_costs(allowed, K).get("hnsw", (0, None))[1] if index.calibrated() else None
+
+    def store_graph(q: np.ndarray) -> tuple[list[int], None]:  # faiss's own call on the store's graph
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = graph_ef or 16
+        if s < 1:
+            params.sel = bitmap
+        return index.hnsw.search(q[None, :], K, params=params)[1][0].tolist(), None  # rows are inserted in key order
+
     def faiss_hnsw(ef: int) -> Any:
         params = faiss.SearchParametersHNSW()
         params.efSearch = ef
@@ -167,6 +179,7 @@ def methods(store: knowledge.Store, data: Any, handles: dict[str, Any], number: 
             "principal": (ours(principal, None), False),
             "faiss_flat_idselector": (lambda q: (handles["flat"].search(q[None, :], K, params=flat_params)[1][0]
                                                  .tolist(), None), False),
+            **({"store_graph_faiss": (store_graph, False)} if graph_ef else {}),
             "faiss_hnsw_ef64": (faiss_hnsw(64), False), "faiss_hnsw_ef256": (faiss_hnsw(256), False),
             "hnswlib_ef64": (hnswlib_search(64), s < 1), "hnswlib_ef256": (hnswlib_search(256), s < 1),
             "numpy": (numpy_brute, True)}
@@ -209,7 +222,7 @@ def searches(store: knowledge.Store, data: Any, queries: np.ndarray, allowed: di
                 statistics.median(ours) / statistics.median(peer)
                 for ours, peer in zip(passes[name], passes["faiss_flat_idselector"], strict=True))
         qualified = {name: e["p50_us"] for name, e in entry.items()
-                     if name not in ("where", "principal") and e["recall"] >= 0.99}
+                     if name not in ("where", "principal", "store_graph_faiss") and e["recall"] >= 0.99}
         entry["fastest_peer"] = min(qualified, key=qualified.get) if qualified else None
         out[label(s)] = entry
     return out
@@ -235,16 +248,20 @@ def render(results: dict[str, Any]) -> str:
     for name, m in results["masks"].items():
         lines.append(f"| {name} | {m['memory_us']:.1f} | {m['cached_us']:.1f} | {m['duckdb_us']:.0f} | "
                      f"{m['ratio']:.0f}x |")
-    names = ["where", "principal", "faiss_flat_idselector", "faiss_hnsw_ef64", "faiss_hnsw_ef256", "hnswlib_ef64",
+    names = ["where", "principal", "store_graph_faiss", "faiss_flat_idselector", "faiss_hnsw_ef64", "faiss_hnsw_ef256", "hnswlib_ef64",
              "hnswlib_ef256", "numpy"]
     lines += ["", "Filtered search, p50 / p99 µs (recall@10 vs exact numpy); the store's plans in brackets; "
-              f"hnswlib with a filter and numpy on the first {PEER_QUERIES} queries:", "",
+              "store_graph_faiss: faiss's own search of the store's graph at the efSearch the planner takes for "
+              f"HNSW (where it has one); hnswlib with a filter and numpy on the first {PEER_QUERIES} queries:", "",
               "| selectivity | " + " | ".join(names) + " | where / faiss flat | principal / faiss flat |",
               "|---" * (len(names) + 3) + "|"]
     for name, e in results["searches"].items():
         cells = []
         for method in names:
-            m = e[method]
+            m = e.get(method)
+            if m is None:
+                cells.append("-")
+                continue
             plan = f" [{','.join(m['plans'])}]" if m.get("plans") else ""
             cells.append(f"{m['p50_us']:.0f} / {m['p99_us']:.0f} ({m['recall']:.3f}){plan}")
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {e['where']['over_faiss_flat']:.2f}x | "
@@ -293,6 +310,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--half", choices=("tune", "report"), default="report")
     parser.add_argument("--mask-repeats", type=int, default=200)
+    parser.add_argument("--hnsw-m", type=int, help="VectorConfig.hnsw_m (default: the store's default)")
+    parser.add_argument("--ef-construction", type=int, help="VectorConfig.ef_construction (default: the store's)")
     parser.add_argument("--no-write", action="store_true", help="print only; write neither the JSON nor RESULTS.md")
     args = parser.parse_args()
     data = clustered(args.rows, 2 * args.queries, args.dimension)
@@ -300,7 +319,9 @@ def main() -> None:
     labels, bucket, allowed = selectivity_columns(args.rows)
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as directory:
-        store, built = build(directory, data, labels, bucket)
+        graph = {name: value for name, value in (("hnsw_m", args.hnsw_m), ("ef_construction", args.ef_construction))
+                 if value is not None}
+        store, built = build(directory, data, labels, bucket, graph)
         try:
             handles = peers(data, built["hnsw_m"], built["ef_construction"])
             built.update({k: v for k, v in handles.items() if k.endswith("_build_s")})

@@ -1,11 +1,23 @@
 """The measured planner: on a set where each plan (exact gather, exact masked scan, HNSW) is the fastest at
-some share of allowed rows, the plan it picks runs within 1.2x of the fastest plan meeting the recall target.
+some share of allowed rows, by a wide margin, the plan it picks runs within 1.2x of the fastest plan
+meeting the recall target.
+
+The set makes each plan's regime plain: rows of 384 dimensions (so copying a filter's rows out costs more
+than scanning them in place once they are more than a few percent) on a manifold of 12 dimensions (so
+HNSW reaches the target at a small efSearch, while a filtered walk needs one growing as the share
+shrinks). HNSW is then fastest at 100% and 50%, the masked scan at 20% and 5%, the gather at 1% and 0.1%;
+at 100, 50, 20 and 0.1% by 2.4-3x over the runner-up (measured at load 8 on 2 CPUs: HNSW 309 vs scan
+895 µs, 360 vs 1068, scan 348 vs gather 955, gather 17 vs scan 41; the test prints its figures), so
+the machine's load does not reorder them.
 
 Every plan is forced at each share and timed here, in rounds taken in turn (medians, so a noisy stretch of
 the shared machine slows all plans alike); a share whose comparison fails is measured again before the
-test fails. A plan meets the target when its recall@10 on fresh queries reaches recall_target minus the
-sampling allowance; when the measurements keep disagreeing with the choice, the index is calibrated once
-more (its timings may come from a noisy stretch) before the test fails. Through the store, the admin's result metadata names the plan taken."""
+test fails. A plan meets the target when its recall@10 on fresh queries reaches TARGET (0.99); the index is
+calibrated to CALIBRATED_TARGET (0.999), since on this set the calibration's queries made from stored rows
+find HNSW easier than fresh queries do (at 0.99 it picks an efSearch reaching 0.975 on fresh queries; how
+well the calibration predicts fresh recall is tests/test_calibration.py's subject, not this one's); when the measurements keep disagreeing with the choice, the index is calibrated once
+more (its timings may come from a noisy stretch) before the test fails. Through the store, the admin's
+result metadata names the plan taken."""
 
 from __future__ import annotations
 
@@ -22,26 +34,29 @@ from knowledge.errors import InvalidArgument
 from knowledge.index.vector_jobs import CalibrateJob, hnsw_job
 from knowledge.index.vectors import VectorIndex
 
-DIM = 96
+DIM = 384
+LATENT = 12  # the manifold's dimension
 K = 10
-ROWS = 30_000
-SHARES = (1.0, 0.5, 0.2, 0.05, 0.01, 0.002)
+ROWS = 20_000
+SHARES = (1.0, 0.5, 0.2, 0.05, 0.01, 0.001)
 PLANS = ("gather", "scan", "hnsw")
 NAMES = {"gather": "gather", "scan": "flat-filtered", "hnsw": "hnsw-filtered"}
 TOLERANCE = 1.2
 SLACK_US = 40.0  # timer and scheduling noise of one search on a loaded machine
-RECALL_ALLOWANCE = 0.01  # sampling error of recall on the test's queries
+TARGET = 0.99  # recall@10 on the test's fresh queries that a plan must reach
+CALIBRATED_TARGET = 0.999  # the index's recall_target (see the module)
 ROUNDS, QUERIES, ATTEMPTS = 5, 16, 3
 
 
-def mixture(rows: int, queries: int, seed: int = 1, clusters: int = 60) -> tuple[np.ndarray, np.ndarray]:
-    """Unit vectors from Gaussian clusters of skewed sizes and spreads; queries are fresh draws."""
+def mixture(rows: int, queries: int, seed: int = 1, clusters: int = 24) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors of DIM components on a LATENT-dimensional manifold: Gaussian clusters of skewed sizes
+    in the latent space, a fixed random linear map up, a little noise; queries are fresh draws."""
     rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(clusters, DIM))
+    centres = rng.normal(size=(clusters, LATENT)) * 2.0
     weights = 1.0 / np.arange(1, clusters + 1) ** 1.1
     member = rng.choice(clusters, size=rows + queries, p=weights / weights.sum())
-    spread = rng.uniform(0.4, 1.0, size=clusters)[member, None]
-    data = centres[member] + rng.normal(size=(rows + queries, DIM)) * spread
+    latent = centres[member] + rng.normal(size=(rows + queries, LATENT))
+    data = latent @ rng.normal(size=(LATENT, DIM)) + 0.1 * rng.normal(size=(rows + queries, DIM))
     data = (data / np.linalg.norm(data, axis=1, keepdims=True)).astype(np.float32)
     return np.ascontiguousarray(data[:rows]), np.ascontiguousarray(data[rows:])
 
@@ -49,7 +64,8 @@ def mixture(rows: int, queries: int, seed: int = 1, clusters: int = 60) -> tuple
 @pytest.fixture(scope="module")
 def index_and_queries() -> tuple[VectorIndex, np.ndarray]:
     rows, queries = mixture(ROWS, QUERIES * 4)
-    index = VectorIndex(DIM, "cosine", VectorConfig(kind="hnsw", device="cpu", hnsw_m=16, ef_construction=64))
+    index = VectorIndex(DIM, "cosine", VectorConfig(kind="hnsw", device="cpu", hnsw_m=16, ef_construction=64,
+                                                    recall_target=CALIBRATED_TARGET))
     index.upsert(np.arange(ROWS), rows)
     for _ in range(2):  # the graph, then its calibration
         job = hnsw_job(index)
@@ -79,10 +95,9 @@ def measure(index: VectorIndex, queries: np.ndarray, allowed: np.ndarray | None)
     return {plan: (statistics.median(times[plan]), hits[plan] / (2 * QUERIES * K)) for plan in PLANS}
 
 
-@pytest.mark.slow  # timed: on a loaded 2-CPU machine HNSW stops being fastest anywhere; run with -m slow on a quiet one
 def test_planner_picks_within_tolerance_of_the_fastest_plan_meeting_the_target(index_and_queries):
     index, queries = index_and_queries
-    target = index.config.recall_target - RECALL_ALLOWANCE
+    target = TARGET
     rng = np.random.default_rng(4)
     draw = rng.random(ROWS)
     fastest_somewhere: set[str] = set()
