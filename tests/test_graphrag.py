@@ -28,6 +28,7 @@ from knowledge.graphrag import (
     rrf,
 )
 from knowledge.graphrag.extract import CapitalizedExtractor, NameMatcher
+from knowledge.graphrag.question import is_polar
 
 try:
     from networkx.algorithms.link_analysis.pagerank_alg import _pagerank_python
@@ -374,7 +375,7 @@ def test_mass_floor_bounds_the_penalty_of_chunks_the_walk_does_not_reach(store):
 
 def test_keyword_floor_applies_to_the_best_bm25_chunks_only(store):
     session = store.session(PUBLIC)
-    question = "Do honey bees need an engineer?"          # seeds: the bees component; BM25 also finds acme
+    question = "Why would honey bees need an engineer?"   # seeds: the bees component; BM25 also finds acme
     params = GraphParams(chunk_entity_weight=0.0, chunk_seed_weight=0.0, name_weight=1.0)
     hard = _by_key(retrieve(session, question, k=100, mode="graph", embedder=EMBED, params=params))
     keyword = _by_key(retrieve(session, question, k=100, mode="keyword"))
@@ -406,7 +407,35 @@ def test_hybrid_weight_fuses_the_graph_ranking_with_the_hybrid_ranking(store):
     assert [c.score for c in fused.chunks] == pytest.approx([score for _, score in expected])
 
 
+def test_polar_questions_get_the_polar_mass_floor(store):
+    session = store.session(PUBLIC)
+    polar, open_question = "Do honey bees make honey from nectar?", "Where do honey bees make honey from nectar?"
+    assert is_polar(polar) and not is_polar(open_question)
+    hard = GraphParams(polar_mass_floor=1e-12)
+    for question in (polar, open_question):
+        default = _by_key(retrieve(session, question, k=100, mode="graph", embedder=EMBED))
+        capped = _by_key(retrieve(session, question, k=100, mode="graph", embedder=EMBED,
+                                  params=GraphParams(mass_floor=0.05, polar_mass_floor=1e-12)))
+        buried = _by_key(retrieve(session, question, k=100, mode="graph", embedder=EMBED, params=hard))
+        unreached = [key for key, c in buried.items() if "graph" not in c.ranks]
+        assert unreached and "bees#0" not in unreached
+        want = capped if question == polar else buried    # a polar question: as with mass_floor=0.05
+        for key, chunk in default.items():
+            assert chunk.score == pytest.approx(want[key].score)
+        assert default["bees#0"].score == pytest.approx(buried["bees#0"].score)   # reached: unchanged
+
+
+@pytest.mark.parametrize("question, polar", [
+    ("Did the TechCrunch article report a loss, while The Verge reported a gain?", True),
+    ("Does Acme Corp employ Alice?", True), ("  Is Zurich in Switzerland?", True), ("were they right?", True),
+    ("Who directed Jump for Glory?", False), ("What did Acme Corp do?", False), ("Doris Day was born where?", False),
+    ("Isabella of France married whom?", False), ("", False)])
+def test_is_polar(question, polar):
+    assert is_polar(question) is polar
+
+
 @pytest.mark.parametrize("bad", [{"mass_floor": 0.0}, {"mass_floor": 2.0}, {"keyword_floor": -1.0},
+                                 {"polar_mass_floor": 0.0}, {"polar_mass_floor": 1.5},
                                  {"hybrid_weight": -0.5}, {"keyword_floor_top": -1}, {"keyword_floor_top": 1.5}])
 def test_bad_graph_params_are_rejected(store, bad):
     with pytest.raises(InvalidArgument, match=next(iter(bad))):

@@ -42,6 +42,7 @@ from knowledge.graphrag.extractors import default_extractor, extractor_by_name
 from knowledge.graphrag.fusion import rrf
 from knowledge.graphrag.ingest import Document, IngestReport, delete_documents, ingest
 from knowledge.graphrag.ppr import Transition, personalized_pagerank
+from knowledge.graphrag.question import is_polar
 from knowledge.graphrag.retrieve import (
     MODES,
     GraphParams,
@@ -61,5 +62,5 @@ __all__ = ["COOCCURS", "MODES", "CapitalizedExtractor", "ChunkInput", "Document"
            "Relation", "RetrievalResult", "RetrievedChunk", "RetrievedDocument", "RetrievedEdge", "RetrievedEntity",
            "RuleExtractor", "SentenceSplitter", "SpacyExtractor", "Splitter", "SynonymConfig", "Transition",
            "Triple", "approx_tokens", "build_context", "default_extractor", "delete_documents", "ensure_schema",
-           "extractor_by_name", "graphrag_schema", "ingest", "personalized_pagerank", "retrieve", "rrf",
+           "extractor_by_name", "graphrag_schema", "ingest", "is_polar", "personalized_pagerank", "retrieve", "rrf",
            "run_extractor", "spacy_available", "split_sentences"]

@@ -20,6 +20,9 @@ Graph mode (HippoRAG-style; the defaults are GraphParams()):
    and by literal term matches. Without a query vector: RRF of the BM25 and PPR rankings. Opt-in
    (GraphParams): a softer floor on the walk's penalty (`mass_floor`, `keyword_floor` for the best BM25
    chunks) and RRF with the hybrid ranking (`hybrid_weight`), for keyword-heavy corpora such as news.
+   Polar (yes/no) questions (question.py) get the floor `polar_mass_floor` (0.05: the penalty is capped
+   at 0.05 * ln 0.05 = -0.15): they check a claim about each thing they name, whose evidence the walk from
+   all the seeds at once seldom reaches (MultiHop-RAG comparison queries).
 
 Why one module of ~500 lines: the modes share one pipeline state (`_State`: candidates, scores,
 timings, notes) and one snapshot, and the result assembly (chunks, documents, entities, edges, the
@@ -47,6 +50,7 @@ from knowledge.graphrag.extract import COOCCURS
 from knowledge.graphrag.fusion import K_RRF, rrf
 from knowledge.graphrag.graphview import GraphView, graph_view
 from knowledge.graphrag.ppr import DAMPING, personalized_pagerank
+from knowledge.graphrag.question import is_polar
 from knowledge.graphrag.schema import CHUNK, DOCUMENT, ENTITY
 from knowledge.session import Session
 
@@ -57,6 +61,7 @@ K_MAX = 100
 TOKEN_BUDGET = 2000
 CANDIDATES = 50
 MASS_FLOOR = 1e-12
+POLAR_MASS_FLOOR = 0.05
 GRAPH_ONLY_MAX = 20
 VECTOR_POOL = 200
 """Graph mode asks vector search for this many chunks, so most PPR/BM25 candidates already have a cosine."""
@@ -89,6 +94,10 @@ class GraphParams:
     PPR mass is floored at `mass_floor` (1e-12: a chunk the walk does not reach falls below every reached
     one; e.g. 0.05 caps the walk's penalty at graph_weight * ln 0.05 = -0.15), and at `keyword_floor` for
     the `keyword_floor_top` best BM25 chunks (0: none), so a strong literal match is not buried by the walk.
+    For a polar (yes/no) question (question.is_polar) the floor is at least `polar_mass_floor` (1e-12: no
+    difference): such questions check a claim about each thing they name, and a walk from all their seeds
+    at once seldom reaches the evidence for each (chosen on MultiHop-RAG's comparison queries, which are all
+    polar; no MuSiQue question is, so its figures do not move).
     """
 
     seed_chunks: int = 1
@@ -110,6 +119,7 @@ class GraphParams:
     mass_floor: float = MASS_FLOOR
     keyword_floor: float = MASS_FLOOR
     keyword_floor_top: int = 0
+    polar_mass_floor: float = POLAR_MASS_FLOOR
 
 
 @dataclass
@@ -206,7 +216,7 @@ def _check_args(question: Any, k: Any, mode: Any, token_budget: Any) -> None:
 
 
 def _check_params(params: GraphParams) -> None:
-    for name in ("mass_floor", "keyword_floor"):
+    for name in ("mass_floor", "keyword_floor", "polar_mass_floor"):
         value = getattr(params, name)
         if not (isinstance(value, (int, float)) and 0 < value <= 1):
             raise InvalidArgument(f"GraphParams.{name} must be in (0, 1], got {value!r}")
@@ -407,11 +417,12 @@ def _score_fusion(state: _State, view: GraphView, mass: np.ndarray, graph_keys: 
     bm25 = {key: float(score) for _, key, score in state.keyword}
     top_bm25 = max(bm25.values(), default=0.0) or 1.0
     lexical = {key for _, key, _ in state.keyword[:params.keyword_floor_top]}
+    base_floor = max(params.mass_floor, params.polar_mass_floor) if is_polar(state.question) else params.mass_floor
     scores = []
     for key, cos in cosine.items():
         node = view.chunk_by_key.get(key)
         relative = float(mass[node]) / top_mass if node is not None else 0.0
-        floor = max(params.mass_floor, params.keyword_floor) if key in lexical else params.mass_floor
+        floor = max(base_floor, params.keyword_floor) if key in lexical else base_floor
         score = cos + params.graph_weight * math.log(max(relative, floor))
         if params.keyword_weight:
             score += params.keyword_weight * bm25.get(key, 0.0) / top_bm25
