@@ -142,6 +142,21 @@ def test_spacy_subject_verb_object_triples_from_the_parse():
 
 
 @needs_spacy
+def test_spacy_runs_only_the_components_it_needs():
+    import spacy
+
+    from knowledge.graphrag.extract_spacy import find_model, load_pipeline
+    model = find_model()
+    assert load_pipeline(model, False).pipe_names == ["ner"]        # ner has its own token-to-vector layer
+    assert load_pipeline(model, True).pipe_names == ["tok2vec", "parser", "ner"]
+    with_tok2vec = spacy.load(model, exclude=["tagger", "parser", "attribute_ruler", "lemmatizer", "senter"])
+    assert with_tok2vec.pipe_names == ["tok2vec", "ner"]
+    lean = load_pipeline(model, False)
+    assert [[(e.text, e.label_) for e in doc.ents] for doc in lean.pipe([CAST, CAST.upper()])] == \
+        [[(e.text, e.label_) for e in doc.ents] for doc in with_tok2vec.pipe([CAST, CAST.upper()])]
+
+
+@needs_spacy
 def test_spacy_worker_processes_give_the_same_answers():
     from knowledge.graphrag import SpacyExtractor
     chunks = [ChunkInput(f"{CAST} Copy {i} was shown in Paris.", f"Film {i}") for i in range(6)]
