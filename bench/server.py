@@ -79,7 +79,9 @@ def build(path: str, docs: int) -> dict[str, Any]:
 
 
 def operation(session: Any, op: str, work: dict[str, Any], i: int) -> None:
-    if op == "ping":  # the floor: a call that does next to nothing on the server (WhoAmI)
+    if op == "echo":  # the bare transport: a grpcio echo server, no knowledge code on either side
+        session.echo()
+    elif op == "ping":  # the floor: a call that does next to nothing on the server (WhoAmI)
         _ = session.principal
     elif op == "get":
         session.get("Chunk", work["keys"][i % len(work["keys"])], columns=["text"])
@@ -145,6 +147,54 @@ class Server:
         self.process.send_signal(signal.SIGTERM)
         self.process.communicate(timeout=120)
         return self.process.returncode
+
+
+ECHO_SERVER = """
+import sys
+from concurrent import futures
+import grpc
+handler = grpc.method_handlers_generic_handler(
+    "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(lambda request, context: request)})
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+server.add_generic_rpc_handlers((handler,))
+port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+print(f"listening on 127.0.0.1:{port}", flush=True)
+sys.stdin.read()
+server.stop(0)
+"""
+
+
+class EchoServer:
+    """A bare grpcio unary echo server in its own process (the sync server, as `knowledge serve` uses): the
+    loopback round trip with no knowledge code on either side, the floor every server figure stands on."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen([sys.executable, "-c", ECHO_SERVER], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        line = self.process.stdout.readline()
+        if not line.startswith("listening on "):
+            raise RuntimeError(f"the echo server did not start: {line!r}")
+        import grpc
+        self.channel = grpc.insecure_channel(line.split()[2])
+        self._echo = self.channel.unary_unary("/bench.Echo/Echo")
+
+    def echo(self) -> None:
+        self._echo(b"x" * 16, timeout=60)
+
+    def close(self) -> None:
+        self.channel.close()
+        self.process.communicate(timeout=60)
+
+
+class WithEcho:
+    """A remote session that also answers `echo()` (operation "echo") from an EchoServer."""
+
+    def __init__(self, session: Any, echo: EchoServer) -> None:
+        self.session, self.echo = session, echo.echo
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.session, name)
 
 
 def client_process(address: str, work: dict[str, Any], ops: list[str], threads: int, start: Any, ready: Any,
@@ -260,10 +310,11 @@ def measure(quick: bool, workdir: str, soak_s: float | None = None) -> dict[str,
         session = store.session("reader")
         results["embedded"] = rounds(session, work, calls)
         results["embedded"]["commit"] = stats_ms(_embedded_commits(store, calls))
-    server = Server(path)
+    server, echo = Server(path), EchoServer()
     try:
         with knowledge.connect(server.address, token=work["token"]) as client:
-            results["remote"] = rounds(client.session(), work, calls, ("ping", *OPS))
+            results["remote"] = rounds(WithEcho(client.session(), echo), work, calls, ("echo", "ping", *OPS))
+        echo.close()
         results["throughput"] = {op: {str(n): run_clients(server.address, work, [op], n, duration_s) for n in CLIENTS}
                                  for op in OPS}
         results["commit_idle"] = stats_ms(commit_latency(server.address, work["token"], calls))
@@ -325,6 +376,9 @@ def summarise(results: dict[str, Any], quick: bool) -> dict[str, Any]:
             out[f"{op}_throughput_{n}_over_1"] = round(results["throughput"][op][str(n)][op]["ops_per_s"] / one, 2)
         out[f"{op}_embedded_1_ops_per_s"] = round(1000 / embedded["p50_ms"], 1)
     out["commit_p99_loaded_over_idle"] = round(results["commit_loaded"]["p99_ms"] / results["commit_idle"]["p99_ms"], 2)
+    for floor in ("echo", "ping"):
+        if floor in results["remote"]:
+            out[f"{floor}_p50_ms"] = results["remote"][floor]["p50_ms"]
     soak = results["soak"]
     out["soak_errors"] = soak["errors"]
     out.update(rss_drift(soak["ticks"], 3.0 if quick else 10.0))
@@ -342,7 +396,9 @@ def markdown(results: dict[str, Any], summary: dict[str, Any], command: str) -> 
              f"Latency, one caller (embedded call vs the same call through the server, sequential; median of "
              f"{ROUNDS} interleaved rounds; the embedded baseline measured before and after the server phase, the "
              f"lower kept). The floor, a call that does next to nothing (WhoAmI), took "
-             f"{r['ping']['p50_ms']:.3f} ms p50 through the server in this run:", "",
+             f"{r['ping']['p50_ms']:.3f} ms p50 through the server in this run"
+             + (f"; a bare grpcio echo server's round trip (no knowledge code on either side), "
+                f"{r['echo']['p50_ms']:.3f} ms" if "echo" in r else "") + ":", "",
              "| op | embedded p50 | server p50 | added p50 | added over the floor | ratio | embedded p99 | server p99 "
              "| embedded min | server min |",
              "|---|---|---|---|---|---|---|---|---|---|"]

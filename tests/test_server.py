@@ -411,3 +411,22 @@ def test_committed_stubs_are_current():
     pytest.importorskip("grpc_tools")
     from knowledge.server import regenerate
     assert regenerate.stale(regenerate.generate()) == [], "run python -m knowledge.server.regenerate"
+
+
+def test_handler_threads_run_faiss_on_faiss_threads(tmp_path):
+    """OpenMP keeps the team size per thread: each handler thread sets ServerConfig.faiss_threads itself."""
+    import faiss
+
+    fresh: list[int] = []
+    thread = threading.Thread(target=lambda: fresh.append(faiss.omp_get_max_threads()))
+    thread.start()
+    thread.join()
+    wanted = fresh[0] + 1  # not what a thread that never set it gets
+    served = ServedStore(str(tmp_path / "s"), ServerConfig(listen="127.0.0.1:0", faiss_threads=wanted))
+    try:
+        with served.client() as client:
+            client.session().stats()
+        assert served.server.executor.submit(faiss.omp_get_max_threads).result() == wanted
+    finally:
+        served.close()
+

@@ -94,8 +94,10 @@ class KnowledgeServer:
                                          flush_ms=self.config.audit_flush_ms)
             store.audit = self.audit
         limit = self.config.message_bytes_max
+        self.executor = futures.ThreadPoolExecutor(max_workers=self.config.workers_max, thread_name_prefix="knowledge-rpc",
+                                                   initializer=_set_faiss_threads, initargs=(self.config.faiss_threads,))
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=self.config.workers_max, thread_name_prefix="knowledge-rpc"),
+            self.executor,
             maximum_concurrent_rpcs=self.config.calls_max, interceptors=[MessageCap(limit)],
             options=[("grpc.max_receive_message_length", transport_limit(limit)),
                      ("grpc.max_send_message_length", limit),
@@ -213,6 +215,10 @@ def serve(data: str, config: ServerConfig, *, role: Role | None = None, audit: b
 
 
 def _set_faiss_threads(threads: int) -> None:
+    """faiss's OpenMP team size for calls made by this thread. OpenMP keeps it per thread (a thread that never
+    set it uses the default, one per core), so each handler thread sets its own as it starts: set only in the
+    main thread, as before, it left the handlers' parallel faiss calls (several query vectors) on a team of
+    one thread per core beside the other calls in flight."""
     try:
         import faiss
     except ImportError:  # pragma: no cover - faiss-cpu is a core dependency
