@@ -430,3 +430,9 @@ def test_handler_threads_run_faiss_on_faiss_threads(tmp_path):
     finally:
         served.close()
 
+
+def test_heavy_reads_default_follows_the_cores():
+    from knowledge.server.config import heavy_reads_default
+
+    assert [heavy_reads_default(n) for n in (1, 2, 3, 16)] == [1, 1, 2, 2]
+    assert ServerConfig(listen="127.0.0.1:0").heavy_reads_max == heavy_reads_default()

@@ -115,10 +115,12 @@ def _embedder(spec: str | None) -> Any:
 # -- verbs ---------------------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
     from knowledge.server import ServerConfig, serve
+    from knowledge.server.config import heavy_reads_default
     config = ServerConfig(listen=args.listen, tls_cert=args.tls_cert, tls_key=args.tls_key,
                           client_ca=args.client_ca, insecure=args.insecure, cert_principals=args.cert_principals,
                           message_bytes_max=args.message_bytes_max, workers_max=args.workers,
-                          principal_calls_max=args.principal_calls_max, heavy_reads_max=args.heavy_reads_max,
+                          principal_calls_max=args.principal_calls_max,
+                          heavy_reads_max=args.heavy_reads_max or heavy_reads_default(),
                           faiss_threads=args.faiss_threads, audit_flush_ms=args.audit_flush_ms,
                           drain_s=args.drain_s, metrics_listen=args.metrics,
                           recall_sample_fraction=args.recall_sample, log_json=args.log_json)
@@ -268,8 +270,8 @@ def add_commands(sub: Any, command: Callable[..., argparse.ArgumentParser], prin
     p.add_argument("--workers", type=positive_int, default=96, metavar="N", help="handler threads (default 96)")
     p.add_argument("--principal-calls-max", type=positive_int, default=64, metavar="N",
                    help="calls in flight per principal before RESOURCE_EXHAUSTED (default 64)")
-    p.add_argument("--heavy-reads-max", type=positive_int, default=2, metavar="N",
-                   help="searches/retrievals/scans running at once; more wait (default 2)")
+    p.add_argument("--heavy-reads-max", type=positive_int, default=None, metavar="N",
+                   help="searches/retrievals/scans running at once; more wait (default 1 on 2 cores or fewer, else 2)")
     p.add_argument("--faiss-threads", type=positive_int, default=1, metavar="N",
                    help="OpenMP threads per faiss call (default 1: calls run side by side instead)")
     p.add_argument("--drain-s", type=float, default=30.0, metavar="S", help="SIGTERM: time for calls in flight (30)")
