@@ -192,33 +192,6 @@ def test_delete_documents(store):
     assert all(c.doc_id != "bees" for c in result.chunks)
 
 
-def test_a_document_in_two_consecutive_batches_keeps_only_its_last_version(tmp_path):
-    """Batch n+1 is checked (and extracted) while batch n is written: a document of both is the later one."""
-    splitter = SentenceSplitter(max_tokens=12, overlap_tokens=0)
-    long_text = "The Danube flows through Vienna. It reaches the Black Sea. Boats sail on it every day of the year."
-    first = [Document("d", long_text, title="Danube", labels=["public"]), Document("e", "Elbe river.")]
-    second = [Document("d", "The Danube is short now.", title="Danube", labels=["public"]),
-              Document("f", "Fulda river.")]
-    with knowledge.open(str(tmp_path / "b.store")) as s:
-        report = ingest(s.session(), first + second, embedder=EMBED, splitter=splitter, batch_size=2,
-                        extractor=CapitalizedExtractor())
-        assert report.written == 4 and report.chunks_deleted >= 2 and len(report.lsns) == 2
-        chunks = s.session().scan("Chunk", where={"doc_id": "d"}, columns=["text"])
-        assert chunks.column("text").to_pylist() == ["The Danube is short now."]
-        assert s.session().count("Document") == 3
-        again = ingest(s.session(), first[1:] + second, embedder=EMBED, splitter=splitter, batch_size=2,
-                       extractor=CapitalizedExtractor())
-        assert again.written == 0 and again.unchanged == 3
-
-
-def test_batches_before_a_bad_one_are_written(tmp_path):
-    docs = [Document("a", "Alpha text."), Document("b", "Beta text."), Document("c#1", "bad id")]
-    with knowledge.open(str(tmp_path / "c.store")) as s:
-        with pytest.raises(InvalidArgument):
-            ingest(s.session(), docs, embedder=EMBED, batch_size=2, extractor=CapitalizedExtractor())
-        assert s.session().count("Document") == 2
-
-
 def test_ingest_rejects_bad_documents(store):
     with pytest.raises(InvalidArgument):
         ingest(store.session(), [Document("a#b", "text")], embedder=EMBED)

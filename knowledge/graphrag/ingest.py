@@ -12,9 +12,6 @@ Guarantees:
   (with their HAS_CHUNK and MENTIONS edges), then the Document, its Chunks, their Entities and the
   HAS_CHUNK / MENTIONS / RELATED edges are upserted. A failure leaves the batch unwritten.
 - Entities are merged by `normalize_entity_name`; `display` and `type` keep the first form seen.
-- Extraction of a batch runs in a helper thread while the previous batch is embedded and written, so the
-  extractor's worker processes (spaCy) or HTTP calls (LLM) overlap the store work; batches still commit in
-  order, each after the one before.
 - Without an `extractor`, `default_extractor()` is used: spaCy NER when the nlp extra is installed,
   else the rule-based extractor; both take the title as an entity and relate entities that share a
   sentence. `synonyms` adds SYNONYM edges between close entity embeddings (synonyms.py) as it goes.
@@ -42,7 +39,6 @@ import json
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -186,43 +182,12 @@ def ingest(session: Session, documents: Iterable[Document], *, embedder: Embedde
     items = list(documents) if total is None and not isinstance(documents, Sequence) else documents
     count = total if total is not None else len(items)  # type: ignore[arg-type]
     show = progress if progress is not None else (sys.stderr.isatty() and count > PROGRESS_MIN_DOCUMENTS)
-    pending: tuple[_Batch, Future[list[_Chunk]] | None] | None = None
-    with tqdm(total=count, unit="doc", disable=not show, desc="ingest") as bar, \
-            ThreadPoolExecutor(1, thread_name_prefix="knowledge-extract") as helper:
+    with tqdm(total=count, unit="doc", disable=not show, desc="ingest") as bar:
         for batch in _batches(items, batch_size):
-            # checked before the previous batch commits: a document of that batch counts as stored
-            try:
-                prepared = _prepare(session, batch, splitter, extractor, embedder, config, report,
-                                    pending[0].written_ids if pending else frozenset())
-            except Exception:
-                if pending is not None:     # the batches before a bad one are written, as without the overlap
-                    _finish(session, *pending, embedder, embed_entities, config, pool, report)
-                raise
-            future = helper.submit(_chunks, prepared.changed, splitter, extractor, report) if prepared.changed \
-                else None
-            if pending is not None:
-                _finish(session, *pending, embedder, embed_entities, config, pool, report)
-                bar.update(len(pending[0].docs))
-            pending = (prepared, future)
-        if pending is not None:
-            _finish(session, *pending, embedder, embed_entities, config, pool, report)
-            bar.update(len(pending[0].docs))
+            _ingest_batch(session, batch, embedder, splitter, extractor, embed_entities, config, pool, report)
+            bar.update(len(batch))
     report.seconds = time.perf_counter() - started
     return report
-
-
-@dataclass
-class _Batch:
-    """A checked batch: its documents, their content hashes, the changed ones and which of those are stored."""
-
-    docs: list[Document]
-    hashes: dict[str, str]
-    changed: list[Document]
-    stored: set[str]
-
-    @property
-    def written_ids(self) -> frozenset[str]:
-        return frozenset(d.doc_id for d in self.changed)
 
 
 def _batches(items: Iterable[Document], size: int) -> Iterator[list[Document]]:
@@ -249,10 +214,9 @@ def _keys_of(session: Session, table: Any) -> list[Any]:
     return [session.ref(i).key for i in table.column("_id").to_pylist()]
 
 
-def _prepare(session: Session, batch: list[Document], splitter: Splitter, extractor: Extractor, embedder: Embedder,
-             synonyms: SynonymConfig | None, report: IngestReport, in_flight: frozenset[str]) -> _Batch:
-    """Validate a batch and find its changed documents (content hash differs from the stored one).
-    `in_flight`: the documents the previous, not yet committed batch writes (treated as stored)."""
+def _ingest_batch(session: Session, batch: list[Document], embedder: Embedder, splitter: Splitter,
+                  extractor: Extractor, embed_entities: bool | str, synonyms: SynonymConfig | None,
+                  pool: VectorPool | None, report: IngestReport) -> None:
     tick = time.perf_counter()
     for doc in batch:
         _check(doc)
@@ -266,22 +230,14 @@ def _prepare(session: Session, batch: list[Document], splitter: Splitter, extrac
     changed = [doc for doc in batch if existing.get(doc.doc_id) != hashes[doc.doc_id]]
     report.unchanged += len(batch) - len(changed)
     report.add_time("check", time.perf_counter() - tick)
-    return _Batch(batch, hashes, changed, {d.doc_id for d in changed if d.doc_id in existing or d.doc_id in in_flight})
-
-
-def _finish(session: Session, prepared: _Batch, extraction: Future[list[_Chunk]] | None, embedder: Embedder,
-            embed_entities: bool | str, synonyms: SynonymConfig | None, pool: VectorPool | None,
-            report: IngestReport) -> None:
-    """Embed and write a prepared batch (its chunks from the helper thread) in one transaction."""
-    if extraction is None:
+    if not changed:
         return
-    changed, hashes = prepared.changed, prepared.hashes
-    chunks = extraction.result()
+    chunks = _chunks(changed, splitter, extractor, report)
     tick = time.perf_counter()
     vectors = embedder.embed([passage_text(c.doc.title, c.text) if c.doc.title else c.text for c in chunks])
     report.add_time("embed_chunks", time.perf_counter() - tick)
     tick = time.perf_counter()
-    old = [d for d in changed if d.doc_id in prepared.stored]
+    old = [d for d in changed if d.doc_id in existing]
     old_chunks = (_keys_of(session, session.scan(CHUNK, where={"doc_id": ("in", [d.doc_id for d in old])},
                                                  columns=[])) if old else [])
     entity_rows, batch_vectors = _entity_rows(session, chunks, embedder, embed_entities, report)
