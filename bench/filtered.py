@@ -66,9 +66,12 @@ def build(directory: str, data: Any, labels: list[list[str]], bucket: np.ndarray
     while index.hnsw is None or index.hnsw_rows < len(data.base):  # the graph is in: searches use it
         time.sleep(0.02)
     graph_s = time.perf_counter() - started
-    assert store.build_indexes(timeout_s=3600)  # then its calibration
+    assert store.build_indexes(timeout_s=3600)  # then its calibration (unless the build made it)
+    cal = index.calibration
+    if cal is not None and cal.held_out and cal.graph_rows == len(data.base):  # measured inside the build
+        graph_s -= cal.seconds
     figures = {"graph_s": graph_s, "graph_and_calibration_s": time.perf_counter() - started,
-               "calibration_s": index.calibration.seconds if index.calibration else None,
+               "calibration_s": cal.seconds if cal else None,
                "hnsw_m": index.config.hnsw_m, "ef_construction": index.config.ef_construction}
     return store, figures
 
@@ -298,8 +301,9 @@ def calibration_summary(store: knowledge.Store) -> tuple[str, dict[str, Any] | N
     if cal is None:
         return "none", None
     filtered = ", ".join(f"{p.fraction:g}: {p.ef_search or '-'}" for p in cal.filtered)
-    return (f"unfiltered efSearch {cal.ef_search} (recall lower bound {cal.recall:.3f} on {cal.queries} queries made "
-            f"from the index's own rows), filtered efSearch by share {{{filtered}}}", cal.as_dict())
+    return (f"unfiltered efSearch {cal.ef_search} (recall lower bound {cal.recall:.3f} on {cal.queries} "
+            f"{'rows held out of the graph until it was measured' if cal.held_out else 'queries made from the index rows'}"
+            f"), filtered efSearch by share {{{filtered}}}", cal.as_dict())
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 
+import faiss
 import numpy as np
 import pytest
 
@@ -62,10 +63,8 @@ def recall_at(index: VectorIndex, queries: np.ndarray, allowed: np.ndarray | Non
 @pytest.fixture(scope="module")
 def calibrated() -> tuple[VectorIndex, np.ndarray]:
     rows, queries = mixture(8000, 150)
-    index = built(rows)
-    job = hnsw_job(index)
-    assert isinstance(job, CalibrateJob)
-    assert job.install(job.run(threading.Event()))
+    index = built(rows)  # the build calibrates, on rows held out of the graph until it was measured
+    assert index.calibration is not None and index.calibration.held_out
     assert hnsw_job(index) is None  # calibrated: nothing more is due
     return index, queries
 
@@ -76,6 +75,14 @@ def test_calibrated_ef_meets_the_target_on_fresh_queries(calibrated):
     assert cal is not None and index.calibrated()
     assert cal.ef_search is not None and cal.recall >= 0.99 and cal.graph_rows == index.rows
     assert recall_at(index, queries, None, cal.ef_search) >= 0.98  # fresh queries: sampling error allowed
+
+
+def test_a_recalibration_without_held_out_rows_takes_the_smallest_ef_on_its_sample(calibrated):
+    index, queries = calibrated
+    job = CalibrateJob(index, index.hnsw, index.matrix, index.live[:index.rows].copy())
+    cal = job.run(threading.Event())  # stored rows moved off themselves as the queries
+    assert cal is not None and not cal.held_out and cal.ef_search is not None and cal.recall >= 0.99
+    assert recall_at(index, queries, None, cal.ef_search) >= 0.98
     # the smallest ladder value reaching the target on the calibration's own sample
     if cal.ef_search > EF_LADDER[0]:
         previous = EF_LADDER[EF_LADDER.index(cal.ef_search) - 1]
@@ -103,6 +110,46 @@ def test_filtered_points_meet_the_target_on_fresh_queries(calibrated):
     assert checked >= 1
     efs = [p.ef_search for p in cal.filtered if p.ef_search is not None]
     assert efs == sorted(efs)  # a smaller share of rows never needs a narrower search
+
+
+def test_a_build_calibrates_on_rows_held_out_of_its_graph():
+    rows, _ = mixture(6000, 1, seed=9)
+    index = VectorIndex(DIM, "cosine", VectorConfig(kind="hnsw", device="cpu", hnsw_m=16, ef_construction=40))
+    index.upsert(np.arange(len(rows)), rows)
+    index.remove(np.arange(0, 6000, 7))  # tombstones: never held out, never an answer
+    job = hnsw_job(index)
+    assert job is not None and job.held_out is not None and len(job.held_out) == index.config.calibration_queries
+    held = job.held_out
+    assert np.all(np.diff(held) > 0) and index.live[held].all()
+    graph, cal = job.run(threading.Event())
+    assert cal is not None and cal.held_out and cal.queries == len(held) and cal.graph_rows == 6000
+    _, labels = graph.search(rows[held], 1)  # the held-out rows are in the graph now, each as its own row
+    assert graph.ntotal == 6000 and (labels[:, 0] == held).mean() > 0.95
+    assert job.install((graph, cal)) and index.calibration is cal and index.calibrated()
+    assert hnsw_job(index) is None
+
+
+def test_held_out_calibration_scores_queries_not_in_the_graph():
+    """With held_out, recall is measured for those vectors as queries against exact search of the graph's rows,
+    none of them excluded: the bound equals the one computed here, query by query, on a graph without them."""
+    rows, _ = mixture(5000, 1, seed=4)
+    rng = np.random.default_rng(1)
+    held = np.sort(rng.choice(len(rows), 150, replace=False))
+    kept = np.setdiff1d(np.arange(len(rows)), held)
+    index = VectorIndex(DIM, "cosine", VectorConfig(kind="hnsw", device="cpu", hnsw_m=8, ef_construction=16))
+    graph = index.new_hnsw()
+    graph.add(rows[kept])
+    matrix, live, queries = np.ascontiguousarray(rows[kept]), np.ones(len(kept), dtype=bool), rows[held]
+    cal = calibrate(graph, matrix, live, "cosine", recall_target=0.95, queries=150, ef_search_max=512,
+                    held_out=queries)
+    assert cal is not None and cal.held_out and cal.ef_search is not None and cal.queries == 150
+    params = faiss.SearchParametersHNSW()
+    params.efSearch = cal.ef_search
+    _, labels = graph.search(queries, K, params=params)
+    truth = np.argsort(-(queries @ matrix.T), axis=1)[:, :K]
+    recalls = np.array([len(set(t.tolist()) & set(f.tolist())) / K for t, f in zip(truth, labels, strict=True)])
+    bound = recalls.mean() - 1.645 * recalls.std(ddof=1) / np.sqrt(len(recalls))
+    assert cal.recall == pytest.approx(bound, abs=1e-9) and bound >= 0.95
 
 
 def test_a_higher_target_needs_a_wider_search(calibrated):

@@ -67,9 +67,8 @@ def index_and_queries() -> tuple[VectorIndex, np.ndarray]:
     index = VectorIndex(DIM, "cosine", VectorConfig(kind="hnsw", device="cpu", hnsw_m=16, ef_construction=64,
                                                     recall_target=CALIBRATED_TARGET))
     index.upsert(np.arange(ROWS), rows)
-    for _ in range(2):  # the graph, then its calibration
-        job = hnsw_job(index)
-        assert job is not None and job.install(job.run(threading.Event()))
+    while (job := hnsw_job(index)) is not None:  # the graph, calibrated by its build or then on its own
+        assert job.install(job.run(threading.Event()))
     assert index.calibrated()
     return index, queries
 
