@@ -38,7 +38,8 @@ import numpy as np
 
 from knowledge.index.vector_scan import exact_top, faiss_knn
 
-EF_LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
+EF_LADDER = (16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 448, 512, 640, 768, 896, 1024, 1280, 1536,
+             2048, 3072, 4096)
 FRACTIONS = (0.8, 0.5, 0.25, 0.1, 0.05, 0.025, 0.01)  # shares of rows at which filtered HNSW is calibrated
 TIMED_FRACTIONS = (1.0, *FRACTIONS, 0.0025)  # shares at which every plan is timed
 GATHER_FRACTION_MAX = 0.25  # above this share, copying the rows out never beats scanning them in place
