@@ -2,6 +2,12 @@
 
     python bench/vectors.py [--synthetic-rows 200000] [--queries 200] [--repeats 1] [--skip-real]
                             [--skip-synthetic] [--no-write]
+    python bench/vectors.py --clustered [bench/filtered.py's options]
+
+--clustered runs the harder clustered set of issue 15 instead (100k x 384, a mixture of Gaussian clusters
+of skewed sizes; where-filters and principal filters at 100/10/1/0.1%, p50/p99, against faiss
+flat+IDSelector, faiss HNSW+IDSelector at ef 64/256, hnswlib and numpy in the same run): that benchmark
+lives in bench/filtered.py, and this flag hands it the remaining options.
 
 Two data sets: real MiniLM embeddings of the passages in ../shared/data (MuSiQue + 2Wiki passages and
 MultiHop-RAG facts; build the cache first: python bench/embed_cache.py), queried with the MuSiQue and
@@ -31,6 +37,7 @@ import argparse
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -319,7 +326,15 @@ def main() -> None:
     parser.add_argument("--skip-real", action="store_true")
     parser.add_argument("--skip-synthetic", action="store_true")
     parser.add_argument("--no-write", action="store_true", help="print only; write neither the JSON nor RESULTS.md")
-    args = parser.parse_args()
+    parser.add_argument("--clustered", action="store_true",
+                        help="run bench/filtered.py's clustered filtered-search set; other options go to it")
+    args, rest = parser.parse_known_args()
+    if args.clustered:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        forwarded = [*rest, *(["--no-write"] if args.no_write else [])]
+        sys.exit(subprocess.call([sys.executable, "-m", "bench.filtered", *forwarded], cwd=root))
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     results = {"command": " ".join(["python", "bench/vectors.py", *sys.argv[1:]]), "machine": machine(),
