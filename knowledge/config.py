@@ -75,6 +75,7 @@ class StoreConfig:
     traversal_nodes_max: int = 1_000_000
     overlay_edges_max: int = 65_536
     apply_delay_ms: int = 100
+    group_commit_max: int = 256  # transactions one group commit (Engine.commit) takes at most; 1: each alone
     disk_free_bytes_min: int = 8 << 20  # commits are refused (StorageFull) below this much free space
     row_cache_rows_max: int = 10_000  # whole node rows kept for point reads; 0 turns the cache off
     audit: bool = False
@@ -115,7 +116,7 @@ class StoreConfig:
             self.keyring()  # a malformed key is refused here, not at open
         for name in ("segment_bytes_max", "value_bytes_max", "transaction_bytes_max",
                      "transaction_rows_max", "labels_per_node_max", "traversal_nodes_max",
-                     "overlay_edges_max", "apply_delay_ms", "audit_entries_max"):
+                     "overlay_edges_max", "apply_delay_ms", "group_commit_max", "audit_entries_max"):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"config {name} must be positive, got {getattr(self, name)}")
         if self.row_cache_rows_max < 0:

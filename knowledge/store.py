@@ -286,7 +286,8 @@ class Store:
                 isinstance(item, tuple) and len(item) == 3 and item[0] in _COMMIT_ACTIONS for item in items):
             raise InvalidArgument("items must be a transaction's (action, type, rows) triples: "
                                   "use session.transaction()")
-        with self.engine.stage_lock:
+
+        def prepare() -> tuple[list[Op], Resolver] | None:  # under the stage lock, by the group's leader
             self.engine.check_open()
             visible = None if principal.admin else self.visibility(principal, wait=False)
             if visible is not None and self.directory.expired is not None and self.engine.ttl.live_expired:  # ttl.py
@@ -303,10 +304,9 @@ class Store:
                 if op is not None:
                     ops.append(op)
             if not ops:
-                return self.memory_lsn
-            ops = stamp_ops(self.engine.ttl, ops, resolver, deadlines, self.config.clock())
-            staged = self.engine.append(ops, resolver)
-        return self.engine.finish(*staged)
+                return None
+            return stamp_ops(self.engine.ttl, ops, resolver, deadlines, self.config.clock()), resolver
+        return self.engine.commit(prepare)  # group commit: concurrent transactions share one write and fsync
 
     # -- visibility ---------------------------------------------------------------------------
     def visibility(self, principal: Principal, *, wait: bool = False,

@@ -18,8 +18,20 @@ from knowledge.index.arrays import grown
 
 ABSENT = -1
 SMALL_BATCH = 64  # below this, plain Python beats an Arrow kernel call
+_MISSING = object()
 
 
+class StageUndo:
+    """What staging changed in a directory, newest last, for `NodeDirectory.unstage`."""
+
+    __slots__ = ("deletes", "former", "keys", "next_id")
+
+    def __init__(self, next_id: int) -> None:
+        self.keys: list[tuple[str, Any, Any, bool]] = []  # (type, key, its staged id before or _MISSING,
+        # whether that id's delete was pending then)
+        self.former: list[tuple[str, Any]] = []  # former-id lists appended to
+        self.deletes: list[int] = []  # ids made pending deletes
+        self.next_id = next_id
 
 
 class NodeDirectory:
@@ -75,7 +87,9 @@ class NodeDirectory:
         self.next_id += count
         return np.arange(first, first + count, dtype=np.int64)
 
-    def stage_upsert(self, type_name: str, keys: list[Any], ids: np.ndarray | list[int]) -> None:
+    def stage_upsert(self, type_name: str, keys: list[Any], ids: np.ndarray | list[int],
+                     undo: StageUndo | None = None) -> None:
+        """Stage `keys` at `ids`; with `undo`, note what it takes to take the staging back."""
         mapping = self.ids[type_name]
         ids = ids.tolist() if isinstance(ids, np.ndarray) else ids
         if self.pending_deletes:  # a key re-created while its delete is in flight: its old id stays findable
@@ -84,10 +98,38 @@ class NodeDirectory:
                 old = mapping.get(key)
                 if old is not None and old != node:
                     former.setdefault(key, []).append(old)
+                    if undo is not None:
+                        undo.former.append((type_name, key))
+        if undo is not None:
+            pending = self.pending_deletes
+            for key in keys:
+                old = mapping.get(key, _MISSING)
+                undo.keys.append((type_name, key, old, old is not _MISSING and old in pending))
         mapping.update(zip(keys, ids, strict=True))
 
-    def stage_delete(self, ids: list[int]) -> None:
+    def stage_delete(self, ids: list[int], undo: StageUndo | None = None) -> None:
+        """Stage the delete of `ids`; with `undo`, note which of them were not pending already."""
+        if undo is not None:
+            undo.deletes.extend(node for node in ids if node not in self.pending_deletes)
         self.pending_deletes.update(ids)
+
+    def unstage(self, undo: StageUndo) -> None:
+        """Take back the staging `undo` noted (newest first): a group commit whose WAL write failed. The
+        key maps, former ids and pending deletes are shared with read views' forks, so this undoes it for
+        them too; only the engine's next_id is reset."""
+        for type_name, key, old, was_pending in reversed(undo.keys):
+            mapping = self.ids[type_name]
+            if old is _MISSING or (was_pending and old not in self.pending_deletes):
+                mapping.pop(key, None)  # absent before, or its delete was applied meanwhile: gone now
+            else:
+                mapping[key] = old
+        for type_name, key in reversed(undo.former):
+            former = self.former[type_name]
+            former[key].pop()
+            if not former[key]:
+                del former[key]
+        self.pending_deletes.difference_update(undo.deletes)
+        self.next_id = undo.next_id
 
     # -- applied view (reads) -----------------------------------------------------------------
     def id_of(self, type_name: str, key: Any) -> int | None:

@@ -56,14 +56,7 @@ def apply_memory(engine: EngineState, ops: list[Op], lsn: int) -> None:
             for name in engine.schema.edges:
                 engine.edges.setdefault(name, EdgeIndex(engine.config.overlay_edges_max))
         elif op.kind == OpKind.UPSERT_NODES and op.rows is not None:
-            rows = op.rows
-            assert rows.ids is not None
-            engine.row_cache.invalidate(op.name, rows.ids)
-            directory.apply_upsert_rows(op.name, rows.ids, rows.column(engine.schema.nodes[op.name].key),
-                                        rows.labels)
-            apply_vectors(engine, [op])
-            apply_keywords(engine, op)
-            apply_columns(engine, op)
+            _apply_node_rows(engine, op)
         elif op.kind == OpKind.UPSERT_NODES:
             assert op.table is not None
             engine.row_cache.invalidate(op.name, op.table.column("_id").to_numpy())
@@ -89,6 +82,58 @@ def apply_memory(engine: EngineState, ops: list[Op], lsn: int) -> None:
                 index.add(src, dst, directory.capacity)
             else:
                 index.remove(src, dst, directory.capacity)
+
+
+def _apply_node_rows(engine: EngineState, op: Op) -> None:
+    """apply_memory of a node upsert given as NodeRows (after record_view)."""
+    rows = op.rows
+    assert rows is not None and rows.ids is not None
+    engine.row_cache.invalidate(op.name, rows.ids)
+    engine.directory.apply_upsert_rows(op.name, rows.ids, rows.column(engine.schema.nodes[op.name].key),
+                                       rows.labels)
+    apply_vectors(engine, [op])
+    apply_keywords(engine, op)
+    apply_columns(engine, op)
+
+
+def fresh_rows_op(ops: list[Op]) -> Op | None:
+    """The op of a record that holds one insert-only node upsert given as NodeRows (every row a new
+    node: nothing it writes existed when it was resolved), else None: `apply_fresh_rows` takes such records."""
+    if len(ops) != 1:
+        return None
+    op = ops[0]
+    return op if op.kind == OpKind.UPSERT_NODES and op.rows is not None and not op.flags else None
+
+
+def merged_rows_op(ops: list[Op]) -> Op:
+    """One insert-only upsert of the rows of `ops` (`fresh_rows_op` ops of one type and shape), in order."""
+    first = ops[0].rows
+    assert first is not None
+    columns: list[list[Any]] = [[] for _ in first.columns]
+    labels: list[list[str]] = []
+    ids: list[int] = []
+    for op in ops:
+        rows = op.rows
+        assert rows is not None and rows.ids is not None
+        for merged, column in zip(columns, rows.columns, strict=True):
+            merged.extend(column)
+        labels.extend(rows.labels)
+        ids.extend(rows.ids)
+    return Op(OpKind.UPSERT_NODES, ops[0].name,
+              rows=NodeRows(first.type_name, first.names, first.kinds, columns, labels, ids))
+
+
+def apply_fresh_rows(engine: EngineState, records: list[tuple[int, Op]], merged: Op) -> None:
+    """apply_memory of consecutive records (lsn, op), each a `fresh_rows_op` of one type and shape, as the
+    one upsert `merged` (`merged_rows_op` of them): the same state as applying them one by one (their ids
+    are distinct and new, so no row replaces another), with one call into each index instead of one per
+    record. The view clock still gets each record's labels at its own LSN (a new node replaces no labels)."""
+    clock = engine.view_clock
+    for lsn, op in records:
+        assert op.rows is not None
+        clock.node_labels(lsn, {label for labels in op.rows.labels for label in labels or ()})
+    _apply_node_rows(engine, merged)
+
 
 def apply_vectors(engine: EngineState, ops: list[Op], only: tuple[str, str] | None = None) -> None:
     """Feed node upserts and deletes to the vector indexes (all, or the `only` one)."""

@@ -129,9 +129,11 @@ class Tables:
                 stamps.flush(con)
                 next_id = max([self.next_id] + [_top_id(op) + 1 for _, _, ops in records for op in ops
                                                 if op.kind == OpKind.UPSERT_NODES])
-                self._set_meta(con, "applied_lsn", records[-1][0])
-                self._set_meta(con, "applied_epoch", records[-1][1])
-                self._set_meta(con, "next_id", next_id)  # ids are never reused, even after a reopen
+                # one statement (DuckDB spends ~1.5 ms CPU on each INSERT OR REPLACE, whatever its size);
+                # ids are never reused, even after a reopen
+                con.execute("INSERT OR REPLACE INTO _meta VALUES (?, ?), (?, ?), (?, ?)",
+                            ["applied_lsn", str(records[-1][0]), "applied_epoch", str(records[-1][1]),
+                             "next_id", str(next_id)])
                 con.execute("COMMIT")
                 self.has_ttl = self.has_ttl or bool(stamps.nodes)  # `_ttl` exists: node deletes drop their stamps
             except duckdb.Error as exc:

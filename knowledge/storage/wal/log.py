@@ -181,6 +181,21 @@ class WriteAheadLog:
             self._write_frame(lsn, epoch, time.time_ns() if timestamp_ns is None else timestamp_ns, payload)
             return lsn
 
+    def append_many(self, payloads: list[bytes], epoch: int, timestamp_ns: int | None = None) -> int:
+        """Write one record per payload, with consecutive LSNs, in one write; return the first LSN (not
+        yet durable). All or nothing: on StorageFull (or any failure) no record of them is in the log and
+        the log is as before. A group commit's records go into one segment (rolled first when they would
+        overflow the live one)."""
+        invariant(bool(payloads), "append_many needs at least one payload")
+        with self._append_lock:
+            self._check_healthy()
+            if epoch < self._last_epoch:
+                invariant(False, f"epoch went back from {self._last_epoch} to {epoch}")
+            first = self._last_lsn + 1
+            stamp = time.time_ns() if timestamp_ns is None else timestamp_ns
+            self._write_frames([(first + i, payload) for i, payload in enumerate(payloads)], epoch, stamp)
+            return first
+
     def append_record(self, lsn: int, epoch: int, timestamp_ns: int, payload: bytes) -> None:
         """Write a record that arrives with its LSN, epoch and timestamp set (a replica's copy of the
         primary's frame); not yet durable. InvalidArgument unless `lsn` is the next LSN and `epoch` is
@@ -196,19 +211,28 @@ class WriteAheadLog:
 
     def _write_frame(self, lsn: int, epoch: int, timestamp_ns: int, payload: bytes) -> None:
         """Under the append lock: write the frame of record `lsn` at the live segment's end."""
+        self._write_frames([(lsn, payload)], epoch, timestamp_ns)
+
+    def _write_frames(self, records: list[tuple[int, bytes]], epoch: int, timestamp_ns: int) -> None:
+        """Under the append lock: write the frames of `records` (consecutive (lsn, payload) pairs, the
+        first the next LSN) at the live segment's end, in one write."""
         overhead = crypto.SEAL_OVERHEAD if self.keyring is not None else 0
-        if len(payload) > frames.PAYLOAD_BYTES_MAX - overhead:
-            raise ValueError(f"payload of {len(payload)} bytes exceeds {frames.PAYLOAD_BYTES_MAX - overhead}")
-        frame_bytes = frames.HEADER_BYTES + len(payload) + overhead
+        for _, payload in records:
+            if len(payload) > frames.PAYLOAD_BYTES_MAX - overhead:
+                raise ValueError(f"payload of {len(payload)} bytes exceeds {frames.PAYLOAD_BYTES_MAX - overhead}")
+        frame_bytes = sum(frames.HEADER_BYTES + len(payload) + overhead for _, payload in records)
         frame = b""
         try:
             if self._fd < 0 or self._roll_pending or (self._segment_bytes + frame_bytes > self.segment_bytes_max
                                                        and self._segment_bytes > self._live_start):
-                self._roll(lsn)
+                self._roll(records[0][0])
             if self._sealer is not None:
-                frame = frames.encode_sealed_frame(lsn, epoch, timestamp_ns, payload, self._sealer.seal, overhead)
+                seal = self._sealer.seal
+                parts = [frames.encode_sealed_frame(lsn, epoch, timestamp_ns, payload, seal, overhead)
+                         for lsn, payload in records]
             else:
-                frame = frames.encode_frame(lsn, epoch, timestamp_ns, payload)
+                parts = [frames.encode_frame(lsn, epoch, timestamp_ns, payload) for lsn, payload in records]
+            frame = parts[0] if len(parts) == 1 else b"".join(parts)
             end = self._segment_bytes + len(frame)
             try:
                 if self.preallocate_bytes and end > self._allocated_bytes and len(frame) <= PREALLOCATE_FRAME_BYTES_MAX:
@@ -226,7 +250,7 @@ class WriteAheadLog:
             raise
         self._segment_bytes = end
         self._allocated_bytes = max(self._allocated_bytes, end)
-        self._last_lsn = lsn
+        self._last_lsn = records[-1][0]
         self._last_epoch = epoch
 
     def truncate_after(self, lsn: int) -> int:
