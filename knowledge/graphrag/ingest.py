@@ -12,6 +12,9 @@ Guarantees:
   (with their HAS_CHUNK and MENTIONS edges), then the Document, its Chunks, their Entities and the
   HAS_CHUNK / MENTIONS / RELATED edges are upserted. A failure leaves the batch unwritten.
 - Entities are merged by `normalize_entity_name`; `display` and `type` keep the first form seen.
+- With an extractor that has `submit_chunks` (SpacyExtractor), the next `lookahead` batches' changed
+  documents are handed to its worker processes before a batch is embedded and written, so extraction
+  overlaps the store work; batches still commit in order and what is written is the same.
 - Without an `extractor`, `default_extractor()` is used: spaCy NER when the nlp extra is installed,
   else the rule-based extractor; both take the title as an entity and relate entities that share a
   sentence. `synonyms` adds SYNONYM edges between close entity embeddings (synonyms.py) as it goes.
@@ -38,6 +41,7 @@ import hashlib
 import json
 import sys
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +61,7 @@ from knowledge.graphrag.chunking import SentenceSplitter, Splitter
 from knowledge.graphrag.extract import (
     COOCCURS,
     ChunkInput,
+    Extraction,
     Extractor,
     Relation,
     clean_triples,
@@ -78,6 +83,8 @@ from knowledge.graphrag.synonyms import SynonymConfig, VectorPool, synonym_confi
 from knowledge.session import Session
 
 BATCH_SIZE = 256
+LOOKAHEAD = 2
+"""Batches whose extraction is started before the current one is written (extractors with submit_chunks)."""
 PROGRESS_MIN_DOCUMENTS = 500
 
 
@@ -150,7 +157,7 @@ def ingest(session: Session, documents: Iterable[Document], *, embedder: Embedde
            splitter: Splitter | None = None, extractor: Extractor | None = None,
            batch_size: int = BATCH_SIZE, embed_entities: bool | str = "auto",
            progress: bool | None = None, total: int | None = None,
-           synonyms: SynonymConfig | float | bool | None = True) -> IngestReport:
+           synonyms: SynonymConfig | float | bool | None = True, lookahead: int = LOOKAHEAD) -> IngestReport:
     """Ingest documents in batches of `batch_size`, one transaction per batch that has changes.
 
     `extractor`: None uses `default_extractor()` (spaCy when installed, else RuleExtractor); pass
@@ -161,13 +168,18 @@ def ingest(session: Session, documents: Iterable[Document], *, embedder: Embedde
     `embed_entities`: True embeds new entity names (normalised) with `embedder`; False stores none;
     "auto" tries and stores none when the embedder cannot (EmbedderUnavailable, e.g. a
     PrecomputedEmbedder without entity vectors). `progress`: tqdm bar (None: only on a TTY and for
-    more than 500 documents). Raises InvalidArgument (bad document, duplicate doc_id in a batch,
-    batch_size < 1), DimensionMismatch (the embedder's dimension is not the store's Chunk vector[d]),
+    more than 500 documents). `lookahead`: with an extractor that has `submit_chunks` (SpacyExtractor's
+    worker processes), the changed documents of the next `lookahead` batches are handed to it before
+    this batch is embedded and written, so extraction and store work overlap (0: one after the other;
+    the result is the same either way). Raises InvalidArgument (bad document, duplicate doc_id in a batch,
+    batch_size < 1, lookahead < 0), DimensionMismatch (the embedder's dimension is not the store's Chunk vector[d]),
     EmbedderUnavailable (no vectors for the chunks), SchemaError, ValidationError,
     PermissionDenied from the store.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidArgument(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if isinstance(lookahead, bool) or not isinstance(lookahead, int) or lookahead < 0:
+        raise InvalidArgument(f"lookahead must be an int >= 0, got {lookahead!r}")
     if not isinstance(embedder, Embedder):
         raise InvalidArgument(f"embedder must be an Embedder (dimension, name and embed()), got "
                               f"{type(embedder).__name__}")
@@ -182,12 +194,70 @@ def ingest(session: Session, documents: Iterable[Document], *, embedder: Embedde
     items = list(documents) if total is None and not isinstance(documents, Sequence) else documents
     count = total if total is not None else len(items)  # type: ignore[arg-type]
     show = progress if progress is not None else (sys.stderr.isatty() and count > PROGRESS_MIN_DOCUMENTS)
-    with tqdm(total=count, unit="doc", disable=not show, desc="ingest") as bar:
-        for batch in _batches(items, batch_size):
-            _ingest_batch(session, batch, embedder, splitter, extractor, embed_entities, config, pool, report)
-            bar.update(len(batch))
+    submit = getattr(extractor, "submit_chunks", None) if lookahead else None
+    queued: deque[tuple[list[Document], _Prefetch | None]] = deque()
+    batches = _batches(items, batch_size)
+
+    def pull() -> None:
+        batch = next(batches, None)
+        if batch is not None:
+            queued.append((batch, _prefetch(session, batch, splitter, extractor, embedder, config, submit)
+                           if submit is not None else None))
+
+    try:
+        with tqdm(total=count, unit="doc", disable=not show, desc="ingest") as bar:
+            for _ in range(1 + (lookahead if submit is not None else 0)):
+                pull()
+            while queued:
+                batch, prefetched = queued.popleft()
+                pull()
+                _ingest_batch(session, batch, embedder, splitter, extractor, embed_entities, config, pool, report,
+                              prefetched)
+                bar.update(len(batch))
+    finally:
+        for _, prefetched in queued:
+            if prefetched is not None:
+                prefetched.cancel()
     report.seconds = time.perf_counter() - started
     return report
+
+
+class _Prefetch:
+    """Extractions started ahead for a batch's changed documents, keyed by ChunkInput. Speculative: the
+    batch is checked again when its turn comes (an earlier batch may write the same doc_id), and a chunk
+    found here is used only if it is still to be extracted; the rest are extracted then."""
+
+    def __init__(self, inputs: list[ChunkInput], pending: Any) -> None:
+        self.inputs = inputs
+        self.pending = pending
+
+    def results(self) -> dict[ChunkInput, Extraction]:
+        return dict(zip(self.inputs, self.pending.result(), strict=True))
+
+    def cancel(self) -> None:
+        cancel = getattr(self.pending, "cancel", None)
+        if cancel is not None:
+            cancel()
+
+
+def _prefetch(session: Session, batch: list[Document], splitter: Splitter, extractor: Extractor,
+              embedder: Embedder, synonyms: SynonymConfig | None, submit: Any) -> _Prefetch | None:
+    """Hand the chunks of the batch's changed documents (by the store as it is now) to `submit`. None
+    when there is nothing to extract or checking the batch fails (its turn raises the error, after the
+    batches before it are written, as without the lookahead)."""
+    try:
+        for doc in batch:
+            _check(doc)
+        stored = session.get_many(DOCUMENT, [doc.doc_id for doc in batch], ["content_hash"])
+        existing = dict(zip(_keys_of(session, stored), stored.column("content_hash").to_pylist(), strict=True))
+        inputs = [ChunkInput(text, doc.title) for doc in batch
+                  if doc.entities is None and doc.triples is None
+                  and existing.get(doc.doc_id) != content_hash(doc, splitter, extractor, embedder, synonyms)
+                  for text in splitter.split(doc.text)]
+    except Exception:   # noqa: BLE001 - only a head start: the batch's turn raises it, after the batches before
+        return None
+    inputs = list(dict.fromkeys(inputs))
+    return _Prefetch(inputs, submit(inputs)) if inputs else None
 
 
 def _batches(items: Iterable[Document], size: int) -> Iterator[list[Document]]:
@@ -216,7 +286,7 @@ def _keys_of(session: Session, table: Any) -> list[Any]:
 
 def _ingest_batch(session: Session, batch: list[Document], embedder: Embedder, splitter: Splitter,
                   extractor: Extractor, embed_entities: bool | str, synonyms: SynonymConfig | None,
-                  pool: VectorPool | None, report: IngestReport) -> None:
+                  pool: VectorPool | None, report: IngestReport, prefetched: _Prefetch | None = None) -> None:
     tick = time.perf_counter()
     for doc in batch:
         _check(doc)
@@ -231,8 +301,10 @@ def _ingest_batch(session: Session, batch: list[Document], embedder: Embedder, s
     report.unchanged += len(batch) - len(changed)
     report.add_time("check", time.perf_counter() - tick)
     if not changed:
+        if prefetched is not None:
+            prefetched.cancel()
         return
-    chunks = _chunks(changed, splitter, extractor, report)
+    chunks = _chunks(changed, splitter, extractor, report, prefetched)
     tick = time.perf_counter()
     vectors = embedder.embed([passage_text(c.doc.title, c.text) if c.doc.title else c.text for c in chunks])
     report.add_time("embed_chunks", time.perf_counter() - tick)
@@ -279,9 +351,9 @@ def _ingest_batch(session: Session, batch: list[Document], embedder: Embedder, s
 
 
 def _chunks(docs: list[Document], splitter: Splitter, extractor: Extractor,
-            report: IngestReport) -> list[_Chunk]:
+            report: IngestReport, prefetched: _Prefetch | None = None) -> list[_Chunk]:
     """The batch's chunks with their entities (normalised) and relations: supplied ones, or the extractor's
-    (run once over every chunk of the batch's documents that supply none)."""
+    (run once over every chunk of the batch's documents that supply none, less those `prefetched` has)."""
     tick = time.perf_counter()
     out: list[_Chunk] = []
     extract: list[_Chunk] = []
@@ -297,7 +369,12 @@ def _chunks(docs: list[Document], splitter: Splitter, extractor: Extractor,
     report.add_time("split", time.perf_counter() - tick)
     tick = time.perf_counter()
     if extract:
-        found = run_extractor(extractor, [ChunkInput(c.text, c.doc.title) for c in extract])
+        inputs = [ChunkInput(c.text, c.doc.title) for c in extract]
+        ready = prefetched.results() if prefetched is not None else {}
+        missing = [c for c in dict.fromkeys(inputs) if c not in ready]
+        if missing:
+            ready.update(zip(missing, run_extractor(extractor, missing), strict=True))
+        found = [ready[c] for c in inputs]
         for chunk, extraction in zip(extract, found, strict=True):
             chunk.relations = [r for r in extraction.relations
                                if all(isinstance(x, str) and x.strip() for x in (r.subject, r.predicate, r.object))]
@@ -457,4 +534,4 @@ def delete_documents(session: Session, doc_ids: Iterable[str]) -> int:
     return len(found)
 
 
-__all__ = ["BATCH_SIZE", "Document", "IngestReport", "chunk_key", "chunk_relations", "content_hash", "delete_documents", "ingest"]
+__all__ = ["BATCH_SIZE", "LOOKAHEAD", "Document", "IngestReport", "chunk_key", "chunk_relations", "content_hash", "delete_documents", "ingest"]

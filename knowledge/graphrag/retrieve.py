@@ -507,13 +507,17 @@ def _support(view: GraphView | None, chunks: list[RetrievedChunk], mass: np.ndar
         for entity in mentioned[:ENTITIES_PER_CHUNK]:
             chosen[entity] = score(entity)
             edges.append(RetrievedEdge("MENTIONS", chunk.key, str(view.keys[entity]), chosen[entity]))
-    for s in chosen:
-        for o in set(view.related_by_node.get(s, ())):
+    pairs: dict[tuple[int, int], tuple[str, str]] = {}
+    for s in chosen:    # the RELATED pairs among the chosen entities: a hub's neighbours are not walked
+        neighbours = view.related_by_node.get(s, ())
+        for o in (neighbours if len(neighbours) < len(chosen) else chosen):
             found = view.related.get((s, o))
-            if o in chosen and found is not None:
-                edges.append(RetrievedEdge("RELATED", str(view.keys[s]), str(view.keys[o]),
-                                           math.sqrt(chosen[s] * chosen[o]), found[0], found[1]))
-    edges.sort(key=lambda e: -e.score)
+            if found is not None and o in chosen:
+                pairs[(s, o)] = found
+    for (s, o), (relation, chunk_id) in pairs.items():
+        edges.append(RetrievedEdge("RELATED", str(view.keys[s]), str(view.keys[o]),
+                                   math.sqrt(chosen[s] * chosen[o]), relation, chunk_id))
+    edges.sort(key=lambda e: (-e.score, e.type, e.src, e.dst))
     entities = [RetrievedEntity(str(view.keys[e]), value, seeds.get(e, 0.0)) for e, value in chosen.items()]
     entities.sort(key=lambda e: (-e.score, -e.seed))
     return entities, edges[:EDGES_MAX]
