@@ -37,6 +37,7 @@ labels are merged with what the session can read.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sys
@@ -47,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from tqdm import tqdm
 
 from knowledge.embed import (
@@ -324,18 +326,16 @@ def _ingest_batch(session: Session, batch: list[Document], embedder: Embedder, s
         tx.upsert_nodes(DOCUMENT, [{"doc_id": d.doc_id, "title": d.title, "text": d.text, "metadata": d.metadata,
                                     "content_hash": hashes[d.doc_id], "_labels": sorted(d.labels)}
                                    for d in changed])
+        per_chunk = [_related_rows([c]) for c in chunks]
         if chunks:
-            tx.upsert_nodes(CHUNK, [{"chunk_id": c.key, "text": c.text, "position": c.position,
-                                     "doc_id": c.doc.doc_id, "embedding": vectors[i], "title": c.doc.title,
-                                     "relations": chunk_relations(c), "_labels": sorted(c.doc.labels)}
-                                    for i, c in enumerate(chunks)])
+            tx.upsert_nodes(CHUNK, _chunk_table(chunks, vectors, per_chunk))
             tx.upsert_edges(HAS_CHUNK, [{"src": c.doc.doc_id, "dst": c.key} for c in chunks])
-        if entity_rows:
+        if entity_rows is not None:
             tx.upsert_nodes(ENTITY, entity_rows)
         mentions = [{"src": c.key, "dst": name} for c in chunks for name in c.entities]
         if mentions:
             tx.upsert_edges(MENTIONS, mentions)
-        related = _related_rows(chunks)
+        related = _merge_related(per_chunk)
         if related:
             tx.upsert_edges(RELATED, related)
         if synonym_rows:
@@ -376,10 +376,10 @@ def _chunks(docs: list[Document], splitter: Splitter, extractor: Extractor,
             ready.update(zip(missing, run_extractor(extractor, missing), strict=True))
         found = [ready[c] for c in inputs]
         for chunk, extraction in zip(extract, found, strict=True):
-            chunk.relations = [r for r in extraction.relations
-                               if all(isinstance(x, str) and x.strip() for x in (r.subject, r.predicate, r.object))]
+            chunk.relations = [r for r in extraction.relations if _named(r.subject) and _named(r.predicate)
+                               and _named(r.object)]
             for mention in extraction.entities:
-                if isinstance(mention.name, str) and (key := normalize_entity_name(mention.name)):
+                if isinstance(mention.name, str) and (key := _normal(mention.name)):
                     chunk.display.setdefault(key, mention.name.strip())
                     if mention.type:
                         chunk.types.setdefault(key, mention.type)
@@ -387,10 +387,20 @@ def _chunks(docs: list[Document], splitter: Splitter, extractor: Extractor,
     for chunk in out:
         names = chunk.display
         for name in [*chunk.entities, *(r.subject for r in chunk.relations), *(r.object for r in chunk.relations)]:
-            if isinstance(name, str) and (key := normalize_entity_name(name)):
+            if isinstance(name, str) and (key := _normal(name)):
                 names.setdefault(key, name.strip())
         chunk.entities = list(names)
     return out
+
+
+def _named(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+@functools.lru_cache(maxsize=65536)
+def _normal(name: str) -> str:
+    """normalize_entity_name, memoised (extractors repeat names across a batch's relations)."""
+    return normalize_entity_name(name)
 
 
 def _attach_supplied(doc: Document, chunks: list[_Chunk]) -> None:
@@ -414,9 +424,10 @@ def _attach_supplied(doc: Document, chunks: list[_Chunk]) -> None:
 
 
 def _entity_rows(session: Session, chunks: list[_Chunk], embedder: Embedder, embed_entities: bool | str,
-                 report: IngestReport) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Entity rows to upsert (new entities, and existing ones whose labels grow: label union) and the
-    embedding of every entity the chunks mention that has one (for synonym edges)."""
+                 report: IngestReport) -> tuple[pa.Table | None, dict[str, Any]]:
+    """The Entity rows to upsert as one Arrow table (new entities, and existing ones whose labels grow:
+    label union; None when there are none) and the embedding of every entity the chunks mention that has
+    one (for synonym edges)."""
     wanted: dict[str, tuple[str, set[str]]] = {}
     types: dict[str, str] = {}
     for chunk in chunks:
@@ -426,34 +437,80 @@ def _entity_rows(session: Session, chunks: list[_Chunk], embedder: Embedder, emb
             if key in chunk.types:
                 types.setdefault(key, chunk.types[key])
     if not wanted:
-        return [], {}
-    columns = ["display", "embedding", *(["type"] if "type" in session.store.schema.nodes[ENTITY].properties else [])]
-    stored = session.get_many(ENTITY, list(wanted), columns)
-    current = {key: row for key, row in zip(_keys_of(session, stored), stored.to_pylist(), strict=True)}
-    rows: list[dict[str, Any]] = []
+        return None, {}
+    has_type = "type" in session.store.schema.nodes[ENTITY].properties
+    stored = session.get_many(ENTITY, list(wanted), ["display", "embedding", *(["type"] if has_type else [])])
+    stored_vectors, stored_valid = _vector_matrix(stored.column("embedding"), embedder.dimension)
+    current = {key: (display, kind, labels, i) for i, (key, display, kind, labels) in enumerate(zip(
+        _keys_of(session, stored), stored.column("display").to_pylist(),
+        stored.column("type").to_pylist() if has_type else [None] * stored.num_rows,
+        stored.column("_labels").to_pylist(), strict=True))}
+    names: list[str] = []
+    displays: list[str] = []
+    kinds: list[str | None] = []
+    label_lists: list[list[str]] = []
+    sources: list[int] = []          # the row of `stored` it keeps the embedding of, or -1: new
     fresh: list[str] = []
     for key, (display, labels) in wanted.items():
         row = current.get(key)
         if row is None:
-            rows.append({"name": key, "display": display, "embedding": None, "type": types.get(key),
-                         "_labels": sorted(labels)})
+            names.append(key)
+            displays.append(display)
+            kinds.append(types.get(key))
+            label_lists.append(sorted(labels))
+            sources.append(-1)
             fresh.append(key)
-        elif not labels <= set(row["_labels"] or ()):
-            rows.append({"name": key, "display": row["display"], "embedding": row["embedding"],
-                         "type": row.get("type"), "_labels": sorted(labels | set(row["_labels"] or ()))})
+        elif not labels <= set(row[2] or ()):
+            names.append(key)
+            displays.append(row[0])
+            kinds.append(row[1])
+            label_lists.append(sorted(labels | set(row[2] or ())))
+            sources.append(row[3])
+    vectors_of = {key: stored_vectors[i] for key, (_, _, _, i) in current.items() if stored_valid[i]}
+    fresh_vectors: np.ndarray | None = None
     if fresh and embed_entities:
         tick = time.perf_counter()
-        vectors = _embed_names(embedder, fresh, embed_entities == "auto")
+        found = _embed_names(embedder, fresh, embed_entities == "auto")
         report.add_time("embed_entities", time.perf_counter() - tick)
-        if vectors is not None:
-            by_key = dict(zip(fresh, vectors, strict=True))
-            for row in rows:
-                if row["name"] in by_key:
-                    row["embedding"] = by_key[row["name"]]
+        if found is not None:
+            fresh_vectors = np.asarray(found, dtype=np.float32)
+            vectors_of.update(zip(fresh, fresh_vectors, strict=True))
     report.entities += len(fresh)
-    vectors_of = {key: row["embedding"] for key, row in current.items() if row["embedding"] is not None}
-    vectors_of.update((row["name"], row["embedding"]) for row in rows if row["embedding"] is not None)
-    return rows, vectors_of
+    if not names:
+        return None, vectors_of
+    matrix = np.zeros((len(names), embedder.dimension), np.float32)
+    present = np.zeros(len(names), bool)
+    sources_array = np.asarray(sources, dtype=np.int64)
+    kept = np.flatnonzero(sources_array >= 0)
+    kept = kept[stored_valid[sources_array[kept]]]
+    matrix[kept], present[kept] = stored_vectors[sources_array[kept]], True
+    if fresh_vectors is not None:
+        new_rows = np.flatnonzero(sources_array < 0)
+        matrix[new_rows], present[new_rows] = fresh_vectors, True
+    columns = {"name": pa.array(names, pa.string()), "display": pa.array(displays, pa.string()),
+               "embedding": _vector_column(matrix, present)}
+    if has_type:
+        columns["type"] = pa.array(kinds, pa.string())
+    columns["_labels"] = pa.array(label_lists, pa.list_(pa.string()))
+    return pa.table(columns), vectors_of
+
+
+def _vector_matrix(column: pa.ChunkedArray, dimension: int) -> tuple[np.ndarray, np.ndarray]:
+    """A vector column as a float32 matrix (zero rows where null) and the rows that hold a vector."""
+    array = column.combine_chunks()
+    valid = np.asarray(array.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    matrix = np.zeros((len(array), dimension), np.float32)
+    if valid.any():
+        flat = array.filter(pa.array(valid)).flatten().to_numpy(zero_copy_only=False)
+        matrix[valid] = np.asarray(flat, dtype=np.float32).reshape(-1, dimension)
+    return matrix, valid
+
+
+def _vector_column(matrix: np.ndarray, present: np.ndarray) -> pa.Array:
+    """Rows of `matrix` as a vector[d] column (float32 lists of fixed size d), null where `present` is False."""
+    flat = pa.array(np.ascontiguousarray(matrix, dtype=np.float32).reshape(-1), pa.float32())
+    mask = None if present.all() else pa.array(~present)
+    return pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1], mask=mask)
 
 
 def _embed_names(embedder: Embedder, names: list[str], tolerant: bool) -> np.ndarray | None:
@@ -465,10 +522,39 @@ def _embed_names(embedder: Embedder, names: list[str], tolerant: bool) -> np.nda
         raise
 
 
+_RELATION_FIELDS = ("src", "dst", "relation", "weight", "sentence")
+
+
+def _chunk_table(chunks: list[_Chunk], vectors: Any, per_chunk: list[list[dict[str, Any]]]) -> pa.Table:
+    """The batch's Chunk rows as one Arrow table (the embeddings as one vector column, no per-row copy)."""
+    matrix = np.asarray(vectors, dtype=np.float32).reshape(len(chunks), -1)
+    relations = [json.dumps([{k: row[k] for k in _RELATION_FIELDS} for row in rows], allow_nan=False,
+                            separators=(",", ":")) for rows in per_chunk]
+    return pa.table({"chunk_id": pa.array([c.key for c in chunks], pa.string()),
+                     "text": pa.array([c.text for c in chunks], pa.string()),
+                     "position": pa.array([c.position for c in chunks], pa.int64()),
+                     "doc_id": pa.array([c.doc.doc_id for c in chunks], pa.string()),
+                     "embedding": _vector_column(matrix, np.ones(len(chunks), bool)),
+                     "title": pa.array([c.doc.title for c in chunks], pa.string()),
+                     "relations": pa.array(relations, pa.string()),
+                     "_labels": pa.array([sorted(c.doc.labels) for c in chunks], pa.list_(pa.string()))})
+
+
 def chunk_relations(chunk: _Chunk) -> list[dict[str, Any]]:
     """The relations one chunk states, one per entity pair (its Chunk.relations): `src`, `dst`, `relation`,
     `weight`, `sentence`, as `_related_rows` merges them within the chunk."""
-    return [{k: row[k] for k in ("src", "dst", "relation", "weight", "sentence")} for row in _related_rows([chunk])]
+    return [{k: row[k] for k in _RELATION_FIELDS} for row in _related_rows([chunk])]
+
+
+def _merge_related(per_chunk: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """`_related_rows` over a batch from each chunk's own rows (in chunk order): the first chunk relating
+    a pair speaks for it."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for rows in per_chunk:
+        for row in rows:
+            src, dst = row["src"], row["dst"]
+            out.setdefault((src, dst) if src < dst else (dst, src), row)
+    return list(out.values())
 
 
 def _related_rows(chunks: list[_Chunk]) -> list[dict[str, Any]]:
@@ -479,7 +565,7 @@ def _related_rows(chunks: list[_Chunk]) -> list[dict[str, Any]]:
     pairs: dict[tuple[str, str], list[Any]] = {}        # unordered pair -> [src, dst, preds, chunk, weight, sentence]
     for chunk in chunks:
         for rel in chunk.relations:
-            s, o = normalize_entity_name(rel.subject), normalize_entity_name(rel.object)
+            s, o = _normal(rel.subject), _normal(rel.object)
             if not s or not o or s == o:
                 continue
             pair = (s, o) if s < o else (o, s)
