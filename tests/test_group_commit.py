@@ -31,8 +31,8 @@ def _poll(condition: Callable[[], bool], what: str) -> None:
 
 
 def grouped(store: knowledge.Store, leader: Callable[[], int], followers: list[Callable[[], int]]) -> list[Any]:
-    """Run `leader` alone in a first group, then every follower in one second group: the stage lock is
-    held while they queue. Returns each commit's LSN or exception, leader first."""
+    """Run `leader` alone in a first group, then every follower, in the order given, in one second group:
+    the stage lock is held while they queue. Returns each commit's LSN or exception, leader first."""
     engine = store.engine
     results: list[Any] = [None] * (1 + len(followers))
 
@@ -45,10 +45,10 @@ def grouped(store: knowledge.Store, leader: Callable[[], int], followers: list[C
     with engine.stage_lock:
         threads[0].start()
         _poll(lambda: engine._leading and not engine._arrivals, "the first group's leader")
-        for index, commit in enumerate(followers, start=1):
+        for index, commit in enumerate(followers, start=1):  # one at a time: they queue in this order
             threads.append(threading.Thread(target=run, args=(index, commit)))
             threads[-1].start()
-        _poll(lambda: len(engine._arrivals) == len(followers), "the followers to queue")
+            _poll(lambda index=index: len(engine._arrivals) == index, f"follower {index} to queue")
     for thread in threads:
         thread.join(60)
     return results

@@ -127,6 +127,7 @@ class Engine:
         self._group_lock = threading.Lock()  # group commit: the arrivals queue and who leads it
         self._arrivals: list[_Ticket] = []
         self._leading = False  # a committer is taking the arrivals into a group commit
+        self._pending_groups: collections.deque[list[_Ticket]] = collections.deque()  # written, not yet applied
         self.state_lock = threading.RLock()  # memory state and memory_lsn change together under it
         self._memory_turn = threading.Condition(threading.Lock())
         self._applier_cv = threading.Condition(threading.Lock())
@@ -279,6 +280,8 @@ class Engine:
             with self.stage_lock:
                 replicated = self.replicator is not None
                 written = self._stage_group(group)
+                if written and not replicated:
+                    self._pending_groups.append(written)  # in LSN order: appended under the stage lock
         except BaseException as exc:  # not a transaction's own error (those are kept per ticket)
             if any(other.ops is not None and other.lsn for other in group):
                 self.fail(exc)  # records logged and staged, but their commit cannot go on
@@ -289,15 +292,9 @@ class Engine:
             raise
         finally:
             self._hand_lead()
-            if not written:
-                self._wake_all(group, ticket)
-        if replicated:
-            self._wake_all(group, ticket, _STAGED)
-            return self._outcome(ticket)
-        try:
-            self._finish_group(written)
-        finally:
-            self._wake_all(group, ticket)
+            self._wake_staged(group, ticket, replicated)
+        if written and not replicated:
+            self._finish_group(written, ticket)
         return self._outcome(ticket)
 
     def _hand_lead(self) -> None:
@@ -310,13 +307,21 @@ class Engine:
         following.wake(_LEAD)
 
     @staticmethod
-    def _wake_all(group: list[_Ticket], own: _Ticket, state: int = _DONE) -> None:
-        """Wake every ticket of `group` but the leader's own (`own`, which runs on)."""
+    def _wake_staged(group: list[_Ticket], own: _Ticket, replicated: bool) -> None:
+        """After a group's WAL write, wake the committers whose outcome is known (an error, or nothing to
+        write); under replication also those whose record was written (each then waits for its commit
+        policy). The others are woken once their record is applied (`_drain`). `own` (the leader's) runs on."""
         for other in group:
+            if other.ops is None or other.error is not None:
+                state = _DONE
+            elif replicated:
+                state = _STAGED
+            else:
+                continue
             if other is own:
-                other.state = _DONE if state == _DONE or other.ops is None else state
-            elif other.state != _DONE and other.state != _STAGED:
-                other.wake(_DONE if state == _DONE or other.ops is None or other.error is not None else state)
+                other.state = state
+            else:
+                other.wake(state)
 
     def _outcome(self, ticket: _Ticket) -> int:
         if ticket.error is not None:
@@ -416,41 +421,67 @@ class Engine:
             ticket.edge_types = set()
         self.schema = schema
 
-    def _finish_group(self, written: list[_Ticket]) -> None:
-        """After the group's WAL write: one fsync, then (in LSN order, after the records before) every
-        record applied to memory under one state-lock hold and the last LSN published. On a failure
-        (the store is poisoned) every ticket gets the error."""
-        if not written:
-            return
-        first, last = written[0].lsn, written[-1].lsn
+    def _finish_group(self, written: list[_Ticket], own: _Ticket) -> None:
+        """After the group's WAL write (the group is pending): make its records durable (one fsync, shared
+        with the groups written meanwhile), then apply every pending group whose turn has come; a group
+        another committer applies (or that waits for an earlier record) wakes `own` when it is in. On a
+        failure the store is poisoned and every pending group's committers get the error."""
         try:
+            self.wal.sync_to(written[-1].lsn)
+        except BaseException as exc:  # noqa: BLE001 - fail() fails (and wakes) every pending group
+            self.fail(exc)
+        with self._memory_turn:
+            applied = self._drain(written, own)
+        if not applied and own.ops is not None:  # its record is in this group: wait until it is applied
+            own.wait()
+
+    def _drain(self, mine: list[_Ticket] | None = None, own: _Ticket | None = None) -> bool:
+        """Under the memory-turn lock: apply the pending groups whose records are durable and next in LSN
+        order, oldest first, each under one state-lock hold with one `memory_lsn` publication, and wake
+        their committers (all but `own`); True when the group `mine` was among them. Called by group
+        leaders after their fsync and by every single-record apply, so no group waits for a turn that came."""
+        pending = self._pending_groups
+        applied_mine = False
+        while pending and self.failure is None:
+            group = pending[0]
+            if group[0].lsn != self.memory_lsn + 1 or group[-1].lsn > self.wal.durable_lsn:
+                break
+            pending.popleft()
+            failed: BaseException | None = None
             try:
-                self.wal.sync_to(last)
-            except BaseException as exc:
-                self.fail(exc)
-                raise
-            with self._memory_turn:
-                while self.memory_lsn != first - 1:
-                    if self.failure is not None:
-                        raise StorePoisoned("an earlier commit failed; reopen the store") from self.failure
-                    self._memory_turn.wait(0.5)
-                try:
-                    with self.state_lock:
-                        self._apply_group(written)
-                        for ticket in written:
-                            for name in ticket.edge_types:
-                                self._inflight_edges[name] -= 1
-                        self.memory_lsn = last  # inside the state lock: a snapshot sees ops and LSN together
-                        self._enqueue_many(written)
-                except BaseException as exc:
-                    self.fail(exc, holding_memory_turn=True)  # fail() taking the lock again would deadlock
-                    raise
-                self._memory_turn.notify_all()
-        except BaseException as exc:
-            for ticket in written:
-                ticket.error = exc
-            if not isinstance(exc, Exception):
-                raise
+                with self.state_lock:
+                    self._apply_group(group)
+                    for ticket in group:
+                        for name in ticket.edge_types:
+                            self._inflight_edges[name] -= 1
+                    self.memory_lsn = group[-1].lsn  # inside the state lock: a snapshot sees ops and LSN together
+                    self._enqueue_many(group)
+            except BaseException as exc:  # noqa: BLE001 - the group's committers get it; the store is poisoned
+                failed = exc
+                for ticket in group:
+                    ticket.error = exc
+            applied_mine = applied_mine or group is mine
+            for ticket in group:
+                if ticket is own:
+                    ticket.state = _DONE
+                else:
+                    ticket.wake(_DONE)
+            if failed is not None:
+                self.fail(failed, holding_memory_turn=True)
+                break
+        self._memory_turn.notify_all()
+        return applied_mine
+
+    def _fail_pending(self) -> None:
+        """Under the memory-turn lock, once poisoned: every group waiting for its memory turn fails."""
+        while self._pending_groups:
+            group = self._pending_groups.popleft()
+            for ticket in group:
+                if ticket.error is None:
+                    error = StorePoisoned("an earlier commit failed; reopen the store")
+                    error.__cause__ = self.failure
+                    ticket.error = error
+                ticket.wake(_DONE)
 
     def append(self, ops: list[Op], resolver: Resolver | None) -> tuple[int, list[Op], set[str]]:
         """Under the stage lock: write the record (not yet durable) and stage what it changes."""
@@ -498,7 +529,7 @@ class Engine:
             except BaseException as exc:
                 self.fail(exc, holding_memory_turn=True)  # fail() taking the lock again would deadlock
                 raise
-            self._memory_turn.notify_all()
+            self._drain()  # group commits waiting behind this record (notifies the other waiters)
         return lsn
 
     def apply_replicated(self, lsn: int, epoch: int, ops: list[Op], edge_types: set[str] | None = None) -> None:
@@ -521,7 +552,7 @@ class Engine:
                     self._queue.append((lsn, epoch, ops))
                     if len(self._queue) >= APPLY_BATCH_RECORDS_MIN:
                         self._applier_cv.notify_all()
-            self._memory_turn.notify_all()
+            self._drain()  # group commits waiting behind this record (notifies the other waiters)
 
     def _apply_group(self, tickets: list[_Ticket]) -> None:
         """Under the state lock: apply a group's records to memory in LSN order; a run of records that each
@@ -684,9 +715,11 @@ class Engine:
             self.failure = exc
             log.error("store %s poisoned: %s", self.path, exc)
         if holding_memory_turn:
+            self._fail_pending()
             self._memory_turn.notify_all()
         else:
             with self._memory_turn:
+                self._fail_pending()
                 self._memory_turn.notify_all()
         with self._applier_cv:
             self._applier_cv.notify_all()
