@@ -176,6 +176,7 @@ def _open_primary(cluster: Cluster, policy: str) -> tuple[Any, Any, list[Any]]:
     zones, addresses = parse_members(cluster.members("a"))
     links = Links(addresses, "a")
     replicator = Replicator(store.engine, NodeConfig("a", zones, parse_policy(policy)), addresses, links.send)
+    links.bind(replicator.deliver)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     server.add_generic_rpc_handlers((handler(replicator),))
     server.add_insecure_port(cluster.address("a"))

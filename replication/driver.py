@@ -53,6 +53,7 @@ log = logging.getLogger("knowledge.replication")
 CYCLE_S = 0.25  # the Elector's period (its lease TTL is in whole seconds)
 WAIT_MARGIN_S = 30.0  # a commit waits at most its policy's deadline plus this (the loop resolves it first)
 HOUSEKEEPING_S = 1.0  # how often the WAL byte limit is measured and unoffered snapshots removed
+ROUNDS_MAX = 8  # iterations a receiving or committing thread runs in one turn before it lets the loop thread in
 
 
 @dataclass
@@ -88,11 +89,19 @@ class Replicator(CatchUp):
         self.ack_wire_ms: collections.deque[float] = collections.deque(maxlen=1024)
         self.replica_ms: collections.deque[float] = collections.deque(maxlen=1024)
         self._arrived: collections.OrderedDict[tuple[str, int], float] = collections.OrderedDict()
+        # per peer: write messages back on the call it streams to us (transport.handler's reply), so an ack
+        # leaves on the thread that made it, with no hop to a link thread
+        self._replies: dict[str, Callable[[list[Message]], bool]] = {}
         self.hard = HardStateFile(engine.path, fsync=engine.config.fsync)
         restored = restore(engine.wal, self.hard.load(), engine.memory_lsn)
         self.log = WalLog(engine.wal)
         self.node = ReplicationNode(config, self.log, restored)
-        self.lock = threading.Condition(threading.Lock())  # guards the queues below and `node` reads
+        guard = threading.Lock()
+        self.lock = threading.Condition(guard)  # guards the queues below and `node` reads; readers wait on it
+        # the loop thread waits on its own condition, woken only for what no other thread carries out (commands,
+        # stop): a thread that queues messages or a proposal runs the iteration itself, or the one running
+        # it takes them on before it lets go (_iterate_here); every wake-up of an idle thread costs a GIL hand-off
+        self._wake = threading.Condition(guard)
         # one iteration at a time: the loop thread's, or one that a receiving thread runs itself (deliver)
         self._turn = threading.Lock()
         self._inbox: collections.deque[tuple[Message, float]] = collections.deque()  # with its arrival
@@ -101,6 +110,7 @@ class Replicator(CatchUp):
         self._pending: dict[int, tuple[list[Any], set[str]]] = {}  # own records not yet applied
         self._waiters: dict[int, _Waiter] = {}
         self._payloads: dict[int, bytes] = {}
+        self._later: list[Message] = []  # empty Appends an inline iteration left to the loop thread's next tick
         self._writable = False
         self._retain_lsn = 1  # the node's last retain_from_lsn: WAL records below it are not needed by replicas
         self._barrier: Position | None = None  # this primary's first record (its epoch's barrier)
@@ -128,6 +138,7 @@ class Replicator(CatchUp):
         self._stop.set()
         with self.lock:
             self.lock.notify_all()
+            self._wake.notify_all()
         if self._thread.is_alive():
             self._thread.join(10)
         if self._turn.acquire(timeout=10):  # an iteration a receiving thread runs ends first
@@ -149,11 +160,10 @@ class Replicator(CatchUp):
     def proposed(self, lsn: int, epoch: int, timestamp_ns: int, payload: bytes, ops: list[Any],
                  edge_types: set[str]) -> None:
         """Under the stage lock, right after the WAL append of record `lsn`."""
-        with self.lock:
+        with self.lock:  # ship() carries it out (the loop thread takes it on its next tick otherwise)
             self._waiters[lsn] = _Waiter()
             self._proposals.append((lsn, timestamp_ns, ops, edge_types))
             self._payloads[lsn] = payload
-            self.lock.notify_all()
 
     def wait_committed(self, lsn: int) -> int:
         """Block until record `lsn` is committed by the policy and applied; its LSN. CommitOutcomeUnknown
@@ -186,16 +196,19 @@ class Replicator(CatchUp):
         return True
 
     # -- inputs from the transport and the operator ----------------------------------------------
-    def deliver(self, messages: list[Message]) -> None:
+    def deliver(self, messages: list[Message], reply: Callable[[list[Message]], bool] | None = None) -> None:
         """Queue messages from the transport, then carry them through an iteration on this thread unless
         one runs already (the loop thread takes them then): a commit's critical path (the replica's append,
-        fsync and ack; the primary's handling of the ack) then skips the hop to the loop thread."""
+        fsync and ack; the primary's handling of the ack) then skips the hop to the loop thread. `reply`
+        writes messages back to their sender at once on the call they came by (False once it ended): the
+        AppendAcks to that sender go that way from then on, whichever thread makes them."""
         now = time.perf_counter()
         with self.lock:
             for message in messages:
                 if message.to == self.config.node_id:
                     self._inbox.append((message, now))
-            self.lock.notify_all()
+                    if reply is not None:
+                        self._replies[message.sender] = reply
         self._iterate_here()
 
     def ship(self, lsn: int) -> None:
@@ -206,23 +219,40 @@ class Replicator(CatchUp):
         self._iterate_here()
 
     def _iterate_here(self) -> None:
-        """One iteration on the calling thread when no other runs (else the loop thread, notified, does it)."""
-        if self.failure is not None or self._stop.is_set() or not self._thread.is_alive():
-            return
-        if not self._turn.acquire(blocking=False):
-            return
-        try:
-            if self.failure is None and not self._stop.is_set():
-                self._iterate(0)
-        except BaseException as exc:  # noqa: BLE001 - as the loop's: poison, never leave commits waiting
-            self._fail(exc)
-        finally:
-            self._turn.release()
+        """Iterate on the calling thread when no other thread does; else the one that does takes what this
+        thread queued before it lets go: it iterates again while inputs wait or the node has work (the
+        outcomes its own fsync decided), and looks once more after letting go. Nobody wakes the loop thread
+        for it, unless ROUNDS_MAX iterations leave work behind."""
+        rounds = 0
+        while True:
+            if self.failure is not None or self._stop.is_set() or not self._thread.is_alive():
+                return
+            if not self._turn.acquire(blocking=False):
+                return  # the thread that holds the turn looks at the queues after it lets go
+            more = False
+            try:
+                while rounds < ROUNDS_MAX and self.failure is None and not self._stop.is_set():
+                    rounds += 1
+                    self._iterate(0, inline=True)
+                    more = bool(self._inbox or self._proposals or self._commands or self.node.has_ready())
+                    if not more:
+                        break
+            except BaseException as exc:  # noqa: BLE001 - as the loop's: poison, never leave commits waiting
+                self._fail(exc)
+            finally:
+                self._turn.release()
+            if rounds >= ROUNDS_MAX:
+                if more or self._inbox or self._proposals or self._commands:
+                    with self.lock:  # enough for this thread (a committer, a stream's reader): the loop's turn
+                        self._wake.notify_all()
+                return
+            if not (self._inbox or self._proposals or self._commands):
+                return  # anything queued after this look finds the turn free, or its holder looks again
 
     def command(self, action: Callable[[], None]) -> None:
         with self.lock:
             self._commands.append(action)
-            self.lock.notify_all()
+            self._wake.notify_all()
 
     def promote(self, epoch: int | None = None) -> int:
         """Manual failover: campaign for `epoch` (default: one past every epoch this node knows)."""
@@ -300,7 +330,7 @@ class Replicator(CatchUp):
                 with self.lock:
                     while (not self._stop.is_set() and not self._inbox and not self._proposals
                            and not self._commands and not busy and time.monotonic() < next_tick):
-                        self.lock.wait(max(0.0, next_tick - time.monotonic()))
+                        self._wake.wait(max(0.0, next_tick - time.monotonic()))
                 ticks = 0
                 now = time.monotonic()
                 if now >= next_tick:
@@ -321,9 +351,14 @@ class Replicator(CatchUp):
             for waiter in self._waiters.values():
                 waiter.done.set()
             self.lock.notify_all()
+            self._wake.notify_all()
 
-    def _iterate(self, ticks: int) -> None:
+    def _iterate(self, ticks: int, inline: bool = False) -> None:
+        """One turn of the loop (README.md); `inline` on a committing or receiving thread (_iterate_here)."""
         engine, node = self.engine, self.node
+        if not inline and self._later:
+            later, self._later = tuple(self._later), []
+            self._send_all(later)
         with engine.stage_lock:
             with self.lock:
                 proposals = list(self._proposals)
@@ -383,9 +418,14 @@ class Replicator(CatchUp):
             self.counters["records_synced"] += len(ready.entries)
         self._send_all(ready.messages[ready.early_messages:])
         self._apply(ready)
-        self._resolve(ready)
-        # empty Appends (heartbeats, probes, commit notices) once the committers are answered
-        self._send_all(tuple(m for m in early if not m.entries))  # type: ignore[attr-defined]
+        # empty Appends (heartbeats, probes, commit notices) are on no commit's path: a committing or receiving
+        # thread leaves them to the loop thread's next tick (tick_ms at most; under load the next Append
+        # carries the commit LSN first), so that the committers answered below are the next to run
+        empty = tuple(m for m in early if not m.entries)  # type: ignore[attr-defined]
+        if inline:
+            self._later.extend(empty)
+        else:
+            self._send_all(empty)
         self._retain_lsn = ready.retain_from_lsn
         with self.lock:
             node.advance(ready)
@@ -394,11 +434,20 @@ class Replicator(CatchUp):
             self._writable = (node.role is Role.PRIMARY and self._barrier is not None
                               and self._barrier.epoch == node.epoch and node.applied_lsn >= self._barrier.lsn)
             self.lock.notify_all()
+        self._resolve(ready)  # last: a woken committer then finds this thread about to let go
 
     def _send_all(self, messages: tuple[Message, ...]) -> None:
         now = time.perf_counter()
+        acks: dict[str, list[Message]] = {}
+        for message in messages:
+            if isinstance(message, AppendAck) and message.to in self._replies:
+                acks.setdefault(message.to, []).append(message)
+        for peer, replies in acks.items():  # first: a commit on the primary waits for them
+            self._reply(peer, replies, now)
         for message in messages:
             if isinstance(message, InstallSnapshot) and not self._offer(message):
+                continue
+            if isinstance(message, AppendAck) and message.to in acks:
                 continue
             if isinstance(message, Append) and message.entries:
                 sent = self._sent.setdefault(message.to, collections.OrderedDict())
@@ -410,6 +459,24 @@ class Replicator(CatchUp):
                 if arrived is not None:
                     self.replica_ms.append((now - arrived) * 1000)
             self.send(message.to, message)
+
+    def _reply(self, peer: str, messages: list[Message], now: float) -> None:
+        """Write `messages` (AppendAcks) back on the call `peer` streams to us; over the link when it ended."""
+        reply = self._replies.get(peer)
+        for message in messages:
+            arrived = self._arrived.pop((peer, message.match_lsn), None)  # type: ignore[attr-defined]
+            if arrived is not None:
+                self.replica_ms.append((now - arrived) * 1000)
+        try:
+            sent = reply is not None and reply(messages)
+        except Exception as exc:  # noqa: BLE001 - a transport failure: the link carries them instead
+            log.debug("replication reply to %s failed: %s", peer, exc)
+            sent = False
+        if not sent:
+            if self._replies.get(peer) is reply:
+                self._replies.pop(peer, None)
+            for message in messages:
+                self.send(peer, message)
 
     def _note_ack(self, message: AppendAck, arrived: float) -> None:
         """Profile: the round trip from sending records to the ack that covers them (replica fsync included),

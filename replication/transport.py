@@ -1,11 +1,18 @@
-"""The gRPC transport: log shipping as one client stream per directed link, plus a control call.
+"""The gRPC transport: log shipping as one bidirectional stream per directed link, plus a control call.
 
 Service `knowledge.replication.v1.Replication` (raw bytes, no generated code):
-- `Push` (client streaming): the sender streams frames (wire.py: a batch of messages each, Appends
-  carrying up to batch_records_max records) to the receiver, which hands them to its Replicator.
-  Each node keeps one outbound stream per peer (`Links`); every message queued while a frame was on
-  the wire goes into the next frame, so batching follows load. A broken stream is reopened after a
-  short pause; what was queued for it is dropped (the protocol resends on its ticks).
+- `Push` (bidirectional streaming): the sender streams frames (wire.py: a batch of messages each, Appends
+  carrying up to batch_records_max records) to the receiver, which hands them to its Replicator. Each
+  node keeps one outbound stream per peer (`Links`); every message queued while a frame was on the
+  wire goes into the next frame, so batching follows load. The receiver's handler thread runs the
+  replication iteration for the frame itself when none is under way (Replicator.deliver), and the
+  AppendAcks that iteration addresses to the sender go back on the same call's response stream,
+  written by that thread right after its fsync (`reply`): no hand-off to the link thread, which
+  would wait for the GIL while the same iteration applies records. The sender's link thread reads
+  the responses and delivers them. Everything else travels on the sender's own link; acks are the only
+  messages sent both ways, and they tolerate reordering (a primary keeps the highest match). A broken
+  stream is reopened after a short pause; what was queued for it is dropped (the protocol resends on
+  its ticks).
 - `Control` (unary, JSON): `status`, `promote` (manual failover), `wait` (a read-your-writes wait
   for `min_lsn`, bounded by `timeout_s`).
 - `Snapshot` (server streaming): a replica told to install a snapshot at (epoch, lsn) fetches the
@@ -22,7 +29,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,10 +95,12 @@ def open_channel(address: str, tls: LinkTLS | None = None) -> grpc.Channel:
 class _Link:
     """The outbound stream to one peer, on its own thread."""
 
-    def __init__(self, peer: str, address: str, tls: LinkTLS | None = None) -> None:
+    def __init__(self, peer: str, address: str, tls: LinkTLS | None = None,
+                 receive: Callable[[list[Message]], None] | None = None) -> None:
         self.peer = peer
         self.address = address
         self.tls = tls
+        self.receive = receive  # the messages the peer replies with on the call's response stream
         self.queue: queue.Queue[Message | None] = queue.Queue()
         self.stop = threading.Event()
         self.sent_frames = 0
@@ -131,10 +140,14 @@ class _Link:
         while not self.stop.is_set():
             channel = open_channel(self.address, self.tls)
             try:
-                push = channel.stream_unary(PUSH)
-                push(self._frames())
+                call = channel.stream_stream(PUSH)(self._frames())
+                for frame in call:
+                    if self.receive is not None:
+                        self.receive(wire.decode(frame))
             except grpc.RpcError as exc:
                 log.debug("replication link to %s (%s) broke: %s", self.peer, self.address, exc)
+            except InvalidArgument as exc:  # a reply frame that does not parse: reconnect
+                log.warning("replication link to %s (%s): %s", self.peer, self.address, exc)
             finally:
                 channel.close()
             while not self.queue.empty():  # stale by now: the protocol resends what still matters
@@ -151,12 +164,20 @@ class _Link:
 
 
 class Links:
-    """Outbound streams to every peer: `send(peer, message)` never blocks."""
+    """Outbound streams to every peer: `send(peer, message)` never blocks. What peers reply on them goes
+    to the `receive` callable (`bind`: the Replicator's deliver)."""
 
-    def __init__(self, addresses: dict[str, str], me: str, tls: LinkTLS | None = None) -> None:
+    def __init__(self, addresses: dict[str, str], me: str, tls: LinkTLS | None = None,
+                 receive: Callable[[list[Message]], None] | None = None) -> None:
         self.addresses = dict(addresses)
         self.tls = tls
-        self._links = {peer: _Link(peer, address, tls) for peer, address in addresses.items() if peer != me}
+        self._links = {peer: _Link(peer, address, tls, receive) for peer, address in addresses.items()
+                       if peer != me}
+
+    def bind(self, receive: Callable[[list[Message]], None]) -> None:
+        """Hand the messages peers reply with on the links to `receive` (Replicator.deliver)."""
+        for link in self._links.values():
+            link.receive = receive
 
     def fetch_snapshot(self, peer: str, position: Position, store_path: str) -> int:
         """Stream the snapshot at `position` from `peer` into the store's incoming folder (snapshot.receive);
@@ -218,14 +239,30 @@ def handler(replicator: Any, peers: frozenset[str] | None = None) -> grpc.Generi
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"replication is served to the certificates "
                                                              f"{sorted(peers)} only, not {peer_name(context)!r}")
 
-    def push(frames: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+    def push(frames: Iterator[bytes], context: grpc.ServicerContext,
+             respond: Callable[[bytes | None], None]) -> None:
+        """A non-blocking handler (grpc's experimental_non_blocking): `respond(frame)` writes a response
+        on this thread, at once, whenever the iteration has one; respond(None) ends the call."""
         admit(context)
+        lock = threading.Lock()
+
+        def reply(messages: list[Message]) -> bool:
+            """Write `messages` back to the caller now (any thread); False once the call has ended."""
+            with lock:  # one send at a time per call (grpc allows one outstanding)
+                if not context.is_active():
+                    return False
+                respond(wire.encode(messages))
+                return context.is_active()
         for frame in frames:
             try:
-                replicator.deliver(wire.decode(frame))
+                messages = wire.decode(frame)
             except InvalidArgument as exc:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        return b""
+            replicator.deliver(messages, reply)
+        with lock:
+            respond(None)
+
+    push.experimental_non_blocking = True  # type: ignore[attr-defined]
 
     def control(request: bytes, context: grpc.ServicerContext) -> bytes:
         admit(context)
@@ -260,7 +297,7 @@ def handler(replicator: Any, peers: frozenset[str] | None = None) -> grpc.Generi
             context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
 
     return grpc.method_handlers_generic_handler(SERVICE, {
-        "Push": grpc.stream_unary_rpc_method_handler(push),
+        "Push": grpc.stream_stream_rpc_method_handler(push),
         "Control": grpc.unary_unary_rpc_method_handler(control),
         "Snapshot": grpc.unary_stream_rpc_method_handler(snapshot),
     })

@@ -165,6 +165,7 @@ def serve_replicated(args: argparse.Namespace, config: ServerConfig, *, out: Tex
                                 prefix=args.etcd_prefix, fetch=links.fetch_snapshot,
                                 reopen=lambda engine: setattr(store, "engine", engine),
                                 wal_retention_bytes_max=retention)
+        links.bind(replicator.deliver)  # what peers reply on the links (their acks)
         server = KnowledgeServer(store, config, role=ReplicationRole(replicator), owns_store=True)
     except BaseException:
         links.close()
