@@ -355,10 +355,11 @@ class ServerMetrics:
     def call(self, rpc: str, **fields: Any) -> contextlib.AbstractContextManager[Call]:
         return self.metrics.rpc(rpc, logger=self.logger, **fields)
 
-    def run(self, rpc: str, code: Callable[[], str | None], fn: Callable[..., Any], *args: Any) -> Any:
+    def run(self, rpc: str, code: Callable[[], Any], fn: Callable[..., Any], *args: Any) -> Any:
         """`fn(*args)` as `with call(rpc)` runs it (under a new request id, timed, counted by status code,
         logged with `log_json`), without a generator per call; `code()` after it names the status it
-        answered (None: the one its exception maps to)."""
+        answered (a name, or a grpc.StatusCode such as ServicerContext.code returns; None: the one its
+        exception maps to)."""
         token = _request_id.set(new_request_id())
         started = time.perf_counter()
         error: BaseException | None = None
@@ -369,7 +370,8 @@ class ServerMetrics:
             raise
         finally:
             seconds = time.perf_counter() - started
-            answered = code() or status_code(error)
+            answered = code()
+            answered = status_code(error) if answered is None else getattr(answered, "name", answered)
             self.metrics.observe_rpc(rpc, seconds, answered)
             if self.logger is not None:
                 self.logger.info("call", extra={"rpc": rpc, "code": answered, "duration_ms": round(seconds * 1e3, 3)})

@@ -13,7 +13,6 @@ import os
 import signal
 import sys
 import threading
-from concurrent import futures
 from typing import Any, TextIO
 
 import grpc
@@ -27,6 +26,7 @@ from knowledge.server.calls import Calls, PrimaryRole, Role
 from knowledge.server.changes import stream
 from knowledge.server.config import ServerConfig
 from knowledge.server.message_cap import MessageCap, transport_limit
+from knowledge.server.pool import HandlerPool
 from knowledge.server.reads import Reads
 from knowledge.server.v1 import knowledge_pb2 as pb
 from knowledge.server.v1 import knowledge_pb2_grpc as pb_grpc
@@ -94,8 +94,8 @@ class KnowledgeServer:
                                          flush_ms=self.config.audit_flush_ms)
             store.audit = self.audit
         limit = self.config.message_bytes_max
-        self.executor = futures.ThreadPoolExecutor(max_workers=self.config.workers_max, thread_name_prefix="knowledge-rpc",
-                                                   initializer=_set_faiss_threads, initargs=(self.config.faiss_threads,))
+        self.executor = HandlerPool(max_workers=self.config.workers_max, thread_name_prefix="knowledge-rpc",
+                                    initializer=_set_faiss_threads, initargs=(self.config.faiss_threads,))
         self.server = grpc.server(
             self.executor,
             maximum_concurrent_rpcs=self.config.calls_max, interceptors=[MessageCap(limit)],

@@ -28,6 +28,18 @@ FLUSH_MS = 10.0
 NAMES_CACHED_MAX = 4096  # principal and API names kept JSON-encoded
 
 
+_current_request_id: Any = None  # knowledge.metrics.current_request_id, imported on first use (not per entry)
+
+
+def _request_id() -> str | None:
+    """The request id of the call recording an entry (knowledge.metrics.current_request_id)."""
+    global _current_request_id
+    if _current_request_id is None:
+        from knowledge.metrics import current_request_id
+        _current_request_id = current_request_id
+    return _current_request_id()
+
+
 def audit_file_name(number: int) -> str:
     return f"audit-{number:06d}.jsonl"
 
@@ -79,8 +91,7 @@ class PersistentAudit:
     def record(self, principal: str, api: str, node_ids: Iterable[int], lsn: int) -> None:
         ids = node_ids if isinstance(node_ids, list) else list(node_ids)
         self.ring.record(principal, api, ids, lsn)
-        from knowledge.metrics import current_request_id
-        entry = (time.time_ns(), principal, api, ids, lsn, current_request_id())
+        entry = (time.time_ns(), principal, api, ids, lsn, _request_id())
         if self._writer is None:
             with self._lock:
                 self._write([entry])

@@ -8,6 +8,7 @@ import functools
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -25,6 +26,7 @@ from knowledge.errors import (
     Unavailable,
 )
 from knowledge.server import status
+from knowledge.server.pool import Slots
 
 log = logging.getLogger("knowledge.server")
 AUTH_KEY = "authorization"
@@ -34,6 +36,7 @@ MIN_LSN_KEY = "knowledge-min-lsn"  # a read waits (bounded) until this LSN or "e
 MIN_LSN_TIMEOUT_KEY = "knowledge-min-lsn-timeout-ms"  # how long it may wait (default MIN_LSN_TIMEOUT_MS)
 MIN_LSN_TIMEOUT_MS = 5000
 LSN_KEY = "knowledge-lsn"  # a read must be answered as of exactly this LSN (a remote snapshot() block)
+TOKENS_CACHED_MAX = 4096  # bearer tokens whose principal a server remembers (Calls._tokens)
 TOKEN_HINT = "issue one with `knowledge principal token DIR NAME` and send 'authorization: Bearer <token>'"
 
 
@@ -89,29 +92,36 @@ class Limiter:
 class Gate:
     """Counts calls in flight so a drain can wait for them; refuses new ones once closed."""
 
+    IDLE_POLL_S = 0.01  # how often wait_idle looks (only a drain waits; calls never do)
+
     def __init__(self) -> None:
         self._inflight = 0
         self._closed = False
-        self._cv = threading.Condition()
+        self._lock = threading.Lock()
 
     def enter(self) -> None:
-        with self._cv:
+        with self._lock:
             if self._closed:
                 raise Unavailable("the server is shutting down; retry against another server or later")
             self._inflight += 1
 
     def leave(self) -> None:
-        with self._cv:
+        with self._lock:
             self._inflight -= 1
-            self._cv.notify_all()
 
     def close(self) -> None:
-        with self._cv:
+        with self._lock:
             self._closed = True
 
     def wait_idle(self, timeout_s: float) -> bool:
-        with self._cv:
-            return self._cv.wait_for(lambda: self._inflight == 0, timeout_s)
+        """True once no call is in flight; False when `timeout_s` passed first."""
+        deadline = time.monotonic() + timeout_s
+        while self._inflight:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(self.IDLE_POLL_S, left))
+        return True
 
     @property
     def inflight(self) -> int:
@@ -127,13 +137,17 @@ class Calls:
         # Heavy reads (search, retrieve, scans) hold the store's state lock for much of their run and the GIL
         # for the rest: more of them at once than the machine has cores gains no throughput, and every one
         # queued on the state lock delays commits. Past the slots they wait here, releasing everything.
-        self.heavy_reads = threading.BoundedSemaphore(heavy_reads_max)
+        self.heavy_reads = Slots(heavy_reads_max)
         self.role = role
         self.limiter = Limiter(principal_calls_max)
         self.gate = Gate()
         self.cert_principals = cert_principals
         self.metrics: Any = None  # knowledge.metrics.ServerMetrics, set by KnowledgeServer
         self._local = threading.local()
+        # bearer token -> the principal it authenticated as: valid while the store's catalog still holds that
+        # very Principal object (the catalog replaces a principal's object on every change to it, its tokens
+        # included, so a revoked token, a drop or a grant change misses here and is checked afresh)
+        self._tokens: dict[str, Any] = {}
 
     def principal_name(self, context: grpc.ServicerContext, metadata: dict[str, Any] | None = None
                        ) -> tuple[str, Any]:
@@ -151,13 +165,23 @@ class Calls:
                                               f"here; create it with `knowledge principal create`")
                     return name, principal
             raise Unauthenticated(f"no bearer token: {TOKEN_HINT}")
+        principal = self._tokens.get(header)
+        if principal is not None:
+            store = self.store
+            store.engine.check_open()  # what store.authenticate checks first
+            if store.catalog.principals.get(principal.name) is principal:
+                return principal.name, principal
         scheme, _, token = str(header).partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthenticated(f"the authorization metadata must be 'Bearer <token>': {TOKEN_HINT}")
         try:
             principal = self.store.authenticate(token.strip())
         except PermissionDenied:
+            self._tokens.pop(header, None)
             raise Unauthenticated(f"unknown or revoked token: {TOKEN_HINT}") from None
+        if len(self._tokens) >= TOKENS_CACHED_MAX:
+            self._tokens.clear()
+        self._tokens[header] = principal
         return principal.name, principal
 
     def session(self, context: grpc.ServicerContext, name: str, principal: Any,
@@ -340,12 +364,8 @@ def _observed(rpc: str, call: Callable[..., Any]) -> Callable[..., Any]:
     """`call` timed and counted by its status code in the server's metrics (knowledge.metrics), if any."""
     @functools.wraps(call)
     def observed(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        metrics = getattr(self.calls, "metrics", None)
+        metrics = self.calls.metrics
         if metrics is None:
             return call(self, request, context)
-
-        def code() -> str | None:
-            answered = context.code() if hasattr(context, "code") else None
-            return None if answered is None else answered.name
-        return metrics.run(rpc, code, call, self, request, context)
+        return metrics.run(rpc, context.code, call, self, request, context)  # code(): what it answered, if set
     return observed

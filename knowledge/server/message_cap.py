@@ -28,6 +28,7 @@ TRANSPORT_FACTOR = 2  # the transport accepts this many times the cap (at least 
 # buffers per call before the cap is checked, so kept small
 TRANSPORT_SLACK_BYTES = 16 << 20
 TRANSPORT_BYTES_MAX = (1 << 31) - 1  # gRPC's own ceiling
+METHODS_CACHED_MAX = 4096  # wrapped handlers kept (one per method the server serves)
 
 
 def transport_limit(cap: int) -> int:
@@ -73,9 +74,20 @@ class MessageCap(grpc.ServerInterceptor):
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
+        # method name -> its wrapped handler: gRPC asks the interceptor on every call, on the thread that polls
+        # for all calls, and a method's handler never changes once found (handlers are only ever added)
+        self._wrapped: dict[str, Any] = {}
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
-        handler = continuation(details)
+        wrapped = self._wrapped.get(details.method)
+        if wrapped is not None:
+            return wrapped
+        wrapped = self._wrap(continuation(details), details)
+        if wrapped is not None and len(self._wrapped) < METHODS_CACHED_MAX:
+            self._wrapped[details.method] = wrapped
+        return wrapped
+
+    def _wrap(self, handler: Any, details: Any) -> Any:
         if handler is None or handler.request_streaming or handler.request_deserializer is None:
             return handler
         cap, parse = self.cap, handler.request_deserializer
