@@ -292,8 +292,10 @@ class Engine:
             raise
         finally:
             self._hand_lead()
-            self._wake_staged(group, ticket, replicated)
-        if written and not replicated:
+            self._wake_known(group, ticket)
+        if written and replicated:
+            self._finish_replicated(written, ticket)
+        elif written:
             self._finish_group(written, ticket)
         return self._outcome(ticket)
 
@@ -307,28 +309,48 @@ class Engine:
         following.wake(_LEAD)
 
     @staticmethod
-    def _wake_staged(group: list[_Ticket], own: _Ticket, replicated: bool) -> None:
+    def _wake_known(group: list[_Ticket], own: _Ticket) -> None:
         """After a group's WAL write, wake the committers whose outcome is known (an error, or nothing to
-        write); under replication also those whose record was written (each then waits for its commit
-        policy). The others are woken once their record is applied (`_drain`). `own` (the leader's) runs on."""
+        write); the others are woken once their record is applied (`_drain`) or, under replication, made
+        durable here (`_finish_replicated`). `own` (the leader's) runs on."""
         for other in group:
             if other.ops is None or other.error is not None:
-                state = _DONE
-            elif replicated:
-                state = _STAGED
+                if other is own:
+                    other.state = _DONE
+                else:
+                    other.wake(_DONE)
+
+    def _finish_replicated(self, written: list[_Ticket], own: _Ticket) -> None:
+        """Under replication, after the group's WAL write: its Appends leave (one driver iteration on this
+        thread, before the fsync, as `finish` does for one record), one fsync, then every committer waits
+        for its own record's commit policy (`_outcome`); the driver applies the records."""
+        failed: BaseException | None = None
+        try:
+            replicator = self.replicator
+            if replicator is not None:
+                replicator.ship(written[-1].lsn)
+            self.wal.sync_to(written[-1].lsn)
+        except BaseException as exc:  # noqa: BLE001 - every committer of the group gets it
+            self.fail(exc)
+            failed = exc
+        for ticket in written:
+            if failed is not None:
+                ticket.error = failed
+            state = _DONE if failed is not None else _STAGED
+            if ticket is own:
+                ticket.state = state
             else:
-                continue
-            if other is own:
-                other.state = state
-            else:
-                other.wake(state)
+                ticket.wake(state)
 
     def _outcome(self, ticket: _Ticket) -> int:
         if ticket.error is not None:
             raise ticket.error
-        if ticket.state == _STAGED:  # replicated: this committer waits for its record's commit policy
+        if ticket.state == _STAGED:  # replicated and durable here: wait for the record's commit policy
             assert ticket.ops is not None
-            return self.finish(ticket.lsn, ticket.ops, ticket.edge_types)
+            replicator = self.replicator
+            if replicator is None:  # replication was stopped meanwhile: apply it here, as finish() would
+                return self.finish(ticket.lsn, ticket.ops, ticket.edge_types)
+            return replicator.wait_committed(ticket.lsn)
         return ticket.lsn
 
     def _stage_group(self, group: list[_Ticket]) -> list[_Ticket]:
