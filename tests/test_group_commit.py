@@ -207,3 +207,48 @@ def test_unstage_restores_the_staged_directory():
     after = ({k: dict(v) for k, v in directory.ids.items()}, set(directory.pending_deletes),
              {k: {kk: list(vv) for kk, vv in v.items()} for k, v in directory.former.items() if v}, directory.next_id)
     assert after == (before[0], before[1], {k: v for k, v in before[2].items() if v}, before[3])
+
+
+def test_concurrent_commits_on_a_replicated_primary_each_wait_for_their_policy(tmp_path):
+    """A `knowledge serve` primary under sync(1): its handler threads commit concurrently (groups form),
+    each commit returns its own LSN once its record is durable on a replica; every acknowledged write is
+    on the primary and reaches the replicas."""
+    from replication_cluster import Cluster, missing_keys, seed_store
+
+    cluster = Cluster(str(tmp_path / "cluster"), {"a": "z1", "b": "z2", "c": "z3"}, "sync(1)", seed_store)
+    try:
+        cluster.start("a", "primary")
+        cluster.start("b", "replica", primary="a")
+        cluster.start("c", "replica", primary="a")
+        cluster.wait_ready()
+        cluster.wait_for("a to be primary", lambda: cluster.writable("a"))
+        acknowledged: dict[str, int] = {}
+        errors: list[BaseException] = []
+        lock = threading.Lock()
+
+        def write(t: int) -> None:
+            try:
+                with cluster.client("a") as client:
+                    session = client.session()
+                    for i in range(15):
+                        tx = session.transaction()
+                        tx.upsert_nodes("Doc", [{"name": f"g{t}-{i}", "n": i}])
+                        lsn = tx.commit()
+                        with lock:
+                            acknowledged[f"g{t}-{i}"] = lsn
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+        threads = [threading.Thread(target=write, args=(t,)) for t in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(300)
+        assert not errors, errors
+        assert len(set(acknowledged.values())) == len(acknowledged) == 8 * 15
+        keys = list(acknowledged)
+        assert missing_keys(cluster, "a", keys) == []
+        for replica in ("b", "c"):
+            cluster.wait_for(f"{replica} to apply every acknowledged write",
+                             lambda replica=replica: missing_keys(cluster, replica, keys) == [])
+    finally:
+        cluster.close()
