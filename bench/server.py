@@ -205,6 +205,7 @@ def client_process(address: str, work: dict[str, Any], ops: list[str], threads: 
     latencies: dict[str, list[float]] = {op: [] for op in ops}
     errors: list[str] = []
     lock = threading.Lock()
+    cpu: list[float] = []  # process CPU seconds when the clock started
 
     def run(index: int) -> None:
         with knowledge.connect(address, token=work["token"], timeout_s=60) as client:
@@ -220,6 +221,9 @@ def client_process(address: str, work: dict[str, Any], ops: list[str], threads: 
             start_at = start.value
             while time.time() < start_at:
                 time.sleep(0.001)
+            with lock:
+                if not cpu:  # the process's CPU clock as the first client starts
+                    cpu.append(time.process_time())
             end = start_at + duration_s
             while time.time() < end:
                 op = ops[i % len(ops)]
@@ -240,12 +244,28 @@ def client_process(address: str, work: dict[str, Any], ops: list[str], threads: 
         thread.start()
     for thread in pool:
         thread.join()
-    results.put({"latencies": latencies, "errors": errors})
+    results.put({"latencies": latencies, "errors": errors,
+                 "cpu_s": time.process_time() - cpu[0] if cpu else 0.0})
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process `pid` has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_s() -> float:
+    """CPU seconds every core of the machine has spent busy so far (/proc/stat), whoever ran."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def run_clients(address: str, work: dict[str, Any], ops: list[str], clients: int, duration_s: float,
-                on_tick: Any = None, on_start: Any = None) -> dict[str, Any]:
-    """`clients` concurrent clients for `duration_s`: ops/s, latency percentiles, errors."""
+                on_tick: Any = None, on_start: Any = None, server_pid: int | None = None) -> dict[str, Any]:
+    """`clients` concurrent clients for `duration_s`: ops/s, latency percentiles, errors; the CPU the clients
+    used per call (and, given `server_pid`, the server's) and how busy the machine's cores were meanwhile."""
     context = multiprocessing.get_context("spawn")
     processes = min(clients, PROCESSES_MAX)
     threads = clients // processes
@@ -264,20 +284,31 @@ def run_clients(address: str, work: dict[str, Any], ops: list[str], clients: int
     start.value = start_at
     if on_start is not None:
         on_start()
+    while time.time() < start_at:
+        time.sleep(0.001)
+    server_cpu, busy = (process_cpu_s(server_pid) if server_pid else 0.0), machine_busy_s()
     ticks = []
     while time.time() < start_at + duration_s:
-        time.sleep(0.5)
+        time.sleep(min(0.5, max(0.0, start_at + duration_s - time.time())))
         if on_tick is not None and time.time() >= start_at:
             ticks.append((time.time() - start_at, on_tick()))
+    server_cpu, busy = (process_cpu_s(server_pid) - server_cpu if server_pid else 0.0), machine_busy_s() - busy
     parts = [queue.get(timeout=300) for _ in children]
     for child in children:
         child.join(60)
     out: dict[str, Any] = {"clients": clients, "duration_s": duration_s,
                            "errors": sum(len(p["errors"]) for p in parts),
                            "error_examples": [e for p in parts for e in p["errors"]][:3], "ticks": ticks}
+    calls = 0
     for op in ops:
         values = [v for p in parts for v in p["latencies"][op]]
+        calls += len(values)
         out[op] = {"ops_per_s": round(len(values) / duration_s, 1), **(stats_ms(values) if values else {})}
+    out["cpu"] = {"client_ms_per_call": round(1e3 * sum(p["cpu_s"] for p in parts) / max(1, calls), 3),
+                  "machine_busy_cores": round(busy / duration_s, 2)}
+    if server_pid:
+        out["cpu"]["server_ms_per_call"] = round(1e3 * server_cpu / max(1, calls), 3)
+        out["cpu"]["server_cores"] = round(server_cpu / duration_s, 2)
     return out
 
 
@@ -315,7 +346,8 @@ def measure(quick: bool, workdir: str, soak_s: float | None = None) -> dict[str,
         with knowledge.connect(server.address, token=work["token"]) as client:
             results["remote"] = rounds(WithEcho(client.session(), echo), work, calls, ("echo", "ping", *OPS))
         echo.close()
-        results["throughput"] = {op: {str(n): run_clients(server.address, work, [op], n, duration_s) for n in CLIENTS}
+        results["throughput"] = {op: {str(n): run_clients(server.address, work, [op], n, duration_s,
+                                                          server_pid=server.process.pid) for n in CLIENTS}
                                  for op in OPS}
         results["commit_idle"] = stats_ms(commit_latency(server.address, work["token"], calls))
         loaded: dict[str, Any] = {}
@@ -417,6 +449,17 @@ def markdown(results: dict[str, Any], summary: dict[str, Any], command: str) -> 
         lines.append(f"| {op} | {summary[f'{op}_embedded_1_ops_per_s']} | {t['1'][op]['ops_per_s']} | "
                      f"{t['8'][op]['ops_per_s']} | {t['64'][op]['ops_per_s']} | {summary[f'{op}_throughput_8_over_1']}x | "
                      f"{summary[f'{op}_throughput_64_over_1']}x | {errors} |")
+    lines += ["", "CPU per call during those runs (the server process; the client processes together) and how busy the "
+              "machine's 2 cores were (anyone's work): one client whose calls take about their CPU time has no idle gaps "
+              "to fill, so 8 clients can gain at most what the cores left over allow:", "",
+              "| op | clients | server CPU/call | clients' CPU/call | server cores | machine busy cores |",
+              "|---|---|---|---|---|---|"]
+    for op in OPS:
+        for n in CLIENTS:
+            cpu = results["throughput"][op][str(n)].get("cpu", {})
+            if "server_ms_per_call" in cpu:
+                lines.append(f"| {op} | {n} | {cpu['server_ms_per_call']:.3f} ms | {cpu['client_ms_per_call']:.3f} ms | "
+                             f"{cpu['server_cores']} | {cpu['machine_busy_cores']} |")
     idle, loaded = results["commit_idle"], results["commit_loaded"]
     lines += ["", f"Commit latency through the server (one-row upsert, fsynced): idle p50 {idle['p50_ms']:.2f} ms / "
               f"p99 {idle['p99_ms']:.2f} ms; while 8 clients retrieve ({loaded['readers']['retrieve_ops_per_s']} "

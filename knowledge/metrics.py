@@ -135,6 +135,7 @@ class Metrics:
         self._ttl_seen: dict[str, int] = {}
         self._rpc_children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}  # (rpc, code) -> labelled metrics
         self._plan_children: dict[str, Any] = {}
+        self._stage_children: dict[str, Any] = {}  # stage -> its labelled stage_latency
         self._lock = threading.Lock()
 
     # -- calls -------------------------------------------------------------------------------------------
@@ -183,8 +184,12 @@ class Metrics:
         for key, seconds in timings.items():
             if key in STAGE_OF:
                 folded[STAGE_OF[key]] = folded.get(STAGE_OF[key], 0.0) + seconds
+        children = self._stage_children
         for stage, seconds in folded.items():
-            self.stage_latency.labels(stage).observe(seconds)
+            child = children.get(stage)
+            if child is None:  # labels() takes a lock and builds its key on every call: look each up once
+                child = children[stage] = self.stage_latency.labels(stage)
+            child.observe(seconds)
 
     # -- storage and replication -------------------------------------------------------------------------
     def observe_fsync(self, seconds: float) -> None:

@@ -247,6 +247,9 @@ def principal_from_proto(message: pb.Principal) -> Any:
 def _result_default(value: Any) -> Any:
     fields = getattr(type(value), "__dataclass_fields__", None)
     if fields is not None:  # the result's dataclasses, as the dicts dataclasses.asdict makes, without its deep copy
+        attributes = getattr(value, "__dict__", None)
+        if attributes is not None and len(attributes) == len(fields):
+            return attributes  # its fields and nothing else: encoded as they are, no dict built per object
         return {name: getattr(value, name) for name in fields}
     return _json_default(value)
 
