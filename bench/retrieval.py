@@ -2,7 +2,7 @@
 vector-only baseline (numpy brute force over the same embeddings, outside the store) from the same run.
 
     python bench/retrieval.py [--only musique,multihop,2wiki] [--extractor default] [--synonyms 0.8]
-                              [--repeat 3] [--cache-dir DIR] [--split-seed 19] [--write-results]
+                              [--repeat 3] [--cache-dir DIR] [--split-seed 19] [--ingest-runs 3] [--write-results]
 
 Data in KNOWLEDGE_BENCH_DATA (default /work/shared/data); passage and question embeddings from
 bench/embed_cache.py caches in --cache-dir (~/.cache/knowledge-bench); entity names that the caches do
@@ -284,6 +284,62 @@ def build_store(data: dict[str, Any], path: str, extractor: str, synonyms: float
     return store, info
 
 
+def _worker_cpu(extractor: Any) -> float:
+    """CPU seconds used so far by the extractor's worker processes (SpacyExtractor's pool; 0 without)."""
+    pool = getattr(extractor, "_pool", None)
+    total = 0.0
+    for process in (getattr(pool, "_processes", None) or {}).values():
+        try:
+            with open(f"/proc/{process.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def ingest_ab(data: dict[str, Any], workdir: str, extractor: str, synonyms: float | None, runs: int) -> dict:
+    """Ingest throughput, lookahead 2 (the default: extraction of the next batches overlaps the store work)
+    against lookahead 0 (one after the other), alternating, `runs` each, into throwaway stores; wall clock
+    excluding embedding, this process's CPU and the extractor's worker processes' CPU per run."""
+    chosen = None if extractor in ("supplied", "default") else extractor_by_name(extractor)
+    used = chosen if chosen is not None else default_extractor()
+    out: dict[str, list[dict[str, float]]] = {"lookahead=2": [], "lookahead=0": []}
+    for run in range(runs):
+        for lookahead in ((2, 0) if run % 2 == 0 else (0, 2)):
+            path = os.path.join(workdir, f"ab-{run}-{lookahead}.store")
+            store = knowledge.open(path)
+            load = os.getloadavg()[0]
+            cpu, workers, start = time.process_time(), _worker_cpu(used), time.perf_counter()
+            report = ingest(store.session(), data["docs"], embedder=data["embedder"], splitter=SPLITTER,
+                            extractor=chosen, synonyms=synonyms, progress=False, lookahead=lookahead)
+            seconds = time.perf_counter() - start
+            cpu, workers = time.process_time() - cpu, _worker_cpu(used) - workers
+            store.close()
+            shutil.rmtree(path, ignore_errors=True)
+            embedding = report.timings.get("embed_chunks", 0.0) + report.timings.get("embed_entities", 0.0)
+            out[f"lookahead={lookahead}"].append({
+                "passages_per_s_excluding_embedding": report.documents / max(seconds - embedding, 1e-9),
+                "seconds": seconds, "main_cpu_s": cpu, "worker_cpu_s": workers,
+                "load_before": load, "load_after": os.getloadavg()[0]})
+    summary = {}
+    cores = os.cpu_count() or 1
+    workers = max(1, getattr(used, "processes", 1))
+    for name, rows in out.items():
+        main = statistics.median(r["main_cpu_s"] for r in rows)
+        work = statistics.median(r["worker_cpu_s"] for r in rows)
+        if name == "lookahead=0" or not work:   # extraction, then store work: one after the other
+            seconds, model = work / min(workers, cores) + main, "workers' CPU / their number + this process's CPU"
+        else:                                   # both at once: bounded by all the CPU over the cores
+            seconds = max((work + main) / cores, main, work / min(workers, cores))
+            model = "max(all CPU / cores, this process's CPU, workers' CPU / their number)"
+        summary[name] = {"median_passages_per_s": statistics.median(r["passages_per_s_excluding_embedding"]
+                                                                    for r in rows),
+                         "median_main_cpu_s": main, "median_worker_cpu_s": work, "runs": rows,
+                         "idle_passages_per_s": len(data["docs"]) / max(seconds, 1e-9), "idle_model": model}
+    return summary
+
+
 def evaluate(session: Any, data: dict[str, Any], mode: str, params: GraphParams | None = None,
              k: int = 10) -> list[list[str]]:
     """Ranked doc ids per question."""
@@ -294,6 +350,9 @@ def evaluate(session: Any, data: dict[str, Any], mode: str, params: GraphParams 
 def run_dataset(data: dict[str, Any], workdir: str, repeat: int, options: dict[str, Any]) -> dict[str, Any]:
     path = os.path.join(workdir, f"{data['name']}.store")
     store, info = build_store(data, path, options["extractor"], options["synonyms"])
+    if options.get("ingest_runs"):
+        info["lookahead_ab"] = ingest_ab(data, workdir, options["extractor"], options["synonyms"],
+                                         options["ingest_runs"])
     halves = split_halves([q["id"] for q in data["questions"]], options["seed"]) \
         if data["name"] == "musique" else None
     with store:
@@ -307,27 +366,39 @@ def run_dataset(data: dict[str, Any], workdir: str, repeat: int, options: dict[s
         notes = 0
         for mode in MODES:
             runs: list[dict[str, float]] = []
+            cpu: list[float] = []
             ranked = []
             for attempt in range(repeat):
                 for i, q in enumerate(data["questions"]):
+                    tick = time.thread_time()
                     result = retrieve(session, q["question"], 10, mode, query_vector=q["vector"])
+                    tick = time.thread_time() - tick
                     if attempt == 0:
                         ranked.append([_doc(c.key) for c in result.chunks])
                         notes += bool(result.notes)
-                    if attempt or i:        # the first call builds the per-LSN graph cache
+                    # timed: passes after the first (which fills the row cache; the cold case is measured
+                    # below), or with --repeat 1 every call but the first (it builds the per-LSN graph cache)
+                    if attempt or (repeat == 1 and i):
                         runs.append(result.timings)
+                        cpu.append(tick)
             stages = {s: [r.get(s, 0.0) for r in runs] for s in runs[0]} if runs else {}
             if stages:
                 stages["total_excl_embed"] = [r["total"] - r.get("embed", 0.0) for r in runs]
+                stages["thread_cpu"] = cpu      # CPU time of the calling thread: what load does not add
             out["modes"][mode] = {**grouped(data, ranked, halves), "latency_ms": _latency(stages)}
         out["results_with_notes"] = notes
         cold: list[float] = []  # the row cache is warm above (repeated questions); here it starts empty
+        cold_cpu: list[float] = []
         for _ in range(repeat):
             for q in data["questions"]:
                 store.row_cache.clear()
+                tick = time.thread_time()
                 result = retrieve(session, q["question"], 10, "graph", query_vector=q["vector"])
+                cold_cpu.append(time.thread_time() - tick)
                 cold.append(result.timings["total"] - result.timings.get("embed", 0.0))
-        out["graph_cold_row_cache_ms"] = _latency({"total_excl_embed": cold})["total_excl_embed"]
+        cold_latency = _latency({"total_excl_embed": cold, "thread_cpu": cold_cpu})
+        out["graph_cold_row_cache_ms"] = cold_latency["total_excl_embed"]
+        out["graph_cold_row_cache_thread_cpu_ms"] = cold_latency["thread_cpu"]
         out["sweep"] = {name: grouped(data, evaluate(session, data, "graph", params), halves)
                         for name, params in SWEEP.items()}
         return out
@@ -379,6 +450,13 @@ def markdown(results: dict[str, Any], command: str) -> str:
                   f"re-ingest wrote {ing['reingest_writes']} documents. 1-minute load average before/after: "
                   f"{data['load_average_1min'][0]:.1f} / {data['load_average_1min'][1]:.1f} on {os.cpu_count()} CPUs.",
                   ""]
+        for variant, ab in ing.get("lookahead_ab", {}).items():
+            lines += [f"Ingest with {variant}: median {ab['median_passages_per_s']:.0f} passages/s excluding embedding "
+                      "(runs: " + ", ".join(f"{r['passages_per_s_excluding_embedding']:.0f} at load {r['load_before']:.1f}"
+                                            for r in ab["runs"]) +
+                      f"); CPU: this process {ab['median_main_cpu_s']:.1f} s, extractor workers "
+                      f"{ab['median_worker_cpu_s']:.1f} s; on {os.cpu_count()} idle cores "
+                      f"{ab['idle_passages_per_s']:.0f} passages/s ({ab['idle_model']}).", ""]
         if not data.get("modes"):
             continue
         lines += ["| mode | R@2 | R@5 | R@10 | Hits@10 | MRR | total p50 ms | p95 | p99 | p99 excl. embed |",
@@ -426,10 +504,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default=CACHE_DIR, help="embedding caches (bench/embed_cache.py) and "
                         "the entity-name vectors this script adds")
     parser.add_argument("--split-seed", type=int, default=19, help="seed of the MuSiQue tune/held-back split")
-    parser.add_argument("--repeat", type=int, default=3, help="passes over the questions per mode (all timed; "
-                        "the first also gives the quality figures)")
+    parser.add_argument("--repeat", type=int, default=3, help="passes over the questions per mode (the first gives "
+                        "the quality figures and fills the row cache, the others are timed; with 1, every call but "
+                        "the first is timed)")
     parser.add_argument("--no-distractors", action="store_true", help="MultiHop-RAG without the 6,119 2Wiki "
                         "distractor passages (its 438 evidence facts alone: a reduced run)")
+    parser.add_argument("--ingest-runs", type=int, default=0, help="after the first ingest, ingest each data set "
+                        "this many more times with lookahead 2 and with lookahead 0 (alternating, throwaway stores): "
+                        "passages/s excluding embedding, CPU of this process and of the extractor's workers")
     parser.add_argument("--no-write", action="store_true", help="print only; write no JSON")
     parser.add_argument("--write-results", action="store_true", help="also rewrite the RESULTS.md section")
     args = parser.parse_args(argv)
@@ -442,7 +524,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = tempfile.mkdtemp(prefix="knowledge-bench-retrieval-")
     results: dict[str, Any] = {"machine": common.machine(), "extractor": args.extractor, "synonyms": args.synonyms,
                                "seed": args.split_seed, "datasets": {}}
-    options = {"extractor": args.extractor, "synonyms": args.synonyms, "seed": args.split_seed}
+    options = {"extractor": args.extractor, "synonyms": args.synonyms, "seed": args.split_seed,
+               "ingest_runs": args.ingest_runs}
     try:
         for name in [n.strip() for n in args.only.split(",") if n.strip()]:
             data = loaders[name](args.extractor, names, cache_dir)
@@ -454,12 +537,27 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:9} ingest {ing['documents']} docs {ing['entities']} entities {ing['relations']} relations "
                   f"{ing['synonyms']} synonyms, {ing['passages_per_s_excluding_embedding']:.0f} passages/s "
                   f"excl. embedding", flush=True)
+            for variant, ab in ing.get("lookahead_ab", {}).items():
+                print(f"{name:9} ingest {variant}: median {ab['median_passages_per_s']:.0f} passages/s excl. embedding "
+                      f"(runs: " + ", ".join(f"{r['passages_per_s_excluding_embedding']:.0f} at load "
+                                             f"{r['load_before']:.1f}" for r in ab["runs"]) +
+                      f"); CPU: this process {ab['median_main_cpu_s']:.1f} s, extractor workers "
+                      f"{ab['median_worker_cpu_s']:.1f} s; on {os.cpu_count()} idle cores that is "
+                      f"{ab['idle_passages_per_s']:.0f} passages/s ({ab['idle_model']})", flush=True)
             for mode, m in out["modes"].items():
                 total = m["latency_ms"].get("total_excl_embed", m["latency_ms"].get("total", {}))
                 halves = " ".join(f"{g.split(':')[1]} {v['recall@5']:.3f}/{v['recall@10']:.3f}"
                                   for g, v in m["groups"].items() if g.startswith("half:") or "comparison" in g)
+                thread = m["latency_ms"].get("thread_cpu", {})
                 print(f"{name:9} {mode:26} R@5 {m['recall@5']:.3f} R@10 {m['recall@10']:.3f} "
-                      f"Hits@10 {m['hits@10']:.3f} {halves} p99 {total.get('p99', 0):.2f} ms", flush=True)
+                      f"Hits@10 {m['hits@10']:.3f} {halves} p50 {total.get('p50', 0):.2f} p99 {total.get('p99', 0):.2f} "
+                      f"ms excl. embedding (thread CPU p50 {thread.get('p50', 0):.2f} p99 {thread.get('p99', 0):.2f})",
+                      flush=True)
+            if out.get("graph_cold_row_cache_ms"):
+                cold, cold_cpu = out["graph_cold_row_cache_ms"], out["graph_cold_row_cache_thread_cpu_ms"]
+                print(f"{name:9} graph, row cache emptied before each call: p50 {cold['p50']:.2f} p99 {cold['p99']:.2f} "
+                      f"ms excl. embedding (thread CPU p50 {cold_cpu['p50']:.2f} p99 {cold_cpu['p99']:.2f}); "
+                      f"1-minute load {out['load_average_1min'][0]:.1f} -> {out['load_average_1min'][1]:.1f}", flush=True)
             for variant, m in out.get("sweep", {}).items():
                 groups = " ".join(f"{g.split(':')[1]} {v['recall@5']:.3f}/{v['recall@10']:.3f}"
                                   for g, v in m["groups"].items() if g.startswith("half:") or "comparison" in g)

@@ -14,7 +14,9 @@ Guarantees:
 - Entities are merged by `normalize_entity_name`; `display` and `type` keep the first form seen.
 - With an extractor that has `submit_chunks` (SpacyExtractor), the next `lookahead` batches' changed
   documents are handed to its worker processes before a batch is embedded and written, so extraction
-  overlaps the store work; batches still commit in order and what is written is the same.
+  overlaps the store work; batches still commit in order and what is written is the same. Such a batch's
+  content hashes are checked when it is handed over (checked again at its turn when a batch written
+  before it names one of its documents).
 - Without an `extractor`, `default_extractor()` is used: spaCy NER when the nlp extra is installed,
   else the rule-based extractor; both take the title as an entity and relate entities that share a
   sentence. `synonyms` adds SYNONYM edges between close entity embeddings (synonyms.py) as it goes.
@@ -200,11 +202,14 @@ def ingest(session: Session, documents: Iterable[Document], *, embedder: Embedde
     queued: deque[tuple[list[Document], _Prefetch | None]] = deque()
     batches = _batches(items, batch_size)
 
-    def pull() -> None:
+    def pull(current: list[Document] | None = None) -> None:
         batch = next(batches, None)
         if batch is not None:
-            queued.append((batch, _prefetch(session, batch, splitter, extractor, embedder, config, submit)
-                           if submit is not None else None))
+            # the documents of the batches written before this one's turn (its check is redone if it names one)
+            unwritten = {d.doc_id for b in [*(q[0] for q in queued), *([current] if current else [])] for d in b
+                         if isinstance(d, Document)}
+            queued.append((batch, _prefetch(session, batch, splitter, extractor, embedder, config, submit,
+                                            unwritten) if submit is not None else None))
 
     try:
         with tqdm(total=count, unit="doc", disable=not show, desc="ingest") as bar:
@@ -212,7 +217,7 @@ def ingest(session: Session, documents: Iterable[Document], *, embedder: Embedde
                 pull()
             while queued:
                 batch, prefetched = queued.popleft()
-                pull()
+                pull(batch)
                 _ingest_batch(session, batch, embedder, splitter, extractor, embed_entities, config, pool, report,
                               prefetched)
                 bar.update(len(batch))
@@ -225,41 +230,47 @@ def ingest(session: Session, documents: Iterable[Document], *, embedder: Embedde
 
 
 class _Prefetch:
-    """Extractions started ahead for a batch's changed documents, keyed by ChunkInput. Speculative: the
-    batch is checked again when its turn comes (an earlier batch may write the same doc_id), and a chunk
-    found here is used only if it is still to be extracted; the rest are extracted then."""
+    """A batch checked ahead (`checked`: its content hashes and stored hashes, None when a batch written
+    before its turn names one of its documents, so the check is redone then) and the extractions started
+    for its changed documents, keyed by ChunkInput. A chunk found here is used only if it is still to be
+    extracted at the batch's turn; the rest are extracted then."""
 
-    def __init__(self, inputs: list[ChunkInput], pending: Any) -> None:
+    def __init__(self, inputs: list[ChunkInput], pending: Any,
+                 checked: tuple[dict[str, str], dict[str, str]] | None) -> None:
         self.inputs = inputs
         self.pending = pending
+        self.checked = checked
 
     def results(self) -> dict[ChunkInput, Extraction]:
+        if self.pending is None:
+            return {}
         return dict(zip(self.inputs, self.pending.result(), strict=True))
 
     def cancel(self) -> None:
-        cancel = getattr(self.pending, "cancel", None)
+        cancel = getattr(self.pending, "cancel", None) if self.pending is not None else None
         if cancel is not None:
             cancel()
 
 
 def _prefetch(session: Session, batch: list[Document], splitter: Splitter, extractor: Extractor,
-              embedder: Embedder, synonyms: SynonymConfig | None, submit: Any) -> _Prefetch | None:
+              embedder: Embedder, synonyms: SynonymConfig | None, submit: Any, unwritten: set[str]) -> _Prefetch | None:
     """Hand the chunks of the batch's changed documents (by the store as it is now) to `submit`. None
     when there is nothing to extract or checking the batch fails (its turn raises the error, after the
     batches before it are written, as without the lookahead)."""
     try:
         for doc in batch:
             _check(doc)
-        stored = session.get_many(DOCUMENT, [doc.doc_id for doc in batch], ["content_hash"])
+        hashes = {doc.doc_id: content_hash(doc, splitter, extractor, embedder, synonyms) for doc in batch}
+        stored = session.get_many(DOCUMENT, list(hashes), ["content_hash"])
         existing = dict(zip(_keys_of(session, stored), stored.column("content_hash").to_pylist(), strict=True))
         inputs = [ChunkInput(text, doc.title) for doc in batch
-                  if doc.entities is None and doc.triples is None
-                  and existing.get(doc.doc_id) != content_hash(doc, splitter, extractor, embedder, synonyms)
+                  if doc.entities is None and doc.triples is None and existing.get(doc.doc_id) != hashes[doc.doc_id]
                   for text in splitter.split(doc.text)]
     except Exception:   # noqa: BLE001 - only a head start: the batch's turn raises it, after the batches before
         return None
     inputs = list(dict.fromkeys(inputs))
-    return _Prefetch(inputs, submit(inputs)) if inputs else None
+    checked = None if unwritten.intersection(hashes) else (hashes, existing)
+    return _Prefetch(inputs, submit(inputs) if inputs else None, checked)
 
 
 def _batches(items: Iterable[Document], size: int) -> Iterator[list[Document]]:
@@ -296,9 +307,12 @@ def _ingest_batch(session: Session, batch: list[Document], embedder: Embedder, s
     if len(set(ids)) != len(ids):
         raise InvalidArgument("a batch holds the same doc_id twice")
     report.documents += len(batch)
-    hashes = {doc.doc_id: content_hash(doc, splitter, extractor, embedder, synonyms) for doc in batch}
-    stored = session.get_many(DOCUMENT, ids, ["content_hash"])
-    existing = dict(zip(_keys_of(session, stored), stored.column("content_hash").to_pylist(), strict=True))
+    if prefetched is not None and prefetched.checked is not None:
+        hashes, existing = prefetched.checked       # checked ahead; no batch since wrote one of its documents
+    else:
+        hashes = {doc.doc_id: content_hash(doc, splitter, extractor, embedder, synonyms) for doc in batch}
+        stored = session.get_many(DOCUMENT, ids, ["content_hash"])
+        existing = dict(zip(_keys_of(session, stored), stored.column("content_hash").to_pylist(), strict=True))
     changed = [doc for doc in batch if existing.get(doc.doc_id) != hashes[doc.doc_id]]
     report.unchanged += len(batch) - len(changed)
     report.add_time("check", time.perf_counter() - tick)
