@@ -128,32 +128,3 @@ def test_slots_bound_holders():
     assert not slots.acquire(0) and not slots.acquire(0.01)
     slots.release()
     assert slots.acquire(0)
-
-
-def test_handler_threads_end_with_the_pool():
-    pool = HandlerPool(max_workers=3, thread_name_prefix="test-ending")
-    calls = [pool.submit(threading.Event().wait, 0.05) for _ in range(3)]
-    assert all(c.result(timeout=10) is False for c in calls)
-    threads = list(pool._threads)
-    assert threads and all(t.is_alive() for t in threads)
-    pool.shutdown(wait=True)
-    assert not any(t.is_alive() for t in threads)
-    collected = HandlerPool(max_workers=2, thread_name_prefix="test-collected")
-    collected.submit(int).result(timeout=10)
-    threads = list(collected._threads)
-    del collected  # no shutdown: collecting the pool ends its idle threads too
-    for thread in threads:
-        thread.join(timeout=10)
-    assert not any(t.is_alive() for t in threads)
-
-
-def test_a_stopped_server_leaves_no_handler_threads(tmp_path):
-    served = ServedStore(str(tmp_path / "store"))
-    fill(served.store)
-    with served.client() as client:
-        assert client.session().count() == 10
-    threads = list(served.server.executor._threads)
-    served.close()
-    for thread in threads:
-        thread.join(timeout=10)
-    assert threads and not any(t.is_alive() for t in threads)

@@ -159,7 +159,6 @@ class KnowledgeServer:
         self.server.stop(grace).wait()
         if not self.calls.gate.wait_idle(grace + 5):
             log.warning("%d calls still running after the drain; closing anyway", self.calls.gate.inflight)
-        self.executor.shutdown(wait=False)  # its idle handler threads end
         self.metrics.close()
         self._unwrap_audit()
         if self.owns_store:

@@ -121,10 +121,8 @@ class HandlerPool(futures.ThreadPoolExecutor):
                 return call
         with self._shutdown_lock:
             if len(self._threads) < self._max_workers:
-                # as the stock pool's: once the pool is collected (or shut down) its idle threads end
-                ref = weakref.ref(self, lambda _, work=self._work_queue: work.put(None))
                 thread = threading.Thread(name=f"{self._thread_name_prefix or 'pool'}_{len(self._threads)}",
-                                          target=_worker, args=(ref, self._work_queue), daemon=True)
+                                          target=_worker, args=(weakref.ref(self), self._work_queue), daemon=True)
                 thread.start()
                 self._threads.add(thread)
         return call
