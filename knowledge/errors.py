@@ -252,6 +252,13 @@ class Unavailable(KnowledgeError):
     """The server cannot be reached, is shutting down, or its store is closed; retrying may succeed."""
 
 
+class NotAvailableRemotely(KnowledgeError, AttributeError):
+    """An embedded-only Store attribute (the engine's in-process state: its tables, WAL, indexes, caches,
+    locks, config) asked of a `knowledge.connect()` client; the message says why and names the remote way,
+    if there is one. Also an AttributeError, so `hasattr()` and `getattr(store, name, default)` see the
+    attribute as absent."""
+
+
 class SnapshotMoved(Unavailable):
     """A read inside a remote session's snapshot() block was answered after a commit moved the store past
     the block's LSN; run the block again."""

@@ -38,15 +38,16 @@ class ServedStore:
 
 
 @contextlib.contextmanager
-def open_backend(kind: str, path: str) -> Iterator[Any]:
+def open_backend(kind: str, path: str, store_config: knowledge.StoreConfig | None = None) -> Iterator[Any]:
+    """The store at `path` opened with `store_config`: embedded, or served and reached as the admin "root"."""
     if kind == "embedded":
-        store = knowledge.open(path)
+        store = knowledge.open(path, config=store_config)
         try:
             yield store
         finally:
             store.close()
         return
-    served = ServedStore(path)
+    served = ServedStore(path, store_config=store_config)
     client = served.client()
     try:
         yield client

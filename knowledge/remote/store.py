@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
+from knowledge.errors import InvalidArgument, NotAvailableRemotely
 from knowledge.remote.channel import Connection
 from knowledge.remote.session import RemoteSession
 from knowledge.server import wire
@@ -43,8 +46,79 @@ class ChangeRecord:
     changes: list[Change] = field(default_factory=list)
 
 
+REPR_CHARS_MAX = 200  # a value the wire cannot carry travels as its repr, cut to this many characters
+INT64_MAX = (1 << 63) - 1
+
+# The public Store attributes a client deliberately lacks, and why: the engine's in-process state (and the
+# commit pipeline under Transaction) exist only in the process that owns the store directory. Each one is an
+# attribute of RemoteStore that raises NotAvailableRemotely (an AttributeError too) naming the remote way.
+# tests/test_remote_parity.py fails when a public Store attribute is neither implemented here nor listed.
+EMBEDDED_ONLY: dict[str, str] = {
+    "engine": "the storage engine object of the process that owns the store directory",
+    "config": "the StoreConfig the server process opened the store with (its settings are the server's)",
+    "audit": "the in-process audit ring; read it with session.audit_log() (admins)",
+    "tables": "the in-process DuckDB tables; read rows with session.scan() / get_many()",
+    "wal": "the in-process write-ahead log; follow commits with store.changes()",
+    "directory": "the in-process node directory; use session.ref(), session.count() or session.visible()",
+    "edges": "the in-process graph indexes; use session.edges(), neighbors(), traverse() or adjacency()",
+    "catalog": "the in-process principal catalog; use store.principals() and the principal methods",
+    "vectors": "the in-process vector indexes; use session.search()",
+    "keywords": "the in-process keyword indexes; use session.keyword_search()",
+    "row_cache": "the in-process row cache; use session.get() / get_many()",
+    "indexer": "the in-process index builder; use store.build_indexes()",
+    "state_lock": "a lock of the server process; a remote read is consistent at one LSN by itself "
+                  "(session.snapshot() groups several)",
+    "commit": "the in-process commit pipeline (Store.commit(principal, items)) that transactions run on; use "
+              "store.session(...).transaction()",
+}
+
+
+class _EmbeddedOnly:
+    """A Store attribute a client cannot have: reading it raises NotAvailableRemotely saying why."""
+
+    def __init__(self, name: str, why: str) -> None:
+        self.name = name
+        self.why = why
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        raise NotAvailableRemotely(f"Store.{self.name} is not available over a connection ({instance.path}): it is "
+                                   f"{self.why}")
+
+
+def _repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= REPR_CHARS_MAX else text[:REPR_CHARS_MAX] + "..."
+
+
+def _ttl_request(type_name: str, expire_after: Any, on: Any) -> pb.SetTtlRequest:
+    """set_ttl's arguments as the Python types they are (the server rebuilds them: lifecycle.py)."""
+    if not isinstance(type_name, str):
+        raise InvalidArgument(f"a type name is a str, got {type(type_name).__name__} {type_name!r}")
+    request = pb.SetTtlRequest(type=type_name)
+    if isinstance(expire_after, dt.timedelta):
+        request.timedelta_seconds = expire_after.total_seconds()
+    elif isinstance(expire_after, str):
+        request.duration = expire_after
+    elif isinstance(expire_after, int) and not isinstance(expire_after, bool) and abs(expire_after) <= INT64_MAX:
+        request.whole_seconds = expire_after
+    elif isinstance(expire_after, int | float) and not isinstance(expire_after, bool):
+        request.seconds = float(expire_after)
+    elif expire_after is not None:
+        request.unsupported = _repr(expire_after)
+    if isinstance(on, str):
+        request.on = on
+    elif on is not None:
+        request.on_unsupported = _repr(on)
+    return request
+
+
 class RemoteStore:
-    """A store served by `knowledge serve`, reached through `knowledge.connect(address, token=...)`."""
+    """A store served by `knowledge serve`, reached through `knowledge.connect(address, token=...)`.
+
+    It has every public Store method with the same arguments, results and exceptions, except the engine's
+    in-process state (EMBEDDED_ONLY), which raises NotAvailableRemotely."""
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
@@ -117,7 +191,54 @@ class RemoteStore:
         metadata = (("authorization", f"Bearer {token}"),)
         return wire.principal_from_proto(self._connection.call("WhoAmI", pb.WhoAmIRequest(), metadata).principal)
 
+    # -- TTL ------------------------------------------------------------------------------------------------
+    def set_ttl(self, type_name: str, expire_after: str | float | dt.timedelta | None, *,
+                on: str | None = None) -> int:
+        """Expire the rows of a node or edge type `expire_after` ("7d", "12h", "30m", seconds or a timedelta)
+        after their `on` property or, without `on`, after their last write; None removes the policy. Returns
+        the LSN (admins only). Raises UnknownType, SchemaError, InvalidArgument as the embedded store does."""
+        return self._call("SetTtl", _ttl_request(type_name, expire_after, on)).lsn
+
+    def ttl(self) -> dict[str, dict[str, Any]]:
+        """The TTL policies by type: kind ("node"/"edge"), expire_after_s, on, set_at (admins only)."""
+        return json.loads(self._call("GetTtl", pb.GetTtlRequest()).json)
+
+    def sweep_expired(self, *, rows_max: int | None = None) -> dict[str, int]:
+        """Delete every row past its deadline now, in WAL records of at most `rows_max` rows (default: the
+        server store's `ttl_sweep_batch_rows`); the totals (nodes, entities, edges, records, lsn). Admins only."""
+        request = pb.SweepExpiredRequest()
+        if rows_max is not None:
+            if isinstance(rows_max, bool) or not isinstance(rows_max, int):
+                raise InvalidArgument(f"rows_max must be a positive int, got {rows_max!r}")
+            request.rows_max = max(min(rows_max, INT64_MAX), -INT64_MAX)  # <= 0 is refused by the server's store
+        return {name: int(value) for name, value in json.loads(self._call("SweepExpired", request).json).items()}
+
+    # -- visibility -----------------------------------------------------------------------------------------
+    def visibility(self, principal: Any, *, wait: bool = False, directory: Any = None) -> np.ndarray:
+        """The bool bitmap over node ids that `principal` (a knowledge.Principal) may see, read-only: that of
+        `store.session(principal).visible()`, so an admin token is needed unless it is the token's own
+        principal acted as. It covers every node id (the embedded one may run on, padded with False).
+        `directory` (a read view's, in-process) has no remote form."""
+        from knowledge.access.principal import Principal
+        if not isinstance(principal, Principal):
+            raise InvalidArgument(f"principal must be a knowledge.Principal, got {type(principal).__name__}")
+        if directory is not None:
+            raise InvalidArgument("directory= names an in-process read view's NodeDirectory, which a "
+                                  "knowledge.connect() client has none of; read inside session.snapshot() instead")
+        return self.session(principal).visible()
+
     # -- maintenance --------------------------------------------------------------------------------------
+    def wait_applied(self, lsn: int | None = None) -> None:
+        """Block until the server's tables reflect every record up to `lsn` (default: everything committed
+        now); a `lsn` past the server's last commit waits for one within the call's deadline (else
+        DeadlineExceeded). Reads on the server wait by themselves: this is for code that waits explicitly."""
+        if lsn is not None and (isinstance(lsn, bool) or not isinstance(lsn, int)):
+            raise InvalidArgument(f"lsn must be an int or None, got {lsn!r}")
+        request = pb.WaitAppliedRequest()
+        if lsn is not None:
+            request.lsn = max(min(lsn, INT64_MAX), -INT64_MAX)
+        self._call("WaitApplied", request)
+
     def checkpoint(self) -> int:
         return self._call("Checkpoint", pb.CheckpointRequest()).lsn
 
@@ -171,3 +292,8 @@ class RemoteStore:
 
     def __repr__(self) -> str:
         return f"RemoteStore({self.path!r})"
+
+
+for _name, _why in EMBEDDED_ONLY.items():
+    setattr(RemoteStore, _name, _EmbeddedOnly(_name, _why))
+del _name, _why

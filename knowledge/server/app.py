@@ -25,6 +25,7 @@ from knowledge.server.audit_files import PersistentAudit
 from knowledge.server.calls import Calls, PrimaryRole, Role
 from knowledge.server.changes import stream
 from knowledge.server.config import ServerConfig
+from knowledge.server.lifecycle import Lifecycle
 from knowledge.server.message_cap import MessageCap, transport_limit
 from knowledge.server.pool import HandlerPool
 from knowledge.server.reads import Reads
@@ -38,7 +39,7 @@ INSECURE_WARNING = ("WARNING: serving PLAINTEXT gRPC on a non-loopback address (
                     "data cross the network unencrypted. Use --tls-cert/--tls-key.")
 
 
-class Servicer(Reads, Writes, pb_grpc.KnowledgeServicer):
+class Servicer(Reads, Writes, Lifecycle, pb_grpc.KnowledgeServicer):
     """The knowledge.v1.Knowledge service: every handler a thin shell over a Store/Session method."""
 
     def __init__(self, calls: Calls, config: ServerConfig, stop: threading.Event) -> None:

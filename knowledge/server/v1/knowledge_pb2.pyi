@@ -400,6 +400,42 @@ class BuildIndexesReply(_message.Message):
     done: bool
     def __init__(self, done: _Optional[bool] = ...) -> None: ...
 
+class WaitAppliedRequest(_message.Message):
+    __slots__ = ("lsn",)
+    LSN_FIELD_NUMBER: _ClassVar[int]
+    lsn: int
+    def __init__(self, lsn: _Optional[int] = ...) -> None: ...
+
+class SetTtlRequest(_message.Message):
+    __slots__ = ("type", "duration", "seconds", "whole_seconds", "timedelta_seconds", "unsupported", "on", "on_unsupported")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    DURATION_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    WHOLE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TIMEDELTA_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    UNSUPPORTED_FIELD_NUMBER: _ClassVar[int]
+    ON_FIELD_NUMBER: _ClassVar[int]
+    ON_UNSUPPORTED_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    duration: str
+    seconds: float
+    whole_seconds: int
+    timedelta_seconds: float
+    unsupported: str
+    on: str
+    on_unsupported: str
+    def __init__(self, type: _Optional[str] = ..., duration: _Optional[str] = ..., seconds: _Optional[float] = ..., whole_seconds: _Optional[int] = ..., timedelta_seconds: _Optional[float] = ..., unsupported: _Optional[str] = ..., on: _Optional[str] = ..., on_unsupported: _Optional[str] = ...) -> None: ...
+
+class GetTtlRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SweepExpiredRequest(_message.Message):
+    __slots__ = ("rows_max",)
+    ROWS_MAX_FIELD_NUMBER: _ClassVar[int]
+    rows_max: int
+    def __init__(self, rows_max: _Optional[int] = ...) -> None: ...
+
 class ChangesRequest(_message.Message):
     __slots__ = ("after_lsn", "follow")
     AFTER_LSN_FIELD_NUMBER: _ClassVar[int]

@@ -185,6 +185,26 @@ class KnowledgeStub:
                 request_serializer=knowledge_dot_v1_dot_knowledge__pb2.BuildIndexesRequest.SerializeToString,
                 response_deserializer=knowledge_dot_v1_dot_knowledge__pb2.BuildIndexesReply.FromString,
                 _registered_method=True)
+        self.WaitApplied = channel.unary_unary(
+                '/knowledge.v1.Knowledge/WaitApplied',
+                request_serializer=knowledge_dot_v1_dot_knowledge__pb2.WaitAppliedRequest.SerializeToString,
+                response_deserializer=knowledge_dot_v1_dot_knowledge__pb2.LsnReply.FromString,
+                _registered_method=True)
+        self.SetTtl = channel.unary_unary(
+                '/knowledge.v1.Knowledge/SetTtl',
+                request_serializer=knowledge_dot_v1_dot_knowledge__pb2.SetTtlRequest.SerializeToString,
+                response_deserializer=knowledge_dot_v1_dot_knowledge__pb2.LsnReply.FromString,
+                _registered_method=True)
+        self.GetTtl = channel.unary_unary(
+                '/knowledge.v1.Knowledge/GetTtl',
+                request_serializer=knowledge_dot_v1_dot_knowledge__pb2.GetTtlRequest.SerializeToString,
+                response_deserializer=knowledge_dot_v1_dot_knowledge__pb2.JsonReply.FromString,
+                _registered_method=True)
+        self.SweepExpired = channel.unary_unary(
+                '/knowledge.v1.Knowledge/SweepExpired',
+                request_serializer=knowledge_dot_v1_dot_knowledge__pb2.SweepExpiredRequest.SerializeToString,
+                response_deserializer=knowledge_dot_v1_dot_knowledge__pb2.JsonReply.FromString,
+                _registered_method=True)
         self.Changes = channel.unary_stream(
                 '/knowledge.v1.Knowledge/Changes',
                 request_serializer=knowledge_dot_v1_dot_knowledge__pb2.ChangesRequest.SerializeToString,
@@ -380,6 +400,31 @@ class KnowledgeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WaitApplied(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetTtl(self, request, context):
+        """-- TTL lifecycle (admin; Store.set_ttl, Store.ttl, Store.sweep_expired) --
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTtl(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SweepExpired(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Changes(self, request, context):
         """-- change feed: committed records after an LSN, as the caller may see them, then live ones --
         """
@@ -539,6 +584,26 @@ def add_KnowledgeServicer_to_server(servicer, server):
                     servicer.BuildIndexes,
                     request_deserializer=knowledge_dot_v1_dot_knowledge__pb2.BuildIndexesRequest.FromString,
                     response_serializer=knowledge_dot_v1_dot_knowledge__pb2.BuildIndexesReply.SerializeToString,
+            ),
+            'WaitApplied': grpc.unary_unary_rpc_method_handler(
+                    servicer.WaitApplied,
+                    request_deserializer=knowledge_dot_v1_dot_knowledge__pb2.WaitAppliedRequest.FromString,
+                    response_serializer=knowledge_dot_v1_dot_knowledge__pb2.LsnReply.SerializeToString,
+            ),
+            'SetTtl': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTtl,
+                    request_deserializer=knowledge_dot_v1_dot_knowledge__pb2.SetTtlRequest.FromString,
+                    response_serializer=knowledge_dot_v1_dot_knowledge__pb2.LsnReply.SerializeToString,
+            ),
+            'GetTtl': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTtl,
+                    request_deserializer=knowledge_dot_v1_dot_knowledge__pb2.GetTtlRequest.FromString,
+                    response_serializer=knowledge_dot_v1_dot_knowledge__pb2.JsonReply.SerializeToString,
+            ),
+            'SweepExpired': grpc.unary_unary_rpc_method_handler(
+                    servicer.SweepExpired,
+                    request_deserializer=knowledge_dot_v1_dot_knowledge__pb2.SweepExpiredRequest.FromString,
+                    response_serializer=knowledge_dot_v1_dot_knowledge__pb2.JsonReply.SerializeToString,
             ),
             'Changes': grpc.unary_stream_rpc_method_handler(
                     servicer.Changes,
@@ -1356,6 +1421,114 @@ class Knowledge:
             '/knowledge.v1.Knowledge/BuildIndexes',
             knowledge_dot_v1_dot_knowledge__pb2.BuildIndexesRequest.SerializeToString,
             knowledge_dot_v1_dot_knowledge__pb2.BuildIndexesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WaitApplied(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/knowledge.v1.Knowledge/WaitApplied',
+            knowledge_dot_v1_dot_knowledge__pb2.WaitAppliedRequest.SerializeToString,
+            knowledge_dot_v1_dot_knowledge__pb2.LsnReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTtl(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/knowledge.v1.Knowledge/SetTtl',
+            knowledge_dot_v1_dot_knowledge__pb2.SetTtlRequest.SerializeToString,
+            knowledge_dot_v1_dot_knowledge__pb2.LsnReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTtl(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/knowledge.v1.Knowledge/GetTtl',
+            knowledge_dot_v1_dot_knowledge__pb2.GetTtlRequest.SerializeToString,
+            knowledge_dot_v1_dot_knowledge__pb2.JsonReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SweepExpired(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/knowledge.v1.Knowledge/SweepExpired',
+            knowledge_dot_v1_dot_knowledge__pb2.SweepExpiredRequest.SerializeToString,
+            knowledge_dot_v1_dot_knowledge__pb2.JsonReply.FromString,
             options,
             channel_credentials,
             insecure,
