@@ -28,7 +28,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from knowledge.errors import (
@@ -56,10 +55,37 @@ HOUSEKEEPING_S = 1.0  # how often the WAL byte limit is measured and unoffered s
 ROUNDS_MAX = 8  # iterations a receiving or committing thread runs in one turn before it lets the loop thread in
 
 
-@dataclass
+class _Done:
+    """A one-shot flag a single committer waits on: a lock held until set (cheaper than an Event, which
+    builds a Condition and a waiter lock per wait). set() is idempotent and may come from any thread."""
+
+    __slots__ = ("_lock", "_set")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        try:
+            self._lock.release()
+        except RuntimeError:  # set already (and not yet taken by the waiter)
+            pass
+
+    def wait(self, timeout: float) -> bool:
+        return self._set or self._lock.acquire(timeout=timeout) or self._set
+
+
 class _Waiter:
-    done: threading.Event = field(default_factory=threading.Event)
-    outcome: CommitOutcome | None = None
+    __slots__ = ("done", "outcome")
+
+    def __init__(self) -> None:
+        self.done = _Done()
+        self.outcome: CommitOutcome | None = None
 
 
 class Replicator(CatchUp):
@@ -109,6 +135,7 @@ class Replicator(CatchUp):
         self._commands: collections.deque[Callable[[], None]] = collections.deque()
         self._pending: dict[int, tuple[list[Any], set[str]]] = {}  # own records not yet applied
         self._waiters: dict[int, _Waiter] = {}
+        self._woken = 0  # committers answered so far
         self._payloads: dict[int, bytes] = {}
         self._later: list[Message] = []  # empty Appends an inline iteration left to the loop thread's next tick
         self._writable = False
@@ -202,14 +229,38 @@ class Replicator(CatchUp):
         fsync and ack; the primary's handling of the ack) then skips the hop to the loop thread. `reply`
         writes messages back to their sender at once on the call they came by (False once it ended): the
         AppendAcks to that sender go that way from then on, whichever thread makes them."""
+        if self.enqueue(messages, reply):
+            self.iterate_inbox()
+
+    def enqueue(self, messages: list[Message], reply: Callable[[list[Message]], bool] | None = None) -> bool:
+        """deliver's first half: queue `messages` (in the order of the calls) and note `reply`. False when
+        they can wait for the next iteration (the loop's next tick at most): AppendAcks of this primary's
+        epoch from a replica that holds every record, all of them committed already (under sync(1) the
+        second replica's ack), which neither commit nor send anything; an iteration for them now would
+        compete for the GIL with the committer the first ack just answered."""
         now = time.perf_counter()
+        urgent = False
         with self.lock:
+            node = self.node
+            settled = node.commit_lsn if node.role is Role.PRIMARY and node.commit_lsn == node.history.last_lsn else -1
             for message in messages:
                 if message.to == self.config.node_id:
                     self._inbox.append((message, now))
                     if reply is not None:
                         self._replies[message.sender] = reply
+                    if not (isinstance(message, AppendAck) and message.epoch == node.epoch
+                            and message.match_lsn == settled):
+                        urgent = True
+        return urgent
+
+    def iterate_inbox(self) -> None:
+        """deliver's second half: iterate on this thread unless another thread does (it takes the queue then)."""
+        woken = self._woken
         self._iterate_here()
+        if self._woken != woken:
+            # it answered committers: let one of them take the GIL now, rather than when this thread next blocks
+            # (after the next frame, e.g. a second replica's ack, which no committer waits for)
+            time.sleep(0)
 
     def ship(self, lsn: int) -> None:
         """The committer of record `lsn`, before its own fsync (Engine.finish): run an iteration on this
@@ -542,13 +593,15 @@ class Replicator(CatchUp):
                 if record.lsn not in self._pending and record.lsn not in decoded:
                     decoded[record.lsn] = (record.epoch, decode_ops(record.payload, record.lsn))
         epoch_of = self.node.history.epoch_at
+        records: list[tuple[int, int, list[Any], set[str] | None]] = []
         for lsn in range(first, through + 1):
             if lsn in self._pending:
                 ops, edge_types = self._pending.pop(lsn)
-                engine.apply_replicated(lsn, epoch_of(lsn), ops, edge_types)
+                records.append((lsn, epoch_of(lsn), ops, edge_types))
             else:
                 epoch, ops = decoded[lsn]
-                engine.apply_replicated(lsn, epoch, ops)
+                records.append((lsn, epoch, ops, None))
+        engine.apply_replicated_many(records)  # one state-lock hold; a run of single-row inserts as one upsert
 
     def _resolve(self, ready: Ready) -> None:
         for outcome in ready.outcomes:
@@ -573,3 +626,4 @@ class Replicator(CatchUp):
             if outcome.status == COMMITTED and outcome.degraded:
                 self.counters["commits_degraded"] += 1
             waiter.done.set()
+            self._woken += 1

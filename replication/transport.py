@@ -242,9 +242,18 @@ def handler(replicator: Any, peers: frozenset[str] | None = None) -> grpc.Generi
     def push(frames: Iterator[bytes], context: grpc.ServicerContext,
              respond: Callable[[bytes | None], None]) -> None:
         """A non-blocking handler (grpc's experimental_non_blocking): `respond(frame)` writes a response
-        on this thread, at once, whenever the iteration has one; respond(None) ends the call."""
+        on this thread, at once, whenever the iteration has one; respond(None) ends the call.
+
+        Two threads take turns reading the call's frames (this one and a helper): the one that read a frame
+        queues its messages and runs the replication iteration (append, fsync, ack) itself, while the other
+        reads on. Frames that arrive during an iteration's fsync are then queued at once and the next
+        iteration takes them all (one fsync), instead of one frame per iteration and fsync."""
         admit(context)
         lock = threading.Lock()
+        reading = threading.Lock()  # one reader of `frames` at a time; it queues what it read before letting go
+        ended = threading.Event()
+        malformed: list[str] = []
+        enqueue = getattr(replicator, "enqueue", None)
 
         def reply(messages: list[Message]) -> bool:
             """Write `messages` back to the caller now (any thread); False once the call has ended."""
@@ -253,12 +262,41 @@ def handler(replicator: Any, peers: frozenset[str] | None = None) -> grpc.Generi
                     return False
                 respond(wire.encode(messages))
                 return context.is_active()
-        for frame in frames:
+
+        def serve() -> None:
+            while True:
+                with reading:
+                    if ended.is_set():
+                        return
+                    try:
+                        frame = next(frames)
+                        messages = wire.decode(frame)
+                    except StopIteration:
+                        ended.set()
+                        return
+                    except InvalidArgument as exc:
+                        malformed.append(str(exc))
+                        ended.set()
+                        return
+                    except BaseException:
+                        ended.set()
+                        raise
+                    if enqueue is None:
+                        replicator.deliver(messages, reply)
+                        continue
+                    urgent = enqueue(messages, reply)  # in frame order, before the other thread reads the next
+                if urgent:
+                    replicator.iterate_inbox()
+
+        def helper() -> None:
             try:
-                messages = wire.decode(frame)
-            except InvalidArgument as exc:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            replicator.deliver(messages, reply)
+                serve()
+            except Exception as exc:  # noqa: BLE001 - the call broke: the handler thread ends it
+                log.debug("replication push reader: %s", exc)
+        threading.Thread(target=helper, name="replication-push-reader", daemon=True).start()
+        serve()
+        if malformed:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, malformed[0])
         with lock:
             respond(None)
 

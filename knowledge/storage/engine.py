@@ -558,45 +558,59 @@ class Engine:
         """Apply committed record `lsn` (the next one) to memory and hand it to the DuckDB applier: the
         replication driver's apply step, on a primary (edge_types: those finish() would release) and a
         replica alike."""
+        self.apply_replicated_many([(lsn, epoch, ops, edge_types)])
+
+    def apply_replicated_many(self, records: list[tuple[int, int, list[Op], set[str] | None]]) -> None:
+        """apply_replicated of consecutive committed records (lsn, epoch, ops, edge_types), oldest first, under
+        one memory-turn and state-lock hold with one `memory_lsn` publication; a run of single-row inserts goes
+        in as one upsert, as a local group's records do (`_apply_records`). Records already applied are skipped."""
         with self._memory_turn:
-            if self.memory_lsn >= lsn:
+            records = [record for record in records if record[0] > self.memory_lsn]
+            if not records:
                 return
-            if self.memory_lsn != lsn - 1:
-                raise StorePoisoned(f"replicated apply of LSN {lsn} after {self.memory_lsn}")
+            expected = self.memory_lsn + 1
+            for record in records:
+                if record[0] != expected:
+                    raise StorePoisoned(f"replicated apply of LSN {record[0]} after {expected - 1}")
+                expected += 1
             with self.state_lock:
-                self._apply_memory(ops, lsn)
-                for name in edge_types or ():
-                    self._inflight_edges[name] -= 1
-                self.memory_lsn = lsn
+                self._apply_records([(lsn, ops) for lsn, _, ops, _ in records])
+                for _, _, _, edge_types in records:
+                    for name in edge_types or ():
+                        self._inflight_edges[name] -= 1
+                self.memory_lsn = records[-1][0]
                 with self._applier_cv:
                     if not self._queue:
                         self._queue_since = time.monotonic()
-                    self._queue.append((lsn, epoch, ops))
+                    self._queue.extend((lsn, epoch, ops) for lsn, epoch, ops, _ in records)
                     if len(self._queue) >= APPLY_BATCH_RECORDS_MIN:
                         self._applier_cv.notify_all()
-            self._drain()  # group commits waiting behind this record (notifies the other waiters)
+            self._drain()  # group commits waiting behind these records (notifies the other waiters)
 
     def _apply_group(self, tickets: list[_Ticket]) -> None:
-        """Under the state lock: apply a group's records to memory in LSN order; a run of records that each
+        """Under the state lock: apply a group's records to memory in LSN order (`_apply_records`)."""
+        self._apply_records([(ticket.lsn, ticket.ops) for ticket in tickets])  # type: ignore[misc]
+
+    def _apply_records(self, records: list[tuple[int, list[Op]]]) -> None:
+        """Under the state lock: apply records (lsn, ops) to memory in LSN order; a run of records that each
         insert new nodes of one type and shape as NodeRows (many single-row commits) goes in as one upsert."""
         index = 0
-        while index < len(tickets):
-            ticket = tickets[index]
-            assert ticket.ops is not None
-            first = fresh_rows_op(ticket.ops)
+        while index < len(records):
+            lsn, ops = records[index]
+            first = fresh_rows_op(ops)
             end = index + 1
             if first is not None:
                 assert first.rows is not None
-                while end < len(tickets):
-                    op = fresh_rows_op(tickets[end].ops or [])
+                while end < len(records):
+                    op = fresh_rows_op(records[end][1])
                     if op is None or op.name != first.name or op.rows.names != first.rows.names or (  # type: ignore[union-attr]
                             op.rows.kinds != first.rows.kinds):  # type: ignore[union-attr]
                         break
                     end += 1
             if end - index == 1:
-                self._apply_memory(ticket.ops, ticket.lsn)
+                self._apply_memory(ops, lsn)
             else:
-                run = [(other.lsn, other.ops[0]) for other in tickets[index:end]]  # type: ignore[index]
+                run = [(other_lsn, other_ops[0]) for other_lsn, other_ops in records[index:end]]
                 merged = merged_rows_op([op for _, op in run])
                 self._view = None
                 own_for(self, [merged])
