@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 
 import pytest
-from remote_fixture import ServedStore
+from remote_fixture import ServedStore, open_backend
 
 import knowledge
 from knowledge.errors import NotAvailableRemotely
@@ -100,3 +100,76 @@ def test_embedded_only_attributes_raise_a_typed_error(both):
         client.tables  # noqa: B018
     with pytest.raises(NotAvailableRemotely, match=r"transaction\(\)"):
         client.commit(None, [])
+
+
+# Bad arguments the wire cannot carry as they are (a type name or node id that is no int/str, keys or grants that
+# are no list, a schema change of the wrong shape): the client refuses them as the embedded API does, where it
+# used to send them on as something else (int(1.5) == 1, list("public") == ["p", "u", ...]) or fail with a raw
+# TypeError. Each runs on both back-ends; the exception classes must be the same.
+def _bad_calls(store, tmp):
+    session = store.session()
+    return {
+        "session(5)": lambda: store.session(5),
+        "create_principal(5)": lambda: store.create_principal(5),
+        "create_principal(read='public')": lambda: store.create_principal("p1", read="public"),
+        "create_principal(read=[5])": lambda: store.create_principal("p2", read=[5]),
+        "create_principal(write=[''])": lambda: store.create_principal("p3", write=[""]),
+        "grant(5)": lambda: store.grant(5, read=["a"]),
+        "issue_token(5)": lambda: store.issue_token(5),
+        "drop_principal(None)": lambda: store.drop_principal(None),
+        "backup(5)": lambda: store.backup(5),
+        "build_indexes(timeout_s=-1)": lambda: store.build_indexes(timeout_s=-1),
+        "apply_schema(5)": lambda: store.apply_schema(5),
+        "apply_schema(unknown section)": lambda: store.apply_schema({"types": {}}),
+        "apply_schema(nodes=5)": lambda: store.apply_schema({"nodes": 5}),
+        "apply_schema(spec 5)": lambda: store.apply_schema({"nodes": {"A": 5}}),
+        "apply_schema(properties 5)": lambda: store.apply_schema({"edges": {"E": {"source": "Doc", "target": "Doc",
+                                                                                   "properties": 5}}}),
+        "get(5)": lambda: session.get(5, "a"),
+        "get_many(keys=5)": lambda: session.get_many("Doc", 5),
+        "get_many(keys='ab')": lambda: session.get_many("Doc", "ab"),
+        "scan(5)": lambda: session.scan(5),
+        "count(5)": lambda: session.count(5),
+        "neighbors(edge_type=5)": lambda: session.neighbors("Doc", "a", edge_type=5),
+        "traverse(edge_type=[5])": lambda: session.traverse("Doc", "a", edge_type=[5]),
+        "adjacency(5)": lambda: session.adjacency(5),
+        "edges(5)": lambda: session.edges(5),
+        "ref(1.5)": lambda: session.ref(1.5),
+        "ref('a')": lambda: session.ref("a"),
+        "ref(True)": lambda: session.ref(True),
+        "upsert_nodes(5)": lambda: session.transaction().upsert_nodes(5, [{"name": "x"}]).commit(),
+        "delete_nodes(keys=5)": lambda: session.transaction().delete_nodes("Doc", 5).commit(),
+        "delete_nodes(keys={})": lambda: session.transaction().delete_nodes("Doc", {"a": 1}).commit(),
+        "upsert_edges(5)": lambda: session.transaction().upsert_edges(5, [{"src": "a", "dst": "a"}]).commit(),
+    }
+
+
+def _outcome(call):
+    try:
+        call()
+    except Exception as exc:  # noqa: BLE001 - a raw TypeError is what this test is about
+        return type(exc)
+    return None
+
+
+def test_bad_arguments_raise_the_same_class_on_both(tmp_path):
+    outcomes = {}
+    for kind in ("embedded", "remote"):
+        with open_backend(kind, str(tmp_path / f"{kind}.store")) as store:
+            store.define_node_type("Doc", key="name", properties={"body": "text"})
+            store.define_edge_type("L", source="Doc", target="Doc")
+            store.session().transaction().upsert_nodes("Doc", [{"name": "a"}, {"name": "b"}]).commit()
+            outcomes[kind] = {name: _outcome(call) for name, call in _bad_calls(store, tmp_path).items()}
+            assert {p.name for p in store.principals()} <= {"root"}  # no principal made of bad grants
+            assert store.session().count("Doc") == 2
+    assert outcomes["remote"] == outcomes["embedded"]
+    assert all(isinstance(cls, type) and issubclass(cls, knowledge.KnowledgeError)
+               for cls in outcomes["remote"].values()), outcomes["remote"]
+
+
+def test_schema_sections_that_are_empty_apply_alike(tmp_path):
+    for kind in ("embedded", "remote"):
+        with open_backend(kind, str(tmp_path / f"{kind}.store")) as store:
+            store.apply_schema({"nodes": {"A": {"key": "k", "properties": None}}, "edges": None})
+            assert set(store.schema.nodes) == {"A"} and store.schema.nodes["A"].key == "k"
+            assert store.build_indexes(timeout_s=0) in (True, False)  # 0 s is no wait, not "no timeout"

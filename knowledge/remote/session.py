@@ -11,13 +11,13 @@ from __future__ import annotations
 import contextlib
 import json
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
-from knowledge.errors import InvalidArgument, KnowledgeError
+from knowledge.errors import InvalidArgument, KnowledgeError, UnknownType
 from knowledge.server import wire
 from knowledge.server.v1 import knowledge_pb2 as pb
 
@@ -42,7 +42,27 @@ def _positive(value: Any, name: str) -> int:
 def _edge_types(edge_type: str | Iterable[str] | None) -> list[str]:
     if edge_type is None:
         return []
-    return [edge_type] if isinstance(edge_type, str) else [str(e) for e in edge_type]
+    if not isinstance(edge_type, str) and (isinstance(edge_type, bytes) or not isinstance(edge_type, Iterable)):
+        raise InvalidArgument(f"edge_type must be an edge type name or a list of them, got {edge_type!r}")
+    names = [edge_type] if isinstance(edge_type, str) else list(edge_type)
+    for name in names:
+        if not isinstance(name, str):
+            raise UnknownType(f"unknown edge type {name!r}", type_name=name)
+    return names
+
+
+# What the wire cannot carry is refused here as the embedded Session and Transaction refuse it, with the
+# same class and message: a type name that is no str is an unknown type, keys that are no list are no keys.
+def _type(type_name: Any, kind: str = "node") -> str:
+    if not isinstance(type_name, str):
+        raise UnknownType(f"unknown {kind} type {type_name!r}", type_name=type_name)
+    return type_name
+
+
+def _keys(keys: Any) -> list[Any]:
+    if isinstance(keys, str | bytes | Mapping) or not isinstance(keys, Iterable):
+        raise InvalidArgument(f"keys must be a list of node keys, got {type(keys).__name__}")
+    return list(keys)
 
 
 def _packed(vector: Any) -> bytes:
@@ -114,12 +134,12 @@ class RemoteSession:
     # -- point reads --------------------------------------------------------------------------------------
     def get(self, type_name: str, key: Any, columns: Iterable[str] | None = None) -> dict[str, Any]:
         """The node's properties plus `_id` and `_labels`; raises NotFound when absent or invisible."""
-        request = pb.GetRequest(type=type_name, key=wire.key_to_proto(key), columns=wire.columns_to_proto(columns))
+        request = pb.GetRequest(type=_type(type_name), key=wire.key_to_proto(key), columns=wire.columns_to_proto(columns))
         return wire.row_from_proto(self._call("Get", request))
 
     def get_many(self, type_name: str, keys: Iterable[Any], columns: Iterable[str] | None = None) -> pa.Table:
         """Rows of the visible nodes among `keys` (absent or invisible keys are skipped)."""
-        request = pb.GetManyRequest(type=type_name, keys=[wire.key_to_proto(k) for k in keys],
+        request = pb.GetManyRequest(type=_type(type_name), keys=[wire.key_to_proto(k) for k in _keys(keys)],
                                     columns=wire.columns_to_proto(columns))
         return self._table("GetMany", request)
 
@@ -133,7 +153,7 @@ class RemoteSession:
         if cursor is not None and not isinstance(cursor, str):
             raise InvalidArgument(f"cursor {str(cursor)[:80]!r} is not a scan cursor: pass the next_cursor of a "
                                   f"scan's result (schema metadata), or no cursor to start from the first row")
-        request = pb.ScanRequest(type=type_name, where=wire.where_to_proto(where),
+        request = pb.ScanRequest(type=_type(type_name), where=wire.where_to_proto(where),
                                  columns=wire.columns_to_proto(columns), limit=_limit(limit), offset=offset)
         if cursor is not None:
             request.cursor = cursor
@@ -141,11 +161,14 @@ class RemoteSession:
 
     def edges(self, edge_type: str, limit: int | None = None) -> pa.Table:
         """Visible edges of one type: src/dst ids, keys and properties (Arrow)."""
+        if not isinstance(edge_type, str):
+            _edge_types(edge_type)  # raises as embedded: InvalidArgument, or UnknownType for a list
+            raise UnknownType(f"unknown edge type {edge_type!r}", type_name=edge_type)
         return self._table("Edges", pb.EdgesRequest(edge_type=edge_type, limit=_limit(limit)))
 
     def count(self, type_name: str | None = None) -> int:
         """How many nodes (of one type) this principal can see."""
-        return self._call("Count", pb.CountRequest(type=type_name or "")).count
+        return self._call("Count", pb.CountRequest(type="" if type_name is None else _type(type_name))).count
 
     def stats(self) -> dict[str, Any]:
         """Visible node counts per type and visible edge counts per type, with the LSN they reflect."""
@@ -168,6 +191,8 @@ class RemoteSession:
     def ref(self, node: int) -> Any:
         """The NodeRef of a visible node id."""
         from knowledge import NodeRef
+        if isinstance(node, bool) or not isinstance(node, int | np.integer) or node < 0:
+            raise InvalidArgument(f"a node id is a non-negative int, got {node!r}")
         found = self._call("Refs", pb.RefsRequest(ids=[int(node)])).refs[0]
         return NodeRef(found.id, found.type, wire.key_from_proto(found.key))
 
@@ -175,7 +200,7 @@ class RemoteSession:
                   direction: str = "out", limit: int = 1000) -> list[Any]:
         """Visible neighbours of a visible node, ordered by id; raises NotFound, InvalidArgument."""
         from knowledge import NodeRef
-        request = pb.NeighborsRequest(type=type_name, key=wire.key_to_proto(key), edge_types=_edge_types(edge_type),
+        request = pb.NeighborsRequest(type=_type(type_name), key=wire.key_to_proto(key), edge_types=_edge_types(edge_type),
                                       direction=str(direction), limit=_limit(limit))
         refs = self._call("Neighbors", request).refs
         return [NodeRef(r.id, r.type, wire.key_from_proto(r.key)) for r in refs]
@@ -183,7 +208,7 @@ class RemoteSession:
     def traverse(self, type_name: str, key: Any, edge_type: str | Iterable[str] | None = None,
                  direction: str = "out", depth: int = 2, limit: int = 10_000) -> pa.Table:
         """Breadth-first k-hop walk through visible nodes: Arrow table (id, type, key, depth)."""
-        request = pb.TraverseRequest(type=type_name, key=wire.key_to_proto(key), edge_types=_edge_types(edge_type),
+        request = pb.TraverseRequest(type=_type(type_name), key=wire.key_to_proto(key), edge_types=_edge_types(edge_type),
                                      direction=str(direction), depth=_positive(depth, "depth"), limit=_limit(limit))
         return self._table("Traverse", request)
 
@@ -261,19 +286,19 @@ class RemoteTransaction:
         return self
 
     def upsert_nodes(self, type_name: str, rows: Any) -> RemoteTransaction:
-        return self._add(lambda: pb.WriteItem(action="upsert_nodes", type=type_name,
+        return self._add(lambda: pb.WriteItem(action="upsert_nodes", type=_type(type_name),
                                               rows=wire.rows_to_proto(rows, type_name)))
 
     def delete_nodes(self, type_name: str, keys: Iterable[Any]) -> RemoteTransaction:
-        return self._add(lambda: pb.WriteItem(action="delete_nodes", type=type_name,
-                                              keys=[wire.key_to_proto(k) for k in keys]))
+        return self._add(lambda: pb.WriteItem(action="delete_nodes", type=_type(type_name),
+                                              keys=[wire.key_to_proto(k) for k in _keys(keys)]))
 
     def upsert_edges(self, type_name: str, rows: Any) -> RemoteTransaction:
-        return self._add(lambda: pb.WriteItem(action="upsert_edges", type=type_name,
+        return self._add(lambda: pb.WriteItem(action="upsert_edges", type=_type(type_name, "edge"),
                                               rows=wire.rows_to_proto(rows, type_name)))
 
     def delete_edges(self, type_name: str, rows: Any) -> RemoteTransaction:
-        return self._add(lambda: pb.WriteItem(action="delete_edges", type=type_name,
+        return self._add(lambda: pb.WriteItem(action="delete_edges", type=_type(type_name, "edge"),
                                               rows=wire.rows_to_proto(rows, type_name)))
 
     def commit(self) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,6 +93,49 @@ def _repr(value: Any) -> str:
     return text if len(text) <= REPR_CHARS_MAX else text[:REPR_CHARS_MAX] + "..."
 
 
+def _schema_change(change: Any) -> Any:
+    """`change` without its empty sections, refused here with the embedded store's SchemaError when its shape
+    is one the server's ApplySchema refuses before its store sees it (as an InvalidArgument)."""
+    def refuse(part: Any) -> None:
+        _schema_class()({}, {}).evolve(part, frozenset())  # raises what the embedded store raises
+
+    if not isinstance(change, dict) or set(change) - {"nodes", "edges"}:
+        refuse(change)
+    change = {section: types for section, types in change.items() if types}  # embedded: None or {} is none
+    for section, types in change.items():
+        if not isinstance(types, dict):
+            refuse(change)
+        for name, spec in list(types.items()):
+            if isinstance(spec, dict) and "properties" in spec and spec["properties"] is None:
+                types = change[section] = {**types, name: {**spec, "properties": {}}}  # embedded: None is none
+            elif not isinstance(spec, dict) or not isinstance(spec.get("properties", {}), dict):
+                refuse({section: {name: spec}})
+    return change
+
+
+def _name(name: Any) -> str:
+    """A principal name, checked as the embedded store checks it first."""
+    if not isinstance(name, str):
+        raise InvalidArgument(f"a principal name is a str, got {type(name).__name__} {name!r}")
+    return name
+
+
+def _labels(kind: str, labels: Any) -> list[str]:
+    """Grants as a list, refused as the embedded store refuses them when the wire cannot carry them (a str,
+    no iterable, a label that is no str); the server checks the rest (empty, too long)."""
+    from knowledge.storage.catalog import check_labels
+    if isinstance(labels, str | bytes) or not isinstance(labels, Iterable):
+        check_labels(kind, labels)  # raises
+    items = list(labels)
+    if not all(isinstance(label, str) for label in items):
+        check_labels(kind, items)  # raises
+    return items
+
+
+def _strs(labels: Any) -> list[str]:
+    return [label for label in labels if isinstance(label, str)]
+
+
 def _ttl_request(type_name: str, expire_after: Any, on: Any) -> pb.SetTtlRequest:
     """set_ttl's arguments as the Python types they are (the server rebuilds them: lifecycle.py)."""
     if not isinstance(type_name, str):
@@ -131,6 +175,10 @@ class RemoteStore:
     def session(self, principal: Any = None) -> RemoteSession:
         """A session as the token's principal (None), or, for an admin token, as the catalog principal
         named `principal` or an ad-hoc knowledge.Principal."""
+        from knowledge.access.principal import Principal
+        if principal is not None and not isinstance(principal, str | Principal):
+            raise InvalidArgument(f"principal must be None (the token's own), a principal's name or a Principal, "
+                                  f"got {type(principal).__name__}")
         return RemoteSession(self, principal)
 
     # -- schema -----------------------------------------------------------------------------------------
@@ -142,7 +190,7 @@ class RemoteStore:
 
     def apply_schema(self, change: dict[str, Any]) -> int:
         """Apply a schema change ({"nodes": {...}, "edges": {...}}); return its LSN or raise SchemaError."""
-        return self._call("ApplySchema", pb.ApplySchemaRequest(change_json=wire.dumps(change))).lsn
+        return self._call("ApplySchema", pb.ApplySchemaRequest(change_json=wire.dumps(_schema_change(change)))).lsn
 
     def define_node_type(self, name: str, *, key: str, properties: dict[str, Any] | None = None) -> int:
         return self.apply_schema({"nodes": {name: {"key": key, "properties": properties or {}}}})
@@ -159,7 +207,11 @@ class RemoteStore:
     # -- principals -----------------------------------------------------------------------------------
     def _principal(self, method: str, name: str, read: Iterable[str] = (), write: Iterable[str] = (),
                    admin: bool | None = None) -> Any:
-        request = pb.PrincipalChange(name=name, read=list(read), write=list(write), admin=bool(admin),
+        if method == "Revoke":  # as embedded, what is no label matches none: nothing to remove
+            read, write = _strs(read), _strs(write)
+        else:
+            read, write = _labels("read", read), _labels("write", write)
+        request = pb.PrincipalChange(name=_name(name), read=read, write=write, admin=bool(admin),
                                      has_admin=admin is not None)
         return wire.principal_from_proto(self._call(method, request).principal)
 
@@ -175,16 +227,16 @@ class RemoteStore:
         return self._principal("Revoke", name, read, write)
 
     def drop_principal(self, name: str) -> None:
-        self._call("DropPrincipal", pb.PrincipalName(name=name))
+        self._call("DropPrincipal", pb.PrincipalName(name=_name(name)))
 
     def principals(self) -> list[Any]:
         return [wire.principal_from_proto(p) for p in self._call("ListPrincipals", pb.ListPrincipalsRequest()).principals]
 
     def issue_token(self, name: str) -> str:
-        return self._call("IssueToken", pb.PrincipalName(name=name)).token
+        return self._call("IssueToken", pb.PrincipalName(name=_name(name))).token
 
     def revoke_tokens(self, name: str) -> None:
-        self._call("RevokeTokens", pb.PrincipalName(name=name))
+        self._call("RevokeTokens", pb.PrincipalName(name=_name(name)))
 
     def authenticate(self, token: str) -> Any:
         """The principal a bearer token belongs to; PermissionDenied (Unauthenticated) otherwise."""
@@ -243,11 +295,20 @@ class RemoteStore:
         return self._call("Checkpoint", pb.CheckpointRequest()).lsn
 
     def backup(self, destination: str) -> int:
-        """A consistent copy at one LSN written to `destination`, a path on the server's machine."""
-        return self._call("Backup", pb.BackupRequest(destination=destination)).lsn
+        """A consistent copy at one LSN written to `destination`, an absolute path on the server's machine."""
+        if not isinstance(destination, str | os.PathLike):
+            raise InvalidArgument(f"backup destination must be a path, got {type(destination).__name__}")
+        return self._call("Backup", pb.BackupRequest(destination=os.fspath(destination))).lsn
 
     def build_indexes(self, *, wait: bool = True, timeout_s: float | None = None) -> bool:
-        return self._call("BuildIndexes", pb.BuildIndexesRequest(wait=wait, timeout_s=timeout_s or 0)).done
+        """Bring every HNSW graph up to all current rows on the server (admins only); with `wait`, block
+        until the builds are in. Returns False when `timeout_s` passed first."""
+        if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float)
+                                      or not timeout_s >= 0):
+            raise InvalidArgument(f"timeout_s must be a number of seconds >= 0 or None, got {timeout_s!r}")
+        # the wire's 0 means no timeout: a timeout of 0 s travels as the shortest positive one
+        wire_timeout = 0.0 if timeout_s is None else max(float(timeout_s), 1e-9)
+        return self._call("BuildIndexes", pb.BuildIndexesRequest(wait=bool(wait), timeout_s=wire_timeout)).done
 
     def stats(self) -> dict[str, Any]:
         """Whole-store figures (admins only)."""
@@ -294,6 +355,6 @@ class RemoteStore:
         return f"RemoteStore({self.path!r})"
 
 
-for _name, _why in EMBEDDED_ONLY.items():
-    setattr(RemoteStore, _name, _EmbeddedOnly(_name, _why))
-del _name, _why
+for _attribute, _why in EMBEDDED_ONLY.items():
+    setattr(RemoteStore, _attribute, _EmbeddedOnly(_attribute, _why))
+del _attribute, _why
