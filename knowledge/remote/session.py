@@ -3,7 +3,10 @@
 Same names, arguments, result types (Arrow tables, dicts, NodeRef, RetrievalResult) and exceptions as
 knowledge.Session, so code written against a session runs unchanged against a server. Differences:
 `snapshot()` does not hold the store (its reads fail with SnapshotMoved when a commit lands during the
-block); a transaction's rows are validated by the server when it commits rather than as they are added.
+block); a transaction's rows are validated by the server when it commits rather than as they are added;
+`store.session("name")` of an unknown principal fails on the session's first call, not at once. Arguments
+the wire cannot carry (a type name that is no str, keys that are no list, ...) are refused here with the
+embedded class and message (tests/test_remote_parity.py).
 """
 
 from __future__ import annotations
