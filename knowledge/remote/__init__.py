@@ -1,6 +1,6 @@
 """The network client: `knowledge.connect(address, token=...)` returns a RemoteStore whose Store and
 Session methods match the embedded ones (same names, arguments, result types and exceptions); only the
-engine's in-process state (`store.tables`, `wal`, ..., `RemoteStore.EMBEDDED_ONLY`) raises
+engine's in-process state (`store.tables`, `wal`, ..., `knowledge.remote.store.EMBEDDED_ONLY`) raises
 NotAvailableRemotely (an AttributeError) naming the remote way.
 
     store = knowledge.connect("kb.internal:50051", token="kn_...", tls="ca.pem")
