@@ -211,18 +211,28 @@ def test_deadlines(served, tmp_path):
     server = KnowledgeServer(store, ServerConfig(listen="127.0.0.1:0", workers_max=1)).start()
     try:
         feeder = knowledge.connect(server.address, token=served.token)
-        feed = feeder.changes(after_lsn=store.memory_lsn, follow=True, timeout_s=2.0)
-        holder = threading.Thread(target=lambda: list(feed))
+        # the feed holds the thread until the channel closes (a fixed feed timeout raced the setup under load)
+        feed = feeder.changes(after_lsn=store.memory_lsn, follow=True, timeout_s=60.0)
+        ended: list[BaseException] = []
+
+        def hold() -> None:
+            try:
+                list(feed)
+            except Exception as exc:  # noqa: BLE001 - the feed's end when the channel closes
+                ended.append(exc)
+
+        holder = threading.Thread(target=hold)
         holder.start()
         wait_for(lambda: server.calls.gate.inflight == 1)  # the one handler thread runs the feed
         with knowledge.connect(server.address, token=served.token, timeout_s=0.5) as late:
             with pytest.raises(DeadlineExceeded):
                 late.session().transaction().upsert_nodes("Doc", [{"name": "late", "_labels": ["public"]}]).commit()
+        feeder.close()
         holder.join(10)
+        assert not holder.is_alive()
         time.sleep(0.2)
         with pytest.raises(NotFound):
             store.session().get("Doc", "late")  # the server saw the deadline had passed and did not commit
-        feeder.close()
     finally:
         server.stop(drain_s=1)
 

@@ -1,7 +1,8 @@
 """The server remembers which principal a bearer token authenticated as (knowledge.server.calls.Calls):
 every change to the catalog still takes effect on the next call: revoked tokens, dropped principals and
 changed grants, with several handler threads and while a snapshot block holds an older catalog; and the
-thread pool and read slots the handlers run on (knowledge.server.pool) behave as the stock ones."""
+thread pool and read slots the handlers run on (knowledge.server.pool) behave as the stock ones; reads run
+on their own lanes, and a call that marks a wait as blocking lets the calls queued behind it run."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from remote_fixture import ServedStore
 
 from knowledge.errors import Unauthenticated
 from knowledge.server.calls import TOKENS_CACHED_MAX
-from knowledge.server.pool import HandlerPool, Slots
+from knowledge.server.pool import HandlerPool, Slots, blocking
 
 
 def fill(store) -> None:
@@ -128,3 +129,79 @@ def test_slots_bound_holders():
     assert not slots.acquire(0) and not slots.acquire(0.01)
     slots.release()
     assert slots.acquire(0)
+
+
+def test_handler_threads_end_with_the_pool():
+    pool = HandlerPool(max_workers=3, thread_name_prefix="test-ending")
+    calls = [pool.submit(threading.Event().wait, 0.05) for _ in range(3)]
+    assert all(c.result(timeout=10) is False for c in calls)
+    threads = list(pool._threads)
+    assert threads and all(t.is_alive() for t in threads)
+    pool.shutdown(wait=True)
+    assert not any(t.is_alive() for t in threads)
+    collected = HandlerPool(max_workers=2, thread_name_prefix="test-collected")
+    collected.submit(int).result(timeout=10)
+    threads = list(collected._threads)
+    del collected  # no shutdown: collecting the pool ends its idle threads too
+    for thread in threads:
+        thread.join(timeout=10)
+    assert not any(t.is_alive() for t in threads)
+
+
+def test_a_blocking_wait_lets_the_queued_calls_run():
+    pool = HandlerPool(max_workers=1, thread_name_prefix="test-blocking")
+    release = threading.Event()
+
+    def waits(mark: bool) -> bool:
+        if not mark:
+            return release.wait(10)
+        with blocking():
+            return release.wait(10)
+
+    try:
+        first = pool.submit(waits, True)
+        second = pool.submit(int, "7")
+        assert second.result(timeout=5) == 7  # ran on a thread the blocked call lent, while it still waits
+        assert not first.done()
+        release.set()
+        assert first.result(timeout=5) is True
+        release.clear()
+        unmarked = pool.submit(waits, False)
+        queued = pool.submit(int, "8")
+        with pytest.raises(futures.TimeoutError):
+            queued.result(timeout=0.3)  # one thread, held by a wait not marked blocking: the next call waits
+        release.set()
+        assert unmarked.result(timeout=5) is True and queued.result(timeout=5) == 8
+        for _ in range(50):  # back to one thread once the lent one has finished its call
+            if len(pool._threads) == 1:
+                break
+            threading.Event().wait(0.05)
+        assert len(pool._threads) == 1
+    finally:
+        release.set()
+        pool.shutdown(wait=True)
+    assert blocking().__enter__() is None  # outside a pool thread: nothing to lend
+
+
+def test_reads_run_on_the_read_lanes_and_a_stopped_server_leaves_no_threads(tmp_path):
+    served = ServedStore(str(tmp_path / "store"))
+    fill(served.store)
+    server = served.server
+    assert set(server.lanes) == {"light", "heavy"}
+    with served.client() as client:
+        session = client.session()
+        assert session.count() == 10
+        session.get("Doc", "d0")
+        light = {t.name for t in server.lanes["light"]._threads}
+        assert light and all(name.startswith("knowledge-light") for name in light)
+        assert not server.executor._threads  # no read went to the main pool
+        session.scan("Doc")
+        assert server.lanes["heavy"]._threads
+        with session.transaction() as tx:
+            tx.upsert_nodes("Doc", [{"name": "d10", "n": 10, "_labels": ["public"]}])
+        assert server.executor._threads  # writes run on the main pool
+    threads = [t for pool in (server.executor, *server.lanes.values()) for t in pool._threads]
+    served.close()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert threads and not any(t.is_alive() for t in threads)

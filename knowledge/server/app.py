@@ -97,9 +97,12 @@ class KnowledgeServer:
         limit = self.config.message_bytes_max
         self.executor = HandlerPool(max_workers=self.config.workers_max, thread_name_prefix="knowledge-rpc",
                                     initializer=_set_faiss_threads, initargs=(self.config.faiss_threads,))
+        self.lanes = {lane: HandlerPool(max_workers=self.config.read_workers, thread_name_prefix=f"knowledge-{lane}",
+                                        initializer=_set_faiss_threads, initargs=(self.config.faiss_threads,))
+                      for lane in ("light", "heavy")} if self.config.read_workers else {}
         self.server = grpc.server(
             self.executor,
-            maximum_concurrent_rpcs=self.config.calls_max, interceptors=[MessageCap(limit)],
+            maximum_concurrent_rpcs=self.config.calls_max, interceptors=[MessageCap(limit, self.lanes)],
             options=[("grpc.max_receive_message_length", transport_limit(limit)),
                      ("grpc.max_send_message_length", limit),
                      ("grpc.so_reuseport", 0)])
@@ -160,6 +163,8 @@ class KnowledgeServer:
         self.server.stop(grace).wait()
         if not self.calls.gate.wait_idle(grace + 5):
             log.warning("%d calls still running after the drain; closing anyway", self.calls.gate.inflight)
+        for pool in (self.executor, *self.lanes.values()):
+            pool.shutdown(wait=False)  # their idle handler threads end
         self.metrics.close()
         self._unwrap_audit()
         if self.owns_store:

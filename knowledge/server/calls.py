@@ -26,7 +26,7 @@ from knowledge.errors import (
     Unavailable,
 )
 from knowledge.server import status
-from knowledge.server.pool import Slots
+from knowledge.server.pool import Slots, blocking
 
 log = logging.getLogger("knowledge.server")
 AUTH_KEY = "authorization"
@@ -215,7 +215,8 @@ class Calls:
         timeout_s = int(timeout_ms or MIN_LSN_TIMEOUT_MS) / 1000
         wait = getattr(self.role, "wait_readable", None)
         if wait is not None:
-            ready = wait(int(lsn) if not sep else (int(epoch), int(lsn)), timeout_s)
+            with blocking():  # the read lane runs the reads queued behind this one meanwhile
+                ready = wait(int(lsn) if not sep else (int(epoch), int(lsn)), timeout_s)
         else:  # a lone server applies every commit before acknowledging it
             ready = self.store.memory_lsn >= int(lsn)
         if not ready:
@@ -356,7 +357,10 @@ def handler(*, write: bool = False, admin: bool = False,
                                                      f"{type(exc).__name__}: {exc}"))
             finally:
                 calls.gate.leave()
-        return _observed(method.__name__, call)
+        observed = _observed(method.__name__, call)
+        # the read lane it runs on (knowledge.server.pool; attached by MessageCap); writes and admin calls: none
+        observed.knowledge_lane = None if write or admin else "heavy" if heavy else "light"  # type: ignore[attr-defined]
+        return observed
     return wrap
 
 

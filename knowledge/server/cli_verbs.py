@@ -115,10 +115,11 @@ def _embedder(spec: str | None) -> Any:
 # -- verbs ---------------------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
     from knowledge.server import ServerConfig, serve
-    from knowledge.server.config import heavy_reads_default
+    from knowledge.server.config import heavy_reads_default, read_workers_default
     config = ServerConfig(listen=args.listen, tls_cert=args.tls_cert, tls_key=args.tls_key,
                           client_ca=args.client_ca, insecure=args.insecure, cert_principals=args.cert_principals,
                           message_bytes_max=args.message_bytes_max, workers_max=args.workers,
+                          read_workers=read_workers_default() if args.read_workers is None else args.read_workers,
                           principal_calls_max=args.principal_calls_max,
                           heavy_reads_max=args.heavy_reads_max or heavy_reads_default(),
                           faiss_threads=args.faiss_threads, audit_flush_ms=args.audit_flush_ms,
@@ -267,7 +268,11 @@ def add_commands(sub: Any, command: Callable[..., argparse.ArgumentParser], prin
     p.add_argument("--insecure", action="store_true", help="allow plaintext on a non-loopback address (loud warning)")
     p.add_argument("--message-bytes-max", type=positive_int, default=64 << 20, metavar="N",
                    help="largest request or reply in bytes (default 64 MiB)")
-    p.add_argument("--workers", type=positive_int, default=96, metavar="N", help="handler threads (default 96)")
+    p.add_argument("--workers", type=positive_int, default=96, metavar="N",
+                   help="handler threads for writes, admin calls and streams (default 96)")
+    p.add_argument("--read-workers", type=int, default=None, metavar="N",
+                   help="threads for reads, per lane (light reads, heavy reads); 0: reads share --workers "
+                        "(default twice the cores, at least 4)")
     p.add_argument("--principal-calls-max", type=positive_int, default=64, metavar="N",
                    help="calls in flight per principal before RESOURCE_EXHAUSTED (default 64)")
     p.add_argument("--heavy-reads-max", type=positive_int, default=None, metavar="N",

@@ -72,8 +72,9 @@ class MessageCap(grpc.ServerInterceptor):
     """Answers requests (and replies) over `cap` bytes with MessageTooLarge, and requests that do not
     parse with InvalidArgument (see the module)."""
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, lanes: dict[str, Any] | None = None) -> None:
         self.cap = cap
+        self.lanes = lanes or {}  # lane name -> the pool its unary handlers run on (knowledge.server.pool)
         # method name -> its wrapped handler: gRPC asks the interceptor on every call, on the thread that polls
         # for all calls, and a method's handler never changes once found (handlers are only ever added)
         self._wrapped: dict[str, Any] = {}
@@ -121,7 +122,11 @@ class MessageCap(grpc.ServerInterceptor):
             return run
 
         if handler.unary_unary is not None:
-            return handler._replace(request_deserializer=deserialize, unary_unary=guarded(handler.unary_unary))
+            behavior = guarded(handler.unary_unary)
+            lane = self.lanes.get(getattr(handler.unary_unary, "knowledge_lane", None))
+            if lane is not None:  # gRPC runs a behavior with this attribute on that pool
+                behavior.experimental_thread_pool = lane  # type: ignore[attr-defined]
+            return handler._replace(request_deserializer=deserialize, unary_unary=behavior)
         if handler.unary_stream is not None:
             inner = handler.unary_stream
 

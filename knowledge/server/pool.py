@@ -7,18 +7,27 @@ enter and notify) and takes and gives back an idle-thread semaphore (another Con
 server's unary calls, which are short, that was a tenth of the Python the server ran per call. Here a
 call is a small future whose state a C lock guards, and the idle count is an int under another: the
 Python left per call is the call itself.
+
+Reads run on their own small pools (`lanes`, `ServerConfig.read_workers` threads each: one for light reads,
+one for heavy ones), not on the server's big pool: 8 concurrent searches on 8 threads spend the one
+interpreter lock handing it between them (and gRPC's polling thread); queued behind 4 threads, the same
+searches wait without Python, and the server spends less CPU per call (bench/server.py). A call that waits
+for something outside the server (read-your-writes on a lagging replica) marks the wait with `blocking()`,
+so its pool may run one more thread meanwhile and the reads queued behind it do not wait with it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import Any
 
 _PENDING, _DONE = 0, 1
+_local = threading.local()  # .pool: a weak reference to the HandlerPool whose thread this is
 
 
 class Call:
@@ -119,17 +128,50 @@ class HandlerPool(futures.ThreadPoolExecutor):
             if self._idle:
                 self._idle -= 1
                 return call
-        with self._shutdown_lock:
-            if len(self._threads) < self._max_workers:
-                thread = threading.Thread(name=f"{self._thread_name_prefix or 'pool'}_{len(self._threads)}",
-                                          target=_worker, args=(weakref.ref(self), self._work_queue), daemon=True)
-                thread.start()
-                self._threads.add(thread)
+        self._start_thread()
         return call
 
-    def _worker_done(self) -> None:
+    def _start_thread(self) -> None:
+        with self._shutdown_lock:
+            if len(self._threads) < self._max_workers and not self._shutdown:
+                # as the stock pool's: once the pool is collected (or shut down) its idle threads end
+                ref = weakref.ref(self, lambda _, work=self._work_queue: work.put(None))
+                thread = threading.Thread(name=f"{self._thread_name_prefix or 'pool'}_{len(self._threads)}",
+                                          target=_worker, args=(ref, self._work_queue), daemon=True)
+                thread.start()
+                self._threads.add(thread)
+
+    def _worker_done(self) -> bool:
+        """After a call: False if this thread is one more than the pool now allows (it ends), else counted idle."""
+        with self._shutdown_lock:
+            if len(self._threads) > self._max_workers:
+                self._threads.discard(threading.current_thread())
+                return False
         with self._idle_lock:
             self._idle += 1
+        return True
+
+    @contextlib.contextmanager
+    def _blocking(self) -> Iterator[None]:
+        with self._shutdown_lock:
+            self._max_workers += 1
+        with self._idle_lock:
+            idle = self._idle
+        if not idle and not self._work_queue.empty():
+            self._start_thread()  # a call queued behind this one runs now
+        try:
+            yield
+        finally:
+            with self._shutdown_lock:
+                self._max_workers -= 1
+
+
+def blocking() -> contextlib.AbstractContextManager[None]:
+    """Around a wait of unknown length inside a pool's call: the pool may run one more thread meanwhile (a
+    no-op outside a HandlerPool thread)."""
+    ref = getattr(_local, "pool", None)
+    pool = ref() if ref is not None else None
+    return pool._blocking() if pool is not None else contextlib.nullcontext()
 
 
 def _worker(pool_ref: weakref.ref[HandlerPool], work: queue.SimpleQueue[Any]) -> None:
@@ -138,6 +180,7 @@ def _worker(pool_ref: weakref.ref[HandlerPool], work: queue.SimpleQueue[Any]) ->
         return
     initializer, initargs = pool._initializer, pool._initargs
     del pool
+    _local.pool = pool_ref
     if initializer is not None:
         try:
             initializer(*initargs)
@@ -151,9 +194,8 @@ def _worker(pool_ref: weakref.ref[HandlerPool], work: queue.SimpleQueue[Any]) ->
         call.run()
         del call
         pool = pool_ref()
-        if pool is None:
+        if pool is None or not pool._worker_done():
             return
-        pool._worker_done()
         del pool
 
 
