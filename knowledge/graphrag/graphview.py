@@ -13,6 +13,7 @@ entities are. Walk weights: MENTIONS 1, RELATED
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -20,12 +21,14 @@ from typing import Any
 
 import numpy as np
 
+from knowledge.embed import normalize_entity_name
 from knowledge.graphrag.extract import NameMatcher
 from knowledge.graphrag.ppr import Transition
-from knowledge.graphrag.schema import CHUNK, ENTITY, MENTIONS, RELATED, SYNONYM
+from knowledge.graphrag.schema import CHUNK, DOCUMENT, ENTITY, MENTIONS, RELATED, SYNONYM
 from knowledge.session import Session
 
 CACHE_SIZE = 8
+_PAREN = re.compile(r"^(.*\S)\s*\([^()]*\)$")
 _cache: OrderedDict[tuple[Any, ...], GraphView] = OrderedDict()
 _lock = threading.Lock()
 
@@ -48,7 +51,12 @@ class GraphView:
     entity_by_key: dict[Any, int]
     chunk_by_key: dict[Any, int]
     embeddings: dict[Any, np.ndarray] = field(default_factory=dict)   # chunk vectors read so far
+    entity_vectors: dict[Any, np.ndarray | None] = field(default_factory=dict)   # entity vectors read so far
     synonyms: int = 0               # SYNONYM edges in the walk
+    displays: dict[Any, str] = field(default_factory=dict)   # entity key -> display name, where stored
+    types: dict[Any, str] = field(default_factory=dict)      # entity key -> type (spaCy label, 'TITLE'), where stored
+    alias_matcher: NameMatcher | None = None        # aliases(), built on first use
+    articles: dict[int, list[int]] | None = None    # articles_of(), read on first use
 
     @property
     def entities(self) -> int:
@@ -68,6 +76,27 @@ class GraphView:
 
     def entities_of(self, chunk: int) -> np.ndarray:
         return self.mention_entity[self.chunk_offsets[chunk]:self.chunk_offsets[chunk + 1]]
+
+    def aliases(self) -> NameMatcher:
+        """A matcher of title aliases: an entity whose name ends in a parenthetical disambiguator, as
+        encyclopedia titles do ('Brother (Pearl Jam song)', 'Siege of Cassel (1761)'), is also named by
+        the name without it ('Brother', 'Siege of Cassel'; NameMatcher's rules apply). Built on first use."""
+        if self.alias_matcher is None:
+            pairs = []
+            for key in self.entity_by_key:
+                found = _PAREN.match(self.displays.get(key) or str(key))
+                if found:
+                    pairs.append((key, found.group(1)))
+            self.alias_matcher = NameMatcher(pairs)
+        return self.alias_matcher
+
+    def articles_of(self, session: Session, entity: int) -> list[int]:
+        """The local chunks of the entity's own article: the visible documents whose title is the entity's
+        name, where the chunk mentions it. Read through `session` once per view, on first use (every
+        chunk's doc_id and every document's title)."""
+        if self.articles is None:
+            self.articles = _articles(session, self)
+        return self.articles.get(entity, [])
 
 
 def cache_key(session: Session, lsn: int, weights: tuple[float, float] = (1.0, 1.0)) -> tuple[Any, ...]:
@@ -149,13 +178,14 @@ def build_view(session: Session, related_weight: float = 1.0, synonym_weight: fl
         related[(s, o)] = (relation, chunk)
         by_node.setdefault(s, []).append(o)
         by_node.setdefault(o, []).append(s)
-    displays = _displays(session, entity_keys)
+    displays, types = _displays(session, entity_keys)
     matcher = NameMatcher((k, displays.get(k) or str(k)) for k in entity_keys)
     return GraphView(ids=ids, is_chunk=is_chunk, keys=keys, transition=transition, mention_chunk=ms,
                      mention_entity=md, chunk_offsets=offsets, entity_chunks=np.bincount(md, minlength=n),
                      related=related, related_by_node=by_node, matcher=matcher,
                      entity_by_key={keys[p]: p for p in entity_pos.tolist()},
-                     chunk_by_key={keys[p]: p for p in np.flatnonzero(is_chunk).tolist()}, synonyms=len(ss))
+                     chunk_by_key={keys[p]: p for p in np.flatnonzero(is_chunk).tolist()}, synonyms=len(ss),
+                     displays=displays, types=types)
 
 
 def _relations(session: Session, ids: np.ndarray, keys: list[Any], is_chunk: np.ndarray, ms: np.ndarray,
@@ -198,6 +228,27 @@ def _relations(session: Session, ids: np.ndarray, keys: list[Any], is_chunk: np.
             np.asarray([r[2] for r in out], dtype=np.float64), [r[3] for r in out], [r[4] for r in out])
 
 
+def _articles(session: Session, view: GraphView) -> dict[int, list[int]]:
+    """Local entity -> the local chunks of the documents titled by its name (that mention it)."""
+    chunks = np.flatnonzero(view.is_chunk).tolist()
+    if not chunks or DOCUMENT not in session.store.schema.nodes:
+        return {}
+    table = session.get_many(CHUNK, [view.keys[c] for c in chunks], ["doc_id"])
+    local = np.searchsorted(view.ids, table.column("_id").to_numpy()).tolist()
+    doc_of = dict(zip(local, table.column("doc_id").to_pylist(), strict=True))
+    docs = sorted({d for d in doc_of.values() if d is not None})
+    titles = session.get_many(DOCUMENT, docs, ["title"])
+    title_of = dict(zip(_keys(session, titles.column("_id").to_numpy()), titles.column("title").to_pylist(),
+                        strict=True))
+    out: dict[int, list[int]] = {}
+    for chunk, doc in sorted(doc_of.items()):
+        title = title_of.get(doc)
+        entity = view.entity_by_key.get(normalize_entity_name(title)) if isinstance(title, str) else None
+        if entity is not None and entity in view.entities_of(chunk).tolist():
+            out.setdefault(entity, []).append(chunk)
+    return out
+
+
 def _keys(session: Session, ids: np.ndarray) -> list[Any]:
     """The keys of node ids the session has just read as visible (edge endpoints): from the store's directory
     as the session reads it (one gather), else one `ref` each."""
@@ -213,12 +264,16 @@ def _as_list(value: Any) -> list[dict[str, Any]]:
     return [row for row in value if isinstance(row, dict)] if isinstance(value, list) else []
 
 
-def _displays(session: Session, entity_keys: list[Any]) -> dict[Any, str]:
-    if not entity_keys or "display" not in session.store.schema.nodes[ENTITY].properties:
-        return {}
-    table = session.get_many(ENTITY, entity_keys, ["display"])
+def _displays(session: Session, entity_keys: list[Any]) -> tuple[dict[Any, str], dict[Any, str]]:
+    """The entities' display names and types (where the schema has them and they are set)."""
+    properties = session.store.schema.nodes[ENTITY].properties
+    wanted = [name for name in ("display", "type") if name in properties]
+    if not entity_keys or not wanted:
+        return {}, {}
+    table = session.get_many(ENTITY, entity_keys, wanted)
     keys = _keys(session, table.column("_id").to_numpy())
-    return dict(zip(keys, table.column("display").to_pylist(), strict=True))
+    columns = {name: dict(zip(keys, table.column(name).to_pylist(), strict=True)) for name in wanted}
+    return columns.get("display", {}), {key: value for key, value in columns.get("type", {}).items() if value}
 
 
 __all__ = ["CHUNK", "GraphView", "build_view", "clear_cache", "graph_view"]

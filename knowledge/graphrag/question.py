@@ -20,9 +20,36 @@ import re
 _POLAR = re.compile(r"^\W*(?:did|does|do|is|are|was|were|has|have|had|can|could|will|would|should)\b", re.IGNORECASE)
 
 
+_TYPE_CUES: tuple[tuple[frozenset[str], re.Pattern[str]], ...] = (
+    (frozenset({"GPE", "LOC"}), re.compile(
+        r"\b(?:country|countries|state|states|city|cities|town|village|county|province|region|capital|continent|"
+        r"nation|birthplace|place|located|born|where)\b", re.IGNORECASE)),
+    (frozenset({"PERSON"}), re.compile(
+        r"\b(?:who|whom|whose|director|author|performer|singer|composer|father|mother|spouse|wife|husband|"
+        r"sibling|son|daughter|founder|president|creator|producer|actor|actress|player|writer|artist|king|"
+        r"queen|leader|person|member)\b", re.IGNORECASE)),
+    (frozenset({"ORG"}), re.compile(
+        r"\b(?:band|company|team|association|organization|organisation|university|college|school|party|"
+        r"group|label|club|league|publisher|network|agency)\b", re.IGNORECASE)),
+    (frozenset({"WORK_OF_ART"}), re.compile(
+        r"\b(?:book|film|movie|album|song|novel|series|show|work|play)\b", re.IGNORECASE)),
+)
+
+
+def expected_types(question: str) -> frozenset[str]:
+    """The spaCy entity types of the things a question's relation words ask about: "the country where ..."
+    GPE/LOC, "the director of ..." PERSON, "the band that ..." ORG, "the book ..." WORK_OF_ART; the union
+    over every cue found (empty when there is none)."""
+    out: set[str] = set()
+    for types, cue in _TYPE_CUES:
+        if cue.search(question):
+            out |= types
+    return frozenset(out)
+
+
 def is_polar(question: str) -> bool:
     """Whether `question` is a yes/no question: its first word is an auxiliary or modal verb."""
     return bool(_POLAR.match(question))
 
 
-__all__ = ["is_polar"]
+__all__ = ["expected_types", "is_polar"]

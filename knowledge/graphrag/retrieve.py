@@ -50,7 +50,7 @@ from knowledge.graphrag.extract import COOCCURS
 from knowledge.graphrag.fusion import K_RRF, rrf
 from knowledge.graphrag.graphview import GraphView, graph_view
 from knowledge.graphrag.ppr import DAMPING, personalized_pagerank
-from knowledge.graphrag.question import is_polar
+from knowledge.graphrag.question import expected_types, is_polar
 from knowledge.graphrag.schema import CHUNK, DOCUMENT, ENTITY
 from knowledge.session import Session
 
@@ -98,6 +98,17 @@ class GraphParams:
     difference): such questions check a claim about each thing they name, and a walk from all their seeds
     at once seldom reaches the evidence for each (chosen on MultiHop-RAG's comparison queries, which are all
     polar; no MuSiQue question is, so its figures do not move).
+
+    Opt-in, off by default (measured on the MuSiQue tune half, bench/RESULTS.md "Session 9"):
+    `alias_weight` > 0 seeds the entities the question names by a title alias (an entity 'Brother (Pearl
+    Jam song)' is named by "Brother": GraphView.aliases) with that weight. `hop_weight` > 0 adds a second
+    dense hop without an LLM: each entity e of the top `hop_chunks` vector chunks that the question does not
+    name is a candidate bridge (at most `hop_max_chunks` visible chunks mention it, 0: no limit; with
+    `hop_types` only entities of the types the question's relation words ask for, question.expected_types;
+    with `hop_named_only` only when that top chunk is the own article of an entity the question names), and
+    each chunk that mentions a bridge gets the bridge score b = its cosine with the composed query
+    normalise(q + `hop_alpha` * vector(e)), best over the bridges; its cosine in the score becomes
+    (1 - hop_weight) * cos + hop_weight * max(cos, b). Such chunks join the candidates.
     """
 
     seed_chunks: int = 1
@@ -120,6 +131,13 @@ class GraphParams:
     keyword_floor: float = MASS_FLOOR
     keyword_floor_top: int = 0
     polar_mass_floor: float = POLAR_MASS_FLOOR
+    alias_weight: float = 0.0
+    hop_weight: float = 0.0
+    hop_alpha: float = 1.0
+    hop_chunks: int = 1
+    hop_max_chunks: int = 0
+    hop_named_only: bool = False
+    hop_types: bool = False
 
 
 @dataclass
@@ -199,6 +217,7 @@ class _State:
     query: np.ndarray | None = None
     cosine: dict[str, float] = field(default_factory=dict)   # every vector hit (graph mode: VECTOR_POOL)
     notes: list[str] = field(default_factory=list)
+    found: dict[str, int] = field(default_factory=dict)      # chunk key -> node id of candidates added late
 
     def timed(self, stage: str, started: float) -> None:
         self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - started
@@ -225,6 +244,16 @@ def _check_params(params: GraphParams) -> None:
     if isinstance(params.keyword_floor_top, bool) or not isinstance(params.keyword_floor_top, int) \
             or params.keyword_floor_top < 0:
         raise InvalidArgument(f"GraphParams.keyword_floor_top must be an int >= 0, got {params.keyword_floor_top!r}")
+    if not (isinstance(params.hop_weight, (int, float)) and 0 <= params.hop_weight <= 1):
+        raise InvalidArgument(f"GraphParams.hop_weight must be in [0, 1], got {params.hop_weight!r}")
+    for name in ("alias_weight", "hop_alpha"):
+        value = getattr(params, name)
+        if not (isinstance(value, (int, float)) and value >= 0):
+            raise InvalidArgument(f"GraphParams.{name} must be >= 0, got {value!r}")
+    for name, least in (("hop_chunks", 1), ("hop_max_chunks", 0)):
+        value = getattr(params, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise InvalidArgument(f"GraphParams.{name} must be an int >= {least}, got {value!r}")
 
 
 def retrieve(session: Session, question: str, k: int = 10, mode: str = "auto", embedder: Embedder | None = None,
@@ -387,6 +416,8 @@ def _graph(state: _State, view: GraphView, rankings: dict[str, list[str]], ids: 
         fused = [(str(key), score) for key, score in rrf(rankings, K_RRF)]
     else:
         fused = _score_fusion(state, view, mass, rankings["graph"], params)
+        for key, node in state.found.items():
+            ids.setdefault(key, node)
         if params.hybrid_weight > 0:
             hybrid = {name: rankings[name] for name in ("vector", "keyword") if name in rankings}
             fused = [(str(key), score) for key, score in rrf(
@@ -413,6 +444,7 @@ def _score_fusion(state: _State, view: GraphView, mass: np.ndarray, graph_keys: 
     for key in wanted:
         if key in view.embeddings:
             cosine[key] = float(np.dot(view.embeddings[key], state.query))
+    bridge = _bridge_scores(state, view, cosine, params) if params.hop_weight > 0 else {}
     top_mass = float(mass[view.is_chunk].max()) or 1.0
     bm25 = {key: float(score) for _, key, score in state.keyword}
     top_bm25 = max(bm25.values(), default=0.0) or 1.0
@@ -423,12 +455,76 @@ def _score_fusion(state: _State, view: GraphView, mass: np.ndarray, graph_keys: 
         node = view.chunk_by_key.get(key)
         relative = float(mass[node]) / top_mass if node is not None else 0.0
         floor = max(base_floor, params.keyword_floor) if key in lexical else base_floor
+        if key in bridge:
+            cos = (1 - params.hop_weight) * cos + params.hop_weight * max(cos, bridge[key])
         score = cos + params.graph_weight * math.log(max(relative, floor))
         if params.keyword_weight:
             score += params.keyword_weight * bm25.get(key, 0.0) / top_bm25
         scores.append((key, score))
     scores.sort(key=lambda pair: -pair[1])
     return scores
+
+
+def _bridge_scores(state: _State, view: GraphView, cosine: dict[str, float],
+                   params: GraphParams) -> dict[str, float]:
+    """Second-hop dense retrieval without an LLM (GraphParams.hop_*): chunk key -> its best cosine with a
+    composed query normalise(q + hop_alpha * vector(bridge)), over the bridges it mentions. Chunks that are
+    not candidates yet join `cosine` (updated in place, with their plain cosine) and `state.found`."""
+    assert state.query is not None
+    if not _has_entity_vectors(state.session, len(state.query)):
+        return {}
+    named = set(view.matcher.find(state.question))
+    sources = [view.chunk_by_key[key] for _, key, _ in state.vector[:params.hop_chunks] if key in view.chunk_by_key]
+    if params.hop_named_only:
+        articles = {c for key in named if key in view.entity_by_key
+                    for c in view.articles_of(state.session, view.entity_by_key[key])}
+        sources = [c for c in sources if c in articles]
+    wanted = expected_types(state.question) if params.hop_types else None
+    bridges: dict[Any, int] = {}
+    for chunk in sources:
+        for entity in view.entities_of(chunk).tolist():
+            key = view.keys[entity]
+            if key in named or (params.hop_max_chunks and view.entity_chunks[entity] > params.hop_max_chunks):
+                continue
+            if wanted is not None and view.types.get(key) not in wanted:
+                continue
+            bridges.setdefault(key, entity)
+    missing = [key for key in bridges if key not in view.entity_vectors]
+    if missing:
+        table = state.session.get_many(ENTITY, missing, ["embedding"])
+        for node, vector in zip(table.column("_id").to_pylist(), table.column("embedding").to_pylist(),
+                                strict=True):
+            view.entity_vectors[state.session.ref(node).key] = None if vector is None else \
+                np.asarray(vector, dtype=np.float32)
+    out: dict[str, float] = {}
+    for key, entity in bridges.items():
+        vector = view.entity_vectors.get(key)
+        if vector is None:
+            continue
+        query = state.query + params.hop_alpha * vector
+        query = query / (float(np.linalg.norm(query)) or 1.0)
+        chunks = [view.keys[c] for c in view.mention_chunk[view.mention_entity == entity].tolist()]
+        _chunk_vectors(state, view, chunks)
+        for chunk in chunks:
+            embedding = view.embeddings.get(chunk)
+            if embedding is None:
+                continue
+            out[chunk] = max(out.get(chunk, -1.0), float(np.dot(embedding, query)))
+            if chunk not in cosine:
+                cosine[chunk] = float(np.dot(embedding, state.query))
+                state.found.setdefault(chunk, int(view.ids[view.chunk_by_key[chunk]]))
+    return out
+
+
+def _chunk_vectors(state: _State, view: GraphView, keys: list[str]) -> None:
+    """Read the vectors of the chunks in `keys` that the view does not hold yet (once per view)."""
+    missing = [key for key in dict.fromkeys(keys) if key not in view.embeddings]
+    if not missing:
+        return
+    table = state.session.get_many(CHUNK, missing, ["embedding"])
+    for node, vector in zip(table.column("_id").to_pylist(), table.column("embedding").to_pylist(), strict=True):
+        if vector is not None:
+            view.embeddings[state.session.ref(node).key] = np.asarray(vector, dtype=np.float32)
 
 
 def _entity_seeds(state: _State, view: GraphView, rankings: dict[str, list[str]],
@@ -440,6 +536,11 @@ def _entity_seeds(state: _State, view: GraphView, rankings: dict[str, list[str]]
             node = view.entity_by_key.get(key)
             if node is not None:
                 raw[node] = raw.get(node, 0.0) + params.name_weight
+    if params.alias_weight:
+        for key in view.aliases().find(state.question):
+            node = view.entity_by_key.get(key)
+            if node is not None:
+                raw[node] = raw.get(node, 0.0) + params.alias_weight
     top = rankings.get("vector", rankings.get("keyword", []))[:params.seed_chunks]
     for rank, key in enumerate(top if params.chunk_entity_weight else [], start=1):
         node = view.chunk_by_key.get(key)
