@@ -31,11 +31,21 @@ def readable_labels(labels: Any, principal: Principal) -> Any:
     return _cut(labels, grants)
 
 
+SMALL_LABELS = 512  # up to this many labels in an array, Python cuts them faster than several Arrow kernels
+
+
 def _cut(array: pa.Array, grants: frozenset[str]) -> pa.Array:
     count = len(array)
     if count == 0:
         return array
     flat = pc.list_flatten(array)
+    if len(flat) <= SMALL_LABELS:  # a search's or a retrieval's few rows
+        values = flat.to_pylist()
+        if array.null_count == 0 and all(label in grants for label in values):
+            return array  # nothing to hide: the common case
+        rows = array.to_pylist()
+        return pa.array([[label for label in row if label in grants] if row else [] for row in rows],
+                        type=array.type)
     if len(flat) == 0:
         return pa.ListArray.from_arrays(pa.array(np.zeros(count + 1, dtype=np.int32)), pa.array([], type=pa.string()))
     parents = pc.list_parent_indices(array).to_numpy()
