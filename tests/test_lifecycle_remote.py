@@ -223,3 +223,36 @@ def test_a_replica_refuses_lifecycle_writes(tmp_path):
                         call()
                     assert info.value.primary == "10.0.0.1:50051"
                 assert client.ttl() == {} and client.wait_applied() is None  # reads are served
+
+
+def test_waits_for_a_later_commit_leave_the_read_lane_to_reads(tmp_path):
+    """wait_applied(lsn) past the last commit returns once a commit reaches it; meanwhile the waits (more
+    of them than the light read lane has threads) do not hold up other reads."""
+    import threading
+    import time
+
+    with knowledge.open(str(tmp_path / "lane.store"), config=config(Clock())) as store:
+        declare(store)
+        store.create_principal("root", admin=True)
+        token = store.issue_token("root")
+        with KnowledgeServer(store, ServerConfig(listen="127.0.0.1:0", read_workers=2)) as server:
+            target = store.memory_lsn + 1
+            clients = [knowledge.connect(server.address, token=token, timeout_s=20) for _ in range(4)]
+            done: list[float] = []
+            threads = [threading.Thread(target=lambda c=c: (c.wait_applied(target), done.append(time.monotonic())))
+                       for c in clients]
+            for thread in threads:
+                thread.start()
+            time.sleep(0.3)
+            assert done == []  # still waiting for LSN `target`
+            with knowledge.connect(server.address, token=token, timeout_s=5) as reader:
+                started = time.monotonic()
+                assert reader.session().count() == 0 and reader.ttl() == {}  # not queued behind the waits
+                assert time.monotonic() - started < 3
+            committed = time.monotonic()
+            store.session().transaction().upsert_nodes("Person", [{"name": "ada"}]).commit()
+            for thread in threads:
+                thread.join(10)
+            assert len(done) == 4 and all(t >= committed for t in done)
+            for client in clients:
+                client.close()

@@ -21,6 +21,7 @@ from typing import Any
 from knowledge.errors import DeadlineExceeded, Unavailable
 from knowledge.server import wire
 from knowledge.server.calls import handler, session_lsn
+from knowledge.server.pool import blocking
 from knowledge.server.v1 import knowledge_pb2 as pb
 
 WAIT_POLL_S = 0.01  # how often WaitApplied looks for a commit past the server's LSN
@@ -81,12 +82,13 @@ class Lifecycle:
         this server applied. A non-admin waits on its own view LSN (session_lsn), so the wait shows it no
         more of the store's progress than its reads do."""
         lsn = int(request.lsn) if request.HasField("lsn") else None
-        while lsn is not None and (now := session_lsn(session)) < lsn:
-            remaining = context.time_remaining()
-            if remaining is not None and remaining <= WAIT_POLL_S:
-                raise DeadlineExceeded(f"no commit reached LSN {lsn} within the call's deadline (this server is "
-                                       f"at {now}); give it more time, or wait for an LSN a commit returned")
-            if self.stop.wait(WAIT_POLL_S):
-                raise Unavailable("the server is shutting down; retry against another server or later")
-        session.store.wait_applied(lsn)
+        with blocking():  # a wait of unknown length: its read lane runs the reads queued behind it meanwhile
+            while lsn is not None and (now := session_lsn(session)) < lsn:
+                remaining = context.time_remaining()
+                if remaining is not None and remaining <= WAIT_POLL_S:
+                    raise DeadlineExceeded(f"no commit reached LSN {lsn} within the call's deadline (this server "
+                                           f"is at {now}); give it more time, or wait for an LSN a commit returned")
+                if self.stop.wait(WAIT_POLL_S):
+                    raise Unavailable("the server is shutting down; retry against another server or later")
+            session.store.wait_applied(lsn)
         return pb.LsnReply(lsn=session_lsn(session))
