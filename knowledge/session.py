@@ -155,6 +155,10 @@ class Session(SessionSearch):
         self._at.engine.check_open()
         if not self.principal.admin:
             raise PermissionDenied("the audit log is readable by admins only")
+        if limit is None:
+            limit = 1000
+        elif isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1_000_000:
+            raise InvalidArgument(f"limit must be an int in 1..1000000, got {limit!r}")
         if self._at.audit is None:
             return []
         return self._at.audit.query(principal, api, node_id, limit)

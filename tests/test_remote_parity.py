@@ -141,6 +141,8 @@ def _bad_calls(store, tmp):
         "delete_nodes(keys=5)": lambda: session.transaction().delete_nodes("Doc", 5).commit(),
         "delete_nodes(keys={})": lambda: session.transaction().delete_nodes("Doc", {"a": 1}).commit(),
         "upsert_edges(5)": lambda: session.transaction().upsert_edges(5, [{"src": "a", "dst": "a"}]).commit(),
+        "audit_log(limit=0)": lambda: session.audit_log(limit=0),
+        "audit_log(limit=1.5)": lambda: session.audit_log(limit=1.5),
     }
 
 
@@ -173,3 +175,13 @@ def test_schema_sections_that_are_empty_apply_alike(tmp_path):
             store.apply_schema({"nodes": {"A": {"key": "k", "properties": None}}, "edges": None})
             assert set(store.schema.nodes) == {"A"} and store.schema.nodes["A"].key == "k"
             assert store.build_indexes(timeout_s=0) in (True, False)  # 0 s is no wait, not "no timeout"
+
+
+def test_grants_given_as_a_generator_are_read_once(tmp_path):
+    """A generator of labels grants what it yields on both back-ends (the embedded check read it twice, and
+    the second pass, empty, was what it granted)."""
+    for kind in ("embedded", "remote"):
+        with open_backend(kind, str(tmp_path / f"{kind}.store")) as store:
+            store.create_principal("gen", read=(label for label in ("public", "team")), write=iter(["team"]))
+            principal = next(p for p in store.principals() if p.name == "gen")
+            assert principal.read == frozenset({"public", "team"}) and principal.write == frozenset({"team"}), kind

@@ -29,6 +29,7 @@ def check_labels(kind: str, labels: Iterable[str]) -> list[str]:
     """`labels` sorted and deduplicated; InvalidArgument unless it is a list of non-empty str."""
     if isinstance(labels, str | bytes) or not isinstance(labels, Iterable):
         raise InvalidArgument(f"{kind} grants must be a list of labels, got {type(labels).__name__} {labels!r}")
+    labels = list(labels)  # read once: a generator would be empty on the second pass
     if not all(isinstance(label, str) for label in labels):
         bad = next(label for label in labels if not isinstance(label, str))
         raise InvalidArgument(f"{kind} label {bad!r} must be a non-empty str of at most 256 characters")
