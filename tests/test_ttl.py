@@ -552,6 +552,39 @@ def test_cli_ttl_verbs(tmp_path, capsys):
     assert "expire_after" in capsys.readouterr().err
 
 
+def test_cli_ttl_verbs_through_a_server(tmp_path, capsys):
+    """`knowledge ttl ... --server ADDR --token T` while a server holds the store (the CLI cannot open it)."""
+    import json
+
+    from remote_fixture import ServedStore
+
+    from knowledge.cli import main
+
+    served = ServedStore(str(tmp_path / "s"))
+    try:
+        logs_schema(served.store)
+        served.store.session().transaction().upsert_nodes("AgentLog", [{"name": "x", "_expires_at": 1.0}]).commit()
+        remote = ["--server", served.address, "--token", served.token]
+        assert main(["ttl", "set", "AgentLog", "7d", "--on", "created_at", *remote]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert shown["server"] == served.address and shown["policies"]["AgentLog"]["expire_after_s"] == 604800
+        assert served.store.ttl()["AgentLog"]["on"] == "created_at"  # set in the served store itself
+        assert main(["ttl", "show", *remote]) == 0
+        assert json.loads(capsys.readouterr().out)["expired_pending"] == 1
+        assert main(["ttl", "sweep", "--checkpoint", *remote]) == 0
+        assert json.loads(capsys.readouterr().out)["nodes"] == 1
+        assert served.store.session().count("AgentLog") == 0
+        assert main(["ttl", "drop", "AgentLog", *remote]) == 0
+        assert json.loads(capsys.readouterr().out)["policies"] == {}
+        reader = served.store.issue_token(served.store.create_principal("reader", read=["public"]).name)
+        assert main(["ttl", "show", "--server", served.address, "--token", reader]) == 1  # admins only, as embedded
+        assert "admin" in capsys.readouterr().err
+        assert main(["ttl", "show", str(tmp_path / "s"), *remote]) == 1
+        assert "not both" in capsys.readouterr().err
+    finally:
+        served.close()
+
+
 def test_metrics_report_expiry_and_sweeper_lag(tmp_path):
     from knowledge.metrics import Metrics
 
