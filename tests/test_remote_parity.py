@@ -185,3 +185,20 @@ def test_grants_given_as_a_generator_are_read_once(tmp_path):
             store.create_principal("gen", read=(label for label in ("public", "team")), write=iter(["team"]))
             principal = next(p for p in store.principals() if p.name == "gen")
             assert principal.read == frozenset({"public", "team"}) and principal.write == frozenset({"team"}), kind
+
+
+def test_query_vectors_pack_as_numpy_would():
+    """The client's fast packing of a list of floats gives numpy's little-endian float32 bytes, for every
+    input numpy accepts (lists, tuples, nested lists, arrays, ints and bools), and refuses the rest alike."""
+    import numpy as np
+
+    from knowledge.errors import InvalidArgument
+    from knowledge.remote.session import _packed
+
+    for vector in ([0.25, -1.5, 3.0], (1, 2, 3), [True, 2.5], [[1.0, 2.0], [3.0, 4.0]],
+                   np.arange(6, dtype=np.float64).reshape(2, 3), [float("inf"), float("nan")],
+                   list(np.random.default_rng(3).random(384))):
+        assert _packed(vector) == np.asarray(vector, dtype="<f4").reshape(-1).tobytes(), vector
+    for bad in (["a", 1.0], "abc", [[1.0], [2.0, 3.0]]):
+        with pytest.raises(InvalidArgument, match="query vector"):
+            _packed(bad)

