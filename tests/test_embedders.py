@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -33,6 +34,7 @@ class EmbeddingsServer:
         self.width = width
         self.requests: list[dict] = []
         self.fail: list[tuple[int, bytes]] = []
+        self.delays: list[float] = []
         self.raw: bytes | None = None
         owner = self
 
@@ -44,6 +46,8 @@ class EmbeddingsServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 owner.requests.append({"path": self.path, "body": body,
                                        "auth": self.headers.get("Authorization")})
+                if owner.delays:
+                    time.sleep(owner.delays.pop(0))
                 if owner.fail:
                     status, payload = owner.fail.pop(0)
                     self._send(status, payload)
@@ -64,7 +68,10 @@ class EmbeddingsServer:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
-                self.wfile.write(payload)
+                try:
+                    self.wfile.write(payload)
+                except OSError:  # the client timed out and closed the connection
+                    pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -117,6 +124,16 @@ def test_openai_embedder_retries_overload_then_succeeds(server):
     embedder = OpenAIEmbedder("m", base_url=server.base_url, retry_delay_s=0.01)
     assert embedder.embed(["a"]).shape == (1, 16)
     assert len(server.requests) == 3
+
+
+def test_openai_embedder_retries_a_timeout_and_honours_retry_after(server):
+    server.delays = [1.5]
+    embedder = OpenAIEmbedder("m", base_url=server.base_url, timeout_s=0.3, retry_delay_s=0.01)
+    assert embedder.embed(["a"]).shape == (1, 16)
+    assert len(server.requests) == 2
+    server.delays = [1.5, 1.5]
+    with pytest.raises(EmbedderUnavailable, match=r"did not answer within 0.3s \(after 2 attempt\(s\)\)"):
+        OpenAIEmbedder("m", base_url=server.base_url, timeout_s=0.3, retries=1, retry_delay_s=0.01).embed(["a"])
 
 
 def test_openai_embedder_reports_http_errors_with_the_servers_message(server):

@@ -190,6 +190,16 @@ def test_permanent_failure_raises_and_writes_nothing(endpoint, tmp_path):
         flaky.extract_chunks([ChunkInput(DOCS[0]["text"], DOCS[0]["title"])])
 
 
+def test_4xx_other_than_408_and_429_are_not_retried(endpoint):
+    endpoint.fail = {DOCS[0]["title"]: [409], DOCS[1]["title"]: [408]}
+    llm = LLMExtractor("m", base_url=endpoint.url, max_retries=3, backoff_s=0.0)
+    with pytest.raises(ExtractionFailed, match="HTTP 409: injected") as caught:
+        llm.extract_chunks([ChunkInput(DOCS[0]["text"], DOCS[0]["title"])])
+    assert caught.value.status == 409 and "after 1 attempt(s)" in str(caught.value)
+    llm.extract_chunks([ChunkInput(DOCS[1]["text"], DOCS[1]["title"])])
+    assert llm.usage.requests == 3 and llm.usage.retries == 1
+
+
 def test_unreachable_endpoint_is_a_typed_error():
     llm = LLMExtractor("m", base_url="http://127.0.0.1:9/v1", max_retries=1, backoff_s=0.0, timeout_s=2)
     with pytest.raises(ExtractionFailed, match="connection failed"):

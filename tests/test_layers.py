@@ -28,8 +28,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Bottom first. A layer may import itself and the layers before it, never those after it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # knowledge.storage.crypto (AES-GCM of files, the keyring) imports only errors and `cryptography`: it is
-    # base so that config (its keys) and the index layer (sealed snapshot files) may use it
-    ("base", ("knowledge.errors", "knowledge.config", "knowledge.metrics", "knowledge.storage.crypto")),
+    # base so that config (its keys) and the index layer (sealed snapshot files) may use it; knowledge.http_json
+    # (JSON POST with retries, the embedders' and the LLM extractor's one HTTP client) imports only errors
+    ("base", ("knowledge.errors", "knowledge.config", "knowledge.metrics", "knowledge.storage.crypto",
+              "knowledge.http_json")),
     ("kernels", ("knowledge.kernels",)),
     ("index", ("knowledge.index",)),
     ("access", ("knowledge.access",)),

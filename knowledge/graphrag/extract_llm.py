@@ -12,8 +12,9 @@ $KNOWLEDGE_LLM_MODEL, else gpt-4o-mini), the API key from the environment variab
 (default OPENAI_API_KEY; no key sends no Authorization header, as local servers expect).
 Each chunk is one request (its document title and text, `passage_text` form), answered as a JSON object
 {"named_entities": [...], "triples": [[subject, predicate, object], ...]}. Up to `batch_size` requests
-run at once; a 429, a 5xx, a dropped connection or an answer that is not that JSON is retried up to
-`max_retries` times with exponential backoff (Retry-After honoured); other 4xx fail at once. Answers
+run at once; a dropped connection, a timeout, a 408, 429 or 5xx, or an answer that is not that JSON is
+retried up to `max_retries` times with exponential backoff from `backoff_s` (jittered, Retry-After
+honoured up to a minute; knowledge.http_json.post_json); other 4xx fail at once. Answers
 are cached by chunk hash (sha256 of prompt version, model, title and text) in `cache_dir`
 (openie-cache.jsonl, one line per chunk, appended as answers arrive), so re-running costs nothing.
 Raises ExtractionFailed when a chunk still fails after the retries (nothing of the batch is written).
@@ -27,8 +28,6 @@ import os
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -45,12 +44,12 @@ from knowledge.graphrag.extract import (
     clean_triples,
 )
 from knowledge.graphrag.extract_rules import TITLE_TYPE
+from knowledge.http_json import post_json
 
 PROMPT_VERSION = "openie-v1"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-4o-mini"
 CACHE_FILE = "openie-cache.jsonl"
-RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 SYSTEM_PROMPT = (
     "You extract a knowledge graph from a passage (open information extraction). Return a JSON object "
     'with two keys: "named_entities", a list of the named entities in the passage (people, places, '
@@ -207,51 +206,29 @@ class LLMExtractor:
 
     def _ask(self, key: str, chunk: ChunkInput) -> None:
         passage = passage_text(chunk.title, chunk.text) if chunk.title else chunk.text
-        body = json.dumps({"model": self.model, "messages": messages(passage), "temperature": self.temperature,
-                           "response_format": {"type": "json_object"}}).encode()
-        problem = "no attempt"
-        status: int | None = None
-        attempts = 0
-        for attempt in range(self.max_retries + 1):
-            attempts += 1
-            if attempt:
-                with self._lock:
-                    self.usage.retries += 1
-            wait = self.backoff_s * 2 ** attempt
-            try:
-                answer = self._post(body)
-                usage = answer.get("usage") or {}
-                self._count(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
-                entities, triples = parse_answer(answer["choices"][0]["message"]["content"])
-                self._remember(key, entities, triples)
-                return
-            except urllib.error.HTTPError as error:
-                status = error.code
-                problem = f"HTTP {error.code}: {error.read()[:200]!r}"
-                if error.code not in RETRY_STATUS:
-                    break
-                retry_after = error.headers.get("Retry-After") if error.headers else None
-                if retry_after and retry_after.replace(".", "", 1).isdigit():
-                    wait = max(wait, float(retry_after))
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
-                problem = f"connection failed: {error}"
-            except (ValueError, KeyError, IndexError, TypeError) as error:
-                problem = f"the answer is not the requested JSON: {error}"
-            if attempt < self.max_retries:
-                time.sleep(wait)
-        raise ExtractionFailed(f"OpenIE request to {self.base_url} (model {self.model!r}) failed for chunk "
-                               f"{key[:12]} after {attempts} attempt(s): {problem}", chunk=key, status=status)
+        body = {"model": self.model, "messages": messages(passage), "temperature": self.temperature,
+                "response_format": {"type": "json_object"}}
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
-    def _post(self, body: bytes) -> dict[str, Any]:
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(f"{self.base_url}/chat/completions", data=body, headers=headers,
-                                         method="POST")
+        def read(answer: Any) -> None:
+            usage = answer.get("usage") or {}
+            self._count(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+            entities, triples = parse_answer(answer["choices"][0]["message"]["content"])
+            self._remember(key, entities, triples)
+
+        def failed(message: str, status: int | None) -> ExtractionFailed:
+            return ExtractionFailed(f"OpenIE for chunk {key[:12]} (model {self.model!r}) failed: {message}",
+                                    chunk=key, status=status)
+
+        post_json(f"{self.base_url}/chat/completions", body, headers=headers, what="chat endpoint",
+                  timeout_s=self.timeout_s, retries=self.max_retries, backoff_s=self.backoff_s,
+                  read=read, retry_unreadable=True, on_attempt=self._attempt, error=failed)
+
+    def _attempt(self, attempt: int) -> None:
         with self._lock:
             self.usage.requests += 1
-        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-            return json.loads(response.read())
+            if attempt:
+                self.usage.retries += 1
 
     def _count(self, prompt: int, completion: int) -> None:
         with self._lock:
