@@ -126,10 +126,10 @@ def stats_ms(values: list[float]) -> dict[str, float]:
 
 # -- the server and its clients ----------------------------------------------------------------------
 class Server:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, flags: tuple[str, ...] = ()) -> None:
         script = shutil.which("knowledge")
         command = [script] if script else [sys.executable, "-m", "knowledge.cli"]
-        self.process = subprocess.Popen([*command, "serve", "--data", path, "--listen", "127.0.0.1:0"],
+        self.process = subprocess.Popen([*command, "serve", "--data", path, "--listen", "127.0.0.1:0", *flags],
                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         line = self.process.stdout.readline()
         if not line.startswith("listening on "):
@@ -558,8 +558,11 @@ def server_concurrency(address: str, work: dict[str, Any], duration_s: float, ca
     return out
 
 
-def concurrency(quick: bool, workdir: str, repeats: int) -> dict[str, Any]:
-    """`repeats` runs of both scaling targets, embedded and through the server, with the medians."""
+def concurrency(quick: bool, workdir: str, repeats: int, flags: tuple[str, ...] = (),
+                baseline: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """`repeats` runs of both scaling targets, embedded and through the server (`knowledge serve` with
+    `flags`), with the medians; given `baseline` flags, each run also measures a server started with those
+    (the two in turns, first one then the other), reported as `baseline_server`."""
     docs, calls, duration_s = (300, 100, 3.0) if quick else (2000, 300, 8.0)
     path = os.path.join(workdir, "server-bench.store")
     work = build(path, docs)
@@ -567,15 +570,20 @@ def concurrency(quick: bool, workdir: str, repeats: int) -> dict[str, Any]:
     faiss.omp_set_num_threads(1)  # as `knowledge serve` runs it
     results: dict[str, Any] = {"machine": machine(), "docs": docs, "repeats": repeats, "embedded": [], "server": [],
                                "load": [list(os.getloadavg())]}
-    for _ in range(repeats):
+    variants = [("server", flags)] + ([("baseline_server", baseline)] if baseline is not None else [])
+    results["flags"] = {side: list(side_flags) for side, side_flags in variants}
+    for side, _ in variants[1:]:
+        results[side] = []
+    for run in range(repeats):
         results["embedded"].append(embedded_concurrency(path, work, duration_s, calls))
-        server = Server(path)
-        try:
-            results["server"].append(server_concurrency(server.address, work, duration_s, calls))
-        finally:
-            server.stop()
+        for side, side_flags in (variants if run % 2 == 0 else variants[::-1]):
+            server = Server(path, side_flags)
+            try:
+                results[side].append(server_concurrency(server.address, work, duration_s, calls))
+            finally:
+                server.stop()
         results["load"].append(list(os.getloadavg()))
-    for side in ("embedded", "server"):
+    for side in ("embedded", *(side for side, _ in variants)):
         for figure in ("search_8_over_1", "commit_p99_loaded_over_idle"):
             results[f"{side}_{figure}_median"] = statistics.median(run[figure] for run in results[side])
     return results
@@ -596,12 +604,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, metavar="RUNS",
                         help="only the concurrent-reader targets (search 8 vs 1, commit p99 loaded vs idle), "
                              "embedded and through the server, RUNS times; prints JSON with the medians")
+    parser.add_argument("--serve-args", default="", metavar="ARGS",
+                        help="with --concurrency: extra flags for `knowledge serve`, e.g. '--read-workers 0'")
+    parser.add_argument("--baseline-serve-args", default=None, metavar="ARGS",
+                        help="with --concurrency: also measure a server with these flags in the same runs, in "
+                             "turns with the other ('' for the defaults)")
     args = parser.parse_args(argv)
     workdir = tempfile.mkdtemp(prefix="kbench-server-")
     if args.concurrency:
         import json
+        import shlex
+        baseline = None if args.baseline_serve_args is None else tuple(shlex.split(args.baseline_serve_args))
         try:
-            print(json.dumps(concurrency(args.quick, workdir, args.concurrency), indent=1))
+            print(json.dumps(concurrency(args.quick, workdir, args.concurrency, tuple(shlex.split(args.serve_args)),
+                                         baseline), indent=1))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         return 0

@@ -207,6 +207,16 @@ def test_serve_refuses_plaintext_off_loopback(tmp_path, capsys):
     assert code == 0 and "PLAINTEXT" in err and "stopped" in out
 
 
+def test_serve_refuses_bad_thread_settings(tmp_path, capsys):
+    """--read-workers and --gil-switch-ms out of range are refused before anything listens."""
+    path = str(tmp_path / "store")
+    prepare(path)
+    for flags, named in ((["--read-workers", "-1"], "read_workers"), (["--gil-switch-ms", "0"], "gil_switch_ms"),
+                         (["--gil-switch-ms", "500"], "gil_switch_ms")):
+        code, out, err = cli(capsys, "serve", "--data", path, "--listen", "127.0.0.1:0", *flags)
+        assert code == 1 and named in err and "listening" not in out, (flags, err)
+
+
 def test_sigterm_drains_under_write_load(tmp_path):
     path = str(tmp_path / "store")
     token = prepare(path)

@@ -124,7 +124,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           heavy_reads_max=args.heavy_reads_max or heavy_reads_default(),
                           faiss_threads=args.faiss_threads, audit_flush_ms=args.audit_flush_ms,
                           drain_s=args.drain_s, metrics_listen=args.metrics,
-                          recall_sample_fraction=args.recall_sample, log_json=args.log_json)
+                          recall_sample_fraction=args.recall_sample, log_json=args.log_json,
+                          gil_switch_ms=args.gil_switch_ms)
     if getattr(args, "role", None):
         from knowledge.server.replication_serve import serve_replicated
         return serve_replicated(args, config)
@@ -277,6 +278,9 @@ def add_commands(sub: Any, command: Callable[..., argparse.ArgumentParser], prin
                    help="calls in flight per principal before RESOURCE_EXHAUSTED (default 64)")
     p.add_argument("--heavy-reads-max", type=positive_int, default=None, metavar="N",
                    help="searches/retrievals/scans running at once; more wait (default 1 on 2 cores or fewer, else 2)")
+    p.add_argument("--gil-switch-ms", type=float, default=1.0, metavar="MS",
+                   help="the interpreter's switch interval while serving: how long a commit's thread may wait for "
+                        "the lock reader threads hold (default 1; Python's own is 5)")
     p.add_argument("--faiss-threads", type=positive_int, default=1, metavar="N",
                    help="OpenMP threads per faiss call (default 1: calls run side by side instead)")
     p.add_argument("--drain-s", type=float, default=30.0, metavar="S", help="SIGTERM: time for calls in flight (30)")
