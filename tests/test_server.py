@@ -204,8 +204,17 @@ def test_health_and_reflection(served):
 
 
 def test_deadlines(served, tmp_path):
-    with served.client(timeout_s=0.000_001) as hurried, pytest.raises(DeadlineExceeded):
-        hurried.session().count()
+    # A 1 us deadline: gRPC enforces it with a timer, and on a loaded machine the timer can fire after a fast
+    # answer came back, so one try may succeed; a client that ignored the deadline would never fail.
+    with served.client(timeout_s=0.000_001) as hurried:
+        outcomes = []
+        for _ in range(20):
+            try:
+                hurried.session().count()
+                outcomes.append("answered")
+            except DeadlineExceeded:
+                outcomes.append("deadline")
+        assert "deadline" in outcomes, outcomes
     # One handler thread, held by a change feed: a commit queued behind it past its deadline must not run.
     store = served.store
     server = KnowledgeServer(store, ServerConfig(listen="127.0.0.1:0", workers_max=1)).start()
