@@ -205,3 +205,17 @@ def test_reads_run_on_the_read_lanes_and_a_stopped_server_leaves_no_threads(tmp_
     for thread in threads:
         thread.join(timeout=10)
     assert threads and not any(t.is_alive() for t in threads)
+
+
+def test_serving_process_sets_and_restores_the_switch_interval():
+    """`knowledge serve`, plain and replicated, runs under ServerConfig.gil_switch_ms and gives the old
+    interval back when it stops."""
+    import sys
+
+    from knowledge.server import ServerConfig
+    from knowledge.server.app import serving_process
+
+    before = sys.getswitchinterval()
+    with serving_process(ServerConfig(listen="127.0.0.1:0", gil_switch_ms=2.5)):
+        assert abs(sys.getswitchinterval() - 0.0025) < 1e-9
+    assert sys.getswitchinterval() == before

@@ -8,11 +8,13 @@ their end within `drain_s` and are answered, change feeds end, and only then doe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Any, TextIO
 
 import grpc
@@ -197,27 +199,37 @@ def serve(data: str, config: ServerConfig, *, role: Role | None = None, audit: b
         print(INSECURE_WARNING, file=sys.stderr, flush=True)
         log.warning(INSECURE_WARNING)
     stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    with serving_process(config):
+        try:
+            server.start()
+            mode = "mTLS" if config.client_ca else "TLS" if config.tls else "plaintext"
+            print(f"listening on {server.address} ({mode}, store {store.path}, audit "
+                  f"{'on' if audit else 'off'})", file=out, flush=True)
+            if server.metrics.exporter is not None:
+                print(f"metrics on {server.metrics.exporter.url}", file=out, flush=True)
+            while not stop.wait(0.5):
+                pass
+            print("draining: finishing calls in flight", file=out, flush=True)
+        finally:
+            server.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    print("stopped", file=out, flush=True)
+    return 0
+
+
+@contextlib.contextmanager
+def serving_process(config: ServerConfig) -> Iterator[None]:
+    """The interpreter settings of a `knowledge serve` process (plain or replicated) while it serves: the
+    switch interval `config.gil_switch_ms` (restored after) and faiss's team size for this thread."""
     switch_s = sys.getswitchinterval()
     sys.setswitchinterval(config.gil_switch_ms / 1000)
     _set_faiss_threads(config.faiss_threads)
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        server.start()
-        mode = "mTLS" if config.client_ca else "TLS" if config.tls else "plaintext"
-        print(f"listening on {server.address} ({mode}, store {store.path}, audit "
-              f"{'on' if audit else 'off'})", file=out, flush=True)
-        if server.metrics.exporter is not None:
-            print(f"metrics on {server.metrics.exporter.url}", file=out, flush=True)
-        while not stop.wait(0.5):
-            pass
-        print("draining: finishing calls in flight", file=out, flush=True)
+        yield
     finally:
-        server.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         sys.setswitchinterval(switch_s)
-    print("stopped", file=out, flush=True)
-    return 0
 
 
 def _set_faiss_threads(threads: int) -> None:

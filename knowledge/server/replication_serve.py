@@ -125,7 +125,7 @@ def serve_replicated(args: argparse.Namespace, config: ServerConfig, *, out: Tex
     from knowledge.replication.policy import parse_policy
     from knowledge.replication.snapshot import recover_incoming
     from knowledge.replication.transport import Links, handler
-    from knowledge.server.app import KnowledgeServer
+    from knowledge.server.app import KnowledgeServer, serving_process
 
     if not args.members:
         raise InvalidArgument("--role needs --members ID=ZONE@HOST:PORT,... (every member, this node included)")
@@ -174,20 +174,21 @@ def serve_replicated(args: argparse.Namespace, config: ServerConfig, *, out: Tex
     server.server.add_generic_rpc_handlers((handler(replicator, peers),))
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        server.start()
-        replicator.start(primary=primary, campaign=args.role == "primary")
-        print(f"listening on {server.address} (replication {me} in zone {zones[me]}, {args.role}, policy "
-              f"{node_config.policy}, store {store.path})", file=out, flush=True)
-        while not stop.wait(0.5):
-            pass
-        print("draining: finishing calls in flight", file=out, flush=True)
-    finally:
-        replicator.close()
-        links.close()
-        server.stop()
-        for sig, handler_ in previous.items():
-            signal.signal(sig, handler_)
+    with serving_process(config):  # --gil-switch-ms and --faiss-threads, as plain `knowledge serve` sets them
+        try:
+            server.start()
+            replicator.start(primary=primary, campaign=args.role == "primary")
+            print(f"listening on {server.address} (replication {me} in zone {zones[me]}, {args.role}, policy "
+                  f"{node_config.policy}, store {store.path})", file=out, flush=True)
+            while not stop.wait(0.5):
+                pass
+            print("draining: finishing calls in flight", file=out, flush=True)
+        finally:
+            replicator.close()
+            links.close()
+            server.stop()
+            for sig, handler_ in previous.items():
+                signal.signal(sig, handler_)
     print("stopped", file=out, flush=True)
     return 0
 
