@@ -67,7 +67,10 @@ class Connection:
         self.token = token
         self.timeout_s = timeout_s
         options: list[tuple[str, Any]] = [("grpc.max_receive_message_length", message_bytes_max),
-                                          ("grpc.max_send_message_length", message_bytes_max)]
+                                          ("grpc.max_send_message_length", message_bytes_max),
+                                          # a connection of its own, not one shared by every client in this
+                                          # process: a server with read processes spreads connections
+                                          ("grpc.use_local_subchannel_pool", 1)]
         if tls is None:
             self.channel = grpc.insecure_channel(address, options=options)
         else:

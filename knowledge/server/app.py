@@ -75,7 +75,8 @@ class KnowledgeServer:
     """A gRPC server over `store` (which it closes on stop when `owns_store`)."""
 
     def __init__(self, store: Any, config: ServerConfig | None = None, *, role: Role | None = None,
-                 owns_store: bool = False) -> None:
+                 owns_store: bool = False, reuse_port: bool = False, interceptors: tuple[Any, ...] = (),
+                 audit_dir: str | None = None) -> None:
         self.store = store
         self.config = config or ServerConfig()
         self.owns_store = owns_store
@@ -91,7 +92,7 @@ class KnowledgeServer:
         self._stopped = threading.Event()
         self.audit: PersistentAudit | None = None
         if getattr(store, "audit", None) is not None:
-            self.audit = PersistentAudit(store.audit, os.path.join(store.path, "audit"),
+            self.audit = PersistentAudit(store.audit, audit_dir or os.path.join(store.path, "audit"),
                                          file_bytes_max=self.config.audit_file_bytes_max,
                                          files_max=self.config.audit_files_max,
                                          flush_ms=self.config.audit_flush_ms)
@@ -104,10 +105,10 @@ class KnowledgeServer:
                       for lane in ("light", "heavy")} if self.config.read_workers else {}
         self.server = grpc.server(
             self.executor,
-            maximum_concurrent_rpcs=self.config.calls_max, interceptors=[MessageCap(limit, self.lanes)],
+            maximum_concurrent_rpcs=self.config.calls_max, interceptors=[*interceptors, MessageCap(limit, self.lanes)],
             options=[("grpc.max_receive_message_length", transport_limit(limit)),
                      ("grpc.max_send_message_length", limit),
-                     ("grpc.so_reuseport", 0)])
+                     ("grpc.so_reuseport", 1 if reuse_port else 0)])  # read processes share the port
         pb_grpc.add_KnowledgeServicer_to_server(Servicer(self.calls, self.config, self._stop), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -190,9 +191,18 @@ def serve(data: str, config: ServerConfig, *, role: Role | None = None, audit: b
 
     store_config = dataclasses.replace(knowledge.StoreConfig(), audit=audit)
     store = knowledge.open(data, create=False, config=store_config)
+    readers = None
     try:
-        server = KnowledgeServer(store, config, role=role, owns_store=True)
+        if config.read_processes:
+            from knowledge.server.read_processes import ReadProcesses
+            readers = ReadProcesses(store, config, config.read_processes, audit=audit)
+        server = KnowledgeServer(store, config, role=role, owns_store=True, reuse_port=readers is not None)
+        if readers is not None:
+            server.server.add_insecure_port(readers.private_address)  # forwarded calls (a 0700 directory)
+            readers.attach()
     except BaseException:
+        if readers is not None:
+            readers.stop()
         store.close()
         raise
     if config.insecure and not config.tls:
@@ -203,15 +213,20 @@ def serve(data: str, config: ServerConfig, *, role: Role | None = None, audit: b
     with serving_process(config):
         try:
             server.start()
+            if readers is not None:
+                readers.start(server.address)
             mode = "mTLS" if config.client_ca else "TLS" if config.tls else "plaintext"
+            extra = f", {config.read_processes} read processes" if readers is not None else ""
             print(f"listening on {server.address} ({mode}, store {store.path}, audit "
-                  f"{'on' if audit else 'off'})", file=out, flush=True)
+                  f"{'on' if audit else 'off'}{extra})", file=out, flush=True)
             if server.metrics.exporter is not None:
                 print(f"metrics on {server.metrics.exporter.url}", file=out, flush=True)
             while not stop.wait(0.5):
                 pass
             print("draining: finishing calls in flight", file=out, flush=True)
         finally:
+            if readers is not None:
+                readers.stop()  # first: their forwarded calls still reach this server
             server.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

@@ -139,6 +139,7 @@ class Calls:
         # queued on the state lock delays commits. Past the slots they wait here, releasing everything.
         self.heavy_reads = Slots(heavy_reads_max)
         self.role = role
+        self._read_barrier = getattr(role, "read_barrier", None)  # a read process: catch up with the primary first
         self.limiter = Limiter(principal_calls_max)
         self.gate = Gate()
         self.cert_principals = cert_principals
@@ -188,6 +189,8 @@ class Calls:
                 metadata: dict[str, Any] | None = None) -> Any:
         """The session the call runs in: the caller's, or (admins) the principal it acts as."""
         metadata = call_metadata(context) if metadata is None else metadata
+        if self._read_barrier is not None:
+            self._read_barrier()
         if metadata.get(MIN_LSN_KEY):
             self.wait_min_lsn(str(metadata[MIN_LSN_KEY]), metadata.get(MIN_LSN_TIMEOUT_KEY))
         acting = metadata.get(AS_KEY)

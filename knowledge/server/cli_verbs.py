@@ -125,7 +125,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           faiss_threads=args.faiss_threads, audit_flush_ms=args.audit_flush_ms,
                           drain_s=args.drain_s, metrics_listen=args.metrics,
                           recall_sample_fraction=args.recall_sample, log_json=args.log_json,
-                          gil_switch_ms=args.gil_switch_ms)
+                          gil_switch_ms=args.gil_switch_ms, read_processes=args.read_processes)
     if getattr(args, "role", None):
         from knowledge.server.replication_serve import serve_replicated
         return serve_replicated(args, config)
@@ -278,6 +278,10 @@ def add_commands(sub: Any, command: Callable[..., argparse.ArgumentParser], prin
                    help="calls in flight per principal before RESOURCE_EXHAUSTED (default 64)")
     p.add_argument("--heavy-reads-max", type=positive_int, default=None, metavar="N",
                    help="searches/retrievals/scans running at once; more wait (default 1 on 2 cores or fewer, else 2)")
+    p.add_argument("--read-processes", type=int, default=0, metavar="N",
+                   help="N more processes serve reads on the same address, each from its own copy of the store "
+                        "that follows this one's WAL; reads stay as of one LSN and see every acknowledged commit; "
+                        "writes and admin calls pass on to this process (default 0; one per spare core)")
     p.add_argument("--gil-switch-ms", type=float, default=1.0, metavar="MS",
                    help="the interpreter's switch interval while serving: how long a commit's thread may wait for "
                         "the lock reader threads hold (default 1; Python's own is 5)")

@@ -67,6 +67,7 @@ class ServerConfig:
     log_json: bool = False  # one JSON log line per call, with its request id  # a following change feed looks for new commits this often
     faiss_threads: int = 1  # `knowledge serve` runs faiss on this many OpenMP threads per call: the server's
     # parallelism is its concurrent calls (several calls each on a multi-thread team oversubscribe the cores)
+    read_processes: int = 0  # reader processes beside the serving one, on the same address (read_processes.py)
     gil_switch_ms: float = 1.0  # `knowledge serve` sets sys.setswitchinterval to this: a commit's thread gets
     # the interpreter back sooner while reader threads compute (Python's default is 5 ms)
 
@@ -78,6 +79,8 @@ class ServerConfig:
         if self.read_workers < 0:
             raise InvalidArgument(f"server config read_workers must be 0 (reads on the main pool) or positive, "
                                   f"got {self.read_workers}")
+        if not 0 <= self.read_processes <= 64:
+            raise InvalidArgument(f"server config read_processes must be in [0, 64], got {self.read_processes}")
         if not 0 < self.gil_switch_ms <= 100:
             raise InvalidArgument(f"server config gil_switch_ms must be in (0, 100], got {self.gil_switch_ms}")
         if not 0.0 <= self.recall_sample_fraction <= 1.0:

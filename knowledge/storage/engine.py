@@ -148,6 +148,10 @@ class Engine:
         self._unapplied_bytes = 0  # logged but not yet in DuckDB: room the applier will need
         self.replay_backlog: list[tuple[int, int, list[Op]]] = []  # set by replay() on a full disk
         self.replicator: Any = None  # knowledge.replication's driver, when the store is replicated
+        self.on_memory: Callable[[int], None] | None = None  # told each memory_lsn publication, before the
+        # committers are answered (knowledge serve's read processes: server/read_processes.py)
+        self.retain_floor: Callable[[int], int] | None = None  # the first LSN followers of the WAL files still
+        # need, given the first a checkpoint would keep (read processes tail them)
         self.keyring = self.config.keyring()  # encryption at rest (None: files in plaintext)
         check_store_keys(self.path, self.keyring)  # a missing or wrong key is refused before any file changes
         use_keyring(os.path.join(self.path, "snapshots"), self.keyring)
@@ -478,6 +482,8 @@ class Engine:
                             self._inflight_edges[name] -= 1
                     self.memory_lsn = group[-1].lsn  # inside the state lock: a snapshot sees ops and LSN together
                     self._enqueue_many(group)
+                if self.on_memory is not None:
+                    self.on_memory(group[-1].lsn)
             except BaseException as exc:  # noqa: BLE001 - the group's committers get it; the store is poisoned
                 failed = exc
                 for ticket in group:
@@ -548,6 +554,8 @@ class Engine:
                         self._inflight_edges[name] -= 1
                     self.memory_lsn = lsn  # inside the state lock: a snapshot sees ops and LSN together
                     self._enqueue(lsn, ops)
+                if self.on_memory is not None:
+                    self.on_memory(lsn)
             except BaseException as exc:
                 self.fail(exc, holding_memory_turn=True)  # fail() taking the lock again would deadlock
                 raise
@@ -585,6 +593,8 @@ class Engine:
                     self._queue.extend((lsn, epoch, ops) for lsn, epoch, ops, _ in records)
                     if len(self._queue) >= APPLY_BATCH_RECORDS_MIN:
                         self._applier_cv.notify_all()
+            if self.on_memory is not None:
+                self.on_memory(records[-1][0])
             self._drain()  # group commits waiting behind these records (notifies the other waiters)
 
     def _apply_group(self, tickets: list[_Ticket]) -> None:
@@ -878,6 +888,8 @@ class Engine:
             with self.tables.lock:  # from now on a missing snapshot is worth a warning
                 self.tables.con.execute("INSERT OR REPLACE INTO _meta VALUES ('snapshots_lsn', ?)", [str(lsn)])
             keep_from = lsn + 1 if self.replicator is None else self.replicator.retain_from(lsn + 1)
+            if self.retain_floor is not None:
+                keep_from = min(keep_from, self.retain_floor(keep_from))
             retire_live_segment(self.wal)  # the live segment goes too once covered (retention.py)
             self.wal.remove_segments_before(keep_from)  # replication keeps what lagging replicas still need
             return lsn

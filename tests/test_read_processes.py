@@ -1,0 +1,219 @@
+"""`knowledge serve --read-processes N` as real processes on one port (SO_REUSEPORT): reads on every
+connection see every commit acknowledged before them (whichever process took the commit or serves the read),
+access control holds in the read processes, forwarded calls keep their errors, a read process killed with
+SIGKILL is started again, and SIGTERM stops them all and removes their copies."""
+
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import threading
+import time
+
+import pytest
+from test_server_cli import Serve
+
+import knowledge
+from knowledge.errors import InvalidArgument, NotFound, PermissionDenied, TypeMismatch
+
+CONNECTIONS = 12
+
+
+def prepare(path: str) -> tuple[str, str]:
+    """A store with public and secret Docs; returns (admin token, reader token)."""
+    with knowledge.open(path) as store:
+        store.define_node_type("Doc", key="name", properties={"n": "int", "body": "text",
+                                                              "emb": {"type": "vector[2]", "metric": "l2"}})
+        with store.session().transaction() as tx:
+            tx.upsert_nodes("Doc", [{"name": f"d{i}", "n": i, "body": f"doc {i} about bees", "emb": [float(i), 1.0],
+                                     "_labels": ["secret" if i % 3 == 0 else "public"]} for i in range(9)])
+        store.create_principal("root", admin=True)
+        store.create_principal("reader", read=["public"], write=["public"])
+        return store.issue_token("root"), store.issue_token("reader")
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def reader_pids(server: Serve) -> list[int]:
+    found = []
+    for child in children(server.process.pid):
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                if b"knowledge.server.reader" in f.read():
+                    found.append(child)
+        except OSError:
+            pass
+    return sorted(found)
+
+
+@pytest.fixture
+def group(tmp_path):
+    path = str(tmp_path / "store")
+    admin, reader = prepare(path)
+    server = Serve(path, "--read-processes", "2", "--audit-flush-ms", "0")
+    yield path, server, admin, reader
+    if server.process.poll() is None:
+        server.stop()
+
+
+def clients(address: str, token: str, count: int = CONNECTIONS) -> list:
+    return [knowledge.connect(address, token=token, timeout_s=30) for _ in range(count)]
+
+
+def test_reads_everywhere_see_every_acknowledged_commit(group):
+    path, server, admin, reader = group
+    assert len(reader_pids(server)) == 2
+    conns = clients(server.address, admin)
+    try:
+        for i in range(40):
+            writer = conns[i % len(conns)]  # commits through the primary and through read processes alike
+            lsn = writer.session().transaction().upsert_nodes(
+                "Doc", [{"name": f"w{i}", "n": 100 + i, "_labels": ["public"]}]).commit()
+            for conn in conns:  # right after the acknowledgement, from every connection
+                row = conn.session().get("Doc", f"w{i}", columns=["n"])
+                assert row is not None and row["n"] == 100 + i, (i, lsn)
+                assert conn.session().stats()["lsn"] >= lsn
+        counts = {conn.session().count("Doc") for conn in conns}
+        assert counts == {49}
+    finally:
+        for conn in conns:
+            conn.close()
+    time.sleep(0.2)
+    # the read processes served some of those reads: their audit files (DATA/audit/reader-K/) have entries
+    served = [f for f in glob.glob(os.path.join(path, "audit", "reader-*", "audit-*.jsonl")) if os.path.getsize(f)]
+    assert served, "no read process served a read"
+
+
+def test_concurrent_writers_and_readers_stay_consistent(group):
+    _, server, admin, _ = group
+    acknowledged: list[int] = []
+    lock = threading.Lock()
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def write(worker: int) -> None:
+        with knowledge.connect(server.address, token=admin, timeout_s=30) as conn:
+            i = 0
+            while not stop.is_set():
+                n = worker * 10_000 + i
+                conn.session().transaction().upsert_nodes("Doc", [{"name": f"c{n}", "n": n}]).commit()
+                with lock:
+                    acknowledged.append(n)
+                i += 1
+
+    def read() -> None:
+        with knowledge.connect(server.address, token=admin, timeout_s=30) as conn:
+            while not stop.is_set():
+                with lock:
+                    known = list(acknowledged)
+                if not known:
+                    continue
+                got = conn.session().get_many("Doc", [f"c{n}" for n in known[-20:]], columns=["n"])
+                missing = sorted(set(known[-20:]) - set(got.column("n").to_pylist()))
+                if missing:
+                    errors.append(f"acknowledged but not read: {missing[:5]}")
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(2)] + [
+        threading.Thread(target=read) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(4)
+    stop.set()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors[:3]
+    assert len(acknowledged) > 20
+
+
+def test_access_control_and_errors_through_read_processes(group):
+    _, server, admin, reader = group
+    conns = clients(server.address, reader)
+    try:
+        for conn in conns:
+            session = conn.session()
+            assert session.count("Doc") == 6  # d0, d3, d6 are secret
+            with pytest.raises(NotFound):
+                session.get("Doc", "d3")
+            hits = session.search([3.0, 1.0], k=9, type="Doc")
+            assert "d3" not in hits.column("_key").to_pylist() and hits.num_rows == 6
+            assert "d3" not in [r["_key"] for r in session.keyword_search("bees", k=9).to_pylist()]
+            with pytest.raises(PermissionDenied):  # an admin call, passed on to the primary, refused there
+                conn.create_principal("intruder", admin=True)
+            with pytest.raises(TypeMismatch):  # a bad write: the primary's error class comes back
+                session.transaction().upsert_nodes("Doc", [{"name": "bad", "n": "not an int"}]).commit()
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+def eventually(call, timeout_s: float = 15.0):
+    """`call()`, again after UNAVAILABLE (a connection that reached the killed process) until `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return call()
+        except knowledge.errors.Unavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def test_killed_read_process_is_started_again_and_catches_up(group):
+    _, server, admin, _ = group
+    before = reader_pids(server)
+    assert len(before) == 2
+    os.kill(before[0], signal.SIGKILL)
+    with knowledge.connect(server.address, token=admin, timeout_s=30) as conn:
+        eventually(lambda: conn.session().transaction().upsert_nodes("Doc", [{"name": "after-kill", "n": 7}]).commit())
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        now = reader_pids(server)
+        if len(now) == 2 and before[0] not in now:
+            break
+        time.sleep(0.2)
+    assert len(now) == 2 and before[0] not in now, (before, now)
+    conns = clients(server.address, admin)
+    try:
+        for conn in conns:
+            row = eventually(lambda conn=conn: conn.session().get("Doc", "after-kill", columns=["n"]))
+            assert row["n"] == 7
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+def test_sigterm_stops_every_read_process_and_removes_the_copies(group):
+    import json
+    _, server, admin, _ = group
+    pids = reader_pids(server)
+    assert len(pids) == 2
+    with open(f"/proc/{pids[0]}/cmdline", "rb") as f:
+        spec = json.loads(f.read().split(b"\0")[3])
+    base = os.path.dirname(spec["data"])
+    assert os.path.isdir(spec["data"])
+    code, out, _ = server.stop()
+    assert code == 0 and out.endswith("stopped\n")
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}"), f"read process {pid} outlived the server"
+    assert not os.path.exists(base)
+
+
+def test_read_processes_refused_with_cert_principals_and_out_of_range():
+    from knowledge.server.config import ServerConfig
+    with pytest.raises(InvalidArgument, match="read_processes"):
+        ServerConfig(read_processes=-1)
+    with pytest.raises(InvalidArgument, match="read_processes"):
+        ServerConfig(read_processes=65)
