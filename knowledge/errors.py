@@ -269,6 +269,17 @@ class SnapshotTransferFailed(Unavailable):
     a stream cut short); nothing of it was installed, and the replica asks again."""
 
 
+class WalTailGone(Unavailable):
+    """A follower of another process's WAL files (`knowledge/storage/wal/tail.py`) needs a record that is no
+    longer in any segment (retention removed it): it must copy the store again and follow from the copy's LSN.
+    `lsn` names the record, `directory` the WAL directory."""
+
+    def __init__(self, message: str, *, lsn: int | None = None, directory: str | None = None) -> None:
+        self.lsn = lsn
+        self.directory = directory
+        super().__init__(message)
+
+
 class NotPrimary(Unavailable):
     """A write reached a server that is not the primary; `primary` is the primary's address when known."""
 
