@@ -18,6 +18,7 @@ import argparse
 import multiprocessing
 import os
 import random
+import shlex
 import shutil
 import signal
 import statistics
@@ -137,11 +138,15 @@ class Server:
         self.address = line.split()[2]
 
     def rss_mib(self) -> float:
-        with open(f"/proc/{self.process.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        return float("nan")
+        """Resident memory of the server and its read processes (`--read-processes`), together."""
+        total = 0.0
+        for pid in (self.process.pid, *child_pids(self.process.pid)):
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+            except (OSError, StopIteration):
+                pass
+        return total or float("nan")
 
     def stop(self) -> int:
         self.process.send_signal(signal.SIGTERM)
@@ -248,11 +253,27 @@ def client_process(address: str, work: dict[str, Any], ops: list[str], threads: 
                  "cpu_s": time.process_time() - cpu[0] if cpu else 0.0})
 
 
-def process_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) process `pid` has used so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def process_cpu_s(pid: int, *, children: bool = True) -> float:
+    """CPU seconds (user + system) process `pid` (and, with `children`, its child processes: a server's read
+    processes) has used so far."""
+    total = 0.0
+    for one in (pid, *(child_pids(pid) if children else ())):
+        try:
+            with open(f"/proc/{one}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def child_pids(pid: int) -> list[int]:
+    """The live child processes of `pid`."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
 
 
 def machine_busy_s() -> float:
@@ -326,7 +347,7 @@ def commit_latency(address: str, token: str, count: int) -> list[float]:
 
 
 # -- the run -----------------------------------------------------------------------------------------
-def measure(quick: bool, workdir: str, soak_s: float | None = None) -> dict[str, Any]:
+def measure(quick: bool, workdir: str, soak_s: float | None = None, flags: tuple[str, ...] = ()) -> dict[str, Any]:
     import knowledge
     docs, calls, duration_s = (300, 100, 3.0) if quick else (2000, 400, 10.0)
     soak_s = soak_s if soak_s is not None else (10.0 if quick else 60.0)
@@ -341,7 +362,8 @@ def measure(quick: bool, workdir: str, soak_s: float | None = None) -> dict[str,
         session = store.session("reader")
         results["embedded"] = rounds(session, work, calls)
         results["embedded"]["commit"] = stats_ms(_embedded_commits(store, calls))
-    server, echo = Server(path), EchoServer()
+    server, echo = Server(path, flags), EchoServer()
+    results["serve_args"] = list(flags)
     try:
         with knowledge.connect(server.address, token=work["token"]) as client:
             results["remote"] = rounds(WithEcho(client.session(), echo), work, calls, ("echo", "ping", *OPS))
@@ -605,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the concurrent-reader targets (search 8 vs 1, commit p99 loaded vs idle), "
                              "embedded and through the server, RUNS times; prints JSON with the medians")
     parser.add_argument("--serve-args", default="", metavar="ARGS",
-                        help="with --concurrency: extra flags for `knowledge serve`, e.g. '--read-workers 0'")
+                        help="extra flags for `knowledge serve`, e.g. '--read-processes 1' or '--read-workers 0'")
     parser.add_argument("--baseline-serve-args", default=None, metavar="ARGS",
                         help="with --concurrency: also measure a server with these flags in the same runs, in "
                              "turns with the other ('' for the defaults)")
@@ -613,7 +635,6 @@ def main(argv: list[str] | None = None) -> int:
     workdir = tempfile.mkdtemp(prefix="kbench-server-")
     if args.concurrency:
         import json
-        import shlex
         baseline = None if args.baseline_serve_args is None else tuple(shlex.split(args.baseline_serve_args))
         try:
             print(json.dumps(concurrency(args.quick, workdir, args.concurrency, tuple(shlex.split(args.serve_args)),
@@ -622,12 +643,13 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
         return 0
     try:
-        results = measure(args.quick, workdir, args.soak_s)
+        results = measure(args.quick, workdir, args.soak_s, tuple(shlex.split(args.serve_args)))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     results["summary"] = summarise(results, args.quick)
     command = "python bench/server.py" + (" --quick" if args.quick else "") + (
-        f" --soak-s {args.soak_s:g}" if args.soak_s else "")
+        f" --soak-s {args.soak_s:g}" if args.soak_s else "") + (
+        f" --serve-args {shlex.quote(args.serve_args)}" if args.serve_args else "")
     publish("server", "gRPC server (bench/server.py)", results, markdown(results, results["summary"], command),
             args.write_results)
     return 0

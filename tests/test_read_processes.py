@@ -97,6 +97,27 @@ def test_reads_everywhere_see_every_acknowledged_commit(group):
     assert served, "no read process served a read"
 
 
+def test_read_processes_follow_across_checkpoints_and_schema_changes(group):
+    _, server, admin, _ = group
+    conns = clients(server.address, admin)
+    try:
+        writer = conns[0]
+        for round_ in range(3):
+            writer.session().transaction().upsert_nodes(
+                "Doc", [{"name": f"k{round_}-{i}", "n": i} for i in range(50)]).commit()
+            writer.checkpoint()  # the serving process drops WAL segments the checkpoint covers
+        writer.define_node_type("Note", key="title", properties={"body": "text"})
+        writer.session().transaction().upsert_nodes("Note", [{"title": "t1", "body": "after the schema change"}]).commit()
+        for conn in conns:
+            session = conn.session()
+            assert session.count("Doc") == 9 + 150
+            assert session.get("Note", "t1", columns=["body"])["body"] == "after the schema change"
+            assert "Note" in conn.schema.nodes
+    finally:
+        for conn in conns:
+            conn.close()
+
+
 def test_concurrent_writers_and_readers_stay_consistent(group):
     _, server, admin, _ = group
     acknowledged: list[int] = []
@@ -209,6 +230,31 @@ def test_sigterm_stops_every_read_process_and_removes_the_copies(group):
     for pid in pids:
         assert not os.path.exists(f"/proc/{pid}"), f"read process {pid} outlived the server"
     assert not os.path.exists(base)
+
+
+def test_a_killed_server_takes_its_read_processes_and_the_next_start_removes_their_copies(tmp_path):
+    import json
+    path = str(tmp_path / "store")
+    admin, _ = prepare(path)
+    server = Serve(path, "--read-processes", "1")
+    pids = reader_pids(server)
+    assert len(pids) == 1
+    with open(f"/proc/{pids[0]}/cmdline", "rb") as f:
+        base = os.path.dirname(json.loads(f.read().split(b"\0")[3])["data"])
+    server.process.kill()
+    server.process.wait()
+    deadline = time.monotonic() + 20
+    while os.path.exists(f"/proc/{pids[0]}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{pids[0]}"), "the read process outlived its killed server"
+    assert os.path.isdir(base)  # SIGKILL left the copy behind
+    again = Serve(path, "--read-processes", "1")
+    try:
+        assert not os.path.exists(base)
+        with knowledge.connect(again.address, token=admin, timeout_s=30) as conn:
+            assert conn.session().count("Doc") == 9
+    finally:
+        again.stop()
 
 
 def test_read_processes_refused_with_cert_principals_and_out_of_range():

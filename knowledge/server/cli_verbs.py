@@ -127,6 +127,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           recall_sample_fraction=args.recall_sample, log_json=args.log_json,
                           gil_switch_ms=args.gil_switch_ms, read_processes=args.read_processes)
     if getattr(args, "role", None):
+        if args.read_processes:
+            raise InvalidArgument("--read-processes is for a lone server; a replicated one (--role) scales reads "
+                                  "with replicas")
         from knowledge.server.replication_serve import serve_replicated
         return serve_replicated(args, config)
     return serve(args.data, config, audit=not args.no_audit)

@@ -44,6 +44,7 @@ CELLS_BYTES = 8 * (2 + READ_PROCESSES_MAX)
 READY_TIMEOUT_S = 120.0  # a read process copies nothing itself; it opens its copy and binds
 RESTARTS_MAX = 5  # a read process that keeps dying is left dead (and logged) after this many restarts
 WATCH_S = 0.5
+PREFIX = "knowledge-readers-"
 
 
 class Cells:
@@ -83,6 +84,25 @@ class Cells:
         self._file.close()
 
 
+def remove_stale_copies() -> int:
+    """Remove the copies that a serving process killed before its stop left behind (its pid, in cell 1, is
+    gone); return how many went."""
+    removed = 0
+    for name in os.listdir(tempfile.gettempdir()):
+        base = os.path.join(tempfile.gettempdir(), name)
+        if not name.startswith(PREFIX) or not os.path.isdir(base):
+            continue
+        try:
+            with open(os.path.join(base, "cells"), "rb") as f:
+                pid = int(np.frombuffer(f.read(16), dtype=np.int64)[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if pid > 0 and not os.path.exists(f"/proc/{pid}"):
+            shutil.rmtree(base, ignore_errors=True)
+            removed += 1
+    return removed
+
+
 def check_count(count: int) -> int:
     if not 0 <= count <= READ_PROCESSES_MAX:
         raise InvalidArgument(f"--read-processes must be in [0, {READ_PROCESSES_MAX}], got {count}")
@@ -95,6 +115,7 @@ class _Reader:
         self.process: subprocess.Popen[str] | None = None
         self.notify_fd = -1
         self.restarts = 0
+        self.retained = True  # its cell holds the WAL back (until it is given up for good)
 
 
 class ReadProcesses:
@@ -109,7 +130,8 @@ class ReadProcesses:
         if getattr(store.engine, "replicator", None) is not None:
             raise InvalidArgument("--read-processes is for a lone server; a replicated one (--role) has replicas")
         self.store, self.config, self.count, self.audit = store, config, count, audit
-        self.base = tempfile.mkdtemp(prefix="knowledge-readers-")
+        remove_stale_copies()
+        self.base = tempfile.mkdtemp(prefix=PREFIX)
         os.chmod(self.base, 0o700)  # the private socket lives here: only this user may reach the primary through it
         self.socket_path = os.path.join(self.base, "primary.sock")
         self.cells = Cells(os.path.join(self.base, "cells"), create=True)
@@ -161,8 +183,8 @@ class ReadProcesses:
 
     def _floor(self, keep_from: int) -> int:
         floor = keep_from
-        for reader in self.readers:
-            if reader.process is not None and reader.process.poll() is None:
+        for reader in self.readers:  # a dead one too, until it is started again (from a newer copy) or given up
+            if reader.retained:
                 floor = min(floor, self.cells.reader_lsn(reader.index) + 1)
         return floor
 
@@ -202,6 +224,10 @@ class ReadProcesses:
                     continue
                 self._retire(reader)
                 if reader.restarts >= RESTARTS_MAX:
+                    if reader.retained:
+                        reader.retained = False
+                        log.error("read process %d exited with %s %d times; left stopped", reader.index,
+                                  process.returncode, reader.restarts + 1)
                     continue
                 reader.restarts += 1
                 log.warning("read process %d exited with %s; starting it again (restart %d of %d)", reader.index,
