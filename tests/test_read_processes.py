@@ -118,6 +118,26 @@ def test_read_processes_follow_across_checkpoints_and_schema_changes(group):
             conn.close()
 
 
+def test_clients_of_read_processes_send_writes_to_the_serving_process(group):
+    _, server, admin, reader = group
+    conns = clients(server.address, admin)
+    try:
+        for i, conn in enumerate(conns):
+            conn.session().transaction().upsert_nodes("Doc", [{"name": f"direct{i}", "n": i}]).commit()
+        told = [conn for conn in conns if conn._connection._direct is not None]
+        assert told, "no connection reached a read process (or none was told the serving process's port)"
+        for conn in told:
+            lsn = conn.session().transaction().upsert_nodes("Doc", [{"name": "again", "n": 1}]).commit()
+            for other in conns:  # a write through the direct channel, read through any connection at once
+                assert other.session().stats()["lsn"] >= lsn
+            with pytest.raises(TypeMismatch):  # errors come back the same way through the direct channel
+                conn.session().transaction().upsert_nodes("Doc", [{"name": "bad", "n": "x"}]).commit()
+        assert conns[0].session().count("Doc") == 9 + len(conns) + 1
+    finally:
+        for conn in conns:
+            conn.close()
+
+
 def test_concurrent_writers_and_readers_stay_consistent(group):
     _, server, admin, _ = group
     acknowledged: list[int] = []

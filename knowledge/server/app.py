@@ -125,10 +125,20 @@ class KnowledgeServer:
         host = self.config.listen.rpartition(":")[0]
         self.address = f"{host}:{self.port}"
 
-    def _bind(self) -> int:
+    def bind_direct(self) -> int:
+        """Also listen on a port of its own on the same host (TLS as configured), for clients that a read
+        process told to send writes straight here (knowledge.server.read_processes); return the port."""
+        host = self.config.listen.rpartition(":")[0]
+        port = self._bind(f"{host}:0")
+        if not port:
+            raise Unavailable(f"cannot listen on a second port on {host!r} for writes")
+        return port
+
+    def _bind(self, address: str | None = None) -> int:
         config = self.config
+        address = address or config.listen
         if not config.tls:
-            return self.server.add_insecure_port(config.listen)
+            return self.server.add_insecure_port(address)
         with open(config.tls_key, "rb") as f:  # type: ignore[arg-type]
             key = f.read()
         with open(config.tls_cert, "rb") as f:  # type: ignore[arg-type]
@@ -139,7 +149,7 @@ class KnowledgeServer:
                 client_ca = f.read()
         credentials = grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
                                                   require_client_auth=client_ca is not None)
-        return self.server.add_secure_port(config.listen, credentials)
+        return self.server.add_secure_port(address, credentials)
 
     def _unwrap_audit(self) -> None:
         """Close the audit files and give the store back its own audit ring."""
@@ -199,6 +209,7 @@ def serve(data: str, config: ServerConfig, *, role: Role | None = None, audit: b
         server = KnowledgeServer(store, config, role=role, owns_store=True, reuse_port=readers is not None)
         if readers is not None:
             server.server.add_insecure_port(readers.private_address)  # forwarded calls (a 0700 directory)
+            readers.direct_port = server.bind_direct()  # where clients of read processes send writes
             readers.attach()
     except BaseException:
         if readers is not None:

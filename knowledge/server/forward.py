@@ -19,6 +19,9 @@ LOCAL = frozenset({"GetSchema", "Get", "GetMany", "Scan", "Edges", "Neighbors", 
                    "Adjacency", "Search", "KeywordSearch", "Retrieve", "Count", "Stats", "WhoAmI"})
 FORWARDED = {f"/{SERVICE.full_name}/{method.name}": method.server_streaming
              for method in SERVICE.methods if method.name not in LOCAL}
+FORWARDED_NAMES = frozenset(path.rpartition("/")[2] for path in FORWARDED)
+DIRECT_PORT_KEY = "knowledge-primary-port"  # in a forwarded answer's trailers: the serving process's own port on
+# the same host, where the client may send these calls itself (knowledge.remote does, saving the hop)
 
 
 def _passed_on(context: grpc.ServicerContext) -> list[tuple[str, Any]]:
@@ -26,19 +29,20 @@ def _passed_on(context: grpc.ServicerContext) -> list[tuple[str, Any]]:
             if not key.startswith("grpc-") and key not in (":authority", "user-agent")]
 
 
-def _answer_error(context: grpc.ServicerContext, error: grpc.RpcError) -> None:
+def _answer_error(context: grpc.ServicerContext, error: grpc.RpcError, hint: tuple[tuple[str, str], ...]) -> None:
     trailers = getattr(error, "trailing_metadata", lambda: None)() or ()
-    context.set_trailing_metadata(tuple(trailers))
+    context.set_trailing_metadata((*trailers, *hint))
     context.abort(error.code(), error.details() or "")
 
 
 class Forwarder(grpc.ServerInterceptor):
     """Serves FORWARDED methods by calling the primary at `address` (a private unix socket)."""
 
-    def __init__(self, address: str, message_bytes_max: int) -> None:
+    def __init__(self, address: str, message_bytes_max: int, direct_port: int = 0) -> None:
         limit = transport_limit(message_bytes_max)
         self.channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", limit),
                                                                ("grpc.max_send_message_length", limit)])
+        self.hint: tuple[tuple[str, str], ...] = ((DIRECT_PORT_KEY, str(direct_port)),) if direct_port else ()
         self._handlers: dict[str, Any] = {}
         for method, streaming in FORWARDED.items():
             self._handlers[method] = (self._stream_handler(method) if streaming else self._unary_handler(method))
@@ -55,9 +59,9 @@ class Forwarder(grpc.ServerInterceptor):
                 reply, outcome = call.with_call(request, metadata=_passed_on(context),
                                                 timeout=context.time_remaining())
             except grpc.RpcError as error:
-                _answer_error(context, error)
+                _answer_error(context, error, self.hint)
                 raise  # abort raised already; for type checkers
-            context.set_trailing_metadata(tuple(outcome.trailing_metadata() or ()))
+            context.set_trailing_metadata((*(outcome.trailing_metadata() or ()), *self.hint))
             return reply
         return grpc.unary_unary_rpc_method_handler(forward)
 
@@ -71,8 +75,8 @@ class Forwarder(grpc.ServerInterceptor):
                 yield from replies
             except grpc.RpcError as error:
                 if error.code() != grpc.StatusCode.CANCELLED or context.is_active():
-                    _answer_error(context, error)
-            context.set_trailing_metadata(tuple(replies.trailing_metadata() or ()))
+                    _answer_error(context, error, self.hint)
+            context.set_trailing_metadata((*(replies.trailing_metadata() or ()), *self.hint))
         return grpc.unary_stream_rpc_method_handler(forward)
 
     def close(self) -> None:

@@ -142,6 +142,7 @@ class ReadProcesses:
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
         self.address = ""
+        self.direct_port = 0  # the serving process's own port, which read processes name to their clients
 
     @property
     def private_address(self) -> str:
@@ -200,6 +201,7 @@ class ReadProcesses:
         audit_dir = os.path.join(self.store.path, "audit", f"reader-{reader.index}")
         spec = {"data": directory, "wal": os.path.join(self.store.path, "wal"), "cells": self.cells.path,
                 "index": reader.index, "notify_fd": read_fd, "forward": self.private_address,
+                "direct_port": self.direct_port,
                 "audit": self.audit, "audit_dir": audit_dir, "listen": self.address,
                 "config": {**dataclasses.asdict(self.config), "listen": self.address, "metrics_listen": None}}
         process = subprocess.Popen([sys.executable, "-m", "knowledge.server.reader", json.dumps(spec)],

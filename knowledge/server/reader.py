@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     store = knowledge.open(spec["data"], create=False, config=store_config)  # the copy; only the follower writes it
     cells = Cells(spec["cells"])
     role = ReaderRole(store.engine, cells)
-    forwarder = Forwarder(spec["forward"], config.message_bytes_max)
+    forwarder = Forwarder(spec["forward"], config.message_bytes_max, spec.get("direct_port") or 0)
     server = KnowledgeServer(store, config, role=role, owns_store=True, reuse_port=True, interceptors=(forwarder,),
                              audit_dir=spec["audit_dir"])  # its audit files beside the primary's: DATA/audit/reader-K/
     stop = threading.Event()
