@@ -7,11 +7,11 @@ taking effect on every connection as soon as the call returns.
 Connections spread over the processes by the kernel (SO_REUSEPORT); `connected` opens clients until /proc
 shows every process of the group holding one of them, so "from every connection" means "from every process".
 
-Three tests are strict xfails for bugs found here (the lead's files are left alone): forwarded calls without a
-deadline fail at once with DEADLINE_EXCEEDED; a read process's copy answers a non-admin's view LSN from its
-tables only (lower than the serving process's) until the next visible write; a token is checked against a read
-process's catalog before the read waits for that process to catch up, so a revoked token still reads and a
-just-issued one is refused while the read process is behind."""
+Three tests hold bugs found here and fixed since: forwarded calls without a deadline failed at once with
+DEADLINE_EXCEEDED; a read process's copy answered a non-admin's view LSN from its tables only (lower than the
+serving process's) until the next visible write; a token was checked against a read process's catalog before the
+read waited for that process to catch up, so a revoked token still read and a just-issued one was refused while
+the read process was behind."""
 
 from __future__ import annotations
 
@@ -295,7 +295,6 @@ def test_change_feed_through_read_processes_matches_the_embedded_store(tmp_path)
             for feed in feeds:
                 feed.join(60)
             assert not errors, errors
-            # a deadline given: without one, a read process fails the forwarded call (the xfail below)
             everything = [_records(conn.changes(after_lsn=start, timeout_s=30)) for conn in admins]
             visible = [_records(conn.changes(after_lsn=start, timeout_s=30)) for conn in readers]
             later = [_records(conn.changes(after_lsn=commits[4], timeout_s=30)) for conn in admins]
@@ -317,8 +316,6 @@ def test_change_feed_through_read_processes_matches_the_embedded_store(tmp_path)
     assert len(followed) == len(admins) and all(_records(got) == expected_all for got in followed)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: forward.py passes context.time_remaining() as the timeout; for a "
-                   "call without a deadline that is ~9.2e18 s, which grpc turns into DEADLINE_EXCEEDED at once")
 def test_forwarded_calls_without_a_deadline(tmp_path):
     path = str(tmp_path / "store")
     admin, _ = prepare(path)
@@ -383,9 +380,6 @@ def test_non_admin_view_lsn_is_the_same_everywhere_and_the_embedded_stores(tmp_p
         assert {store.session("reader").stats()["lsn"]} == last
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a read process's copy (a backup) seeds the view clock from its "
-                   "tables' _lsn columns only, so until the next visible write a non-admin's stats()['lsn'] there "
-                   "is lower than the serving process's (deletes and its own principal changes are missed)")
 def test_non_admin_view_lsn_at_start_is_the_serving_processes(tmp_path):
     path = str(tmp_path / "store")
     _, reader = prepare(path)
@@ -450,8 +444,8 @@ def test_revoked_grant_takes_effect_on_every_connection_and_tokens_follow(tmp_pa
                 # and given back: visible on every connection at once
                 root.grant("reader", read=["public"])
                 assert [conn.session().count("Doc") for conn in conns] == [6] * len(conns)
-            # the principal's tokens revoked, a principal dropped: refused by every process (at once only
-            # while no read process is behind: see the xfail below, which catches them behind)
+            # the principal's tokens revoked, a principal dropped: refused by every process (with a read
+            # process behind too: test_token_changes_take_effect_everywhere_while_read_processes_are_busy)
             root.create_principal("temp", read=["public"])
             temp = connected(server, root.issue_token("temp"))
             try:
@@ -469,10 +463,6 @@ def test_revoked_grant_takes_effect_on_every_connection_and_tokens_follow(tmp_pa
         server.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="bug: calls.py authenticates the token (principal_name) against the read "
-                   "process's own catalog before Calls.session runs the read barrier, so a process still applying "
-                   "an earlier commit accepts a revoked token / refuses a just-issued one (deterministic after a "
-                   "big commit; seen after small ones too)")
 def test_token_changes_take_effect_everywhere_while_read_processes_are_busy(tmp_path):
     """The same right after a big commit, which the read processes are still applying when the token change
     returns: the token has to be checked against a catalog that has caught up with the serving process."""

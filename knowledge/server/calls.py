@@ -153,6 +153,8 @@ class Calls:
     def principal_name(self, context: grpc.ServicerContext, metadata: dict[str, Any] | None = None
                        ) -> tuple[str, Any]:
         """(name, principal) of the caller, from its bearer token (or its certificate's common name)."""
+        if self._read_barrier is not None:  # a read process: tokens and grants as of the primary's LSN too
+            self._read_barrier()
         metadata = call_metadata(context) if metadata is None else metadata
         header = metadata.get(AUTH_KEY)
         if header is None:
@@ -189,8 +191,6 @@ class Calls:
                 metadata: dict[str, Any] | None = None) -> Any:
         """The session the call runs in: the caller's, or (admins) the principal it acts as."""
         metadata = call_metadata(context) if metadata is None else metadata
-        if self._read_barrier is not None:
-            self._read_barrier()
         if metadata.get(MIN_LSN_KEY):
             self.wait_min_lsn(str(metadata[MIN_LSN_KEY]), metadata.get(MIN_LSN_TIMEOUT_KEY))
         acting = metadata.get(AS_KEY)

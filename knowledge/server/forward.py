@@ -24,6 +24,12 @@ DIRECT_PORT_KEY = "knowledge-primary-port"  # in a forwarded answer's trailers: 
 # the same host, where the client may send these calls itself (knowledge.remote does, saving the hop)
 
 
+def _time_left(context: grpc.ServicerContext) -> float | None:
+    """The caller's deadline, as a timeout (None when it set none: gRPC then answers about 9.2e18 s)."""
+    left = context.time_remaining()
+    return None if left is None or left > 1e9 else left
+
+
 def _passed_on(context: grpc.ServicerContext) -> list[tuple[str, Any]]:
     return [(key, value) for key, value in context.invocation_metadata() or ()
             if not key.startswith("grpc-") and key not in (":authority", "user-agent")]
@@ -57,7 +63,7 @@ class Forwarder(grpc.ServerInterceptor):
         def forward(request: bytes, context: grpc.ServicerContext) -> bytes:
             try:
                 reply, outcome = call.with_call(request, metadata=_passed_on(context),
-                                                timeout=context.time_remaining())
+                                                timeout=_time_left(context))
             except grpc.RpcError as error:
                 _answer_error(context, error, self.hint)
                 raise  # abort raised already; for type checkers
@@ -69,7 +75,7 @@ class Forwarder(grpc.ServerInterceptor):
         call = self.channel.unary_stream(method)
 
         def forward(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
-            replies = call(request, metadata=_passed_on(context), timeout=context.time_remaining())
+            replies = call(request, metadata=_passed_on(context), timeout=_time_left(context))
             context.add_callback(replies.cancel)  # the caller went away: so does the primary's stream
             try:
                 yield from replies

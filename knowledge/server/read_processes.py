@@ -194,7 +194,7 @@ class ReadProcesses:
         from knowledge.storage.backup import backup_store
         directory = os.path.join(self.base, f"r{reader.index}")
         shutil.rmtree(directory, ignore_errors=True)
-        lsn = backup_store(self.store.engine, directory)  # a consistent copy; commits wait meanwhile
+        lsn = backup_store(self.store.engine, directory, view_clock=True)  # consistent; commits wait meanwhile
         self.cells.set_reader_lsn(reader.index, lsn)
         read_fd, write_fd = os.pipe()
         os.set_blocking(write_fd, False)

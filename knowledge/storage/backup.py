@@ -107,13 +107,17 @@ def _seal_plaintext_snapshots(directory: str, keyring: crypto.Keyring) -> None:
                 f.write(crypto.seal_bytes(data, keyring, crypto.KIND_SNAPSHOT))
 
 
-def backup_store(engine: EngineState, destination: str) -> int:
+def backup_store(engine: EngineState, destination: str, *, view_clock: bool = False) -> int:
     """Copy the store `engine` serves to `destination` consistently at one LSN (commits wait
     meanwhile); return the LSN. Refuses (BackupError) a destination inside the store or one that
-    exists and is not an empty directory."""
+    exists and is not an empty directory. `view_clock`: the copy also gets the view clock (what each
+    non-admin's view LSN is) as of its LSN, which the tables alone only bound from below (a copy that
+    serves reads at once: knowledge.server.read_processes)."""
     staging = _prepare_destination(destination, engine.path)
     try:
         with engine.stage_lock:
+            if view_clock:  # every logged record in memory, so the clock and the copy's log end agree
+                engine.wait_memory(engine.wal.last_lsn)
             lsn = engine.memory_lsn
             keyring = getattr(engine, "keyring", None)
             engine.wait_applied(lsn)
@@ -142,6 +146,9 @@ def backup_store(engine: EngineState, destination: str) -> int:
             wal_manifest = manifest_path(os.path.join(engine.path, "wal"))
             if os.path.isfile(wal_manifest):  # the segments' manifest, so the copy checks them on open
                 shutil.copyfile(wal_manifest, manifest_path(os.path.join(staging, "wal")))
+            if view_clock:
+                with engine.state_lock:
+                    engine.view_clock.save(staging, lsn)
         with open(os.path.join(staging, MANIFEST), "w") as f:
             f.write(f"lsn={lsn}\nepoch={engine.epoch}\n")
             if keyring is not None:
