@@ -277,6 +277,34 @@ def test_a_killed_server_takes_its_read_processes_and_the_next_start_removes_the
         again.stop()
 
 
+def test_the_python_api_runs_read_processes_too(tmp_path):
+    from knowledge.server import KnowledgeServer, ServerConfig
+    path = str(tmp_path / "store")
+    admin, _ = prepare(path)
+    with knowledge.open(path) as store:
+        server = KnowledgeServer(store, ServerConfig(listen="127.0.0.1:0", read_processes=1))
+        assert server.readers is not None
+        with server:
+            pids = server.readers.pids()
+            assert len(pids) == 1
+            conns = clients(server.address, admin)
+            try:
+                lsn = store.session().transaction().upsert_nodes("Doc", [{"name": "embedded", "n": 1}]).commit()
+                for conn in conns:  # an embedded commit in the serving process, read at once everywhere
+                    assert conn.session().get("Doc", "embedded", columns=["n"])["n"] == 1
+                    assert conn.session().stats()["lsn"] >= lsn
+            finally:
+                for conn in conns:
+                    conn.close()
+        assert not os.path.exists(f"/proc/{pids[0]}")
+        assert store.session().count("Doc") == 10  # the store stays open (the caller's)
+    with pytest.raises(InvalidArgument, match="lone server"):
+        from knowledge.server.calls import ReplicaRole
+        with knowledge.open(path) as store:
+            KnowledgeServer(store, ServerConfig(listen="127.0.0.1:0", read_processes=1),
+                            role=ReplicaRole("127.0.0.1:1"))
+
+
 def test_read_processes_refused_with_cert_principals_and_out_of_range():
     from knowledge.server.config import ServerConfig
     with pytest.raises(InvalidArgument, match="read_processes"):

@@ -108,7 +108,8 @@ class KnowledgeServer:
             maximum_concurrent_rpcs=self.config.calls_max, interceptors=[*interceptors, MessageCap(limit, self.lanes)],
             options=[("grpc.max_receive_message_length", transport_limit(limit)),
                      ("grpc.max_send_message_length", limit),
-                     ("grpc.so_reuseport", 1 if reuse_port else 0)])  # read processes share the port
+                     ("grpc.so_reuseport", 1 if reuse_port or self.config.read_processes else 0)])  # read
+        # processes (config.read_processes, or this server being one: reuse_port) share the port
         pb_grpc.add_KnowledgeServicer_to_server(Servicer(self.calls, self.config, self._stop), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -124,6 +125,27 @@ class KnowledgeServer:
             raise Unavailable(f"cannot listen on {self.config.listen!r}: is the port in use?")
         host = self.config.listen.rpartition(":")[0]
         self.address = f"{host}:{self.port}"
+        self.readers: Any = None  # knowledge.server.read_processes.ReadProcesses, with config.read_processes
+        if self.config.read_processes:
+            self._add_readers(role)
+
+    def _add_readers(self, role: Role | None) -> None:
+        from knowledge.errors import InvalidArgument
+        from knowledge.server.read_processes import ReadProcesses
+        if role is not None and not isinstance(role, PrimaryRole):
+            self._unwrap_audit()
+            raise InvalidArgument("read_processes is for a lone server (a replica or a replicated primary has "
+                                  "replicas to read from)")
+        try:
+            readers = ReadProcesses(self.store, self.config, self.config.read_processes,
+                                    audit=self.audit is not None)
+        except BaseException:
+            self._unwrap_audit()
+            raise
+        self.server.add_insecure_port(readers.private_address)  # forwarded calls (a 0700 directory)
+        readers.direct_port = self.bind_direct()  # where clients of read processes send writes
+        readers.attach()
+        self.readers = readers
 
     def bind_direct(self) -> int:
         """Also listen on a port of its own on the same host (TLS as configured), for clients that a read
@@ -160,6 +182,12 @@ class KnowledgeServer:
 
     def start(self) -> KnowledgeServer:
         self.server.start()
+        if self.readers is not None:
+            try:
+                self.readers.start(self.address)
+            except BaseException:
+                self.stop(0)
+                raise
         self.metrics.start(self.store)
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -170,6 +198,8 @@ class KnowledgeServer:
         if self._stopped.is_set():
             return
         grace = self.config.drain_s if drain_s is None else drain_s
+        if self.readers is not None:
+            self.readers.stop(grace + 5)  # first: their forwarded calls still reach this server
         self.health.enter_graceful_shutdown()
         self.calls.gate.close()
         self._stop.set()
@@ -201,19 +231,9 @@ def serve(data: str, config: ServerConfig, *, role: Role | None = None, audit: b
 
     store_config = dataclasses.replace(knowledge.StoreConfig(), audit=audit)
     store = knowledge.open(data, create=False, config=store_config)
-    readers = None
     try:
-        if config.read_processes:
-            from knowledge.server.read_processes import ReadProcesses
-            readers = ReadProcesses(store, config, config.read_processes, audit=audit)
-        server = KnowledgeServer(store, config, role=role, owns_store=True, reuse_port=readers is not None)
-        if readers is not None:
-            server.server.add_insecure_port(readers.private_address)  # forwarded calls (a 0700 directory)
-            readers.direct_port = server.bind_direct()  # where clients of read processes send writes
-            readers.attach()
+        server = KnowledgeServer(store, config, role=role, owns_store=True)
     except BaseException:
-        if readers is not None:
-            readers.stop()
         store.close()
         raise
     if config.insecure and not config.tls:
@@ -224,10 +244,8 @@ def serve(data: str, config: ServerConfig, *, role: Role | None = None, audit: b
     with serving_process(config):
         try:
             server.start()
-            if readers is not None:
-                readers.start(server.address)
             mode = "mTLS" if config.client_ca else "TLS" if config.tls else "plaintext"
-            extra = f", {config.read_processes} read processes" if readers is not None else ""
+            extra = f", {config.read_processes} read processes" if server.readers is not None else ""
             print(f"listening on {server.address} ({mode}, store {store.path}, audit "
                   f"{'on' if audit else 'off'}{extra})", file=out, flush=True)
             if server.metrics.exporter is not None:
@@ -236,8 +254,6 @@ def serve(data: str, config: ServerConfig, *, role: Role | None = None, audit: b
                 pass
             print("draining: finishing calls in flight", file=out, flush=True)
         finally:
-            if readers is not None:
-                readers.stop()  # first: their forwarded calls still reach this server
             server.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

@@ -203,7 +203,8 @@ class ReadProcesses:
                 "index": reader.index, "notify_fd": read_fd, "forward": self.private_address,
                 "direct_port": self.direct_port,
                 "audit": self.audit, "audit_dir": audit_dir, "listen": self.address,
-                "config": {**dataclasses.asdict(self.config), "listen": self.address, "metrics_listen": None}}
+                "config": {**dataclasses.asdict(self.config), "listen": self.address, "metrics_listen": None,
+                           "read_processes": 0}}
         process = subprocess.Popen([sys.executable, "-m", "knowledge.server.reader", json.dumps(spec)],
                                    pass_fds=(read_fd,), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
         os.close(read_fd)
@@ -250,7 +251,9 @@ class ReadProcesses:
             reader.process.stdout.close()
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """Stop every read process (they drain their calls), then remove their copies."""
+        """Stop every read process (they drain their calls), then remove their copies (idempotent)."""
+        if self._stopping.is_set():
+            return
         self._stopping.set()
         with self._lock:
             engine = self.store.engine
