@@ -113,6 +113,16 @@ def _embedder(spec: str | None) -> Any:
 
 
 # -- verbs ---------------------------------------------------------------------------------------------
+def read_processes_arg(text: str) -> int:
+    """--read-processes: a count, or "auto" (one per core but one)."""
+    if text == "auto":
+        return max(0, (os.cpu_count() or 1) - 1)
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number or auto, got {text!r}") from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from knowledge.server import ServerConfig, serve
     from knowledge.server.config import heavy_reads_default, read_workers_default
@@ -281,10 +291,10 @@ def add_commands(sub: Any, command: Callable[..., argparse.ArgumentParser], prin
                    help="calls in flight per principal before RESOURCE_EXHAUSTED (default 64)")
     p.add_argument("--heavy-reads-max", type=positive_int, default=None, metavar="N",
                    help="searches/retrievals/scans running at once; more wait (default 1 on 2 cores or fewer, else 2)")
-    p.add_argument("--read-processes", type=int, default=0, metavar="N",
+    p.add_argument("--read-processes", type=read_processes_arg, default=0, metavar="N|auto",
                    help="N more processes serve reads on the same address, each from its own copy of the store "
                         "that follows this one's WAL; reads stay as of one LSN and see every acknowledged commit; "
-                        "writes and admin calls pass on to this process (default 0; one per spare core)")
+                        "writes and admin calls pass on to this process (default 0; auto: one per core but one)")
     p.add_argument("--gil-switch-ms", type=float, default=1.0, metavar="MS",
                    help="the interpreter's switch interval while serving: how long a commit's thread may wait for "
                         "the lock reader threads hold (default 1; Python's own is 5)")
