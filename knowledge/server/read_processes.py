@@ -74,9 +74,7 @@ class Cells:
         self.values[2 + index] = lsn
 
     def close(self) -> None:
-        values = self.values
-        del values
-        self.values = np.zeros(0, dtype=np.int64)
+        self.values = np.zeros(0, dtype=np.int64)  # drops this view of the mapping
         try:
             self._map.close()
         except BufferError:  # a view still exported (a reader thread mid-load): the mapping goes with the process
@@ -124,6 +122,9 @@ class ReadProcesses:
 
     def __init__(self, store: Any, config: Any, count: int, *, audit: bool) -> None:
         check_count(count)
+        if not sys.platform.startswith("linux"):
+            raise InvalidArgument(f"--read-processes needs Linux (SO_REUSEPORT spreading connections across "
+                                  f"processes); this is {sys.platform}")
         if config.cert_principals:
             raise InvalidArgument("--read-processes cannot be combined with --cert-principals yet (a read process "
                                   "would have to vouch for the client certificate to the primary); use bearer tokens")
@@ -206,7 +207,8 @@ class ReadProcesses:
                 "config": {**dataclasses.asdict(self.config), "listen": self.address, "metrics_listen": None,
                            "read_processes": 0}}
         process = subprocess.Popen([sys.executable, "-m", "knowledge.server.reader", json.dumps(spec)],
-                                   pass_fds=(read_fd,), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+                                   pass_fds=(read_fd,), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
+                                   cwd=self.base, env=_child_environment())
         os.close(read_fd)
         with self._fds:
             reader.process, reader.notify_fd = process, write_fd
@@ -276,6 +278,16 @@ class ReadProcesses:
             self._watcher.join(WATCH_S * 4)
         self.cells.close()
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+def _child_environment() -> dict[str, str]:
+    """This environment, with this process's `knowledge` package first on the path, so that a read process runs
+    the same code (started in the copies' directory, not in whatever directory this one was started from)."""
+    import knowledge
+    root = os.path.dirname(os.path.dirname(os.path.abspath(knowledge.__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    return env
 
 
 def _read_line(process: subprocess.Popen[str], timeout_s: float) -> str:
