@@ -135,8 +135,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           faiss_threads=args.faiss_threads, audit_flush_ms=args.audit_flush_ms,
                           drain_s=args.drain_s, metrics_listen=args.metrics,
                           recall_sample_fraction=args.recall_sample, log_json=args.log_json,
-                          gil_switch_ms=args.gil_switch_ms, read_processes=args.read_processes,
-                          reader_listeners=args.reader_listeners)
+                          gil_switch_ms=args.gil_switch_ms, read_processes=args.read_processes)
     if getattr(args, "role", None):
         if args.read_processes:
             raise InvalidArgument("--read-processes is for a lone server; a replicated one (--role) scales reads "
@@ -296,8 +295,6 @@ def add_commands(sub: Any, command: Callable[..., argparse.ArgumentParser], prin
                    help="N more processes serve reads on the same address, each from its own copy of the store "
                         "that follows this one's WAL; reads stay as of one LSN and see every acknowledged commit; "
                         "writes and admin calls pass on to this process (default 0; auto: one per core but one)")
-    p.add_argument("--reader-listeners", type=positive_int, default=1, metavar="K",
-                   help=argparse.SUPPRESS)
     p.add_argument("--gil-switch-ms", type=float, default=1.0, metavar="MS",
                    help="the interpreter's switch interval while serving: how long a commit's thread may wait for "
                         "the lock reader threads hold (default 1; Python's own is 5)")

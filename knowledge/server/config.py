@@ -68,8 +68,6 @@ class ServerConfig:
     faiss_threads: int = 1  # `knowledge serve` runs faiss on this many OpenMP threads per call: the server's
     # parallelism is its concurrent calls (several calls each on a multi-thread team oversubscribe the cores)
     read_processes: int = 0  # reader processes beside the serving one, on the same address (read_processes.py)
-    reader_listeners: int = 1  # listening sockets each read process adds to the shared port (its share of
-    # new connections against the serving process's one)
     gil_switch_ms: float = 1.0  # `knowledge serve` sets sys.setswitchinterval to this: a commit's thread gets
     # the interpreter back sooner while reader threads compute (Python's default is 5 ms)
 

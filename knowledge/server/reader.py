@@ -126,8 +126,6 @@ def main(argv: list[str] | None = None) -> int:
     forwarder = Forwarder(spec["forward"], config.message_bytes_max, spec.get("direct_port") or 0)
     server = KnowledgeServer(store, config, role=role, owns_store=True, reuse_port=True, interceptors=(forwarder,),
                              audit_dir=spec["audit_dir"])  # its audit files beside the primary's: DATA/audit/reader-K/
-    for _ in range(config.reader_listeners - 1):  # more of the port's new connections come here
-        server._bind()
     stop = threading.Event()
     ended: list[str] = []
 
