@@ -95,6 +95,12 @@ def test_reads_everywhere_see_every_acknowledged_commit(group):
     # the read processes served some of those reads: their audit files (DATA/audit/reader-K/) have entries
     served = [f for f in glob.glob(os.path.join(path, "audit", "reader-*", "audit-*.jsonl")) if os.path.getsize(f)]
     assert served, "no read process served a read"
+    from knowledge.server.audit_files import read_audit
+    entries = read_audit(os.path.join(path, "audit"))  # every process's files, merged by time
+    gets = [e for e in entries if e["api"] == "get"]
+    assert len(gets) >= 40 * len(conns), len(gets)
+    assert [e["timestamp_ns"] for e in entries] == sorted(e["timestamp_ns"] for e in entries)
+    assert len(read_audit(os.path.join(path, "audit"), read_processes=False)) < len(entries)
 
 
 def test_read_processes_follow_across_checkpoints_and_schema_changes(group):

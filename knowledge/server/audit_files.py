@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from typing import Any
 
 FILE_PATTERN = re.compile(r"^audit-(\d{6})\.jsonl$")
+READER_DIR = re.compile(r"^reader-\d+$")  # a read process's files (knowledge.server.read_processes)
 IDS_PER_LINE_MAX = 1000
 FLUSH_MS = 10.0
 NAMES_CACHED_MAX = 4096  # principal and API names kept JSON-encoded
@@ -190,10 +191,17 @@ class PersistentAudit:
             self._written_cv.notify_all()
 
 
-def read_audit(directory: str) -> list[dict[str, Any]]:
-    """Every persisted entry, oldest first."""
+def read_audit(directory: str, *, read_processes: bool = True) -> list[dict[str, Any]]:
+    """Every persisted entry, oldest first; with `read_processes`, those of a server's read processes too
+    (`directory/reader-K/`, knowledge.server.read_processes), merged by time."""
     out = []
     for path in audit_files(directory):
         with open(path, encoding="utf-8") as f:
             out.extend(json.loads(line) for line in f if line.strip())
+    if read_processes and os.path.isdir(directory):
+        readers = sorted(name for name in os.listdir(directory) if READER_DIR.match(name))
+        for name in readers:
+            out.extend(read_audit(os.path.join(directory, name), read_processes=False))
+        if readers:
+            out.sort(key=lambda entry: entry["timestamp_ns"])  # stable: one process's entries keep their order
     return out
