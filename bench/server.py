@@ -444,8 +444,10 @@ def markdown(results: dict[str, Any], summary: dict[str, Any], command: str) -> 
     lines = [f"Command: `{command}`. Machine: {results['machine']}; load average before {results['load_before']}, "
              f"after {results['load_after']} (a shared 2-core VM: other sessions' work runs alongside). Store: "
              f"{results['docs']} synthetic GraphRAG documents (384-d hashing embeddings), read as a non-admin "
-             f"principal; the server is `knowledge serve` in its own process with its defaults (audit log on, faiss on "
-             f"one OpenMP thread per call, as the embedded baseline too); "
+             f"principal; the server is `knowledge serve` in its own process with its defaults"
+             f"{' and ' + ' '.join(results['serve_args']) if results.get('serve_args') else ''} (audit log on, faiss on "
+             f"one OpenMP thread per call, as the embedded baseline too; server CPU and memory count its read "
+             f"processes too); "
              f"clients in up to 8 processes.", "",
              f"Latency, one caller (embedded call vs the same call through the server, sequential; median of "
              f"{ROUNDS} interleaved rounds; the embedded baseline measured before and after the server phase, the "
