@@ -203,7 +203,7 @@ class ReadProcesses:
         spec = {"data": directory, "wal": os.path.join(self.store.path, "wal"), "cells": self.cells.path,
                 "index": reader.index, "notify_fd": read_fd, "forward": self.private_address,
                 "direct_port": self.direct_port,
-                "audit": self.audit, "audit_dir": audit_dir, "listen": self.address,
+                "audit": self.audit, "audit_dir": audit_dir,
                 "config": {**dataclasses.asdict(self.config), "listen": self.address, "metrics_listen": None,
                            "read_processes": 0}}
         process = subprocess.Popen([sys.executable, "-m", "knowledge.server.reader", json.dumps(spec)],

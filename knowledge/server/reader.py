@@ -45,16 +45,13 @@ class ReaderRole:
         if self.engine.memory_lsn >= target:
             return
         from knowledge.server.pool import blocking
-        deadline = time.monotonic() + CATCH_UP_S
-        with blocking(), self.applied:
-            while self.engine.memory_lsn < target:
-                left = deadline - time.monotonic()
-                if self.failure is not None or left <= 0:
-                    raise Unavailable(f"this read process is behind the primary (at LSN {self.engine.memory_lsn}, "
-                                      f"needs {target}); retry: the next connection may reach another process")
-                self.applied.wait(min(left, WAKE_POLL_S))
+        with blocking():
+            if not self.wait_readable(target, CATCH_UP_S):
+                raise Unavailable(f"this read process is behind the primary (at LSN {self.engine.memory_lsn}, "
+                                  f"needs {target}); retry: the next connection may reach another process")
 
     def wait_readable(self, token: int | tuple[int, int], timeout_s: float) -> bool:
+        """Whether this process applied `token` (an LSN, or (epoch, lsn)) within `timeout_s`."""
         lsn = token[1] if isinstance(token, tuple) else token
         deadline = time.monotonic() + timeout_s
         with self.applied:
