@@ -1,4 +1,5 @@
-"""`knowledge serve --read-processes N` as real processes on one port (SO_REUSEPORT): reads on every
+"""`knowledge serve --read-processes N` as real processes on one port (SO_REUSEPORT): the read processes
+alone accept on the address (the serving process holds its port) and run at a lower OS priority; reads on every
 connection see every commit acknowledged before them (whichever process took the commit or serves the read),
 access control holds in the read processes, forwarded calls keep their errors, a read process killed with
 SIGKILL is started again, and SIGTERM stops them all and removes their copies."""
@@ -76,10 +77,13 @@ def clients(address: str, token: str, count: int = CONNECTIONS) -> list:
 def test_reads_everywhere_see_every_acknowledged_commit(group):
     path, server, admin, reader = group
     assert len(reader_pids(server)) == 2
+    for pid in reader_pids(server):  # the default --read-processes-nice: below every other thread
+        assert os.sched_getscheduler(pid) == os.SCHED_IDLE
+    assert os.sched_getscheduler(server.process.pid) == os.SCHED_OTHER
     conns = clients(server.address, admin)
     try:
         for i in range(40):
-            writer = conns[i % len(conns)]  # commits through the primary and through read processes alike
+            writer = conns[i % len(conns)]  # commits on every connection (each read process's, then the direct port)
             lsn = writer.session().transaction().upsert_nodes(
                 "Doc", [{"name": f"w{i}", "n": 100 + i, "_labels": ["public"]}]).commit()
             for conn in conns:  # right after the acknowledgement, from every connection
@@ -317,3 +321,72 @@ def test_read_processes_refused_with_cert_principals_and_out_of_range():
         ServerConfig(read_processes=-1)
     with pytest.raises(InvalidArgument, match="read_processes"):
         ServerConfig(read_processes=65)
+    with pytest.raises(InvalidArgument, match="read_processes_nice"):
+        ServerConfig(read_processes=1, read_processes_nice=20)
+    with pytest.raises(InvalidArgument, match="read_processes_nice"):
+        ServerConfig(read_processes=1, read_processes_nice="low")
+    assert ServerConfig(read_processes=1, read_processes_nice=0).read_processes_nice == 0
+
+
+def _nice(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[16])  # field 19 of proc(5), counted after the name
+
+
+def _listening(port: int) -> set[str]:
+    """Socket inodes listening on TCP `port`."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+                    inodes.add(fields[9])
+    return inodes
+
+
+def _sockets(pid: int) -> set[str]:
+    out = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            out.add(target[8:-1])
+    return out
+
+
+def test_only_read_processes_listen_on_the_address_and_they_run_at_a_lower_priority(tmp_path):
+    import socket
+    path = str(tmp_path / "store")
+    admin, _ = prepare(path)
+    server = Serve(path, "--read-processes", "2", "--read-processes-nice", "7")
+    port = int(server.address.rsplit(":", 1)[1])
+    try:
+        pids = reader_pids(server)
+        assert len(pids) == 2
+        listening = _listening(port)
+        assert len(listening) == 2  # one listener per read process, none in the serving process
+        assert not listening & _sockets(server.process.pid)
+        for pid in pids:
+            assert listening & _sockets(pid)
+            assert _nice(pid) == min(19, _nice(server.process.pid) + 7)
+            assert os.sched_getscheduler(pid) == os.SCHED_OTHER
+        with socket.socket() as other, pytest.raises(OSError):  # the serving process holds the port
+            other.bind(("127.0.0.1", port))
+        with knowledge.connect(server.address, token=admin, timeout_s=30) as conn:
+            session = conn.session()
+            session.transaction().upsert_nodes("Doc", [{"name": "held", "n": 1}]).commit()
+            assert session.get("Doc", "held", columns=["n"])["n"] == 1
+    finally:
+        assert server.stop()[0] == 0
+    with socket.socket() as other:  # and gives it back at stop
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the closed connections' TIME_WAIT
+        other.bind(("127.0.0.1", port))
+
+
+def test_read_processes_auto_starts_one_per_core_and_at_least_two():
+    from knowledge.server.cli_verbs import read_processes_arg
+    assert read_processes_arg("auto") == max(2, os.cpu_count() or 1)
+    assert read_processes_arg("3") == 3

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ from knowledge.server import status
 from knowledge.server.audit_files import PersistentAudit
 from knowledge.server.calls import Calls, PrimaryRole, Role
 from knowledge.server.changes import stream
-from knowledge.server.config import ServerConfig
+from knowledge.server.config import ServerConfig, split_address
 from knowledge.server.lifecycle import Lifecycle
 from knowledge.server.message_cap import MessageCap, transport_limit
 from knowledge.server.pool import HandlerPool
@@ -108,20 +109,21 @@ class KnowledgeServer:
             maximum_concurrent_rpcs=self.config.calls_max, interceptors=[*interceptors, MessageCap(limit, self.lanes)],
             options=[("grpc.max_receive_message_length", transport_limit(limit)),
                      ("grpc.max_send_message_length", limit),
-                     ("grpc.so_reuseport", 1 if reuse_port or self.config.read_processes else 0)])  # read
-        # processes (config.read_processes, or this server being one: reuse_port) share the port
+                     ("grpc.so_reuseport", 1 if reuse_port else 0)])  # this server is a read process: it
+        # shares the port with the others (and the serving process, which holds it: _reserve)
         pb_grpc.add_KnowledgeServicer_to_server(Servicer(self.calls, self.config, self._stop), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
                                             self.server)
+        self._reserved: socket.socket | None = None  # with read processes: the address's port, held (below)
         try:
-            self.port = self._bind()
+            self.port = self._reserve() if self.config.read_processes else self._bind()
         except RuntimeError as exc:  # grpc's "Failed to bind"
-            self._unwrap_audit()
+            self._release()
             raise Unavailable(f"cannot listen on {self.config.listen!r} ({exc}): is the port in use?") from None
         if not self.port:
-            self._unwrap_audit()
+            self._release()
             raise Unavailable(f"cannot listen on {self.config.listen!r}: is the port in use?")
         host = self.config.listen.rpartition(":")[0]
         self.address = f"{host}:{self.port}"
@@ -133,19 +135,39 @@ class KnowledgeServer:
         from knowledge.errors import InvalidArgument
         from knowledge.server.read_processes import ReadProcesses
         if role is not None and not isinstance(role, PrimaryRole):
-            self._unwrap_audit()
+            self._release()
             raise InvalidArgument("read_processes is for a lone server (a replica or a replicated primary has "
                                   "replicas to read from)")
         try:
             readers = ReadProcesses(self.store, self.config, self.config.read_processes,
                                     audit=self.audit is not None)
         except BaseException:
-            self._unwrap_audit()
+            self._release()
             raise
         self.server.add_insecure_port(readers.private_address)  # forwarded calls (a 0700 directory)
         readers.direct_port = self.bind_direct()  # where clients of read processes send writes
         readers.attach()
         self.readers = readers
+
+    def _reserve(self) -> int:
+        """Hold the port of `config.listen` without accepting on it (bound, not listening, SO_REUSEPORT), so
+        that the read processes alone accept there and this process's interpreter is left to writes; return
+        the port. RuntimeError (as grpc's bind) when it is taken."""
+        host, port = split_address(self.config.listen)
+        try:
+            family, kind, proto, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                                  flags=socket.AI_PASSIVE)[0]
+            sock = socket.socket(family, kind, proto)
+        except OSError as exc:
+            raise RuntimeError(str(exc)) from None
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(sockaddr)
+        except OSError as exc:
+            sock.close()
+            raise RuntimeError(str(exc)) from None
+        self._reserved = sock
+        return int(sock.getsockname()[1])
 
     def bind_direct(self) -> int:
         """Also listen on a port of its own on the same host (TLS as configured), for clients that a read
@@ -172,6 +194,13 @@ class KnowledgeServer:
         credentials = grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
                                                   require_client_auth=client_ca is not None)
         return self.server.add_secure_port(address, credentials)
+
+    def _release(self) -> None:
+        """What a server that failed to start, or has stopped, gives back: the held port and the audit files."""
+        if self._reserved is not None:
+            self._reserved.close()
+            self._reserved = None
+        self._unwrap_audit()
 
     def _unwrap_audit(self) -> None:
         """Close the audit files and give the store back its own audit ring."""
@@ -209,7 +238,7 @@ class KnowledgeServer:
         for pool in (self.executor, *self.lanes.values()):
             pool.shutdown(wait=False)  # their idle handler threads end
         self.metrics.close()
-        self._unwrap_audit()
+        self._release()
         if self.owns_store:
             self.store.close()
         self._stopped.set()

@@ -114,13 +114,23 @@ def _embedder(spec: str | None) -> Any:
 
 # -- verbs ---------------------------------------------------------------------------------------------
 def read_processes_arg(text: str) -> int:
-    """--read-processes: a count, or "auto" (one per core but one)."""
+    """--read-processes: a count, or "auto" (one per core, at least 2)."""
     if text == "auto":
-        return max(0, (os.cpu_count() or 1) - 1)
+        return max(2, os.cpu_count() or 1)
     try:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a whole number or auto, got {text!r}") from None
+
+
+def read_nice_arg(text: str) -> int | str:
+    """--read-processes-nice: "idle", or a nice step count."""
+    if text == "idle":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be idle or a whole number 0-19, got {text!r}") from None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -135,7 +145,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           faiss_threads=args.faiss_threads, audit_flush_ms=args.audit_flush_ms,
                           drain_s=args.drain_s, metrics_listen=args.metrics,
                           recall_sample_fraction=args.recall_sample, log_json=args.log_json,
-                          gil_switch_ms=args.gil_switch_ms, read_processes=args.read_processes)
+                          gil_switch_ms=args.gil_switch_ms, read_processes=args.read_processes,
+                          read_processes_nice=args.read_processes_nice)
     if getattr(args, "role", None):
         if args.read_processes:
             raise InvalidArgument("--read-processes is for a lone server; a replicated one (--role) scales reads "
@@ -292,9 +303,14 @@ def add_commands(sub: Any, command: Callable[..., argparse.ArgumentParser], prin
     p.add_argument("--heavy-reads-max", type=positive_int, default=None, metavar="N",
                    help="searches/retrievals/scans running at once; more wait (default 1 on 2 cores or fewer, else 2)")
     p.add_argument("--read-processes", type=read_processes_arg, default=0, metavar="N|auto",
-                   help="N more processes serve reads on the same address, each from its own copy of the store "
-                        "that follows this one's WAL; reads stay as of one LSN and see every acknowledged commit; "
-                        "writes and admin calls pass on to this process (default 0; auto: one per core but one)")
+                   help="N processes serve reads on the address, each from its own copy of the store that "
+                        "follows this one's WAL; reads stay as of one LSN and see every acknowledged commit; this "
+                        "process takes writes and admin calls, on a port of its own that clients are told "
+                        "(default 0: this process serves everything; auto: one per core, at least 2)")
+    p.add_argument("--read-processes-nice", type=read_nice_arg, default="idle", metavar="idle|N",
+                   help="the read processes' OS priority below this process's: idle (SCHED_IDLE, the default: a "
+                        "commit's threads take a core from them at once, but reads only get what other work "
+                        "leaves) or N steps of nice, 0-19 (reads keep a share whatever else runs)")
     p.add_argument("--gil-switch-ms", type=float, default=1.0, metavar="MS",
                    help="the interpreter's switch interval while serving: how long a commit's thread may wait for "
                         "the lock reader threads hold (default 1; Python's own is 5)")

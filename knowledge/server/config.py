@@ -67,7 +67,11 @@ class ServerConfig:
     log_json: bool = False  # one JSON log line per call, with its request id  # a following change feed looks for new commits this often
     faiss_threads: int = 1  # `knowledge serve` runs faiss on this many OpenMP threads per call: the server's
     # parallelism is its concurrent calls (several calls each on a multi-thread team oversubscribe the cores)
-    read_processes: int = 0  # reader processes beside the serving one, on the same address (read_processes.py)
+    read_processes: int = 0  # processes that serve reads on `listen` (read_processes.py); this one then takes
+    # only writes and admin calls, on a port of its own
+    read_processes_nice: int | str = "idle"  # the read processes' OS priority below this process's: "idle"
+    # (SCHED_IDLE: any other thread that wakes takes the core at once, so a commit's threads never wait behind
+    # reads) or 0-19 steps of nice (reads keep a share of the cores whatever else runs)
     gil_switch_ms: float = 1.0  # `knowledge serve` sets sys.setswitchinterval to this: a commit's thread gets
     # the interpreter back sooner while reader threads compute (Python's default is 5 ms)
 
@@ -81,6 +85,10 @@ class ServerConfig:
                                   f"got {self.read_workers}")
         if not 0 <= self.read_processes <= 64:
             raise InvalidArgument(f"server config read_processes must be in [0, 64], got {self.read_processes}")
+        nice = self.read_processes_nice
+        if nice != "idle" and (isinstance(nice, bool) or not isinstance(nice, int) or not 0 <= nice <= 19):
+            raise InvalidArgument(f"server config read_processes_nice must be 'idle' or an int in [0, 19], got "
+                                  f"{nice!r}")
         if not 0 < self.gil_switch_ms <= 100:
             raise InvalidArgument(f"server config gil_switch_ms must be in (0, 100], got {self.gil_switch_ms}")
         if not 0.0 <= self.recall_sample_fraction <= 1.0:

@@ -3,8 +3,15 @@
 One server process holds one interpreter lock, so on a machine of several cores its reads top out at about
 one core of Python (bench/server.py: 8 clients reached 1.3-1.5x one client's search rate on 2 cores). A read
 process holds its own copy of the store and follows the serving process's write-ahead log from the WAL files
-(knowledge.storage.wal.tail), applying each record as a replica does. Every process listens on the one
+(knowledge.storage.wal.tail), applying each record as a replica does. The read processes listen on the one
 address with SO_REUSEPORT, so the kernel spreads client connections across them.
+
+The serving process holds that address's port (bound, not listening: `KnowledgeServer._reserve`) and accepts
+only on a port of its own, which read processes name to their clients for writes, and on the private socket
+below. Its interpreter lock is left to commits: sharing it with reads had put a commit's p99 at 2.7-4.9x idle
+while 8 clients retrieved (bench/RESULTS.md). The read processes also run at a lower OS priority
+(`ServerConfig.read_processes_nice`), so a commit's threads get a core at once on a saturated machine. With one
+read process the address has no listener while that process is being started again; `auto` starts at least 2.
 
 Consistency is that of one server. The serving process (the primary) publishes each `memory_lsn` it applies in
 a shared-memory cell before it answers the commits it holds (`Engine.on_memory`); a read in a read process
@@ -202,7 +209,7 @@ class ReadProcesses:
         audit_dir = os.path.join(self.store.path, "audit", f"reader-{reader.index}")
         spec = {"data": directory, "wal": os.path.join(self.store.path, "wal"), "cells": self.cells.path,
                 "index": reader.index, "notify_fd": read_fd, "forward": self.private_address,
-                "direct_port": self.direct_port,
+                "direct_port": self.direct_port, "nice": self.config.read_processes_nice,
                 "audit": self.audit, "audit_dir": audit_dir,
                 "config": {**dataclasses.asdict(self.config), "listen": self.address, "metrics_listen": None,
                            "read_processes": 0}}

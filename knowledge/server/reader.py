@@ -106,6 +106,15 @@ class Follower(threading.Thread):
                 self.on_end(reason)
 
 
+def lower_priority(nice: int | str) -> None:
+    """Run this process (and the threads it starts from now on) below the serving process: SCHED_IDLE for
+    "idle", else `nice` steps lower."""
+    if nice == "idle":
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    elif nice:
+        os.nice(int(nice))
+
+
 def main(argv: list[str] | None = None) -> int:
     import knowledge
     from knowledge.server.app import KnowledgeServer, serving_process
@@ -115,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     spec = json.loads((argv if argv is not None else sys.argv[1:])[0])
+    lower_priority(spec.get("nice", 0))  # below the serving process: its commits get a core first
     config = ServerConfig(**spec["config"])
     store_config = dataclasses.replace(knowledge.StoreConfig(), audit=spec["audit"], ttl_sweep_rows_per_s=0.0)
     store = knowledge.open(spec["data"], create=False, config=store_config)  # the copy; only the follower writes it
