@@ -325,6 +325,9 @@ def _failover(root: str, trials: int) -> dict[str, Any]:
             events.append({"t_s": round(killed_at - origin, 3), "name": f"trial {trial}: {primary} killed"})
             successor = wait_primary(cluster, [n for n in ZONES if n != primary])
             while True:  # writes accepted again: one commit returns on the successor
+                if time.monotonic() - killed_at > 120:
+                    raise AssertionError(f"{successor} took no write for 120 s after {primary} was killed: "
+                                         f"{cluster._safe_status(successor)}\n{cluster.log(successor)[-1500:]}")
                 try:
                     with cluster.client(successor) as client:
                         tx = client.session().transaction()
@@ -391,7 +394,7 @@ def _snapshot(root: str, docs: int, runs: int) -> dict[str, Any]:
             shutil.rmtree(cluster.data("b"), ignore_errors=True)
             cluster.start("b", "replica", primary="a")
             cluster.wait_ready("b")
-            cluster.wait_for("b to install the snapshot", lambda: bool(cluster.status("b")["snapshots"]), 600)
+            cluster.wait_for("b to install the snapshot", lambda: _installed(cluster, "b"), 180)
             transfers.append(cluster.status("b")["snapshots"][-1])
             cluster.kill("b")
             size, seconds = _copy_rate(cluster.data("a"), os.path.join(root, f"copy{run}"))
@@ -406,6 +409,14 @@ def _snapshot(root: str, docs: int, runs: int) -> dict[str, Any]:
             "install_s_median": sorted(t["total_s"] - t["fetch_s"] for t in transfers)[len(transfers) // 2],
             "local_copy_mb_per_s_median": copies[len(copies) // 2],
             "ratio_to_local_copy": rates[len(rates) // 2] / copies[len(copies) // 2]}
+
+
+def _installed(cluster: Cluster, n: str) -> bool:
+    """Whether member n has installed a snapshot; AssertionError at once when its replication failed."""
+    status = cluster.status(n)
+    if status.get("failure"):
+        raise AssertionError(f"{n}'s replication failed: {status['failure']}\n{cluster.log(n)[-2000:]}")
+    return bool(status["snapshots"])
 
 
 def _snapshot_line(t: dict[str, Any]) -> str:

@@ -100,6 +100,8 @@ def run_one(name: str, context: suites.Context) -> dict[str, Any]:
     out["duration_s"] = round(time.perf_counter() - started, 2)
     out["load_before"], out["load_after"] = load_before, machine.load()
     print(f"bench: {name} {out['status']} in {out['duration_s']:.1f} s", file=sys.stderr, flush=True)
+    if out["status"] == "error":  # said where it is read (CI keeps stderr, not the results directory)
+        print(out["traceback"], file=sys.stderr, flush=True)
     return out
 
 

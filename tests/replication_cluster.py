@@ -189,8 +189,9 @@ class Cluster:
             except KnowledgeError:
                 pass
             time.sleep(0.2)
-        raise AssertionError(f"timed out waiting for {what}: " + "; ".join(
-            f"{n}: {self._safe_status(n)}" for n in self.procs))
+        raise AssertionError(f"timed out waiting for {what} ({timeout_s:g} s): " + "; ".join(
+            f"{n}: {self._safe_status(n)}" for n in self.procs) + "".join(
+            f"\n--- {n}.log (tail) ---\n{self.log(n)[-1500:]}" for n in self.procs))
 
     def _safe_status(self, n: str) -> Any:
         try:
