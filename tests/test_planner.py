@@ -176,7 +176,7 @@ def test_store_search_takes_the_measured_plan(tmp_path):
         # which plan is cheapest once the copy is made is this machine's measurement (block on most, HNSW
         # on some): the store must take the one the planner names, and an exact one must be exact
         chosen = index.choose_plan(2400, K, block=True)[0]
-        cached = {"block": "gather-cached", "gather": "gather-cached"}.get(chosen, NAMES[chosen])
+        cached = "gather-cached" if chosen in ("block", "gather") else NAMES[chosen]
         assert again.schema.metadata[b"plan"].decode() == cached
         if cached != "hnsw-filtered":
             keys = np.flatnonzero(np.arange(len(rows)) % 1000 < 200)
