@@ -333,19 +333,27 @@ def _nice(pid: int) -> int:
         return int(f.read().rsplit(")", 1)[1].split()[16])  # field 19 of proc(5), counted after the name
 
 
-def _listening(port: int) -> set[str]:
-    """Socket inodes listening on TCP `port`."""
-    inodes = set()
+LISTEN, ESTABLISHED = "0A", "01"  # TCP states as /proc/net/tcp writes them
+
+
+def port_sockets(port: int, state: str) -> set[str]:
+    """Socket inodes of the TCP sockets whose local port is `port`, in `state` (LISTEN, ESTABLISHED)."""
+    inodes: set[str] = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as f:
-            for line in f.readlines()[1:]:
-                fields = line.split()
-                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
-                    inodes.add(fields[9])
+        try:
+            with open(table) as f:
+                lines = f.readlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == state:
+                inodes.add(fields[9])
     return inodes
 
 
-def _sockets(pid: int) -> set[str]:
+def process_sockets(pid: int) -> set[str]:
+    """Socket inodes of the descriptors process `pid` holds."""
     out = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
@@ -366,11 +374,11 @@ def test_only_read_processes_listen_on_the_address_and_they_run_at_a_lower_prior
     try:
         pids = reader_pids(server)
         assert len(pids) == 2
-        listening = _listening(port)
+        listening = port_sockets(port, LISTEN)
         assert len(listening) == 2  # one listener per read process, none in the serving process
-        assert not listening & _sockets(server.process.pid)
+        assert not listening & process_sockets(server.process.pid)
         for pid in pids:
-            assert listening & _sockets(pid)
+            assert listening & process_sockets(pid)
             assert _nice(pid) == min(19, _nice(server.process.pid) + 7)
             assert os.sched_getscheduler(pid) == os.SCHED_OTHER
         with socket.socket() as other, pytest.raises(OSError):  # the serving process holds the port

@@ -21,7 +21,7 @@ import threading
 
 import pytest
 from server_certs import CertificateAuthority
-from test_read_processes import prepare, reader_pids
+from test_read_processes import ESTABLISHED, port_sockets, prepare, process_sockets, reader_pids
 from test_server_cli import Serve
 
 import knowledge
@@ -39,40 +39,16 @@ def group_pids(server: Serve) -> list[int]:
     return reader_pids(server)
 
 
-def established(port: int) -> set[str]:
-    """Socket inodes of the established TCP connections whose local port is `port`."""
-    inodes: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                lines = f.readlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":  # local port, ESTABLISHED
-                inodes.add(fields[9])
-    return inodes
-
-
 def accepted_by(pid: int, port: int, inodes: set[str] | None = None) -> int:
     """How many of the connections accepted on `port` process `pid` holds."""
-    inodes = established(port) if inodes is None else inodes
-    count = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:[") and target[8:-1] in inodes:
-            count += 1
-    return count
+    inodes = port_sockets(port, ESTABLISHED) if inodes is None else inodes
+    return len(process_sockets(pid) & inodes)
 
 
 def spread(server: Serve) -> dict[int, int]:
     """Established TCP connections to the server's port held by each process of the group (pid -> count)."""
     port = int(server.address.rsplit(":", 1)[1])
-    inodes = established(port)
+    inodes = port_sockets(port, ESTABLISHED)
     return {pid: accepted_by(pid, port, inodes) for pid in group_pids(server)}
 
 
