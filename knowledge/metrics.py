@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, ThreadingWSGIServer, make_wsgi_app
 
 from knowledge.errors import InvalidArgument, KnowledgeError, status_of
 
@@ -267,6 +267,79 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+# -- several processes, one scrape -----------------------------------------------------------------------
+SUMMED_FAMILIES = ("knowledge_rpc_latency_seconds", "knowledge_rpc_requests", "knowledge_rpc_errors",
+                   "knowledge_stage_latency_seconds", "knowledge_search_plans", "knowledge_cache_requests",
+                   "knowledge_search_recall", "knowledge_recall_samples_dropped")
+"""The families of the calls a process serves: a scrape of a server with read processes adds theirs up. The
+rest (the WAL, indexes, TTL, storage, replication) are the serving process's own figures."""
+
+
+def merge_expositions(own: bytes, others: list[bytes]) -> bytes:
+    """One exposition of `own` (the serving process's) and `others` (its read processes'): the samples of
+    SUMMED_FAMILIES added up by name and labels (`_created`: the earliest), every other family as `own` has
+    it, and the two derived gauges recomputed from the sums: cache_hit_ratio (hits / lookups, per cache)
+    and search_recall_sampled (the mean over the processes that sampled any)."""
+    from prometheus_client.core import Metric
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def base(name: str) -> str:
+        return name[:-len("_created")] if name.endswith("_created") else name
+
+    families: dict[str, Metric] = {}
+    values: dict[tuple[str, str, tuple[tuple[str, str], ...]], float] = {}
+    recall_means: list[float] = []
+    for position, text in enumerate([own, *others]):
+        sampled = 0.0
+        mean = None
+        for family in text_string_to_metric_families(text.decode()):
+            summed = base(family.name) in SUMMED_FAMILIES
+            if position and not summed:
+                if family.name == "knowledge_search_recall_sampled" and family.samples:
+                    mean = family.samples[0].value
+                continue
+            families.setdefault(family.name, Metric(family.name, family.documentation, family.type))
+            for sample in family.samples:
+                key = (family.name, sample.name, tuple(sorted(sample.labels.items())))
+                if sample.name == "knowledge_search_recall_count":
+                    sampled = sample.value
+                if key not in values:
+                    values[key] = sample.value
+                elif sample.name.endswith("_created"):
+                    values[key] = min(values[key], sample.value)
+                elif summed:
+                    values[key] += sample.value
+            if not position and family.name == "knowledge_search_recall_sampled" and family.samples:
+                mean = family.samples[0].value
+        if sampled and mean is not None:
+            recall_means.append(mean)
+    lookups: dict[str, dict[str, float]] = {}
+    for (_, name, labels), value in values.items():
+        if name == "knowledge_cache_requests_total":
+            label = dict(labels)
+            lookups.setdefault(label["cache"], {}).setdefault(label["result"], 0.0)
+            lookups[label["cache"]][label["result"]] += value
+    for cache, counts in lookups.items():
+        total = counts.get("hit", 0.0) + counts.get("miss", 0.0)
+        if total:
+            families.setdefault("knowledge_cache_hit_ratio", Metric("knowledge_cache_hit_ratio",
+                                                                    "hits / lookups since start", "gauge"))
+            values[("knowledge_cache_hit_ratio", "knowledge_cache_hit_ratio", (("cache", cache),))] = \
+                counts.get("hit", 0.0) / total
+    if recall_means:
+        values[("knowledge_search_recall_sampled", "knowledge_search_recall_sampled", ())] = \
+            sum(recall_means) / len(recall_means)
+    for (family, name, labels), value in values.items():
+        families[family].add_sample(name, dict(labels), value)
+
+    class Merged:
+        def collect(self) -> Iterator[Metric]:
+            return iter(families.values())
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Merged())  # type: ignore[arg-type]
+    return generate_latest(registry)
+
+
 # -- the HTTP exporter -------------------------------------------------------------------------------------
 def parse_listen(text: str) -> tuple[str, int]:
     """(host, port) of "HOST:PORT" ("[::1]:9464" for IPv6). Raises InvalidArgument."""
@@ -292,10 +365,12 @@ class MetricsServer:
         self._thread.join(timeout=5)
 
 
-def start_http(metrics: Metrics, listen: str, before_scrape: Callable[[], None] | None = None) -> MetricsServer:
+def start_http(metrics: Metrics, listen: str, before_scrape: Callable[[], None] | None = None,
+               peers: Callable[[], list[bytes]] | None = None) -> MetricsServer:
     """Serve `metrics` over HTTP at `listen` ("HOST:PORT") in a daemon thread; `before_scrape` runs before
-    each scrape (e.g. `lambda: metrics.update_from_store(store)`). Raises InvalidArgument on a bad address,
-    Unavailable when it cannot bind."""
+    each scrape (e.g. `lambda: metrics.update_from_store(store)`); `peers` returns the expositions of other
+    processes serving the same calls (read processes), merged into each scrape (`merge_expositions`).
+    Raises InvalidArgument on a bad address, Unavailable when it cannot bind."""
     from wsgiref.simple_server import WSGIRequestHandler, make_server
 
     from knowledge.errors import Unavailable
@@ -307,7 +382,12 @@ def start_http(metrics: Metrics, listen: str, before_scrape: Callable[[], None] 
         if before_scrape is not None:
             with contextlib.suppress(Exception):  # a closed store must not break the exporter
                 before_scrape()
-        return app(environ, start_response)
+        others = peers() if peers is not None else []
+        if not others or environ.get("PATH_INFO", "/") not in ("/", "/metrics"):
+            return app(environ, start_response)
+        body = merge_expositions(metrics.exposition(), others)
+        start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))])
+        return [body]
 
     class Quiet(WSGIRequestHandler):
         def log_message(self, *args: Any) -> None:  # scrapes are not worth a stderr line each
@@ -337,6 +417,7 @@ class ServerMetrics:
         self.sampler = (RecallSampler(self.metrics, recall_sample_fraction) if recall_sample_fraction
                         else RecallSampler(self.metrics, 0.0, queue_max=1))
         self.exporter: MetricsServer | None = None
+        self.peers: Callable[[], list[bytes]] | None = None  # other processes' expositions, merged per scrape
 
     def start(self, store: Any) -> MetricsServer | None:
         """Start the exporter (when `listen` is set) and time the store's WAL syncs (when its WAL says how)."""
@@ -345,7 +426,8 @@ class ServerMetrics:
             wal.on_sync = self.metrics.observe_fsync
             self._wal = wal
         if self.listen is not None and self.exporter is None:
-            self.exporter = start_http(self.metrics, self.listen, lambda: self.metrics.update_from_store(store))
+            self.exporter = start_http(self.metrics, self.listen, lambda: self.metrics.update_from_store(store),
+                                       self.peers)
         return self.exporter
 
     def close(self) -> None:

@@ -217,6 +217,8 @@ class KnowledgeServer:
             except BaseException:
                 self.stop(0)
                 raise
+        if self.readers is not None:
+            self.metrics.peers = self.readers.scrape  # the read processes serve the reads: their calls count
         self.metrics.start(self.store)
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

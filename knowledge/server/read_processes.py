@@ -51,6 +51,7 @@ CELLS_BYTES = 8 * (2 + READ_PROCESSES_MAX)
 READY_TIMEOUT_S = 120.0  # a read process copies nothing itself; it opens its copy and binds
 RESTARTS_MAX = 5  # a read process that keeps dying is left dead (and logged) after this many restarts
 WATCH_S = 0.5
+SCRAPE_TIMEOUT_S = 2.0
 PREFIX = "knowledge-readers-"
 
 
@@ -121,6 +122,8 @@ class _Reader:
         self.notify_fd = -1
         self.restarts = 0
         self.retained = True  # its cell holds the WAL back (until it is given up for good)
+        self.metrics_port = 0  # its own exporter on loopback, which the serving process's scrapes merge
+        self.last_metrics = b""  # its latest scrape: stands in when it does not answer, carried once it dies
 
 
 class ReadProcesses:
@@ -149,6 +152,8 @@ class ReadProcesses:
         self._fds = threading.Lock()  # a notify pipe is never written once closed (its number could be reused)
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._retired_metrics: list[bytes] = []  # the last scrapes of read processes that died (`scrape`)
+        self._metrics_lock = threading.Lock()
         self.address = ""
         self.direct_port = 0  # the serving process's own port, which read processes name to their clients
 
@@ -175,6 +180,32 @@ class ReadProcesses:
             raise
         self._watcher = threading.Thread(target=self._watch, name="knowledge-read-processes", daemon=True)
         self._watcher.start()
+
+    def scrape(self) -> list[bytes]:
+        """The metrics of the read processes (their exporters on loopback), so that the serving process's
+        counters stay monotonic: a process that does not answer within SCRAPE_TIMEOUT_S counts with its
+        previous scrape, and one that died counts with its last scrape for good (what it served after that
+        is lost)."""
+        import urllib.request
+        with self._metrics_lock:
+            out = list(self._retired_metrics)
+        for reader in self.readers:
+            process = reader.process
+            port = reader.metrics_port
+            if port and process is not None and process.poll() is None:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                                timeout=SCRAPE_TIMEOUT_S) as response:
+                        text = response.read()
+                    with self._metrics_lock:
+                        if reader.process is process and reader.metrics_port == port:  # not retired meanwhile
+                            reader.last_metrics = text
+                except OSError as exc:
+                    log.debug("read process %d: metrics not scraped: %s", reader.index, exc)
+            with self._metrics_lock:
+                if reader.last_metrics:
+                    out.append(reader.last_metrics)
+        return out
 
     def pids(self) -> list[int]:
         return [r.process.pid for r in self.readers if r.process is not None and r.process.poll() is None]
@@ -211,8 +242,8 @@ class ReadProcesses:
                 "index": reader.index, "notify_fd": read_fd, "forward": self.private_address,
                 "direct_port": self.direct_port, "nice": self.config.read_processes_nice,
                 "audit": self.audit, "audit_dir": audit_dir,
-                "config": {**dataclasses.asdict(self.config), "listen": self.address, "metrics_listen": None,
-                           "read_processes": 0}}
+                "config": {**dataclasses.asdict(self.config), "listen": self.address, "read_processes": 0,
+                           "metrics_listen": "127.0.0.1:0" if self.config.metrics_listen else None}}
         process = subprocess.Popen([sys.executable, "-m", "knowledge.server.reader", json.dumps(spec)],
                                    pass_fds=(read_fd,), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
                                    cwd=self.base, env=_child_environment())
@@ -225,6 +256,8 @@ class ReadProcesses:
             process.wait()
             raise Unavailable(f"read process {reader.index} did not start ({line.strip() or 'no answer'}); see "
                               f"its log on stderr")
+        words = line.split()
+        reader.metrics_port = int(words[1]) if len(words) > 1 and words[1].isdigit() else 0
         self._published(self.store.engine.memory_lsn)
 
     def _watch(self) -> None:
@@ -252,6 +285,11 @@ class ReadProcesses:
                     log.exception("read process %d could not be started again", reader.index)
 
     def _retire(self, reader: _Reader) -> None:
+        with self._metrics_lock:
+            if reader.last_metrics:
+                self._retired_metrics.append(reader.last_metrics)
+                reader.last_metrics = b""
+            reader.metrics_port = 0
         with self._fds:
             if reader.notify_fd >= 0:
                 os.close(reader.notify_fd)

@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             server.start()
             follower.start()
-            print("ready", flush=True)
+            exporter = server.metrics.exporter
+            print(f"ready {exporter.port if exporter is not None else 0}", flush=True)
             while not stop.wait(0.5):
                 pass
         finally:
