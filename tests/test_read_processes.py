@@ -398,3 +398,25 @@ def test_read_processes_auto_starts_one_per_core_and_at_least_two():
     from knowledge.server.cli_verbs import read_processes_arg
     assert read_processes_arg("auto") == max(2, os.cpu_count() or 1)
     assert read_processes_arg("3") == 3
+
+
+def test_audit_log_answers_with_the_reads_of_the_read_processes(group):
+    path, server, admin, reader = group
+    conns = clients(server.address, reader)
+    try:
+        for i, conn in enumerate(conns):  # reads served by both read processes (the serving process serves none)
+            assert conn.session().get("Doc", f"d{1 + 3 * (i % 2)}", columns=["n"])["n"] == 1 + 3 * (i % 2)
+    finally:
+        for conn in conns:
+            conn.close()
+    with knowledge.connect(server.address, token=reader, timeout_s=30) as conn, pytest.raises(PermissionDenied):
+        conn.session().audit_log()  # admins only, through a read process too
+    with knowledge.connect(server.address, token=admin, timeout_s=30) as conn:
+        entries = conn.session().audit_log(api="get")
+        assert len(entries) == len(conns)  # the fixture writes each entry at once (--audit-flush-ms 0)
+        assert {e.principal for e in entries} == {"reader"}
+        assert [e.timestamp_ns for e in entries] == sorted((e.timestamp_ns for e in entries), reverse=True)
+        assert len(conn.session().audit_log(api="get", limit=3)) == 3
+        node = entries[0].node_ids[0]
+        assert all(node in e.node_ids for e in conn.session().audit_log(node_id=node))
+        assert conn.session().audit_log(principal="nobody") == []

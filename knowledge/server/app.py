@@ -147,6 +147,8 @@ class KnowledgeServer:
         self.server.add_insecure_port(readers.private_address)  # forwarded calls (a 0700 directory)
         readers.direct_port = self.bind_direct()  # where clients of read processes send writes
         readers.attach()
+        if self.audit is not None:
+            self.audit.read_processes = True  # audit_log() answers with the read processes' entries too
         self.readers = readers
 
     def _reserve(self) -> int:

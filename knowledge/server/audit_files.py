@@ -19,7 +19,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 FILE_PATTERN = re.compile(r"^audit-(\d{6})\.jsonl$")
@@ -76,6 +76,8 @@ class PersistentAudit:
         self._closed = False
         self._flush_wanted = False  # flush() asks the writer not to wait out `flush_s`
         self._json_names: dict[str, str] = {}  # principal or API name -> its JSON text
+        self.read_processes = False  # `query` merges the entries of the server's read processes too
+        self.started_ns = time.time_ns()
         os.makedirs(directory, exist_ok=True)
         existing = audit_files(directory)
         self._number = int(FILE_PATTERN.match(os.path.basename(existing[-1])).group(1)) if existing else 1
@@ -169,8 +171,24 @@ class PersistentAudit:
         for path in audit_files(self.directory)[:-self.files_max]:
             os.unlink(path)
 
-    def query(self, *args: Any, **kwargs: Any) -> Any:
-        return self.ring.query(*args, **kwargs)
+    def query(self, principal: str | None = None, api: str | None = None, node_id: int | None = None,
+              limit: int = 1000) -> list[Any]:
+        """The ring's entries, newest first (AuditLog.query); with `read_processes`, merged with the entries
+        the read processes wrote to `directory/reader-K/` since this server started (as the ring holds
+        this process's since then), at most `limit` in all."""
+        own = self.ring.query(principal, api, node_id, limit)
+        if not self.read_processes:
+            return own
+        from knowledge.access.audit import AuditEntry
+        theirs = []
+        for entry in _reader_entries(self.directory, self.started_ns, limit,
+                                     lambda e: (principal is None or e["principal"] == principal)
+                                     and (api is None or e["api"] == api)
+                                     and (node_id is None or node_id in e["node_ids"])):
+            theirs.append(AuditEntry(entry["timestamp_ns"], entry["principal"], entry["api"],
+                                     tuple(entry["node_ids"]), entry["node_count"], entry["lsn"]))
+        merged = sorted([*own, *theirs], key=lambda entry: entry.timestamp_ns, reverse=True)
+        return merged[:limit]
 
     def __len__(self) -> int:
         return len(self.ring)
@@ -189,6 +207,40 @@ class PersistentAudit:
             if not self._file.closed:
                 self._file.close()
             self._written_cv.notify_all()
+
+
+def _reader_entries(directory: str, since_ns: int, limit: int,
+                    wanted: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+    """Up to `limit` wanted entries of each read process's files in `directory` (`reader-K/`), recorded at
+    or after `since_ns`, newest first per process (files read newest first, stopping at `since_ns`)."""
+    out: list[dict[str, Any]] = []
+    if not os.path.isdir(directory):
+        return out
+    for name in sorted(n for n in os.listdir(directory) if READER_DIR.match(n)):
+        found = 0
+        for path in reversed(audit_files(os.path.join(directory, name))):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    lines = f.readlines()
+            except OSError:  # rotated away meanwhile
+                continue
+            older = False
+            for line in reversed(lines):
+                try:
+                    entry = json.loads(line)
+                except ValueError:  # a line being written
+                    continue
+                if entry["timestamp_ns"] < since_ns:
+                    older = True
+                    break
+                if wanted(entry):
+                    out.append(entry)
+                    found += 1
+                    if found >= limit:
+                        break
+            if older or found >= limit:
+                break
+    return out
 
 
 def read_audit(directory: str, *, read_processes: bool = True) -> list[dict[str, Any]]:
