@@ -222,6 +222,18 @@ def eventually(call, timeout_s: float = 15.0):
             time.sleep(0.2)
 
 
+def wait_restarted(server: Serve, before: list[int], timeout_s: float = 60.0) -> list[int]:
+    """The read processes' pids once the group is whole again without before[0] (killed); AssertionError
+    after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        now = reader_pids(server)
+        if len(now) == len(before) and before[0] not in now:
+            return now
+        assert time.monotonic() < deadline, (before, now)
+        time.sleep(0.2)
+
+
 def test_killed_read_process_is_started_again_and_catches_up(group):
     _, server, admin, _ = group
     before = reader_pids(server)
@@ -229,13 +241,7 @@ def test_killed_read_process_is_started_again_and_catches_up(group):
     os.kill(before[0], signal.SIGKILL)
     with knowledge.connect(server.address, token=admin, timeout_s=30) as conn:
         eventually(lambda: conn.session().transaction().upsert_nodes("Doc", [{"name": "after-kill", "n": 7}]).commit())
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        now = reader_pids(server)
-        if len(now) == 2 and before[0] not in now:
-            break
-        time.sleep(0.2)
-    assert len(now) == 2 and before[0] not in now, (before, now)
+    wait_restarted(server, before)
     conns = clients(server.address, admin)
     try:
         for conn in conns:

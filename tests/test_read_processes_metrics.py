@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import pytest
 from test_metrics import scrape, value
-from test_read_processes import eventually, prepare, reader_pids
+from test_read_processes import eventually, prepare, reader_pids, wait_restarted
 from test_server_cli import Serve
 
 import knowledge
@@ -82,13 +81,7 @@ def test_serving_process_scrape_counts_the_reads_of_its_read_processes(tmp_path)
         # a read process killed and started again: what it had served stays counted (its last scrape)
         before = reader_pids(server)
         os.kill(before[0], signal.SIGKILL)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            now = reader_pids(server)
-            if len(now) == 2 and before[0] not in now:
-                break
-            time.sleep(0.2)
-        assert len(now) == 2 and before[0] not in now, (before, now)
+        wait_restarted(server, before)
         assert value(scrape(url), "knowledge_rpc_requests_total", rpc="Search", code="OK") == 36
         conns = [knowledge.connect(server.address, token=reader, timeout_s=30) for _ in range(12)]
         try:
