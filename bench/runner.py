@@ -101,7 +101,7 @@ def run_one(name: str, context: suites.Context) -> dict[str, Any]:
     out["load_before"], out["load_after"] = load_before, machine.load()
     print(f"bench: {name} {out['status']} in {out['duration_s']:.1f} s", file=sys.stderr, flush=True)
     if out["status"] == "error":  # said where it is read (CI keeps stderr, not the results directory)
-        print(out["traceback"], file=sys.stderr, flush=True)
+        print(out.get("traceback", out.get("reason", "")), file=sys.stderr, flush=True)
     return out
 
 

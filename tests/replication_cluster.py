@@ -191,7 +191,13 @@ class Cluster:
             time.sleep(0.2)
         raise AssertionError(f"timed out waiting for {what} ({timeout_s:g} s): " + "; ".join(
             f"{n}: {self._safe_status(n)}" for n in self.procs) + "".join(
-            f"\n--- {n}.log (tail) ---\n{self.log(n)[-1500:]}" for n in self.procs))
+            f"\n--- {n}.log (tail) ---\n{self._safe_log(n)[-1500:]}" for n in self.procs))
+
+    def _safe_log(self, n: str) -> str:
+        try:
+            return self.log(n)
+        except OSError as exc:  # the timeout's own message must not be lost to a missing log
+            return f"(no log: {exc})"
 
     def _safe_status(self, n: str) -> Any:
         try:
