@@ -16,7 +16,9 @@ replication_lag_seconds{replica}, replication_lag_observed_seconds{replica} (a h
 lag SLOs), wal_fsync_seconds, index_rows{index}, index_live_rows{index}, search_plans_total{plan},
 cache_requests_total{cache,result}, cache_hit_ratio{cache}, search_recall (histogram of sampled recall@k),
 search_recall_sampled (mean of the last RECALL_WINDOW samples), recall_samples_dropped_total,
-ttl_expired_rows_total{kind}, ttl_expired_pending_rows, ttl_sweeper_lag_seconds, storage_bytes{structure,state}. knowledge.slo
+ttl_expired_rows_total{kind}, ttl_expired_pending_rows, ttl_sweeper_lag_seconds, storage_bytes{structure,state},
+retrieve_fallbacks_total{mode,reason} (retrievals ranked another way than asked: reason "no_entities" is
+graph or auto mode over a visible graph without entities, ranked as hybrid). knowledge.slo
 reads the histograms and counters of an SLO file from a scrape.
 
 Over ~450 lines on purpose: every metric the server exports is declared here once (names,
@@ -128,6 +130,9 @@ class Metrics:
                                  registry=r)
         self.ttl_lag = Gauge(f"{n}_ttl_sweeper_lag_seconds", "how long the oldest undeleted expired node has been "
                              "past its deadline", registry=r)
+        self.fallbacks = Counter(f"{n}_retrieve_fallbacks_total", "retrievals ranked another way than the mode "
+                                 "asked, by the mode asked and the reason (RetrievalResult.fallback)",
+                                 ["mode", "reason"], registry=r)
         self.storage_bytes = Gauge(f"{n}_storage_bytes", "bytes per structure, live or dead (store.stats()['space'])",
                                    ["structure", "state"], registry=r)
         self._recent: deque[float] = deque(maxlen=RECALL_WINDOW)
@@ -190,6 +195,10 @@ class Metrics:
             if child is None:  # labels() takes a lock and builds its key on every call: look each up once
                 child = children[stage] = self.stage_latency.labels(stage)
             child.observe(seconds)
+
+    def observe_fallback(self, mode: str, reason: str) -> None:
+        """Count a retrieval asked for in `mode` that was ranked another way, for `reason`."""
+        self.fallbacks.labels(mode, reason).inc()
 
     # -- storage and replication -------------------------------------------------------------------------
     def observe_fsync(self, seconds: float) -> None:
@@ -270,7 +279,7 @@ class Metrics:
 # -- several processes, one scrape -----------------------------------------------------------------------
 SUMMED_FAMILIES = ("knowledge_rpc_latency_seconds", "knowledge_rpc_requests", "knowledge_rpc_errors",
                    "knowledge_stage_latency_seconds", "knowledge_search_plans", "knowledge_cache_requests",
-                   "knowledge_search_recall", "knowledge_recall_samples_dropped")
+                   "knowledge_search_recall", "knowledge_recall_samples_dropped", "knowledge_retrieve_fallbacks")
 """The families of the calls a process serves: a scrape of a server with read processes adds theirs up. The
 rest (the WAL, indexes, TTL, storage, replication) are the serving process's own figures."""
 
@@ -471,8 +480,13 @@ class ServerMetrics:
             self.metrics.observe_plan(metadata[b"plan"].decode())
         self.sampler.offer(session, vector, k, table, **search)
 
-    def retrieved(self, result: Any) -> None:
+    def retrieved(self, result: Any, mode: str | None = None) -> None:
+        """Observe a retrieve's stage latencies, and its fallback (if any) under the mode asked (`mode`,
+        else the result's)."""
         self.metrics.observe_timings(getattr(result, "timings", {}) or {})
+        fallback = getattr(result, "fallback", None)
+        if fallback:
+            self.metrics.observe_fallback(mode or getattr(result, "mode", "") or "", fallback)
 
 
 # -- structured logs ---------------------------------------------------------------------------------------

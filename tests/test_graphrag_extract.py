@@ -24,7 +24,7 @@ from knowledge.graphrag import (
     retrieve,
 )
 from knowledge.graphrag.graphview import build_view
-from knowledge.graphrag.retrieve import NO_ENTITIES_NOTE
+from knowledge.graphrag.retrieve import NO_ENTITIES, NO_ENTITIES_NOTE
 
 DIM = 48
 needs_spacy = pytest.mark.skipif(importlib.util.find_spec("spacy") is None,
@@ -154,11 +154,15 @@ def test_graph_mode_without_entities_says_so(store):
     for mode in ("graph", "auto"):
         result = retrieve(store.session(A), "rivers", k=1, mode=mode, embedder=EMBED)
         assert NO_ENTITIES_NOTE in result.notes and result.keys == ["p#0"]
+        assert result.fallback == NO_ENTITIES
     ingest(store.session(), [Document("q", "The Rhine flows through Basel.", title="Rhine", labels=["b"])],
            embedder=EMBED, extractor=RuleExtractor())
-    assert NO_ENTITIES_NOTE in retrieve(store.session(A), "rivers", k=1, mode="graph", embedder=EMBED).notes
-    assert NO_ENTITIES_NOTE not in retrieve(store.session(B), "Rhine", k=1, mode="graph", embedder=EMBED).notes
-    assert retrieve(store.session(A), "rivers", k=1, mode="hybrid", embedder=EMBED).notes == []
+    hidden = retrieve(store.session(A), "rivers", k=1, mode="graph", embedder=EMBED)   # b's entities: not A's
+    assert NO_ENTITIES_NOTE in hidden.notes and hidden.fallback == NO_ENTITIES
+    seen = retrieve(store.session(B), "Rhine", k=1, mode="graph", embedder=EMBED)
+    assert NO_ENTITIES_NOTE not in seen.notes and seen.fallback is None
+    hybrid = retrieve(store.session(A), "rivers", k=1, mode="hybrid", embedder=EMBED)
+    assert hybrid.notes == [] and hybrid.fallback is None
 
 
 def test_schema_upgrade_of_a_store_made_before_the_new_properties(store):

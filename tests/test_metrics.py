@@ -321,6 +321,57 @@ def test_a_served_store_exports_metrics_and_request_ids(tmp_path):
     assert all(isinstance(i, str) and len(i) == 16 for i in ids) and len(set(ids)) == 6
 
 
+def test_graph_mode_without_visible_entities_is_counted_as_a_fallback(tmp_path):
+    """Retrieve through a real server with --metrics: graph and auto mode over a graph whose entities the
+    caller cannot see rank as hybrid, say so in the result (notes, fallback) and are counted in
+    knowledge_retrieve_fallbacks_total{mode, reason="no_entities"}; hybrid mode and a caller who sees the
+    entities are not."""
+    from remote_fixture import ServedStore
+
+    from knowledge.graphrag import Document, NoExtractor, RuleExtractor, ingest
+    from knowledge.graphrag.retrieve import NO_ENTITIES, NO_ENTITIES_NOTE
+    from knowledge.server import ServerConfig
+
+    class Embedder:
+        name, dimension = "two-words", 4
+
+        def embed(self, texts):
+            out = np.array([[1.0, "rhine" in t.lower(), "river" in t.lower(), 0.1] for t in texts], np.float32)
+            return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    config = ServerConfig(listen="127.0.0.1:0", metrics_listen="127.0.0.1:0")
+    served = ServedStore(str(tmp_path / "s"), config)
+    try:
+        embedder = Embedder()
+        ingest(served.store.session(), [Document("p", "Plain text about rivers.", title="Rivers", labels=["a"])],
+               embedder=embedder, extractor=NoExtractor())
+        ingest(served.store.session(), [Document("q", "The Rhine flows through Basel.", title="Rhine",
+                                                 labels=["b"])], embedder=embedder, extractor=RuleExtractor())
+        tokens = {}
+        for who in ("a", "b"):
+            served.store.create_principal(f"{who}_reader", read=[who])
+            tokens[who] = served.store.issue_token(f"{who}_reader")
+        vector = embedder.embed(["rivers"])[0].tolist()
+        with served.client(token=tokens["a"]) as client:
+            session = client.session()
+            for mode in ("graph", "graph", "auto", "hybrid"):
+                result = session.retrieve("rivers", k=1, mode=mode, query_vector=vector)
+                assert result.keys == ["p#0"]
+                assert (result.fallback, NO_ENTITIES_NOTE in result.notes) == (
+                    (None, False) if mode == "hybrid" else (NO_ENTITIES, True))
+        with served.client(token=tokens["b"]) as client:
+            result = client.session().retrieve("Rhine", k=1, mode="graph", query_vector=vector)
+            assert result.fallback is None and result.keys == ["q#0"]
+        samples = scrape(served.server.metrics.exporter.url)
+        name = "knowledge_retrieve_fallbacks_total"
+        assert value(samples, name, mode="graph", reason=NO_ENTITIES) == 2
+        assert value(samples, name, mode="auto", reason=NO_ENTITIES) == 1
+        assert value(samples, name) == 3                       # nothing for hybrid, nor for b's graph retrieve
+        assert value(samples, "knowledge_rpc_requests_total", rpc="Retrieve", code="OK") == 5
+    finally:
+        served.close()
+
+
 def test_knowledge_serve_metrics_flag(tmp_path):
     """`knowledge serve --metrics 127.0.0.1:0 --recall-sample 0.5 --log-json` prints where the exporter is;
     a scrape answers; SIGTERM stops both."""

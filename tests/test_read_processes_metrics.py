@@ -30,6 +30,9 @@ def test_merge_adds_call_families_and_keeps_the_store_figures_of_the_first():
     first.observe_fsync(0.5)  # a read process's own WAL: not the serving process's commits
     own.index_rows.labels("Doc.emb").set(30)
     first.index_rows.labels("Doc.emb").set(29)
+    first.observe_fallback("graph", "no_entities")
+    second.observe_fallback("graph", "no_entities")
+    second.observe_fallback("auto", "no_entities")
     text = merge_expositions(own.exposition(), [first.exposition(), second.exposition()])
     from prometheus_client.parser import text_string_to_metric_families
     samples: dict[str, list] = {}
@@ -49,6 +52,8 @@ def test_merge_adds_call_families_and_keeps_the_store_figures_of_the_first():
     assert value(samples, "knowledge_search_recall_sampled") == pytest.approx(0.9)  # own sampled none
     assert value(samples, "knowledge_wal_fsync_seconds_count") == 1
     assert value(samples, "knowledge_index_rows", index="Doc.emb") == 30
+    assert value(samples, "knowledge_retrieve_fallbacks_total", mode="graph", reason="no_entities") == 2
+    assert value(samples, "knowledge_retrieve_fallbacks_total", mode="auto", reason="no_entities") == 1
     assert merge_expositions(own.exposition(), []).decode().count("knowledge_rpc_requests_total{") == 1
 
 

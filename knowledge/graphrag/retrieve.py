@@ -68,6 +68,8 @@ VECTOR_POOL = 200
 """PPR (and BM25) candidates outside the vector candidates whose cosine is computed, best first."""
 ENTITIES_PER_CHUNK = 8
 EDGES_MAX = 64
+NO_ENTITIES = "no_entities"
+"""`RetrievalResult.fallback` when graph (or auto) mode found no visible entities and ranked as hybrid."""
 NO_ENTITIES_NOTE = ("graph mode found no entities the session can see (documents ingested without an extractor?): "
                     "ranked as hybrid (vector + keyword fusion)")
 
@@ -186,7 +188,10 @@ class RetrievedEdge:
 
 @dataclass
 class RetrievalResult:
-    """What `retrieve` found, at one snapshot `lsn`. `timings` are seconds per stage (plus "total")."""
+    """What `retrieve` found, at one snapshot `lsn`. `timings` are seconds per stage (plus "total").
+    `notes` say, in words, what the caller may not expect; `fallback` names why the result was ranked
+    another way than `mode` says (NO_ENTITIES: graph mode over a visible graph without entities ranked as
+    hybrid; the server counts it in knowledge_retrieve_fallbacks_total), else None."""
 
     question: str
     mode: str
@@ -199,6 +204,7 @@ class RetrievalResult:
     context: str
     context_tokens: int
     notes: list[str] = field(default_factory=list)
+    fallback: str | None = None
 
     @property
     def keys(self) -> list[str]:
@@ -218,6 +224,7 @@ class _State:
     cosine: dict[str, float] = field(default_factory=dict)   # every vector hit (graph mode: VECTOR_POOL)
     notes: list[str] = field(default_factory=list)
     found: dict[str, int] = field(default_factory=dict)      # chunk key -> node id of candidates added late
+    fallback: str | None = None
 
     def timed(self, stage: str, started: float) -> None:
         self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - started
@@ -311,7 +318,8 @@ def retrieve(session: Session, question: str, k: int = 10, mode: str = "auto", e
     context, tokens = build_context(chunks, documents, edges, token_budget)
     state.timed("context", tick)
     timings["total"] = time.perf_counter() - started
-    return RetrievalResult(question, mode, chunks, documents, entities, edges, timings, lsn, context, tokens, notes)
+    return RetrievalResult(question, mode, chunks, documents, entities, edges, timings, lsn, context, tokens, notes,
+                           state.fallback)
 
 
 def _query_vector(question: str, embedder: Embedder | None, query_vector: Any) -> np.ndarray:
@@ -366,6 +374,7 @@ def _run(state: _State, mode: str, lsn: int, params: GraphParams
                 fused, mass, seeds = _graph(state, view, rankings, ids, params)
             else:
                 state.notes.append(NO_ENTITIES_NOTE)
+                state.fallback = NO_ENTITIES
     tick = time.perf_counter()
     ranks = {name: {key: r for r, key in enumerate(ranking, start=1)} for name, ranking in rankings.items()}
     top = fused[:state.k]

@@ -140,9 +140,10 @@ class Reads:
                                    "params": wire.params_from_json(request.params_json)}
         if len(request.query_vector) or request.query_vector_f32:
             options["query_vector"] = _vector(request.query_vector, request.query_vector_f32, "the query vector")
-        result = session.retrieve(request.question, k=int(request.k), mode=request.mode or "auto", **options)
+        mode = request.mode or "auto"
+        result = session.retrieve(request.question, k=int(request.k), mode=mode, **options)
         if self.calls.metrics is not None:
-            self.calls.metrics.retrieved(result)  # per-stage latency
+            self.calls.metrics.retrieved(result, mode)  # per-stage latency, fallbacks
         return pb.RetrieveReply(result_json=wire.result_to_json(result))
 
     @handler()
