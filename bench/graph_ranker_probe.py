@@ -12,7 +12,7 @@ top vector chunk), the best cosine with a composed query q + vector(bridge) over
 chunk, and its entity count. A balanced logistic regression (scikit-learn, standardised features) is fitted on the
 **tune** half of all three stores pooled (split seed 19, as bench/retrieval.py). The script prints 5-fold
 cross-validation on the tune half, the held-back half, and paired bootstrap intervals against the defaults.
-It needs scikit-learn (not a project dependency) and the nlp and embed extras.
+It needs the nlp and embed extras (scikit-learn comes with the embed extra: sentence-transformers requires it).
 """
 
 from __future__ import annotations
