@@ -486,7 +486,7 @@ class ServerMetrics:
         self.metrics.observe_timings(getattr(result, "timings", {}) or {})
         fallback = getattr(result, "fallback", None)
         if fallback:
-            self.metrics.observe_fallback(mode or getattr(result, "mode", "") or "", fallback)
+            self.metrics.observe_fallback(mode or result.mode, fallback)
 
 
 # -- structured logs ---------------------------------------------------------------------------------------
